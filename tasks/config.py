@@ -1,0 +1,302 @@
+"""Typed, frozen configuration for every stage of the pipeline.
+
+Precedence, lowest to highest: the defaults below < environment variables
+(`PRISMREC_<STAGE>__<FIELD>`, e.g. `PRISMREC_TRAIN__EPOCHS=3`) < a DAG run's Params
+< command-line flags. Overrides are dotted keys (`"train.epochs"`), so the DAG, the CLI
+and the tests all go through `load_config`. The resolved config is logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from tasks.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_home() -> Path:
+    # Everything the platform keeps locally (embedded Postgres, MLflow store, Airflow home,
+    # snapshots) lives in one project-local folder, so `rm -rf .prismrec` is a clean reset.
+    return Path(os.environ.get("PRISMREC_HOME", PROJECT_ROOT / ".prismrec")).resolve()
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    home: Path = field(default_factory=_default_home)
+
+    @property
+    def embedded_pg(self) -> Path:
+        return self.home / "pg"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
+    def runs(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.home / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlartifacts"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    # None means: start the embedded Postgres (pgserver) under PathsConfig.embedded_pg.
+    url: str | None = None
+    app_schema: str = "app"
+    reco_schema: str = "reco"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    # Wheels carrying MovieLens are cached here so a second load is offline-fast.
+    cache_dir: Path = field(
+        default_factory=lambda: Path(
+            os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
+        ) / "prismrec" / "wheels"
+    )
+    # Load only the first N users (by id) for small, fast slices; None loads everything.
+    max_users: int | None = None
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    # Interactions older than this many days before the logical date are left out;
+    # None keeps the whole history (MovieLens spans 7 months / 3 years).
+    window_days: int | None = None
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    # MovieLens-100K starts in 1997, ML-1M in 2000; anything before 1995 is a broken clock.
+    earliest_event: str = "1995-01-01"
+    # Fewer rows than this means the extraction, not the users, went wrong.
+    min_interactions: int = 1000
+    min_items: int = 50
+    min_users: int = 20
+    # How many offending values to quote per failed expectation.
+    sample_size: int = 5
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    # The 5-core filter of PROTOCOL.md: one pass, users then items (as RecBole does).
+    min_user_interactions: int = 5
+    min_item_interactions: int = 5
+    # Longest history the user tower reads; ML-100K median history is ~65 items.
+    max_history: int = 50
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Decoupled interests per user; K=1 collapses to a single-vector model.
+    n_interests: int = 4
+    # Width of item/interest vectors; 128 is ample for catalogues of a few thousand items.
+    dim: int = 128
+    # Top transformer layers of MiniLM that are fine-tuned; the rest stay frozen and cached.
+    lm_trainable_layers: int = 1
+    # Item texts are a title, a year and genres: 32 word pieces cover nearly all of them.
+    max_text_tokens: int = 32
+    # Layers of the causal transformer that contextualises the history before interest extraction.
+    user_layers: int = 2
+    user_heads: int = 2
+    dropout: float = 0.2
+    # Items whose text rows are recomputed with gradient each step (batch targets first).
+    lm_items_per_step: int = 256
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    # The pretrained layers need a much gentler step than the freshly initialised towers.
+    lm_lr: float = 5e-5
+    weight_decay: float = 0.01
+    # Stop when validation NDCG@10 has not improved for this many epochs.
+    patience: int = 3
+    # torchrun processes; on CPU keep nproc * threads <= cores.
+    nproc: int = 1
+    threads_per_proc: int = 0  # 0: cores // nproc
+    seed: int = 42
+    # Fuse a learned id embedding for items seen in training (cold items fall back to text).
+    use_id_embedding: bool = True
+    # Cap on training users, for quick slices and tests; None trains on everyone.
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    metric: str = "ndcg@10"
+    # Absolute floor on validation/test NDCG@10; 0 means only the comparisons decide.
+    min_metric: float = 0.0
+    # The candidate may trail the champion by at most this much (absolute) on the same split.
+    champion_tolerance: float = 0.005
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    model_name: str = "prismrec"
+    experiment: str = "prismrec"
+    # None: MLFLOW_TRACKING_URI if set, else the project-local SQLite store.
+    tracking_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class MaterializeConfig:
+    top_k: int = 50
+    # Users scored per forward pass.
+    batch_users: int = 1024
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    materialize: MaterializeConfig = field(default_factory=MaterializeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat `{"stage.field": value}` view, JSON-friendly, for logging to MLflow."""
+        flat: dict[str, Any] = {}
+        for stage in dataclasses.fields(self):
+            section = getattr(self, stage.name)
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                flat[f"{stage.name}.{f.name}"] = str(value) if isinstance(value, Path) else value
+        return flat
+
+    def digest(self) -> str:
+        """Short hash of the settings that shape the model (paths and URLs excluded)."""
+        relevant = {
+            k: v for k, v in self.to_dict().items()
+            if k.split(".")[0] in {"extract", "prepare", "train"}
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_ENV_SHORTCUTS = {
+    "PRISMREC_DATABASE_URL": "database.url",
+    "MLFLOW_TRACKING_URI": "registry.tracking_uri",
+}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Turn a string/JSON value into the field's declared type, or raise ConfigError."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing) | {"Path": Path})  # noqa: S307 - our own annotations
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"}):
+            return None
+        return _coerce(value, args[0], key)
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.strip().lower() in {"1", "true", "yes", "on"}:
+                    return True
+                if value.strip().lower() in {"0", "false", "no", "off"}:
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is Path:
+            return Path(value).expanduser().resolve()
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"setting {key}={value!r} is not a valid {getattr(annotation, '__name__', annotation)}; "
+            f"fix the environment variable, DAG Param or flag that sets it"
+        ) from None
+
+
+def load_config(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Resolve the pipeline config: defaults < environment < `overrides` (Params, then flags).
+
+    `overrides` maps dotted keys (`"train.epochs"`) to values; None values are ignored so
+    unset flags do not clobber lower layers.
+    """
+    environ = os.environ if environ is None else environ
+    layered: dict[str, Any] = {}
+    for env_name, key in _ENV_SHORTCUTS.items():
+        if environ.get(env_name):
+            layered[key] = environ[env_name]
+    for env_name, value in environ.items():
+        if env_name.startswith("PRISMREC_") and "__" in env_name:
+            stage, _, name = env_name[len("PRISMREC_"):].partition("__")
+            layered[f"{stage.lower()}.{name.lower()}"] = value
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            layered[key] = value
+
+    base = PipelineConfig()
+    sections: dict[str, dict[str, Any]] = {}
+    stage_fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+    for key, value in layered.items():
+        stage, _, name = key.partition(".")
+        if stage not in stage_fields or not name:
+            raise ConfigError(f"unknown setting {key!r}; valid stages: {', '.join(stage_fields)}")
+        section_fields = {f.name: f for f in dataclasses.fields(getattr(base, stage))}
+        if name not in section_fields:
+            raise ConfigError(
+                f"unknown setting {key!r}; {stage} has: {', '.join(sorted(section_fields))}"
+            )
+        sections.setdefault(stage, {})[name] = _coerce(value, section_fields[name].type, key)
+    config = dataclasses.replace(
+        base, **{stage: dataclasses.replace(getattr(base, stage), **values) for stage, values in sections.items()}
+    )
+    validate(config)
+    return config
+
+
+def validate(config: PipelineConfig) -> None:
+    """Reject settings that cannot work, before any stage touches a database."""
+    t = config.train
+    checks = [
+        (t.n_interests >= 1, "train.n_interests must be at least 1"),
+        (t.epochs >= 1, "train.epochs must be at least 1"),
+        (t.nproc >= 1, "train.nproc must be at least 1"),
+        (0 <= t.lm_trainable_layers <= 6, "train.lm_trainable_layers must be between 0 and 6 (MiniLM has 6)"),
+        (t.dim % t.user_heads == 0, "train.dim must be divisible by train.user_heads"),
+        (0.0 <= t.dropout < 1.0, "train.dropout must be in [0, 1)"),
+        (t.batch_size >= 1 and t.lr > 0 and t.lm_lr >= 0, "train.batch_size, train.lr must be positive"),
+        (config.prepare.max_history >= 2, "prepare.max_history must be at least 2"),
+        (config.materialize.top_k >= 1, "materialize.top_k must be at least 1"),
+        (config.extract.window_days is None or config.extract.window_days > 0,
+         "extract.window_days must be positive (or unset for the whole history)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    for schema in (config.database.app_schema, config.database.reco_schema):
+        if not schema.isidentifier() or schema.lower() != schema:
+            raise ConfigError(
+                f"schema name {schema!r} is not a plain lower-case SQL identifier; use letters, digits and _"
+            )

@@ -1,0 +1,113 @@
+"""The one module that owns Postgres access: engines, the embedded server, schemas, COPY.
+
+`PRISMREC_DATABASE_URL` points at a real server; unset, an embedded PostgreSQL 16
+(PyPI `pgserver`) is started in the project-local folder and used over a Unix socket.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from pathlib import Path
+from typing import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, URL, make_url
+
+from tasks.config import PipelineConfig
+from tasks.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_servers: dict[Path, object] = {}  # keep embedded servers referenced while this process runs
+_engines: dict[str, Engine] = {}
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def quote_ident(name: str) -> str:
+    """Validate a schema/table/column name from configuration before it goes into SQL."""
+    if not _IDENTIFIER.match(name):
+        raise ConfigError(
+            f"{name!r} is not a valid SQL identifier here; use lower-case letters, digits and _"
+        )
+    return f'"{name}"'
+
+
+def embedded_url(folder: Path) -> str:
+    """Start (or attach to) the embedded Postgres in `folder` and return its SQLAlchemy URL."""
+    import pgserver  # heavy-ish, only when no server is configured
+
+    folder = folder.resolve()
+    if folder not in _servers:
+        folder.mkdir(parents=True, exist_ok=True)
+        log.info("starting embedded Postgres in %s", folder)
+        _servers[folder] = pgserver.get_server(folder, cleanup_mode="stop")
+    uri = _servers[folder].get_uri()  # postgresql://postgres:@/postgres?host=/socket/dir
+    return uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+def database_url(config: PipelineConfig) -> str:
+    """The URL the platform uses: the configured server, else the embedded one."""
+    if config.database.url:
+        url = config.database.url
+        if url.startswith("postgresql://"):
+            url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        if not url.startswith("postgresql"):
+            raise ConfigError(
+                "PRISMREC_DATABASE_URL must be a PostgreSQL URL "
+                "(postgresql://user:password@host:5432/dbname)"
+            )
+        return url
+    return embedded_url(config.paths.embedded_pg)
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password hidden, for logs and error messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def get_engine(config: PipelineConfig) -> Engine:
+    """A pooled engine per URL; connection errors say where we tried, never the password."""
+    url = database_url(config)
+    if url not in _engines:
+        engine = sa.create_engine(url, pool_pre_ping=True, future=True)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("select 1"))
+        except sa.exc.OperationalError as exc:
+            raise ConfigError(
+                f"cannot connect to Postgres at {safe_url(url)}: {str(exc.orig).strip().splitlines()[0]}. "
+                "Check PRISMREC_DATABASE_URL (or unset it to use the embedded server)."
+            ) from None
+        _engines[url] = engine
+    return _engines[url]
+
+
+def ensure_schemas(engine: Engine, *schemas: str) -> None:
+    with engine.begin() as conn:
+        for schema in schemas:
+            conn.execute(sa.text(f"create schema if not exists {quote_ident(schema)}"))
+
+
+def table_exists(engine: Engine, schema: str, table: str) -> bool:
+    return sa.inspect(engine).has_table(table, schema=schema)
+
+
+def copy_rows(conn: sa.Connection, qualified_table: str, columns: Iterable[str], csv_text: str | io.StringIO) -> None:
+    """Bulk-load CSV text into a table with COPY (psycopg2 `copy_expert`) on `conn`'s transaction."""
+    cols = ", ".join(quote_ident(c) for c in columns)
+    buffer = csv_text if isinstance(csv_text, io.StringIO) else io.StringIO(csv_text)
+    buffer.seek(0)
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cursor:
+        cursor.copy_expert(f"COPY {qualified_table} ({cols}) FROM STDIN WITH (FORMAT csv)", buffer)
+
+
+def copy_dataframe(conn: sa.Connection, qualified_table: str, frame) -> int:
+    """COPY a pandas DataFrame into `qualified_table` (columns by name); returns rows written."""
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, header=False)
+    copy_rows(conn, qualified_table, list(frame.columns), buffer)
+    return len(frame)
