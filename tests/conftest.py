@@ -1,0 +1,67 @@
+"""Shared fixtures: an isolated PrismRec home, a real Postgres database and MLflow store per test session.
+
+With PRISMREC_DATABASE_URL set, a fresh database is created on that server for the session
+and dropped afterwards; unset, the embedded Postgres (pgserver) runs in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def prismrec_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("prismrec-home")
+    return home
+
+
+@pytest.fixture(scope="session")
+def database_url(prismrec_home: Path):
+    """A real, empty Postgres database for this test session."""
+    from tasks.db import embedded_url
+
+    configured = os.environ.get("PRISMREC_DATABASE_URL")
+    if not configured:
+        yield embedded_url(prismrec_home / "pg")
+        return
+    admin_url = sa.make_url(configured.replace("postgresql://", "postgresql+psycopg2://", 1))
+    name = f"prismrec_test_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    yield admin_url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def base_overrides(prismrec_home: Path, database_url: str) -> dict:
+    """Dotted-key overrides that point every stage at this session's stores."""
+    return {
+        "paths.home": str(prismrec_home),
+        "database.url": database_url,
+        "registry.tracking_uri": f"sqlite:///{prismrec_home / 'mlflow.db'}",
+    }
+
+
+@pytest.fixture(scope="session")
+def config(base_overrides):
+    from tasks.config import load_config
+
+    return load_config(base_overrides)
+
+
+@pytest.fixture(scope="session")
+def engine(config):
+    from tasks.db import get_engine
+
+    return get_engine(config)
