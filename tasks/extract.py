@@ -1,0 +1,223 @@
+"""Extract the source schema up to a run's logical date into an immutable Parquet snapshot.
+
+Reads only the contract columns of `<app_schema>.items/users/interactions` (a real deployment's
+tables or views may carry more), keeps interactions with `occurred_at <= logical_date` (and
+inside `extract.window_days`, if set), and writes items/users/interactions.parquet plus a
+manifest.json with counts and sha256 of every file. The snapshot is built in a temporary
+folder and renamed into place, so a rerun for the same logical date replaces it whole.
+
+Rows leave Postgres through `COPY (query) TO STDOUT` as CSV parsed by pyarrow: on ML-1M
+(1M interactions) that takes ~1 s against ~4 s for `pandas.read_sql` through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from tasks import db
+from tasks.config import PipelineConfig
+from tasks.errors import ConfigError, SourceDataError
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FILES = ("items.parquet", "users.parquet", "interactions.parquet")
+
+# Contract columns with the SQL that reads them in the snapshot's types.
+_COLUMNS: dict[str, dict[str, str]] = {
+    "items": {"item_id": "item_id::bigint", "title": "title::text", "genres": "genres::text",
+              "year": "year::bigint", "description": "description::text"},
+    "users": {"user_id": "user_id::bigint"},
+    "interactions": {"user_id": "user_id::bigint", "item_id": "item_id::bigint",
+                     "rating": "rating::float8",
+                     # whole microseconds since the epoch: unambiguous, whatever the session TimeZone
+                     "occurred_at": "(extract(epoch from occurred_at) * 1000000)::bigint"},
+}
+_DTYPES: dict[str, dict[str, str]] = {
+    "items": {"item_id": "int64", "title": "str", "genres": "str", "year": "Int64", "description": "str"},
+    "users": {"user_id": "int64"},
+    "interactions": {"user_id": "int64", "item_id": "int64", "rating": "float64", "occurred_at": "int64"},
+}
+# Ties on occurred_at keep the source order (PROTOCOL.md) where the loader recorded it.
+_TIE_BREAK_COLUMN = "source_row"
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    path: Path
+    logical_date: datetime
+    window_days: int | None
+    counts: dict[str, int]
+    sha256: dict[str, str]
+    min_occurred_at: str | None
+    max_occurred_at: str | None
+    source_url: str = field(repr=False, default="")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Small and JSON-friendly: this is what goes through XCom."""
+        return {
+            "path": str(self.path),
+            "logical_date": self.logical_date.isoformat(),
+            "window_days": self.window_days,
+            "counts": dict(self.counts),
+            "sha256": dict(self.sha256),
+            "min_occurred_at": self.min_occurred_at,
+            "max_occurred_at": self.max_occurred_at,
+            "source_url": self.source_url,
+        }
+
+
+def as_utc(logical_date: datetime) -> datetime:
+    """The logical date as an aware UTC datetime; a naive one is taken to be UTC already."""
+    if not isinstance(logical_date, datetime):
+        raise ConfigError(f"logical date {logical_date!r} is not a datetime; pass e.g. 1998-01-01T00:00:00+00:00")
+    if logical_date.tzinfo is None or logical_date.tzinfo.utcoffset(logical_date) is None:
+        logical_date = logical_date.replace(tzinfo=timezone.utc)
+    return datetime.fromtimestamp(logical_date.timestamp(), tz=timezone.utc)
+
+
+def _check_source(conn: sa.Connection, schema: str) -> set[str]:
+    """Fail clearly when a table or contract column is missing; return the interactions' columns."""
+    rows = conn.execute(sa.text(
+        "select table_name, column_name from information_schema.columns where table_schema = :schema"
+    ), {"schema": schema}).all()
+    present: dict[str, set[str]] = {}
+    for table, column in rows:
+        present.setdefault(table, set()).add(column)
+    problems = []
+    for table, columns in _COLUMNS.items():
+        if table not in present:
+            problems.append(f"table {schema}.{table} does not exist")
+        elif missing := sorted(set(columns) - present[table]):
+            problems.append(f"{schema}.{table} lacks column(s) {', '.join(missing)}")
+    if problems:
+        raise SourceDataError(
+            f"cannot extract: {'; '.join(problems)}. Load data with `prismrec load movielens-100k`, "
+            "or point database.app_schema at tables/views with the contract columns."
+        )
+    return present["interactions"]
+
+
+def _copy_out(conn: sa.Connection, query: str, params: dict[str, Any], dtypes: dict[str, str]) -> pd.DataFrame:
+    """Run `query` through COPY ... TO STDOUT and parse the CSV with pyarrow into `dtypes`."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    raw = conn.connection.driver_connection
+    buffer = io.BytesIO()
+    with raw.cursor() as cursor:
+        bound = cursor.mogrify(query, params).decode("utf-8")
+        cursor.copy_expert(f"COPY ({bound}) TO STDOUT WITH (FORMAT csv, HEADER)", buffer)
+    arrow_types = {name: pa.string() if dtype == "str" else pa.int64() if dtype in {"int64", "Int64"} else pa.float64()
+                   for name, dtype in dtypes.items()}
+    table = pacsv.read_csv(
+        io.BytesIO(buffer.getvalue()),
+        convert_options=pacsv.ConvertOptions(
+            column_types=arrow_types, strings_can_be_null=True, quoted_strings_can_be_null=False,
+        ),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+    )
+    frame = table.to_pandas()
+    return frame.astype(dtypes) if len(frame) else pd.DataFrame({c: pd.Series(dtype=d) for c, d in dtypes.items()})
+
+
+def _select(schema: str, table: str, where: str = "", order: str = "") -> str:
+    columns = ", ".join(f"{expr} as {db.quote_ident(name)}" for name, expr in _COLUMNS[table].items())
+    return f"select {columns} from {db.quote_ident(schema)}.{db.quote_ident(table)} {where} {order}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _replace_dir(built: Path, out_dir: Path) -> None:
+    """Swap `built` into `out_dir`, removing a previous snapshot only after the new one is in place."""
+    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    if out_dir.exists():
+        out_dir.rename(old)
+    built.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Path) -> SnapshotInfo:
+    """Write the snapshot of `config.database.app_schema` as of `logical_date` into `out_dir`."""
+    started = time.perf_counter()
+    logical_date = as_utc(logical_date)
+    window_days = config.extract.window_days
+    window_start = logical_date - timedelta(days=window_days) if window_days else None
+    schema = config.database.app_schema
+    out_dir = Path(out_dir).resolve()
+
+    where = "where occurred_at <= %(logical_date)s"
+    params: dict[str, Any] = {"logical_date": logical_date}
+    if window_start is not None:
+        where += " and occurred_at > %(window_start)s"
+        params["window_start"] = window_start
+
+    engine = db.get_engine(config)
+    # One repeatable-read transaction: the three tables are read as of the same moment.
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+        columns = _check_source(conn, schema)
+        tie_break = _TIE_BREAK_COLUMN if _TIE_BREAK_COLUMN in columns else "item_id"
+        frames = {
+            "items": _copy_out(conn, _select(schema, "items", order="order by 1"), {}, _DTYPES["items"]),
+            "users": _copy_out(conn, _select(schema, "users", order="order by 1"), {}, _DTYPES["users"]),
+            "interactions": _copy_out(
+                conn,
+                _select(schema, "interactions", where, f"order by user_id, occurred_at, {db.quote_ident(tie_break)}"),
+                params, _DTYPES["interactions"],
+            ),
+        }
+    interactions = frames["interactions"]
+    interactions["occurred_at"] = pd.to_datetime(interactions["occurred_at"], unit="us", utc=True)
+    if interactions.empty:
+        log.warning("no interactions in %s up to %s; the quality gate will stop this run", schema, logical_date)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    building.mkdir()
+    try:
+        for name, frame in frames.items():
+            frame.to_parquet(building / f"{name}.parquet", index=False, engine="pyarrow")
+        sha256 = {f: _sha256(building / f) for f in SNAPSHOT_FILES}
+        counts = {name: len(frame) for name, frame in frames.items()}
+        first = interactions["occurred_at"].min() if len(interactions) else None
+        last = interactions["occurred_at"].max() if len(interactions) else None
+        info = SnapshotInfo(
+            path=out_dir, logical_date=logical_date, window_days=window_days, counts=counts, sha256=sha256,
+            min_occurred_at=first.isoformat() if first is not None else None,
+            max_occurred_at=last.isoformat() if last is not None else None,
+            source_url=db.safe_url(engine.url),
+        )
+        manifest = {
+            **info.to_dict(),
+            "window_start": window_start.isoformat() if window_start else None,
+            "schema": schema,
+            "interactions_order": ["user_id", "occurred_at", tie_break],
+        }
+        del manifest["path"]  # the folder may move; everything else describes its content
+        (building / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _replace_dir(building, out_dir)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    log.info("extracted %s (%s) as of %s into %s in %.1fs",
+             ", ".join(f"{n:,} {name}" for name, n in counts.items()), schema, logical_date.isoformat(),
+             out_dir, time.perf_counter() - started)
+    return info
