@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psycopg2
 import sqlalchemy as sa
 
 from tasks import db
@@ -291,8 +292,16 @@ def _csv(frame: pd.DataFrame) -> io.StringIO:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    columns = {}
+    for name, column in frame.items():
+        if isinstance(column.dtype, pd.DatetimeTZDtype):
+            # UTC instants, written with a 'Z' so the server's TimeZone setting cannot shift them
+            utc = column.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+            columns[name] = pa.array(utc).cast(pa.timestamp("us", tz="UTC"))
+        else:
+            columns[name] = pa.array(column)
     buffer = io.BytesIO()
-    pacsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), buffer,
+    pacsv.write_csv(pa.table(columns), buffer,
                     pacsv.WriteOptions(include_header=False))
     return io.StringIO(buffer.getvalue().decode("utf-8"))
 
@@ -300,6 +309,17 @@ def _csv(frame: pd.DataFrame) -> io.StringIO:
 def write_source_schema(engine: sa.Engine, schema: str, frames: MovieLensFrames) -> None:
     """Empty and refill the three tables in one transaction (create them and their indexes if missing)."""
     s = db.quote_ident(schema)
+    try:
+        _write(engine, s, schema, frames)
+    except (sa.exc.DBAPIError, psycopg2.Error) as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise SourceDataError(
+            f"could not write schema {schema!r}: {detail}. Nothing was changed; fix the existing "
+            f"tables in {schema!r} (or drop them so the loader recreates them) and load again."
+        ) from None
+
+
+def _write(engine: sa.Engine, s: str, schema: str, frames: MovieLensFrames) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text(f"create schema if not exists {s}"))
         for table, columns in _TABLES.items():

@@ -65,3 +65,11 @@ def engine(config):
     from tasks.db import get_engine
 
     return get_engine(config)
+
+
+@pytest.fixture(scope="session")
+def ml100k(config):
+    """The full, real MovieLens-100K loaded once into schema `app` of the session database."""
+    from tasks.sources import load_movielens
+
+    return load_movielens(config, "movielens-100k")
