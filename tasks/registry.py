@@ -1,0 +1,400 @@
+"""The one module that talks to MLflow: candidate runs, the model registry and its aliases.
+
+Versions are moved with the aliases `challenger` (every candidate) and `champion` (what gets
+published), never with the deprecated stages. The champion's history is kept as a
+registered-model tag so `rollback` can undo promotions, including ones made in the UI.
+The default store is the project-local SQLite file that
+`mlflow ui --backend-store-uri sqlite:///.prismrec/mlflow.db` shows.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from tasks.config import PROJECT_ROOT, PipelineConfig
+from tasks.errors import NoChampionError, RegistryError
+
+log = logging.getLogger(__name__)
+
+MODEL_CODE = PROJECT_ROOT / "mlflow" / "prismrec_model.py"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+# Registered-model tag: JSON list of versions that held `champion`, oldest first.
+HISTORY_TAG = "champion_history"
+_HISTORY_KEEP = 200  # tag values are capped at 5000 characters
+_PARAM_MAX = 6000  # MLflow's limit on a param value
+_TAG_MAX = 5000
+_SERVING_PACKAGES = ("torch", "transformers", "mlflow", "numpy", "pandas")
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    version: str
+    run_id: str
+    promoted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tracking_uri(config: PipelineConfig) -> str:
+    """Where runs and the registry live: the config, else MLFLOW_TRACKING_URI, else local SQLite."""
+    return (
+        config.registry.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{config.paths.mlflow_db}"
+    )
+
+
+def _is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def _client(config: PipelineConfig):
+    """Point MLflow (fluent API and client) at the configured store, quietly."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    from mlflow import MlflowClient
+
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    uri = tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _is_missing(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _experiment_id(client, config: PipelineConfig) -> str:
+    """The experiment's id, creating it with artifacts under the project home for local stores."""
+    from mlflow.exceptions import MlflowException
+
+    name = config.registry.experiment
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if _is_local_store(tracking_uri(config)):
+        config.paths.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+        location = config.paths.mlflow_artifacts.as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def metric_key(*parts: str) -> str:
+    """`("popularity", "test", "ndcg@10")` -> `popularity_test_ndcg_10` (MLflow-safe names)."""
+    return "_".join(p.replace("@", "_").replace(" ", "_") for p in parts)
+
+
+def _as_dict(value: Any) -> dict:
+    return value.to_dict() if hasattr(value, "to_dict") else dict(value or {})
+
+
+def evaluation_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
+    """Flatten an Evaluation dict into MLflow metric names (see module doc of the contract)."""
+    metrics: dict[str, float] = {}
+
+    def add(prefix: tuple[str, ...], splits: Mapping[str, Mapping[str, float]] | None) -> None:
+        for split, values in (splits or {}).items():
+            for name, value in values.items():
+                metrics[metric_key(*prefix, split, name)] = float(value)
+
+    add((), evaluation.get("candidate"))
+    for baseline, splits in (evaluation.get("baselines") or {}).items():
+        add((baseline,), splits)
+    add(("champion",), evaluation.get("champion"))
+    return metrics
+
+
+def _epoch_metrics(model_dir: Path) -> list:
+    """Per-epoch curves from model_dir/history.json as MLflow step metrics (`epoch_<key>`)."""
+    from mlflow.entities import Metric
+
+    path = model_dir / "history.json"
+    if not path.exists():
+        log.warning("no %s; the run will have no training curves", path)
+        return []
+    now = int(datetime.now(timezone.utc).timestamp() * 1000)
+    curves = []
+    for row in json.loads(path.read_text()):
+        step = int(row.get("epoch", len(curves)))
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                curves.append(Metric(metric_key("epoch", key), float(value), now, step))
+    return curves
+
+
+def pip_requirements() -> list[str]:
+    """Pinned serving requirements from the installed versions (local tags like +cpu dropped)."""
+    pins = []
+    for package in _SERVING_PACKAGES:
+        try:
+            pins.append(f"{package}=={importlib.metadata.version(package).split('+')[0]}")
+        except importlib.metadata.PackageNotFoundError:
+            log.warning("%s is not installed; it is left out of the model's requirements", package)
+    return pins
+
+
+def _signature():
+    """Input: user ids and their time-ordered item histories; output: ranked recommendations."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "user_id"), ColSpec(Array("long"), "history")]),
+        outputs=Schema([
+            ColSpec("long", "user_id"), ColSpec("long", "rank"), ColSpec("long", "item_id"),
+            ColSpec("float", "score"), ColSpec("long", "interest_id"), ColSpec("string", "explanation"),
+        ]),
+        params=ParamSchema([ParamSpec("top_k", "long", 50)]),
+    )
+
+
+def register_candidate(
+    config: PipelineConfig,
+    *,
+    model_dir: Path,
+    run_dir: Path,
+    evaluation: Mapping[str, Any],
+    decision: Mapping[str, Any],
+    lineage: Mapping[str, Any],
+    model_code: Path | None = None,
+) -> RegisteredVersion:
+    """Log one MLflow run for a trained candidate and register it as a new model version.
+
+    The version always gets `challenger`; it gets `champion` only if the gate passed.
+    `model_code` overrides the models-from-code file (tests use a tiny one).
+    """
+    import mlflow
+
+    model_dir, run_dir = Path(model_dir), Path(run_dir)
+    model_code = Path(model_code or MODEL_CODE)
+    if not model_code.exists():
+        raise RegistryError(f"the pyfunc model definition {model_code} is missing; restore it from git")
+    evaluation, decision = _as_dict(evaluation), _as_dict(decision)
+    client = _client(config)
+    experiment_id = _experiment_id(client, config)
+    name = config.registry.model_name
+    passed = bool(decision.get("passed"))
+    reasons = "; ".join(decision.get("reasons", []))[:_TAG_MAX]
+    tags = {str(k): str(v)[:_TAG_MAX] for k, v in lineage.items()}
+    tags |= {"gate_passed": str(passed).lower(), "gate_reasons": reasons}
+
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_dir.name, tags=tags) as run:
+        run_id = run.info.run_id
+        mlflow.log_params({k: str(v)[:_PARAM_MAX] for k, v in config.to_dict().items()})
+        metrics = evaluation_metrics(evaluation)
+        if metrics:
+            mlflow.log_metrics(metrics)
+        curves = _epoch_metrics(model_dir)
+        if curves:
+            client.log_batch(run_id, metrics=curves)
+        mlflow.log_dict(config.to_dict(), "config.json")
+        mlflow.log_dict(decision, "decision.json")
+        mlflow.log_dict(evaluation, "evaluation.json")
+        mlflow.log_dict(dict(lineage), "lineage.json")
+        quality_report = run_dir / "snapshot" / "quality_report.json"
+        if quality_report.exists():
+            mlflow.log_artifact(str(quality_report))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # type-hint / input-example nags
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(model_code),
+                artifacts={"model_dir": str(model_dir)},
+                pip_requirements=pip_requirements(),
+                signature=_signature(),
+            )
+        _ensure_registered_model(client, name)
+        version = str(client.create_model_version(
+            name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id,
+        ).version)
+
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if passed:
+        _make_champion(client, name, version, reason=f"gate passed: {reasons}")
+    log.info("registered %s version %s (run %s): %s", name, version, run_id,
+             "now champion" if passed else "challenger only, gate refused")
+    return RegisteredVersion(version=str(version), run_id=run_id, promoted=passed)
+
+
+def _ensure_registered_model(client, name: str) -> None:
+    """Create the registered model on first use (the fluent register_model prints to stderr)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise
+        try:
+            client.create_registered_model(name, description="PrismRec multi-interest recommender")
+        except MlflowException as again:
+            if getattr(again, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+
+def _champion(client, name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_registered_model(name).aliases.get(CHAMPION)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+    return None if version is None else str(version)
+
+
+def champion_version(config: PipelineConfig) -> str | None:
+    """The version that currently holds `champion`, or None."""
+    return _champion(_client(config), config.registry.model_name)
+
+
+def _history(client, name: str) -> list[str]:
+    tags = client.get_registered_model(name).tags
+    return [str(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _make_champion(client, name: str, version: str, reason: str | None) -> None:
+    """Move `champion` to `version`, recording who held it before, when and why."""
+    previous = _champion(client, name)
+    history = _history(client, name)
+    if previous is not None and (not history or history[-1] != previous):
+        history.append(previous)  # promoted outside PrismRec (e.g. the MLflow UI)
+    history.append(version)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-_HISTORY_KEEP:]))
+    client.set_model_version_tag(name, version, "promoted_at", _now())
+    client.set_model_version_tag(name, version, "previous_champion", previous or "")
+    client.set_model_version_tag(name, version, "promotion_reason", (reason or "")[:_TAG_MAX])
+
+
+def _versions(client, name: str) -> list[str]:
+    found = client.search_model_versions(f"name = '{name}'")
+    return sorted((str(mv.version) for mv in found), key=int)
+
+
+def promote(config: PipelineConfig, version: str, reason: str | None = None) -> str:
+    """Make `version` the champion (a human decision); returns the version."""
+    client = _client(config)
+    name = config.registry.model_name
+    version = str(version).strip()
+    existing = _versions(client, name)
+    if not existing:
+        raise RegistryError(f"no versions of model {name!r} are registered yet; run `prismrec train` first")
+    if version not in existing:
+        raise RegistryError(
+            f"model {name!r} has no version {version!r}; existing versions: {', '.join(existing)}"
+        )
+    if _champion(client, name) == version:
+        log.info("version %s of %s is already the champion", version, name)
+        return version
+    _make_champion(client, name, version, reason or "promoted by hand")
+    log.info("promoted %s version %s to champion", name, version)
+    return version
+
+
+def rollback(config: PipelineConfig) -> str:
+    """Give `champion` back to the version that held it before the current one; returns it."""
+    client = _client(config)
+    name = config.registry.model_name
+    existing = set(_versions(client, name))
+    current = _champion(client, name) if existing else None
+    if current is None:
+        raise RegistryError(f"model {name!r} has no champion, so there is nothing to roll back")
+    history = _history(client, name)
+    while history and history[-1] == current:
+        history.pop()
+    while history and history[-1] not in existing:  # a deleted version cannot come back
+        history.pop()
+    if not history:
+        raise RegistryError(
+            f"nothing to roll back to: version {current} of {name!r} is the first champion on record; "
+            "use `prismrec promote VERSION` to pick another version"
+        )
+    target = history[-1]
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    client.set_model_version_tag(name, current, "rolled_back_at", _now())
+    client.set_model_version_tag(name, target, "restored_at", _now())
+    log.info("rolled %s champion back from version %s to %s", name, current, target)
+    return target
+
+
+def champion_model_dir(config: PipelineConfig) -> tuple[str, Path] | None:
+    """(version, local folder holding the champion's `model_dir` files), or None without a champion.
+
+    Downloads once per version into <home>/cache/champion/ (keyed by run id too, so a reset
+    store that reuses version numbers never serves stale files).
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    client = _client(config)
+    name = config.registry.model_name
+    version = _champion(client, name)
+    if version is None:
+        return None
+    model_version = client.get_model_version(name, version)
+    target = config.paths.home / "cache" / "champion" / f"{name}-v{version}-{(model_version.run_id or 'x')[:8]}"
+    if target.exists():
+        return version, target
+    root = client.get_model_version_download_uri(name, version).rstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+    try:
+        model_meta = Model.load(mlflow.artifacts.download_artifacts(f"{root}/MLmodel", dst_path=str(staging)))
+        subpath = model_meta.flavors["python_function"]["artifacts"]["model_dir"]["path"]
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/{subpath}", dst_path=str(staging)))
+        os.replace(local, target)  # atomic: a half-downloaded folder is never served
+    except OSError:
+        if not target.exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("champion %s version %s files in %s", name, version, target)
+    return version, target
+
+
+def load_champion(config: PipelineConfig):
+    """(version, pyfunc model) of the current champion; NoChampionError if there is none.
+
+    Loads by version number after resolving the alias once, so a promotion in between
+    cannot mix two versions in one publication.
+    """
+    import mlflow
+
+    version = champion_version(config)
+    if version is None:
+        name = config.registry.model_name
+        raise NoChampionError(
+            f"model {name!r} has no champion yet; run `prismrec train` (a candidate that passes the gate "
+            "becomes champion) or `prismrec promote VERSION` to choose one"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = mlflow.pyfunc.load_model(f"models:/{config.registry.model_name}/{version}")
+    return version, model
