@@ -121,7 +121,7 @@ class TrainConfig:
     user_heads: int = 2
     dropout: float = 0.2
     # Items whose text rows are recomputed with gradient each step (batch targets first).
-    lm_items_per_step: int = 256
+    lm_items_per_step: int = 64
     epochs: int = 10
     batch_size: int = 64
     lr: float = 2e-3

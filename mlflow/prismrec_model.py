@@ -1,0 +1,37 @@
+"""MLflow pyfunc definition of a PrismRec model (logged as models-from-code).
+
+Input: a DataFrame with `user_id` and `history` (the user's app item ids, oldest first).
+Output: one row per recommendation: user_id, rank (1 = best), item_id, score, interest_id,
+explanation. Params: `top_k` (default 50). The artifact `model_dir` is a folder written
+by `tasks.train` (model.pt, items.parquet, training.json).
+"""
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class PrismRecPyfunc(PythonModel):
+    def load_context(self, context):
+        from tasks.model.recommender import Recommender
+
+        self.recommender = Recommender.load(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        top_k = int((params or {}).get("top_k", 50))
+        histories = [list(h) if h is not None else [] for h in model_input["history"]]
+        result = self.recommender.recommend(histories, top_k)
+        users, k = result.item_ids.shape
+        frame = pd.DataFrame({
+            "user_id": np.repeat(model_input["user_id"].to_numpy(), k),
+            "rank": np.tile(np.arange(1, k + 1), users),
+            "item_id": result.item_ids.reshape(-1),
+            "score": result.scores.reshape(-1),
+            "interest_id": result.interest_ids.reshape(-1),
+            "explanation": [text for row in result.explanations for text in row],
+        })
+        return frame[frame["item_id"] >= 0].reset_index(drop=True)
+
+
+mlflow.models.set_model(PrismRecPyfunc())

@@ -1,0 +1,1 @@
+"""The PrismRec model: a language-model item tower and a multi-interest user tower."""

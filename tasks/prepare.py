@@ -1,0 +1,142 @@
+"""Prepare: 5-core filter, time-ordered histories, leave-one-out split (PROTOCOL.md).
+
+The filter is one pass, users then items, as RecBole does; users left with fewer than
+three interactions afterwards are dropped (leave-one-out needs a history, a validation
+target and a test target). Item index 0 is padding; items are indexed 1..n.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import PipelineConfig, PrepareConfig
+from tasks.errors import SourceDataError
+
+log = logging.getLogger(__name__)
+
+MIN_SEQUENCE = 3  # training history >= 1, validation target, test target
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Every user's time-ordered item indices in CSR form, plus the item universe."""
+
+    user_ids: np.ndarray  # [U] app user ids
+    indptr: np.ndarray  # [U + 1] offsets into item_idx
+    item_idx: np.ndarray  # [nnz] item indices 1..n_items, time-ordered per user
+    item_ids: np.ndarray  # [n_items + 1] app item id of each index; item_ids[0] = -1 (padding)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids) - 1
+
+    def sequence(self, user: int) -> np.ndarray:
+        return self.item_idx[self.indptr[user]:self.indptr[user + 1]]
+
+    def histories(self, holdout: int) -> list[np.ndarray]:
+        """Each user's sequence without its last `holdout` items (2: training, 1: for test)."""
+        return [self.sequence(u)[: len(self.sequence(u)) - holdout] for u in range(self.n_users)]
+
+    def targets(self, split: str) -> np.ndarray:
+        """Leave-one-out targets: the last item is `test`, the second-to-last `valid`."""
+        offset = {"test": 1, "valid": 2}[split]
+        return self.item_idx[self.indptr[1:] - offset]
+
+    def save(self, path: Path) -> None:
+        np.savez(path, user_ids=self.user_ids, indptr=self.indptr, item_idx=self.item_idx, item_ids=self.item_ids)
+
+    @classmethod
+    def load(cls, path: Path) -> "Sequences":
+        with np.load(path) as data:
+            return cls(**{k: data[k] for k in ("user_ids", "indptr", "item_idx", "item_ids")})
+
+
+def five_core(interactions: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
+    """One pass: drop users with too few interactions, then items, then too-short users."""
+    user_counts = interactions["user_id"].map(interactions["user_id"].value_counts())
+    kept = interactions[user_counts >= cfg.min_user_interactions]
+    item_counts = kept["item_id"].map(kept["item_id"].value_counts())
+    kept = kept[item_counts >= cfg.min_item_interactions]
+    user_counts = kept["user_id"].map(kept["user_id"].value_counts())
+    return kept[user_counts >= MIN_SEQUENCE]
+
+
+def build_sequences(interactions: pd.DataFrame, cfg: PrepareConfig) -> Sequences:
+    """Filter, then order each user's interactions by time (ties keep the source order)."""
+    kept = five_core(interactions, cfg)
+    if kept.empty:
+        raise SourceDataError(
+            "no user has enough interactions after the 5-core filter; "
+            "load more data or lower prepare.min_user_interactions / prepare.min_item_interactions"
+        )
+    kept = kept.assign(_order=np.arange(len(kept))).sort_values(
+        ["user_id", "occurred_at", "_order"], kind="stable"
+    )
+    item_ids = np.sort(kept["item_id"].unique())
+    item_idx = np.searchsorted(item_ids, kept["item_id"].to_numpy()) + 1
+    user_ids, counts = np.unique(kept["user_id"].to_numpy(), return_counts=True)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return Sequences(
+        user_ids=user_ids.astype(np.int64),
+        indptr=indptr.astype(np.int64),
+        item_idx=item_idx.astype(np.int64),
+        item_ids=np.concatenate([[-1], item_ids]).astype(np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    path: str
+    users: int
+    items: int
+    interactions: int
+    dropped_interactions: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -> DatasetInfo:
+    """Snapshot Parquet -> `sequences.npz` + `items.parquet` (the ranking universe) + `dataset.json`."""
+    snapshot_dir, out_dir = Path(snapshot_dir), Path(out_dir)
+    interactions = pd.read_parquet(snapshot_dir / "interactions.parquet", columns=["user_id", "item_id", "occurred_at"])
+    items = pd.read_parquet(snapshot_dir / "items.parquet")
+    sequences = build_sequences(interactions, config.prepare)
+    universe = (
+        pd.DataFrame({"idx": np.arange(1, sequences.n_items + 1), "item_id": sequences.item_ids[1:]})
+        .merge(items, on="item_id", how="left")
+    )
+    if universe["description"].isna().any():
+        missing = universe.loc[universe["description"].isna(), "item_id"].head(5).tolist()
+        raise SourceDataError(f"items {missing} have interactions but no row in app.items; fix the source")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sequences.save(out_dir / "sequences.npz")
+    universe.to_parquet(out_dir / "items.parquet", index=False)
+    info = DatasetInfo(
+        path=str(out_dir),
+        users=sequences.n_users,
+        items=sequences.n_items,
+        interactions=len(sequences.item_idx),
+        dropped_interactions=len(interactions) - len(sequences.item_idx),
+    )
+    (out_dir / "dataset.json").write_text(json.dumps(info.to_dict(), indent=2))
+    log.info("prepared %d users, %d items, %d interactions (%d dropped by the 5-core filter)",
+             info.users, info.items, info.interactions, info.dropped_interactions)
+    return info
+
+
+def load_dataset(dataset_dir: Path) -> tuple[Sequences, pd.DataFrame]:
+    """The prepared sequences and the item universe (`idx`-ordered, with text)."""
+    dataset_dir = Path(dataset_dir)
+    items = pd.read_parquet(dataset_dir / "items.parquet").sort_values("idx").reset_index(drop=True)
+    return Sequences.load(dataset_dir / "sequences.npz"), items

@@ -1,0 +1,233 @@
+"""Fine-tuning: one script, single-process or under `torchrun` (DDP: gloo on CPU, nccl on GPU).
+
+Reads top to bottom: set up DDP from the environment, cache the frozen lower layers of the
+language model, train the item and user towers with full softmax over the catalogue,
+validate each epoch on NDCG@10, keep the best checkpoint (rank 0 alone writes and logs).
+`launch_training` is what the pipeline calls: it starts this file under torchrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tasks.config import PipelineConfig, TrainConfig
+from tasks.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "model.pt"
+HISTORY = "history.json"  # one record per epoch: loss and validation metrics
+SUMMARY = "training.json"
+
+
+def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) -> Path:
+    """Run this module under `torchrun --nproc_per_node N`; return the model folder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"train": dataclasses.asdict(config.train), "max_history": config.prepare.max_history}
+    (out_dir / "train_config.json").write_text(json.dumps(settings, indent=2))
+    nproc = config.train.nproc
+    threads = config.train.threads_per_proc or max(1, (os.cpu_count() or 1) // nproc)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "tasks.train", "--dataset", str(dataset_dir), "--out", str(out_dir)]
+    log.info("launching: %s (OMP_NUM_THREADS=%s)", " ".join(command[2:]), threads)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    for line in process.stdout:  # stream into this task's log so progress shows in Airflow
+        line = line.rstrip()
+        tail = (tail + [line])[-30:]
+        log.info("[torchrun] %s", line)
+    if process.wait() != 0 or not (out_dir / CHECKPOINT).exists():
+        raise TrainingError(
+            f"torchrun exited with code {process.returncode}; last output:\n" + "\n".join(tail)
+            + "\nCheck train.* settings (epochs, nproc, batch_size) and the log above."
+        )
+    return out_dir
+
+
+# ---------------------------------------------------------------- the training script
+
+
+def _training_batches(histories, users, batch_size, max_history):
+    """Inputs are a history's items, targets the next item at each position (SASRec style)."""
+    import numpy as np
+
+    from tasks.model.network import pad_left
+
+    for start in range(0, len(users), batch_size):
+        chosen = users[start:start + batch_size]
+        windows = [histories[u][-(max_history + 1):] for u in chosen]
+        yield (pad_left([w[:-1] for w in windows], max_history),
+               pad_left([w[1:] for w in windows], max_history),
+               np.asarray(chosen))
+
+
+def validate(net, text_cache, sequences, users, max_history, device, batch_size=512):
+    """(sum of NDCG@10, sum of HR@10, count) on the validation targets of `users`."""
+    import torch
+
+    from tasks.metrics import mask_history, rank_targets
+    from tasks.model.network import pad_left
+
+    net.eval()
+    histories = sequences.histories(2)
+    targets = sequences.targets("valid")
+    totals = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        items = net.item_vectors(text_cache)
+        for start in range(0, len(users), batch_size):
+            chosen = users[start:start + batch_size]
+            batch_hist = [histories[u] for u in chosen]
+            scores, *_ = net.score_last(pad_left(batch_hist, max_history).to(device), items)
+            target = torch.as_tensor(targets[chosen], dtype=torch.long, device=device)
+            ranks, _ = rank_targets(mask_history(scores.float(), batch_hist, target), target)
+            ranks = torch.as_tensor(ranks, dtype=torch.float64)
+            totals += torch.stack([
+                torch.where(ranks < 10, 1.0 / torch.log2(ranks + 2), torch.zeros_like(ranks)).sum(),
+                (ranks < 10).double().sum(), torch.tensor(float(len(chosen)), dtype=torch.float64)])
+    net.train()
+    return totals
+
+
+def main(argv: list[str] | None = None) -> None:
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from tasks.model.network import ModelSpec, PrismRecNet
+    from tasks.model.text_tower import encode_frozen, load_language_model
+    from tasks.prepare import load_dataset
+
+    parser = argparse.ArgumentParser(description="PrismRec fine-tuning (run under torchrun)")
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    settings = json.loads((args.out / "train_config.json").read_text())
+    cfg = TrainConfig(**settings["train"])
+    max_history = settings["max_history"]
+
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if ddp:
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    master = rank == 0
+    logging.basicConfig(level=logging.INFO if master else logging.WARNING,
+                        format=f"%(asctime)s rank{rank} %(message)s", stream=sys.stdout)
+    torch.manual_seed(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
+    rng = np.random.default_rng(cfg.seed + rank)
+
+    sequences, items = load_dataset(args.dataset)
+    tokenizer, encoder = load_language_model()
+    started = time.time()
+    states, masks = encode_frozen(items["description"].tolist(), tokenizer, encoder,
+                                  cfg.lm_trainable_layers, cfg.max_text_tokens)
+    longest = int(masks.sum(1).max())  # drop all-padding token columns: they cost time and change nothing
+    pad_state, pad_mask = torch.zeros(1, longest, states.shape[-1]), torch.ones(1, longest, dtype=masks.dtype)
+    states = torch.cat([pad_state, states[:, :longest]]).to(device)  # row 0 = padding item
+    masks = torch.cat([pad_mask, masks[:, :longest]]).to(device)
+    log.info("cached frozen MiniLM states for %d items (%d tokens) in %.1fs",
+             sequences.n_items, longest, time.time() - started)
+
+    spec = ModelSpec(n_items=sequences.n_items, max_history=max_history, dim=cfg.dim,
+                     n_interests=cfg.n_interests, user_layers=cfg.user_layers, user_heads=cfg.user_heads,
+                     dropout=cfg.dropout, lm_trainable_layers=cfg.lm_trainable_layers,
+                     max_text_tokens=cfg.max_text_tokens, use_id_embedding=cfg.use_id_embedding)
+    net = PrismRecNet(spec, encoder).to(device)
+    del encoder
+    model = DistributedDataParallel(net, broadcast_buffers=False) if ddp else net
+    lm_params = [p for p in net.text_tower.parameters()] if net.text_tower is not None else []
+    lm_ids = {id(p) for p in lm_params}
+    other = [p for p in net.parameters() if id(p) not in lm_ids]
+    optimizer = torch.optim.AdamW([{"params": other, "lr": cfg.lr},
+                                   {"params": lm_params, "lr": cfg.lm_lr}], weight_decay=cfg.weight_decay)
+
+    def refresh_all() -> torch.Tensor:
+        with torch.no_grad():
+            net.eval()
+            vectors = torch.cat([net.text_tower(states[i:i + 512], masks[i:i + 512])
+                                 for i in range(0, len(states), 512)]) if net.text_tower else None
+            net.train()
+        return vectors
+
+    text_cache = refresh_all()
+    histories = sequences.histories(2)
+    trainable_users = np.array([u for u in range(sequences.n_users) if len(histories[u]) >= 2])
+    shard = np.array_split(np.arange(sequences.n_users), world)[rank]
+    steps_per_epoch = math.ceil(len(trainable_users) / world / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    history, best, stale = [], -1.0, 0
+    train_started = time.time()
+    for epoch in range(1, cfg.epochs + 1):
+        order = np.random.default_rng(cfg.seed + epoch).permutation(trainable_users)
+        mine = np.array_split(order, world)[rank][: steps_per_epoch * cfg.batch_size]
+        epoch_loss, epoch_started = 0.0, time.time()
+        for step, (inputs, targets, _) in enumerate(_training_batches(histories, mine, cfg.batch_size, max_history), 1):
+            inputs, targets = inputs.to(device), targets.to(device)
+            refresh = torch.unique(targets[targets > 0])
+            if len(refresh) > cfg.lm_items_per_step:
+                refresh = refresh[torch.as_tensor(rng.permutation(len(refresh))[: cfg.lm_items_per_step], device=device)]
+            logits, fresh = model(inputs, text_cache, refresh, states[refresh], masks[refresh])
+            keep = targets > 0
+            loss = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            text_cache = text_cache.index_put((refresh,), fresh.detach())
+            epoch_loss += loss.item()
+            if master and (step % 20 == 0 or step == steps_per_epoch):
+                rate = step / (time.time() - epoch_started)
+                log.info("epoch %d step %d/%d loss %.4f (%.1f steps/s, epoch ETA %.0fs)", epoch, step,
+                         steps_per_epoch, epoch_loss / step, rate, (steps_per_epoch - step) / max(rate, 1e-9))
+        text_cache = refresh_all()
+        totals = validate(net, text_cache, sequences, shard, max_history, device)
+        if ddp:
+            dist.all_reduce(totals)
+        valid_ndcg, valid_hr = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+        record = {"epoch": epoch, "train_loss": epoch_loss / max(steps_per_epoch, 1), "valid_ndcg@10": valid_ndcg,
+                  "valid_hr@10": valid_hr, "seconds": time.time() - epoch_started}
+        history.append(record)
+        improved = valid_ndcg > best
+        if improved:
+            best, stale = valid_ndcg, 0
+            if master:
+                torch.save({"spec": spec.to_dict(), "train_config": dataclasses.asdict(cfg), "epoch": epoch,
+                            "state_dict": net.state_dict(), "item_text_vectors": text_cache.cpu(),
+                            "item_ids": sequences.item_ids, "valid_ndcg@10": valid_ndcg},
+                           args.out / CHECKPOINT)
+        else:
+            stale += 1
+        if master:
+            log.info("epoch %d: loss %.4f, valid NDCG@10 %.4f, HR@10 %.4f%s (%.1fs, total %.0fs)", epoch,
+                     record["train_loss"], valid_ndcg, valid_hr, " (best, saved)" if improved else "",
+                     record["seconds"], time.time() - train_started)
+        if stale >= cfg.patience:
+            if master:
+                log.info("early stop: no improvement for %d epochs", stale)
+            break
+    if master:
+        items[["idx", "item_id", "title", "genres"]].to_parquet(args.out / "items.parquet", index=False)
+        (args.out / HISTORY).write_text(json.dumps(history, indent=2))
+        (args.out / SUMMARY).write_text(json.dumps({"best_valid_ndcg@10": best, "epochs_run": len(history),
+                                                    "train_seconds": time.time() - started,
+                                                    "world_size": world}, indent=2))
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
