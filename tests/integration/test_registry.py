@@ -26,7 +26,7 @@ class ToyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.scores = json.loads((Path(context.artifacts["model_dir"]) / "scores.json").read_text())
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         top_k = int((params or {}).get("top_k", 10))
         ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])
         rows = []

@@ -1,0 +1,229 @@
+"""Publishing on real Postgres and a real MLflow champion: exact rows, atomic swap, idempotence.
+
+The champion here is a small real pyfunc (models-from-code, logged and registered through
+`tasks.registry.register_candidate`) with known item scores, so every published row can be
+predicted by hand. Nothing is trained in this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from tasks.errors import NoChampionError
+
+APP, RECO, MODEL = "pub_app", "pub_reco", "materialize_test"
+TABLE = f'{RECO}."user_recommendations"'
+
+# Items 10..80 score 0.8 down to 0.1: the best unseen items are easy to predict by hand.
+SCORES = {str(item): round(0.9 - item / 100, 2) for item in range(10, 90, 10)}
+# user -> history in time order (first watched first).
+HISTORIES = {1: [20, 10], 2: [30], 3: [10, 20, 30, 40, 50, 60], 4: [80], 5: [50, 10]}
+EXPECTED_TOP3 = {1: [30, 40, 50], 2: [10, 20, 40], 3: [70, 80], 4: [10, 20, 30], 5: [20, 30, 40]}
+
+TOY_MODEL_CODE = '''
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+
+class ToyModel(mlflow.pyfunc.PythonModel):
+    """Ranks a fixed score table, skipping the user's history unless told to leak it."""
+
+    def load_context(self, context):
+        folder = Path(context.artifacts["model_dir"])
+        self.scores = {int(i): s for i, s in json.loads((folder / "scores.json").read_text()).items()}
+        self.leak = (folder / "LEAK").exists()
+
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        top_k = int((params or {}).get("top_k", 10))
+        ranked = sorted(self.scores, key=lambda i: -self.scores[i])
+        rows = []
+        for user_id, history in zip(model_input["user_id"], model_input["history"]):
+            seen = set() if self.leak else {int(i) for i in history}
+            fresh = [i for i in ranked if i not in seen][:top_k]
+            rows += [(int(user_id), rank, item, self.scores[item], rank % 2, f"because you watched {history[-1]}")
+                     for rank, item in enumerate(fresh, 1)]
+        return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "interest_id", "explanation"])
+
+
+mlflow.models.set_model(ToyModel())
+'''
+
+
+@pytest.fixture(scope="module")
+def mat_config(config):
+    return dataclasses.replace(
+        config,
+        database=dataclasses.replace(config.database, app_schema=APP, reco_schema=RECO),
+        registry=dataclasses.replace(config.registry, model_name=MODEL),
+        materialize=dataclasses.replace(config.materialize, top_k=3, batch_users=2),
+    )
+
+
+@pytest.fixture(scope="module")
+def interactions(engine) -> None:
+    start = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    rows = [
+        {"user_id": user, "item_id": item, "rating": 4.0, "occurred_at": start + timedelta(days=user, hours=n)}
+        for user, history in HISTORIES.items() for n, item in enumerate(history)
+    ]
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"drop schema if exists {APP} cascade; create schema {APP}"))
+        conn.execute(sa.text(
+            f"create table {APP}.interactions (user_id bigint, item_id bigint, rating real, occurred_at timestamptz)"
+        ))
+        # Inserted newest first so that only `order by occurred_at` yields the time order.
+        conn.execute(sa.text(f"insert into {APP}.interactions values (:user_id, :item_id, :rating, :occurred_at)"),
+                     rows[::-1])
+        conn.execute(sa.text(f"drop schema if exists {RECO} cascade"))
+
+
+def _log_toy_champion(config, root: Path, code: Path, tag: str, leak: bool = False) -> str:
+    from tasks.registry import register_candidate
+
+    model_dir = root / f"model-{tag}"
+    model_dir.mkdir()
+    (model_dir / "scores.json").write_text(json.dumps(SCORES))
+    if leak:
+        (model_dir / "LEAK").touch()
+    registered = register_candidate(
+        config, model_dir=model_dir, run_dir=root / f"run-{tag}",
+        evaluation={"candidate": {"valid": {"ndcg@10": 0.2}}},
+        decision={"passed": True, "reasons": ["test champion"]},
+        lineage={"run_key": tag}, model_code=code,
+    )
+    return registered.version
+
+
+@pytest.fixture(scope="module")
+def toy_champion(mat_config, tmp_path_factory) -> dict:
+    """The champion that gets published: a toy pyfunc with known scores (see module doc)."""
+    root = tmp_path_factory.mktemp("materialize-models")
+    code = root / "toy_model.py"
+    code.write_text(TOY_MODEL_CODE)
+    return {"version": _log_toy_champion(mat_config, root, code, "good"), "root": root, "code": code}
+
+
+def _published(engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        return pd.read_sql_query(sa.text(f"select * from {TABLE} order by user_id, rank"), conn)
+
+
+@pytest.fixture(scope="module")
+def first_publication(mat_config, engine, interactions, toy_champion):
+    from tasks.materialize import materialize
+
+    summary = materialize(mat_config)
+    return summary, _published(engine)
+
+
+def test_no_champion_raises_before_touching_postgres(mat_config, engine, interactions):
+    from tasks.materialize import materialize
+
+    nobody = dataclasses.replace(mat_config, registry=dataclasses.replace(mat_config.registry, model_name="no_champion"))
+    with pytest.raises(NoChampionError, match="prismrec train"):
+        materialize(nobody)
+    assert not sa.inspect(engine).has_schema(RECO) or not sa.inspect(engine).has_table("user_recommendations", RECO)
+
+
+def test_read_histories_are_time_ordered(mat_config, engine, interactions):
+    from tasks.materialize import read_histories
+
+    histories = read_histories(engine, mat_config)
+    assert dict(zip(histories["user_id"], histories["history"])) == HISTORIES
+
+
+def test_publishes_top_k_unseen_items_for_every_user(first_publication, toy_champion, engine):
+    summary, rows = first_publication
+    assert summary.rows == 14 and summary.users == 5
+    assert summary.model_version == toy_champion["version"]
+    assert summary.to_dict()["generated_at"] == summary.generated_at.isoformat()
+    assert {u: g["item_id"].tolist() for u, g in rows.groupby("user_id")} == EXPECTED_TOP3
+    assert rows.groupby("user_id")["rank"].apply(list).to_dict()[3] == [1, 2]
+    user1 = rows[rows["user_id"] == 1]
+    assert user1["score"].tolist() == pytest.approx([0.6, 0.5, 0.4])
+    assert user1["explanation"].unique().tolist() == ["because you watched 10"]
+    assert user1["interest_id"].tolist() == [1, 0, 1]
+    assert set(rows["model_name"]) == {MODEL} and set(rows["model_version"]) == {summary.model_version}
+    assert rows["generated_at"].nunique() == 1
+    with engine.connect() as conn:
+        table_comment = conn.execute(sa.text(f"select obj_description('{TABLE}'::regclass)")).scalar_one()
+        pk = conn.execute(sa.text(
+            "select pg_get_constraintdef(oid) from pg_constraint where conrelid = cast(:t as regclass) and contype = 'p'"
+        ), {"t": TABLE}).scalar_one()
+        rank_comment = conn.execute(sa.text(
+            f"select col_description('{TABLE}'::regclass, 2)"
+        )).scalar_one()
+    assert table_comment.startswith("Top-k recommendations per user")
+    assert rank_comment.startswith("1 = best")
+    assert pk == "PRIMARY KEY (user_id, rank)"
+
+
+def test_rerun_for_the_same_champion_replaces_rows(mat_config, first_publication, engine):
+    from tasks.materialize import materialize
+
+    _, before = first_publication
+    summary = materialize(mat_config)
+    after = _published(engine)
+    assert summary.rows == len(after) == len(before) == 14
+    cols = ["user_id", "rank", "item_id", "model_version"]
+    pd.testing.assert_frame_equal(after[cols], before[cols])
+    assert after["generated_at"].nunique() == 1  # one publication, not a mix of two
+    with engine.connect() as conn:  # the session-private staging table is gone
+        assert conn.execute(sa.text("select to_regclass('pg_temp.user_recommendations_staging')")).scalar() is None
+
+
+def test_failure_inside_the_swap_keeps_the_published_set(mat_config, first_publication, engine):
+    """A trigger that fails the INSERT proves DELETE and INSERT share one transaction."""
+    from tasks.materialize import materialize
+
+    before = _published(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "create function pub_reco.refuse() returns trigger language plpgsql as "
+            "$$ begin raise exception 'injected failure during the swap'; end $$"
+        ))
+        conn.execute(sa.text(
+            f"create trigger refuse after insert on {TABLE} for each statement execute function pub_reco.refuse()"
+        ))
+    try:
+        with pytest.raises(sa.exc.DBAPIError, match="injected failure during the swap"):
+            materialize(mat_config)
+        pd.testing.assert_frame_equal(_published(engine), before)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"drop trigger refuse on {TABLE}; drop function pub_reco.refuse()"))
+
+
+def test_a_champion_that_recommends_seen_items_is_refused(mat_config, first_publication, toy_champion, engine):
+    from tasks.materialize import materialize
+    from tasks.registry import champion_version, rollback
+
+    before = _published(engine)
+    leaky = _log_toy_champion(mat_config, toy_champion["root"], toy_champion["code"], "leaky", leak=True)
+    assert champion_version(mat_config) == leaky
+    try:
+        with pytest.raises(RuntimeError, match="already in the user's history"):
+            materialize(mat_config)
+        pd.testing.assert_frame_equal(_published(engine), before)
+    finally:
+        assert rollback(mat_config) == toy_champion["version"]
+
+
+def test_no_champion_leaves_the_published_set_untouched(mat_config, first_publication, engine):
+    from tasks.materialize import materialize
+
+    before = _published(engine)
+    nobody = dataclasses.replace(mat_config, registry=dataclasses.replace(mat_config.registry, model_name="no_champion"))
+    with pytest.raises(NoChampionError):
+        materialize(nobody)
+    pd.testing.assert_frame_equal(_published(engine), before)
