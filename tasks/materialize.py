@@ -87,7 +87,7 @@ def check_recommendations(recs: pd.DataFrame, users: pd.DataFrame, top_k: int) -
         raise RuntimeError(f"the champion returned ranks outside 1..{top_k}")
     if not np.isfinite(recs["score"].to_numpy(dtype="float64")).all():
         raise RuntimeError("the champion returned non-finite scores")
-    seen = users[["user_id", "history"]].explode("history").rename(columns={"history": "item_id"})
+    seen = users[["user_id", "history"]].explode("history").dropna().rename(columns={"history": "item_id"})
     seen["item_id"] = seen["item_id"].astype("int64")
     leaks = recs[["user_id", "item_id"]].merge(seen.drop_duplicates(), on=["user_id", "item_id"])
     if len(leaks):
@@ -163,6 +163,9 @@ def materialize(config: PipelineConfig) -> MaterializeSummary:
                 log.info("scored %d/%d users (%.0f users/s, ETA %.0fs)", done, len(users), rate,
                          (len(users) - done) / rate if rate else 0.0)
             _create_table(conn, target)
+            # Serialises concurrent publishers (readers' ACCESS SHARE locks are not blocked), so a
+            # second run's DELETE sees the first run's rows instead of colliding with them.
+            conn.execute(sa.text(f"lock table {target} in share row exclusive mode"))
             conn.execute(sa.text(f"delete from {target}"))
             conn.execute(
                 sa.text(f"""

@@ -227,3 +227,66 @@ def test_no_champion_leaves_the_published_set_untouched(mat_config, first_public
     with pytest.raises(NoChampionError):
         materialize(nobody)
     pd.testing.assert_frame_equal(_published(engine), before)
+
+
+def _untrained_model_dir(folder: Path, item_ids: list[int]) -> Path:
+    """A PrismRec model folder in the training checkpoint format, with untrained weights."""
+    import torch
+
+    from tasks.model.network import ModelSpec, PrismRecNet
+    from tasks.model.recommender import CHECKPOINT
+
+    torch.manual_seed(0)
+    spec = ModelSpec(n_items=len(item_ids), max_history=8, dim=16, n_interests=2, user_layers=1, user_heads=2,
+                     dropout=0.0, lm_trainable_layers=0, max_text_tokens=8, use_id_embedding=True)
+    net = PrismRecNet(spec)
+    folder.mkdir(parents=True)
+    torch.save({"spec": spec.to_dict(), "state_dict": net.state_dict(),
+                "item_text_vectors": torch.randn(len(item_ids) + 1, 384)}, folder / CHECKPOINT)
+    pd.DataFrame({"idx": range(1, len(item_ids) + 1), "item_id": item_ids,
+                  "title": [f"Movie {i}" for i in item_ids], "genres": "Drama"}).to_parquet(folder / "items.parquet")
+    (folder / "history.json").write_text(json.dumps([{"epoch": 1, "train_loss": 1.0}]))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_model_dir(request, tmp_path_factory) -> Path:
+    """A real PrismRec model folder: the session's trained model when conftest offers one
+    (fixture `trained_model_dir`), else an untrained network in the same format."""
+    try:
+        return Path(request.getfixturevalue("trained_model_dir"))
+    except pytest.FixtureLookupError:
+        return _untrained_model_dir(tmp_path_factory.mktemp("real-model") / "model", sorted(map(int, SCORES)))
+
+
+def test_real_pyfunc_champion_publishes_unseen_catalogue_items(mat_config, engine, interactions, real_model_dir,
+                                                               tmp_path):
+    """The lead's mlflow/prismrec_model.py end to end: registered, loaded @champion, published."""
+    from tasks.materialize import materialize
+    from tasks.registry import register_candidate
+
+    config = dataclasses.replace(
+        mat_config,
+        database=dataclasses.replace(mat_config.database, reco_schema="pub_reco_real"),
+        registry=dataclasses.replace(mat_config.registry, model_name="materialize_real"),
+    )
+    version = register_candidate(
+        config, model_dir=real_model_dir, run_dir=tmp_path / "run",
+        evaluation={"candidate": {"valid": {"ndcg@10": 0.1}}}, decision={"passed": True, "reasons": ["test"]},
+        lineage={"run_key": "real"},
+    ).version
+    summary = materialize(config)
+
+    catalogue = set(pd.read_parquet(real_model_dir / "items.parquet")["item_id"].astype(int))
+    with engine.connect() as conn:
+        rows = pd.read_sql_query(sa.text(
+            'select * from pub_reco_real."user_recommendations" order by user_id, rank'), conn)
+    assert summary.model_version == version and set(rows["model_version"]) == {version}
+    assert summary.rows == len(rows)
+    for user, history in HISTORIES.items():
+        mine = rows[rows["user_id"] == user]
+        expected = min(3, len(catalogue - set(history)))
+        assert mine["rank"].tolist() == list(range(1, expected + 1))
+        assert set(mine["item_id"]) <= catalogue - set(history)
+        assert mine["score"].is_monotonic_decreasing
+        assert all(text.startswith("because you watched ") for text in mine["explanation"])
