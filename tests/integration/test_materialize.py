@@ -290,3 +290,17 @@ def test_real_pyfunc_champion_publishes_unseen_catalogue_items(mat_config, engin
         assert set(mine["item_id"]) <= catalogue - set(history)
         assert mine["score"].is_monotonic_decreasing
         assert all(text.startswith("because you watched ") for text in mine["explanation"])
+
+
+def test_concurrent_publishers_leave_one_complete_set(mat_config, first_publication, engine):
+    """Whatever the interleaving, both runs succeed and exactly one run's rows remain."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.materialize import materialize
+
+    with ThreadPoolExecutor(2) as pool:
+        summaries = list(pool.map(lambda _: materialize(mat_config), range(2)))
+    rows = _published(engine)
+    assert [s.rows for s in summaries] == [14, 14]
+    assert len(rows) == 14 and rows["generated_at"].nunique() == 1
+    assert rows["generated_at"].iloc[0] in {pd.Timestamp(s.generated_at) for s in summaries}
