@@ -220,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
                 log.info("early stop: no improvement for %d epochs", stale)
             break
     if master:
-        items[["idx", "item_id", "title", "genres"]].to_parquet(args.out / "items.parquet", index=False)
+        popularity = np.bincount(np.concatenate(histories), minlength=sequences.n_items + 1)[1:]
+        items.assign(train_interactions=popularity)[["idx", "item_id", "title", "genres", "train_interactions"]] \
+            .to_parquet(args.out / "items.parquet", index=False)
         (args.out / HISTORY).write_text(json.dumps(history, indent=2))
         (args.out / SUMMARY).write_text(json.dumps({"best_valid_ndcg@10": best, "epochs_run": len(history),
                                                     "train_seconds": time.time() - started,

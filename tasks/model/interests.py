@@ -1,7 +1,7 @@
 """User tower: a time-ordered history -> K decoupled interest vectors at every position.
 
 A small causal transformer contextualises the history (SASRec-style); then K learned
-interest queries, each nudged by the current state, attend over the causal prefix
+interest queries attend over the causal prefix
 (self-attentive multi-interest extraction, as in ComiRec-SA). An item's score is its
 match with the best interest, and that interest's attention says which past items led
 to the pick.
@@ -26,7 +26,6 @@ class InterestExtractor(nn.Module):
         self.context = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.interest_queries = nn.Parameter(torch.randn(n_interests, dim) / math.sqrt(dim))
-        self.query_from_state = nn.Linear(dim, dim)
         self.keys = nn.Linear(dim, dim)
         self.values = nn.Linear(dim, dim)
         self.out = nn.LayerNorm(dim)
@@ -49,7 +48,7 @@ class InterestExtractor(nn.Module):
         heads = self.context.layers[0].self_attn.num_heads
         state = self.context(x, mask=blocked_context.repeat_interleave(heads, 0))
         state = self.norm(state)
-        queries = self.interest_queries[None, None] + self.query_from_state(state)[:, :, None]  # [B, L, K, d]
+        queries = self.interest_queries[None, None].expand(batch, length, -1, -1)  # [B, L, K, d]
         keys = self.keys(state)  # [B, L, d]
         logits = torch.einsum("btkd,bjd->btkj", queries, keys) / math.sqrt(dim)
         blocked = causal[None, :, None, :] | pad[:, None, None, :]

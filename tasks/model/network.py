@@ -108,5 +108,5 @@ def pad_left(sequences, length: int) -> torch.Tensor:
     for row, sequence in enumerate(sequences):
         tail = sequence[-length:]
         if len(tail):
-            batch[row, length - len(tail):] = torch.as_tensor(tail, dtype=torch.long)
+            batch[row, length - len(tail):] = torch.tensor(tail, dtype=torch.long)
     return batch

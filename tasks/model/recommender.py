@@ -20,6 +20,7 @@ from tasks.errors import RegistryError
 from tasks.model.network import ModelSpec, PrismRecNet, pad_left
 
 CHECKPOINT = "model.pt"
+POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
 
 
 @dataclass
@@ -39,6 +40,9 @@ class Recommender:
         self.item_ids = items["item_id"].to_numpy()  # position i -> index i + 1
         self.titles = np.concatenate([[""], items["title"].astype(str).to_numpy()])
         self.index_of = pd.Series(np.arange(1, len(self.item_ids) + 1), index=self.item_ids)
+        # Users with no known history get the most popular items (flagged with interest -1).
+        counts = items["train_interactions"].to_numpy() if "train_interactions" in items else np.zeros(len(items))
+        self.popularity = torch.as_tensor(np.concatenate([[-np.inf], counts]), dtype=torch.float32)
         self.info = version_info
 
     @classmethod
@@ -87,6 +91,10 @@ class Recommender:
         rows = np.concatenate([np.full(len(h), i) for i, h in enumerate(indexed)]) if indexed else []
         if len(rows):
             scores[torch.as_tensor(rows), torch.as_tensor(np.concatenate(indexed))] = float("-inf")
+        cold = torch.as_tensor([len(h) == 0 for h in indexed], dtype=torch.bool)
+        if cold.any():
+            scores[cold] = self.popularity
+            best[cold] = POPULARITY_FALLBACK
         k = min(top_k, self.n_items)
         top_scores, top_idx = scores.topk(k, dim=1)
         interest = best.gather(1, top_idx)
@@ -96,9 +104,11 @@ class Recommender:
         because = padded.gather(1, attended.indices.flatten(1)).view(attended.indices.shape)  # [B, K, e]
         explanations = []
         for user in range(len(indexed)):
+            if not len(indexed[user]):
+                explanations.append(["popular overall (no viewing history yet)"] * k)
+                continue
             per_interest = [
                 "because you watched " + ", ".join(self.titles[i] for i in because[user, k_].tolist() if i > 0)
-                if len(indexed[user]) else "popular with similar viewers"
                 for k_ in range(self.spec.n_interests)
             ]
             explanations.append([per_interest[i] for i in interest[user].tolist()])

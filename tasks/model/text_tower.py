@@ -26,8 +26,11 @@ def pretrained_path() -> Path:
 
 def load_language_model():
     """Tokenizer and BERT encoder, offline, without the pooler (unused parameters break DDP)."""
+    import transformers
     from transformers import AutoModel, AutoTokenizer
 
+    transformers.logging.set_verbosity_error()  # the unused pooler's load report is expected noise
+    transformers.logging.disable_progress_bar()
     path = pretrained_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     encoder = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
