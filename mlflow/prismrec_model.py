@@ -29,7 +29,7 @@ class PrismRecPyfunc(PythonModel):
             "item_id": result.item_ids.reshape(-1),
             "score": result.scores.reshape(-1),
             "interest_id": result.interest_ids.reshape(-1),
-            "explanation": [text for row in result.explanations for text in row],
+            "explanation": result.explanations.reshape(-1),
         })
         return frame[frame["item_id"] >= 0].reset_index(drop=True)
 

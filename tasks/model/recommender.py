@@ -2,7 +2,9 @@
 
 Used by evaluation (candidate and champion on the same split), by the MLflow pyfunc and by
 materialization. Works in app item ids, so a model can score a split whose item indexing
-differs from the one it was trained on (items it never saw score -inf).
+differs from the one it was trained on (items it never saw score -inf). Everything is
+batched tensor work; the only per-user step is none: explanations are composed with
+vectorised string operations.
 """
 
 from __future__ import annotations
@@ -21,14 +23,22 @@ from tasks.model.network import ModelSpec, PrismRecNet, pad_left
 
 CHECKPOINT = "model.pt"
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
+FALLBACK_EXPLANATION = "popular overall (no viewing history yet)"
 
 
 @dataclass
 class Recommendations:
-    item_ids: np.ndarray  # [U, k] app item ids, best first
+    item_ids: np.ndarray  # [U, k] app item ids, best first (-1 where fewer than k candidates)
     scores: np.ndarray  # [U, k]
-    interest_ids: np.ndarray  # [U, k] which interest picked each item
-    explanations: list[list[str]]  # [U][k] "because you watched A, B"
+    interest_ids: np.ndarray  # [U, k] which interest picked each item (-1: popularity fallback)
+    because_item_ids: np.ndarray  # [U, k, e] history items the picking interest attends to most (-1: none)
+    explanations: np.ndarray  # [U, k] "because you watched A, B"
+
+
+@dataclass
+class UserInterests:
+    weights: np.ndarray  # [U, K] share of the user's top-k list each interest produced
+    top_item_ids: np.ndarray  # [U, K, e] most-attended history items of each interest (-1: none)
 
 
 class Recommender:
@@ -38,7 +48,8 @@ class Recommender:
         with torch.no_grad():
             self.item_vectors = net.item_vectors(item_text_vectors)
         self.item_ids = items["item_id"].to_numpy()  # position i -> index i + 1
-        self.titles = np.concatenate([[""], items["title"].astype(str).to_numpy()])
+        self.items = items.reset_index(drop=True)
+        self.titles = np.concatenate([[""], items["title"].astype(str).to_numpy()]).astype(object)
         self.index_of = pd.Series(np.arange(1, len(self.item_ids) + 1), index=self.item_ids)
         # Users with no known history get the most popular items (flagged with interest -1).
         counts = items["train_interactions"].to_numpy() if "train_interactions" in items else np.zeros(len(items))
@@ -83,36 +94,70 @@ class Recommender:
         out[:, torch.as_tensor(columns == 0)] = float("-inf")
         return out
 
-    def recommend(self, histories: Sequence[Sequence[int]], top_k: int, explain_items: int = 2) -> Recommendations:
-        """Top-k unseen items per history, with the interest that picked each and why."""
+    def _app_ids(self, indices: torch.Tensor) -> np.ndarray:
+        """Model indices (0 = none) -> app item ids (-1 = none)."""
+        idx = indices.numpy()
+        return np.where(idx > 0, self.item_ids[np.clip(idx - 1, 0, None)], -1)
+
+    def _top(self, histories: Sequence[Sequence[int]], top_k: int, explain_items: int):
         indexed = [self.to_indices(h) for h in histories]
         scores, best, attention, padded = self.score_indices(indexed)
         scores[:, 0] = float("-inf")
-        rows = np.concatenate([np.full(len(h), i) for i, h in enumerate(indexed)]) if indexed else []
-        if len(rows):
+        lengths = np.array([len(h) for h in indexed])
+        if lengths.sum():
+            rows = np.repeat(np.arange(len(indexed)), lengths)
             scores[torch.as_tensor(rows), torch.as_tensor(np.concatenate(indexed))] = float("-inf")
-        cold = torch.as_tensor([len(h) == 0 for h in indexed], dtype=torch.bool)
+        cold = torch.as_tensor(lengths == 0)
         if cold.any():
             scores[cold] = self.popularity
             best[cold] = POPULARITY_FALLBACK
-        k = min(top_k, self.n_items)
-        top_scores, top_idx = scores.topk(k, dim=1)
+        top_scores, top_idx = scores.topk(min(top_k, self.n_items), dim=1)
         interest = best.gather(1, top_idx)
-        # For each user and interest, the history items that interest attends to most.
+        # Each interest's most-attended history items: [B, K, e] model indices (0 = padding).
         attended = attention.masked_fill(padded[:, None, :] == 0, -1.0).topk(
-            min(explain_items, padded.shape[1]), dim=-1)
-        because = padded.gather(1, attended.indices.flatten(1)).view(attended.indices.shape)  # [B, K, e]
-        explanations = []
-        for user in range(len(indexed)):
-            if not len(indexed[user]):
-                explanations.append(["popular overall (no viewing history yet)"] * k)
-                continue
-            per_interest = [
-                "because you watched " + ", ".join(self.titles[i] for i in because[user, k_].tolist() if i > 0)
-                for k_ in range(self.spec.n_interests)
-            ]
-            explanations.append([per_interest[i] for i in interest[user].tolist()])
-        valid = torch.isfinite(top_scores)
-        item_ids = np.where(valid.numpy(), self.item_ids[(top_idx - 1).clamp(min=0).numpy()], -1)
-        return Recommendations(item_ids=item_ids, scores=top_scores.numpy().astype(np.float32),
-                               interest_ids=interest.numpy().astype(np.int64), explanations=explanations)
+            min(explain_items, padded.shape[1]), dim=-1).indices
+        because = padded.gather(1, attended.flatten(1)).view(attended.shape)
+        return top_scores, top_idx, interest, because
+
+    def recommend(self, histories: Sequence[Sequence[int]], top_k: int, explain_items: int = 2) -> Recommendations:
+        """Top-k unseen items per history, with the interest that picked each and why."""
+        top_scores, top_idx, interest, because = self._top(histories, top_k, explain_items)
+        users, k = top_idx.shape
+        picked = because.gather(1, interest.clamp(min=0)[..., None].expand(-1, -1, because.shape[-1]))  # [B, k, e]
+        picked = picked.masked_fill((interest < 0)[..., None], 0)
+        titles = self.titles[picked.numpy()]  # [B, k, e]; "" where none
+        text = np.full((users, k), "because you watched ", dtype=object)
+        for position in range(titles.shape[-1]):  # e is 2 or 3: a loop over explanation slots, not users
+            part = titles[..., position]
+            separator = np.where((position > 0) & (part != ""), ", ", "")
+            text = text + separator + part
+        text = np.where(interest.numpy() < 0, FALLBACK_EXPLANATION, text)
+        valid = torch.isfinite(top_scores).numpy()
+        return Recommendations(
+            item_ids=np.where(valid, self._app_ids(top_idx), -1),
+            scores=top_scores.numpy().astype(np.float32),
+            interest_ids=interest.numpy().astype(np.int64),
+            because_item_ids=self._app_ids(picked),
+            explanations=text,
+        )
+
+    def user_interests(self, histories: Sequence[Sequence[int]], top_k: int = 50, explain_items: int = 3) -> UserInterests:
+        """How much of each user's top-k list each interest produced, and what each interest attends to."""
+        _, _, interest, because = self._top(histories, top_k, explain_items)
+        one_hot = torch.nn.functional.one_hot(interest.clamp(min=0), self.spec.n_interests).float()
+        one_hot = one_hot.masked_fill((interest < 0)[..., None], 0.0)
+        weights = one_hot.sum(1) / one_hot.sum((1, 2)).clamp(min=1.0)[:, None]
+        return UserInterests(weights=weights.numpy(), top_item_ids=self._app_ids(because))
+
+    def similar_items(self, top_k: int, batch: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Item-to-item neighbours from the item tower: (item_ids [N], similar ids [N, k], cosine [N, k])."""
+        vectors = torch.nn.functional.normalize(self.item_vectors[1:], dim=-1)
+        k = min(top_k, self.n_items - 1)
+        ids, sims = [], []
+        for start in range(0, len(vectors), batch):
+            cosine = vectors[start:start + batch] @ vectors.T
+            cosine[torch.arange(len(cosine)), torch.arange(start, start + len(cosine))] = float("-inf")
+            top = cosine.topk(k, dim=1)
+            ids.append(self.item_ids[top.indices.numpy()])
+            sims.append(top.values.numpy())
+        return self.item_ids, np.concatenate(ids), np.concatenate(sims).astype(np.float32)
