@@ -1,0 +1,48 @@
+"""
+### recsys_materialize
+
+Publishes recommendations for every user into Postgres schema `reco`
+(`reco.user_recommendations`, swapped in one transaction) from the model that holds the
+MLflow alias `champion` at the moment the task runs.
+
+Triggered by the asset `prismrec://champion`, which `recsys_training` emits when it promotes
+a new champion. A promotion or rollback done by a person (`prismrec promote`, `prismrec
+rollback`, the MLflow UI) is published by triggering this DAG by hand.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Asset, Param, dag, task
+
+CHAMPION = Asset(name="prismrec_champion", uri="prismrec://champion")
+
+
+@dag(
+    dag_id="recsys_materialize",
+    doc_md=__doc__,
+    schedule=[CHAMPION],
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,  # two publications at once would only race for the same swap
+    tags=["prismrec", "publishing"],
+    default_args={"owner": "prismrec", "retries": 2, "retry_delay": timedelta(minutes=2)},
+    params={
+        "overrides": Param(
+            {}, type="object",
+            description='Advanced: dotted settings, e.g. {"materialize.top_k": 20}.',
+        ),
+    },
+)
+def recsys_materialize():
+    @task
+    def materialize(**context) -> dict:
+        from tasks import pipeline
+
+        return pipeline.run_materialize(pipeline.overrides_from_params(context["params"]))
+
+    materialize()
+
+
+recsys_materialize()

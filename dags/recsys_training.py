@@ -1,0 +1,137 @@
+"""
+### recsys_training
+
+Weekly retraining of the PrismRec recommender, from the production tables to the registry:
+
+`extract` (Parquet snapshot of `app` as of the run's logical date) → `quality` (Great
+Expectations gate; a failure stops the run and nothing is written) → `prepare` (5-core,
+leave-one-out) → `train` (torchrun fine-tuning) → `evaluate` (candidate, popularity baseline
+and current champion on the same split) → `gate` (validation metrics) → `register` (MLflow:
+alias `challenger`, and `champion` if the gate passed).
+
+When the champion moves, `register` emits the asset `prismrec://champion`, which triggers
+`recsys_materialize`. Every task only passes paths, counts and versions through XCom; the
+run's files live in `<PRISMREC_HOME>/runs/<run id>/`.
+
+**Logical date.** Extraction reads interactions up to the run's logical date. Scheduled runs
+have one; manual runs in Airflow 3 may not (logical date `None`), and then the run's
+`run_after` (the moment it was triggered) is used instead.
+
+**Params** left empty keep the configured value (environment `PRISMREC_<STAGE>__<FIELD>`,
+then the defaults in `tasks/config.py`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Asset, AssetAlias, Param, dag, task
+
+# The champion alias moved in the MLflow registry. Emitted through an alias so that only a
+# run that actually promoted a model produces an event (an Asset outlet always emits).
+CHAMPION = Asset(name="prismrec_champion", uri="prismrec://champion")
+CHAMPION_MOVES = AssetAlias(name="prismrec_champion_moves")
+
+
+def _optional_int(description: str, minimum: int = 1) -> Param:
+    return Param(None, type=["null", "integer"], minimum=minimum, description=description)
+
+
+@dag(
+    dag_id="recsys_training",
+    doc_md=__doc__,
+    schedule="@weekly",
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,  # runs share the registry and the machine's cores
+    tags=["prismrec", "training"],
+    default_args={"owner": "prismrec", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    params={
+        "epochs": _optional_int("Training epochs (train.epochs). Empty: configured value (10)."),
+        "n_interests": _optional_int(
+            "Interest vectors per user (train.n_interests); 1 = single-vector model. Empty: 4."
+        ),
+        "nproc": _optional_int("torchrun processes (train.nproc). Empty: 1."),
+        "max_users": _optional_int(
+            "Train on the first N users only (source.max_users), for quick slices. Empty: everyone."
+        ),
+        "force_promote": Param(
+            False, type="boolean",
+            description="Make this run's model the champion even if the gate refuses it.",
+        ),
+        "reason": Param(
+            None, type=["null", "string"], maxLength=500,
+            description="Why this run was started or forced; recorded with the gate decision.",
+        ),
+        "overrides": Param(
+            {}, type="object",
+            description='Advanced: any other dotted settings, e.g. {"train.lr": 0.001}.',
+        ),
+    },
+)
+def recsys_training():
+    @task
+    def extract(**context) -> dict:
+        from tasks import pipeline
+
+        # Manual Airflow 3 runs may have no logical date: fall back to when the run was triggered.
+        logical_date = context.get("logical_date") or context["dag_run"].run_after
+        overrides = pipeline.overrides_from_params(context["params"])
+        return pipeline.run_extract(overrides, context["run_id"], logical_date)
+
+    @task(retries=0)  # a refused snapshot is a verdict on the data; retrying repeats it
+    def quality(snapshot: dict, **context) -> dict:
+        from tasks import pipeline
+
+        return pipeline.run_quality(pipeline.overrides_from_params(context["params"]), snapshot)
+
+    @task
+    def prepare(snapshot: dict, **context) -> dict:
+        from tasks import pipeline
+
+        return pipeline.run_prepare(pipeline.overrides_from_params(context["params"]), snapshot)
+
+    @task(retries=0, execution_timeout=timedelta(hours=6))  # expensive: fail loudly, rerun by hand
+    def train(dataset: dict, **context) -> dict:
+        from tasks import pipeline
+
+        return pipeline.run_train(pipeline.overrides_from_params(context["params"]), dataset)
+
+    @task
+    def evaluate(dataset: dict, trained: dict, **context) -> dict:
+        from tasks import pipeline
+
+        return pipeline.run_evaluate(pipeline.overrides_from_params(context["params"]), dataset, trained)
+
+    @task
+    def gate(evaluated: dict, **context) -> dict:
+        from tasks import pipeline
+
+        params = context["params"]
+        return pipeline.run_gate(
+            pipeline.overrides_from_params(params), evaluated,
+            force_promote=bool(params.get("force_promote")), reason=params.get("reason"),
+        )
+
+    @task(outlets=[CHAMPION_MOVES])
+    def register(snapshot: dict, trained: dict, evaluated: dict, decision: dict, **context) -> dict:
+        from tasks import pipeline
+
+        registered = pipeline.run_register(
+            pipeline.overrides_from_params(context["params"]), snapshot=snapshot, trained=trained,
+            evaluated=evaluated, decision=decision, airflow_run_id=context["run_id"],
+        )
+        if registered["champion_moved"]:
+            context["outlet_events"][CHAMPION_MOVES].add(CHAMPION, extra={"version": registered["version"]})
+        return registered
+
+    snapshot = extract()
+    checked = quality(snapshot)
+    dataset = prepare(snapshot)
+    checked >> dataset
+    trained = train(dataset)
+    evaluated = evaluate(dataset, trained)
+    register(snapshot, trained, evaluated, gate(evaluated))
+
+
+recsys_training()

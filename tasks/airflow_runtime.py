@@ -1,0 +1,235 @@
+"""Run this project's Airflow DAGs in-process, on a fresh machine, with nothing but the venv.
+
+Airflow reads its configuration (home, DAGs folder, metadata DB, logging) once, when
+`airflow` is first imported, so `configure_airflow` sets the environment *before* that
+import and must be the first thing that touches Airflow in a process. The metadata DB is a
+project-local SQLite file (unless `AIRFLOW__DATABASE__SQL_ALCHEMY_CONN` is set explicitly),
+migrated once and remembered with a stamp file so later runs start fast.
+
+`run_dag` uses `DAG.test()`: the same scheduling loop and task runner as production, without
+a scheduler or workers. An interactive run fails fast (task retries are turned off: the
+production retry delay would make the command hang for minutes), and a failed run raises the
+task's own project error (e.g. `DataQualityError`) so the CLI can print its message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+from tasks.config import PROJECT_ROOT, PipelineConfig, load_config
+from tasks.errors import ConfigError, PrismRecError
+
+log = logging.getLogger(__name__)
+
+DAGS_FOLDER = PROJECT_ROOT / "dags"
+
+# In-process runs show our own progress lines and Airflow's per-task start/end lines, not
+# Airflow's internals. `task=CRITICAL` hides the task runner's traceback of a failed task:
+# project errors are re-raised with their message, anything else is logged once, by us.
+_QUIET_NAMESPACES = (
+    "airflow=WARNING airflow.sdk.definitions.dag=INFO task=CRITICAL "
+    "py.warnings=ERROR alembic=WARNING sqlalchemy=WARNING httpx=WARNING"
+)
+
+_configured_home: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DagRunResult:
+    """What an in-process DAG run did: its identity, final state and each task's XCom value."""
+
+    dag_id: str
+    run_id: str
+    state: str
+    logical_date: datetime | None
+    task_states: dict[str, str]
+    xcoms: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["logical_date"] = self.logical_date.isoformat() if self.logical_date else None
+        return out
+
+
+def airflow_environment(config: PipelineConfig) -> dict[str, str]:
+    """The environment variables that point Airflow at this project (also used by `make airflow-ui`)."""
+    home = config.paths.airflow_home
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get(
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}"
+        ),
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
+        "AIRFLOW__LOGGING__NAMESPACE_LEVELS": os.environ.get(
+            "AIRFLOW__LOGGING__NAMESPACE_LEVELS", _QUIET_NAMESPACES
+        ),
+    }
+
+
+def configure_airflow(config: PipelineConfig | None = None) -> Path:
+    """Point Airflow at `config.paths.airflow_home` and migrate its metadata DB; returns the home.
+
+    Idempotent within a process. Raises ConfigError if Airflow was already imported with
+    another home, because Airflow cannot be re-pointed once it has read its configuration.
+    """
+    global _configured_home
+    config = config or load_config()
+    env = airflow_environment(config)
+    home = Path(env["AIRFLOW_HOME"])
+    if _configured_home is not None:
+        if _configured_home != home:
+            raise ConfigError(
+                f"Airflow is already set up in this process with home {_configured_home}; "
+                f"cannot switch to {home}. Run one process per PrismRec home."
+            )
+        return home
+    if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != str(home):
+        raise ConfigError(
+            f"Airflow was imported before PrismRec could point it at {home}; "
+            "call tasks.airflow_runtime.configure_airflow() before importing airflow."
+        )
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.update(env)
+    # Airflow's log handler binds to sys.stdout when it is created; our logs belong on stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        import airflow  # noqa: F401  - reads the environment set above
+        import airflow.settings  # noqa: F401
+    _apply_levels(env["AIRFLOW__LOGGING__NAMESPACE_LEVELS"])
+    _migrate_once(home, env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    _configured_home = home
+    return home
+
+
+def _apply_levels(namespace_levels: str) -> None:
+    """Airflow applies `namespace_levels` to its structlog loggers; do the same for stdlib ones."""
+    for entry in namespace_levels.replace(",", " ").split():
+        name, _, level = entry.partition("=")
+        if name and level.upper() in logging.getLevelNamesMapping():
+            logging.getLogger(name).setLevel(level.upper())
+
+
+def _migrate_once(home: Path, db_url: str) -> None:
+    """Create/upgrade the metadata DB unless this Airflow version already did it for this URL."""
+    import airflow
+
+    key = hashlib.sha256(f"{airflow.__version__} {db_url}".encode()).hexdigest()[:16]
+    stamp = home / f".migrated-{key}"
+    sqlite_file = Path(db_url.removeprefix("sqlite:///")) if db_url.startswith("sqlite:///") else None
+    if stamp.exists() and (sqlite_file is None or sqlite_file.exists()):
+        return
+    with open(home / ".migrate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two first runs at once must not migrate twice
+        if stamp.exists() and (sqlite_file is None or sqlite_file.exists()):
+            return
+        from airflow.utils import db
+
+        log.info("preparing the Airflow metadata DB in %s (first run only)", home)
+        with contextlib.redirect_stdout(sys.stderr):
+            db.initdb()
+        stamp.touch()
+
+
+def _load_dag(dag_id: str):
+    """Parse only `dags/<dag_id>.py` (file name = dag_id) and return the DAG."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    path = DAGS_FOLDER / f"{dag_id}.py"
+    if not path.exists():
+        known = sorted(p.stem for p in DAGS_FOLDER.glob("*.py"))
+        raise ConfigError(f"no DAG {dag_id!r}; known DAGs: {', '.join(known)}")
+    bag = DagBag(dag_folder=str(path))
+    if bag.import_errors:
+        raise PrismRecError(f"DAG file {path} does not import: {next(iter(bag.import_errors.values()))}")
+    dag = bag.get_dag(dag_id)
+    if dag is None:
+        raise PrismRecError(f"{path} does not define a DAG with dag_id {dag_id!r}")
+    return dag
+
+
+@contextlib.contextmanager
+def _capture_failures(dag) -> Iterator[list[tuple[str, BaseException | None]]]:
+    """Record (task_id, exception) of each failed task; disable retries for this in-process run."""
+    failures: list[tuple[str, BaseException | None]] = []
+
+    def on_failure(context: dict) -> None:
+        exc = context.get("exception")
+        task_id = context["ti"].task_id
+        failures.append((task_id, exc))
+        if exc is not None and not isinstance(exc, PrismRecError):
+            log.error("task %s failed", task_id, exc_info=exc)
+
+    saved = {t.task_id: (list(t.on_failure_callback), t.retries) for t in dag.tasks}
+    for t in dag.tasks:
+        t.on_failure_callback = [*saved[t.task_id][0], on_failure]
+        t.retries = 0
+    try:
+        yield failures
+    finally:
+        for t in dag.tasks:
+            t.on_failure_callback, t.retries = saved[t.task_id]
+
+
+def run_dag(
+    dag_id: str,
+    *,
+    logical_date: datetime | None,
+    conf: dict[str, Any] | None = None,
+    config: PipelineConfig | None = None,
+) -> DagRunResult:
+    """Run DAG `dag_id` once, in this process, with run conf `conf` (the DAG's Params).
+
+    `logical_date` None gives a manual run without one (the DAG falls back to `run_after`,
+    i.e. now). Raises the failed task's PrismRecError, or a PrismRecError naming the task.
+    """
+    configure_airflow(config)
+    dag = _load_dag(dag_id)
+    log.info("running DAG %s in-process (logical date %s)", dag_id, logical_date or "none: now")
+    with _capture_failures(dag) as failures, contextlib.redirect_stdout(sys.stderr):
+        dag_run = dag.test(logical_date=logical_date, run_conf=conf or {})
+    result = _collect(dag_run)
+    if result.state != "success":
+        for task_id, exc in failures:
+            if isinstance(exc, PrismRecError):
+                raise exc
+        failed = failures[0] if failures else None
+        if failed is not None:
+            task_id, exc = failed
+            detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+            raise PrismRecError(f"DAG {dag_id} failed at task {task_id}{detail} (run {result.run_id})")
+        not_done = sorted(t for t, s in result.task_states.items() if s != "success")
+        raise PrismRecError(
+            f"DAG {dag_id} ended {result.state}; unfinished tasks: {', '.join(not_done) or 'none'} "
+            f"(run {result.run_id})"
+        )
+    log.info("DAG %s run %s finished: %s", dag_id, result.run_id, result.state)
+    return result
+
+
+def _collect(dag_run) -> DagRunResult:
+    """Task states and XCom return values of a finished run, read back from the metadata DB."""
+    states: dict[str, str] = {}
+    xcoms: dict[str, Any] = {}
+    for ti in dag_run.get_task_instances():
+        states[ti.task_id] = str(ti.state.value if hasattr(ti.state, "value") else ti.state)
+        if states[ti.task_id] == "success":
+            xcoms[ti.task_id] = ti.xcom_pull(task_ids=ti.task_id)
+    state = dag_run.state
+    return DagRunResult(
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        state=str(state.value if hasattr(state, "value") else state),
+        logical_date=dag_run.logical_date,
+        task_states=states,
+        xcoms=xcoms,
+    )
