@@ -198,6 +198,11 @@ def run_dag(
     with _capture_failures(dag) as failures, contextlib.redirect_stdout(sys.stderr):
         dag_run = dag.test(logical_date=logical_date, run_conf=conf or {})
     result = _collect(dag_run)
+    if not result.task_states:
+        raise ConfigError(
+            f"DAG {dag_id} created no tasks for logical date {logical_date}; "
+            f"is it before the DAG's start_date ({dag.start_date:%Y-%m-%d})?"
+        )
     if result.state != "success":
         for task_id, exc in failures:
             if isinstance(exc, PrismRecError):

@@ -1,0 +1,249 @@
+"""`prismrec`: the command line of the platform (load, train, materialize, promote, rollback, db, report).
+
+`train` and `materialize` run the Airflow DAGs in this process (tasks.airflow_runtime), so
+the command line exercises exactly what the scheduler runs. Flags become dotted config
+overrides (flags > DAG Params > environment > defaults); `--set stage.field=value` reaches
+any other setting. Errors a user can fix (tasks.errors.PrismRecError) print one message on
+stderr and exit 1; usage errors exit 2. Heavy modules are imported inside each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tasks.config import PipelineConfig, load_config
+from tasks.errors import PrismRecError
+
+log = logging.getLogger("prismrec")
+
+DATASETS = ("movielens-100k", "movielens-1m")
+
+
+def logical_date_arg(text: str) -> datetime:
+    """`YYYY-MM-DD` means the end of that day (UTC); a full ISO-8601 datetime is taken as is (naive = UTC)."""
+    try:
+        if len(text) == 10:
+            day = datetime.strptime(text, "%Y-%m-%d")
+            return day.replace(hour=23, minute=59, second=59, microsecond=999999, tzinfo=timezone.utc)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD (e.g. 1998-04-22)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def setting_arg(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not stage.field=value (e.g. train.lr=0.001)")
+    return key.strip(), value
+
+
+def _overrides(args: argparse.Namespace, flags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`--set` values, then the command's own flags on top (None = flag not given)."""
+    overrides: dict[str, Any] = dict(args.settings or [])
+    overrides.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return overrides
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from tasks.sources import load_movielens
+
+    config = load_config(_overrides(args, {"source.max_users": args.max_users}))
+    summary = load_movielens(config, args.dataset)
+    print(f"loaded {summary.dataset}: {summary.interactions:,} interactions, {summary.users:,} users, "
+          f"{summary.items:,} items into schema {config.database.app_schema}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tasks.airflow_runtime import run_dag
+    from tasks.pipeline import overrides_from_params
+
+    params = {
+        "epochs": args.epochs, "n_interests": args.interests, "nproc": args.nproc,
+        "max_users": args.max_users, "force_promote": args.force_promote, "reason": args.reason,
+        "overrides": _overrides(args),
+    }
+    config = load_config(overrides_from_params(params))  # reject bad values before Airflow starts
+    result = run_dag("recsys_training", logical_date=args.logical_date, conf=params, config=config)
+    decision, registered = result.xcoms.get("gate") or {}, result.xcoms.get("register") or {}
+    print(f"training run {result.run_id}: {result.state}")
+    if decision:
+        print(f"gate {'PASSED' if decision.get('passed') else 'REFUSED'}: " + "; ".join(decision.get("reasons", [])))
+    if registered:
+        role = "champion" if registered.get("champion_moved") else "challenger (champion unchanged)"
+        print(f"registered {registered.get('model_name')} version {registered.get('version')} as {role}")
+        if registered.get("champion_moved"):
+            print("publish it with: prismrec materialize")
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from tasks.airflow_runtime import run_dag
+
+    params = {"overrides": _overrides(args)}
+    config = load_config(params["overrides"])
+    result = run_dag("recsys_materialize", logical_date=None, conf=params, config=config)
+    summary = result.xcoms.get("materialize") or {}
+    print(f"published {summary.get('rows', 0):,} recommendations for {summary.get('users', 0):,} users "
+          f"from model version {summary.get('model_version')} into {config.database.reco_schema}.user_recommendations")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from tasks.registry import promote
+
+    config = load_config(_overrides(args))
+    version = promote(config, args.version, args.reason)
+    print(f"{config.registry.model_name} version {version} is the champion; publish it with: prismrec materialize")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from tasks.registry import rollback
+
+    config = load_config(_overrides(args))
+    version = rollback(config)
+    print(f"{config.registry.model_name} champion rolled back to version {version}; "
+          "publish it with: prismrec materialize")
+    return 0
+
+
+def cmd_db_url(args: argparse.Namespace) -> int:
+    from tasks.db import database_url, safe_url
+
+    config = load_config(_overrides(args))
+    if config.database.url:
+        url, psql = database_url(config), "psql"
+    else:
+        url, psql = _embedded_server_url(config)
+    if args.psql:
+        print(_libpq_uri(url))
+        return 0
+    print(safe_url(url))
+    print(f'{psql} "{_libpq_uri(url)}"')
+    return 0
+
+
+def _embedded_server_url(config: PipelineConfig) -> tuple[str, str]:
+    """Start the embedded server so that it outlives this command (for psql and BI tools).
+
+    It keeps running until it is stopped (`pg_ctl -D <folder> stop`) or until another
+    prismrec command that started it exits.
+    """
+    import pgserver
+
+    folder = config.paths.embedded_pg
+    folder.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(folder, cleanup_mode=None)
+    bin_dir = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    log.info("embedded Postgres runs in %s; stop it with: %s -D %s stop", folder, bin_dir / "pg_ctl", folder)
+    url = server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
+    return url, str(bin_dir / "psql")
+
+
+def _libpq_uri(url: str) -> str:
+    """The URL as psql understands it, without the password (psql reads PGPASSWORD or ~/.pgpass)."""
+    from sqlalchemy.engine import URL, make_url
+
+    parsed = make_url(url)
+    return URL.create(
+        "postgresql", username=parsed.username, host=parsed.host, port=parsed.port,
+        database=parsed.database, query=parsed.query,
+    ).render_as_string(hide_password=False)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tasks import report
+
+    config = load_config(_overrides(args))
+    print(report.render_report(config, args.run_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--set", dest="settings", action="append", type=setting_arg, metavar="STAGE.FIELD=VALUE",
+                        help="override any setting of tasks/config.py (repeatable)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    parser = argparse.ArgumentParser(prog="prismrec", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    load = commands.add_parser("load", parents=[common], help="fill the app schema with MovieLens")
+    load.add_argument("dataset", choices=DATASETS)
+    load.add_argument("--max-users", type=int, help="load only the first N users (by id)")
+    load.set_defaults(func=cmd_load)
+
+    train = commands.add_parser("train", parents=[common], help="run DAG recsys_training once, in-process")
+    train.add_argument("--logical-date", type=logical_date_arg,
+                       help="extract data up to the end of this day, UTC (default: now)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--interests", type=int, help="interest vectors per user (train.n_interests)")
+    train.add_argument("--nproc", type=int, help="torchrun processes")
+    train.add_argument("--max-users", type=int, help="train on the first N users only (source.max_users)")
+    train.add_argument("--force-promote", action="store_true",
+                       help="make the new model champion even if the gate refuses it (needs --reason)")
+    train.add_argument("--reason", help="why; recorded with the gate decision")
+    train.set_defaults(func=cmd_train)
+
+    materialize = commands.add_parser("materialize", parents=[common],
+                                      help="run DAG recsys_materialize once, in-process")
+    materialize.set_defaults(func=cmd_materialize)
+
+    promote = commands.add_parser("promote", parents=[common], help="make VERSION the champion")
+    promote.add_argument("version")
+    promote.add_argument("--reason")
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = commands.add_parser("rollback", parents=[common], help="give champion back to the previous one")
+    rollback.set_defaults(func=cmd_rollback)
+
+    database = commands.add_parser("db", help="the Postgres server PrismRec uses")
+    db_commands = database.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    url = db_commands.add_parser("url", parents=[common],
+                                 help="print its SQLAlchemy URL (password hidden) and a psql command")
+    url.add_argument("--psql", action="store_true", help="print only a psql connection URI (no password)")
+    url.set_defaults(func=cmd_db_url)
+
+    report = commands.add_parser("report", parents=[common], help="print the report of the latest training run")
+    report.add_argument("--run-dir", help="report on this run folder instead of the latest")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    for chatty in ("pgserver", "alembic", "urllib3", "filelock", "airflow"):  # their INFO lines are internals
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `prismrec` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "force_promote", False) and not args.reason:
+        parser.error("--force-promote needs --reason TEXT (it is recorded with the decision)")
+    _setup_logging(args.verbose)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except PrismRecError as exc:
+        print(f"prismrec {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"prismrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
