@@ -5,26 +5,25 @@ from __future__ import annotations
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from expectations.common import NOT_BLANK_REGEX, rule
+from expectations.common import INTEGER, NOT_BLANK_REGEX, TEXT, columns_present, row_count, rule
 from tasks.config import PipelineConfig
 
 TABLE = "items"
-REQUIRED_COLUMNS = ("item_id", "title", "genres", "year", "description")
+COLUMNS = {"item_id": INTEGER, "title": TEXT, "genres": TEXT, "year": INTEGER, "description": TEXT}
+REQUIRED_COLUMNS = tuple(COLUMNS)
 # Columns that identify a row when an offending value (a null, a blank) says nothing by itself.
 IDENTIFYING_COLUMNS = ("item_id", "title")
 
 
-def build_suite(config: PipelineConfig) -> gx.ExpectationSuite:
-    """Keys present and unique, text non-empty, and enough items to be a real catalogue."""
+def build_suite(config: PipelineConfig, previous_count: int | None = None) -> gx.ExpectationSuite:
+    """Keys present and unique, text non-empty, and a catalogue of plausible size.
+
+    All blocking: dropping an item would silently orphan its interactions, so a broken
+    catalogue row is fixed at the source rather than tolerated.
+    """
     expectations = [
-        gxe.ExpectTableColumnsToMatchSet(
-            column_set=list(REQUIRED_COLUMNS), exact_match=False,
-            **rule("prepare and the item tower read these columns; extra columns are fine"),
-        ),
-        gxe.ExpectTableRowCountToBeBetween(
-            min_value=config.quality.min_items,
-            **rule("a catalogue this small means the extraction, not the business, went wrong"),
-        ),
+        columns_present(COLUMNS, "prepare and the item tower"),
+        row_count(TABLE, config.quality, config.quality.min_items, previous_count),
         gxe.ExpectColumnValuesToNotBeNull(
             column="item_id", **rule("an item without an id cannot be joined to interactions"),
         ),

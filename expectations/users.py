@@ -5,25 +5,20 @@ from __future__ import annotations
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from expectations.common import rule
+from expectations.common import INTEGER, columns_present, row_count, rule
 from tasks.config import PipelineConfig
 
 TABLE = "users"
-REQUIRED_COLUMNS = ("user_id",)
+COLUMNS = {"user_id": INTEGER}
+REQUIRED_COLUMNS = tuple(COLUMNS)
 IDENTIFYING_COLUMNS = ("user_id",)
 
 
-def build_suite(config: PipelineConfig) -> gx.ExpectationSuite:
-    """Keys present and unique, and enough users to train on."""
+def build_suite(config: PipelineConfig, previous_count: int | None = None) -> gx.ExpectationSuite:
+    """Keys present and unique, and a plausible number of users; all blocking."""
     return gx.ExpectationSuite(name=TABLE, expectations=[
-        gxe.ExpectTableColumnsToMatchSet(
-            column_set=list(REQUIRED_COLUMNS), exact_match=False,
-            **rule("interactions are checked against user_id; extra columns are fine"),
-        ),
-        gxe.ExpectTableRowCountToBeBetween(
-            min_value=config.quality.min_users,
-            **rule("so few users means the extraction, not the business, went wrong"),
-        ),
+        columns_present(COLUMNS, "interaction checks"),
+        row_count(TABLE, config.quality, config.quality.min_users, previous_count),
         gxe.ExpectColumnValuesToNotBeNull(
             column="user_id", **rule("a user without an id can never receive recommendations"),
         ),

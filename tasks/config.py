@@ -95,6 +95,21 @@ class QualityConfig:
     min_users: int = 20
     # How many offending values to quote per failed expectation.
     sample_size: int = 5
+    # Tolerant checks (orphans, off-scale ratings, out-of-window times): up to this share of rows is dropped and reported; more is a breakage.
+    max_rejected_share: float = 0.01
+    # Exact duplicate (user, item, time) events are replayed writes; extra copies up to this share are dropped.
+    max_duplicate_share: float = 0.01
+    # Row counts must stay within [min_ratio, max_ratio] x the previous successful snapshot's (monthly MovieLens growth fits).
+    volume_min_ratio: float = 0.5
+    volume_max_ratio: float = 3.0
+    # The newest event must be at most this many days before the logical date (stale replica); None disables.
+    max_event_age_days: int | None = 30
+    # Drift vs the last successful snapshot: a Jensen-Shannon divergence (item popularity, user activity) above this warns or fails.
+    drift_threshold: float = 0.2
+    # ... and so does a share of never-seen items or users above this (a sliding window needs it higher).
+    drift_max_new_share: float = 0.5
+    # "warn" logs and reports drift; "fail" stops the run (for sources that should be stable).
+    drift_mode: str = "warn"
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,16 @@
 """The data-quality gate: run the GX suites of `expectations/` on a Parquet snapshot.
 
-`check_snapshot` always writes `snapshot_dir/quality_report.json` (GX's validation results
-plus a summary) and raises `DataQualityError` naming every failed expectation, with sample
-offending values, when a blocking one fails; nothing downstream may run on such a snapshot.
-GX is imported inside the function so that importing this module (e.g. while Airflow parses
-a DAG) stays cheap.
+Blocking expectations fail the run on any violation. Tolerant ones (GX `mostly`) let a few
+bad interactions through the gate by leaving them out: interactions.parquet is rewritten
+without them, they are kept in rejected_interactions.parquet, and manifest.json's counts and
+hashes are updated; the run fails only when their share passes the threshold. Row counts are
+held within a band of the previous successful snapshot's (recorded in `quality_history`), and
+drift against that snapshot is measured by `tasks.drift`.
+
+`check_snapshot` always writes `snapshot_dir/quality_report.json` (GX's validation results,
+the summary, the drift report) and raises DataQualityError naming every failed expectation
+with counts and sample offending values. GX is imported inside functions so that importing
+this module (e.g. while Airflow parses a DAG) stays cheap.
 """
 
 from __future__ import annotations
@@ -17,21 +23,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from tasks import quality_store as history
 from tasks.config import PipelineConfig
 from tasks.errors import DataQualityError
+from tasks.quality_format import describe_table_detail, exception_text, percent, sample_values
 
 logger = logging.getLogger(__name__)
 
 TABLES = ("items", "users", "interactions")
 REPORT_NAME = "quality_report.json"
+REJECTED_NAME = "rejected_interactions.parquet"
 
 
 @dataclass(frozen=True)
 class Failure:
-    """One failed expectation, in words a person can act on."""
+    """One expectation with offending rows, in words a person can act on.
+
+    `blocking` failures stop the run; the others are tolerant expectations whose `rejected`
+    rows were left out of the snapshot because their share stayed under `threshold`.
+    """
 
     table: str
     expectation: str
@@ -42,10 +54,9 @@ class Failure:
     unexpected_percent: float | None = None
     sample: list[str] = field(default_factory=list)
     detail: str | None = None  # table-level observation or the exception GX caught
-
-    @property
-    def blocking(self) -> bool:
-        return self.severity == "critical"
+    blocking: bool = True
+    rejected: int = 0
+    threshold: float | None = None  # the tolerated share (1 - mostly), for tolerant expectations
 
     def describe(self) -> str:
         """`interactions: expect_column_values_to_be_in_set(item_id) failed for 3 of 100,003 rows (0.003%), e.g. 999999`."""
@@ -53,12 +64,17 @@ class Failure:
         if self.unexpected_count is not None and self.element_count is not None:
             text += f" for {self.unexpected_count:,} of {self.element_count:,} rows"
             if self.unexpected_percent is not None:
-                text += f" ({_percent(self.unexpected_percent)})"
+                text += f" ({percent(self.unexpected_percent)})"
         if self.sample:
             text += ", e.g. " + ", ".join(self.sample)
         if self.detail:
             text += f": {self.detail}"
-        return text if self.blocking else text + f" [{self.severity}, not blocking]"
+        if self.threshold is None:
+            return text
+        limit = percent(100.0 * self.threshold)
+        if self.blocking:
+            return text + f" [more than the tolerated {limit}]"
+        return text + f" [tolerated (up to {limit}): {self.rejected:,} rows left out of the snapshot]"
 
 
 @dataclass(frozen=True)
@@ -71,14 +87,22 @@ class QualityReport:
     failures: list[Failure]
     seconds: float
     report_path: Path
+    rejected: dict[str, int] = field(default_factory=dict)
+    drift: dict[str, Any] | None = None
+
+    @property
+    def blocking(self) -> list[Failure]:
+        return [f for f in self.failures if f.blocking]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
             "counts": dict(self.counts),
             "evaluated": self.evaluated,
-            "failed": len(self.failures),
+            "failed": len(self.blocking),
             "failures": [asdict(f) | {"message": f.describe()} for f in self.failures],
+            "rejected": dict(self.rejected),
+            "drift": self.drift,
             "seconds": round(self.seconds, 3),
             "report_path": str(self.report_path),
         }
@@ -86,16 +110,27 @@ class QualityReport:
     def summary(self) -> str:
         """One line: `data quality: 9/9 expectations passed on 100,000 interactions, ...`."""
         sizes = ", ".join(f"{self.counts.get(t, 0):,} {t}" for t in ("interactions", "items", "users"))
-        ok = self.evaluated - len(self.failures)
-        line = f"data quality: {ok}/{self.evaluated} expectations passed on {sizes}"
-        if self.failures:
-            blocking = sum(f.blocking for f in self.failures)
-            line += f" ({blocking} blocking, {len(self.failures) - blocking} tolerated failures)"
+        line = f"data quality: {self.evaluated - len(self.blocking)}/{self.evaluated} expectations passed on {sizes}"
+        tolerated = len(self.failures) - len(self.blocking)
+        if self.blocking:
+            line += f" ({len(self.blocking)} blocking failures)"
+        if tolerated:
+            rows = sum(self.rejected.values())
+            line += f"; {rows:,} rows left out by {tolerated} tolerant expectations"
+        if self.drift and self.drift.get("breaches"):
+            line += f"; drift {'FAILED' if self.drift.get('failed') else 'warning'}"
         return line
 
 
-def check_snapshot(config: PipelineConfig, snapshot_dir: Path, logical_date: datetime) -> QualityReport:
-    """Validate items, users and interactions of `snapshot_dir`; raise DataQualityError on failure."""
+def check_snapshot(config: PipelineConfig, snapshot_dir: Path, logical_date: datetime, *,
+                   record: bool = True) -> QualityReport:
+    """Validate items, users and interactions of `snapshot_dir`; raise DataQualityError on failure.
+
+    On success the snapshot holds only accepted rows, and (with `record`) its counts are
+    recorded as the baseline for the next run's volume band and drift report.
+    """
+    from tasks.drift import drift_report
+
     started = time.perf_counter()
     snapshot_dir = Path(snapshot_dir)
     report_path = snapshot_dir / REPORT_NAME
@@ -111,39 +146,74 @@ def check_snapshot(config: PipelineConfig, snapshot_dir: Path, logical_date: dat
         )
 
     frames = {t: pd.read_parquet(snapshot_dir / f"{t}.parquet") for t in TABLES}
-    validations = _validate(config, frames, logical_date)
-    failures = [
-        failure
-        for table, validation in validations.items()
-        for failure in _failures(table, validation, frames[table], config.quality.sample_size)
-    ]
+    source = history.source_key(snapshot_dir)
+    previous = history.previous_success(config, source, logical_date)
+    validations = _validate(config, frames, logical_date, (previous or {}).get("counts", {}))
+    failures, rejects = _dtype_failures(frames), pd.Series(dtype="str")
+    for table, validation in validations.items():
+        found, rejected = _assess(table, validation, frames[table], config.quality.sample_size)
+        failures += found
+        if table == "interactions":
+            rejects = rejected
     results = {table: validation.to_json_dict() for table, validation in validations.items()}
+    counts = {t: len(df) for t, df in frames.items()}
+    drift = None
+    if not any(f.blocking for f in failures):  # a snapshot that fails anyway is left as extracted
+        if len(rejects):
+            _leave_out(snapshot_dir, frames["interactions"], rejects)
+            counts["interactions"] -= len(rejects)
+        drift = drift_report(snapshot_dir, Path(previous["snapshot_dir"]) if previous else None, config,
+                             enforce=False)
     report = QualityReport(
-        passed=not any(f.blocking for f in failures),
-        counts={t: len(df) for t, df in frames.items()},
-        evaluated=sum(len(r["results"]) for r in results.values()),
-        failures=failures,
-        seconds=time.perf_counter() - started,
-        report_path=report_path,
+        passed=drift is not None and not drift.failed, counts=counts,
+        evaluated=sum(len(r["results"]) for r in results.values()) + sum(map(len, _columns().values())),
+        failures=failures, seconds=time.perf_counter() - started, report_path=report_path,
+        rejected={"interactions": len(rejects)} if drift is not None else {},
+        drift=drift.to_dict() if drift is not None else None,
     )
     _write_report(report, results, snapshot_dir, logical_date)
     for failure in failures:
         logger.warning("%s", failure.describe())
     if not report.passed:
+        blocking = report.blocking
         schema = config.database.app_schema
+        lines = [f"  - {f.describe()}" for f in failures]
+        if drift is not None and drift.failed:
+            lines.append(f"  - {drift.summary()} [quality.drift_mode=fail]")
         raise DataQualityError(
             f"data-quality gate failed on snapshot {snapshot_dir} (logical date {logical_date:%Y-%m-%d}): "
-            f"{sum(f.blocking for f in failures)} of {report.evaluated} expectations failed:\n"
-            + "\n".join(f"  - {f.describe()}" for f in failures)
+            f"{len(blocking)} of {report.evaluated} expectations failed"
+            + (" and drift passed its threshold" if drift is not None and drift.failed else "") + ":\n"
+            + "\n".join(lines)
             + f"\nFix the offending rows in {schema}.items / {schema}.users / {schema}.interactions "
             f"(or the settings quality.* if the thresholds are wrong) and re-run; details in {report_path}",
             report.to_dict()["failures"],
         )
+    if record:
+        history.record_success(config, source, logical_date, snapshot_dir, report.counts)
     logger.info("%s (%.2fs)", report.summary(), report.seconds)
     return report
 
 
-def _validate(config: PipelineConfig, frames: dict[str, pd.DataFrame], logical_date: datetime) -> dict[str, Any]:
+def _columns() -> dict[str, dict[str, str]]:
+    from expectations import interactions, items, users
+
+    return {"items": items.COLUMNS, "users": users.COLUMNS, "interactions": interactions.COLUMNS}
+
+
+def _dtype_failures(frames: dict[str, pd.DataFrame]) -> list[Failure]:
+    """Blocking failures for contract columns of the wrong type (one check per contract column)."""
+    from expectations.common import dtype_problems
+
+    return [
+        Failure(table, "expect_column_dtype", column, "critical", detail=f"type is {problem}")
+        for table, columns in _columns().items()
+        for column, problem in dtype_problems(frames[table], columns).items()
+    ]
+
+
+def _validate(config: PipelineConfig, frames: dict[str, pd.DataFrame], logical_date: datetime,
+              previous_counts: dict[str, int]) -> dict[str, Any]:
     """Run each table's suite against its DataFrame in a throwaway, in-memory GX context."""
     gx_logger = logging.getLogger("great_expectations")
     if gx_logger.level == logging.NOTSET:  # GX logs its import plumbing at INFO; keep task logs readable
@@ -162,10 +232,11 @@ def _validate(config: PipelineConfig, frames: dict[str, pd.DataFrame], logical_d
         return df[column].dropna().unique().tolist() if column in df.columns else []
 
     suites = {
-        "items": items.build_suite(config),
-        "users": users.build_suite(config),
+        "items": items.build_suite(config, previous_counts.get("items")),
+        "users": users.build_suite(config, previous_counts.get("users")),
         "interactions": interactions.build_suite(
-            config, logical_date, item_ids=ids("items", "item_id"), user_ids=ids("users", "user_id")
+            config, logical_date, item_ids=ids("items", "item_id"), user_ids=ids("users", "user_id"),
+            previous_count=previous_counts.get("interactions"),
         ),
     }
     context = gx.get_context(
@@ -177,8 +248,8 @@ def _validate(config: PipelineConfig, frames: dict[str, pd.DataFrame], logical_d
         ),
     )
     source = context.data_sources.add_pandas("snapshot")
-    # SUMMARY keeps the first few unexpected values and their row labels, never full lists.
-    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": config.quality.sample_size}
+    # COMPLETE lists every offending row's index, so tolerated rows can be left out exactly.
+    result_format = {"result_format": "COMPLETE", "partial_unexpected_count": config.quality.sample_size}
     results: dict[str, Any] = {}
     for table in TABLES:
         batch_definition = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
@@ -188,107 +259,81 @@ def _validate(config: PipelineConfig, frames: dict[str, pd.DataFrame], logical_d
     return results
 
 
-def _failures(table: str, validation: Any, frame: pd.DataFrame, sample_size: int) -> list[Failure]:
-    """Turn GX's ExpectationSuiteValidationResult into Failures with sample offending values.
+def _assess(table: str, validation: Any, frame: pd.DataFrame, sample_size: int) -> tuple[list[Failure], pd.Series]:
+    """Failures of one table's validation, and the rows tolerant expectations reject (index -> reason).
 
     The raw result (not its JSON form) keeps values typed: NaN for nulls, Timestamps for times.
     """
     from expectations import interactions, items, users
 
-    identifying = {"items": items, "users": users, "interactions": interactions}[table].IDENTIFYING_COLUMNS
-    failures = []
+    module = {"items": items, "users": users, "interactions": interactions}[table]
+    failures, reasons = [], {}
     for outcome in validation.results:
-        if outcome.success:
-            continue
         expectation = outcome.expectation_config
-        kwargs = expectation.kwargs
         result = outcome.result or {}
-        column = kwargs.get("column")
         unexpected, total = result.get("unexpected_count"), result.get("element_count")
+        severity = getattr(expectation.severity, "value", str(expectation.severity))
+        error = exception_text(outcome.exception_info or {})
+        tolerant = severity != "critical" and error is None
+        if outcome.success and not (tolerant and unexpected):
+            continue
+        kwargs = expectation.kwargs
+        column = kwargs.get("column")
+        name = f"{expectation.type}({column or ','.join(kwargs.get('column_list', []))})"
+        rows = _offending_rows(expectation.type, kwargs, result, frame) if tolerant else []
+        if outcome.success:
+            for row in rows:
+                reasons.setdefault(row, name)
         failures.append(Failure(
-            table=table,
-            expectation=expectation.type,
-            column=column,
-            severity=getattr(expectation.severity, "value", str(expectation.severity)),
-            unexpected_count=unexpected,
-            element_count=total,
+            table=table, expectation=expectation.type, column=column, severity=severity,
+            unexpected_count=unexpected, element_count=total,
             # Of all rows, not GX's share of non-null rows, so "3 of 100,003" and the % agree.
             unexpected_percent=100.0 * unexpected / total if unexpected is not None and total else None,
-            sample=_sample(result, frame, column, identifying, sample_size),
-            detail=_exception_text(outcome.exception_info or {})
-            or _table_detail(expectation.type, kwargs, result),
+            sample=sample_values(result, frame, column, module.IDENTIFYING_COLUMNS, sample_size),
+            detail=error or describe_table_detail(
+                expectation.type, kwargs | {"meta": expectation.meta or {}}, result),
+            blocking=not outcome.success,
+            rejected=len(rows) if outcome.success else 0,
+            threshold=round(1.0 - kwargs["mostly"], 12) if tolerant and kwargs.get("mostly") is not None else None,
         ))
-    return failures
+    return failures, pd.Series(reasons, dtype="str").sort_index()
 
 
-def _sample(result: dict, frame: pd.DataFrame, column: str | None, identifying: tuple[str, ...], size: int) -> list[str]:
-    """Distinct offending values; a null or blank value is shown with the keys of its row."""
-    values = result.get("partial_unexpected_list") or []
-    rows = result.get("partial_unexpected_index_list") or [None] * len(values)
-    sample: list[str] = []
-    for value, row in zip(values, rows):
-        text = _format(value)
-        if _uninformative(value) and row is not None and row in frame.index:
-            keys = [f"{c}={_format(frame.at[row, c])}" for c in identifying if c != column and c in frame.columns]
-            text += f" ({', '.join(keys) if keys else f'row {row}'})"
-        if text not in sample:
-            sample.append(text)
-        if len(sample) >= size:
-            break
-    return sample
+def _offending_rows(expectation: str, kwargs: dict, result: dict, frame: pd.DataFrame) -> list[int]:
+    """Row labels a tolerant expectation rejects; of duplicates, all copies but the first."""
+    if expectation == "expect_compound_columns_to_be_unique":
+        return frame.index[frame.duplicated(kwargs["column_list"], keep="first")].tolist()
+    return list(result.get("unexpected_index_list") or [])
 
 
-def _is_null(value: Any) -> bool:
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
-
-
-def _uninformative(value: Any) -> bool:
-    return _is_null(value) or (isinstance(value, str) and not value.strip())
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if _is_null(value):
-        return "null"
-    if isinstance(value, (pd.Timestamp, datetime)):
-        return value.isoformat()
-    if isinstance(value, str):
-        return repr(value)
-    return str(value)
-
-
-def _percent(value: float) -> str:
-    """Two significant digits without scientific notation: 0.003%, 0.059%, 33%."""
-    return np.format_float_positional(value, precision=2, unique=False, fractional=False, trim="-") + "%"
-
-
-def _exception_text(exception: dict) -> str | None:
-    if exception.get("raised_exception"):
-        return f"GX could not evaluate it: {exception.get('exception_message')}"
-    for info in exception.values():  # some GX versions key exceptions by metric id
-        if isinstance(info, dict) and info.get("raised_exception"):
-            return f"GX could not evaluate it: {info.get('exception_message')}"
-    return None
-
-
-def _table_detail(expectation: str, kwargs: dict, result: dict) -> str | None:
-    if expectation == "expect_table_row_count_to_be_between":
-        return f"{result.get('observed_value', 0):,} rows, expected at least {kwargs.get('min_value'):,}"
-    mismatched = (result.get("details") or {}).get("mismatched") or {}
-    if mismatched.get("missing"):
-        return f"missing columns {', '.join(mismatched['missing'])}"
-    return None
+def _leave_out(snapshot_dir: Path, interactions: pd.DataFrame, rejects: pd.Series) -> None:
+    """Rewrite interactions.parquet without the rejected rows; keep them (with a reason) beside it."""
+    rejected = interactions.loc[rejects.index].assign(reason=rejects.to_numpy())
+    previous = snapshot_dir / REJECTED_NAME
+    if previous.is_file():  # a re-check of a cleaned snapshot must not lose the first check's rejects
+        rejected = pd.concat([pd.read_parquet(previous), rejected], ignore_index=True)
+    kept = interactions.drop(index=rejects.index).reset_index(drop=True)
+    for name, frame in (("interactions.parquet", kept), (REJECTED_NAME, rejected)):
+        tmp = snapshot_dir / f".{name}.tmp"
+        frame.to_parquet(tmp, index=False, engine="pyarrow")
+        tmp.replace(snapshot_dir / name)
+    history.update_manifest(snapshot_dir, kept, rejected_file=REJECTED_NAME, rejected=len(rejected))
+    logger.warning("left %d interactions out of %s (kept in %s)", len(rejects), snapshot_dir, REJECTED_NAME)
 
 
 def _write_report(report: QualityReport, results: dict[str, dict], snapshot_dir: Path, logical_date: datetime) -> None:
-    """Write the summary and GX's results; id lists in value_set are replaced by their size."""
+    """Write the summary, the drift report and GX's results, with long id and row lists summarised."""
     for validation in results.values():
         for outcome in validation["results"]:
             kwargs = outcome["expectation_config"].get("kwargs", {})
             if isinstance(kwargs.get("value_set"), list) and len(kwargs["value_set"]) > 20:
                 kwargs["value_set"] = f"<{len(kwargs['value_set']):,} ids of this snapshot>"
-    document = {"logical_date": str(logical_date), "summary": report.to_dict(), "validation_results": results}
+            result = outcome.get("result") or {}
+            for key in ("unexpected_list", "unexpected_index_list"):
+                if isinstance(result.get(key), list) and len(result[key]) > 20:
+                    result[key] = f"<{len(result[key]):,} entries; see partial_{key}>"
+    document = {"logical_date": str(logical_date), "summary": report.to_dict(), "drift": report.drift,
+                "validation_results": results}
     tmp = report.report_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=2, default=str))
     tmp.replace(report.report_path)

@@ -1,215 +1,121 @@
-"""The data-quality gate on small hand-built snapshots: one test per kind of bad data.
+"""Pure parts of the data-quality gate: drift metrics, the snapshot record, messages, dtype checks.
 
-Each failing case asserts that DataQualityError is raised and that its message names the
-expectation, the column and an offending value, so a person can find the broken source row.
+The gate itself is exercised on real MovieLens data in tests/integration/test_quality_*.py.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tasks import quality_store
 from tasks.config import load_config
-from tasks.errors import DataQualityError
-from tasks.quality import check_snapshot
-
-LOGICAL_DATE = datetime(1999, 1, 1, tzinfo=timezone.utc)
+from tasks.drift import compare_interactions, drift_report, js_divergence
+from tasks.errors import ConfigError, DataQualityError
+from tasks.quality import Failure, QualityReport, check_snapshot
 
 
 @pytest.fixture
-def config():
-    # Thresholds sized to the toy snapshot; environ={} keeps the developer's env out.
-    return load_config(
-        {"quality.min_items": 3, "quality.min_users": 2, "quality.min_interactions": 10},
-        environ={},
-    )
+def config(tmp_path):
+    return load_config({"paths.home": str(tmp_path / "home")}, environ={})
 
 
-def _items() -> pd.DataFrame:
-    return pd.DataFrame({
-        "item_id": pd.array([1, 2, 3, 4, 5], dtype="int64"),
-        "title": ["Toy Story", "GoldenEye", "Four Rooms", "Get Shorty", "Copycat"],
-        "genres": ["Animation Comedy", "Action", "Thriller", "Comedy", "Crime"],
-        "year": pd.array([1995, 1995, 1995, 1995, None], dtype="Int64"),
-        "description": [f"Movie {i} (1995)" for i in range(1, 6)],
-    })
+def _interactions(pairs: list[tuple[int, int]]) -> pd.DataFrame:
+    return pd.DataFrame(pairs, columns=["user_id", "item_id"])
 
 
-def _users() -> pd.DataFrame:
-    return pd.DataFrame({"user_id": pd.array([10, 20, 30, 40], dtype="int64")})
+def test_js_divergence_known_values():
+    same = pd.Series({1: 3, 2: 1})
+    assert js_divergence(same, same * 10) == 0.0  # shares, not counts
+    assert js_divergence(pd.Series({1: 1}), pd.Series({2: 1})) == 1.0  # disjoint supports
+    # p = (1/2, 1/2), q = (1, 0): m = (3/4, 1/4); JS = (KL(p|m) + KL(q|m)) / 2 in bits.
+    expected = (0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25) + math.log2(1 / 0.75)) / 2
+    assert js_divergence(pd.Series({1: 1, 2: 1}), pd.Series({1: 2})) == pytest.approx(expected)
 
 
-def _interactions() -> pd.DataFrame:
-    rows = [(u, i) for u in (10, 20, 30, 40) for i in (1, 2, 3)]
-    return pd.DataFrame({
-        "user_id": pd.array([u for u, _ in rows], dtype="int64"),
-        "item_id": pd.array([i for _, i in rows], dtype="int64"),
-        "rating": [float(1 + k % 5) for k in range(len(rows))],
-        "occurred_at": pd.Series(
-            pd.date_range("1998-03-01", periods=len(rows), freq="D", tz="UTC")
-        ).astype("datetime64[us, UTC]"),
-    })
+def test_drift_metrics_new_items_users_and_breaches(config):
+    previous = _interactions([(1, 10), (1, 11), (2, 10), (2, 11)])
+    current = _interactions([(1, 10), (1, 12), (3, 12), (3, 13)])
+    report = compare_interactions(current, previous, config.quality, "prev")
+
+    assert report.metrics["new_user_share"] == pytest.approx(1 / 2)
+    assert report.metrics["new_item_share"] == pytest.approx(2 / 3, abs=1e-6)
+    assert report.metrics["user_activity_js"] == 0.0  # everyone rated two items, before and after
+    assert report.breaches == [f"item_popularity_js {report.metrics['item_popularity_js']:.3f} > 0.2",
+                               "new_item_share 0.667 > 0.5"]
+    assert not report.failed and "drift warning" in report.summary()
+    assert compare_interactions(current, None, config.quality).to_dict()["previous"] is None
 
 
-def _write(snapshot: Path, items=None, users=None, interactions=None) -> Path:
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (items if items is not None else _items()).to_parquet(snapshot / "items.parquet")
-    (users if users is not None else _users()).to_parquet(snapshot / "users.parquet")
-    (interactions if interactions is not None else _interactions()).to_parquet(snapshot / "interactions.parquet")
-    return snapshot
+def test_drift_report_fails_only_in_fail_mode(tmp_path):
+    for name, pairs in (("prev", [(1, 10), (2, 10)]), ("cur", [(7, 50), (8, 51)])):
+        (tmp_path / name).mkdir()
+        _interactions(pairs).to_parquet(tmp_path / name / "interactions.parquet")
+    warn = load_config({"paths.home": str(tmp_path)}, environ={})
+    assert drift_report(tmp_path / "cur", tmp_path / "prev", warn).breaches  # warns, returns
+
+    fail = load_config({"paths.home": str(tmp_path), "quality.drift_mode": "fail"}, environ={})
+    with pytest.raises(DataQualityError, match=r"new_item_share 1.000 > 0.5.*quality.drift_mode=warn"):
+        drift_report(tmp_path / "cur", tmp_path / "prev", fail)
+    assert drift_report(tmp_path / "cur", tmp_path / "gone", fail).previous is None  # deleted: first-run behaviour
+
+    with pytest.raises(ConfigError, match="quality.drift_mode='loud'"):
+        drift_report(tmp_path / "cur", None, load_config({"quality.drift_mode": "loud"}, environ={}))
 
 
-def _with(frame: pd.DataFrame, row: dict) -> pd.DataFrame:
-    """`frame` plus one row, keeping the column dtypes (nullable ints where a null is added)."""
-    extra = pd.DataFrame([row])
-    out = pd.concat([frame, extra], ignore_index=True)
-    for column, dtype in frame.dtypes.items():
-        if row.get(column, 0) is None and str(dtype) == "int64":
-            dtype = "Int64"
-        out[column] = out[column].astype(dtype)
-    return out
+def test_history_compares_with_latest_earlier_success_of_the_same_source(config, tmp_path):
+    def at(day: str) -> datetime:
+        return datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+
+    for day, n in (("1998-01-01", 100), ("1998-03-01", 300), ("1998-02-01", 200)):
+        quality_store.record_success(config, "src", at(day), tmp_path / day, {"interactions": n})
+    quality_store.record_success(config, "other", at("1998-02-15"), tmp_path / "x", {"interactions": 9})
+    quality_store.record_success(config, "src", at("1998-02-01"), tmp_path / "rerun", {"interactions": 250})
+
+    previous = quality_store.previous_success(config, "src", at("1998-02-20"))
+    assert previous["counts"] == {"interactions": 250} and previous["snapshot_dir"].endswith("rerun")
+    assert quality_store.previous_success(config, "src", at("1998-01-01")) is None  # strictly before
+    assert len(json.loads(quality_store.history_path(config).read_text())["snapshots"]) == 4
 
 
-def _fails(config, snapshot: Path) -> DataQualityError:
-    with pytest.raises(DataQualityError) as caught:
-        check_snapshot(config, snapshot, LOGICAL_DATE)
-    report = json.loads((snapshot / "quality_report.json").read_text())
-    assert report["summary"]["passed"] is False
-    assert "re-run" in str(caught.value).splitlines()[-1]
-    return caught.value
-
-
-def test_clean_snapshot_passes_and_writes_report(config, tmp_path):
-    snapshot = _write(tmp_path / "snap")
-    report = check_snapshot(config, snapshot, LOGICAL_DATE)
-
-    assert report.passed and report.failures == []
-    assert report.counts == {"items": 5, "users": 4, "interactions": 12}
-    assert report.summary() == (
-        f"data quality: {report.evaluated}/{report.evaluated} expectations passed "
-        "on 12 interactions, 5 items, 4 users"
-    )
-    assert report.evaluated == 21  # 8 on items, 4 on users, 9 on interactions
-    assert json.loads(json.dumps(report.to_dict()))["passed"] is True
-    written = json.loads((snapshot / "quality_report.json").read_text())
-    assert written["summary"]["passed"] is True
-    assert set(written["validation_results"]) == {"items", "users", "interactions"}
-    assert all(r["success"] for v in written["validation_results"].values() for r in v["results"])
-
-
-CORRUPTIONS = {
-    "null_key": (
-        {"interactions": lambda: _with(_interactions(), {
-            "user_id": 20, "item_id": None, "rating": 4.0,
-            "occurred_at": pd.Timestamp("1998-05-01", tz="UTC")})},
-        ["interactions: expect_column_values_to_not_be_null(item_id)", "1 of 13 rows", "user_id=20"],
-    ),
-    "duplicate_item_id": (
-        {"items": lambda: _with(_items(), {
-            "item_id": 3, "title": "Four Rooms (re-release)", "genres": "Thriller",
-            "year": 1996, "description": "Four Rooms again"})},
-        ["items: expect_column_values_to_be_unique(item_id)", "2 of 6 rows", "e.g. 3"],
-    ),
-    "orphan_item_id": (
-        {"interactions": lambda: _with(_interactions(), {
-            "user_id": 10, "item_id": 999999, "rating": 3.0,
-            "occurred_at": pd.Timestamp("1998-05-01", tz="UTC")})},
-        ["interactions: expect_column_values_to_be_in_set(item_id)", "1 of 13 rows (7.7%)", "e.g. 999999"],
-    ),
-    "orphan_user_id": (
-        {"interactions": lambda: _with(_interactions(), {
-            "user_id": 77, "item_id": 1, "rating": 3.0,
-            "occurred_at": pd.Timestamp("1998-05-01", tz="UTC")})},
-        ["interactions: expect_column_values_to_be_in_set(user_id)", "e.g. 77"],
-    ),
-    "event_after_logical_date": (
-        {"interactions": lambda: _with(_interactions(), {
-            "user_id": 10, "item_id": 4, "rating": 3.0,
-            "occurred_at": pd.Timestamp("1999-06-30 12:00", tz="UTC")})},
-        ["interactions: expect_column_values_to_be_between(occurred_at)", "1999-06-30T12:00:00+00:00"],
-    ),
-    "event_before_earliest": (
-        {"interactions": lambda: _with(_interactions(), {
-            "user_id": 10, "item_id": 4, "rating": 3.0,
-            "occurred_at": pd.Timestamp("1970-01-01", tz="UTC")})},
-        ["interactions: expect_column_values_to_be_between(occurred_at)", "1970-01-01T00:00:00+00:00"],
-    ),
-    "blank_description": (
-        {"items": lambda: _items().assign(description=["Movie 1", "   ", "Movie 3", "Movie 4", "Movie 5"])},
-        ["items: expect_column_values_to_match_regex(description)", "'   ' (item_id=2, title='GoldenEye')"],
-    ),
-    "null_title": (
-        {"items": lambda: _items().assign(title=["Toy Story", "GoldenEye", None, "Get Shorty", "Copycat"])},
-        ["items: expect_column_values_to_not_be_null(title)", "null (item_id=3)"],
-    ),
-    "rating_off_scale": (
-        {"interactions": lambda: _interactions().assign(rating=[4.0] * 11 + [50.0])},
-        ["interactions: expect_column_values_to_be_between(rating)", "e.g. 50.0"],
-    ),
-    "too_few_users": (
-        {"users": lambda: _users().iloc[:1], "interactions": lambda: _interactions().query("user_id == 10")},
-        ["users: expect_table_row_count_to_be_between failed: 1 rows, expected at least 2",
-         "interactions: expect_table_row_count_to_be_between failed: 3 rows, expected at least 10"],
-    ),
-    "missing_column": (
-        {"items": lambda: _items().drop(columns=["description"])},
-        ["items: expect_table_columns_to_match_set failed: missing columns description"],
-    ),
-}
-
-
-@pytest.mark.parametrize("kind", CORRUPTIONS)
-def test_each_kind_of_bad_data_is_named_with_an_offending_value(config, tmp_path, kind):
-    tables, fragments = CORRUPTIONS[kind]
-    snapshot = _write(tmp_path / "snap", **{name: make() for name, make in tables.items()})
-
-    error = _fails(config, snapshot)
-
-    message = str(error)
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in:\n{message}"
-    assert error.failures and all(f["severity"] == "critical" for f in error.failures)
-
-
-def test_every_failure_is_listed_in_one_error(config, tmp_path):
-    interactions = _with(_interactions(), {
-        "user_id": 77, "item_id": 888888, "rating": 3.0, "occurred_at": pd.Timestamp("2001-01-01", tz="UTC")})
-    interactions = _with(interactions, {
-        "user_id": 10, "item_id": 999999, "rating": 3.0, "occurred_at": pd.Timestamp("1998-05-01", tz="UTC")})
-    snapshot = _write(tmp_path / "snap", interactions=interactions)
-
-    error = _fails(config, snapshot)
-
-    failed = {(f["table"], f["expectation"], f["column"]) for f in error.failures}
-    assert failed == {
-        ("interactions", "expect_column_values_to_be_in_set", "user_id"),
-        ("interactions", "expect_column_values_to_be_in_set", "item_id"),
-        ("interactions", "expect_column_values_to_be_between", "occurred_at"),
-    }
-    item_failure = next(f for f in error.failures if f["column"] == "item_id")
-    assert item_failure["unexpected_count"] == 2 and item_failure["sample"] == ["888888", "999999"]
-    assert "3 of 21 expectations failed" in str(error)
-
-
-def test_sample_size_caps_quoted_values(tmp_path):
-    config = load_config({"quality.min_items": 3, "quality.min_users": 2, "quality.min_interactions": 10,
-                          "quality.sample_size": 2}, environ={})
-    interactions = _interactions().assign(item_id=[1, 2, 3] * 3 + [501, 502, 503])
-    snapshot = _write(tmp_path / "snap", interactions=interactions)
-
-    error = _fails(config, snapshot)
-
-    assert "3 of 12 rows (25%), e.g. 501, 502\n" in str(error)
+def test_failure_messages_say_what_was_dropped_and_why():
+    tolerated = Failure("interactions", "expect_column_values_to_be_in_set", "item_id", "warning",
+                        3, 100_003, 0.003, ["999999"], blocking=False, rejected=3, threshold=0.01)
+    assert tolerated.describe() == (
+        "interactions: expect_column_values_to_be_in_set(item_id) failed for 3 of 100,003 rows (0.003%), "
+        "e.g. 999999 [tolerated (up to 1%): 3 rows left out of the snapshot]")
+    over = Failure("interactions", "expect_column_values_to_be_between", "rating", "warning",
+                   2_000, 100_000, 2.0, ["50.0"], blocking=True, threshold=0.01)
+    assert over.describe().endswith("e.g. 50.0 [more than the tolerated 1%]")
+    report = QualityReport(True, {"interactions": 100_000, "items": 5, "users": 4}, 30, [tolerated], 1.0,
+                           Path("r.json"), rejected={"interactions": 3})
+    assert report.summary() == ("data quality: 30/30 expectations passed on 100,000 interactions, 5 items, "
+                                "4 users; 3 rows left out by 1 tolerant expectations")
 
 
 def test_missing_parquet_file_fails_the_gate(config, tmp_path):
-    snapshot = _write(tmp_path / "snap")
-    (snapshot / "users.parquet").unlink()
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+    pd.DataFrame({"user_id": [1]}).to_parquet(snapshot / "users.parquet")
 
-    error = _fails(config, snapshot)
+    with pytest.raises(DataQualityError, match="items.parquet, interactions.parquet missing; re-run the extract"):
+        check_snapshot(config, snapshot, datetime(1999, 1, 1, tzinfo=timezone.utc))
+    assert json.loads((snapshot / "quality_report.json").read_text())["summary"]["passed"] is False
 
-    assert "users.parquet missing" in str(error)
+
+def test_dtype_problems_name_the_observed_and_expected_type():
+    from expectations.common import TIMESTAMP, dtype_problems
+    from expectations.interactions import COLUMNS
+
+    frame = pd.DataFrame({
+        "user_id": pd.array([1], dtype="int64"), "item_id": pd.array([1], dtype="Int64"),
+        "rating": [4.0], "occurred_at": pd.to_datetime(["1998-01-01"]),  # naive: no time zone
+    })
+    assert COLUMNS["occurred_at"] == TIMESTAMP
+    assert dtype_problems(frame, COLUMNS) == {"occurred_at": "datetime64[us], expected UTC timestamp"}
+    assert dtype_problems(frame.assign(occurred_at=frame["occurred_at"].dt.tz_localize("UTC")), COLUMNS) == {}
