@@ -238,3 +238,18 @@ def _collect(dag_run) -> DagRunResult:
         task_states=states,
         xcoms=xcoms,
     )
+
+
+def _print_shell_exports() -> None:
+    """`eval "$(python -m tasks.airflow_runtime)"`: this project's Airflow settings, for `airflow` commands."""
+    import shlex
+
+    config = load_config()
+    configure_airflow(config)  # the metadata DB must exist before `airflow standalone` reads it
+    for name, value in airflow_environment(config).items():
+        sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    _print_shell_exports()

@@ -1,0 +1,49 @@
+# PrismRec developer entry points. Everything runs from the project venv (.venv), which
+# `make venv` builds from requirements.lock; `make demo` and `make test` build it first.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-lock
+# torch is pinned to its CPU build (+cpu), which lives on the PyTorch CPU index. A local wheel
+# folder (PIP_FIND_LINKS, e.g. a mirror on an offline machine) replaces that index when set.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+WHEEL_SOURCES = $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url $(TORCH_INDEX))
+# The text tower's weights come from an installed package; never reach for a model hub.
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv lock demo test airflow-ui mlflow-ui
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip install --python $(BIN)/python $(WHEEL_SOURCES) -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+lock: venv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 $(WHEEL_SOURCES) \
+		-o requirements.lock
+
+demo: venv
+	$(BIN)/prismrec load movielens-100k
+	$(BIN)/prismrec train
+	$(BIN)/prismrec materialize
+	$(BIN)/prismrec report
+
+test: venv
+	$(BIN)/pytest tests -x -q
+
+# Airflow UI on http://localhost:8080 with this project's DAGs and metadata DB (the same ones
+# `prismrec train` uses); the admin password is printed on start-up.
+airflow-ui: venv
+	eval "$$($(BIN)/python -m tasks.airflow_runtime)" && $(BIN)/airflow standalone
+
+# MLflow UI on http://localhost:5000 over the store the pipeline writes to.
+mlflow-ui: venv
+	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -c 'from tasks.config import load_config; \
+		from tasks.registry import tracking_uri; print(tracking_uri(load_config()))')"
