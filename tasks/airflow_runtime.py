@@ -247,6 +247,8 @@ def _print_shell_exports() -> None:
     config = load_config()
     configure_airflow(config)  # the metadata DB must exist before `airflow standalone` reads it
     for name, value in airflow_environment(config).items():
+        if name.startswith("AIRFLOW__LOGGING__"):
+            continue  # the servers keep Airflow's own logging (full task tracebacks in the UI)
         sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
 
 

@@ -1,0 +1,95 @@
+"""The `prismrec` command line: exit codes, messages, and how flags become settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from tasks.cli import build_parser, logical_date_arg, main, setting_arg
+from tasks.pipeline import overrides_from_params, run_key_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def prismrec(*args: str, home: Path) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would, in a fresh interpreter with an isolated home."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PRISMREC_", "AIRFLOW", "MLFLOW_"))}
+    env["PRISMREC_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "tasks.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args", [
+    [],                                        # no command
+    ["frobnicate"],                            # unknown command
+    ["load", "movielens-20m"],                 # unknown dataset
+    ["train", "--epochs", "many"],             # not a number
+    ["train", "--logical-date", "1998-13-01"],  # not a date
+    ["train", "--force-promote"],              # forcing needs a reason
+    ["train", "--set", "epochs=3"],            # not stage.field=value
+    ["db"],                                    # missing sub-command
+])
+def test_usage_errors_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert "usage: prismrec" in capsys.readouterr().err
+
+
+def test_bad_setting_exits_1_with_a_clear_message_and_no_traceback(tmp_path):
+    done = prismrec("train", "--epochs", "0", home=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("prismrec train: error: train.epochs must be at least 1")
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+def test_unknown_setting_names_what_exists(tmp_path):
+    done = prismrec("train", "--set", "train.epoch=3", home=tmp_path)
+    assert done.returncode == 1
+    assert "unknown setting 'train.epoch'" in done.stderr and "epochs" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_promote_without_any_version_exits_1(tmp_path):
+    done = prismrec("promote", "7", home=tmp_path)
+    assert done.returncode == 1
+    assert "no versions of model 'prismrec' are registered yet" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_day_means_the_end_of_that_day_utc():
+    assert logical_date_arg("1998-04-22") == datetime(1998, 4, 22, 23, 59, 59, 999999, tzinfo=timezone.utc)
+    assert logical_date_arg("1998-04-22T10:00:00") == datetime(1998, 4, 22, 10, tzinfo=timezone.utc)
+    with pytest.raises(argparse.ArgumentTypeError):
+        logical_date_arg("22/04/1998")
+
+
+def test_train_flags_become_params_and_dotted_overrides():
+    args = build_parser().parse_args(
+        ["train", "--epochs", "3", "--interests", "2", "--max-users", "50", "--set", "train.lr=0.01"]
+    )
+    assert setting_arg("train.lr=0.01") == ("train.lr", "0.01")
+    params = {"epochs": args.epochs, "n_interests": args.interests, "nproc": args.nproc,
+              "max_users": args.max_users, "overrides": dict(args.settings)}
+    assert overrides_from_params(params) == {
+        "train.lr": "0.01", "train.epochs": 3, "train.n_interests": 2, "source.max_users": 50,
+    }
+
+
+def test_named_params_win_over_the_overrides_object_and_none_means_unset():
+    params = {"epochs": 5, "nproc": None, "overrides": {"train.epochs": 9, "train.nproc": 2}}
+    assert overrides_from_params(params) == {"train.epochs": 5, "train.nproc": 2}
+
+
+def test_run_keys_are_safe_folder_names():
+    assert run_key_of("manual__2026-11-28T05:48:55.923175+00:00") == "manual__2026-11-28T05_48_55.923175_00_00"
+    assert run_key_of("scheduled__2024-01-07T00:00:00+00:00/../x") == "scheduled__2024-01-07T00_00_00_00_00_.._x"
+    assert "/" not in run_key_of("a/b") and run_key_of("///") == "run"
