@@ -177,6 +177,10 @@ class MaterializeConfig:
     top_k: int = 50
     # Users scored per forward pass.
     batch_users: int = 1024
+    # Materializations whose output stays in reco's history tables (the current one always does).
+    keep_runs: int = 7
+    # Neighbours per item in reco.similar_items (a "more like this" row needs ~10-20).
+    similar_top_k: int = 20
 
 
 @dataclass(frozen=True)

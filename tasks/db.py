@@ -95,14 +95,16 @@ def table_exists(engine: Engine, schema: str, table: str) -> bool:
     return sa.inspect(engine).has_table(table, schema=schema)
 
 
-def copy_rows(conn: sa.Connection, qualified_table: str, columns: Iterable[str], csv_text: str | io.StringIO) -> None:
+def copy_rows(conn: sa.Connection, qualified_table: str, columns: Iterable[str],
+              csv_text: str | io.StringIO | io.BytesIO, *, freeze: bool = False) -> None:
     """Bulk-load CSV text into a table with COPY (psycopg2 `copy_expert`) on `conn`'s transaction."""
     cols = ", ".join(quote_ident(c) for c in columns)
-    buffer = csv_text if isinstance(csv_text, io.StringIO) else io.StringIO(csv_text)
+    buffer = csv_text if isinstance(csv_text, (io.StringIO, io.BytesIO)) else io.StringIO(csv_text)
     buffer.seek(0)
     raw = conn.connection.driver_connection
     with raw.cursor() as cursor:
-        cursor.copy_expert(f"COPY {qualified_table} ({cols}) FROM STDIN WITH (FORMAT csv)", buffer)
+        options = "FORMAT csv, FREEZE" if freeze else "FORMAT csv"
+        cursor.copy_expert(f"COPY {qualified_table} ({cols}) FROM STDIN WITH ({options})", buffer)
 
 
 def copy_dataframe(conn: sa.Connection, qualified_table: str, frame) -> int:
@@ -111,3 +113,19 @@ def copy_dataframe(conn: sa.Connection, qualified_table: str, frame) -> int:
     frame.to_csv(buffer, index=False, header=False)
     copy_rows(conn, qualified_table, list(frame.columns), buffer)
     return len(frame)
+
+
+def copy_arrow(conn: sa.Connection, qualified_table: str, table, *, freeze: bool = False) -> int:
+    """COPY a pyarrow Table (columns by name) on `conn`'s transaction; returns rows written.
+
+    pyarrow's CSV writer is several times faster than pandas' for a million rows. `freeze`
+    (only for a table created in this transaction) writes rows already frozen, so index-only
+    scans work without waiting for VACUUM.
+    """
+    import pyarrow.csv as pacsv
+
+    buffer = io.BytesIO()
+    pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False))
+    buffer.seek(0)
+    copy_rows(conn, qualified_table, table.column_names, buffer, freeze=freeze)
+    return table.num_rows

@@ -1,17 +1,19 @@
-"""Publish the champion's top-k recommendations for every user into `reco.user_recommendations`.
+"""Publish the champion's recommendations, interests and similar items into schema `reco`.
 
-Scores go first into a session-private staging table (COPY, batch by batch); then ONE
-transaction deletes the published set and inserts the new one. Under MVCC a concurrent
-reader (a BI dashboard) sees either the old set or the new set, never a mix, and a failure
-at any point leaves the published set as it was. Rerunning for the same champion replaces
-rows rather than adding to them.
+One run: record it in `reco.runs` as running (committed, and guarded by a session advisory
+lock that dies with the process); score every user in vectorised batches and COPY the rows
+into new standalone tables; build their indexes; then, in the SAME transaction, attach them
+as partitions of the history tables and move the `is_current` flag. Readers of the views see
+the old set or the new set, never a mix; a run that dies anywhere leaves the current set as
+it was, and the next run marks it failed. A rerun for the same champion and logical date
+reuses the succeeded output. Retention then drops the partitions of old runs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,28 +21,14 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from tasks import db
+from tasks import db, reco_rows, reco_tables
 from tasks.config import PipelineConfig
-from tasks.errors import SourceDataError
+from tasks.errors import ConfigError, RegistryError, SourceDataError
 
 log = logging.getLogger(__name__)
 
 TABLE = "user_recommendations"
-_STAGING = 'pg_temp."user_recommendations_staging"'
-_SCORED = ["user_id", "rank", "item_id", "score", "interest_id", "explanation"]
-_COMMENTS = {
-    None: "Top-k recommendations per user from the champion model; replaced as a whole on each "
-          "materialisation (readers see the old or the new set, never a mix).",
-    "user_id": "app.users.user_id the list is for.",
-    "rank": "1 = best; ranks are 1..k without gaps per user.",
-    "item_id": "app.items.item_id recommended; never an item already in the user's history.",
-    "score": "Model score (higher is better); comparable within one user's list only.",
-    "interest_id": "Which of the user's interest vectors produced this item (0-based).",
-    "explanation": "Human-readable reason, e.g. 'because you watched A, B'.",
-    "model_name": "MLflow registered model that produced the list.",
-    "model_version": "MLflow model version (the champion at generation time).",
-    "generated_at": "When this set of recommendations was generated (UTC).",
-}
+DEAD_RUN_ERROR = "the publishing process or its database connection died before finishing; nothing was published"
 
 
 @dataclass(frozen=True)
@@ -50,140 +38,263 @@ class MaterializeSummary:
     model_version: str
     generated_at: datetime
     seconds: float
+    materialization_id: int = 0
+    run_key: str = ""
+    run_id: str | None = None  # MLflow run of the champion version
+    fallback_users: int = 0
+    interest_rows: int = 0
+    similar_rows: int = 0
+    score_seconds: float = 0.0  # model forward passes + building the rows
+    write_seconds: float = 0.0  # CSV encoding, COPY and index builds of the three outputs
+    reused: bool = False  # True when a succeeded run with the same key was republished instead
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "users": self.users,
-            "model_version": self.model_version,
-            "generated_at": self.generated_at.isoformat(),
-            "seconds": round(self.seconds, 3),
-        }
+        out = asdict(self)
+        out["generated_at"] = self.generated_at.isoformat()
+        for key in ("seconds", "score_seconds", "write_seconds"):
+            out[key] = round(out[key], 3)
+        return out
 
 
 def read_histories(engine: sa.Engine, config: PipelineConfig) -> pd.DataFrame:
-    """Every user's full, time-ordered item history: DataFrame[user_id, history (list of ids)]."""
-    interactions = f"{db.quote_ident(config.database.app_schema)}.\"interactions\""
+    """Every user's time-ordered history: DataFrame[user_id, history (int64 array)].
+
+    Users listed in `<app>.users` without any interaction get an empty history (and so the
+    popularity fallback); `users` is optional, the interactions alone define who exists.
+    """
+    app = db.quote_ident(config.database.app_schema)
     with engine.connect() as conn:
-        rows = pd.read_sql_query(
-            sa.text(f"select user_id, item_id from {interactions} order by user_id, occurred_at, item_id"),
-            conn,
-        )
-    grouped = rows.groupby("user_id", sort=True)["item_id"].agg(lambda s: [int(i) for i in s])
-    return grouped.rename("history").reset_index()
+        events = pd.read_sql_query(
+            sa.text(f'select user_id, item_id from {app}."interactions" order by user_id, occurred_at, item_id'), conn)
+        user_ids = events["user_id"].to_numpy(np.int64)
+        if db.table_exists(engine, config.database.app_schema, "users"):
+            listed = pd.read_sql_query(sa.text(f'select user_id from {app}."users"'), conn)["user_id"]
+            user_ids = np.concatenate([user_ids, listed.to_numpy(np.int64)])
+    users = np.unique(user_ids)
+    bounds = np.searchsorted(events["user_id"].to_numpy(np.int64), users, side="left")
+    histories = np.split(events["item_id"].to_numpy(np.int64), bounds[1:])
+    return pd.DataFrame({"user_id": users, "history": histories})
 
 
-def check_recommendations(recs: pd.DataFrame, users: pd.DataFrame, top_k: int) -> None:
-    """Refuse to publish a malformed list; any failure here is a model bug, not a user error."""
-    missing = [c for c in _SCORED if c not in recs.columns]
-    if missing:
-        raise RuntimeError(f"the champion's predictions lack columns {missing}; got {list(recs.columns)}")
-    strangers = set(recs["user_id"]) - set(users["user_id"])
-    if strangers:
-        raise RuntimeError(f"the champion returned users it was not asked about: {sorted(strangers)[:5]}")
-    if recs.duplicated(["user_id", "rank"]).any() or recs.duplicated(["user_id", "item_id"]).any():
-        raise RuntimeError("the champion returned a rank or an item twice for the same user")
-    if ((recs["rank"] < 1) | (recs["rank"] > top_k)).any():
-        raise RuntimeError(f"the champion returned ranks outside 1..{top_k}")
-    if not np.isfinite(recs["score"].to_numpy(dtype="float64")).all():
-        raise RuntimeError("the champion returned non-finite scores")
-    seen = users[["user_id", "history"]].explode("history").dropna().rename(columns={"history": "item_id"})
-    seen["item_id"] = seen["item_id"].astype("int64")
-    leaks = recs[["user_id", "item_id"]].merge(seen.drop_duplicates(), on=["user_id", "item_id"])
-    if len(leaks):
-        first = leaks.iloc[0]
-        raise RuntimeError(
-            f"the champion recommended {len(leaks)} item(s) already in the user's history "
-            f"(e.g. user {first['user_id']}, item {first['item_id']}); refusing to publish"
-        )
+def _recommender(pyfunc, version: str):
+    """The champion's vectorised Recommender behind its pyfunc wrapper."""
+    try:
+        return pyfunc.unwrap_python_model().recommender
+    except AttributeError:
+        raise RegistryError(
+            f"champion version {version} is not a PrismRec model (its pyfunc has no recommender); "
+            "promote a version registered by `prismrec train`"
+        ) from None
 
 
-def _score(model, users: pd.DataFrame, top_k: int) -> pd.DataFrame:
-    recs = model.predict(users[["user_id", "history"]], params={"top_k": top_k})
-    check_recommendations(recs, users, top_k)
-    return recs[_SCORED].astype({"user_id": "int64", "rank": "int32", "item_id": "int64",
-                                 "score": "float32", "interest_id": "int32"})
+def _describe(exc: BaseException, engine: sa.Engine) -> str:
+    """One safe line about a failure: the driver's message, never the SQL parameters or a password."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip() or type(exc).__name__
+    text = f"{type(orig or exc).__name__}: {text.splitlines()[0]}"
+    password = engine.url.password
+    return (text.replace(str(password), "***") if password else text)[:2000]
 
 
-def _create_table(conn: sa.Connection, target: str) -> None:
-    conn.execute(sa.text(f"""
-        create table if not exists {target} (
-            user_id bigint not null,
-            rank int not null,
-            item_id bigint not null,
-            score real not null,
-            interest_id int,
-            explanation text,
-            model_name text not null,
-            model_version text not null,
-            generated_at timestamptz not null,
-            primary key (user_id, rank)
-        )"""))
-    for column, comment in _COMMENTS.items():
-        what = f"table {target}" if column is None else f"column {target}.{db.quote_ident(column)}"
-        conn.execute(sa.text(f"comment on {what} is '{comment.replace(chr(39), chr(39) * 2)}'"))
+def reap_dead_runs(engine: sa.Engine, schema: str) -> list[int]:
+    """Mark failed every 'running' run whose process is gone (its session lock is free); returns their ids."""
+    runs = f"{db.quote_ident(schema)}.runs"
+    with engine.begin() as conn:
+        candidates = conn.execute(sa.text(f"select materialization_id from {runs} where status = 'running'")).scalars()
+        dead = [mid for mid in list(candidates) if conn.execute(
+            sa.text("select pg_try_advisory_xact_lock(:ns, :key)"),
+            {"ns": reco_tables.LOCK_NAMESPACE, "key": int(mid)}).scalar()]
+        if dead:
+            conn.execute(sa.text(
+                f"update {runs} set status = 'failed', finished_at = clock_timestamp(), error = :error "
+                "where materialization_id = any(:ids) and status = 'running'"), {"error": DEAD_RUN_ERROR, "ids": dead})
+            log.warning("marked runs %s failed: %s", dead, DEAD_RUN_ERROR)
+    return dead
 
 
-def materialize(config: PipelineConfig) -> MaterializeSummary:
-    """Score every user with the champion and replace `reco.user_recommendations` atomically.
+def _run_key(config: PipelineConfig, version: str, logical_date: datetime | None, now: datetime) -> str:
+    when = (logical_date or now).astimezone(timezone.utc).isoformat()
+    return f"{config.registry.model_name}@v{version}@{when}" + ("" if logical_date else "@adhoc")
 
-    Raises NoChampionError (before touching Postgres) when no version holds `champion`.
+
+def _reuse(conn: sa.Connection, schema: str, run_key: str) -> MaterializeSummary | None:
+    """Republish a succeeded run with the same key whose rows are still kept; None if there is none."""
+    runs = f"{db.quote_ident(schema)}.runs"
+    row = conn.execute(sa.text(
+        f"select * from {runs} where run_key = :k and status = 'succeeded' and output_kept "
+        "order by materialization_id desc limit 1"), {"k": run_key}).mappings().first()
+    if row is None:
+        return None
+    if not row["is_current"]:
+        reco_tables.lock_schema(conn)
+        reco_tables.make_current(conn, schema, row["materialization_id"])
+    conn.commit()
+    log.info("run %s already published as materialization %s; made it current, nothing rescored",
+             run_key, row["materialization_id"])
+    return MaterializeSummary(
+        rows=row["rows"], users=row["users"], model_version=row["model_version"], generated_at=row["generated_at"],
+        seconds=0.0, materialization_id=row["materialization_id"], run_key=run_key, run_id=row["run_id"],
+        fallback_users=row["fallback_users"], interest_rows=row["interest_rows"],
+        similar_rows=row["similar_rows"], reused=True)
+
+
+def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, str], config: PipelineConfig) -> dict:
+    """Score all users batch by batch and COPY the rows; returns counts and timings."""
+    top_k, batch_users = config.materialize.top_k, config.materialize.batch_users
+    catalogue = reco_rows.Catalogue.from_items(recommender.items)
+    stats = {"rows": 0, "interest_rows": 0, "fallback_users": 0, "score_seconds": 0.0, "write_seconds": 0.0}
+    started = time.perf_counter()
+    for start in range(0, len(users), batch_users):
+        batch = users.iloc[start:start + batch_users]
+        histories = list(batch["history"])
+        t0 = time.perf_counter()
+        recs = recommender.recommend(histories, top_k)
+        user_ids = batch["user_id"].to_numpy(np.int64)
+        recommendations = reco_rows.recommendation_table(user_ids, recs, catalogue)
+        interests = reco_rows.interest_table(user_ids, recs, catalogue, recommender.spec.n_interests)
+        leaks = reco_rows.seen_items_recommended(histories, recs)
+        if leaks:
+            raise RuntimeError(f"the champion recommended {leaks} item(s) already in users' histories; "
+                               "refusing to publish")
+        t1 = time.perf_counter()
+        stats["rows"] += db.copy_arrow(conn, tables["user_recommendations"], recommendations, freeze=True)
+        stats["interest_rows"] += db.copy_arrow(conn, tables["user_interests"], interests, freeze=True)
+        stats["fallback_users"] += int((recs.interest_ids[:, 0] == reco_rows.FALLBACK_INTEREST).sum())
+        stats["score_seconds"] += t1 - t0
+        stats["write_seconds"] += time.perf_counter() - t1
+        done, elapsed = start + len(batch), time.perf_counter() - started
+        log.info("published %d/%d users (%.0f users/s, ETA %.0fs)", done, len(users), done / elapsed,
+                 (len(users) - done) * elapsed / done)
+    t0 = time.perf_counter()
+    similar = reco_rows.similar_table(*recommender.similar_items(config.materialize.similar_top_k), catalogue)
+    t1 = time.perf_counter()
+    stats["similar_rows"] = db.copy_arrow(conn, tables["similar_items"], similar, freeze=True)
+    stats["score_seconds"] += t1 - t0
+    stats["write_seconds"] += time.perf_counter() - t1
+    return stats
+
+
+def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
+                run_key: str | None = None) -> MaterializeSummary:
+    """Score every user with the champion and publish the result atomically (see the module doc).
+
+    `logical_date` (the orchestrator's) makes reruns idempotent: the same champion and date
+    republish the kept output instead of adding a copy. Raises NoChampionError before
+    touching Postgres when no version holds `champion`.
     """
     from tasks.registry import load_champion
 
+    settings = config.materialize
+    if settings.keep_runs < 1 or settings.similar_top_k < 1 or settings.batch_users < 1:
+        raise ConfigError("materialize.keep_runs, materialize.similar_top_k and materialize.batch_users "
+                          "must be at least 1")
     started = time.perf_counter()
-    version, model = load_champion(config)
-    top_k, batch_users = config.materialize.top_k, config.materialize.batch_users
+    schema = config.database.reco_schema
+    db.quote_ident(schema)
+    version, pyfunc = load_champion(config)
+    recommender = _recommender(pyfunc, version)
+    mlflow_run_id = getattr(pyfunc.metadata, "run_id", None)
     engine = db.get_engine(config)
     users = read_histories(engine, config)
     if users.empty:
         raise SourceDataError(
             f"{config.database.app_schema}.interactions is empty, so there is no one to recommend to; "
-            "load data first (`prismrec load movielens-100k`); the published recommendations are unchanged"
-        )
-    log.info("scoring %d users with %s version %s (top %d)", len(users), config.registry.model_name, version, top_k)
+            "load data first (`prismrec load movielens-100k`); the published recommendations are unchanged")
+    reco_tables.ensure_tables(engine, schema)
+    reap_dead_runs(engine, schema)
     generated_at = datetime.now(timezone.utc)
-    target = f"{db.quote_ident(config.database.reco_schema)}.{db.quote_ident(TABLE)}"
-    db.ensure_schemas(engine, config.database.reco_schema)
+    key = run_key or _run_key(config, version, logical_date, generated_at)
+    runs = f"{db.quote_ident(schema)}.runs"
 
     with engine.connect() as conn:
-        conn.execute(sa.text(
-            f"create temp table {_STAGING} (user_id bigint, rank int, item_id bigint, score real, "
-            "interest_id int, explanation text)"
-        ))
+        if conn.execute(sa.text("select current_setting('server_version_num')::int")).scalar() >= 140000:
+            # Notice a vanished client while blocked, so its locks (and the run's liveness lock) go quickly.
+            conn.execute(sa.text("set client_connection_check_interval = '2s'"))
+        # Same-key runs queue here instead of duplicating work.
+        conn.execute(sa.text("select pg_advisory_lock(:ns, hashtext(:k))"),
+                     {"ns": reco_tables.LOCK_NAMESPACE + 1, "k": key})
         conn.commit()
         try:
-            scoring_started, staged = time.perf_counter(), 0
-            for start in range(0, len(users), batch_users):
-                batch = users.iloc[start:start + batch_users]
-                staged += db.copy_dataframe(conn, _STAGING, _score(model, batch, top_k))
-                conn.commit()
-                done, elapsed = start + len(batch), time.perf_counter() - scoring_started
-                rate = done / elapsed if elapsed > 0 else float("inf")
-                log.info("scored %d/%d users (%.0f users/s, ETA %.0fs)", done, len(users), rate,
-                         (len(users) - done) / rate if rate else 0.0)
-            _create_table(conn, target)
-            # Serialises concurrent publishers (readers' ACCESS SHARE locks are not blocked), so a
-            # second run's DELETE sees the first run's rows instead of colliding with them.
-            conn.execute(sa.text(f"lock table {target} in share row exclusive mode"))
-            conn.execute(sa.text(f"delete from {target}"))
-            conn.execute(
-                sa.text(f"""
-                    insert into {target} (user_id, rank, item_id, score, interest_id, explanation,
-                                          model_name, model_version, generated_at)
-                    select user_id, rank, item_id, score, interest_id, explanation,
-                           :model_name, :model_version, :generated_at
-                    from {_STAGING}"""),
-                {"model_name": config.registry.model_name, "model_version": version, "generated_at": generated_at},
-            )
+            reused = _reuse(conn, schema, key)
+            if reused is not None:
+                return reused
+            mid = conn.execute(sa.text(
+                f"insert into {runs} (run_key, model_name, model_version, run_id, logical_date, status, "
+                "generated_at, top_k, backend_pid) values (:k, :name, :version, :run_id, :logical_date, "
+                "'running', :generated_at, :top_k, pg_backend_pid()) returning materialization_id"),
+                {"k": key, "name": config.registry.model_name, "version": version, "run_id": mlflow_run_id,
+                 "logical_date": logical_date, "generated_at": generated_at, "top_k": settings.top_k}).scalar_one()
+            # Held while this session lives: a 'running' run whose lock is free has died (reap_dead_runs).
+            conn.execute(sa.text("select pg_advisory_lock(:ns, :m)"), {"ns": reco_tables.LOCK_NAMESPACE, "m": mid})
             conn.commit()
+            log.info("materialization %s (%s): scoring %d users with %s version %s, top %d",
+                     mid, key, len(users), config.registry.model_name, version, settings.top_k)
+            try:
+                stats = _publish(conn, recommender, users, config, mid)
+            except BaseException as exc:
+                _mark_failed(engine, conn, runs, mid, _describe(exc, engine))
+                raise
         finally:
-            conn.rollback()
-            conn.execute(sa.text(f"drop table if exists {_STAGING}"))
-            conn.commit()
+            if not conn.closed and not conn.invalidated:
+                conn.rollback()
+                conn.execute(sa.text("select pg_advisory_unlock_all()"))  # the key and run locks
+                conn.commit()
 
-    summary = MaterializeSummary(rows=staged, users=len(users), model_version=version,
-                                 generated_at=generated_at, seconds=time.perf_counter() - started)
-    log.info("published %d recommendations for %d users from version %s in %.1fs",
-             summary.rows, summary.users, version, summary.seconds)
+    _apply_retention(engine, schema, settings.keep_runs)
+    summary = MaterializeSummary(
+        users=len(users), model_version=version, generated_at=generated_at, seconds=time.perf_counter() - started,
+        materialization_id=mid, run_key=key, run_id=mlflow_run_id, **stats)
+    log.info("published materialization %s: %d recommendations for %d users (%d on the popularity fallback), "
+             "%d interests, %d similar items from version %s in %.1fs", mid, summary.rows, summary.users,
+             summary.fallback_users, summary.interest_rows, summary.similar_rows, version, summary.seconds)
     return summary
+
+
+def _publish(conn: sa.Connection, recommender, users: pd.DataFrame, config: PipelineConfig, mid: int) -> dict:
+    """The one publishing transaction: new partitions, COPY, indexes, attach, flag, run row."""
+    schema = config.database.reco_schema
+    with conn.begin():
+        tables = reco_tables.create_partitions(conn, schema, mid)
+        stats = _score_and_write(conn, recommender, users, tables, config)
+        t0 = time.perf_counter()
+        reco_tables.index_partitions(conn, schema, mid)
+        stats["write_seconds"] += time.perf_counter() - t0
+        reco_tables.swap_in(conn, schema, mid)
+        conn.execute(sa.text(
+            f"update {db.quote_ident(schema)}.runs set status = 'succeeded', finished_at = clock_timestamp(), users = :users, "
+            "rows = :rows, interest_rows = :interest_rows, similar_rows = :similar_rows, "
+            "fallback_users = :fallback_users where materialization_id = :m"),
+            {"m": mid, "users": len(users), **{k: v for k, v in stats.items() if not k.endswith("seconds")}})
+    return stats
+
+
+def _mark_failed(engine: sa.Engine, conn: sa.Connection, runs: str, mid: int, error: str) -> None:
+    """Record the failure on a fresh connection (the run's own may be the thing that died)."""
+    try:
+        if not conn.closed and not conn.invalidated:
+            conn.rollback()
+        with engine.begin() as fresh:
+            fresh.execute(sa.text(f"update {runs} set status = 'failed', finished_at = clock_timestamp(), error = :e "
+                                  "where materialization_id = :m and status = 'running'"), {"e": error, "m": mid})
+        log.error("materialization %s failed: %s; the current set is unchanged", mid, error)
+    except sa.exc.SQLAlchemyError as exc:  # the next run's reap_dead_runs will mark it
+        log.error("materialization %s failed (%s) and could not be marked failed: %s", mid, error,
+                  _describe(exc, engine))
+
+
+def _apply_retention(engine: sa.Engine, schema: str, keep_runs: int) -> None:
+    """Drop the partitions of succeeded runs beyond the newest `keep_runs` (the current one always stays)."""
+    runs = f"{db.quote_ident(schema)}.runs"
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("set local lock_timeout = '10s'"))
+            reco_tables.lock_schema(conn)
+            old = conn.execute(sa.text(
+                f"select materialization_id from {runs} where output_kept and not is_current "
+                "order by finished_at desc, materialization_id desc offset :keep"), {"keep": keep_runs - 1}).scalars()
+            old = list(old)
+            if old:
+                reco_tables.drop_outputs(conn, schema, old)
+                log.info("retention: dropped the rows of runs %s (keeping %d)", old, keep_runs)
+    except sa.exc.OperationalError as exc:  # e.g. a long BI query held the lock; the next run retries
+        log.warning("retention skipped this time: %s", _describe(exc, engine))

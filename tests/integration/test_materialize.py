@@ -1,62 +1,40 @@
-"""Publishing on real Postgres and a real MLflow champion: exact rows, atomic swap, idempotence.
+"""Publishing on real Postgres with a real, registered PrismRec champion (the session's tiny trained model).
 
-The champion here is a small real pyfunc (models-from-code, logged and registered through
-`tasks.registry.register_candidate`) with known item scores, so every published row can be
-predicted by hand. Nothing is trained in this module.
+Every published row is checked against what the model itself returns for the same
+histories, so the tests pin the plumbing (ids, ranks, titles, flags, lineage) exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from tasks.errors import NoChampionError
+from tasks.errors import ConfigError, NoChampionError
 
 APP, RECO, MODEL = "pub_app", "pub_reco", "materialize_test"
-TABLE = f'{RECO}."user_recommendations"'
-
-# Items 10..80 score 0.8 down to 0.1: the best unseen items are easy to predict by hand.
-SCORES = {str(item): round(0.9 - item / 100, 2) for item in range(10, 90, 10)}
-# user -> history in time order (first watched first).
-HISTORIES = {1: [20, 10], 2: [30], 3: [10, 20, 30, 40, 50, 60], 4: [80], 5: [50, 10]}
-EXPECTED_TOP3 = {1: [30, 40, 50], 2: [10, 20, 40], 3: [70, 80], 4: [10, 20, 30], 5: [20, 30, 40]}
-
-TOY_MODEL_CODE = '''
-import json
-from pathlib import Path
-
-import mlflow
-import pandas as pd
+VIEW = f'{RECO}."user_recommendations"'
+UNKNOWN_ITEM = 99_999_999
+D1 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
-class ToyModel(mlflow.pyfunc.PythonModel):
-    """Ranks a fixed score table, skipping the user's history unless told to leak it."""
+@pytest.fixture(scope="module")
+def recommender(trained_model_dir):
+    from tasks.model.recommender import Recommender
 
-    def load_context(self, context):
-        folder = Path(context.artifacts["model_dir"])
-        self.scores = {int(i): s for i, s in json.loads((folder / "scores.json").read_text()).items()}
-        self.leak = (folder / "LEAK").exists()
-
-    def predict(self, context, model_input: pd.DataFrame, params=None):
-        top_k = int((params or {}).get("top_k", 10))
-        ranked = sorted(self.scores, key=lambda i: -self.scores[i])
-        rows = []
-        for user_id, history in zip(model_input["user_id"], model_input["history"]):
-            seen = set() if self.leak else {int(i) for i in history}
-            fresh = [i for i in ranked if i not in seen][:top_k]
-            rows += [(int(user_id), rank, item, self.scores[item], rank % 2, f"because you watched {history[-1]}")
-                     for rank, item in enumerate(fresh, 1)]
-        return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "interest_id", "explanation"])
+    return Recommender.load(trained_model_dir)
 
 
-mlflow.models.set_model(ToyModel())
-'''
+@pytest.fixture(scope="module")
+def histories(recommender) -> dict[int, list[int]]:
+    """user -> history (oldest first): three real users, one with only an unknown item, one with none."""
+    ids = [int(i) for i in recommender.item_ids]
+    return {1: ids[10:15][::-1], 2: [ids[3], ids[40]], 3: ids[100:110], 4: [UNKNOWN_ITEM], 5: []}
 
 
 @pytest.fixture(scope="module")
@@ -65,242 +43,229 @@ def mat_config(config):
         config,
         database=dataclasses.replace(config.database, app_schema=APP, reco_schema=RECO),
         registry=dataclasses.replace(config.registry, model_name=MODEL),
-        materialize=dataclasses.replace(config.materialize, top_k=3, batch_users=2),
+        materialize=dataclasses.replace(config.materialize, top_k=5, batch_users=2, keep_runs=2, similar_top_k=4),
     )
 
 
 @pytest.fixture(scope="module")
-def interactions(engine) -> None:
+def app_data(engine, histories) -> None:
     start = datetime(2000, 1, 1, tzinfo=timezone.utc)
-    rows = [
-        {"user_id": user, "item_id": item, "rating": 4.0, "occurred_at": start + timedelta(days=user, hours=n)}
-        for user, history in HISTORIES.items() for n, item in enumerate(history)
-    ]
+    rows = [{"user_id": u, "item_id": i, "rating": 4.0, "occurred_at": start + timedelta(days=u, hours=n)}
+            for u, history in histories.items() for n, i in enumerate(history)]
     with engine.begin() as conn:
-        conn.execute(sa.text(f"drop schema if exists {APP} cascade; create schema {APP}"))
-        conn.execute(sa.text(
-            f"create table {APP}.interactions (user_id bigint, item_id bigint, rating real, occurred_at timestamptz)"
-        ))
-        # Inserted newest first so that only `order by occurred_at` yields the time order.
-        conn.execute(sa.text(f"insert into {APP}.interactions values (:user_id, :item_id, :rating, :occurred_at)"),
-                     rows[::-1])
-        conn.execute(sa.text(f"drop schema if exists {RECO} cascade"))
+        conn.execute(sa.text(f"drop schema if exists {APP} cascade; create schema {APP}; drop schema if exists {RECO} cascade"))
+        conn.execute(sa.text(f"create table {APP}.interactions (user_id bigint, item_id bigint, rating real, occurred_at timestamptz)"))
+        conn.execute(sa.text(f"create table {APP}.users (user_id bigint primary key)"))
+        # Newest first, so only `order by occurred_at` yields the time order.
+        conn.execute(sa.text(f"insert into {APP}.interactions values (:user_id, :item_id, :rating, :occurred_at)"), rows[::-1])
+        conn.execute(sa.text(f"insert into {APP}.users select generate_series(1, 5)"))
 
 
-def _log_toy_champion(config, root: Path, code: Path, tag: str, leak: bool = False) -> str:
+@pytest.fixture(scope="module")
+def champion(mat_config, trained_model_dir, tmp_path_factory) -> dict:
     from tasks.registry import register_candidate
 
-    model_dir = root / f"model-{tag}"
-    model_dir.mkdir()
-    (model_dir / "scores.json").write_text(json.dumps(SCORES))
-    if leak:
-        (model_dir / "LEAK").touch()
     registered = register_candidate(
-        config, model_dir=model_dir, run_dir=root / f"run-{tag}",
-        evaluation={"candidate": {"valid": {"ndcg@10": 0.2}}},
-        decision={"passed": True, "reasons": ["test champion"]},
-        lineage={"run_key": tag}, model_code=code,
-    )
-    return registered.version
+        mat_config, model_dir=trained_model_dir, run_dir=tmp_path_factory.mktemp("pub-run") / "run",
+        evaluation={"candidate": {"valid": {"ndcg@10": 0.1}}}, decision={"passed": True, "reasons": ["test"]},
+        lineage={"run_key": "materialize-test"})
+    return registered.to_dict()
 
 
-@pytest.fixture(scope="module")
-def toy_champion(mat_config, tmp_path_factory) -> dict:
-    """The champion that gets published: a toy pyfunc with known scores (see module doc)."""
-    root = tmp_path_factory.mktemp("materialize-models")
-    code = root / "toy_model.py"
-    code.write_text(TOY_MODEL_CODE)
-    return {"version": _log_toy_champion(mat_config, root, code, "good"), "root": root, "code": code}
-
-
-def _published(engine) -> pd.DataFrame:
+def _read(engine, query: str, **params) -> pd.DataFrame:
     with engine.connect() as conn:
-        return pd.read_sql_query(sa.text(f"select * from {TABLE} order by user_id, rank"), conn)
+        return pd.read_sql_query(sa.text(query), conn, params=params)
 
 
 @pytest.fixture(scope="module")
-def first_publication(mat_config, engine, interactions, toy_champion):
+def first_publication(mat_config, engine, app_data, champion):
     from tasks.materialize import materialize
 
-    summary = materialize(mat_config)
-    return summary, _published(engine)
+    summary = materialize(mat_config, logical_date=D1)
+    return summary, _read(engine, f"select * from {VIEW} order by user_id, rank")
 
 
-def test_no_champion_raises_before_touching_postgres(mat_config, engine, interactions):
+def test_no_champion_raises_before_touching_postgres(mat_config, engine, app_data):
     from tasks.materialize import materialize
 
-    nobody = dataclasses.replace(mat_config, registry=dataclasses.replace(mat_config.registry, model_name="no_champion"))
+    nobody = dataclasses.replace(mat_config, registry=dataclasses.replace(mat_config.registry, model_name="nobody"))
     with pytest.raises(NoChampionError, match="prismrec train"):
         materialize(nobody)
-    assert not sa.inspect(engine).has_schema(RECO) or not sa.inspect(engine).has_table("user_recommendations", RECO)
+    assert not sa.inspect(engine).has_schema(RECO)
 
 
-def test_read_histories_are_time_ordered(mat_config, engine, interactions):
+def test_read_histories_are_time_ordered_and_include_users_without_events(mat_config, engine, app_data, histories):
     from tasks.materialize import read_histories
 
-    histories = read_histories(engine, mat_config)
-    assert dict(zip(histories["user_id"], histories["history"])) == HISTORIES
+    users = read_histories(engine, mat_config)
+    assert {u: h.tolist() for u, h in zip(users["user_id"], users["history"])} == histories
 
 
-def test_publishes_top_k_unseen_items_for_every_user(first_publication, toy_champion, engine):
+def test_published_lists_are_the_models_lists(first_publication, recommender, histories, champion):
     summary, rows = first_publication
-    assert summary.rows == 14 and summary.users == 5
-    assert summary.model_version == toy_champion["version"]
-    assert summary.to_dict()["generated_at"] == summary.generated_at.isoformat()
-    assert {u: g["item_id"].tolist() for u, g in rows.groupby("user_id")} == EXPECTED_TOP3
-    assert rows.groupby("user_id")["rank"].apply(list).to_dict()[3] == [1, 2]
-    user1 = rows[rows["user_id"] == 1]
-    assert user1["score"].tolist() == pytest.approx([0.6, 0.5, 0.4])
-    assert user1["explanation"].unique().tolist() == ["because you watched 10"]
-    assert user1["interest_id"].tolist() == [1, 0, 1]
-    assert set(rows["model_name"]) == {MODEL} and set(rows["model_version"]) == {summary.model_version}
-    assert rows["generated_at"].nunique() == 1
-    with engine.connect() as conn:
-        table_comment = conn.execute(sa.text(f"select obj_description('{TABLE}'::regclass)")).scalar_one()
-        pk = conn.execute(sa.text(
-            "select pg_get_constraintdef(oid) from pg_constraint where conrelid = cast(:t as regclass) and contype = 'p'"
-        ), {"t": TABLE}).scalar_one()
-        rank_comment = conn.execute(sa.text(
-            f"select col_description('{TABLE}'::regclass, 2)"
-        )).scalar_one()
-    assert table_comment.startswith("Top-k recommendations per user")
-    assert rank_comment.startswith("1 = best")
-    assert pk == "PRIMARY KEY (user_id, rank)"
+    expected = recommender.recommend(list(histories.values()), 5)
+    assert summary.users == 5 and summary.rows == len(rows) == 25 and not summary.reused
+    for position, (user, history) in enumerate(histories.items()):
+        mine = rows[rows["user_id"] == user]
+        assert mine["rank"].tolist() == [1, 2, 3, 4, 5]
+        assert mine["item_id"].tolist() == expected.item_ids[position].tolist()
+        assert mine["interest_id"].tolist() == expected.interest_ids[position].tolist()
+        assert mine["explanation"].tolist() == list(expected.explanations[position])
+        assert mine["score"].to_numpy() == pytest.approx(expected.scores[position], rel=1e-6)
+        assert not set(mine["item_id"]) & set(history)
+    titles = recommender.items.set_index("item_id")["title"]
+    assert rows["title"].tolist() == titles.loc[rows["item_id"]].tolist()
+    assert set(rows["model_name"]) == {MODEL} and set(rows["model_version"]) == {champion["version"]}
+    assert set(rows["run_id"]) == {champion["run_id"]} == {summary.run_id}
+    assert rows["generated_at"].nunique() == 1 and set(rows["materialization_id"]) == {summary.materialization_id}
 
 
-def test_rerun_for_the_same_champion_replaces_rows(mat_config, first_publication, engine):
+def test_users_without_usable_history_get_the_flagged_popularity_list(first_publication, recommender):
+    from tasks.model.recommender import FALLBACK_EXPLANATION
+
+    summary, rows = first_publication
+    fallback = rows[rows["is_fallback"]]
+    assert set(fallback["user_id"]) == {4, 5} and summary.fallback_users == 2
+    assert set(fallback["interest_id"]) == {-1} and set(fallback["explanation"]) == {FALLBACK_EXPLANATION}
+    counts = recommender.items.set_index("item_id")["train_interactions"]
+    for user in (4, 5):
+        listed = counts.loc[fallback[fallback["user_id"] == user]["item_id"]].tolist()
+        assert listed == sorted(counts, reverse=True)[:5]
+    assert not rows[~rows["is_fallback"]]["interest_id"].lt(0).any()
+
+
+def test_user_interests_explain_each_list(first_publication, engine):
+    summary, rows = first_publication
+    interests = _read(engine, f"select * from {RECO}.user_interests order by user_id, interest_id")
+    assert summary.interest_rows == len(interests)
+    for user, mine in interests.groupby("user_id"):
+        listed = rows[rows["user_id"] == user]["interest_id"].value_counts(normalize=True).sort_index()
+        assert mine["interest_id"].tolist() == listed.index.tolist()
+        assert mine["weight"].to_numpy() == pytest.approx(listed.to_numpy(), abs=1e-6)
+    real = interests[~interests["is_fallback"]]
+    assert real["label"].str.len().gt(3).all() and real["label"].str.contains(" — like ").any()
+    assert interests[interests["is_fallback"]]["user_id"].tolist() == [4, 5]
+
+
+def test_similar_items_come_from_the_item_tower(first_publication, engine, recommender):
+    summary, _ = first_publication
+    similar = _read(engine, f"select * from {RECO}.similar_items order by item_id, rank")
+    item_ids, similar_ids, cosine = recommender.similar_items(4)
+    assert summary.similar_rows == len(similar) == len(item_ids) * 4
+    first = similar[similar["item_id"] == item_ids[0]]
+    assert first["similar_item_id"].tolist() == similar_ids[0].tolist()
+    assert first["score"].to_numpy() == pytest.approx(cosine[0], abs=1e-6)
+    assert not (similar["item_id"] == similar["similar_item_id"]).any()
+
+
+def test_every_table_view_and_column_is_commented_and_indexed(first_publication, engine):
+    undocumented = _read(engine, """
+        select c.relname, a.attname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+        where n.nspname = :schema and c.relkind in ('r', 'p', 'v') and c.relname !~ '_m[0-9]+$'
+          and (obj_description(c.oid, 'pg_class') is null or (a.attname is not null and col_description(c.oid, a.attnum) is null))
+    """, schema=RECO)
+    assert undocumented.empty, undocumented
+    views = set(_read(engine, "select table_name from information_schema.views where table_schema = :s", s=RECO)["table_name"])
+    assert views == {"user_recommendations", "user_interests", "similar_items", "item_exposure"}
+    indexes = _read(engine, "select indexdef from pg_indexes where schemaname = :s and tablename like '%%_history'", s=RECO)
+    defs = " | ".join(indexes["indexdef"])
+    assert "user_recommendations_history USING btree (materialization_id, user_id, rank)" in defs
+    assert "user_recommendations_history USING btree (materialization_id, item_id, rank)" in defs
+
+
+def test_item_exposure_counts_the_current_lists(first_publication, engine):
+    _, rows = first_publication
+    exposure = _read(engine, f"select * from {RECO}.item_exposure order by users desc, item_id")
+    counts = rows.groupby("item_id").size()
+    assert dict(zip(exposure["item_id"], exposure["users"])) == counts.to_dict()
+
+
+def test_runs_row_records_the_publication(first_publication, engine, champion):
+    summary, _ = first_publication
+    run = _read(engine, f"select * from {RECO}.runs where materialization_id = :m", m=summary.materialization_id).iloc[0]
+    assert run["status"] == "succeeded" and run["is_current"] and run["output_kept"]
+    assert (run["model_version"], run["run_id"], run["rows"], run["users"]) == (champion["version"], champion["run_id"], 25, 5)
+    assert run["logical_date"] == pd.Timestamp(D1) and run["finished_at"] >= run["started_at"] and run["error"] is None
+
+
+def test_rerun_for_the_same_champion_and_date_is_idempotent(mat_config, first_publication, engine):
     from tasks.materialize import materialize
 
-    _, before = first_publication
-    summary = materialize(mat_config)
-    after = _published(engine)
-    assert summary.rows == len(after) == len(before) == 14
-    cols = ["user_id", "rank", "item_id", "model_version"]
-    pd.testing.assert_frame_equal(after[cols], before[cols])
-    assert after["generated_at"].nunique() == 1  # one publication, not a mix of two
-    with engine.connect() as conn:  # the session-private staging table is gone
-        assert conn.execute(sa.text("select to_regclass('pg_temp.user_recommendations_staging')")).scalar() is None
+    summary, before = first_publication
+    runs_before = _read(engine, f"select count(*) as n from {RECO}.runs")["n"].item()
+    again = materialize(mat_config, logical_date=D1)
+    assert again.reused and again.materialization_id == summary.materialization_id and again.rows == summary.rows
+    pd.testing.assert_frame_equal(_read(engine, f"select * from {VIEW} order by user_id, rank"), before)
+    assert _read(engine, f"select count(*) as n from {RECO}.runs")["n"].item() == runs_before
 
 
-def test_failure_inside_the_swap_keeps_the_published_set(mat_config, first_publication, engine):
-    """A trigger that fails the INSERT proves DELETE and INSERT share one transaction."""
+def test_failure_inside_the_swap_keeps_the_current_set_and_marks_the_run_failed(mat_config, first_publication, engine):
+    """A trigger refusing the final `succeeded` update proves the swap and the run row share one transaction."""
     from tasks.materialize import materialize
 
-    before = _published(engine)
+    before = _read(engine, f"select * from {VIEW} order by user_id, rank")
     with engine.begin() as conn:
         conn.execute(sa.text(
-            "create function pub_reco.refuse() returns trigger language plpgsql as "
-            "$$ begin raise exception 'injected failure during the swap'; end $$"
-        ))
-        conn.execute(sa.text(
-            f"create trigger refuse after insert on {TABLE} for each statement execute function pub_reco.refuse()"
-        ))
+            f"create function {RECO}.refuse() returns trigger language plpgsql as $$ begin "
+            "if new.status = 'succeeded' then raise exception 'injected failure during the swap'; end if; "
+            "return new; end $$"))
+        conn.execute(sa.text(f"create trigger refuse before update on {RECO}.runs for each row execute function {RECO}.refuse()"))
     try:
         with pytest.raises(sa.exc.DBAPIError, match="injected failure during the swap"):
-            materialize(mat_config)
-        pd.testing.assert_frame_equal(_published(engine), before)
+            materialize(mat_config, logical_date=D1 + timedelta(days=1))
     finally:
         with engine.begin() as conn:
-            conn.execute(sa.text(f"drop trigger refuse on {TABLE}; drop function pub_reco.refuse()"))
+            conn.execute(sa.text(f"drop trigger refuse on {RECO}.runs; drop function {RECO}.refuse()"))
+    pd.testing.assert_frame_equal(_read(engine, f"select * from {VIEW} order by user_id, rank"), before)
+    failed = _read(engine, f"select * from {RECO}.runs order by materialization_id desc limit 1").iloc[0]
+    assert failed["status"] == "failed" and "injected failure during the swap" in failed["error"]
+    assert not failed["is_current"] and not failed["output_kept"]
+    leftovers = _read(engine, "select tablename from pg_tables where schemaname = :s and tablename ~ :p",
+                      s=RECO, p=f"_m{failed['materialization_id']}$")
+    assert leftovers.empty
 
 
-def test_a_champion_that_recommends_seen_items_is_refused(mat_config, first_publication, toy_champion, engine):
-    from tasks.materialize import materialize
-    from tasks.registry import champion_version, rollback
-
-    before = _published(engine)
-    leaky = _log_toy_champion(mat_config, toy_champion["root"], toy_champion["code"], "leaky", leak=True)
-    assert champion_version(mat_config) == leaky
-    try:
-        with pytest.raises(RuntimeError, match="already in the user's history"):
-            materialize(mat_config)
-        pd.testing.assert_frame_equal(_published(engine), before)
-    finally:
-        assert rollback(mat_config) == toy_champion["version"]
-
-
-def test_no_champion_leaves_the_published_set_untouched(mat_config, first_publication, engine):
+def test_retention_keeps_the_newest_runs_and_the_current_set(mat_config, first_publication, engine):
     from tasks.materialize import materialize
 
-    before = _published(engine)
-    nobody = dataclasses.replace(mat_config, registry=dataclasses.replace(mat_config.registry, model_name="no_champion"))
-    with pytest.raises(NoChampionError):
-        materialize(nobody)
-    pd.testing.assert_frame_equal(_published(engine), before)
-
-
-def _untrained_model_dir(folder: Path, item_ids: list[int]) -> Path:
-    """A PrismRec model folder in the training checkpoint format, with untrained weights."""
-    import torch
-
-    from tasks.model.network import ModelSpec, PrismRecNet
-    from tasks.model.recommender import CHECKPOINT
-
-    torch.manual_seed(0)
-    spec = ModelSpec(n_items=len(item_ids), max_history=8, dim=16, n_interests=2, user_layers=1, user_heads=2,
-                     dropout=0.0, lm_trainable_layers=0, max_text_tokens=8, use_id_embedding=True)
-    net = PrismRecNet(spec)
-    folder.mkdir(parents=True)
-    torch.save({"spec": spec.to_dict(), "state_dict": net.state_dict(),
-                "item_text_vectors": torch.randn(len(item_ids) + 1, 384)}, folder / CHECKPOINT)
-    pd.DataFrame({"idx": range(1, len(item_ids) + 1), "item_id": item_ids,
-                  "title": [f"Movie {i}" for i in item_ids], "genres": "Drama"}).to_parquet(folder / "items.parquet")
-    (folder / "history.json").write_text(json.dumps([{"epoch": 1, "train_loss": 1.0}]))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def real_model_dir(request, tmp_path_factory) -> Path:
-    """A real PrismRec model folder: the session's trained model when conftest offers one
-    (fixture `trained_model_dir`), else an untrained network in the same format."""
-    try:
-        return Path(request.getfixturevalue("trained_model_dir"))
-    except pytest.FixtureLookupError:
-        return _untrained_model_dir(tmp_path_factory.mktemp("real-model") / "model", sorted(map(int, SCORES)))
-
-
-def test_real_pyfunc_champion_publishes_unseen_catalogue_items(mat_config, engine, interactions, real_model_dir,
-                                                               tmp_path):
-    """The lead's mlflow/prismrec_model.py end to end: registered, loaded @champion, published."""
-    from tasks.materialize import materialize
-    from tasks.registry import register_candidate
-
-    config = dataclasses.replace(
-        mat_config,
-        database=dataclasses.replace(mat_config.database, reco_schema="pub_reco_real"),
-        registry=dataclasses.replace(mat_config.registry, model_name="materialize_real"),
-    )
-    version = register_candidate(
-        config, model_dir=real_model_dir, run_dir=tmp_path / "run",
-        evaluation={"candidate": {"valid": {"ndcg@10": 0.1}}}, decision={"passed": True, "reasons": ["test"]},
-        lineage={"run_key": "real"},
-    ).version
-    summary = materialize(config)
-
-    catalogue = set(pd.read_parquet(real_model_dir / "items.parquet")["item_id"].astype(int))
-    with engine.connect() as conn:
-        rows = pd.read_sql_query(sa.text(
-            'select * from pub_reco_real."user_recommendations" order by user_id, rank'), conn)
-    assert summary.model_version == version and set(rows["model_version"]) == {version}
-    assert summary.rows == len(rows)
-    for user, history in HISTORIES.items():
-        mine = rows[rows["user_id"] == user]
-        expected = min(3, len(catalogue - set(history)))
-        assert mine["rank"].tolist() == list(range(1, expected + 1))
-        assert set(mine["item_id"]) <= catalogue - set(history)
-        assert mine["score"].is_monotonic_decreasing
-        assert all(text.startswith("because you watched ") for text in mine["explanation"])
+    summaries = [materialize(mat_config) for _ in range(2)]
+    kept = _read(engine, f"select materialization_id from {RECO}.runs where output_kept order by 1")["materialization_id"]
+    assert kept.tolist() == [s.materialization_id for s in summaries]  # keep_runs = 2
+    partitions = _read(engine, "select tablename from pg_tables where schemaname = :s and tablename ~ '_m[0-9]+$'", s=RECO)
+    assert len(partitions) == 2 * 3
+    current = _read(engine, f"select distinct materialization_id from {VIEW}")["materialization_id"].tolist()
+    assert current == [summaries[-1].materialization_id]
+    history = _read(engine, f"select materialization_id, count(*) as n from {RECO}.user_recommendations_history group by 1")
+    assert history["n"].tolist() == [25, 25]
 
 
 def test_concurrent_publishers_leave_one_complete_set(mat_config, first_publication, engine):
-    """Whatever the interleaving, both runs succeed and exactly one run's rows remain."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tasks.materialize import materialize
 
     with ThreadPoolExecutor(2) as pool:
         summaries = list(pool.map(lambda _: materialize(mat_config), range(2)))
-    rows = _published(engine)
-    assert [s.rows for s in summaries] == [14, 14]
-    assert len(rows) == 14 and rows["generated_at"].nunique() == 1
-    assert rows["generated_at"].iloc[0] in {pd.Timestamp(s.generated_at) for s in summaries}
+    rows = _read(engine, f"select * from {VIEW}")
+    assert [s.rows for s in summaries] == [25, 25] and len(rows) == 25
+    assert rows["materialization_id"].nunique() == 1
+    assert rows["materialization_id"].iloc[0] in {s.materialization_id for s in summaries}
+
+
+def test_unsafe_schema_names_are_refused(mat_config, champion):
+    from tasks.materialize import materialize
+
+    bad = dataclasses.replace(mat_config, database=dataclasses.replace(mat_config.database, reco_schema='reco"; drop'))
+    with pytest.raises(ConfigError, match="not a valid SQL identifier"):
+        materialize(bad)
+
+
+def test_rows_helpers_find_seen_items():
+    from tasks.model.recommender import Recommendations
+    from tasks.reco_rows import seen_items_recommended
+
+    recs = Recommendations(item_ids=np.array([[5, 6], [7, -1]]), scores=np.zeros((2, 2)), interest_ids=np.zeros((2, 2), int),
+                           because_item_ids=np.zeros((2, 2, 1), int), explanations=np.array([["", ""], ["", ""]], object))
+    assert seen_items_recommended([np.array([1, 2]), np.array([3])], recs) == 0
+    assert seen_items_recommended([np.array([6]), np.array([7, 5])], recs) == 2

@@ -1,0 +1,272 @@
+"""The `reco` schema BI tools read: history tables partitioned by materialization, current-set views.
+
+Each output (`user_recommendations`, `user_interests`, `similar_items`) is stored in
+`<output>_history`, LIST-partitioned by `materialization_id`: one partition per successful
+run, so retention drops whole partitions instead of deleting rows. The view `<output>`
+shows the rows of the run `reco.runs` marks `is_current`; moving that flag and attaching
+the new partitions happen in one transaction, so a query sees the old set or the new set.
+Every table, view and column carries a COMMENT so BI tools can show what it means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from tasks.db import quote_ident
+
+LOCK_NAMESPACE = 1347568963  # pg advisory lock class for PrismRec publishing ("PREC")
+SCHEMA_LOCK = 0  # advisory key serialising DDL, swaps and retention
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    doc: str
+    columns: tuple[tuple[str, str, str], ...]  # (name, SQL type, comment)
+    key: tuple[str, ...]  # primary key after materialization_id: one row per key per run
+    indexes: dict[str, tuple[str, ...]]  # index suffix -> columns after materialization_id
+    extra_view_columns: tuple[tuple[str, str, str], ...] = ()  # (name, SQL expression over h, comment)
+
+
+_FALLBACK = ("is_fallback", "h.interest_id < 0",
+             "True for the popularity fallback given to users with no usable viewing history.")
+
+OUTPUTS: tuple[Output, ...] = (
+    Output(
+        "user_recommendations",
+        "Top-k recommendations per user from the champion model (the current set: one run, complete). "
+        "One user's list: where user_id = ? order by rank. Who gets an item: where item_id = ?.",
+        (
+            ("user_id", "bigint not null", "app.users.user_id the list is for."),
+            ("rank", "integer not null", "1 = best; ranks run 1..k without gaps per user."),
+            ("item_id", "bigint not null", "app.items.item_id recommended; never an item already in the user's history."),
+            ("title", "text", "Title of the recommended item."),
+            ("score", "real not null", "Model score (higher is better); comparable within one user's list only."),
+            ("interest_id", "integer not null",
+             "Which of the user's interest vectors picked this item (0-based); -1 = popularity fallback."),
+            ("explanation", "text", "Human-readable reason, e.g. 'because you watched A, B'."),
+        ),
+        key=("user_id", "rank"),
+        indexes={"item": ("item_id", "rank")},
+        extra_view_columns=(_FALLBACK,),
+    ),
+    Output(
+        "user_interests",
+        "The interests behind each user's current list: how much of the list each produced and what it is about.",
+        (
+            ("user_id", "bigint not null", "app.users.user_id."),
+            ("interest_id", "integer not null",
+             "Interest vector (0-based) as in user_recommendations.interest_id; -1 = popularity fallback."),
+            ("weight", "real not null", "Share of the user's list this interest produced (a user's weights sum to 1)."),
+            ("label", "text", "Readable summary: dominant genres of what the interest recommends and the "
+                              "history titles it attends to most."),
+        ),
+        key=("user_id", "interest_id"),
+        indexes={},
+        extra_view_columns=(_FALLBACK,),
+    ),
+    Output(
+        "similar_items",
+        "Nearest items by the model's item tower (cosine of item vectors): 'more like this'.",
+        (
+            ("item_id", "bigint not null", "app.items.item_id."),
+            ("rank", "integer not null", "1 = most similar."),
+            ("similar_item_id", "bigint not null", "A similar app.items.item_id (never item_id itself)."),
+            ("title", "text", "Title of item_id."),
+            ("similar_title", "text", "Title of similar_item_id."),
+            ("score", "real not null", "Cosine similarity of the two item vectors, -1..1."),
+        ),
+        key=("item_id", "rank"),
+        indexes={},
+    ),
+)
+
+_RUN_COLUMNS = {
+    "materialization_id": ("bigint generated always as identity primary key",
+                           "One materialization attempt; history rows and views carry it."),
+    "run_key": ("text not null", "Logical run: model, version and logical date; a rerun with the same key "
+                                 "reuses the succeeded output instead of adding a copy."),
+    "model_name": ("text not null", "MLflow registered model."),
+    "model_version": ("text not null", "MLflow model version (the champion when the run started)."),
+    "run_id": ("text", "MLflow run that produced the model version."),
+    "logical_date": ("timestamptz", "The orchestrator's logical date of the run, if any."),
+    "status": ("text not null check (status in ('running', 'succeeded', 'failed'))",
+               "running, succeeded or failed; a run whose process died is marked failed by the next run."),
+    "is_current": ("boolean not null default false", "True for the one run the current-set views show."),
+    "output_kept": ("boolean not null default false", "Whether this run's rows are still in the history tables "
+                                                      "(older runs are dropped by retention)."),
+    "started_at": ("timestamptz not null default now()", "When the run started (UTC)."),
+    "finished_at": ("timestamptz", "When it succeeded or failed."),
+    "generated_at": ("timestamptz", "When its recommendations were generated (UTC)."),
+    "top_k": ("integer", "List length requested per user."),
+    "users": ("integer", "Users scored."),
+    "fallback_users": ("integer", "Users with no usable history, given the popularity list."),
+    "rows": ("bigint", "Rows in user_recommendations for this run."),
+    "interest_rows": ("bigint", "Rows in user_interests for this run."),
+    "similar_rows": ("bigint", "Rows in similar_items for this run."),
+    "backend_pid": ("integer", "Postgres backend of the publishing session (to terminate a stuck run)."),
+    "error": ("text", "Why the run failed (never contains credentials)."),
+}
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _comment(conn: sa.Connection, kind: str, target: str, text: str) -> None:
+    conn.execute(sa.text(f"comment on {kind} {target} is {_literal(text)}"))
+
+
+def history_table(output: Output) -> str:
+    return f"{output.name}_history"
+
+
+def partition_table(output: Output, materialization_id: int) -> str:
+    return f"{output.name}_m{int(materialization_id)}"
+
+
+def lock_schema(conn: sa.Connection) -> None:
+    """Transaction-scoped lock that serialises DDL, swaps and retention across publishers."""
+    conn.execute(sa.text("select pg_advisory_xact_lock(:ns, :key)"), {"ns": LOCK_NAMESPACE, "key": SCHEMA_LOCK})
+
+
+def ensure_tables(engine: sa.Engine, schema: str) -> None:
+    """Create the schema, `runs` and the partitioned history tables if missing (idempotent)."""
+    s = quote_ident(schema)
+    with engine.begin() as conn:
+        lock_schema(conn)
+        conn.execute(sa.text(f"create schema if not exists {s}"))
+        if sa.inspect(conn).has_table("runs", schema=schema):
+            return
+        _comment(conn, "schema", s, "PrismRec's published recommendations, for BI tools (read-only for reco_reader).")
+        columns = ",\n".join(f"{quote_ident(n)} {t}" for n, (t, _) in _RUN_COLUMNS.items())
+        conn.execute(sa.text(f"create table {s}.runs ({columns})"))
+        conn.execute(sa.text(f"create unique index runs_one_current on {s}.runs (is_current) where is_current"))
+        conn.execute(sa.text(f"create index runs_by_key on {s}.runs (run_key, status)"))
+        _comment(conn, "table", f"{s}.runs", "One row per materialization attempt: model version, timing, rows, "
+                                             "status (running/succeeded/failed) and error.")
+        for name, (_, text) in _RUN_COLUMNS.items():
+            _comment(conn, "column", f"{s}.runs.{quote_ident(name)}", text)
+        for output in OUTPUTS:
+            table = f"{s}.{quote_ident(history_table(output))}"
+            columns = ",\n".join(f"{quote_ident(n)} {t}" for n, t, _ in output.columns)
+            key = ", ".join(quote_ident(c) for c in ("materialization_id", *output.key))
+            conn.execute(sa.text(
+                f"create table {table} (materialization_id bigint not null, {columns}, primary key ({key})) "
+                "partition by list (materialization_id)"
+            ))
+            for suffix, index_columns in output.indexes.items():
+                cols = ", ".join(quote_ident(c) for c in ("materialization_id", *index_columns))
+                conn.execute(sa.text(f"create index {quote_ident(f'{output.name}_by_{suffix}')} on {table} ({cols})"))
+            _comment(conn, "table", table, f"History of {output.name}: every kept run's rows, one partition per "
+                                           "run (join reco.runs on materialization_id). " + output.doc)
+            _comment(conn, "column", f"{table}.materialization_id", "reco.runs.materialization_id of the run.")
+            for name, _, text in output.columns:
+                _comment(conn, "column", f"{table}.{quote_ident(name)}", text)
+
+
+def create_partitions(conn: sa.Connection, schema: str, materialization_id: int) -> dict[str, str]:
+    """Standalone tables for one run's rows (attached later by `swap_in`); output name -> qualified table."""
+    s, mid = quote_ident(schema), int(materialization_id)
+    created = {}
+    for output in OUTPUTS:
+        table = f"{s}.{quote_ident(partition_table(output, mid))}"
+        conn.execute(sa.text(f"create table {table} (like {s}.{quote_ident(history_table(output))})"))
+        # The run id comes from the column default, so COPY does not ship it 600k times; the CHECK
+        # lets ATTACH skip its validation scan.
+        conn.execute(sa.text(f"alter table {table} alter column materialization_id set default {mid}, "
+                             f"add check (materialization_id = {mid})"))
+        created[output.name] = table
+    return created
+
+
+def index_partitions(conn: sa.Connection, schema: str, materialization_id: int) -> None:
+    """Build each partition's indexes after COPY (faster than maintaining them row by row)."""
+    s, mid = quote_ident(schema), int(materialization_id)
+    for output in OUTPUTS:
+        table = f"{s}.{quote_ident(partition_table(output, mid))}"
+        key = ", ".join(quote_ident(c) for c in ("materialization_id", *output.key))
+        conn.execute(sa.text(f"alter table {table} add primary key ({key})"))
+        for index_columns in output.indexes.values():
+            cols = ", ".join(quote_ident(c) for c in ("materialization_id", *index_columns))
+            conn.execute(sa.text(f"create index on {table} ({cols})"))
+        conn.execute(sa.text(f"analyze {table}"))
+
+
+def _ensure_views(conn: sa.Connection, schema: str) -> None:
+    """Create the current-set views if missing (replacing a plain table left by older versions)."""
+    s = quote_ident(schema)
+    for output in OUTPUTS:
+        kind = conn.execute(sa.text(
+            "select c.relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname = :schema and c.relname = :name"), {"schema": schema, "name": output.name}).scalar()
+        if kind == "v":
+            continue
+        view = f"{s}.{quote_ident(output.name)}"
+        if kind is not None:
+            conn.execute(sa.text(f"drop table {view} cascade"))
+        columns = ", ".join(f"h.{quote_ident(n)}" for n, _, _ in output.columns)
+        extras = "".join(f", {expression} as {quote_ident(n)}" for n, expression, _ in output.extra_view_columns)
+        conn.execute(sa.text(f"""
+            create view {view} as
+            select {columns}{extras}, r.model_name, r.model_version, r.run_id, r.generated_at, h.materialization_id
+            from {s}.{quote_ident(history_table(output))} h
+            join {s}.runs r on r.materialization_id = h.materialization_id
+            where h.materialization_id = (select materialization_id from {s}.runs where is_current)"""))
+        _comment(conn, "view", view, output.doc)
+        docs = [(n, d) for n, _, d in output.columns] + [(n, d) for n, _, d in output.extra_view_columns] + [
+            ("model_name", _RUN_COLUMNS["model_name"][1]), ("model_version", _RUN_COLUMNS["model_version"][1]),
+            ("run_id", _RUN_COLUMNS["run_id"][1]), ("generated_at", _RUN_COLUMNS["generated_at"][1]),
+            ("materialization_id", "reco.runs.materialization_id of the current run."),
+        ]
+        for name, text in docs:
+            _comment(conn, "column", f"{view}.{quote_ident(name)}", text)
+    if conn.execute(sa.text("select to_regclass(:v)"), {"v": f"{schema}.item_exposure"}).scalar() is None:
+        view = f"{s}.item_exposure"
+        conn.execute(sa.text(f"""
+            create view {view} as
+            select item_id, min(title) as title, count(*) as users,
+                   count(*) filter (where rank <= 10) as users_top10, avg(rank)::real as mean_rank
+            from {s}.user_recommendations group by item_id"""))
+        _comment(conn, "view", view, "Exposure of each item in the current lists: top items by exposure are "
+                                     "`order by users desc`.")
+        for name, text in (("item_id", "app.items.item_id."), ("title", "Item title."),
+                           ("users", "Users whose list contains the item."),
+                           ("users_top10", "Users who get it in their top 10."),
+                           ("mean_rank", "Average rank where it appears.")):
+            _comment(conn, "column", f"{view}.{quote_ident(name)}", text)
+
+
+def swap_in(conn: sa.Connection, schema: str, materialization_id: int) -> None:
+    """Attach a run's partitions and make it current; call inside the publishing transaction."""
+    s, mid = quote_ident(schema), int(materialization_id)
+    lock_schema(conn)
+    _ensure_views(conn, schema)
+    for output in OUTPUTS:
+        conn.execute(sa.text(
+            f"alter table {s}.{quote_ident(history_table(output))} attach partition "
+            f"{s}.{quote_ident(partition_table(output, mid))} for values in ({mid})"
+        ))
+    make_current(conn, schema, mid)
+
+
+def make_current(conn: sa.Connection, schema: str, materialization_id: int) -> None:
+    """Point the current-set views at a run whose partitions are attached (same transaction as the caller's)."""
+    runs = f"{quote_ident(schema)}.runs"
+    conn.execute(sa.text(f"update {runs} set is_current = false where is_current and materialization_id <> :m"),
+                 {"m": int(materialization_id)})
+    conn.execute(sa.text(f"update {runs} set is_current = true, output_kept = true where materialization_id = :m"),
+                 {"m": int(materialization_id)})
+
+
+def drop_outputs(conn: sa.Connection, schema: str, materialization_ids: list[int]) -> None:
+    """Drop runs' partitions (retention); parents are locked first so readers never deadlock with it."""
+    s = quote_ident(schema)
+    for output in OUTPUTS:
+        conn.execute(sa.text(f"lock table {s}.{quote_ident(history_table(output))} in access exclusive mode"))
+    for mid in materialization_ids:
+        for output in OUTPUTS:
+            conn.execute(sa.text(f"drop table if exists {s}.{quote_ident(partition_table(output, mid))}"))
+        conn.execute(sa.text(f"update {s}.runs set output_kept = false where materialization_id = :m"), {"m": mid})
