@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import great_expectations.expectations as gxe
 import pandas as pd
@@ -81,5 +81,5 @@ def utc(moment: datetime | str) -> datetime:
         raise ConfigError(
             f"{moment!r} is not a date; set quality.earliest_event / the logical date as YYYY-MM-DD"
         ) from None
-    stamp = stamp.tz_localize(timezone.utc) if stamp.tzinfo is None else stamp.tz_convert(timezone.utc)
+    stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
     return stamp.to_pydatetime()

@@ -13,7 +13,16 @@ from datetime import datetime, timedelta
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from expectations.common import FLOAT, INTEGER, TIMESTAMP, columns_present, row_count, rule, tolerant, utc
+from expectations.common import (
+    FLOAT,
+    INTEGER,
+    TIMESTAMP,
+    columns_present,
+    row_count,
+    rule,
+    tolerant,
+    utc,
+)
 from tasks.config import PipelineConfig
 
 TABLE = "interactions"

@@ -78,7 +78,9 @@ def describe_table_detail(expectation: str, kwargs: dict, result: dict) -> str |
         previous = (kwargs.get("meta") or {}).get("previous")
         return text + (f" (the last successful snapshot had {previous:,})" if previous else "")
     if expectation == "expect_column_max_to_be_between":
-        return f"newest is {format_value(observed)}, expected no earlier than {format_value(kwargs.get('min_value'))}"
+        return (f"newest is {format_value(observed)}, expected no earlier than "
+                f"{format_value(kwargs.get('min_value'))} (a stale source, or a logical date past the data: "
+                "pass one just after the newest event, or raise quality.max_event_age_days)")
     if expectation == "expect_column_values_to_be_in_type_list":
         return f"type is {observed}, expected one of {', '.join(kwargs.get('type_list') or [])}"
     mismatched = (result.get("details") or {}).get("mismatched") or {}

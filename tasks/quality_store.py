@@ -11,10 +11,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -69,7 +70,7 @@ def record_success(config: PipelineConfig, source: str, logical_date: datetime, 
     """Record (or replace, on a rerun) the successful snapshot of `source` at `logical_date`."""
     path = history_path(config)
     entry = {"source": source, "logical_date": _iso(logical_date), "snapshot_dir": str(Path(snapshot_dir).resolve()),
-             "counts": dict(counts), "recorded_at": datetime.now(timezone.utc).isoformat()}
+             "counts": dict(counts), "recorded_at": datetime.now(UTC).isoformat()}
     with _locked(path):
         kept = [s for s in _read(path) if (s["source"], s["logical_date"]) != (source, entry["logical_date"])]
         tmp = path.with_suffix(".json.tmp")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -70,7 +70,7 @@ def test_drift_report_fails_only_in_fail_mode(tmp_path):
 
 def test_history_compares_with_latest_earlier_success_of_the_same_source(config, tmp_path):
     def at(day: str) -> datetime:
-        return datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+        return datetime.fromisoformat(day).replace(tzinfo=UTC)
 
     for day, n in (("1998-01-01", 100), ("1998-03-01", 300), ("1998-02-01", 200)):
         quality_store.record_success(config, "src", at(day), tmp_path / day, {"interactions": n})
@@ -104,7 +104,7 @@ def test_missing_parquet_file_fails_the_gate(config, tmp_path):
     pd.DataFrame({"user_id": [1]}).to_parquet(snapshot / "users.parquet")
 
     with pytest.raises(DataQualityError, match="items.parquet, interactions.parquet missing; re-run the extract"):
-        check_snapshot(config, snapshot, datetime(1999, 1, 1, tzinfo=timezone.utc))
+        check_snapshot(config, snapshot, datetime(1999, 1, 1, tzinfo=UTC))
     assert json.loads((snapshot / "quality_report.json").read_text())["summary"]["passed"] is False
 
 
