@@ -1,0 +1,172 @@
+"""Quality benchmark: every baseline and PrismRec on the LOO-full split of a MovieLens release.
+
+    python -m bench.quality --dataset ml-100k|ml-1m [--skip-prismrec] [--only NAME] [--epochs N]
+
+The data goes through the real pipeline functions (load into the benchmark's own Postgres
+schema, extract a snapshot, prepare), PrismRec is trained with `launch_training` (the code the
+DAG runs), and everything is scored by `tasks.evaluate.evaluate_scorer`. Test metrics go in the
+table; validation metrics (the only ones used for selection) are kept in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger("bench.quality")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# benchmark name -> (loader dataset, a logical date after the release's last rating)
+DATASETS = {
+    "ml-100k": ("movielens-100k", datetime(1998, 5, 1, tzinfo=timezone.utc)),
+    "ml-1m": ("movielens-1m", datetime(2003, 3, 1, tzinfo=timezone.utc)),
+}
+MODELS = ("popularity", "itemknn", "content", "ease", "sasrec", "prismrec")
+COLUMNS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10")
+PROTOCOL = ("LOO-full (shared/PROTOCOL.md): 5-core filter (one pass, users then items), time-ordered "
+            "leave-one-out, all items ranked, history masked; selection on validation NDCG@10, test reported")
+
+
+def machine() -> dict:
+    """What the numbers were measured on, read from the running machine."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    ram_gib = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                ram_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": ram_gib,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def prepare(config, dataset: str, work: Path) -> Path:
+    """Load -> snapshot -> prepared dataset, through the pipeline's own functions."""
+    from tasks.extract import extract_snapshot
+    from tasks.prepare import prepare_dataset
+    from tasks.sources import load_movielens
+
+    source, logical_date = DATASETS[dataset]
+    load_movielens(config, source)
+    snapshot = extract_snapshot(config, logical_date, work / "snapshot")
+    info = prepare_dataset(config, snapshot.path, work / "dataset")
+    log.info("dataset %s: %d users, %d items, %d interactions", dataset, info.users, info.items, info.interactions)
+    return work / "dataset"
+
+
+def run_baseline(name: str, sequences, items) -> dict:
+    from tasks.baselines import tune
+    from tasks.evaluate import evaluate_scorer
+
+    log.info("fitting %s", name)
+    tuned = tune(name, sequences, items)
+    metrics = evaluate_scorer(tuned.scorer, sequences)
+    return {**metrics["test"], "train_seconds": round(tuned.seconds, 1), "hyper": tuned.hyper,
+            "valid": metrics["valid"]}
+
+
+def run_prismrec(config, dataset_dir: Path, work: Path, sequences) -> dict:
+    from tasks.evaluate import evaluate_scorer, model_scorer
+    from tasks.train import SUMMARY, launch_training
+
+    started = time.time()
+    model_dir = launch_training(config, dataset_dir, work / "prismrec")
+    seconds = time.time() - started
+    metrics = evaluate_scorer(model_scorer(model_dir, sequences), sequences)
+    summary = json.loads((model_dir / SUMMARY).read_text())
+    return {**metrics["test"], "train_seconds": round(seconds, 1),
+            "hyper": {k: v for k, v in config.to_dict().items() if k.startswith("train.")},
+            "epochs_run": summary.get("epochs_run"), "valid": metrics["valid"]}
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"# Quality on {result['dataset']} (test split, LOO-full)",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, torch threads {m['torch_threads']}, "
+        f"GPU: {m['gpu'] or 'none'}. Generated {result['generated_at']}.",
+        "",
+        "| model | " + " | ".join(c.upper().replace("COVERAGE", "Coverage") for c in COLUMNS) + " | train s |",
+        "| --- | " + " | ".join("---:" for _ in COLUMNS) + " | ---: |",
+    ]
+    for name, row in result["models"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in COLUMNS)
+                     + f" | {row['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-100k")
+    parser.add_argument("--skip-prismrec", action="store_true", help="baselines only")
+    parser.add_argument("--only", choices=MODELS, action="append", help="run just these models (repeatable)")
+    parser.add_argument("--epochs", type=int, help="PrismRec train.epochs (default: the pipeline config)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in this process")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+
+    from tasks.config import load_config
+    from tasks.prepare import load_dataset
+
+    torch.set_num_threads(args.threads)
+    schema = "bench_" + args.dataset.replace("-", "")
+    config = load_config({"database.app_schema": schema, "train.epochs": args.epochs})
+    work = config.paths.home / "bench" / args.dataset
+    dataset_dir = prepare(config, args.dataset, work)
+    sequences, items = load_dataset(dataset_dir)
+
+    names = [n for n in (args.only or MODELS) if not (n == "prismrec" and args.skip_prismrec)]
+    out_json = RESULTS / f"quality-{args.dataset}.json"
+    previous = json.loads(out_json.read_text())["models"] if args.only and out_json.exists() else {}
+    models = dict(previous)  # --only refreshes some rows of an earlier run, keeps the others
+    for name in names:
+        if name == "prismrec":
+            models[name] = run_prismrec(config, dataset_dir, work, sequences)
+        else:
+            models[name] = run_baseline(name, sequences, items)
+        log.info("%s: test NDCG@10 %.4f HR@10 %.4f (valid NDCG@10 %.4f), %.0fs", name, models[name]["ndcg@10"],
+                 models[name]["hr@10"], models[name]["valid"]["ndcg@10"], models[name]["train_seconds"])
+
+    result = {
+        "dataset": args.dataset,
+        "protocol": PROTOCOL,
+        "split": {"users": sequences.n_users, "items": sequences.n_items, "interactions": len(sequences.item_idx)},
+        "machine": machine(),
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "models": {n: models[n] for n in MODELS if n in models},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (RESULTS / f"quality-{args.dataset}.md").write_text(table)
+    print(table)  # noqa: T201 - the benchmark's output is this table
+    return result
+
+
+if __name__ == "__main__":
+    main()
