@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -130,6 +131,18 @@ def cmd_db_url(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_grant(args: argparse.Namespace) -> int:
+    """Create/refresh reco_reader (BI) and reco_writer (pipeline); passwords only from the environment."""
+    from tasks.roles import grant_roles
+
+    config = load_config(_overrides(args))
+    created = grant_roles(config, reader_password=os.environ.get("PRISMREC_READER_PASSWORD") or None,
+                          writer_password=os.environ.get("PRISMREC_WRITER_PASSWORD") or None)
+    for role, new in created.items():
+        print(f"{role}: {'created' if new else 'already existed'}, privileges refreshed")
+    return 0
+
+
 def _embedded_server_url(config: PipelineConfig) -> tuple[str, str]:
     """Start the embedded server so that it outlives this command (for psql and BI tools).
 
@@ -210,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="print its SQLAlchemy URL (password hidden) and a psql command")
     url.add_argument("--psql", action="store_true", help="print only a psql connection URI (no password)")
     url.set_defaults(func=cmd_db_url)
+    grant = db_commands.add_parser("grant", parents=[common],
+                                   help="create/refresh roles reco_reader (BI, read reco only) and reco_writer "
+                                        "(passwords from PRISMREC_READER_PASSWORD / PRISMREC_WRITER_PASSWORD)")
+    grant.set_defaults(func=cmd_db_grant)
 
     report = commands.add_parser("report", parents=[common], help="print the report of the latest training run")
     report.add_argument("--run-dir", help="report on this run folder instead of the latest")
