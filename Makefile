@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed-lock
 # torch is pinned to its CPU build (+cpu), which lives on the PyTorch CPU index. A local wheel
 # folder (PIP_FIND_LINKS, e.g. a mirror on an offline machine) replaces that index when set.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-WHEEL_SOURCES = $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url $(TORCH_INDEX))
+# unsafe-best-match: take each package from whichever index has the pinned version (the
+# PyTorch index also carries numpy, jinja2, ... at other versions).
+WHEEL_SOURCES = $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),\
+	--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
 # The text tower's weights come from an installed package; never reach for a model hub.
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false

@@ -3,8 +3,8 @@
 Airflow reads its configuration (home, DAGs folder, metadata DB, logging) once, when
 `airflow` is first imported, so `configure_airflow` sets the environment *before* that
 import and must be the first thing that touches Airflow in a process. The metadata DB is a
-project-local SQLite file (unless `AIRFLOW__DATABASE__SQL_ALCHEMY_CONN` is set explicitly),
-migrated once and remembered with a stamp file so later runs start fast.
+project-local SQLite file (never a deployment's shared one, whose scheduler would run the
+same DagRun too), migrated once and remembered with a stamp file so later runs start fast.
 
 `run_dag` uses `DAG.test()`: the same scheduling loop and task runner as production, without
 a scheduler or workers. An interactive run fails fast (task retries are turned off: the
@@ -67,9 +67,9 @@ def airflow_environment(config: PipelineConfig) -> dict[str, str]:
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get(
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}"
-        ),
+        # Always a private SQLite file: a DagRun that DAG.test() creates in a shared metadata DB
+        # would also be picked up by that deployment's scheduler and run twice.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
         "AIRFLOW__LOGGING__NAMESPACE_LEVELS": os.environ.get(
             "AIRFLOW__LOGGING__NAMESPACE_LEVELS", _QUIET_NAMESPACES
