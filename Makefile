@@ -17,7 +17,7 @@ WHEEL_SOURCES = $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),\
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv lock demo test airflow-ui mlflow-ui
+.PHONY: venv lock demo test airflow-ui mlflow-ui bench-quality
 
 venv: $(STAMP)
 
@@ -50,3 +50,9 @@ airflow-ui: venv
 mlflow-ui: venv
 	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -c 'from tasks.config import load_config; \
 		from tasks.registry import tracking_uri; print(tracking_uri(load_config()))')"
+
+# Quality benchmark: every baseline and PrismRec on the LOO-full split of DATASET
+# (ml-100k or ml-1m); writes bench/results/quality-$(DATASET).{json,md}.
+DATASET ?= ml-100k
+bench-quality: venv
+	$(BIN)/python -m bench.quality --dataset $(DATASET)
