@@ -1,0 +1,113 @@
+"""The run report `make demo` ends with: what was checked, trained, decided and published.
+
+Reads the files a training run leaves in its run folder (manifest, quality report, training
+summary, evaluation, gate decision, registration) and what is published in `reco`, then
+runs one example query a BI user would run and shows its first rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from tasks import db
+from tasks.config import PipelineConfig
+from tasks.errors import PrismRecError
+
+EXAMPLE_SQL = """\
+select r.rank, r.item_id, i.title, round(r.score::numeric, 3) as score, r.interest_id, r.explanation
+from {reco}.user_recommendations r join {app}.items i using (item_id)
+where r.user_id = {user_id}
+order by r.rank
+limit 5"""
+
+METRICS = ("ndcg@10", "hr@10", "ndcg@20", "hr@20", "mrr@10", "coverage@10")
+
+
+def latest_run_dir(config: PipelineConfig) -> Path:
+    """The most recently registered training run (the folder holding `registered.json`)."""
+    runs = sorted(config.paths.runs.glob("*/registered.json"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise PrismRecError("no finished training run to report on; run `prismrec train` first")
+    return runs[-1].parent
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _metrics_table(evaluation: dict) -> list[str]:
+    rows = [("PrismRec (candidate)", evaluation.get("candidate"))]
+    rows += [(f"{name} (baseline)", result) for name, result in evaluation.get("baselines", {}).items()]
+    if evaluation.get("champion"):
+        rows.append((f"champion v{evaluation.get('champion_version')}", evaluation["champion"]))
+    header = f"  {'model':<24} {'split':<6} " + " ".join(f"{m:>11}" for m in METRICS)
+    lines = [header, "  " + "-" * (len(header) - 2)]
+    for name, result in rows:
+        for split in ("valid", "test"):
+            values = " ".join(f"{result[split][m]:>11.4f}" for m in METRICS)
+            lines.append(f"  {name if split == 'valid' else '':<24} {split:<6} {values}")
+    return lines
+
+
+def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
+    run_dir = Path(run_dir) if run_dir else latest_run_dir(config)
+    manifest = _read(run_dir / "snapshot" / "manifest.json")
+    quality = _read(run_dir / "snapshot" / "quality_report.json")
+    dataset = _read(run_dir / "dataset" / "dataset.json")
+    training = _read(run_dir / "model" / "training.json")
+    evaluation = _read(run_dir / "evaluation.json")
+    decision = _read(run_dir / "decision.json")
+    registered = _read(run_dir / "registered.json")
+
+    out = [f"PrismRec run report — {run_dir.name}", ""]
+    counts = manifest.get("counts", {})
+    out.append(f"1. Extracted (as of {manifest.get('logical_date', '?')}): "
+               f"{counts.get('interactions', 0):,} interactions, {counts.get('items', 0):,} items, "
+               f"{counts.get('users', 0):,} users")
+    summary = quality.get("summary") or ("passed" if quality.get("passed") else "see quality_report.json")
+    out.append(f"2. Data quality: {summary}")
+    out.append(f"3. Prepared (5-core, leave-one-out): {dataset.get('users', 0):,} users, "
+               f"{dataset.get('items', 0):,} items, {dataset.get('interactions', 0):,} interactions")
+    if training:
+        out.append(f"4. Fine-tuned in {training.get('train_seconds', 0):.0f}s on {training.get('world_size', 1)} "
+                   f"process(es), {training.get('epochs_run', 0)} epochs, best valid NDCG@10 "
+                   f"{training.get('best_valid_ndcg@10', 0):.4f}")
+    if evaluation:
+        out.append("5. Full-ranking metrics (all items ranked, history masked):")
+        out.extend(_metrics_table(evaluation))
+    if decision:
+        verdict = "PASSED" if decision.get("passed") else "REFUSED"
+        out.append(f"6. Gate {verdict}:")
+        out.extend(f"   - {reason}" for reason in decision.get("reasons", []))
+    if registered:
+        alias = "champion + challenger" if registered.get("promoted") else "challenger (champion unchanged)"
+        out.append(f"7. Registered {config.registry.model_name} version {registered.get('version')} "
+                   f"as {alias}; MLflow run {registered.get('run_id')}")
+    out.extend(_published(config))
+    return "\n".join(out)
+
+
+def _published(config: PipelineConfig) -> list[str]:
+    engine = db.get_engine(config)
+    reco, app = db.quote_ident(config.database.reco_schema), db.quote_ident(config.database.app_schema)
+    if not db.table_exists(engine, config.database.reco_schema, "user_recommendations"):
+        return ["8. Published: nothing yet (run `prismrec materialize`)"]
+    with engine.connect() as conn:
+        stats = conn.execute(sa.text(
+            f"select count(*), count(distinct user_id), min(model_version), max(generated_at) "
+            f"from {reco}.user_recommendations")).one()
+        if not stats[0]:
+            return ["8. Published: reco.user_recommendations is empty"]
+        user_id = conn.execute(sa.text(f"select min(user_id) from {reco}.user_recommendations")).scalar()
+        sql = EXAMPLE_SQL.format(reco=reco, app=app, user_id=user_id)
+        rows = conn.execute(sa.text(sql)).all()
+    lines = [f"8. Published: {stats[0]:,} rows for {stats[1]:,} users in {config.database.reco_schema}."
+             f"user_recommendations (model version {stats[2]}, generated {stats[3]:%Y-%m-%d %H:%M:%S} UTC)",
+             "", "Try it (e.g. `psql \"$(prismrec db url --psql)\"`):", "", sql, ""]
+    for row in rows:
+        lines.append(f"  {row.rank:>2}. {row.title[:40]:<40} score {row.score}  interest {row.interest_id}  "
+                     f"{row.explanation}")
+    return lines

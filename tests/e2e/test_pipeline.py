@@ -1,0 +1,108 @@
+"""The whole platform as a user drives it: `prismrec load/train/materialize` on real ML-100K.
+
+Each command runs in its own process (as from a shell), against this session's Postgres
+and MLflow store, so Airflow is configured exactly as on a user's machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+
+pytestmark = pytest.mark.slow
+
+LOGICAL_DATE = "1998-04-30"  # after the last ML-100K rating (1998-04-22)
+
+
+@pytest.fixture(scope="module")
+def e2e_env(tmp_path_factory, database_url):
+    home = tmp_path_factory.mktemp("e2e-home")
+    return {
+        **os.environ,
+        "PRISMREC_HOME": str(home),
+        "PRISMREC_DATABASE_URL": database_url,
+        "PRISMREC_DATABASE__APP_SCHEMA": "app_e2e",
+        "PRISMREC_DATABASE__RECO_SCHEMA": "reco_e2e",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def prismrec(env, *args, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "tasks.cli", *args], env=env, capture_output=True,
+                            text=True, timeout=1200)
+    if check and result.returncode != 0:
+        raise AssertionError(f"prismrec {' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def e2e_engine(database_url):
+    engine = sa.create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def test_load_train_materialize_publishes_the_champion(e2e_env, e2e_engine):
+    prismrec(e2e_env, "load", "movielens-100k")
+    train = prismrec(e2e_env, "train", "--logical-date", LOGICAL_DATE, "--epochs", "3")
+    assert "gate" in train.stderr.lower()
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=e2e_env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("prismrec", "champion")
+    challenger = client.get_model_version_by_alias("prismrec", "challenger")
+    assert champion.version == challenger.version == "1"
+
+    prismrec(e2e_env, "materialize")
+    with e2e_engine.connect() as conn:
+        users = conn.execute(sa.text("select count(*) from app_e2e.users")).scalar()
+        stats = conn.execute(sa.text(
+            "select count(*), count(distinct user_id), min(rank), max(rank), "
+            "count(distinct model_version), min(model_version) from reco_e2e.user_recommendations")).one()
+        seen = conn.execute(sa.text(
+            "select count(*) from reco_e2e.user_recommendations r join app_e2e.interactions i "
+            "using (user_id, item_id)")).scalar()
+    assert stats[1] == users  # every user gets a list
+    assert (stats[2], stats[3]) == (1, 50) and stats[0] == 50 * users
+    assert stats[4] == 1 and stats[5] == "1"
+    assert seen == 0  # never an item from the user's own history
+
+    # A rerun for the same champion replaces the set instead of adding to it.
+    prismrec(e2e_env, "materialize")
+    with e2e_engine.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from reco_e2e.user_recommendations")).scalar() == 50 * users
+
+    report = prismrec(e2e_env, "report")
+    assert "Gate PASSED" in report.stdout and "popularity" in report.stdout
+
+
+def test_corrupt_interactions_stop_the_run_at_the_quality_gate(e2e_env, e2e_engine):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=e2e_env["MLFLOW_TRACKING_URI"])
+    versions_before = len(client.search_model_versions("name='prismrec'"))
+    with e2e_engine.begin() as conn:
+        published_before = conn.execute(sa.text(
+            "select count(*), max(generated_at) from reco_e2e.user_recommendations")).one()
+        # A broken upstream job: events with no user id at all.
+        conn.execute(sa.text(
+            "insert into app_e2e.interactions (user_id, item_id, rating, occurred_at) "
+            "select null, item_id, rating, occurred_at from app_e2e.interactions limit 500"))
+    try:
+        result = prismrec(e2e_env, "train", "--logical-date", LOGICAL_DATE, "--epochs", "1", check=False)
+        assert result.returncode == 1
+        assert "user_id" in result.stderr and "not_be_null" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(client.search_model_versions("name='prismrec'")) == versions_before
+        with e2e_engine.connect() as conn:
+            assert conn.execute(sa.text(
+                "select count(*), max(generated_at) from reco_e2e.user_recommendations")).one() == published_before
+    finally:
+        with e2e_engine.begin() as conn:
+            conn.execute(sa.text("delete from app_e2e.interactions where user_id is null"))
