@@ -93,3 +93,24 @@ def test_run_keys_are_safe_folder_names():
     assert run_key_of("manual__2026-11-28T05:48:55.923175+00:00") == "manual__2026-11-28T05_48_55.923175_00_00"
     assert run_key_of("scheduled__2024-01-07T00:00:00+00:00/../x") == "scheduled__2024-01-07T00_00_00_00_00_.._x"
     assert "/" not in run_key_of("a/b") and run_key_of("///") == "run"
+
+
+def test_force_promote_overrules_a_refusing_gate_and_records_why(tmp_path):
+    from tasks.pipeline import run_gate
+
+    def splits(ndcg: float) -> dict:
+        return {"valid": {"ndcg@10": ndcg}, "test": {"ndcg@10": ndcg}}
+
+    evaluated = {
+        "evaluation": {"candidate": splits(0.05), "baselines": {"popularity": splits(0.08)},
+                       "champion": splits(0.09), "champion_version": "1"},
+        "path": str(tmp_path / "evaluation.json"),
+    }
+    refused = run_gate({}, evaluated)
+    assert refused["passed"] is False and refused["force_promote"] is False
+
+    forced = run_gate({}, evaluated, force_promote=True, reason="new catalogue, baseline is stale")
+    assert forced["passed"] is True
+    assert forced["reasons"][-1] == "forced by operator: new catalogue, baseline is stale"
+    assert forced["operator_reason"] == "new catalogue, baseline is stale"
+    assert (tmp_path / "decision.json").exists()
