@@ -60,3 +60,9 @@ mlflow-ui: venv
 DATASET ?= ml-100k
 bench-quality: venv
 	$(BIN)/python -m bench.quality --dataset $(DATASET)
+
+# Publishing benchmark: top-100 for every ML-1M user through `materialize` (COPY) vs pandas.to_sql;
+# writes bench/results/materialize.json.
+.PHONY: bench-materialize
+bench-materialize: venv
+	$(BIN)/python -m bench.materialize
