@@ -206,8 +206,8 @@ def _pad_left(sequences: Sequence[np.ndarray], length: int) -> torch.Tensor:
 
 
 def fit_sasrec(sequences: Sequences, items: pd.DataFrame, dim: int = 64, blocks: int = 2, heads: int = 1,
-               dropout: float = 0.2, max_len: int = 200, lr: float = 1e-3, batch_size: int = 128,
-               max_epochs: int = 200, patience: int = 10, seed: int = 42,
+               dropout: float = 0.2, max_len: int = 200, lr: float = 2e-3, batch_size: int = 128,
+               max_epochs: int = 200, patience: int = 20, seed: int = 42,
                device: str | None = None) -> Scorer:
     """SASRec+ (Klenitskiy & Vasilev 2023): next-item prediction at every position with full
     softmax cross-entropy over the catalogue; early stopping on validation NDCG@10."""
