@@ -162,6 +162,32 @@ class GateConfig:
     min_metric: float = 0.0
     # The candidate may trail the champion by at most this much (absolute) on the same split.
     champion_tolerance: float = 0.005
+    # More absolute floors, "metric=value,..." (e.g. "hr@10=0.05"); a metric the evaluation lacks refuses, never passes.
+    floors: str = ""
+    # Slices hold fewer users, so their metrics are noisier than the overall one: a wider tolerance.
+    slice_tolerance: float = 0.02
+    # A slice with fewer users than this is too noisy to judge; its check is skipped, saying so.
+    min_slice_users: int = 50
+    # History-length slices: short <= short_history_max training items, long >= long_history_min; unset: terciles.
+    short_history_max: int | None = None
+    long_history_min: int | None = None
+    # Head items: the most popular ones that together hold this share of training interactions; the rest is tail.
+    head_share: float = 0.5
+    # Cold items: targets with fewer than this many training interactions (text carries them, not ids).
+    cold_item_interactions: int = 10
+
+    def __post_init__(self) -> None:  # why: a malformed floor must stop a run before anything is written
+        from tasks.gate import parse_floors
+
+        parse_floors(self.floors)
+        if not 0.0 < self.head_share < 1.0:
+            raise ConfigError("gate.head_share must be between 0 and 1 (e.g. 0.5)")
+        if self.min_slice_users < 1 or self.cold_item_interactions < 1:
+            raise ConfigError("gate.min_slice_users and gate.cold_item_interactions must be at least 1")
+        if (self.short_history_max is None) != (self.long_history_min is None) or (
+                self.short_history_max is not None and self.short_history_max >= self.long_history_min):
+            raise ConfigError("set both gate.short_history_max and gate.long_history_min (short < long), "
+                              "or neither for terciles")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Evaluate: the candidate, the popularity baseline and the current champion, scored by the
 same code on the same leave-one-out split, ranking every item (PROTOCOL.md, LOO-full).
 
-Validation metrics select and gate; test metrics are reported once.
+Validation metrics select and gate; test metrics are reported once. Each model is also
+summarised per slice (tasks.slices: history length, head/tail/cold target items) from the
+same per-user ranks, so the gate can refuse a model that regresses for one group of users.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import numpy as np
 import torch
 
 from tasks.config import PipelineConfig
-from tasks.metrics import evaluate_scores
+from tasks.metrics import rank_batches, summarize
 from tasks.prepare import Sequences, load_dataset
+from tasks.slices import Slice, define_slices, item_popularity, slice_metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ class Evaluation:
     champion: dict | None = None
     champion_version: str | None = None
     seconds: float = 0.0
+    # {"definitions": {split: {slice: {"description", "users"}}}, "candidate": {split: {slice: metrics}},
+    #  "baselines": {name: {split: ...}}, "champion": {split: ...} | None}
+    slices: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,8 +50,8 @@ class Evaluation:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
 
-def evaluate_scorer(scorer: Scorer, sequences: Sequences) -> dict[str, dict[str, float]]:
-    """{"valid": metrics, "test": metrics} for one model on the split."""
+def rank_splits(scorer: Scorer, sequences: Sequences) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"valid": (ranks [U], top10 [U, 10]), "test": ...}: each user's target rank and top-10 list."""
     results = {}
     for split, holdout in SPLITS.items():
         histories = sequences.histories(holdout)
@@ -56,8 +62,29 @@ def evaluate_scorer(scorer: Scorer, sequences: Sequences) -> dict[str, dict[str,
                 chunk = histories[start:start + BATCH_USERS]
                 yield scorer(chunk), chunk, targets[start:start + BATCH_USERS]
 
-        results[split] = evaluate_scores(batches(), sequences.n_items)
+        results[split] = rank_batches(batches())
     return results
+
+
+def evaluate_scorer(scorer: Scorer, sequences: Sequences) -> dict[str, dict[str, float]]:
+    """{"valid": metrics, "test": metrics} for one model on the split."""
+    return {split: summarize(ranks, top10, sequences.n_items)
+            for split, (ranks, top10) in rank_splits(scorer, sequences).items()}
+
+
+def split_slices(sequences: Sequences, config: PipelineConfig) -> dict[str, list[Slice]]:
+    """The slices of each split; history lengths and popularity come from the training histories."""
+    train = sequences.histories(2)
+    lengths = np.array([len(h) for h in train], dtype=np.int64)
+    popularity = item_popularity(train, sequences.n_items)
+    return {split: define_slices(lengths, sequences.targets(split), popularity, config.gate) for split in SPLITS}
+
+
+def _evaluate_with_slices(scorer: Scorer, sequences: Sequences, slices: dict[str, list[Slice]]) -> tuple[dict, dict]:
+    """(overall metrics per split, slice metrics per split) from one scoring pass."""
+    ranked = rank_splits(scorer, sequences)
+    overall = {split: summarize(ranks, top10, sequences.n_items) for split, (ranks, top10) in ranked.items()}
+    return overall, {split: slice_metrics(ranked[split][0], slices[split]) for split in ranked}
 
 
 def popularity_scorer(sequences: Sequences) -> Scorer:
@@ -86,10 +113,20 @@ def evaluate_run(config: PipelineConfig, dataset_dir: Path, model_dir: Path,
                  champion_model_dir: Path | None, champion_version: str | None = None) -> Evaluation:
     started = time.time()
     sequences, _ = load_dataset(dataset_dir)
-    evaluation = Evaluation(candidate=evaluate_scorer(model_scorer(model_dir, sequences), sequences))
-    evaluation.baselines["popularity"] = evaluate_scorer(popularity_scorer(sequences), sequences)
+    slices = split_slices(sequences, config)
+    candidate, candidate_slices = _evaluate_with_slices(model_scorer(model_dir, sequences), sequences, slices)
+    evaluation = Evaluation(candidate=candidate)
+    evaluation.slices = {
+        "definitions": {split: {s.name: {"description": s.description, "users": int(s.mask.sum())} for s in pieces}
+                        for split, pieces in slices.items()},
+        "candidate": candidate_slices, "baselines": {}, "champion": None,
+    }
+    popularity, popularity_slices = _evaluate_with_slices(popularity_scorer(sequences), sequences, slices)
+    evaluation.baselines["popularity"] = popularity
+    evaluation.slices["baselines"]["popularity"] = popularity_slices
     if champion_model_dir is not None:
-        evaluation.champion = evaluate_scorer(model_scorer(champion_model_dir, sequences), sequences)
+        evaluation.champion, evaluation.slices["champion"] = _evaluate_with_slices(
+            model_scorer(champion_model_dir, sequences), sequences, slices)
         evaluation.champion_version = champion_version
     evaluation.seconds = time.time() - started
     for name, result in [("candidate", evaluation.candidate), ("popularity", evaluation.baselines["popularity"]),

@@ -73,9 +73,12 @@ def rank_targets(scores: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarra
     return above.sum(1).cpu().numpy(), top10.cpu().numpy()
 
 
-def evaluate_scores(score_batches: Iterable[tuple[torch.Tensor, Sequence[np.ndarray], np.ndarray]],
-                    n_items: int) -> dict[str, float]:
-    """Metrics over batches of (scores [B, N+1], histories to mask, targets [B])."""
+def rank_batches(score_batches: Iterable[tuple[torch.Tensor, Sequence[np.ndarray], np.ndarray]]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user target ranks [U] and top-10 lists [U, 10] over batches of (scores, histories, targets).
+
+    The per-user view lets callers summarise any subset of users (slices) without re-scoring.
+    """
     all_ranks, all_top = [], []
     for scores, histories, targets in score_batches:
         target_tensor = torch.as_tensor(targets, dtype=torch.long)
@@ -84,5 +87,14 @@ def evaluate_scores(score_batches: Iterable[tuple[torch.Tensor, Sequence[np.ndar
         all_ranks.append(ranks)
         all_top.append(top10)
     if not all_ranks:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 10), dtype=np.int64)
+    return np.concatenate(all_ranks), np.concatenate(all_top)
+
+
+def evaluate_scores(score_batches: Iterable[tuple[torch.Tensor, Sequence[np.ndarray], np.ndarray]],
+                    n_items: int) -> dict[str, float]:
+    """Metrics over batches of (scores [B, N+1], histories to mask, targets [B])."""
+    ranks, top10 = rank_batches(score_batches)
+    if not len(ranks):
         return dict.fromkeys(METRIC_NAMES, 0.0)
-    return summarize(np.concatenate(all_ranks), np.concatenate(all_top), n_items)
+    return summarize(ranks, top10, n_items)
