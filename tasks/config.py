@@ -74,7 +74,8 @@ class SourceConfig:
             os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
         ) / "prismrec" / "wheels"
     )
-    # Load only the first N users (by id) for small, fast slices; None loads everything.
+    # Only the first N users (by id), for small, fast slices: the loader writes just them and
+    # extraction snapshots just them; None means everyone.
     max_users: int | None = None
 
 

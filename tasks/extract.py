@@ -169,6 +169,10 @@ def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Pa
     if window_start is not None:
         where += " and occurred_at > %(window_start)s"
         params["window_start"] = window_start
+    if config.source.max_users:  # a quick slice: the first N users by id, with all their events
+        where += (f" and user_id in (select user_id from {db.quote_ident(schema)}.\"users\""
+                  " order by user_id limit %(max_users)s)")
+        params["max_users"] = config.source.max_users
 
     engine = db.get_engine(config)
     # One repeatable-read transaction: the three tables are read as of the same moment.

@@ -38,6 +38,18 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _quality_line(summary: dict) -> str:
+    if not summary:
+        return "no report found"
+    line = (f"{'passed' if summary.get('passed') else 'FAILED'}: {summary.get('evaluated', 0)} expectations, "
+            f"{summary.get('failed', 0)} blocking failures")
+    tolerated = [f for f in summary.get("failures", []) if not f.get("blocking")]
+    if tolerated:
+        rejected = sum(f.get("rejected") or 0 for f in tolerated)
+        line += f"; {len(tolerated)} tolerated warnings, {rejected:,} rows left out of the snapshot"
+    return line
+
+
 def _metrics_table(evaluation: dict) -> list[str]:
     rows = [("PrismRec (candidate)", evaluation.get("candidate"))]
     rows += [(f"{name} (baseline)", result) for name, result in evaluation.get("baselines", {}).items()]
@@ -67,8 +79,7 @@ def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
     out.append(f"1. Extracted (as of {manifest.get('logical_date', '?')}): "
                f"{counts.get('interactions', 0):,} interactions, {counts.get('items', 0):,} items, "
                f"{counts.get('users', 0):,} users")
-    summary = quality.get("summary") or ("passed" if quality.get("passed") else "see quality_report.json")
-    out.append(f"2. Data quality: {summary}")
+    out.append(f"2. Data quality: {_quality_line(quality.get('summary') or {})}")
     out.append(f"3. Prepared (5-core, leave-one-out): {dataset.get('users', 0):,} users, "
                f"{dataset.get('items', 0):,} items, {dataset.get('interactions', 0):,} interactions")
     if training:

@@ -57,7 +57,7 @@ def test_load_train_materialize_publishes_the_champion(e2e_env, e2e_engine):
     client = MlflowClient(tracking_uri=e2e_env["MLFLOW_TRACKING_URI"])
     champion = client.get_model_version_by_alias("prismrec", "champion")
     challenger = client.get_model_version_by_alias("prismrec", "challenger")
-    assert champion.version == challenger.version == "1"
+    assert str(champion.version) == str(challenger.version) == "1"
 
     prismrec(e2e_env, "materialize")
     with e2e_engine.connect() as conn:
