@@ -43,7 +43,8 @@ def recsys_materialize():
     def materialize(**context) -> dict:
         from tasks import pipeline
 
-        return pipeline.run_materialize(pipeline.overrides_from_params(context["params"]))
+        return pipeline.run_materialize(pipeline.overrides_from_params(context["params"]),
+                                        airflow_run_id=context["run_id"])
 
     materialize()
 

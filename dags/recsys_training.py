@@ -114,6 +114,7 @@ def recsys_training():
         return pipeline.run_gate(
             pipeline.overrides_from_params(params), evaluated,
             force_promote=bool(params.get("force_promote")), reason=params.get("reason"),
+            user=getattr(context["dag_run"], "triggering_user_name", None),  # who forced it, if anyone
         )
 
     @task(outlets=[CHAMPION_MOVES])

@@ -97,7 +97,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from tasks.registry import promote
+    from tasks.decisions import promote
 
     config = load_config(_overrides(args))
     version = promote(config, args.version, args.reason)
@@ -106,10 +106,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from tasks.registry import rollback
+    from tasks.decisions import rollback
 
     config = load_config(_overrides(args))
-    version = rollback(config)
+    version = rollback(config, args.reason)
     print(f"{config.registry.model_name} champion rolled back to version {version}; "
           "publish it with: prismrec materialize")
     return 0
@@ -211,10 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     promote = commands.add_parser("promote", parents=[common], help="make VERSION the champion")
     promote.add_argument("version")
-    promote.add_argument("--reason")
+    promote.add_argument("--reason", help="why; recorded in reco.model_decisions and on the version's tags")
     promote.set_defaults(func=cmd_promote)
 
     rollback = commands.add_parser("rollback", parents=[common], help="give champion back to the previous one")
+    rollback.add_argument("--reason", help="why; recorded in reco.model_decisions and on the version's tags")
     rollback.set_defaults(func=cmd_rollback)
 
     database = commands.add_parser("db", help="the Postgres server PrismRec uses")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tasks.config import load_config
+from tasks.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,21 @@ PARAM_OVERRIDES: dict[str, str] = {
 SNAPSHOT, DATASET, MODEL = "snapshot", "dataset", "model"
 
 
+def require_reason(force_promote: Any, reason: Any) -> None:
+    """A forced promotion overrules the gate, so it must say why; refuse it before anything runs."""
+    if force_promote and not str(reason or "").strip():
+        raise ConfigError(
+            "force_promote needs a reason: set the `reason` Param (CLI: --reason TEXT); "
+            "it is recorded with the decision in reco.model_decisions and on the model version"
+        )
+
+
 def overrides_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted config overrides from a DAG run's Params; unset (None) Params leave lower layers alone."""
+    """Dotted config overrides from a DAG run's Params; unset (None) Params leave lower layers alone.
+
+    Every task starts here, so a forced promotion without a reason stops the run at `extract`.
+    """
+    require_reason(params.get("force_promote"), params.get("reason"))
     overrides = {str(k): v for k, v in dict(params.get("overrides") or {}).items()}
     for name, key in PARAM_OVERRIDES.items():
         if params.get(name) is not None:
@@ -120,24 +134,31 @@ def run_gate(
     *,
     force_promote: bool = False,
     reason: str | None = None,
+    user: str | None = None,
 ) -> dict[str, Any]:
-    """Decide on VALIDATION metrics: candidate vs popularity baseline vs champion.
+    """Decide on VALIDATION metrics: candidate vs baselines vs champion, overall and per slice.
 
-    `force_promote` (a human's call, with `reason`) lets a refused candidate through;
-    both are recorded in the decision so the registry keeps why it happened.
+    `force_promote` (a human's call, with a required `reason`; `user` who asked, default
+    the OS user) lets a refused candidate through; all three are recorded in the decision.
     """
+    from tasks.decisions import current_user
     from tasks.gate import decide
 
+    require_reason(force_promote, reason)
     config = load_config(overrides)
     evaluation = evaluated["evaluation"]
     champion = evaluation.get("champion")
+    slices = evaluation.get("slices") or {}
     decision = decide(
         candidate=evaluation["candidate"]["valid"],
         baselines={name: splits["valid"] for name, splits in evaluation["baselines"].items()},
         champion=champion["valid"] if champion else None,
         config=config.gate,
+        candidate_slices=(slices.get("candidate") or {}).get("valid"),
+        champion_slices=(slices.get("champion") or {}).get("valid"),
     ).to_dict()
-    decision |= {"split": "valid", "force_promote": bool(force_promote), "operator_reason": reason or None}
+    decision |= {"split": "valid", "force_promote": bool(force_promote), "operator_reason": reason or None,
+                 "gate_passed": decision["passed"], "forced_by": (user or current_user()) if force_promote else None}
     if force_promote and not decision["passed"]:
         decision["passed"] = True
         decision["reasons"] = [*decision["reasons"], f"forced by operator: {reason or 'no reason given'}"]
@@ -155,20 +176,22 @@ def run_register(
     decision: Mapping[str, Any],
     airflow_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Register the candidate in MLflow (`challenger`; `champion` if the gate passed), with lineage."""
-    from tasks.registry import register_candidate
+    """Register the candidate in MLflow (`challenger`; `champion` if the gate passed), with lineage,
+    and record the decision in reco.model_decisions and on the new version's tags."""
+    from tasks import decisions
+    from tasks.lineage import build_lineage
+    from tasks.registry import champion_version, register_candidate
 
     config = load_config(overrides)
     run_dir = Path(trained["run_dir"])
-    lineage = {
+    actor = f"airflow run {airflow_run_id}" if airflow_run_id else decisions.current_user()
+    decisions.note_external_move(config, actor, own_run_key=run_dir.name)
+    champion_before = champion_version(config)
+    lineage = build_lineage(config, snapshot=snapshot, model_dir=Path(trained["model_dir"]), run_dir=run_dir)
+    lineage |= {
         "airflow_run_id": airflow_run_id or "",
-        "run_key": run_dir.name,
-        "logical_date": snapshot["logical_date"],
-        "snapshot_path": snapshot["path"],
-        "snapshot_interactions": snapshot.get("counts", {}).get("interactions", ""),
-        "snapshot_sha256": (snapshot.get("sha256") or {}).get("interactions.parquet", ""),
-        "config_digest": config.digest(),
-        "champion_before": evaluated.get("champion_version") or "",
+        "champion_before": champion_before or "",
+        "champion_evaluated": evaluated.get("champion_version") or "",
         "force_promote": str(bool(decision.get("force_promote"))).lower(),
         "operator_reason": decision.get("operator_reason") or "",
     }
@@ -180,19 +203,49 @@ def run_register(
         decision=decision,
         lineage=lineage,
     ).to_dict()
+    if champion_before == registered["version"]:  # a retried task: this run had promoted it already
+        champion_before = evaluated.get("champion_version")
+    _record_gate_decision(config, registered, evaluated["evaluation"], decision,
+                          champion_before=champion_before, run_key=run_dir.name, actor=actor)
     result = {
         **registered,
         "model_name": config.registry.model_name,
-        "champion_before": evaluated.get("champion_version"),
-        "champion_moved": bool(registered["promoted"]),
+        "champion_before": champion_before,
+        "champion_moved": bool(registered["promoted"]) and champion_before != registered["version"],
     }
     _write_json(run_dir / "registered.json", result)
     return result
 
 
-def run_materialize(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Publish the champion's recommendations for every user into `reco` (one transaction)."""
+def _record_gate_decision(config, registered: Mapping[str, Any], evaluation: Mapping[str, Any],
+                          decision: Mapping[str, Any], *, champion_before: str | None, run_key: str,
+                          actor: str) -> int:
+    """The gate's (or a forced) verdict on the new version, in reco.model_decisions and its tags."""
+    from tasks.decisions import ModelDecision, record
+
+    forced = bool(decision.get("force_promote")) and not decision.get("gate_passed", decision.get("passed"))
+    decided_by = f"forced by {decision.get('forced_by')}: {decision.get('operator_reason')}" if forced else "gate"
+    return record(config, ModelDecision(
+        model_name=config.registry.model_name, action="force" if forced else "gate", decided_by=decided_by,
+        actor=actor, candidate_version=registered["version"], champion_before=champion_before,
+        champion_after=registered["version"] if registered["promoted"] else champion_before,
+        passed=bool(decision.get("passed")), reasons=list(decision.get("reasons", [])),
+        operator_reason=decision.get("operator_reason"),
+        metrics={k: evaluation.get(k) for k in ("candidate", "baselines", "champion", "champion_version")},
+        slices=dict(evaluation.get("slices") or {}), run_key=run_key,
+        decision_key=f"{config.registry.model_name}:{run_key}",
+    ))
+
+
+def run_materialize(overrides: Mapping[str, Any], airflow_run_id: str | None = None) -> dict[str, Any]:
+    """Publish the champion's recommendations for every user into `reco` (one transaction).
+
+    A champion moved by hand in the MLflow UI since the last recorded decision is recorded first.
+    """
+    from tasks.decisions import current_user, note_external_move
     from tasks.materialize import materialize
 
-    return materialize(load_config(overrides)).to_dict()
+    config = load_config(overrides)
+    note_external_move(config, f"airflow run {airflow_run_id}" if airflow_run_id else current_user())
+    return materialize(config).to_dict()
 

@@ -198,10 +198,15 @@ def register_candidate(
     tags = {str(k): str(v)[:_TAG_MAX] for k, v in lineage.items()}
     tags |= {"gate_passed": str(passed).lower(), "gate_reasons": reasons}
 
+    existing = _version_of_run_key(client, name, str(lineage.get("run_key") or ""))
+    if existing is not None:  # a retried task: the version exists, only the aliases may be missing
+        log.info("run %s is already registered as %s version %s", lineage.get("run_key"), name, existing.version)
+        return _set_aliases(client, name, str(existing.version), existing.run_id, passed, reasons)
+
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_dir.name, tags=tags) as run:
         run_id = run.info.run_id
         mlflow.log_params({k: str(v)[:_PARAM_MAX] for k, v in config.to_dict().items()})
-        metrics = evaluation_metrics(evaluation)
+        metrics = evaluation_metrics(evaluation) | drift_metrics(run_dir / "snapshot" / "quality_report.json")
         if metrics:
             mlflow.log_metrics(metrics)
         curves = _epoch_metrics(model_dir)
@@ -228,12 +233,60 @@ def register_candidate(
             name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id,
         ).version)
 
+    log.info("registered %s version %s (run %s)", name, version, run_id)
+    return _set_aliases(client, name, version, run_id, passed, reasons)
+
+
+def _set_aliases(client, name: str, version: str, run_id: str, passed: bool, reasons: str) -> RegisteredVersion:
+    """`challenger` always; `champion` if the gate passed (and it is not already there)."""
     client.set_registered_model_alias(name, CHALLENGER, version)
-    if passed:
+    if passed and _champion(client, name) != version:  # a retry may find it champion already
         _make_champion(client, name, version, reason=f"gate passed: {reasons}")
-    log.info("registered %s version %s (run %s): %s", name, version, run_id,
-             "now champion" if passed else "challenger only, gate refused")
+    log.info("%s version %s: %s", name, version, "now champion" if passed else "challenger only, gate refused")
     return RegisteredVersion(version=str(version), run_id=run_id, promoted=passed)
+
+
+def _version_of_run_key(client, name: str, run_key: str):
+    """The model version a training run already registered (tag `run_key`), or None."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_key or "'" in run_key:
+        return None
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.run_key = '{run_key}'")
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+    return max(found, key=lambda mv: int(mv.version)) if found else None
+
+
+def drift_metrics(quality_report: Path) -> dict[str, float]:
+    """The data gate's drift measures (quality_report.json["drift"]["metrics"]) as `drift_<name>` metrics."""
+    if not quality_report.exists():
+        return {}
+    drift = json.loads(quality_report.read_text()).get("drift") or {}
+    return {metric_key("drift", str(k)): float(v) for k, v in (drift.get("metrics") or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def tag_version(config: PipelineConfig, version: str, tags: Mapping[str, str]) -> None:
+    """Set tags on one version of the configured model (decisions, lineage)."""
+    client = _client(config)
+    for key, value in tags.items():
+        client.set_model_version_tag(config.registry.model_name, str(version), key, str(value)[:_TAG_MAX])
+
+
+def version_tags(config: PipelineConfig, version: str) -> dict[str, str]:
+    """The tags of one version of the configured model."""
+    return dict(_client(config).get_model_version(config.registry.model_name, str(version)).tags)
+
+
+def version_metrics(config: PipelineConfig, version: str) -> dict[str, float]:
+    """The metrics of the MLflow run that produced `version` ({} if it has none)."""
+    client = _client(config)
+    run_id = client.get_model_version(config.registry.model_name, str(version)).run_id
+    return dict(client.get_run(run_id).data.metrics) if run_id else {}
 
 
 def _ensure_registered_model(client, name: str) -> None:

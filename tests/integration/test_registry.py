@@ -66,7 +66,10 @@ def _model_dir(root: Path, tag: str) -> Path:
 def _run_dir(root: Path, tag: str) -> Path:
     run_dir = root / f"run-{tag}"
     (run_dir / "snapshot").mkdir(parents=True)
-    (run_dir / "snapshot" / "quality_report.json").write_text(json.dumps({"passed": True, "tag": tag}))
+    (run_dir / "snapshot" / "quality_report.json").write_text(json.dumps({
+        "passed": True, "tag": tag,
+        "drift": {"metrics": {"item_popularity_js": 0.125, "new_item_share": 0.25}, "breaches": []},
+    }))
     return run_dir
 
 
@@ -157,6 +160,8 @@ def test_run_holds_params_metrics_curves_and_artifacts(versions, registry_config
     assert metrics["test_hr_10"] == pytest.approx(0.2)
     assert metrics["popularity_test_ndcg_10"] == pytest.approx(0.04)
     assert metrics["champion_valid_ndcg_10"] == pytest.approx(0.12)
+    assert metrics["drift_item_popularity_js"] == pytest.approx(0.125)  # the data gate's drift report
+    assert metrics["drift_new_item_share"] == pytest.approx(0.25)
     curve = client.get_metric_history(run_id, "epoch_train_loss")
     assert sorted((m.step, m.value) for m in curve) == [(1, 2.0), (2, 1.5)]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
@@ -217,6 +222,63 @@ def test_no_champion(config):
         promote(empty, "1")
     with pytest.raises(RegistryError, match="nothing to roll back"):
         rollback(empty)
+
+
+def test_a_retried_registration_reuses_its_version(versions, registry_config, toy_code):
+    """The register task retries: the same run key must not create a second version."""
+    from tasks.registry import register_candidate
+
+    root = versions["root"]
+    again = register_candidate(
+        registry_config, model_dir=root / "model-v2", run_dir=root / "run-v2", evaluation=_evaluation(0.12, 0.12),
+        decision={"passed": False, "reasons": ["retry"]}, lineage={"run_key": "manual__v2"}, model_code=toy_code,
+    )
+    assert again.version == "2" and again.run_id == versions["registered"][1].run_id and not again.promoted
+    client = versions["client"]
+    assert len(client.search_model_versions("name = 'registry_test'")) == 3
+    assert str(client.get_model_version_by_alias("registry_test", "challenger").version) == "2"
+    client.set_registered_model_alias("registry_test", "challenger", "3")  # as the later run left it
+
+
+def test_lineage_of_a_real_run_folder(config, tmp_path):
+    from tasks.lineage import build_lineage, content_hash
+
+    snapshot_dir = tmp_path / "run" / "snapshot"
+    snapshot_dir.mkdir(parents=True)
+    sha = {"interactions.parquet": "aa", "items.parquet": "bb", "users.parquet": "cc"}
+    # The data gate rewrote interactions.parquet: the manifest (996 rows) wins over the XCom (1000).
+    (snapshot_dir / "manifest.json").write_text(json.dumps({"counts": {"interactions": 996, "items": 50, "users": 20},
+                                                            "sha256": sha}))
+    (snapshot_dir / "quality_report.json").write_text(json.dumps(
+        {"summary": {"passed": True, "failed": 0, "rejected": {"interactions": 4}}}))
+    model_dir = tmp_path / "run" / "model"
+    model_dir.mkdir()
+    (model_dir / "training.json").write_text(json.dumps({"train_seconds": 12.345, "epochs_run": 3}))
+    xcom = {"path": str(snapshot_dir), "logical_date": "1998-04-22T23:59:59+00:00",
+            "counts": {"interactions": 1000}, "sha256": {"interactions.parquet": "stale"}}
+    lineage = build_lineage(config, snapshot=xcom, model_dir=model_dir, run_dir=tmp_path / "run")
+    commit = lineage.pop("git_commit")
+    assert commit == "unknown" or len(commit.split("+")[0]) == 40
+    assert lineage == {
+        "snapshot_path": str(snapshot_dir),
+        "snapshot_content_sha256": content_hash(sha),
+        "snapshot_sha256": "aa",
+        "logical_date": "1998-04-22T23:59:59+00:00",
+        "data_gate_passed": "true",
+        "data_gate_rejected_rows": "4",
+        "data_gate_failed_expectations": "0",
+        "config_digest": config.digest(),
+        "config_hash": lineage["config_hash"],
+        "train_seconds": "12.3",
+        "epochs_run": "3",
+        "run_key": "run",
+        "snapshot_rows_interactions": "996",
+        "snapshot_rows_items": "50",
+        "snapshot_rows_users": "20",
+        "snapshot_interactions": "996",
+    }
+    assert len(lineage["config_hash"]) == 12
+    assert content_hash(sha) == content_hash(dict(reversed(sha.items())))  # order-free
 
 
 def test_promote_and_rollback_keep_history(versions, registry_config):
