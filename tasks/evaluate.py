@@ -135,4 +135,6 @@ def evaluate_run(config: PipelineConfig, dataset_dir: Path, model_dir: Path,
             log.info("%-10s valid NDCG@10 %.4f HR@10 %.4f | test NDCG@10 %.4f HR@10 %.4f", name,
                      result["valid"]["ndcg@10"], result["valid"]["hr@10"],
                      result["test"]["ndcg@10"], result["test"]["hr@10"])
+    log.info("candidate valid NDCG@10 by slice: %s", ", ".join(
+        f"{name} {m['ndcg@10']:.4f} ({m['users']} users)" for name, m in candidate_slices["valid"].items()))
     return evaluation

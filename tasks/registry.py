@@ -120,6 +120,11 @@ def evaluation_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
     for baseline, splits in (evaluation.get("baselines") or {}).items():
         add((baseline,), splits)
     add(("champion",), evaluation.get("champion"))
+    slices = evaluation.get("slices") or {}
+    for prefix, whose in ((("slice",), slices.get("candidate")), (("champion", "slice"), slices.get("champion"))):
+        for split, by_slice in (whose or {}).items():
+            for name, values in by_slice.items():
+                metrics |= {metric_key(*prefix, split, name, m): float(v) for m, v in values.items()}
     return metrics
 
 

@@ -46,6 +46,7 @@ def _evaluation(ndcg: float, champion: float | None) -> dict:
     popularity = {"valid": {"ndcg@10": 0.05, "hr@10": 0.1}, "test": {"ndcg@10": 0.04, "hr@10": 0.09}}
     return {
         "candidate": candidate,
+        "slices": {"candidate": {"valid": {"history_short": {"users": 300, "ndcg@10": ndcg / 2}}}, "champion": None},
         "baselines": {"popularity": popularity},
         "champion": None if champion is None else {"valid": {"ndcg@10": champion}, "test": {"ndcg@10": champion}},
     }
@@ -160,6 +161,8 @@ def test_run_holds_params_metrics_curves_and_artifacts(versions, registry_config
     assert metrics["test_hr_10"] == pytest.approx(0.2)
     assert metrics["popularity_test_ndcg_10"] == pytest.approx(0.04)
     assert metrics["champion_valid_ndcg_10"] == pytest.approx(0.12)
+    assert metrics["slice_valid_history_short_ndcg_10"] == pytest.approx(0.06)  # per-slice metrics too
+    assert metrics["slice_valid_history_short_users"] == 300
     assert metrics["drift_item_popularity_js"] == pytest.approx(0.125)  # the data gate's drift report
     assert metrics["drift_new_item_share"] == pytest.approx(0.25)
     curve = client.get_metric_history(run_id, "epoch_train_loss")
