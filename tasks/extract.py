@@ -130,7 +130,12 @@ def _copy_out(conn: sa.Connection, query: str, params: dict[str, Any], dtypes: d
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
     )
     frame = table.to_pandas()
-    return frame.astype(dtypes) if len(frame) else pd.DataFrame({c: pd.Series(dtype=d) for c, d in dtypes.items()})
+    if not len(frame):
+        return pd.DataFrame({c: pd.Series(dtype=d) for c, d in dtypes.items()})
+    # A null in a key column is the quality gate's to report, not a parse error here: such a
+    # column stays nullable (Int64) so the gate can name the expectation and the rows.
+    nullable = {c: "Int64" for c, d in dtypes.items() if d == "int64" and frame[c].isna().any()}
+    return frame.astype({**dtypes, **nullable})
 
 
 def _select(schema: str, table: str, where: str = "", order: str = "") -> str:
