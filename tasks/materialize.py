@@ -120,13 +120,14 @@ def _run_key(config: PipelineConfig, version: str, logical_date: datetime | None
 def _reuse(conn: sa.Connection, schema: str, run_key: str) -> MaterializeSummary | None:
     """Republish a succeeded run with the same key whose rows are still kept; None if there is none."""
     runs = f"{db.quote_ident(schema)}.runs"
+    reco_tables.lock_schema(conn)  # retention cannot drop the run between this check and the re-point
     row = conn.execute(sa.text(
         f"select * from {runs} where run_key = :k and status = 'succeeded' and output_kept "
         "order by materialization_id desc limit 1"), {"k": run_key}).mappings().first()
     if row is None:
+        conn.commit()
         return None
     if not row["is_current"]:
-        reco_tables.lock_schema(conn)
         reco_tables.make_current(conn, schema, row["materialization_id"])
     conn.commit()
     log.info("run %s already published as materialization %s; made it current, nothing rescored",
@@ -287,7 +288,7 @@ def _apply_retention(engine: sa.Engine, schema: str, keep_runs: int) -> None:
     runs = f"{db.quote_ident(schema)}.runs"
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("set local lock_timeout = '10s'"))
+            conn.execute(sa.text("set local lock_timeout = '2s'"))
             reco_tables.lock_schema(conn)
             old = conn.execute(sa.text(
                 f"select materialization_id from {runs} where output_kept and not is_current "

@@ -4,7 +4,8 @@ Each output (`user_recommendations`, `user_interests`, `similar_items`) is store
 `<output>_history`, LIST-partitioned by `materialization_id`: one partition per successful
 run, so retention drops whole partitions instead of deleting rows. The view `<output>`
 shows the rows of the run `reco.runs` marks `is_current`; moving that flag and attaching
-the new partitions happen in one transaction, so a query sees the old set or the new set.
+the new partitions happen in one transaction (which briefly locks `runs` so no query can be
+planned before the swap and run after it), so a query sees the old set or the new set.
 Every table, view and column carries a COMMENT so BI tools can show what it means.
 """
 
@@ -173,11 +174,13 @@ def create_partitions(conn: sa.Connection, schema: str, materialization_id: int)
     created = {}
     for output in OUTPUTS:
         table = f"{s}.{quote_ident(partition_table(output, mid))}"
-        conn.execute(sa.text(f"create table {table} (like {s}.{quote_ident(history_table(output))})"))
-        # The run id comes from the column default, so COPY does not ship it 600k times; the CHECK
-        # lets ATTACH skip its validation scan.
-        conn.execute(sa.text(f"alter table {table} alter column materialization_id set default {mid}, "
-                             f"add check (materialization_id = {mid})"))
+        columns = ", ".join(f"{quote_ident(n)} {t}" for n, t, _ in output.columns)
+        # Spelled out rather than LIKE <parent>, so that the long COPY phase holds no lock on the
+        # parent (retention needs it exclusively). The run id comes from the default, so COPY does
+        # not ship it 600k times; the CHECK lets ATTACH skip its validation scan.
+        conn.execute(sa.text(
+            f"create table {table} (materialization_id bigint not null default {mid} "
+            f"check (materialization_id = {mid}), {columns})"))
         created[output.name] = table
     return created
 
@@ -255,6 +258,11 @@ def swap_in(conn: sa.Connection, schema: str, materialization_id: int) -> None:
 def make_current(conn: sa.Connection, schema: str, materialization_id: int) -> None:
     """Point the current-set views at a run whose partitions are attached (same transaction as the caller's)."""
     runs = f"{quote_ident(schema)}.runs"
+    # Every reader locks `runs` (through the views) before planning. A reader planned before an
+    # ATTACH commits but executing after it would look for the new run among the old partitions
+    # and find nothing; holding ACCESS EXCLUSIVE here until commit (milliseconds: the data is
+    # already written) closes that window.
+    conn.execute(sa.text(f"lock table {runs} in access exclusive mode"))
     conn.execute(sa.text(f"update {runs} set is_current = false where is_current and materialization_id <> :m"),
                  {"m": int(materialization_id)})
     conn.execute(sa.text(f"update {runs} set is_current = true, output_kept = true where materialization_id = :m"),
