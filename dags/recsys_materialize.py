@@ -43,8 +43,10 @@ def recsys_materialize():
     def materialize(**context) -> dict:
         from tasks import pipeline
 
+        # Asset-triggered runs have no logical date in Airflow 3: the run's run_after stands in.
+        logical_date = context.get("logical_date") or context["dag_run"].run_after
         return pipeline.run_materialize(pipeline.overrides_from_params(context["params"]),
-                                        airflow_run_id=context["run_id"])
+                                        airflow_run_id=context["run_id"], logical_date=logical_date)
 
     materialize()
 

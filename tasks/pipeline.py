@@ -237,15 +237,19 @@ def _record_gate_decision(config, registered: Mapping[str, Any], evaluation: Map
     ))
 
 
-def run_materialize(overrides: Mapping[str, Any], airflow_run_id: str | None = None) -> dict[str, Any]:
+def run_materialize(overrides: Mapping[str, Any], airflow_run_id: str | None = None,
+                    logical_date: datetime | None = None) -> dict[str, Any]:
     """Publish the champion's recommendations for every user into `reco` (one transaction).
 
     A champion moved by hand in the MLflow UI since the last recorded decision is recorded first.
+    A retry of the same Airflow run (same champion, same logical date) republishes its own
+    output instead of scoring again.
     """
     from tasks.decisions import current_user, note_external_move
     from tasks.materialize import materialize
 
     config = load_config(overrides)
     note_external_move(config, f"airflow run {airflow_run_id}" if airflow_run_id else current_user())
-    return materialize(config).to_dict()
+    run_key = run_key_of(airflow_run_id) if airflow_run_id else None
+    return materialize(config, logical_date=logical_date, run_key=run_key).to_dict()
 
