@@ -17,10 +17,10 @@ from tasks.config import PipelineConfig
 from tasks.errors import PrismRecError
 
 EXAMPLE_SQL = """\
-select r.rank, r.item_id, i.title, round(r.score::numeric, 3) as score, r.interest_id, r.explanation
-from {reco}.user_recommendations r join {app}.items i using (item_id)
-where r.user_id = {user_id}
-order by r.rank
+select rank, item_id, title, round(score::numeric, 3) as score, interest_id, explanation, model_version
+from {reco}.user_recommendations
+where user_id = {user_id}
+order by rank
 limit 5"""
 
 METRICS = ("ndcg@10", "hr@10", "ndcg@20", "hr@20", "mrr@10", "coverage@10")
@@ -103,7 +103,7 @@ def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
 
 def _published(config: PipelineConfig) -> list[str]:
     engine = db.get_engine(config)
-    reco, app = db.quote_ident(config.database.reco_schema), db.quote_ident(config.database.app_schema)
+    reco = db.quote_ident(config.database.reco_schema)
     if not db.table_exists(engine, config.database.reco_schema, "user_recommendations"):
         return ["8. Published: nothing yet (run `prismrec materialize`)"]
     with engine.connect() as conn:
@@ -113,7 +113,7 @@ def _published(config: PipelineConfig) -> list[str]:
         if not stats[0]:
             return ["8. Published: reco.user_recommendations is empty"]
         user_id = conn.execute(sa.text(f"select min(user_id) from {reco}.user_recommendations")).scalar()
-        sql = EXAMPLE_SQL.format(reco=reco, app=app, user_id=user_id)
+        sql = EXAMPLE_SQL.format(reco=reco, user_id=user_id)
         rows = conn.execute(sa.text(sql)).all()
     lines = [f"8. Published: {stats[0]:,} rows for {stats[1]:,} users in {config.database.reco_schema}."
              f"user_recommendations (model version {stats[2]}, generated {stats[3]:%Y-%m-%d %H:%M:%S} UTC)",

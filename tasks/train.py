@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     master = rank == 0
     logging.basicConfig(level=logging.INFO if master else logging.WARNING,
-                        format=f"%(asctime)s rank{rank} %(message)s", stream=sys.stdout)
+                        format=f"rank{rank} %(message)s", stream=sys.stdout)
     torch.manual_seed(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
     rng = np.random.default_rng(cfg.seed + rank)
 
@@ -189,10 +189,12 @@ def main(argv: list[str] | None = None) -> None:
             optimizer.step()
             text_cache = text_cache.index_put((refresh,), fresh.detach())
             epoch_loss += loss.item()
-            if master and (step % 20 == 0 or step == steps_per_epoch):
-                rate = step / (time.time() - epoch_started)
-                log.info("epoch %d step %d/%d loss %.4f (%.1f steps/s, epoch ETA %.0fs)", epoch, step,
-                         steps_per_epoch, epoch_loss / step, rate, (steps_per_epoch - step) / max(rate, 1e-9))
+            if master and (step % 10 == 0 or step == steps_per_epoch):
+                done = (epoch - 1) * steps_per_epoch + step
+                rate = done / (time.time() - train_started)
+                remaining = cfg.epochs * steps_per_epoch - done  # an upper bound: early stopping may end sooner
+                log.info("epoch %d/%d step %d/%d loss %.4f (%.2f steps/s, ETA %.0fs)", epoch, cfg.epochs, step,
+                         steps_per_epoch, epoch_loss / step, rate, remaining / max(rate, 1e-9))
         text_cache = refresh_all()
         totals = validate(net, text_cache, sequences, shard, max_history, device)
         if ddp:
