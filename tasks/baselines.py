@@ -269,7 +269,7 @@ BASELINES: dict[str, FitFunction] = {
 GRIDS: dict[str, dict[str, list[Any]]] = {
     "popularity": {},
     "itemknn": {"neighbours": [20, 50, 100, 200, 500, 100_000], "shrink": [0.0, 5.0, 20.0]},
-    "content": {"decay": [1.0, 0.95, 0.8, 0.6, 0.4, 0.2]},
+    "content": {"decay": [1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.0]},
     "ease": {"l2": [10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]},
     "sasrec": {},
 }
