@@ -66,3 +66,9 @@ bench-quality: venv
 .PHONY: bench-materialize
 bench-materialize: venv
 	$(BIN)/python -m bench.materialize
+
+# Decoupled interests on ML-100K: K=1 vs K=4 ablation, disentanglement figures, cold-start items
+# vs id-only SASRec and popularity; writes bench/results/interests-ml-100k.{json,md}.
+.PHONY: bench-interests
+bench-interests: venv
+	$(BIN)/python -m bench.interests

@@ -36,6 +36,18 @@ def pairwise_interest_cosine(interests: torch.Tensor | np.ndarray) -> np.ndarray
     return cosine[:, upper[0], upper[1]].mean(1).numpy()
 
 
+def interest_specific_share(interests: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[U, K, d] -> [U] share of the interests' energy that is not common to all K of them:
+    sum_k |x_k - mean_k x|^2 / sum_k |x_k|^2. 0: identical interests; (K-1)/K: orthogonal, equal
+    norms. Complements the cosine when a large shared component makes every cosine near 1.
+    """
+    vectors = torch.as_tensor(np.asarray(interests) if not torch.is_tensor(interests) else interests).float()
+    if vectors.ndim != 3:
+        raise ValueError(f"need interests shaped [users, K, dim], got {tuple(vectors.shape)}")
+    specific = (vectors - vectors.mean(1, keepdim=True)).pow(2).sum((1, 2))
+    return (specific / vectors.pow(2).sum((1, 2)).clamp(min=1e-12)).numpy()
+
+
 def interest_counts(interest_ids: np.ndarray, n_interests: int) -> np.ndarray:
     """[U, k] interest of each recommended item (-1: not from an interest) -> [U, K] counts."""
     ids = np.asarray(interest_ids, dtype=np.int64)

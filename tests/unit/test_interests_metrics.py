@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.interest_metrics import hold_out_items, interest_counts, interest_usage, pairwise_interest_cosine
+from tasks.interest_metrics import (hold_out_items, interest_counts, interest_specific_share, interest_usage,
+                                    pairwise_interest_cosine)
 from tasks.prepare import Sequences
 
 
@@ -28,6 +29,15 @@ def test_cosine_is_the_mean_over_pairs():
 def test_cosine_needs_two_interests():
     with pytest.raises(ValueError):
         pairwise_interest_cosine(torch.ones(3, 1, 8))
+
+
+def test_interest_specific_share():
+    identical = torch.tensor([1.0, 2.0, 3.0]).expand(1, 4, 3)
+    orthogonal = torch.eye(4)[None] * 3.0
+    shared = torch.tensor([[[1.0, 1.0], [1.0, -1.0]]])  # common (1, 0) part, specific (0, +-1): half and half
+    assert interest_specific_share(identical) == pytest.approx([0.0], abs=1e-6)
+    assert interest_specific_share(orthogonal) == pytest.approx([0.75], abs=1e-6)
+    assert interest_specific_share(shared) == pytest.approx([0.5], abs=1e-6)
 
 
 def test_top10_from_one_interest():
