@@ -180,14 +180,16 @@ def main(argv: list[str] | None = None) -> None:
             refresh = torch.unique(targets[targets > 0])
             if len(refresh) > cfg.lm_items_per_step:
                 refresh = refresh[torch.as_tensor(rng.permutation(len(refresh))[: cfg.lm_items_per_step], device=device)]
-            logits, fresh = model(inputs, text_cache, refresh, states[refresh], masks[refresh])
+            # bf16 autocast on a GPU (the matmuls dominate); full precision on CPU.
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits, fresh = model(inputs, text_cache, refresh, states[refresh], masks[refresh])
             keep = targets > 0
-            loss = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+            loss = torch.nn.functional.cross_entropy(logits[keep].float(), targets[keep])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             optimizer.step()
-            text_cache = text_cache.index_put((refresh,), fresh.detach())
+            text_cache = text_cache.index_put((refresh,), fresh.detach().to(text_cache.dtype))
             epoch_loss += loss.item()
             if master and (step % 10 == 0 or step == steps_per_epoch):
                 done = (epoch - 1) * steps_per_epoch + step

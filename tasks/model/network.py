@@ -77,7 +77,7 @@ class PrismRecNet(nn.Module):
         fresh = text_cache[refresh]
         if self.text_tower is not None and len(self.text_tower.layers):
             fresh = self.text_tower(refresh_states, refresh_mask)
-            text_vectors = text_cache.index_put((refresh,), fresh)
+            text_vectors = text_cache.index_put((refresh,), fresh.to(text_cache.dtype))  # autocast may give bf16
         items = self.item_vectors(text_vectors)
         interests, _ = self.interests(histories, items)
         return self.match(interests, items).amax(-2), fresh

@@ -96,7 +96,7 @@ class Recommender:
         """Scores [B, len(item_ids)] for arbitrary app item ids; unknown items get -inf."""
         scores, *_ = self.score_indices([self.to_indices(h) for h in histories])
         columns = self.index_of.reindex(item_ids).fillna(0).to_numpy(dtype=np.int64)
-        out = scores[:, torch.as_tensor(columns)]
+        out = scores[:, torch.tensor(columns)]
         out[:, torch.as_tensor(columns == 0)] = float("-inf")
         return out
 
