@@ -6,8 +6,9 @@ Publishes recommendations for every user into Postgres schema `reco`
 MLflow alias `champion` at the moment the task runs.
 
 Triggered by the asset `prismrec://champion`, which `recsys_training` emits when it promotes
-a new champion. A promotion or rollback done by a person (`prismrec promote`, `prismrec
-rollback`, the MLflow UI) is published by triggering this DAG by hand.
+a new champion and `prismrec promote` / `prismrec rollback` post through the REST API
+(tasks/champion_events.py). A champion moved in the MLflow UI is published by triggering
+this DAG by hand.
 """
 
 from __future__ import annotations

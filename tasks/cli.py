@@ -1,7 +1,10 @@
 """`prismrec`: the command line of the platform (load, train, materialize, promote, rollback, db, report).
 
 `train` and `materialize` run the Airflow DAGs in this process (tasks.airflow_runtime), so
-the command line exercises exactly what the scheduler runs. Flags become dotted config
+the command line exercises exactly what the scheduler runs. `promote` and `rollback` then
+publish the new champion: through Airflow's asset `prismrec://champion` when
+PRISMREC_AIRFLOW_API_URL names an API server (tasks.champion_events), else by running
+recsys_materialize in-process (`--no-publish`: neither). Flags become dotted config
 overrides (flags > DAG Params > environment > defaults); `--set stage.field=value` reaches
 any other setting. Errors a user can fix (tasks.errors.PrismRecError) print one message on
 stderr and exit 1; usage errors exit 2. Heavy modules are imported inside each command.
@@ -96,13 +99,56 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _announce_champion(args: argparse.Namespace, config: PipelineConfig, version: str, action: str) -> int:
+    """After a promotion/rollback: fire the asset `prismrec://champion`, or publish in-process.
+
+    With PRISMREC_AIRFLOW_API_URL set, an asset event goes to that Airflow (its
+    recsys_materialize publishes); if that fails the alias has still moved, so the command warns
+    and exits 0. Without it (local mode), DAG recsys_materialize runs here, now; a failure
+    there exits 1 (the champion moved but `reco` still holds the previous one).
+    """
+    from tasks.champion_events import CHAMPION_URI, AirflowApi, fire_champion_changed
+
+    if args.no_publish:
+        print("not published (--no-publish); publish it with: prismrec materialize")
+        return 0
+    api = AirflowApi.from_env()
+    if api is not None:
+        try:
+            event = fire_champion_changed(api, version, f"cli {action}")
+        except PrismRecError as exc:
+            print(f"prismrec {action}: warning: the champion alias DID move to version {version}, but Airflow "
+                  f"was not told: {exc}\n  publish it by hand: trigger DAG recsys_materialize in the Airflow UI "
+                  f"({api.base_url}), or run: prismrec materialize", file=sys.stderr)
+            return 0
+        print(f"asset {CHAMPION_URI} fired on {api.base_url} (event {event.get('id')}); "
+              "Airflow's recsys_materialize publishes it")
+        return 0
+
+    from tasks.airflow_runtime import run_dag
+
+    params = {"overrides": _overrides(args)}
+    try:
+        result = run_dag("recsys_materialize", logical_date=None, conf=params, config=config)
+    except PrismRecError as exc:
+        raise PrismRecError(f"the champion alias DID move to version {version} (decision recorded), but "
+                            f"publishing it failed: {exc}; retry with: prismrec materialize") from exc
+    summary = result.xcoms.get("materialize") or {}
+    print(f"published {summary.get('rows', 0):,} recommendations for {summary.get('users', 0):,} users "
+          f"from model version {summary.get('model_version')} into {config.database.reco_schema}.user_recommendations")
+    if str(summary.get("model_version")) != str(version):
+        print(f"prismrec {action}: warning: version {summary.get('model_version')} was published, not {version}: "
+              "the champion moved again meanwhile", file=sys.stderr)
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from tasks.decisions import promote
 
     config = load_config(_overrides(args))
     version = promote(config, args.version, args.reason)
-    print(f"{config.registry.model_name} version {version} is the champion; publish it with: prismrec materialize")
-    return 0
+    print(f"{config.registry.model_name} version {version} is the champion")
+    return _announce_champion(args, config, version, "promote")
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -110,9 +156,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     config = load_config(_overrides(args))
     version = rollback(config, args.reason)
-    print(f"{config.registry.model_name} champion rolled back to version {version}; "
-          "publish it with: prismrec materialize")
-    return 0
+    print(f"{config.registry.model_name} champion rolled back to version {version}")
+    return _announce_champion(args, config, version, "rollback")
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
@@ -209,12 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
                                       help="run DAG recsys_materialize once, in-process")
     materialize.set_defaults(func=cmd_materialize)
 
-    promote = commands.add_parser("promote", parents=[common], help="make VERSION the champion")
+    publish_help = ("then publish it: with PRISMREC_AIRFLOW_API_URL set, fire the Airflow asset prismrec://champion "
+                    "(recsys_materialize runs there); otherwise run DAG recsys_materialize in-process")
+    no_publish = argparse.ArgumentParser(add_help=False)
+    no_publish.add_argument("--no-publish", action="store_true",
+                            help="only move the alias and record the decision; neither fire the asset nor publish")
+
+    promote = commands.add_parser("promote", parents=[common, no_publish],
+                                  help="make VERSION the champion, record why, and publish it",
+                                  description=f"Make VERSION the champion and record the decision; {publish_help}.")
     promote.add_argument("version")
     promote.add_argument("--reason", help="why; recorded in reco.model_decisions and on the version's tags")
     promote.set_defaults(func=cmd_promote)
 
-    rollback = commands.add_parser("rollback", parents=[common], help="give champion back to the previous one")
+    rollback = commands.add_parser("rollback", parents=[common, no_publish],
+                                   help="give champion back to the previous one, record why, and publish it",
+                                   description=f"Give champion back to the previous version and record the "
+                                               f"decision; {publish_help}.")
     rollback.add_argument("--reason", help="why; recorded in reco.model_decisions and on the version's tags")
     rollback.set_defaults(func=cmd_rollback)
 
