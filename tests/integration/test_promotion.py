@@ -130,9 +130,9 @@ def test_gate_register_materialize_and_a_hand_moved_champion(overrides, engine, 
     code, out, err = _cli(["promote", "9", "--reason", "typo"], overrides, capsys)
     assert code == 1 and out == ""
     assert "model 'promotion_test' has no version '9'; existing versions: 1, 2" in err
-    code, out, _ = _cli(["rollback", "--reason", "ui move was a mistake"], overrides, capsys)
+    code, out, _ = _cli(["rollback", "--reason", "ui move was a mistake", "--no-publish"], overrides, capsys)
     assert code == 0 and f"rolled back to version {champion}" in out
-    code, out, _ = _cli(["promote", other, "--reason", "checked by hand"], overrides, capsys)
+    code, out, _ = _cli(["promote", other, "--reason", "checked by hand", "--no-publish"], overrides, capsys)
     assert code == 0 and f"version {other} is the champion" in out
 
     first_by = "gate" if first_decision["gate_passed"] else "forced by dana: bootstrap"
