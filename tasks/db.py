@@ -37,7 +37,11 @@ def quote_ident(name: str) -> str:
 
 def embedded_url(folder: Path) -> str:
     """Start (or attach to) the embedded Postgres in `folder` and return its SQLAlchemy URL."""
-    import pgserver  # heavy-ish, only when no server is configured
+    import warnings
+
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI)
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pgserver  # heavy-ish, only when no server is configured
 
     folder = folder.resolve()
     if folder not in _servers:
