@@ -80,12 +80,31 @@ def run_extract(overrides: Mapping[str, Any], run_key: str, logical_date: dateti
 
 def run_quality(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:
     """The data-quality gate on the snapshot; raises DataQualityError (the run stops there)."""
+    from tasks.errors import DataQualityError
     from tasks.quality import check_snapshot
 
     config = load_config(overrides)
-    report = check_snapshot(config, Path(snapshot["path"]), datetime.fromisoformat(snapshot["logical_date"]))
+    try:
+        report = check_snapshot(config, Path(snapshot["path"]), datetime.fromisoformat(snapshot["logical_date"]))
+    except DataQualityError as refused:
+        _record_refusal(config, snapshot, refused)
+        raise
     log.info("%s", report.summary())
     return {"passed": report.passed, "summary": report.summary(), "report_path": str(report.report_path)}
+
+
+def _record_refusal(config, snapshot: Mapping[str, Any], refused: Exception) -> None:
+    """Keep the refused snapshot's quality report in MLflow; never mask the refusal itself."""
+    from tasks.registry import log_refused_snapshot
+
+    try:
+        log_refused_snapshot(config, run_dir=Path(snapshot["run_dir"]), message=str(refused),
+                             failures=getattr(refused, "failures", None),
+                             lineage={"run_key": snapshot.get("run_key", ""),
+                                      "logical_date": snapshot.get("logical_date", ""),
+                                      "snapshot_path": snapshot.get("path", "")})
+    except Exception:  # noqa: BLE001 - the data gate's verdict matters more than its record
+        log.warning("could not record the data-gate refusal in MLflow", exc_info=True)
 
 
 def run_prepare(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:

@@ -242,6 +242,30 @@ def register_candidate(
     return _set_aliases(client, name, version, run_id, passed, reasons)
 
 
+def log_refused_snapshot(config: PipelineConfig, *, run_dir: Path, message: str,
+                         failures: list | None = None, lineage: Mapping[str, Any] | None = None) -> str:
+    """Record a run the data gate stopped: an MLflow run (status FAILED) holding the quality
+    report, so the UI shows why nothing was trained. Returns the MLflow run id."""
+    import mlflow
+
+    client = _client(config)
+    experiment_id = _experiment_id(client, config)
+    tags = {str(k): str(v)[:_TAG_MAX] for k, v in (lineage or {}).items()}
+    tags |= {"stage": "data_gate", "data_gate_passed": "false", "data_gate_error": message[:_TAG_MAX]}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{Path(run_dir).name} (data gate refused)",
+                          tags=tags) as run:
+        mlflow.log_params({k: str(v)[:_PARAM_MAX] for k, v in config.to_dict().items()})
+        failures = json.loads(json.dumps(failures or [], default=str))  # numpy scalars and the like
+        mlflow.log_dict({"message": message, "failures": failures}, "data_gate_failure.json")
+        quality_report = Path(run_dir) / "snapshot" / "quality_report.json"
+        if quality_report.exists():
+            mlflow.log_artifact(str(quality_report))
+        run_id = run.info.run_id
+    client.set_terminated(run_id, status="FAILED")
+    log.info("data gate refusal recorded as MLflow run %s", run_id)
+    return run_id
+
+
 def _set_aliases(client, name: str, version: str, run_id: str, passed: bool, reasons: str) -> RegisteredVersion:
     """`challenger` always; `champion` if the gate passed (and it is not already there)."""
     client.set_registered_model_alias(name, CHALLENGER, version)

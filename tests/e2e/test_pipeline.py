@@ -100,6 +100,11 @@ def test_corrupt_interactions_stop_the_run_at_the_quality_gate(e2e_env, e2e_engi
         assert "user_id" in result.stderr and "not_be_null" in result.stderr
         assert "Traceback" not in result.stderr
         assert len(client.search_model_versions("name='prismrec'")) == versions_before
+        # The refusal is kept in MLflow with the quality report, for the UI.
+        refused = client.search_runs(
+            [client.get_experiment_by_name("prismrec").experiment_id], "tags.stage = 'data_gate'")
+        assert len(refused) == 1 and refused[0].info.status == "FAILED"
+        assert "quality_report.json" in [a.path for a in client.list_artifacts(refused[0].info.run_id)]
         with e2e_engine.connect() as conn:
             assert conn.execute(sa.text(
                 "select count(*), max(generated_at) from reco_e2e.user_recommendations")).one() == published_before
