@@ -48,7 +48,7 @@ test: venv
 # Airflow UI on http://localhost:8080 with this project's DAGs and metadata DB (the same ones
 # `prismrec train` uses); the admin password is printed on start-up.
 airflow-ui: venv
-	eval "$$($(BIN)/python -m tasks.airflow_runtime)" && $(BIN)/airflow standalone
+	eval "$$($(BIN)/python -m tasks.airflow_runtime)" && PATH="$(CURDIR)/$(BIN):$$PATH" airflow standalone
 
 # MLflow UI on http://localhost:5000 over the store the pipeline writes to.
 mlflow-ui: venv

@@ -23,6 +23,7 @@ CHAMPION = Asset(name="prismrec_champion", uri="prismrec://champion")
 @dag(
     dag_id="recsys_materialize",
     doc_md=__doc__,
+    description="Publish the MLflow champion: recommendations, interests and similar items into schema reco",
     schedule=[CHAMPION],
     # Early on purpose: runs as of a historic logical date (MovieLens is 1997-2003) are legitimate
     # replays, and Airflow creates no tasks for dates before start_date. catchup=False keeps

@@ -40,6 +40,8 @@ def _optional_int(description: str, minimum: int = 1) -> Param:
 @dag(
     dag_id="recsys_training",
     doc_md=__doc__,
+    description=("Weekly retraining: extract from Postgres, data gate, fine-tune under torchrun, "
+                 "evaluate, model gate, register in MLflow"),
     schedule="@weekly",
     # Early on purpose: runs as of a historic logical date (MovieLens is 1997-2003) are legitimate
     # replays, and Airflow creates no tasks for dates before start_date. catchup=False keeps
