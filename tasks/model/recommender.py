@@ -47,6 +47,11 @@ class Recommender:
         self.spec = net.spec
         with torch.no_grad():
             self.item_vectors = net.item_vectors(item_text_vectors)
+            if net.id_embedding is not None and "train_interactions" in items:
+                # An item never seen in training only ever got softmax-negative gradient on its id
+                # row, which pushes it down; such a cold item is scored by its text alone.
+                cold = torch.as_tensor(np.concatenate([[False], items["train_interactions"].to_numpy() == 0]))
+                self.item_vectors[cold] -= net.id_embedding.weight[cold]
             # Item vectors share a large common direction (every cosine is ~0.9); centred, their
             # cosines say which items resemble each other (explanations, similar items).
             real = self.item_vectors[1:]
