@@ -38,10 +38,6 @@ class PathsConfig:
         return self.home / "pg"
 
     @property
-    def snapshots(self) -> Path:
-        return self.home / "snapshots"
-
-    @property
     def runs(self) -> Path:
         return self.home / "runs"
 

@@ -89,12 +89,6 @@ def get_engine(config: PipelineConfig) -> Engine:
     return _engines[url]
 
 
-def ensure_schemas(engine: Engine, *schemas: str) -> None:
-    with engine.begin() as conn:
-        for schema in schemas:
-            conn.execute(sa.text(f"create schema if not exists {quote_ident(schema)}"))
-
-
 def table_exists(engine: Engine, schema: str, table: str) -> bool:
     return sa.inspect(engine).has_table(table, schema=schema)
 
@@ -109,15 +103,6 @@ def copy_rows(conn: sa.Connection, qualified_table: str, columns: Iterable[str],
     with raw.cursor() as cursor:
         options = "FORMAT csv, FREEZE" if freeze else "FORMAT csv"
         cursor.copy_expert(f"COPY {qualified_table} ({cols}) FROM STDIN WITH ({options})", buffer)
-
-
-def copy_dataframe(conn: sa.Connection, qualified_table: str, frame) -> int:
-    """COPY a pandas DataFrame into `qualified_table` (columns by name); returns rows written."""
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False)
-    copy_rows(conn, qualified_table, list(frame.columns), buffer)
-    return len(frame)
-
 
 def copy_arrow(conn: sa.Connection, qualified_table: str, table, *, freeze: bool = False) -> int:
     """COPY a pyarrow Table (columns by name) on `conn`'s transaction; returns rows written.

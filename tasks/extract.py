@@ -143,7 +143,8 @@ def _select(schema: str, table: str, where: str = "", order: str = "") -> str:
     return f"select {columns} from {db.quote_ident(schema)}.{db.quote_ident(table)} {where} {order}"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Content hash of a snapshot file (manifests and lineage record it)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -204,7 +205,7 @@ def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Pa
     try:
         for name, frame in frames.items():
             frame.to_parquet(building / f"{name}.parquet", index=False, engine="pyarrow")
-        sha256 = {f: _sha256(building / f) for f in SNAPSHOT_FILES}
+        sha256 = {f: file_sha256(building / f) for f in SNAPSHOT_FILES}
         counts = {name: len(frame) for name, frame in frames.items()}
         first = interactions["occurred_at"].min() if len(interactions) else None
         last = interactions["occurred_at"].max() if len(interactions) else None

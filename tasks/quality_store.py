@@ -9,7 +9,6 @@ backfills compare with the same baseline whatever order they run in.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.config import PipelineConfig
+from tasks.extract import file_sha256
 
 HISTORY_NAME = "snapshot_history.json"
 
@@ -78,14 +78,6 @@ def record_success(config: PipelineConfig, source: str, logical_date: datetime, 
         tmp.replace(path)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def update_manifest(snapshot_dir: Path, interactions: pd.DataFrame, *, rejected_file: str, rejected: int) -> None:
     """Make manifest.json describe the rewritten interactions.parquet (count, hash, time range, rejects)."""
     path = Path(snapshot_dir) / "manifest.json"
@@ -93,8 +85,8 @@ def update_manifest(snapshot_dir: Path, interactions: pd.DataFrame, *, rejected_
         return
     manifest = json.loads(path.read_text())
     manifest.setdefault("counts", {})["interactions"] = len(interactions)
-    manifest.setdefault("sha256", {})["interactions.parquet"] = sha256(path.parent / "interactions.parquet")
-    manifest["sha256"][rejected_file] = sha256(path.parent / rejected_file)
+    manifest.setdefault("sha256", {})["interactions.parquet"] = file_sha256(path.parent / "interactions.parquet")
+    manifest["sha256"][rejected_file] = file_sha256(path.parent / rejected_file)
     times = interactions["occurred_at"]
     manifest["min_occurred_at"] = times.min().isoformat() if len(times) else None
     manifest["max_occurred_at"] = times.max().isoformat() if len(times) else None
