@@ -62,26 +62,38 @@ def _short(metrics: dict) -> dict:
 
 def disentanglement(model_dir: Path, sequences) -> dict:
     """Interest cosine and top-10 interest usage on every user's test history."""
-    from tasks.interest_metrics import interest_specific_share, interest_usage, pairwise_interest_cosine
+    from tasks.interest_metrics import (interest_counts, interest_specific_share, interest_usage,
+                                        pairwise_interest_cosine)
     from tasks.model.network import pad_left
     from tasks.model.recommender import Recommender
 
     recommender = Recommender.load(model_dir)
     k = recommender.spec.n_interests
     histories = [sequences.item_ids[h] for h in sequences.histories(1)]
-    cosines, specific, interest_ids = [], [], []
+    # Every item vector shares a large common direction; it shifts all of an interest's cosine
+    # scores alike, so the centred cosine (mean item vector removed) is the one that says whether
+    # two interests prefer different items.
+    centre = recommender.item_vectors[1:].mean(0)
+    cosines, centred, long_term, specific, interest_ids = [], [], [], [], []
     for start in range(0, len(histories), BATCH):
         chunk = histories[start:start + BATCH]
         padded = pad_left([recommender.to_indices(h) for h in chunk], recommender.spec.max_history)
         _, _, interests, _ = recommender.net.score_last(padded, recommender.item_vectors)
         cosines.append(pairwise_interest_cosine(interests))
+        centred.append(pairwise_interest_cosine(interests, centre))
+        if k > 2:  # between the long-term interests only (interest 0 follows the recent sequence)
+            long_term.append(pairwise_interest_cosine(interests[:, 1:], centre))
         specific.append(interest_specific_share(interests))
         interest_ids.append(recommender.recommend(chunk, 10).interest_ids)
-    cosine = np.concatenate(cosines)
+    cosine, ids = np.concatenate(cosines), np.concatenate(interest_ids)
+    counts = interest_counts(ids, k)
     return {"n_interests": k, "mean_pairwise_cosine": round(float(cosine.mean()), 6),
             "median_pairwise_cosine": round(float(np.median(cosine)), 6),
+            "mean_pairwise_cosine_centred": round(float(np.concatenate(centred).mean()), 6),
+            "mean_long_term_cosine_centred": round(float(np.concatenate(long_term).mean()), 6) if long_term else None,
             "mean_interest_specific_share": round(float(np.concatenate(specific).mean()), 6),
-            "top10": interest_usage(np.concatenate(interest_ids), k)}
+            "top10_share_by_interest": [round(float(x), 4) for x in counts.sum(0) / max(counts.sum(), 1)],
+            "top10": interest_usage(ids, k)}
 
 
 def cold_rows(scorer, sequences, held: np.ndarray) -> dict:
@@ -157,6 +169,12 @@ def markdown(result: dict) -> str:
               f"| mean pairwise cosine between a user's interests (1 = collapsed, 0 = orthogonal) | "
               f"{d['mean_pairwise_cosine']:.4f} |",
               f"| median pairwise cosine | {d['median_pairwise_cosine']:.4f} |",
+              f"| mean pairwise cosine, centred (mean item vector removed: what ranks items) | "
+              f"{d['mean_pairwise_cosine_centred']:.4f} |",
+              f"| mean pairwise cosine between long-term interests 1..{d['n_interests'] - 1}, centred | "
+              f"{d['mean_long_term_cosine_centred'] if d['mean_long_term_cosine_centred'] is not None else float('nan'):.4f} |",
+              "| share of all top-10 picks by interest (0 = recent) | "
+              + " / ".join(f"{x:.3f}" for x in d["top10_share_by_interest"]) + " |",
               f"| interest-specific share of the interest vectors (0 = identical, {(d['n_interests'] - 1) / d['n_interests']:.2f} "
               f"= orthogonal) | {d['mean_interest_specific_share']:.5f} |",
               f"| distinct interests in a top-10 (mean, 1..{d['n_interests']}) | {u['mean_distinct_interests']:.2f} |",

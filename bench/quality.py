@@ -74,15 +74,19 @@ def prepare(config, dataset: str, work: Path) -> Path:
     return work / "dataset"
 
 
-def run_baseline(name: str, sequences, items) -> dict:
+def run_baseline(name: str, sequences, items, budget_minutes: float | None = None) -> dict:
     from tasks.baselines import tune
     from tasks.evaluate import evaluate_scorer
 
     log.info("fitting %s", name)
-    tuned = tune(name, sequences, items)
+    grid = {"max_seconds": [60 * budget_minutes]} if name == "sasrec" and budget_minutes else None
+    tuned = tune(name, sequences, items, grid)
     metrics = evaluate_scorer(tuned.scorer, sequences)
-    return {**metrics["test"], "train_seconds": round(tuned.seconds, 1), "hyper": tuned.hyper,
-            "valid": metrics["valid"]}
+    row = {**metrics["test"], "train_seconds": round(tuned.seconds, 1), "hyper": tuned.hyper,
+           "valid": metrics["valid"]}
+    if hasattr(tuned.scorer, "epochs_run"):
+        row["epochs_run"], row["stopped_by"] = tuned.scorer.epochs_run, tuned.scorer.stopped_by
+    return row
 
 
 def run_prismrec(config, dataset_dir: Path, work: Path, sequences) -> dict:
@@ -96,7 +100,8 @@ def run_prismrec(config, dataset_dir: Path, work: Path, sequences) -> dict:
     summary = json.loads((model_dir / SUMMARY).read_text())
     return {**metrics["test"], "train_seconds": round(seconds, 1),
             "hyper": {k: v for k, v in config.to_dict().items() if k.startswith("train.")},
-            "epochs_run": summary.get("epochs_run"), "valid": metrics["valid"]}
+            "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
+            "stopped_by": summary.get("stopped_by"), "valid": metrics["valid"]}
 
 
 def markdown(result: dict) -> str:
@@ -107,12 +112,15 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, torch threads {m['torch_threads']}, "
         f"GPU: {m['gpu'] or 'none'}. Generated {result['generated_at']}.",
         "",
-        "| model | " + " | ".join(c.upper().replace("COVERAGE", "Coverage") for c in COLUMNS) + " | train s |",
-        "| --- | " + " | ".join("---:" for _ in COLUMNS) + " | ---: |",
+        "| model | " + " | ".join(c.upper().replace("COVERAGE", "Coverage") for c in COLUMNS) + " | train s | epochs |",
+        "| --- | " + " | ".join("---:" for _ in COLUMNS) + " | ---: | ---: |",
     ]
     for name, row in result["models"].items():
+        epochs = row.get("epochs_run")
+        if epochs and row.get("stopped_by") == "time budget":
+            epochs = f"{epochs} (time budget)"
         lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in COLUMNS)
-                     + f" | {row['train_seconds']:.0f} |")
+                     + f" | {row['train_seconds']:.0f} | {epochs or ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -122,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-prismrec", action="store_true", help="baselines only")
     parser.add_argument("--only", choices=MODELS, action="append", help="run just these models (repeatable)")
     parser.add_argument("--epochs", type=int, help="PrismRec train.epochs (default: the pipeline config)")
+    parser.add_argument("--budget-minutes", type=float,
+                        help="wall-clock training budget for PrismRec (train.max_minutes) and SASRec")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in this process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -135,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     schema = "bench_" + args.dataset.replace("-", "")
-    config = load_config({"database.app_schema": schema, "train.epochs": args.epochs})
+    config = load_config({"database.app_schema": schema, "train.epochs": args.epochs,
+                          "train.max_minutes": args.budget_minutes})
     work = config.paths.home / "bench" / args.dataset
     dataset_dir = prepare(config, args.dataset, work)
     sequences, items = load_dataset(dataset_dir)
@@ -148,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         if name == "prismrec":
             models[name] = run_prismrec(config, dataset_dir, work, sequences)
         else:
-            models[name] = run_baseline(name, sequences, items)
+            models[name] = run_baseline(name, sequences, items, args.budget_minutes)
         log.info("%s: test NDCG@10 %.4f HR@10 %.4f (valid NDCG@10 %.4f), %.0fs", name, models[name]["ndcg@10"],
                  models[name]["hr@10"], models[name]["valid"]["ndcg@10"], models[name]["train_seconds"])
 

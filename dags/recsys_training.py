@@ -52,7 +52,7 @@ def _optional_int(description: str, minimum: int = 1) -> Param:
     tags=["prismrec", "training"],
     default_args={"owner": "prismrec", "retries": 2, "retry_delay": timedelta(minutes=5)},
     params={
-        "epochs": _optional_int("Training epochs (train.epochs). Empty: configured value (10)."),
+        "epochs": _optional_int("Most training epochs (train.epochs; early stopping may end sooner). Empty: configured value (40)."),
         "n_interests": _optional_int(
             "Interest vectors per user (train.n_interests); 1 = single-vector model. Empty: 4."
         ),

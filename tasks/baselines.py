@@ -208,10 +208,16 @@ def _pad_left(sequences: Sequence[np.ndarray], length: int) -> torch.Tensor:
 def fit_sasrec(sequences: Sequences, items: pd.DataFrame, dim: int = 64, blocks: int = 2, heads: int = 1,
                dropout: float = 0.2, max_len: int = 200, lr: float = 2e-3, batch_size: int = 128,
                max_epochs: int = 200, patience: int = 20, seed: int = 42,
-               device: str | None = None) -> Scorer:
+               device: str | None = None, max_seconds: float | None = None,
+               precision: str = "auto") -> Scorer:
     """SASRec+ (Klenitskiy & Vasilev 2023): next-item prediction at every position with full
-    softmax cross-entropy over the catalogue; early stopping on validation NDCG@10."""
+    softmax cross-entropy over the catalogue; early stopping on validation NDCG@10, or a
+    wall-clock budget (`max_seconds`, checked after each epoch). bf16 autocast where the
+    hardware does it natively, exactly as PrismRec's training (tasks.train.use_bf16)."""
+    from tasks.train import use_bf16
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    bf16 = use_bf16(precision, device)
     torch.manual_seed(seed)
     histories = sequences.histories(2)
     trainable = [h[-(max_len + 1):] for h in histories if len(h) >= 2]
@@ -227,7 +233,7 @@ def fit_sasrec(sequences: Sequences, items: pd.DataFrame, dim: int = 64, blocks:
         hidden = net(_pad_left(batch_histories, max_len).to(device))[:, -1]
         return net.logits(hidden).float().cpu()
 
-    best, best_state, stale, started = -1.0, None, 0, time.time()
+    best, best_state, stale, started, stopped_by = -1.0, None, 0, time.time(), "epochs"
     for epoch in range(1, max_epochs + 1):
         net.train()
         total = 0.0
@@ -236,8 +242,9 @@ def fit_sasrec(sequences: Sequences, items: pd.DataFrame, dim: int = 64, blocks:
             chosen = order[start:start + batch_size]
             x, y = inputs[chosen].to(device), targets[chosen].to(device)
             keep = y > 0
-            hidden = net(x)[keep]
-            loss = nn.functional.cross_entropy(net.logits(hidden), y[keep])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = net.logits(net(x)[keep])
+            loss = nn.functional.cross_entropy(logits.float(), y[keep])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -250,7 +257,13 @@ def fit_sasrec(sequences: Sequences, items: pd.DataFrame, dim: int = 64, blocks:
         log.info("sasrec epoch %d: loss %.4f, valid NDCG@10 %.4f (best %.4f, %.0fs)", epoch,
                  total / len(inputs), ndcg, best, time.time() - started)
         if stale >= patience:
+            stopped_by = "early stopping"
             break
+        if max_seconds is not None and time.time() - started > max_seconds and epoch < max_epochs:
+            log.info("sasrec: time budget of %.0fs spent after epoch %d", max_seconds, epoch)
+            stopped_by = "time budget"
+            break
+    score.epochs_run, score.stopped_by = epoch, stopped_by  # reported by the benchmark
     net.load_state_dict(best_state)
     return score
 

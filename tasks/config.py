@@ -120,7 +120,8 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # Decoupled interests per user; K=1 collapses to a single-vector model.
+    # Interest vectors per user: interest 0 follows the recent sequence, 1..K-1 pool long-term
+    # tastes from the whole history; K=1 is a single-vector (SASRec-like) model.
     n_interests: int = 4
     # Width of item/interest vectors; 128 is ample for catalogues of a few thousand items.
     dim: int = 128
@@ -132,29 +133,57 @@ class TrainConfig:
     user_layers: int = 2
     user_heads: int = 2
     dropout: float = 0.2
+    # Domain-adaptive masked-LM epochs over the item texts before fine-tuning (0: off), and its rate.
+    mlm_epochs: int = 0
+    mlm_lr: float = 5e-5
     # Items whose text rows are recomputed with gradient each step (batch targets first).
     lm_items_per_step: int = 64
-    epochs: int = 10
+    # An upper bound: early stopping on validation NDCG@10 usually ends the run sooner.
+    epochs: int = 40
     batch_size: int = 64
     lr: float = 2e-3
     # The pretrained layers need a much gentler step than the freshly initialised towers.
     lm_lr: float = 5e-5
     weight_decay: float = 0.01
     # Stop when validation NDCG@10 has not improved for this many epochs.
-    patience: int = 3
+    patience: int = 5
+    # Halve the learning rates after this many epochs without improvement (None: constant rates).
+    lr_patience: int | None = 1
     # torchrun processes; on CPU keep nproc * threads <= cores.
     nproc: int = 1
     threads_per_proc: int = 0  # 0: cores // nproc
     seed: int = 42
     # Fuse a learned id embedding for items seen in training (cold items fall back to text).
     use_id_embedding: bool = True
-    # Cap on training users, for quick slices and tests; None trains on everyone.
+    # Share of items whose id embedding is dropped at each step, so text alone learns to rank.
+    id_dropout: float = 0.0
+    # Cap on steps per epoch, for quick slices and tests; None trains on everything.
     max_steps_per_epoch: int | None = None
+    # Every interaction is a training target: histories longer than prepare.max_history are cut
+    # into windows (False: only each user's latest window, as a truncating SASRec does).
+    all_positions: bool = True
+    # How long-term interests pool the history: "attention" (each interest attends over all of it,
+    # ComiRec-SA) or "cluster" (each item is shared out between the interests, capsule-style).
+    interest_routing: str = "attention"
+    # Penalty on the mean pairwise cosine between a user's long-term interests (keeps them apart).
+    interest_diversity: float = 0.1
+    # Wall-clock budget: training stops after the epoch that passes it (the best epoch is kept).
+    max_minutes: float | None = None
+    # Matmul precision: "auto" = bf16 autocast on a GPU and on CPUs with native bf16 (AVX512-BF16,
+    # AMX), fp32 elsewhere; "bf16" or "fp32" force one.
+    precision: str = "auto"
+
+
+GATE_BASELINES = ("popularity", "itemknn", "ease")  # cheap enough to fit inside every run
 
 
 @dataclass(frozen=True)
 class GateConfig:
     metric: str = "ndcg@10"
+    # Baselines scored on the run's split (comma-separated, from popularity, itemknn, ease); the
+    # candidate must beat the best of them. EASE inverts an items x items matrix: drop it for
+    # catalogues of more than ~20,000 items.
+    baselines: str = "popularity,ease"
     # Absolute floor on validation/test NDCG@10; 0 means only the comparisons decide.
     min_metric: float = 0.0
     # The candidate may trail the champion by at most this much (absolute) on the same split.
@@ -173,7 +202,15 @@ class GateConfig:
     # Cold items: targets with fewer than this many training interactions (text carries them, not ids).
     cold_item_interactions: int = 10
 
+    def baseline_names(self) -> list[str]:
+        return [name.strip() for name in self.baselines.split(",") if name.strip()]
+
     def __post_init__(self) -> None:  # why: a malformed floor must stop a run before anything is written
+        names = self.baseline_names()
+        unknown = sorted(set(names) - set(GATE_BASELINES))
+        if not names or unknown:
+            raise ConfigError(f"gate.baselines={self.baselines!r}: give a comma-separated list from "
+                              f"{', '.join(GATE_BASELINES)}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
         from tasks.gate import parse_floors
 
         parse_floors(self.floors)
@@ -324,6 +361,12 @@ def validate(config: PipelineConfig) -> None:
     checks = [
         (t.n_interests >= 1, "train.n_interests must be at least 1"),
         (t.epochs >= 1, "train.epochs must be at least 1"),
+        (t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32"),
+        (t.interest_routing in ("attention", "cluster"), "train.interest_routing must be attention or cluster"),
+        (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
+        (0.0 <= t.id_dropout < 1.0, "train.id_dropout must be in [0, 1)"),
+        (t.mlm_epochs >= 0 and t.mlm_lr > 0, "train.mlm_epochs must be >= 0 and train.mlm_lr positive"),
+        (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be positive (or unset)"),
         (t.nproc >= 1, "train.nproc must be at least 1"),
         (0 <= t.lm_trainable_layers <= 6, "train.lm_trainable_layers must be between 0 and 6 (MiniLM has 6)"),
         (t.dim % t.user_heads == 0, "train.dim must be divisible by train.user_heads"),

@@ -1,4 +1,4 @@
-"""Evaluate: the candidate, the popularity baseline and the current champion, scored by the
+"""Evaluate: the candidate, the gate's baselines and the current champion, scored by the
 same code on the same leave-one-out split, ranking every item (PROTOCOL.md, LOO-full).
 
 Validation metrics select and gate; test metrics are reported once. Each model is also
@@ -94,6 +94,18 @@ def popularity_scorer(sequences: Sequences) -> Scorer:
     return lambda histories: scores.expand(len(histories), -1)
 
 
+def baseline_scorer(name: str, sequences: Sequences, items) -> Scorer:
+    """A gate baseline fitted on the split's training histories; item-kNN and EASE pick their
+    hyper-parameters on validation NDCG@10 (tasks.baselines.tune), which only makes the bar higher."""
+    if name == "popularity":
+        return popularity_scorer(sequences)
+    from tasks.baselines import tune
+
+    tuned = tune(name, sequences, items)
+    log.info("baseline %s: %s selected on validation (%.1fs)", name, tuned.hyper, tuned.seconds)
+    return tuned.scorer
+
+
 def model_scorer(model_dir: Path, sequences: Sequences) -> Scorer:
     """A trained PrismRec model (candidate or champion) scoring the split's items by app item id."""
     from tasks.model.recommender import Recommender
@@ -112,7 +124,7 @@ def model_scorer(model_dir: Path, sequences: Sequences) -> Scorer:
 def evaluate_run(config: PipelineConfig, dataset_dir: Path, model_dir: Path,
                  champion_model_dir: Path | None, champion_version: str | None = None) -> Evaluation:
     started = time.time()
-    sequences, _ = load_dataset(dataset_dir)
+    sequences, items = load_dataset(dataset_dir)
     slices = split_slices(sequences, config)
     candidate, candidate_slices = _evaluate_with_slices(model_scorer(model_dir, sequences), sequences, slices)
     evaluation = Evaluation(candidate=candidate)
@@ -121,15 +133,15 @@ def evaluate_run(config: PipelineConfig, dataset_dir: Path, model_dir: Path,
                         for split, pieces in slices.items()},
         "candidate": candidate_slices, "baselines": {}, "champion": None,
     }
-    popularity, popularity_slices = _evaluate_with_slices(popularity_scorer(sequences), sequences, slices)
-    evaluation.baselines["popularity"] = popularity
-    evaluation.slices["baselines"]["popularity"] = popularity_slices
+    for name in config.gate.baseline_names():
+        evaluation.baselines[name], evaluation.slices["baselines"][name] = _evaluate_with_slices(
+            baseline_scorer(name, sequences, items), sequences, slices)
     if champion_model_dir is not None:
         evaluation.champion, evaluation.slices["champion"] = _evaluate_with_slices(
             model_scorer(champion_model_dir, sequences), sequences, slices)
         evaluation.champion_version = champion_version
     evaluation.seconds = time.time() - started
-    for name, result in [("candidate", evaluation.candidate), ("popularity", evaluation.baselines["popularity"]),
+    for name, result in [("candidate", evaluation.candidate), *evaluation.baselines.items(),
                          ("champion", evaluation.champion)]:
         if result:
             log.info("%-10s valid NDCG@10 %.4f HR@10 %.4f | test NDCG@10 %.4f HR@10 %.4f", name,

@@ -21,14 +21,18 @@ from tasks.prepare import Sequences
 log = logging.getLogger(__name__)
 
 
-def pairwise_interest_cosine(interests: torch.Tensor | np.ndarray) -> np.ndarray:
+def pairwise_interest_cosine(interests: torch.Tensor | np.ndarray, centre: torch.Tensor | None = None) -> np.ndarray:
     """[U, K, d] interest vectors -> [U] mean cosine over each user's K(K-1)/2 interest pairs.
 
     1 means the K interests point the same way (collapsed), 0 orthogonal. Needs K >= 2.
+    `centre` (e.g. the mean item vector) is subtracted first: a direction every item shares
+    shifts all of an interest's cosine scores alike, so only what is left ranks items.
     """
     vectors = torch.as_tensor(np.asarray(interests) if not torch.is_tensor(interests) else interests).float()
     if vectors.ndim != 3 or vectors.shape[1] < 2:
         raise ValueError(f"need interests shaped [users, K >= 2, dim], got {tuple(vectors.shape)}")
+    if centre is not None:
+        vectors = vectors - torch.as_tensor(centre).float()
     unit = torch.nn.functional.normalize(vectors, dim=-1)
     cosine = unit @ unit.transpose(1, 2)  # [U, K, K]
     k = cosine.shape[1]

@@ -132,7 +132,7 @@ def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
 def run_evaluate(
     overrides: Mapping[str, Any], dataset: Mapping[str, Any], trained: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Score the candidate, the popularity baseline and the current champion on the same split."""
+    """Score the candidate, the gate's baselines and the current champion on the same split."""
     from tasks.evaluate import evaluate_run
     from tasks.registry import champion_model_dir
 

@@ -59,18 +59,42 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
 # ---------------------------------------------------------------- the training script
 
 
-def _training_batches(histories, users, batch_size, max_history):
-    """Inputs are a history's items, targets the next item at each position (SASRec style)."""
-    import numpy as np
+def training_windows(histories, users, max_history: int, all_positions: bool) -> list:
+    """Training windows of at most max_history + 1 items: inputs are a window's items, targets
+    the next item at each position (SASRec style). With all_positions every interaction is a
+    target once: a long history is cut, from its end, into windows overlapping by one item."""
+    windows = []
+    for u in users:
+        history = histories[u]
+        end = len(history)
+        while end >= 2:
+            windows.append(history[max(0, end - max_history - 1):end])
+            if not all_positions:
+                break
+            end -= max_history
+    return windows
 
+
+def _training_batches(windows, batch_size, max_history):
     from tasks.model.network import pad_left
 
-    for start in range(0, len(users), batch_size):
-        chosen = users[start:start + batch_size]
-        windows = [histories[u][-(max_history + 1):] for u in chosen]
-        yield (pad_left([w[:-1] for w in windows], max_history),
-               pad_left([w[1:] for w in windows], max_history),
-               np.asarray(chosen))
+    for start in range(0, len(windows), batch_size):
+        chosen = windows[start:start + batch_size]
+        yield (pad_left([w[:-1] for w in chosen], max_history),
+               pad_left([w[1:] for w in chosen], max_history))
+
+
+def use_bf16(precision: str, device) -> bool:
+    """bf16 autocast on a GPU, and on CPUs whose instruction set does bf16 natively (else it is slower)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def validate(net, text_cache, sequences, users, max_history, device, batch_size=512):
@@ -107,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from tasks.model.network import ModelSpec, PrismRecNet
-    from tasks.model.text_tower import encode_frozen, load_language_model
+    from tasks.model.text_tower import adapt_to_domain, encode_frozen, load_language_model
     from tasks.prepare import load_dataset
 
     parser = argparse.ArgumentParser(description="PrismRec fine-tuning (run under torchrun)")
@@ -132,6 +156,16 @@ def main(argv: list[str] | None = None) -> None:
     sequences, items = load_dataset(args.dataset)
     tokenizer, encoder = load_language_model()
     started = time.time()
+    bf16 = use_bf16(cfg.precision, device)
+    mlm_losses = []
+    if cfg.mlm_epochs:
+        encoder, mlm_losses = adapt_to_domain(items["description"].tolist(), tokenizer, cfg.mlm_epochs,
+                                              cfg.max_text_tokens, cfg.mlm_lr, cfg.seed, bf16)
+        if ddp:  # every rank ran the same seeded pass; rank 0's weights make it exact
+            for parameter in encoder.parameters():
+                dist.broadcast(parameter.data, 0)
+        log.info("domain-adaptive MLM: %d epochs, loss %s (%.0fs)", cfg.mlm_epochs,
+                 " -> ".join(f"{x:.3f}" for x in mlm_losses), time.time() - started)
     states, masks = encode_frozen(items["description"].tolist(), tokenizer, encoder,
                                   cfg.lm_trainable_layers, cfg.max_text_tokens)
     longest = int(masks.sum(1).max())  # drop all-padding token columns: they cost time and change nothing
@@ -144,15 +178,19 @@ def main(argv: list[str] | None = None) -> None:
     spec = ModelSpec(n_items=sequences.n_items, max_history=max_history, dim=cfg.dim,
                      n_interests=cfg.n_interests, user_layers=cfg.user_layers, user_heads=cfg.user_heads,
                      dropout=cfg.dropout, lm_trainable_layers=cfg.lm_trainable_layers,
-                     max_text_tokens=cfg.max_text_tokens, use_id_embedding=cfg.use_id_embedding)
+                     max_text_tokens=cfg.max_text_tokens, use_id_embedding=cfg.use_id_embedding,
+                     interest_routing=cfg.interest_routing, id_dropout=cfg.id_dropout)
     net = PrismRecNet(spec, encoder).to(device)
     del encoder
-    model = DistributedDataParallel(net, broadcast_buffers=False) if ddp else net
+    model = DistributedDataParallel(net) if ddp else net  # the network has no buffers to sync
     lm_params = [p for p in net.text_tower.parameters()] if net.text_tower is not None else []
     lm_ids = {id(p) for p in lm_params}
     other = [p for p in net.parameters() if id(p) not in lm_ids]
     optimizer = torch.optim.AdamW([{"params": other, "lr": cfg.lr},
                                    {"params": lm_params, "lr": cfg.lm_lr}], weight_decay=cfg.weight_decay)
+
+    # Halve both learning rates when validation NDCG@10 stalls for an epoch (early stopping ends the run).
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=cfg.lr_patience or 0)
 
     def refresh_all() -> torch.Tensor:
         with torch.no_grad():
@@ -164,33 +202,37 @@ def main(argv: list[str] | None = None) -> None:
 
     text_cache = refresh_all()
     histories = sequences.histories(2)
-    trainable_users = np.array([u for u in range(sequences.n_users) if len(histories[u]) >= 2])
+    windows = training_windows(histories, range(sequences.n_users), max_history, cfg.all_positions)
     shard = np.array_split(np.arange(sequences.n_users), world)[rank]
-    steps_per_epoch = math.ceil(len(trainable_users) / world / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(windows) / world / cfg.batch_size)
+    log.info("%d training windows (%d targets), %d steps per epoch, %s matmuls", len(windows),
+             sum(len(w) - 1 for w in windows), steps_per_epoch, "bf16" if bf16 else "fp32")
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    history, best, stale = [], -1.0, 0
+    history, best, stale, stopped_by = [], -1.0, 0, "epochs"
     train_started = time.time()
     for epoch in range(1, cfg.epochs + 1):
-        order = np.random.default_rng(cfg.seed + epoch).permutation(trainable_users)
-        mine = np.array_split(order, world)[rank][: steps_per_epoch * cfg.batch_size]
-        epoch_loss, epoch_started = 0.0, time.time()
-        for step, (inputs, targets, _) in enumerate(_training_batches(histories, mine, cfg.batch_size, max_history), 1):
+        order = np.random.default_rng(cfg.seed + epoch).permutation(len(windows))
+        mine = [windows[i] for i in np.array_split(order, world)[rank][: steps_per_epoch * cfg.batch_size]]
+        epoch_loss, epoch_overlap, epoch_started = 0.0, 0.0, time.time()
+        for step, (inputs, targets) in enumerate(_training_batches(mine, cfg.batch_size, max_history), 1):
             inputs, targets = inputs.to(device), targets.to(device)
             refresh = torch.unique(targets[targets > 0])
             if len(refresh) > cfg.lm_items_per_step:
                 refresh = refresh[torch.as_tensor(rng.permutation(len(refresh))[: cfg.lm_items_per_step], device=device)]
-            # bf16 autocast on a GPU (the matmuls dominate); full precision on CPU.
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits, fresh = model(inputs, text_cache, refresh, states[refresh], masks[refresh])
+            # bf16 autocast where the hardware does bf16 natively (the matmuls dominate).
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits, fresh, overlap = model(inputs, text_cache, refresh, states[refresh], masks[refresh])
             keep = targets > 0
             loss = torch.nn.functional.cross_entropy(logits[keep].float(), targets[keep])
+            epoch_loss, epoch_overlap = epoch_loss + loss.item(), epoch_overlap + overlap.item()
+            if cfg.interest_diversity:
+                loss = loss + cfg.interest_diversity * overlap
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             optimizer.step()
             text_cache = text_cache.index_put((refresh,), fresh.detach().to(text_cache.dtype))
-            epoch_loss += loss.item()
             if master and (step % 10 == 0 or step == steps_per_epoch):
                 done = (epoch - 1) * steps_per_epoch + step
                 rate = done / (time.time() - train_started)
@@ -203,8 +245,11 @@ def main(argv: list[str] | None = None) -> None:
             dist.all_reduce(totals)
         valid_ndcg, valid_hr = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
         record = {"epoch": epoch, "train_loss": epoch_loss / max(steps_per_epoch, 1), "valid_ndcg@10": valid_ndcg,
+                  "interest_cosine": epoch_overlap / max(steps_per_epoch, 1), "lr": optimizer.param_groups[0]["lr"],
                   "valid_hr@10": valid_hr, "seconds": time.time() - epoch_started}
         history.append(record)
+        if cfg.lr_patience is not None:
+            plateau.step(valid_ndcg)
         improved = valid_ndcg > best
         if improved:
             best, stale = valid_ndcg, 0
@@ -216,12 +261,21 @@ def main(argv: list[str] | None = None) -> None:
         else:
             stale += 1
         if master:
-            log.info("epoch %d: loss %.4f, valid NDCG@10 %.4f, HR@10 %.4f%s (%.1fs, total %.0fs)", epoch,
-                     record["train_loss"], valid_ndcg, valid_hr, " (best, saved)" if improved else "",
+            log.info("epoch %d: loss %.4f, interest cosine %.3f, valid NDCG@10 %.4f, HR@10 %.4f%s (%.1fs, total %.0fs)",
+                     epoch, record["train_loss"], record["interest_cosine"], valid_ndcg, valid_hr, " (best, saved)" if improved else "",
                      record["seconds"], time.time() - train_started)
         if stale >= cfg.patience:
             if master:
                 log.info("early stop: no improvement for %d epochs", stale)
+            stopped_by = "early stopping"
+            break
+        out_of_time = torch.tensor(float(cfg.max_minutes is not None and time.time() - train_started > 60 * cfg.max_minutes))
+        if ddp:  # every rank stops at the same epoch, on rank 0's clock
+            dist.broadcast(out_of_time, 0)
+        if out_of_time.item() and epoch < cfg.epochs:
+            if master:
+                log.info("time budget of %s minutes spent: stopping after epoch %d", cfg.max_minutes, epoch)
+            stopped_by = "time budget"
             break
     if master:
         popularity = np.bincount(np.concatenate(histories), minlength=sequences.n_items + 1)[1:]
@@ -229,7 +283,9 @@ def main(argv: list[str] | None = None) -> None:
             .to_parquet(args.out / "items.parquet", index=False)
         (args.out / HISTORY).write_text(json.dumps(history, indent=2))
         (args.out / SUMMARY).write_text(json.dumps({"best_valid_ndcg@10": best, "epochs_run": len(history),
-                                                    "train_seconds": time.time() - started,
+                                                    "best_epoch": max(history, key=lambda r: r["valid_ndcg@10"])["epoch"],
+                                                    "stopped_by": stopped_by,
+                                                    "train_seconds": time.time() - started, "mlm_losses": mlm_losses,
                                                     "world_size": world}, indent=2))
     if ddp:
         dist.destroy_process_group()

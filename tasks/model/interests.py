@@ -1,10 +1,19 @@
 """User tower: a time-ordered history -> K decoupled interest vectors at every position.
 
-A small causal transformer contextualises the history (SASRec-style); then K learned
-interest queries attend over the causal prefix
-(self-attentive multi-interest extraction, as in ComiRec-SA). An item's score is its
-match with the best interest, and that interest's attention says which past items led
-to the pick.
+Interest 0 is the *recent* interest: the state of a small causal transformer over the history
+(SASRec-style), which follows what the user is watching now. Interests 1..K-1 are *long-term*
+interests: each pools the item vectors of the causal prefix with its own weights, so an
+interest is literally a blend of past items. Two ways to weigh them (train.interest_routing):
+
+- "attention": learned queries attend over the prefix (self-attentive multi-interest
+  extraction, ComiRec-SA); a diversity penalty in training keeps the interests apart.
+- "cluster": each past item is shared out between the interests by a softmax over the
+  interests (one step of capsule routing), so the interests split the history by construction.
+
+An item's score is its match with the best interest, and that interest's weights say which
+past items led to the pick. Keeping the recent interest apart matters: folding the sequence
+state into every interest made them all alike (mean pairwise cosine 0.97), and dropping it
+cost a third of validation NDCG@10 (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -16,26 +25,49 @@ from torch import nn
 
 
 class InterestExtractor(nn.Module):
-    def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float):
+    def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float,
+                 routing: str = "attention"):
         super().__init__()
         self.n_interests = n_interests
+        self.n_heads = n_heads
+        self.routing = routing
         self.positions = nn.Embedding(max_len, dim)
         layer = nn.TransformerEncoderLayer(
             dim, n_heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True, norm_first=True,
         )
         self.context = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
-        self.interest_queries = nn.Parameter(torch.randn(n_interests, dim) / math.sqrt(dim))
-        self.keys = nn.Linear(dim, dim)
-        self.values = nn.Linear(dim, dim)
-        self.out = nn.LayerNorm(dim)
+        n_long = n_interests - 1
+        # Unit-scale queries: distinct attention from the start (tiny ones attend uniformly, all alike).
+        self.interest_queries = nn.Parameter(torch.randn(n_long, dim)) if n_long else None
+        self.keys = nn.Linear(dim, dim) if n_long else None
+        self.long_out = nn.Linear(dim, dim) if n_long else None
+        if self.long_out is not None:
+            with torch.no_grad():  # start as the plain attention-weighted mean of the attended items
+                self.long_out.weight.copy_(torch.eye(dim))
+                self.long_out.bias.zero_()
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, history: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _context(self, x: torch.Tensor, mask: torch.Tensor, with_attention: bool):
+        """Run the causal transformer; optionally return the last layer's self-attention [B, L, L]."""
+        layers = self.context.layers
+        for layer in layers[:-1]:
+            x = layer(x, src_mask=mask)
+        attention = None
+        if with_attention:
+            last = layers[-1]
+            normed = last.norm1(x)
+            _, attention = last.self_attn(normed, normed, normed, attn_mask=mask, need_weights=True,
+                                          average_attn_weights=True)
+        return layers[-1](x, src_mask=mask), attention
+
+    def forward(self, history: torch.Tensor, pad: torch.Tensor, with_attention: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """history [B, L, d] item vectors (left-padded), pad [B, L] True at padding.
 
-        Returns interests [B, L, K, d] (the K interests after each position) and
-        attention [B, L, K, L] (how much each interest at t weighs each past item j <= t).
+        Returns interests [B, L, K, d] (the K interests after each position) and, when asked,
+        attention [B, L, K, L] (how much each interest at t weighs each past item j <= t; for
+        the recent interest, the transformer's last-layer attention averaged over heads).
         """
         batch, length, dim = history.shape
         positions = torch.arange(length, device=history.device)
@@ -45,15 +77,29 @@ class InterestExtractor(nn.Module):
         # real positions never see padding.
         diagonal = torch.eye(length, dtype=torch.bool, device=history.device)
         blocked_context = causal[None] | (pad[:, None, :] & ~diagonal[None])  # [B, L, L]
-        heads = self.context.layers[0].self_attn.num_heads
-        state = self.context(x, mask=blocked_context.repeat_interleave(heads, 0))
+        state, recent_attention = self._context(x, blocked_context.repeat_interleave(self.n_heads, 0), with_attention)
         state = self.norm(state)
-        queries = self.interest_queries[None, None].expand(batch, length, -1, -1)  # [B, L, K, d]
-        keys = self.keys(state)  # [B, L, d]
-        logits = torch.einsum("btkd,bjd->btkj", queries, keys) / math.sqrt(dim)
-        blocked = causal[None, :, None, :] | pad[:, None, None, :]
-        logits = logits.masked_fill(blocked, torch.finfo(logits.dtype).min)
-        attention = logits.softmax(-1)
-        pooled = torch.einsum("btkj,bjd->btkd", attention, self.values(state))
-        interests = self.out(pooled + state[:, :, None])
-        return interests, attention
+        if self.interest_queries is None:
+            return state[:, :, None], (recent_attention[:, :, None] if with_attention else None)
+        logits = torch.einsum("kd,bjd->bkj", self.interest_queries, self.keys(state)) / math.sqrt(dim)  # [B, K-1, L]
+        if self.routing == "cluster":
+            # Each past item is shared out between the long-term interests (softmax over interests,
+            # as in capsule routing), so the interests split the history instead of all averaging
+            # it; interest k after t is the weighted mean of its items up to t (a running sum).
+            share = logits.float().softmax(1).masked_fill(pad[:, None, :], 0.0)  # [B, K-1, L]
+            weight = share.cumsum(-1).clamp(min=1e-6)  # [B, K-1, L(t)]
+            pooled = torch.einsum("bkj,bjd->bkjd", share, history.float()).cumsum(2) / weight[..., None]
+            pooled = self.long_out(pooled.transpose(1, 2).to(history.dtype))  # [B, L, K-1, d]
+            attention = None
+            if with_attention:
+                attention = share[:, None] / weight.transpose(1, 2)[..., None]  # [B, L(t), K-1, L(j)]
+                attention = attention.masked_fill(causal[None, :, None, :], 0.0)
+        else:
+            blocked = causal[None, :, None, :] | pad[:, None, None, :]  # [B, L(t), 1, L(j)]
+            logits = logits[:, None].masked_fill(blocked, torch.finfo(logits.dtype).min)  # [B, L, K-1, L]
+            attention = logits.softmax(-1)
+            pooled = self.long_out(torch.einsum("btkj,bjd->btkd", attention, history))
+        interests = torch.cat([state[:, :, None], pooled], dim=2)
+        if not with_attention:
+            return interests, None
+        return interests, torch.cat([recent_attention[:, :, None], attention], dim=2)

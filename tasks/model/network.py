@@ -33,6 +33,8 @@ class ModelSpec:
     lm_trainable_layers: int
     max_text_tokens: int
     use_id_embedding: bool
+    interest_routing: str = "attention"  # defaults keep checkpoints written before these fields loadable
+    id_dropout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,33 +56,55 @@ class PrismRecNet(nn.Module):
         # Cosine scores times a fixed scale (temperature 0.05) keep the softmax well-conditioned.
         self.logit_scale = LOGIT_SCALE
         self.users = InterestExtractor(
-            spec.dim, spec.n_interests, spec.max_history, spec.user_layers, spec.user_heads, spec.dropout
+            spec.dim, spec.n_interests, spec.max_history, spec.user_layers, spec.user_heads, spec.dropout,
+            spec.interest_routing,
         )
 
     def item_vectors(self, text_vectors: torch.Tensor) -> torch.Tensor:
         """[N+1, 384] pooled text vectors -> [N+1, d] item vectors (row 0 is padding)."""
         vectors = self.text_projection(text_vectors)
         if self.id_embedding is not None:
-            vectors = vectors + self.id_embedding.weight
+            ids = self.id_embedding.weight
+            if self.training and self.spec.id_dropout > 0:
+                # Some items lose their id row for a step, so the text part alone must rank them
+                # well: what a cold item (text, no interactions) gets at inference.
+                ids = ids * (torch.rand(len(ids), 1, device=ids.device) >= self.spec.id_dropout)
+            vectors = vectors + ids
         return vectors
 
-    def interests(self, histories: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def interests(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True):
         """histories [B, L] item indices (0 = padding, left-padded) -> interests, attention."""
-        return self.users(items[histories], histories == 0)
+        return self.users(items[histories], histories == 0, with_attention)
 
     def forward(self, histories: torch.Tensor, text_cache: torch.Tensor, refresh: torch.Tensor,
-                refresh_states: torch.Tensor, refresh_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                refresh_states: torch.Tensor, refresh_mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training step: refresh the text vectors of items `refresh` with gradient, then
-        return logits [B, L, N+1] (each position's best-interest score for every item) and
-        the fresh text vectors (for the caller to write back into its cache)."""
+        return logits [B, L, N+1] (each position's best-interest score for every item), the
+        fresh text vectors (for the caller to write back into its cache) and the mean pairwise
+        cosine between the long-term interests at real positions (0 when K <= 2)."""
         text_vectors = text_cache
         fresh = text_cache[refresh]
         if self.text_tower is not None and len(self.text_tower.layers):
             fresh = self.text_tower(refresh_states, refresh_mask)
             text_vectors = text_cache.index_put((refresh,), fresh.to(text_cache.dtype))  # autocast may give bf16
         items = self.item_vectors(text_vectors)
-        interests, _ = self.interests(histories, items)
-        return self.match(interests, items).amax(-2), fresh
+        interests, _ = self.interests(histories, items, with_attention=False)
+        overlap = self.interest_overlap(interests[:, :, 1:], histories > 0, items[1:].mean(0).detach())
+        return self.match(interests, items).amax(-2), fresh, overlap
+
+    @staticmethod
+    def interest_overlap(interests: torch.Tensor, real: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        """Mean pairwise cosine between interests [B, L, K, d] at the real positions [B, L], measured
+        after removing `centre` (the mean item vector): every item shares that direction, so it
+        moves all of an interest's scores alike and says nothing about what the interest prefers."""
+        k = interests.shape[2]
+        if k < 2:
+            return interests.new_zeros(())
+        unit = nn.functional.normalize(interests[real].float() - centre.float(), dim=-1)  # [P, K, d]
+        cosine = unit @ unit.transpose(1, 2)
+        off_diagonal = ~torch.eye(k, dtype=torch.bool, device=cosine.device)
+        return cosine[:, off_diagonal].mean()
 
     def match(self, interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scaled cosine between interests [..., K, d] and items [N, d] -> [..., K, N]."""

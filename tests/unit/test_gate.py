@@ -190,3 +190,15 @@ def test_missing_slices_fail_instead_of_passing_silently():
 def test_first_model_ignores_slices():
     decision = decide({"ndcg@10": 0.1234}, BASELINES, None, GATE, candidate_slices=CHAMPION_SLICES)
     assert decision.passed and len(decision.checks) == 3
+
+
+def test_gate_baselines_are_checked_when_the_config_loads():
+    from tasks.config import load_config
+    from tasks.errors import ConfigError
+
+    assert load_config({"gate.baselines": " popularity , itemknn,ease"}).gate.baseline_names() == [
+        "popularity", "itemknn", "ease"]
+    with pytest.raises(ConfigError, match="unknown: sasrec"):
+        load_config({"gate.baselines": "popularity,sasrec"})
+    with pytest.raises(ConfigError, match="comma-separated list"):
+        load_config({"gate.baselines": ""})

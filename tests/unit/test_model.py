@@ -1,0 +1,65 @@
+"""The user tower and the training windows, on small synthetic inputs (no language model needed)."""
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.model.interests import InterestExtractor
+from tasks.model.network import ModelSpec, PrismRecNet, pad_left
+from tasks.train import training_windows, use_bf16
+
+
+def spec(k: int = 3, length: int = 6) -> ModelSpec:
+    return ModelSpec(n_items=20, max_history=length, dim=16, n_interests=k, user_layers=2, user_heads=2,
+                     dropout=0.0, lm_trainable_layers=0, max_text_tokens=8, use_id_embedding=True)
+
+
+def test_every_interaction_is_a_target_once_with_all_positions():
+    histories = [np.arange(1, 12), np.arange(1, 3), np.arange(1, 2)]
+    windows = training_windows(histories, range(3), max_history=4, all_positions=True)
+    # 11 items -> targets 2..11 in windows ending at 11, 7, 3; a 1-item history has no target.
+    assert [w.tolist() for w in windows] == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3], [1, 2]]
+    targets = [t for w in windows[:3] for t in w[1:].tolist()]
+    assert sorted(targets) == list(range(2, 12))
+
+
+def test_latest_window_only_without_all_positions():
+    windows = training_windows([np.arange(1, 12)], [0], max_history=4, all_positions=False)
+    assert [w.tolist() for w in windows] == [[7, 8, 9, 10, 11]]
+
+
+def test_bf16_setting_is_respected():
+    assert use_bf16("bf16", torch.device("cpu")) and not use_bf16("fp32", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("k,routing", [(1, "attention"), (4, "attention"), (4, "cluster")])
+def test_interests_see_only_the_past(k, routing):
+    torch.manual_seed(0)
+    extractor = InterestExtractor(16, k, 6, 2, 2, 0.0, routing).eval()
+    history = torch.randn(1, 6, 16)
+    pad = torch.tensor([[True, False, False, False, False, False]])
+    interests, attention = extractor(history, pad)
+    assert interests.shape == (1, 6, k, 16) and attention.shape == (1, 6, k, 6)
+    changed = history.clone()
+    changed[0, 4:] = torch.randn(2, 16)  # the last two items change
+    again, _ = extractor(changed, pad)
+    # Real positions before the change are untouched (padded positions are never read).
+    assert torch.allclose(interests[0, 1:4], again[0, 1:4], atol=1e-5)
+    assert not torch.allclose(interests[0, 5], again[0, 5], atol=1e-3)
+    # Each interest's attention is a distribution over the real items up to t, never padding or the future.
+    assert torch.allclose(attention[0, 1:].sum(-1), torch.ones(5, k), atol=1e-5)
+    assert attention[0, 1:, :, 0].abs().max() < 1e-6
+    assert attention[0, 2, :, 3:].abs().max() < 1e-6
+
+
+def test_long_term_interests_differ_and_overlap_is_measured():
+    torch.manual_seed(0)
+    net = PrismRecNet(spec(k=3)).eval()
+    items = net.item_vectors(torch.randn(21, 384))
+    histories = pad_left([np.array([1, 2, 3, 4, 5]), np.array([6, 7])], 6)
+    interests, _ = net.interests(histories, items)
+    overlap = net.interest_overlap(interests[:, :, 1:], histories > 0, items[1:].mean(0))
+    assert -1.0 < overlap.item() < 1.0  # distinct queries attend differently from the start
+    scores, best, last, attention = net.score_last(histories, items)
+    assert scores.shape == (2, 21) and last.shape == (2, 3, 16) and attention.shape == (2, 3, 6)
+    assert set(best.unique().tolist()) <= {0, 1, 2}
