@@ -35,10 +35,12 @@ lock: venv
 # MovieLens-100K ends on 1998-04-22: the run replays that day, so the snapshot is "fresh"
 # for the quality gate (a run as of today would rightly refuse 28-year-old data).
 DEMO_DATE ?= 1998-04-22
+# A short training for the demo (the configured default is up to 40 epochs with early stopping).
+DEMO_EPOCHS ?= 12
 
 demo: venv
 	$(BIN)/prismrec load movielens-100k
-	$(BIN)/prismrec train --logical-date $(DEMO_DATE)
+	$(BIN)/prismrec train --logical-date $(DEMO_DATE) --epochs $(DEMO_EPOCHS)
 	$(BIN)/prismrec materialize
 	$(BIN)/prismrec report
 
@@ -56,10 +58,12 @@ mlflow-ui: venv
 		from tasks.registry import tracking_uri; print(tracking_uri(load_config()))')"
 
 # Quality benchmark: every baseline and PrismRec on the LOO-full split of DATASET
-# (ml-100k or ml-1m); writes bench/results/quality-$(DATASET).{json,md}.
+# (ml-100k or ml-1m); writes bench/results/quality-$(DATASET).{json,md}. BUDGET (minutes) caps
+# the wall-clock training of PrismRec and SASRec each (e.g. BUDGET=50 for ml-1m on 2 CPU cores).
 DATASET ?= ml-100k
+BUDGET ?=
 bench-quality: venv
-	$(BIN)/python -m bench.quality --dataset $(DATASET)
+	$(BIN)/python -m bench.quality --dataset $(DATASET) $(if $(BUDGET),--budget-minutes $(BUDGET))
 
 # Publishing benchmark: top-100 for every ML-1M user through `materialize` (COPY) vs pandas.to_sql;
 # writes bench/results/materialize.json.

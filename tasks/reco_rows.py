@@ -104,6 +104,8 @@ def interest_table(user_ids: np.ndarray, recs: Recommendations, catalogue: Catal
     title_text = _join(titles, ", ")
     label = np.where(title_text != "", genre_text + np.where(genre_text != "", " — like ", "like ") + title_text,
                      genre_text)
+    if n_interests > 1:  # interest 0 follows what the user watches now; the others are long-term tastes
+        label = np.where(np.arange(n_interests) == 0, "recent: ", "long-term: ").astype(object) + label
 
     keep = counts > 0
     fallback = (interest == FALLBACK_INTEREST).any(1) & ~keep.any(1)

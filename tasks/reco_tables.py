@@ -46,7 +46,8 @@ OUTPUTS: tuple[Output, ...] = (
             ("title", "text", "Title of the recommended item."),
             ("score", "real not null", "Model score (higher is better); comparable within one user's list only."),
             ("interest_id", "integer not null",
-             "Which of the user's interest vectors picked this item (0-based); -1 = popularity fallback."),
+             "Which of the user's interest vectors picked this item: 0 = the recent interest, 1.. = "
+             "long-term interests; -1 = popularity fallback."),
             ("explanation", "text", "Human-readable reason, e.g. 'because you watched A, B'."),
         ),
         key=("user_id", "rank"),
@@ -59,10 +60,11 @@ OUTPUTS: tuple[Output, ...] = (
         (
             ("user_id", "bigint not null", "app.users.user_id."),
             ("interest_id", "integer not null",
-             "Interest vector (0-based) as in user_recommendations.interest_id; -1 = popularity fallback."),
+             "Interest vector (0-based) as in user_recommendations.interest_id: 0 = the recent interest "
+             "(what the user watches now), 1.. = long-term interests; -1 = popularity fallback."),
             ("weight", "real not null", "Share of the user's list this interest produced (a user's weights sum to 1)."),
-            ("label", "text", "Readable summary: dominant genres of what the interest recommends and the "
-                              "history titles it attends to most."),
+            ("label", "text", "Readable summary: recent or long-term, dominant genres of what the interest "
+                              "recommends and the history titles it attends to most."),
         ),
         key=("user_id", "interest_id"),
         indexes={},

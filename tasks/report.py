@@ -115,10 +115,16 @@ def _published(config: PipelineConfig) -> list[str]:
         user_id = conn.execute(sa.text(f"select min(user_id) from {reco}.user_recommendations")).scalar()
         sql = EXAMPLE_SQL.format(reco=reco, user_id=user_id)
         rows = conn.execute(sa.text(sql)).all()
+        interests = conn.execute(sa.text(
+            f"select interest_id, weight, label from {reco}.user_interests where user_id = :u order by interest_id"),
+            {"u": user_id}).all()
     lines = [f"8. Published: {stats[0]:,} rows for {stats[1]:,} users in {config.database.reco_schema}."
              f"user_recommendations (model version {stats[2]}, generated {stats[3]:%Y-%m-%d %H:%M:%S} UTC)",
              "", "Try it (e.g. `psql \"$(prismrec db url --psql)\"`):", "", sql, ""]
     for row in rows:
         lines.append(f"  {row.rank:>2}. {row.title[:40]:<40} score {row.score}  interest {row.interest_id}  "
                      f"{row.explanation}")
+    if interests:
+        lines += ["", f"  User {user_id}'s interests (share of the top-{config.materialize.top_k}, reco.user_interests):"]
+        lines += [f"    {row.interest_id:>2}  {row.weight:5.0%}  {row.label}" for row in interests]
     return lines

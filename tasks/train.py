@@ -107,7 +107,7 @@ def validate(net, text_cache, sequences, users, max_history, device, batch_size=
     net.eval()
     histories = sequences.histories(2)
     targets = sequences.targets("valid")
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # on the device: nccl reduces GPU tensors only
     with torch.no_grad():
         items = net.item_vectors(text_cache)
         for start in range(0, len(users), batch_size):
@@ -116,10 +116,10 @@ def validate(net, text_cache, sequences, users, max_history, device, batch_size=
             scores, *_ = net.score_last(pad_left(batch_hist, max_history).to(device), items)
             target = torch.as_tensor(targets[chosen], dtype=torch.long, device=device)
             ranks, _ = rank_targets(mask_history(scores.float(), batch_hist, target), target)
-            ranks = torch.as_tensor(ranks, dtype=torch.float64)
+            ranks = torch.as_tensor(ranks, dtype=torch.float64, device=device)
             totals += torch.stack([
                 torch.where(ranks < 10, 1.0 / torch.log2(ranks + 2), torch.zeros_like(ranks)).sum(),
-                (ranks < 10).double().sum(), torch.tensor(float(len(chosen)), dtype=torch.float64)])
+                (ranks < 10).double().sum(), torch.tensor(float(len(chosen)), dtype=torch.float64, device=device)])
     net.train()
     return totals
 
@@ -159,11 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     bf16 = use_bf16(cfg.precision, device)
     mlm_losses = []
     if cfg.mlm_epochs:
+        # Every rank runs the same seeded pass; DDP then broadcasts rank 0's fine-tuned top layers.
         encoder, mlm_losses = adapt_to_domain(items["description"].tolist(), tokenizer, cfg.mlm_epochs,
-                                              cfg.max_text_tokens, cfg.mlm_lr, cfg.seed, bf16)
-        if ddp:  # every rank ran the same seeded pass; rank 0's weights make it exact
-            for parameter in encoder.parameters():
-                dist.broadcast(parameter.data, 0)
+                                              cfg.max_text_tokens, cfg.mlm_lr, cfg.seed, bf16, device=device)
         log.info("domain-adaptive MLM: %d epochs, loss %s (%.0fs)", cfg.mlm_epochs,
                  " -> ".join(f"{x:.3f}" for x in mlm_losses), time.time() - started)
     states, masks = encode_frozen(items["description"].tolist(), tokenizer, encoder,
@@ -269,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
                 log.info("early stop: no improvement for %d epochs", stale)
             stopped_by = "early stopping"
             break
-        out_of_time = torch.tensor(float(cfg.max_minutes is not None and time.time() - train_started > 60 * cfg.max_minutes))
+        out_of_time = torch.tensor(float(cfg.max_minutes is not None and time.time() - train_started > 60 * cfg.max_minutes),
+                                   device=device)  # nccl reduces GPU tensors only
         if ddp:  # every rank stops at the same epoch, on rank 0's clock
             dist.broadcast(out_of_time, 0)
         if out_of_time.item() and epoch < cfg.epochs:

@@ -80,7 +80,8 @@ class TextTower(nn.Module):
 
 
 def adapt_to_domain(texts: list[str], tokenizer, epochs: int, max_tokens: int, lr: float, seed: int,
-                    bf16: bool = False, batch_size: int = 64) -> tuple[nn.Module, list[float]]:
+                    bf16: bool = False, batch_size: int = 64, device: torch.device | str = "cpu"
+                    ) -> tuple[nn.Module, list[float]]:
     """Domain-adaptive masked-language-model pass over the item texts (a few epochs).
 
     MiniLM was pretrained on general sentences; titles like "Lion King, The (1994) Animation
@@ -94,7 +95,8 @@ def adapt_to_domain(texts: list[str], tokenizer, epochs: int, max_tokens: int, l
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling
 
     transformers.logging.set_verbosity_error()  # "newly initialised cls.predictions.transform" is expected
-    model = BertForMaskedLM.from_pretrained(pretrained_path(), local_files_only=True)
+    device = torch.device(device)
+    model = BertForMaskedLM.from_pretrained(pretrained_path(), local_files_only=True).to(device)
     model.train()
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=seed)
     features = [{"input_ids": ids} for ids in tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]]
@@ -108,8 +110,8 @@ def adapt_to_domain(texts: list[str], tokenizer, epochs: int, max_tokens: int, l
             parameter.requires_grad_(epoch > 1 or epochs == 1)
         order, total, batches = torch.randperm(len(features), generator=generator).tolist(), 0.0, 0
         for start in range(0, len(order), batch_size):
-            batch = collator([features[i] for i in order[start:start + batch_size]])
-            with torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16, enabled=bf16):
+            batch = {k: v.to(device) for k, v in collator([features[i] for i in order[start:start + batch_size]]).items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              labels=batch["labels"]).loss
             optimizer.zero_grad(set_to_none=True)
@@ -118,7 +120,7 @@ def adapt_to_domain(texts: list[str], tokenizer, epochs: int, max_tokens: int, l
             total, batches = total + loss.item(), batches + 1
         losses.append(total / max(batches, 1))
         log.info("domain-adaptive MLM epoch %d/%d: loss %.4f", epoch, epochs, losses[-1])
-    encoder = model.bert.eval()
+    encoder = model.bert.cpu().eval()  # the frozen-layer cache is computed on the CPU, as for the pretrained one
     for parameter in encoder.parameters():
         parameter.requires_grad_(True)
     return encoder, losses
