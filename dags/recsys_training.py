@@ -54,7 +54,8 @@ def _optional_int(description: str, minimum: int = 1) -> Param:
     params={
         "epochs": _optional_int("Most training epochs (train.epochs; early stopping may end sooner). Empty: configured value (40)."),
         "n_interests": _optional_int(
-            "Interest vectors per user (train.n_interests); 1 = single-vector model. Empty: 4."
+            "Interest vectors per user (train.n_interests): interest 0 follows recent viewing, 1.. are "
+            "long-term tastes; 1 = single-vector model. Empty: 4."
         ),
         "nproc": _optional_int("torchrun processes (train.nproc). Empty: 1."),
         "max_users": _optional_int(

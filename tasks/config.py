@@ -165,6 +165,8 @@ class TrainConfig:
     # How long-term interests pool the history: "attention" (each interest attends over all of it,
     # ComiRec-SA) or "cluster" (each item is shared out between the interests, capsule-style).
     interest_routing: str = "attention"
+    # Weight of a second loss on the long-term interests alone (best of 1..K-1 must predict the target).
+    long_term_loss: float = 0.0
     # Penalty on the mean pairwise cosine between a user's long-term interests (keeps them apart).
     interest_diversity: float = 0.1
     # Wall-clock budget: training stops after the epoch that passes it (the best epoch is kept).
@@ -365,6 +367,7 @@ def validate(config: PipelineConfig) -> None:
         (t.interest_routing in ("attention", "cluster"), "train.interest_routing must be attention or cluster"),
         (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
         (0.0 <= t.id_dropout < 1.0, "train.id_dropout must be in [0, 1)"),
+        (t.long_term_loss >= 0, "train.long_term_loss must be >= 0"),
         (t.mlm_epochs >= 0 and t.mlm_lr > 0, "train.mlm_epochs must be >= 0 and train.mlm_lr positive"),
         (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be positive (or unset)"),
         (t.nproc >= 1, "train.nproc must be at least 1"),

@@ -78,11 +78,12 @@ class PrismRecNet(nn.Module):
 
     def forward(self, histories: torch.Tensor, text_cache: torch.Tensor, refresh: torch.Tensor,
                 refresh_states: torch.Tensor, refresh_mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Training step: refresh the text vectors of items `refresh` with gradient, then
         return logits [B, L, N+1] (each position's best-interest score for every item), the
-        fresh text vectors (for the caller to write back into its cache) and the mean pairwise
-        cosine between the long-term interests at real positions (0 when K <= 2)."""
+        same over the long-term interests alone (None when K = 1), the fresh text vectors (for
+        the caller to write back into its cache) and the mean pairwise cosine between the
+        long-term interests at real positions (0 when K <= 2)."""
         text_vectors = text_cache
         fresh = text_cache[refresh]
         if self.text_tower is not None and len(self.text_tower.layers):
@@ -91,7 +92,9 @@ class PrismRecNet(nn.Module):
         items = self.item_vectors(text_vectors)
         interests, _ = self.interests(histories, items, with_attention=False)
         overlap = self.interest_overlap(interests[:, :, 1:], histories > 0, items[1:].mean(0).detach())
-        return self.match(interests, items).amax(-2), fresh, overlap
+        per_interest = self.match(interests, items)  # [B, L, K, N+1]
+        long_term = per_interest[:, :, 1:].amax(-2) if per_interest.shape[2] > 1 else None
+        return per_interest.amax(-2), long_term, fresh, overlap
 
     @staticmethod
     def interest_overlap(interests: torch.Tensor, real: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
