@@ -2,6 +2,7 @@
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,7 +82,7 @@ def test_domain_adaptive_mlm_pass_lowers_its_loss_and_moves_the_encoder(dataset_
 
     from tasks.model.text_tower import adapt_to_domain, load_language_model
 
-    texts = pd.read_parquet(dataset_dir / "items.parquet")["description"].tolist()[:96]
+    texts = pd.read_parquet(Path(dataset_dir) / "items.parquet")["description"].tolist()[:96]
     tokenizer, pretrained = load_language_model()
     adapted, losses = adapt_to_domain(texts, tokenizer, epochs=3, max_tokens=32, lr=5e-5, seed=0)
     assert len(losses) == 3 and losses[-1] < losses[0]
