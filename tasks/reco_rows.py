@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tasks.model.recommender import Recommendations
+from tasks.model.recommender import Recommendations, display_titles
 
 FALLBACK_INTEREST = -1  # interest_id of popularity fallback rows (users with no usable history)
 FALLBACK_LABEL = "popular overall (no usable viewing history yet)"
@@ -100,7 +100,8 @@ def interest_table(user_ids: np.ndarray, recs: Recommendations, catalogue: Catal
     # History titles the interest attends to, read at its best-ranked item: [U, K, e]
     first = picked.argmax(1)  # [U, K]
     because = np.take_along_axis(recs.because_item_ids, first[..., None], 1)  # [U, K, e]
-    titles = catalogue.titles[catalogue.positions(because[..., :LABEL_TITLES])]
+    titles = display_titles(catalogue.titles[catalogue.positions(because[..., :LABEL_TITLES])].reshape(-1)).reshape(
+        because[..., :LABEL_TITLES].shape)
     title_text = _join(titles, ", ")
     label = np.where(title_text != "", genre_text + np.where(genre_text != "", " — like ", "like ") + title_text,
                      genre_text)

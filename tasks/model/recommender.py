@@ -41,6 +41,11 @@ class UserInterests:
     top_item_ids: np.ndarray  # [U, K, e] most-attended history items of each interest (-1: none)
 
 
+def display_titles(titles) -> np.ndarray:
+    """Titles as people say them, for explanations and labels: MovieLens' "Lion King, The" -> "The Lion King"."""
+    return pd.Series(titles).fillna("").astype(str).str.replace(r"^(.*), (The|A|An)$", r"\2 \1", regex=True).to_numpy()
+
+
 class Recommender:
     def __init__(self, net: PrismRecNet, item_text_vectors: torch.Tensor, items: pd.DataFrame, version_info: dict):
         self.net = net.eval()
@@ -58,9 +63,7 @@ class Recommender:
             self.item_directions = torch.nn.functional.normalize(self.item_vectors - real.mean(0), dim=-1)
         self.item_ids = items["item_id"].to_numpy()  # position i -> index i + 1
         self.items = items.reset_index(drop=True)
-        # Display titles for explanations: MovieLens' "Lion King, The" reads as "The Lion King".
-        display = items["title"].astype(str).str.replace(r"^(.*), (The|A|An)$", r"\2 \1", regex=True)
-        self.titles = np.concatenate([[""], display.to_numpy()]).astype(object)
+        self.titles = np.concatenate([[""], display_titles(items["title"])]).astype(object)
         self.index_of = pd.Series(np.arange(1, len(self.item_ids) + 1), index=self.item_ids)
         # Users with no known history get the most popular items (flagged with interest -1).
         counts = items["train_interactions"].to_numpy() if "train_interactions" in items else np.zeros(len(items))
