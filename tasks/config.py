@@ -167,6 +167,8 @@ class TrainConfig:
     interest_routing: str = "attention"
     # Weight of a second loss on the long-term interests alone (best of 1..K-1 must predict the target).
     long_term_loss: float = 0.0
+    # Learn a logit scale per interest (so the recent interest can compete with the long-term ones).
+    interest_scale: bool = False
     # Penalty on the mean pairwise cosine between a user's long-term interests (keeps them apart).
     interest_diversity: float = 0.1
     # Wall-clock budget: training stops after the epoch that passes it (the best epoch is kept).

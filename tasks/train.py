@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
                      n_interests=cfg.n_interests, user_layers=cfg.user_layers, user_heads=cfg.user_heads,
                      dropout=cfg.dropout, lm_trainable_layers=cfg.lm_trainable_layers,
                      max_text_tokens=cfg.max_text_tokens, use_id_embedding=cfg.use_id_embedding,
-                     interest_routing=cfg.interest_routing, id_dropout=cfg.id_dropout)
+                     interest_routing=cfg.interest_routing, id_dropout=cfg.id_dropout,
+                     interest_scale=cfg.interest_scale)
     net = PrismRecNet(spec, encoder).to(device)
     del encoder
     model = DistributedDataParallel(net) if ddp else net  # the network has no buffers to sync

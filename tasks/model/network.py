@@ -35,6 +35,7 @@ class ModelSpec:
     use_id_embedding: bool
     interest_routing: str = "attention"  # defaults keep checkpoints written before these fields loadable
     id_dropout: float = 0.0
+    interest_scale: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +56,9 @@ class PrismRecNet(nn.Module):
                 self.id_embedding.weight[0].zero_()
         # Cosine scores times a fixed scale (temperature 0.05) keep the softmax well-conditioned.
         self.logit_scale = LOGIT_SCALE
+        # Optional learned per-interest log-scale on the cosine logits (spec.interest_scale): lets the
+        # recent interest compete with the long-term ones, whose item blends score higher cosines.
+        self.interest_log_scale = nn.Parameter(torch.zeros(spec.n_interests)) if spec.interest_scale else None
         self.users = InterestExtractor(
             spec.dim, spec.n_interests, spec.max_history, spec.user_layers, spec.user_heads, spec.dropout,
             spec.interest_routing,
@@ -113,7 +117,10 @@ class PrismRecNet(nn.Module):
         """Scaled cosine between interests [..., K, d] and items [N, d] -> [..., K, N]."""
         interests = nn.functional.normalize(interests, dim=-1)
         items = nn.functional.normalize(items, dim=-1)
-        return torch.einsum("...kd,nd->...kn", interests, items) * self.logit_scale
+        scores = torch.einsum("...kd,nd->...kn", interests, items) * self.logit_scale
+        if self.interest_log_scale is not None:
+            scores = scores * self.interest_log_scale.exp()[:, None]
+        return scores
 
     @torch.no_grad()
     def score_last(self, histories: torch.Tensor, items: torch.Tensor):
