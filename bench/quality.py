@@ -75,7 +75,7 @@ def prepare(config, dataset: str, work: Path) -> Path:
 
 
 def run_baseline(name: str, sequences, items, budget_minutes: float | None = None) -> dict:
-    from tasks.baselines import tune
+    from tasks.baselines import TrainedScorer, tune
     from tasks.evaluate import evaluate_scorer
 
     log.info("fitting %s", name)
@@ -84,7 +84,7 @@ def run_baseline(name: str, sequences, items, budget_minutes: float | None = Non
     metrics = evaluate_scorer(tuned.scorer, sequences)
     row = {**metrics["test"], "train_seconds": round(tuned.seconds, 1), "hyper": tuned.hyper,
            "valid": metrics["valid"]}
-    if hasattr(tuned.scorer, "epochs_run"):
+    if isinstance(tuned.scorer, TrainedScorer):
         row["epochs_run"], row["stopped_by"] = tuned.scorer.epochs_run, tuned.scorer.stopped_by
     return row
 

@@ -196,24 +196,28 @@ class SASRec(nn.Module):
         return hidden @ self.items.weight.T
 
 
-def _pad_left(sequences: Sequence[np.ndarray], length: int) -> torch.Tensor:
-    batch = np.zeros((len(sequences), length), dtype=np.int64)
-    for row, sequence in enumerate(sequences):
-        tail = sequence[-length:]
-        if len(tail):
-            batch[row, length - len(tail):] = tail
-    return torch.from_numpy(batch)
+@dataclass
+class TrainedScorer:
+    """A scorer from an epoch-trained baseline, with how its training ended (the benchmark reports it)."""
+
+    score: Scorer
+    epochs_run: int
+    stopped_by: str  # "epochs", "early stopping" or "time budget"
+
+    def __call__(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.score(histories)
 
 
 def fit_sasrec(sequences: Sequences, items: pd.DataFrame, dim: int = 64, blocks: int = 2, heads: int = 1,
                dropout: float = 0.2, max_len: int = 200, lr: float = 2e-3, batch_size: int = 128,
                max_epochs: int = 200, patience: int = 20, seed: int = 42,
                device: str | None = None, max_seconds: float | None = None,
-               precision: str = "auto") -> Scorer:
+               precision: str = "auto") -> TrainedScorer:
     """SASRec+ (Klenitskiy & Vasilev 2023): next-item prediction at every position with full
     softmax cross-entropy over the catalogue; early stopping on validation NDCG@10, or a
     wall-clock budget (`max_seconds`, checked after each epoch). bf16 autocast where the
     hardware does it natively, exactly as PrismRec's training (tasks.train.use_bf16)."""
+    from tasks.model.network import pad_left
     from tasks.train import use_bf16
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -221,8 +225,8 @@ def fit_sasrec(sequences: Sequences, items: pd.DataFrame, dim: int = 64, blocks:
     torch.manual_seed(seed)
     histories = sequences.histories(2)
     trainable = [h[-(max_len + 1):] for h in histories if len(h) >= 2]
-    inputs = _pad_left([h[:-1] for h in trainable], max_len)
-    targets = _pad_left([h[1:] for h in trainable], max_len)
+    inputs = pad_left([h[:-1] for h in trainable], max_len)
+    targets = pad_left([h[1:] for h in trainable], max_len)
     net = SASRec(sequences.n_items, max_len, dim, blocks, heads, dropout).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.98))
     generator = torch.Generator().manual_seed(seed)
@@ -230,7 +234,7 @@ def fit_sasrec(sequences: Sequences, items: pd.DataFrame, dim: int = 64, blocks:
     @torch.no_grad()
     def score(batch_histories: Sequence[np.ndarray]) -> torch.Tensor:
         net.eval()
-        hidden = net(_pad_left(batch_histories, max_len).to(device))[:, -1]
+        hidden = net(pad_left(batch_histories, max_len).to(device))[:, -1]
         return net.logits(hidden).float().cpu()
 
     best, best_state, stale, started, stopped_by = -1.0, None, 0, time.time(), "epochs"
@@ -263,9 +267,8 @@ def fit_sasrec(sequences: Sequences, items: pd.DataFrame, dim: int = 64, blocks:
             log.info("sasrec: time budget of %.0fs spent after epoch %d", max_seconds, epoch)
             stopped_by = "time budget"
             break
-    score.epochs_run, score.stopped_by = epoch, stopped_by  # reported by the benchmark
     net.load_state_dict(best_state)
-    return score
+    return TrainedScorer(score, epoch, stopped_by)
 
 
 # ------------------------------------------------------------------ registry and selection

@@ -221,16 +221,17 @@ def main(argv: list[str] | None = None) -> None:
                 refresh = refresh[torch.as_tensor(rng.permutation(len(refresh))[: cfg.lm_items_per_step], device=device)]
             # bf16 autocast where the hardware does bf16 natively (the matmuls dominate).
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits, long_term, fresh, overlap = model(inputs, text_cache, refresh, states[refresh], masks[refresh])
-            keep = targets > 0
-            loss = torch.nn.functional.cross_entropy(logits[keep].float(), targets[keep])
+                keep = targets > 0
+                logits, long_term, fresh, overlap = model(inputs, keep, text_cache, refresh, states[refresh],
+                                                          masks[refresh], long_term=bool(cfg.long_term_loss))
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep])
             epoch_loss, epoch_overlap = epoch_loss + loss.item(), epoch_overlap + overlap.item()
             if cfg.long_term_loss and long_term is not None:
                 # The recent interest wins most targets, so without this the long-term interests
                 # seldom get a gradient and stay alike; on their own they must predict the target
                 # too, and the best of them takes it (so each specialises).
                 loss = loss + cfg.long_term_loss * torch.nn.functional.cross_entropy(
-                    long_term[keep].float(), targets[keep])
+                    long_term.float(), targets[keep])
             if cfg.interest_diversity:
                 loss = loss + cfg.interest_diversity * overlap
             optimizer.zero_grad(set_to_none=True)

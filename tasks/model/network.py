@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -80,14 +81,15 @@ class PrismRecNet(nn.Module):
         """histories [B, L] item indices (0 = padding, left-padded) -> interests, attention."""
         return self.users(items[histories], histories == 0, with_attention)
 
-    def forward(self, histories: torch.Tensor, text_cache: torch.Tensor, refresh: torch.Tensor,
-                refresh_states: torch.Tensor, refresh_mask: torch.Tensor
+    def forward(self, histories: torch.Tensor, keep: torch.Tensor, text_cache: torch.Tensor, refresh: torch.Tensor,
+                refresh_states: torch.Tensor, refresh_mask: torch.Tensor, long_term: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Training step: refresh the text vectors of items `refresh` with gradient, then
-        return logits [B, L, N+1] (each position's best-interest score for every item), the
-        same over the long-term interests alone (None when K = 1), the fresh text vectors (for
-        the caller to write back into its cache) and the mean pairwise cosine between the
-        long-term interests at real positions (0 when K <= 2)."""
+        return logits [P, N+1] at the P positions where `keep` [B, L] is True (each item's
+        score under its best interest, what inference ranks by), the same over the long-term
+        interests alone (only when asked and K > 1), the fresh text vectors (for the caller to
+        write back into its cache) and the mean pairwise cosine between the long-term
+        interests at those positions (0 when K <= 2)."""
         text_vectors = text_cache
         fresh = text_cache[refresh]
         if self.text_tower is not None and len(self.text_tower.layers):
@@ -95,20 +97,30 @@ class PrismRecNet(nn.Module):
             text_vectors = text_cache.index_put((refresh,), fresh.to(text_cache.dtype))  # autocast may give bf16
         items = self.item_vectors(text_vectors)
         interests, _ = self.interests(histories, items, with_attention=False)
-        overlap = self.interest_overlap(interests[:, :, 1:], histories > 0, items[1:].mean(0).detach())
-        per_interest = self.match(interests, items)  # [B, L, K, N+1]
-        long_term = per_interest[:, :, 1:].amax(-2) if per_interest.shape[2] > 1 else None
-        return per_interest.amax(-2), long_term, fresh, overlap
+        interests = interests[keep]  # [P, K, d]: padding positions have no target, skip their logits
+        overlap = self.interest_overlap(interests[:, 1:], items[1:].mean(0).detach())
+        logits = self.best_match(interests, items)
+        long_term_logits = self.best_match(interests[:, 1:], items) if long_term and interests.shape[1] > 1 else None
+        return logits, long_term_logits, fresh, overlap
+
+    def best_match(self, interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[P, K, d] interests, [N, d] items -> [P, N] scaled cosine of each item with its best interest."""
+        interests = nn.functional.normalize(interests, dim=-1) * self.logit_scale
+        if self.interest_log_scale is not None:
+            interests = interests * self.interest_log_scale.exp()[:, None]
+        items = nn.functional.normalize(items, dim=-1)
+        dtype = torch.get_autocast_dtype(items.device.type) if torch.is_autocast_enabled(items.device.type) else items.dtype
+        return BestInterestScore.apply(interests, items, dtype)
 
     @staticmethod
-    def interest_overlap(interests: torch.Tensor, real: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-        """Mean pairwise cosine between interests [B, L, K, d] at the real positions [B, L], measured
+    def interest_overlap(interests: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        """Mean pairwise cosine between interests [P, K, d] (one row per position), measured
         after removing `centre` (the mean item vector): every item shares that direction, so it
         moves all of an interest's scores alike and says nothing about what the interest prefers."""
-        k = interests.shape[2]
+        k = interests.shape[1]
         if k < 2:
             return interests.new_zeros(())
-        unit = nn.functional.normalize(interests[real].float() - centre.float(), dim=-1)  # [P, K, d]
+        unit = nn.functional.normalize(interests.float() - centre.float(), dim=-1)  # [P, K, d]
         cosine = unit @ unit.transpose(1, 2)
         off_diagonal = ~torch.eye(k, dtype=torch.bool, device=cosine.device)
         return cosine[:, off_diagonal].mean()
@@ -136,11 +148,55 @@ class PrismRecNet(nn.Module):
         return scores, best, last, last_attention
 
 
+class BestInterestScore(torch.autograd.Function):
+    """max over interests of interest·item, for P positions x N items, with a lean backward pass.
+
+    Written out because autograd's amax over [P, K, N] scores spent ~40 % of an ML-1M training
+    step building the winner mask and its gradient at full size. Here the forward pass is one
+    batched matmul and a max over K contiguous [P, N] slabs (max-with-indices is 20x slower on
+    CPU, so winners are found again in backward by equality; a tie goes to the first interest),
+    and the backward pass routes each item's gradient to the interest that won it.
+    """
+
+    @staticmethod
+    def forward(ctx, interests: torch.Tensor, items: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        with torch.autocast(items.device.type, enabled=False):
+            a, b = interests.to(dtype), items.to(dtype)
+            scores = a.transpose(0, 1) @ b.T  # [K, P, N]
+            best = scores.amax(0)
+        ctx.save_for_backward(a, b, scores, best)
+        ctx.dtypes = interests.dtype, items.dtype
+        return best
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, b, scores, best = ctx.saved_tensors
+        grad = grad.to(a.dtype)
+        k_count = a.shape[1]
+        grad_a = torch.empty(a.shape, dtype=torch.float32, device=a.device)
+        grad_b = torch.zeros(b.shape, dtype=torch.float32, device=b.device)
+        unclaimed = None
+        with torch.autocast(b.device.type, enabled=False):
+            for k in range(k_count):
+                if k_count == 1:
+                    mine = grad
+                else:
+                    won = scores[k] == best
+                    if unclaimed is not None:
+                        won &= unclaimed
+                    if k < k_count - 1:
+                        unclaimed = ~won if unclaimed is None else unclaimed & ~won
+                    mine = torch.where(won, grad, 0)
+                grad_a[:, k] = (mine @ b).float()
+                grad_b += (mine.T @ a[:, k]).float()
+        return grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1]), None
+
+
 def pad_left(sequences, length: int) -> torch.Tensor:
     """Histories (arrays of item indices) -> [B, length] left-padded with 0, keeping the latest items."""
-    batch = torch.zeros(len(sequences), length, dtype=torch.long)
+    batch = np.zeros((len(sequences), length), dtype=np.int64)
     for row, sequence in enumerate(sequences):
         tail = sequence[-length:]
         if len(tail):
-            batch[row, length - len(tail):] = torch.tensor(tail, dtype=torch.long)
-    return batch
+            batch[row, length - len(tail):] = tail
+    return torch.from_numpy(batch)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tasks.model.interests import InterestExtractor
-from tasks.model.network import ModelSpec, PrismRecNet, pad_left
+from tasks.model.network import BestInterestScore, ModelSpec, PrismRecNet, pad_left
 from tasks.train import training_windows, use_bf16
 
 
@@ -58,8 +58,45 @@ def test_long_term_interests_differ_and_overlap_is_measured():
     items = net.item_vectors(torch.randn(21, 384))
     histories = pad_left([np.array([1, 2, 3, 4, 5]), np.array([6, 7])], 6)
     interests, _ = net.interests(histories, items)
-    overlap = net.interest_overlap(interests[:, :, 1:], histories > 0, items[1:].mean(0))
+    overlap = net.interest_overlap(interests[histories > 0][:, 1:], items[1:].mean(0))
     assert -1.0 < overlap.item() < 1.0  # distinct queries attend differently from the start
     scores, best, last, attention = net.score_last(histories, items)
     assert scores.shape == (2, 21) and last.shape == (2, 3, 16) and attention.shape == (2, 3, 6)
     assert set(best.unique().tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_best_interest_score_matches_autograd_amax(k):
+    torch.manual_seed(0)
+    interests = torch.randn(7, k, 5, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(7, 11, dtype=torch.float64)
+    ours = BestInterestScore.apply(interests, items, torch.float64)
+    reference = torch.einsum("pkd,nd->pkn", interests, items).amax(1)
+    assert torch.allclose(ours, reference)
+    grads = torch.autograd.grad((ours * weights).sum(), (interests, items))
+    expected = torch.autograd.grad((reference * weights).sum(), (interests, items))
+    assert all(torch.allclose(g, e) for g, e in zip(grads, expected))
+
+
+def test_training_forward_scores_only_real_positions():
+    torch.manual_seed(0)
+    net = PrismRecNet(spec(k=3))
+    histories = pad_left([np.array([1, 2, 3, 4, 5]), np.array([6, 7])], 6)
+    keep = histories > 0
+    cache = torch.randn(21, 384)
+    refresh = torch.tensor([2, 3])
+    logits, long_term, fresh, overlap = net(histories, keep, cache, refresh, None, None, long_term=True)
+    assert logits.shape == (7, 21) and long_term.shape == (7, 21) and fresh.shape == (2, 384)
+    assert (long_term <= logits + 1e-5).all()  # the best of all interests is at least the best long-term one
+    (logits.logsumexp(-1).mean() + overlap).backward()
+    assert net.users.interest_queries.grad is not None and net.id_embedding.weight.grad.abs().sum() > 0
+
+
+def test_best_interest_score_gives_a_tie_to_one_interest():
+    interests = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]], requires_grad=True)  # two equal interests
+    items = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    BestInterestScore.apply(interests, items, torch.float32).sum().backward()
+    # Each item's gradient goes to one interest (the first), never to both.
+    assert interests.grad[0, 1].abs().sum() == 0 and interests.grad[0, 0].abs().sum() > 0
+    assert torch.allclose(items.grad, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
