@@ -60,10 +60,11 @@ mlflow-ui: venv
 # Quality benchmark: every baseline and PrismRec on the LOO-full split of DATASET
 # (ml-100k or ml-1m); writes bench/results/quality-$(DATASET).{json,md}. BUDGET (minutes) caps
 # the wall-clock training of PrismRec and SASRec each (e.g. BUDGET=50 for ml-1m on 2 CPU cores).
+# NPROC sets PrismRec's torchrun processes (train.nproc; NPROC=2 = one per core on 2 CPU cores).
 DATASET ?= ml-100k
 BUDGET ?=
 bench-quality: venv
-	$(BIN)/python -m bench.quality --dataset $(DATASET) $(if $(BUDGET),--budget-minutes $(BUDGET))
+	$(if $(NPROC),PRISMREC_TRAIN__NPROC=$(NPROC)) $(BIN)/python -m bench.quality --dataset $(DATASET) $(if $(BUDGET),--budget-minutes $(BUDGET))
 
 # Publishing benchmark: top-100 for every ML-1M user through `materialize` (COPY) vs pandas.to_sql;
 # writes bench/results/materialize.json.

@@ -162,6 +162,9 @@ class TrainConfig:
     # Every interaction is a training target: histories longer than prepare.max_history are cut
     # into windows (False: only each user's latest window, as a truncating SASRec does).
     all_positions: bool = True
+    # Softmax over the whole catalogue (0) or over this many uniformly sampled negatives shared by
+    # each batch, plus each position's target (cheaper logits on large catalogues).
+    negatives: int = 0
     # How long-term interests pool the history: "attention" (each interest attends over all of it,
     # ComiRec-SA) or "cluster" (each item is shared out between the interests, capsule-style).
     interest_routing: str = "attention"
@@ -370,6 +373,7 @@ def validate(config: PipelineConfig) -> None:
         (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
         (0.0 <= t.id_dropout < 1.0, "train.id_dropout must be in [0, 1)"),
         (t.long_term_loss >= 0, "train.long_term_loss must be >= 0"),
+        (t.negatives >= 0, "train.negatives must be >= 0 (0: full softmax over the catalogue)"),
         (t.mlm_epochs >= 0 and t.mlm_lr > 0, "train.mlm_epochs must be >= 0 and train.mlm_lr positive"),
         (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be positive (or unset)"),
         (t.nproc >= 1, "train.nproc must be at least 1"),

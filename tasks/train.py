@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
              sum(len(w) - 1 for w in windows), steps_per_epoch, "bf16" if bf16 else "fp32")
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    sampled = 0 < cfg.negatives < sequences.n_items
+    log.info("loss: softmax over %s", f"{cfg.negatives} sampled negatives" if sampled else "the whole catalogue")
     history, best, stale, stopped_by = [], -1.0, 0, "epochs"
     train_started = time.time()
     for epoch in range(1, cfg.epochs + 1):
@@ -222,16 +224,21 @@ def main(argv: list[str] | None = None) -> None:
             # bf16 autocast where the hardware does bf16 natively (the matmuls dominate).
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 keep = targets > 0
+                negatives = (torch.randint(1, sequences.n_items + 1, (cfg.negatives,), device=device)
+                             if sampled else None)
                 logits, long_term, fresh, overlap = model(inputs, keep, text_cache, refresh, states[refresh],
-                                                          masks[refresh], long_term=bool(cfg.long_term_loss))
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+                                                          masks[refresh], long_term=bool(cfg.long_term_loss),
+                                                          targets=targets, negatives=negatives)
+            # Sampled softmax puts each position's target in column 0.
+            labels = torch.zeros_like(targets[keep]) if sampled else targets[keep]
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
             epoch_loss, epoch_overlap = epoch_loss + loss.item(), epoch_overlap + overlap.item()
             if cfg.long_term_loss and long_term is not None:
                 # The recent interest wins most targets, so without this the long-term interests
                 # seldom get a gradient and stay alike; on their own they must predict the target
                 # too, and the best of them takes it (so each specialises).
                 loss = loss + cfg.long_term_loss * torch.nn.functional.cross_entropy(
-                    long_term.float(), targets[keep])
+                    long_term.float(), labels)
             if cfg.interest_diversity:
                 loss = loss + cfg.interest_diversity * overlap
             optimizer.zero_grad(set_to_none=True)

@@ -61,13 +61,14 @@ class InterestExtractor(nn.Module):
                                           average_attn_weights=True)
         return layers[-1](x, src_mask=mask), attention
 
-    def forward(self, history: torch.Tensor, pad: torch.Tensor, with_attention: bool = True
+    def forward(self, history: torch.Tensor, pad: torch.Tensor, with_attention: bool = True, last_only: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """history [B, L, d] item vectors (left-padded), pad [B, L] True at padding.
 
         Returns interests [B, L, K, d] (the K interests after each position) and, when asked,
         attention [B, L, K, L] (how much each interest at t weighs each past item j <= t; for
         the recent interest, the transformer's last-layer attention averaged over heads).
+        With last_only (inference) only the last position is pooled: L becomes 1 in both.
         """
         batch, length, dim = history.shape
         positions = torch.arange(length, device=history.device)
@@ -79,6 +80,14 @@ class InterestExtractor(nn.Module):
         blocked_context = causal[None] | (pad[:, None, :] & ~diagonal[None])  # [B, L, L]
         state, recent_attention = self._context(x, blocked_context.repeat_interleave(self.n_heads, 0), with_attention)
         state = self.norm(state)
+        if last_only:
+            # Everything after the transformer is per position: pool the last one alone (the last
+            # position sees the whole history, so "causal" is just the padding mask).
+            causal = causal[-1:]
+            if recent_attention is not None:
+                recent_attention = recent_attention[:, -1:]
+            if self.interest_queries is None:
+                state = state[:, -1:]
         if self.interest_queries is None:
             return state[:, :, None], (recent_attention[:, :, None] if with_attention else None)
         logits = torch.einsum("kd,bjd->bkj", self.interest_queries, self.keys(state)) / math.sqrt(dim)  # [B, K-1, L]
@@ -87,18 +96,26 @@ class InterestExtractor(nn.Module):
             # as in capsule routing), so the interests split the history instead of all averaging
             # it; interest k after t is the weighted mean of its items up to t (a running sum).
             share = logits.float().softmax(1).masked_fill(pad[:, None, :], 0.0)  # [B, K-1, L]
-            weight = share.cumsum(-1).clamp(min=1e-6)  # [B, K-1, L(t)]
-            pooled = torch.einsum("bkj,bjd->bkjd", share, history.float()).cumsum(2) / weight[..., None]
+            if last_only:
+                weight = share.sum(-1, keepdim=True).clamp(min=1e-6)  # [B, K-1, 1]
+                pooled = (torch.einsum("bkj,bjd->bkd", share, history.float()) / weight)[:, :, None]
+            else:
+                weight = share.cumsum(-1).clamp(min=1e-6)  # [B, K-1, L(t)]
+                pooled = torch.einsum("bkj,bjd->bkjd", share, history.float()).cumsum(2) / weight[..., None]
             pooled = self.long_out(pooled.transpose(1, 2).to(history.dtype))  # [B, L, K-1, d]
             attention = None
             if with_attention:
                 attention = share[:, None] / weight.transpose(1, 2)[..., None]  # [B, L(t), K-1, L(j)]
+                if last_only:
+                    attention = attention[:, -1:]
                 attention = attention.masked_fill(causal[None, :, None, :], 0.0)
         else:
             blocked = causal[None, :, None, :] | pad[:, None, None, :]  # [B, L(t), 1, L(j)]
             logits = logits[:, None].masked_fill(blocked, torch.finfo(logits.dtype).min)  # [B, L, K-1, L]
             attention = logits.softmax(-1)
             pooled = self.long_out(torch.einsum("btkj,bjd->btkd", attention, history))
+        if last_only:
+            state = state[:, -1:]
         interests = torch.cat([state[:, :, None], pooled], dim=2)
         if not with_attention:
             return interests, None

@@ -77,19 +77,26 @@ class PrismRecNet(nn.Module):
             vectors = vectors + ids
         return vectors
 
-    def interests(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True):
+    def interests(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True,
+                  last_only: bool = False):
         """histories [B, L] item indices (0 = padding, left-padded) -> interests, attention."""
-        return self.users(items[histories], histories == 0, with_attention)
+        return self.users(items[histories], histories == 0, with_attention, last_only)
 
     def forward(self, histories: torch.Tensor, keep: torch.Tensor, text_cache: torch.Tensor, refresh: torch.Tensor,
-                refresh_states: torch.Tensor, refresh_mask: torch.Tensor, long_term: bool = False
+                refresh_states: torch.Tensor, refresh_mask: torch.Tensor, long_term: bool = False,
+                targets: torch.Tensor | None = None, negatives: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Training step: refresh the text vectors of items `refresh` with gradient, then
-        return logits [P, N+1] at the P positions where `keep` [B, L] is True (each item's
-        score under its best interest, what inference ranks by), the same over the long-term
-        interests alone (only when asked and K > 1), the fresh text vectors (for the caller to
-        write back into its cache) and the mean pairwise cosine between the long-term
-        interests at those positions (0 when K <= 2)."""
+        return logits at the P positions where `keep` [B, L] is True (each item's score under
+        its best interest, what inference ranks by), the same over the long-term interests alone
+        (only when asked and K > 1), the fresh text vectors (for the caller to write back into
+        its cache) and the mean pairwise cosine between the long-term interests at those
+        positions (0 when K <= 2).
+
+        Logits are [P, N+1] over the whole catalogue, or, given `negatives` [M] (item indices
+        shared by the batch) and `targets` [B, L], [P, 1+M]: the target's score first, then the
+        negatives' (a negative that is the position's own target is masked out).
+        """
         text_vectors = text_cache
         fresh = text_cache[refresh]
         if self.text_tower is not None and len(self.text_tower.layers):
@@ -99,15 +106,32 @@ class PrismRecNet(nn.Module):
         interests, _ = self.interests(histories, items, with_attention=False)
         interests = interests[keep]  # [P, K, d]: padding positions have no target, skip their logits
         overlap = self.interest_overlap(interests[:, 1:], items[1:].mean(0).detach())
-        logits = self.best_match(interests, items)
-        long_term_logits = self.best_match(interests[:, 1:], items) if long_term and interests.shape[1] > 1 else None
+        wanted = targets[keep] if negatives is not None else None
+        logits = self.training_logits(interests, items, wanted, negatives)
+        long_term_logits = None
+        if long_term and interests.shape[1] > 1:
+            long_term_logits = self.training_logits(interests[:, 1:], items, wanted, negatives)
         return logits, long_term_logits, fresh, overlap
 
-    def best_match(self, interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """[P, K, d] interests, [N, d] items -> [P, N] scaled cosine of each item with its best interest."""
+    def training_logits(self, interests: torch.Tensor, items: torch.Tensor, targets: torch.Tensor | None,
+                        negatives: torch.Tensor | None) -> torch.Tensor:
+        if negatives is None:
+            return self.best_match(interests, items)
+        positive = torch.einsum("pkd,pd->pk", self._unit_interests(interests),
+                                nn.functional.normalize(items[targets], dim=-1)).amax(1)
+        negative = self.best_match(interests, items[negatives])
+        negative = negative.masked_fill(negatives[None, :] == targets[:, None], torch.finfo(negative.dtype).min)
+        return torch.cat([positive[:, None].to(negative.dtype), negative], dim=1)
+
+    def _unit_interests(self, interests: torch.Tensor) -> torch.Tensor:
         interests = nn.functional.normalize(interests, dim=-1) * self.logit_scale
         if self.interest_log_scale is not None:
             interests = interests * self.interest_log_scale.exp()[:, None]
+        return interests
+
+    def best_match(self, interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[P, K, d] interests, [N, d] items -> [P, N] scaled cosine of each item with its best interest."""
+        interests = self._unit_interests(interests)
         items = nn.functional.normalize(items, dim=-1)
         dtype = torch.get_autocast_dtype(items.device.type) if torch.is_autocast_enabled(items.device.type) else items.dtype
         return BestInterestScore.apply(interests, items, dtype)
@@ -141,7 +165,7 @@ class PrismRecNet(nn.Module):
         Returns scores [B, N+1] (best interest per item), best interest [B, N+1], the
         interests [B, K, d] and their attention over the history [B, K, L].
         """
-        interests, attention = self.interests(histories, items)
+        interests, attention = self.interests(histories, items, last_only=True)
         last, last_attention = interests[:, -1], attention[:, -1]
         per_interest = self.match(last, items)
         scores, best = per_interest.max(1)

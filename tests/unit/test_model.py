@@ -100,3 +100,33 @@ def test_best_interest_score_gives_a_tie_to_one_interest():
     # Each item's gradient goes to one interest (the first), never to both.
     assert interests.grad[0, 1].abs().sum() == 0 and interests.grad[0, 0].abs().sum() > 0
     assert torch.allclose(items.grad, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("k,routing", [(1, "attention"), (4, "attention"), (4, "cluster")])
+def test_last_only_equals_the_last_position_of_the_full_pass(k, routing):
+    torch.manual_seed(0)
+    extractor = InterestExtractor(16, k, 6, 2, 2, 0.0, routing).eval()
+    history = torch.randn(2, 6, 16)
+    pad = torch.tensor([[True, True, False, False, False, False], [False] * 6])
+    interests, attention = extractor(history, pad)
+    last, last_attention = extractor(history, pad, last_only=True)
+    assert last.shape == (2, 1, k, 16) and last_attention.shape == (2, 1, k, 6)
+    assert torch.allclose(last[:, 0], interests[:, -1], atol=1e-5)
+    assert torch.allclose(last_attention[:, 0], attention[:, -1], atol=1e-5)
+
+
+def test_sampled_logits_put_the_target_first_and_mask_accidental_hits():
+    torch.manual_seed(0)
+    net = PrismRecNet(spec(k=3)).eval()
+    histories = pad_left([np.array([1, 2, 3, 4, 5]), np.array([6, 7])], 6)
+    targets = pad_left([np.array([2, 3, 4, 5, 9]), np.array([7, 11])], 6)
+    keep, cache, refresh = targets > 0, torch.randn(21, 384), torch.tensor([1])
+    full, *_ = net(histories, keep, cache, refresh, None, None)
+    negatives = torch.tensor([9, 12, 3, 20])
+    sampled, *_ = net(histories, keep, cache, refresh, None, None, targets=targets, negatives=negatives)
+    wanted = targets[keep]
+    assert sampled.shape == (7, 5)
+    assert torch.allclose(sampled[:, 0], full.gather(1, wanted[:, None])[:, 0], atol=1e-5)
+    hit = negatives[None] == wanted[:, None]
+    assert hit.any() and (sampled[:, 1:][hit] < -1e30).all()
+    assert torch.allclose(sampled[:, 1:][~hit], full[:, negatives][~hit], atol=1e-5)
