@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
             models[name] = run_prismrec(config, dataset_dir, work, sequences)
         else:
             models[name] = run_baseline(name, sequences, items, args.budget_minutes)
+        # Per row: `--only` keeps rows of earlier runs, which may come from another machine or day.
+        models[name]["measured"] = {"machine": machine(),
+                                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         log.info("%s: test NDCG@10 %.4f HR@10 %.4f (valid NDCG@10 %.4f), %.0fs", name, models[name]["ndcg@10"],
                  models[name]["hr@10"], models[name]["valid"]["ndcg@10"], models[name]["train_seconds"])
 
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dataset": args.dataset,
         "protocol": PROTOCOL,
         "split": {"users": sequences.n_users, "items": sequences.n_items, "interactions": len(sequences.item_idx)},
-        "machine": machine(),
+        "machine": machine(),  # of this run; each row's own is under models[name]["measured"]
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "models": {n: models[n] for n in MODELS if n in models},
     }

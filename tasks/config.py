@@ -155,7 +155,8 @@ class TrainConfig:
     seed: int = 42
     # Fuse a learned id embedding for items seen in training (cold items fall back to text).
     use_id_embedding: bool = True
-    # Share of items whose id embedding is dropped at each step, so text alone learns to rank.
+    # Share of items whose id embedding is dropped at each step, so text alone learns to rank
+    # (off: it made cold items rank worse, bench/README.md v14).
     id_dropout: float = 0.0
     # Cap on steps per epoch, for quick slices and tests; None trains on everything.
     max_steps_per_epoch: int | None = None
@@ -163,7 +164,8 @@ class TrainConfig:
     # into windows (False: only each user's latest window, as a truncating SASRec does).
     all_positions: bool = True
     # Softmax over the whole catalogue (0) or over this many uniformly sampled negatives shared by
-    # each batch, plus each position's target (cheaper logits on large catalogues).
+    # each batch, plus each position's target (cheaper logits on large catalogues; on ML-100K it
+    # lagged full softmax, bench/README.md v12).
     negatives: int = 0
     # How long-term interests pool the history: "attention" (each interest attends over all of it,
     # ComiRec-SA) or "cluster" (each item is shared out between the interests, capsule-style).
