@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.quality import RESULTS, machine, prepare
+from bench.quality import machine, prepare, save
 
 log = logging.getLogger("bench.interests")
 
@@ -272,12 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cold_start": cold_start(load_config({**base, "train.n_interests": 4}), dataset_dir, work,
                                  args.holdout, args.seed, args.sasrec_epochs),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"interests-{DATASET}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    (RESULTS / f"interests-{DATASET}.md").write_text(table)
-    print(table)  # noqa: T201 - the benchmark's output is this table
-    return result
+    return save(f"interests-{DATASET}", result, markdown(result))
 
 
 if __name__ == "__main__":

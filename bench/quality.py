@@ -174,10 +174,14 @@ def main(argv: list[str] | None = None) -> dict:
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "models": {n: models[n] for n in MODELS if n in models},
     }
+    return save(f"quality-{args.dataset}", result, markdown(result))
+
+
+def save(stem: str, result: dict, table: str) -> dict:
+    """Write bench/results/<stem>.json and <stem>.md, and print the table (the benchmark's output)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    (RESULTS / f"quality-{args.dataset}.md").write_text(table)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(table)
     print(table)  # noqa: T201 - the benchmark's output is this table
     return result
 
