@@ -124,6 +124,7 @@ class PrismRecNet(nn.Module):
         return torch.cat([positive[:, None].to(negative.dtype), negative], dim=1)
 
     def _unit_interests(self, interests: torch.Tensor) -> torch.Tensor:
+        """Unit interests [..., K, d] times the logit scale (and the optional per-interest scale)."""
         interests = nn.functional.normalize(interests, dim=-1) * self.logit_scale
         if self.interest_log_scale is not None:
             interests = interests * self.interest_log_scale.exp()[:, None]
@@ -150,13 +151,8 @@ class PrismRecNet(nn.Module):
         return cosine[:, off_diagonal].mean()
 
     def match(self, interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Scaled cosine between interests [..., K, d] and items [N, d] -> [..., K, N]."""
-        interests = nn.functional.normalize(interests, dim=-1)
-        items = nn.functional.normalize(items, dim=-1)
-        scores = torch.einsum("...kd,nd->...kn", interests, items) * self.logit_scale
-        if self.interest_log_scale is not None:
-            scores = scores * self.interest_log_scale.exp()[:, None]
-        return scores
+        """Scaled cosine between interests [..., K, d] and items [N, d] -> [..., K, N] (inference)."""
+        return torch.einsum("...kd,nd->...kn", self._unit_interests(interests), nn.functional.normalize(items, dim=-1))
 
     @torch.no_grad()
     def score_last(self, histories: torch.Tensor, items: torch.Tensor):
