@@ -147,8 +147,13 @@ class TrainConfig:
     weight_decay: float = 0.01
     # Stop when validation NDCG@10 has not improved for this many epochs.
     patience: int = 5
+    # Learning-rate schedule: "plateau" halves both rates after lr_patience epochs without
+    # improvement; "cosine" anneals them to lr_floor of their start along the planned run
+    # (train.epochs, or the epochs that fit in train.max_minutes once the first one is timed).
+    schedule: str = "plateau"
     # Halve the learning rates after this many epochs without improvement (None: constant rates).
     lr_patience: int | None = 1
+    lr_floor: float = 0.01
     # torchrun processes; on CPU keep nproc * threads <= cores.
     nproc: int = 1
     threads_per_proc: int = 0  # 0: cores // nproc
@@ -176,7 +181,8 @@ class TrainConfig:
     interest_scale: bool = False
     # Penalty on the mean pairwise cosine between a user's long-term interests (keeps them apart).
     interest_diversity: float = 0.1
-    # Wall-clock budget: training stops after the epoch that passes it (the best epoch is kept).
+    # Wall-clock budget: training stops before an epoch that would overrun it (measured on the
+    # epochs so far, validation included); the best epoch is kept.
     max_minutes: float | None = None
     # Matmul precision: "auto" = bf16 autocast on a GPU and on CPUs with native bf16 (AVX512-BF16,
     # AMX), fp32 elsewhere; "bf16" or "fp32" force one.
@@ -378,6 +384,8 @@ def validate(config: PipelineConfig) -> None:
         (t.negatives >= 0, "train.negatives must be >= 0 (0: full softmax over the catalogue)"),
         (t.mlm_epochs >= 0 and t.mlm_lr > 0, "train.mlm_epochs must be >= 0 and train.mlm_lr positive"),
         (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be positive (or unset)"),
+        (t.schedule in ("plateau", "cosine"), f"train.schedule must be 'plateau' or 'cosine', got {t.schedule!r}"),
+        (0 <= t.lr_floor < 1, "train.lr_floor must be in [0, 1): the share of the start rates the cosine ends at"),
         (t.nproc >= 1, "train.nproc must be at least 1"),
         (0 <= t.lm_trainable_layers <= 6, "train.lm_trainable_layers must be between 0 and 6 (MiniLM has 6)"),
         (t.dim % t.user_heads == 0, "train.dim must be divisible by train.user_heads"),

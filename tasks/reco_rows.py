@@ -27,7 +27,7 @@ class Catalogue:
     """The champion's items: app id -> position (0 = unknown), titles and a genre multi-hot matrix."""
 
     index_of: pd.Series  # app item id -> position 1..N
-    titles: np.ndarray  # [N+1] object, "" at 0
+    titles: np.ndarray  # [N+1] object display titles ("The Piano", as in explanations), "" at 0
     genre_names: np.ndarray  # [G] object
     genres: np.ndarray  # [N+1, G] int32, zeros at 0
 
@@ -40,7 +40,7 @@ class Catalogue:
         genres = np.vstack([np.zeros((1, dummies.shape[1]), np.int32), dummies.to_numpy(np.int32)])
         return cls(
             index_of=pd.Series(np.arange(1, len(items) + 1), index=items["item_id"].to_numpy(np.int64)),
-            titles=np.concatenate([[""], items["title"].fillna("").astype(str).to_numpy()]).astype(object),
+            titles=np.concatenate([[""], display_titles(items["title"])]).astype(object),
             genre_names=np.asarray(dummies.columns, dtype=object),
             genres=genres,
         )
@@ -100,9 +100,7 @@ def interest_table(user_ids: np.ndarray, recs: Recommendations, catalogue: Catal
     # History titles the interest attends to, read at its best-ranked item: [U, K, e]
     first = picked.argmax(1)  # [U, K]
     because = np.take_along_axis(recs.because_item_ids, first[..., None], 1)  # [U, K, e]
-    titles = display_titles(catalogue.titles[catalogue.positions(because[..., :LABEL_TITLES])].reshape(-1)).reshape(
-        because[..., :LABEL_TITLES].shape)
-    title_text = _join(titles, ", ")
+    title_text = _join(catalogue.titles[catalogue.positions(because[..., :LABEL_TITLES])], ", ")
     label = np.where(title_text != "", genre_text + np.where(genre_text != "", " — like ", "like ") + title_text,
                      genre_text)
     if n_interests > 1:  # interest 0 follows what the user watches now; the others are long-term tastes

@@ -75,6 +75,23 @@ def training_windows(histories, users, max_history: int, all_positions: bool) ->
     return windows
 
 
+def cosine_factor(done_steps: int, planned_steps: int, floor: float) -> float:
+    """Share of the start learning rate after done_steps of a cosine anneal to `floor` over planned_steps."""
+    progress = min(1.0, done_steps / max(planned_steps, 1))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def planned_epochs(cap: int, epochs_done: int, elapsed: float, budget: float | None) -> int:
+    """Epochs the run will have when it ends: the cap, or fewer when a wall-clock budget (seconds)
+    leaves no room for as many at the pace so far (validation included). Never below epochs_done:
+    equal means stop now."""
+    if budget is None or epochs_done == 0:
+        return cap
+    per_epoch = elapsed / epochs_done
+    fit = epochs_done + int(max(0.0, budget - elapsed) // per_epoch)
+    return max(epochs_done, min(cap, fit))
+
+
 def _training_batches(windows, batch_size, max_history):
     from tasks.model.network import pad_left
 
@@ -188,8 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW([{"params": other, "lr": cfg.lr},
                                    {"params": lm_params, "lr": cfg.lm_lr}], weight_decay=cfg.weight_decay)
 
-    # Halve both learning rates when validation NDCG@10 stalls for an epoch (early stopping ends the run).
+    # "plateau": halve both learning rates when validation NDCG@10 stalls (early stopping ends the run);
+    # "cosine": anneal them along the planned run, re-planned after each epoch when there is a budget.
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=cfg.lr_patience or 0)
+    start_lrs = [group["lr"] for group in optimizer.param_groups]
+    budget = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
+    planned = cfg.epochs
 
     def refresh_all() -> torch.Tensor:
         with torch.no_grad():
@@ -218,6 +239,10 @@ def main(argv: list[str] | None = None) -> None:
         epoch_loss, epoch_overlap, epoch_started = 0.0, 0.0, time.time()
         for step, (inputs, targets) in enumerate(_training_batches(mine, cfg.batch_size, max_history), 1):
             inputs, targets = inputs.to(device), targets.to(device)
+            if cfg.schedule == "cosine":
+                factor = cosine_factor((epoch - 1) * steps_per_epoch + step - 1, planned * steps_per_epoch, cfg.lr_floor)
+                for group, start_lr in zip(optimizer.param_groups, start_lrs):
+                    group["lr"] = start_lr * factor
             refresh = torch.unique(targets[targets > 0])
             if len(refresh) > cfg.lm_items_per_step:
                 refresh = refresh[torch.as_tensor(rng.permutation(len(refresh))[: cfg.lm_items_per_step], device=device)]
@@ -249,8 +274,8 @@ def main(argv: list[str] | None = None) -> None:
             if master and (step % 10 == 0 or step == steps_per_epoch):
                 done = (epoch - 1) * steps_per_epoch + step
                 rate = done / (time.time() - train_started)
-                remaining = cfg.epochs * steps_per_epoch - done  # an upper bound: early stopping may end sooner
-                log.info("epoch %d/%d step %d/%d loss %.4f (%.2f steps/s, ETA %.0fs)", epoch, cfg.epochs, step,
+                remaining = planned * steps_per_epoch - done  # an upper bound: early stopping may end sooner
+                log.info("epoch %d/%d step %d/%d loss %.4f (%.2f steps/s, ETA %.0fs)", epoch, planned, step,
                          steps_per_epoch, epoch_loss / step, rate, remaining / max(rate, 1e-9))
         text_cache = refresh_all()
         totals = validate(net, text_cache, sequences, shard, max_history, device)
@@ -261,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
                   "interest_cosine": epoch_overlap / max(steps_per_epoch, 1), "lr": optimizer.param_groups[0]["lr"],
                   "valid_hr@10": valid_hr, "seconds": time.time() - epoch_started}
         history.append(record)
-        if cfg.lr_patience is not None:
+        if cfg.schedule == "plateau" and cfg.lr_patience is not None:
             plateau.step(valid_ndcg)
         improved = valid_ndcg > best
         if improved:
@@ -282,13 +307,17 @@ def main(argv: list[str] | None = None) -> None:
                 log.info("early stop: no improvement for %d epochs", stale)
             stopped_by = "early stopping"
             break
-        out_of_time = torch.tensor(float(cfg.max_minutes is not None and time.time() - train_started > 60 * cfg.max_minutes),
-                                   device=device)  # nccl reduces GPU tensors only
-        if ddp:  # every rank stops at the same epoch, on rank 0's clock
-            dist.broadcast(out_of_time, 0)
-        if out_of_time.item() and epoch < cfg.epochs:
+        # Rank 0's clock decides for every rank (DDP needs the same steps and rates everywhere);
+        # nccl reduces GPU tensors only.
+        elapsed = time.time() - train_started
+        plan = torch.tensor([float(planned_epochs(cfg.epochs, epoch, elapsed, budget))], device=device)
+        if ddp:
+            dist.broadcast(plan, 0)
+        planned = int(plan.item())
+        if planned <= epoch and epoch < cfg.epochs:
             if master:
-                log.info("time budget of %s minutes spent: stopping after epoch %d", cfg.max_minutes, epoch)
+                log.info("time budget of %s minutes: another epoch would overrun it, stopping after epoch %d",
+                         cfg.max_minutes, epoch)
             stopped_by = "time budget"
             break
     if master:

@@ -113,8 +113,12 @@ def test_published_lists_are_the_models_lists(first_publication, recommender, hi
         assert mine["explanation"].tolist() == list(expected.explanations[position])
         assert mine["score"].to_numpy() == pytest.approx(expected.scores[position], rel=1e-6)
         assert not set(mine["item_id"]) & set(history)
-    titles = recommender.items.set_index("item_id")["title"]
+    from tasks.model.recommender import display_titles
+
+    # Display titles, as the explanations write them ("The Piano", not the catalogue's "Piano, The").
+    titles = pd.Series(display_titles(recommender.items["title"]), index=recommender.items["item_id"])
     assert rows["title"].tolist() == titles.loc[rows["item_id"]].tolist()
+    assert not rows["title"].str.contains(r", (?:The|A|An)$").any()
     assert set(rows["model_name"]) == {MODEL} and set(rows["model_version"]) == {champion["version"]}
     assert set(rows["run_id"]) == {champion["run_id"]} == {summary.run_id}
     assert rows["generated_at"].nunique() == 1 and set(rows["materialization_id"]) == {summary.materialization_id}

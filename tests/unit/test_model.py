@@ -6,7 +6,7 @@ import torch
 
 from tasks.model.interests import InterestExtractor
 from tasks.model.network import BestInterestScore, ModelSpec, PrismRecNet, pad_left
-from tasks.train import training_windows, use_bf16
+from tasks.train import cosine_factor, planned_epochs, training_windows, use_bf16
 
 
 def spec(k: int = 3, length: int = 6) -> ModelSpec:
@@ -26,6 +26,24 @@ def test_every_interaction_is_a_target_once_with_all_positions():
 def test_latest_window_only_without_all_positions():
     windows = training_windows([np.arange(1, 12)], [0], max_history=4, all_positions=False)
     assert [w.tolist() for w in windows] == [[7, 8, 9, 10, 11]]
+
+
+def test_cosine_anneals_from_the_start_rate_to_the_floor():
+    assert cosine_factor(0, 100, 0.01) == pytest.approx(1.0)
+    assert cosine_factor(50, 100, 0.01) == pytest.approx(0.505)
+    assert cosine_factor(100, 100, 0.01) == pytest.approx(0.01)
+    assert cosine_factor(250, 100, 0.01) == pytest.approx(0.01)  # past the plan: stays at the floor
+    factors = [cosine_factor(s, 100, 0.0) for s in range(101)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+
+
+def test_planned_epochs_fit_the_budget():
+    assert planned_epochs(40, 0, 0.0, 600.0) == 40  # nothing timed yet: the cap
+    assert planned_epochs(40, 3, 300.0, None) == 40  # no budget: the cap
+    assert planned_epochs(40, 2, 200.0, 1000.0) == 10  # 100 s an epoch, 800 s left: 8 more
+    assert planned_epochs(6, 2, 200.0, 1000.0) == 6  # never past the cap
+    assert planned_epochs(40, 5, 520.0, 600.0) == 5  # another epoch would overrun: stop at 5
+    assert planned_epochs(40, 1, 900.0, 600.0) == 1  # the first epoch alone overran
 
 
 def test_bf16_setting_is_respected():
