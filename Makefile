@@ -17,7 +17,7 @@ WHEEL_SOURCES = $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),\
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv lock demo test airflow-ui mlflow-ui bench-quality
+.PHONY: venv lock demo lint test airflow-ui mlflow-ui bench-quality
 
 venv: $(STAMP)
 
@@ -44,7 +44,11 @@ demo: venv
 	$(BIN)/prismrec materialize
 	$(BIN)/prismrec report
 
-test: venv
+# Style and correctness lints (ruff, pinned in requirements.lock); `make test` runs them first.
+lint: venv
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/pytest tests -x -q
 
 # Airflow UI on http://localhost:8080 with this project's DAGs and metadata DB (the same ones

@@ -32,7 +32,7 @@ import logging
 import os
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +65,12 @@ def _short(metrics: dict) -> dict:
 
 def disentanglement(model_dir: Path, sequences) -> dict:
     """Interest cosine and top-10 interest usage on every user's test history."""
-    from tasks.interest_metrics import (interest_counts, interest_specific_share, interest_usage,
-                                        pairwise_interest_cosine)
+    from tasks.interest_metrics import (
+        interest_counts,
+        interest_specific_share,
+        interest_usage,
+        pairwise_interest_cosine,
+    )
     from tasks.model.network import pad_left
     from tasks.model.recommender import Recommender
 
@@ -128,7 +132,7 @@ def cold_rows(scorer, sequences, held: np.ndarray) -> dict:
     return {"cold_targets": {"users": int(cold.sum()), "hr@10": round(hit_rate(ranks[cold], 10), 4),
                              "ndcg@10": round(ndcg(ranks[cold], 10), 4),
                              "median_rank": float(np.median(ranks[cold])) + 1 if cold.any() else None},
-            "all_targets": {"users": int(len(ranks)), "hr@10": round(hit_rate(ranks, 10), 4),
+            "all_targets": {"users": len(ranks), "hr@10": round(hit_rate(ranks, 10), 4),
                             "ndcg@10": round(ndcg(ranks, 10), 4)}}
 
 
@@ -144,7 +148,7 @@ def cold_start(config, dataset_dir: Path, work: Path, holdout: float, seed: int,
     cold_dir.mkdir(parents=True, exist_ok=True)
     cold.save(cold_dir / "sequences.npz")
     shutil.copy(dataset_dir / "items.parquet", cold_dir / "items.parquet")  # same catalogue, same text
-    split = {"held_out_items": int(len(held)), "items": int(cold.n_items), "training_interactions_removed": removed,
+    split = {"held_out_items": len(held), "items": int(cold.n_items), "training_interactions_removed": removed,
              "users": int(cold.n_users), "users_dropped": int(sequences.n_users - cold.n_users),
              "held_out_items_as_test_target": int(np.isin(cold.targets("test"), held).sum())}
     (cold_dir / "dataset.json").write_text(json.dumps(split, indent=2))
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs": args.epochs,
         "seed": args.seed,
         "machine": machine(),
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "ablation": ablation,
         "disentanglement": disentanglement(model_dirs[4], sequences),
         "cold_start": cold_start(load_config({**base, "train.n_interests": 4}), dataset_dir, work,

@@ -18,7 +18,7 @@ import logging
 import os
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger("bench.materialize")
@@ -26,7 +26,7 @@ log = logging.getLogger("bench.materialize")
 RESULTS = Path(__file__).resolve().parent / "results"
 APP, RECO, MODEL = "bench_app", "bench_reco", "prismrec_bench"
 ML1M_RATINGS = 1_000_209
-LOGICAL_DATE = datetime(2003, 3, 1, tzinfo=timezone.utc)  # after ML-1M's last rating
+LOGICAL_DATE = datetime(2003, 3, 1, tzinfo=UTC)  # after ML-1M's last rating
 
 
 def machine() -> dict:
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
             "to_sql_seconds": round(to_sql_time, 2), "publish_seconds": round(summary.seconds, 2),
             "write_includes": "pyarrow CSV encoding + COPY + index builds (user_recommendations, user_interests, "
                               "similar_items); to_sql writes the same rows into tables with the same indexes",
-            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
         "machine": machine(),
     }

@@ -16,7 +16,7 @@ import logging
 import os
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger("bench.quality")
@@ -24,8 +24,8 @@ log = logging.getLogger("bench.quality")
 RESULTS = Path(__file__).resolve().parent / "results"
 # benchmark name -> (loader dataset, a logical date after the release's last rating)
 DATASETS = {
-    "ml-100k": ("movielens-100k", datetime(1998, 5, 1, tzinfo=timezone.utc)),
-    "ml-1m": ("movielens-1m", datetime(2003, 3, 1, tzinfo=timezone.utc)),
+    "ml-100k": ("movielens-100k", datetime(1998, 5, 1, tzinfo=UTC)),
+    "ml-1m": ("movielens-1m", datetime(2003, 3, 1, tzinfo=UTC)),
 }
 MODELS = ("popularity", "itemknn", "content", "ease", "sasrec", "prismrec")
 COLUMNS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10")
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             models[name] = run_baseline(name, sequences, items, args.budget_minutes)
         # Per row: `--only` keeps rows of earlier runs, which may come from another machine or day.
         models[name]["measured"] = {"machine": machine(),
-                                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                                    "at": datetime.now(UTC).isoformat(timespec="seconds")}
         log.info("%s: test NDCG@10 %.4f HR@10 %.4f (valid NDCG@10 %.4f), %.0fs", name, models[name]["ndcg@10"],
                  models[name]["hr@10"], models[name]["valid"]["ndcg@10"], models[name]["train_seconds"])
 
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         "protocol": PROTOCOL,
         "split": {"users": sequences.n_users, "items": sequences.n_items, "interactions": len(sequences.item_idx)},
         "machine": machine(),  # of this run; each row's own is under models[name]["measured"]
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "models": {n: models[n] for n in MODELS if n in models},
     }
     return save(f"quality-{args.dataset}", result, markdown(result))
@@ -182,7 +182,7 @@ def save(stem: str, result: dict, table: str) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(table)
-    print(table)  # noqa: T201 - the benchmark's output is this table
+    print(table)
     return result
 
 

@@ -13,7 +13,7 @@ this DAG by hand.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Asset, Param, dag, task
 
@@ -28,7 +28,7 @@ CHAMPION = Asset(name="prismrec_champion", uri="prismrec://champion")
     # Early on purpose: runs as of a historic logical date (MovieLens is 1997-2003) are legitimate
     # replays, and Airflow creates no tasks for dates before start_date. catchup=False keeps
     # the scheduler from backfilling all those weeks.
-    start_date=datetime(1990, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(1990, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,  # two publications at once would only race for the same swap
     tags=["prismrec", "publishing"],

@@ -23,7 +23,7 @@ then the defaults in `tasks/config.py`).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Asset, AssetAlias, Param, dag, task
 
@@ -46,7 +46,7 @@ def _optional_int(description: str, minimum: int = 1) -> Param:
     # Early on purpose: runs as of a historic logical date (MovieLens is 1997-2003) are legitimate
     # replays, and Airflow creates no tasks for dates before start_date. catchup=False keeps
     # the scheduler from backfilling all those weeks.
-    start_date=datetime(1990, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(1990, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,  # runs share the registry and the machine's cores
     tags=["prismrec", "training"],

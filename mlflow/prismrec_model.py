@@ -6,10 +6,11 @@ explanation. Params: `top_k` (default 50). The artifact `model_dir` is a folder 
 by `tasks.train` (model.pt, items.parquet, training.json).
 """
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
+
+import mlflow
 
 
 class PrismRecPyfunc(PythonModel):

@@ -21,9 +21,10 @@ import hashlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tasks.config import PROJECT_ROOT, PipelineConfig, load_config
 from tasks.errors import ConfigError, PrismRecError
@@ -103,7 +104,7 @@ def configure_airflow(config: PipelineConfig | None = None) -> Path:
     os.environ.update(env)
     # Airflow's log handler binds to sys.stdout when it is created; our logs belong on stderr.
     with contextlib.redirect_stdout(sys.stderr):
-        import airflow  # noqa: F401  - reads the environment set above
+        import airflow
         import airflow.settings  # noqa: F401
     _apply_levels(env["AIRFLOW__LOGGING__NAMESPACE_LEVELS"])
     _migrate_once(home, env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])

@@ -16,9 +16,10 @@ import argparse
 import logging
 import os
 import sys
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import PrismRecError
@@ -33,11 +34,11 @@ def logical_date_arg(text: str) -> datetime:
     try:
         if len(text) == 10:
             day = datetime.strptime(text, "%Y-%m-%d")
-            return day.replace(hour=23, minute=59, second=59, microsecond=999999, tzinfo=timezone.utc)
+            return day.replace(hour=23, minute=59, second=59, microsecond=999999, tzinfo=UTC)
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD (e.g. 1998-04-22)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def setting_arg(text: str) -> tuple[str, str]:

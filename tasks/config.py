@@ -14,9 +14,10 @@ import json
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tasks.errors import ConfigError
 
@@ -299,7 +300,7 @@ _ENV_SHORTCUTS = {
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Turn a string/JSON value into the field's declared type, or raise ConfigError."""
     if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing) | {"Path": Path})  # noqa: S307 - our own annotations
+        annotation = eval(annotation, vars(typing) | {"Path": Path})
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]

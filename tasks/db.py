@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, URL, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 
 from tasks.config import PipelineConfig
 from tasks.errors import ConfigError

@@ -13,9 +13,10 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -176,7 +177,7 @@ def record(config: PipelineConfig, decision: ModelDecision) -> int:
         decision_id = _insert(conn, config, decision)
     version = decision.candidate_version or decision.champion_after
     if version:
-        tag_version(config, version, _tags(decision_id, decision, datetime.now(timezone.utc).isoformat(timespec="seconds")))
+        tag_version(config, version, _tags(decision_id, decision, datetime.now(UTC).isoformat(timespec="seconds")))
     log.info("decision %d on %s: %s (champion %s -> %s)", decision_id, decision.model_name, decision.decided_by,
              decision.champion_before, decision.champion_after)
     return decision_id

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,14 +56,15 @@ def rank_splits(scorer: Scorer, sequences: Sequences) -> dict[str, tuple[np.ndar
     for split, holdout in SPLITS.items():
         histories = sequences.histories(holdout)
         targets = sequences.targets(split)
-
-        def batches():
-            for start in range(0, sequences.n_users, BATCH_USERS):
-                chunk = histories[start:start + BATCH_USERS]
-                yield scorer(chunk), chunk, targets[start:start + BATCH_USERS]
-
-        results[split] = rank_batches(batches())
+        results[split] = rank_batches(_scored_batches(scorer, histories, targets))
     return results
+
+
+def _scored_batches(scorer: Scorer, histories, targets):
+    """(scores, histories, targets) for successive blocks of users."""
+    for start in range(0, len(histories), BATCH_USERS):
+        chunk = histories[start:start + BATCH_USERS]
+        yield scorer(chunk), chunk, targets[start:start + BATCH_USERS]
 
 
 def evaluate_scorer(scorer: Scorer, sequences: Sequences) -> dict[str, dict[str, float]]:

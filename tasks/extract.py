@@ -20,7 +20,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,8 @@ def as_utc(logical_date: datetime) -> datetime:
     if not isinstance(logical_date, datetime):
         raise ConfigError(f"logical date {logical_date!r} is not a datetime; pass e.g. 1998-01-01T00:00:00+00:00")
     if logical_date.tzinfo is None or logical_date.tzinfo.utcoffset(logical_date) is None:
-        logical_date = logical_date.replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(logical_date.timestamp(), tz=timezone.utc)
+        logical_date = logical_date.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(logical_date.timestamp(), tz=UTC)
 
 
 def _check_source(conn: sa.Connection, schema: str) -> set[str]:

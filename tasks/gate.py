@@ -12,8 +12,9 @@ silent pass: a missing metric raises ConfigError, missing slices fail their chec
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from tasks.config import GateConfig
 from tasks.errors import ConfigError

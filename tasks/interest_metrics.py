@@ -85,7 +85,7 @@ def interest_usage(interest_ids: np.ndarray, n_interests: int) -> dict[str, floa
     normalised = entropy / np.log(n_interests) if n_interests > 1 else np.zeros_like(entropy)
     ranked = -np.sort(-shares, axis=1)
     return {
-        "users": int(len(counts)),
+        "users": len(counts),
         "mean_distinct_interests": float(distinct.mean()),
         "mean_dominant_share": float(ranked[:, 0].mean()),
         "mean_normalised_entropy": float(normalised.mean()),
@@ -106,7 +106,7 @@ def hold_out_items(sequences: Sequences, fraction: float, seed: int) -> tuple[Se
     if not 0.0 < fraction < 1.0:
         raise ValueError("fraction must be between 0 and 1")
     rng = np.random.default_rng(seed)
-    n_held = max(1, int(round(fraction * sequences.n_items)))
+    n_held = max(1, round(fraction * sequences.n_items))
     held = np.sort(rng.choice(np.arange(1, sequences.n_items + 1), size=n_held, replace=False))
     is_held = np.zeros(sequences.n_items + 1, dtype=bool)
     is_held[held] = True

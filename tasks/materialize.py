@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -113,7 +113,7 @@ def reap_dead_runs(engine: sa.Engine, schema: str) -> list[int]:
 
 
 def _run_key(config: PipelineConfig, version: str, logical_date: datetime | None, now: datetime) -> str:
-    when = (logical_date or now).astimezone(timezone.utc).isoformat()
+    when = (logical_date or now).astimezone(UTC).isoformat()
     return f"{config.registry.model_name}@v{version}@{when}" + ("" if logical_date else "@adhoc")
 
 
@@ -203,7 +203,7 @@ def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
             "load data first (`prismrec load movielens-100k`); the published recommendations are unchanged")
     reco_tables.ensure_tables(engine, schema)
     reap_dead_runs(engine, schema)
-    generated_at = datetime.now(timezone.utc)
+    generated_at = datetime.now(UTC)
     key = run_key or _run_key(config, version, logical_date, generated_at)
     runs = f"{db.quote_ident(schema)}.runs"
 

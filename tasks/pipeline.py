@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tasks.config import load_config
 from tasks.errors import ConfigError
@@ -103,7 +104,7 @@ def _record_refusal(config, snapshot: Mapping[str, Any], refused: Exception) -> 
                              lineage={"run_key": snapshot.get("run_key", ""),
                                       "logical_date": snapshot.get("logical_date", ""),
                                       "snapshot_path": snapshot.get("path", "")})
-    except Exception:  # noqa: BLE001 - the data gate's verdict matters more than its record
+    except Exception:
         log.warning("could not record the data-gate refusal in MLflow", exc_info=True)
 
 

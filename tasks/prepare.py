@@ -56,7 +56,7 @@ class Sequences:
         np.savez(path, user_ids=self.user_ids, indptr=self.indptr, item_idx=self.item_idx, item_ids=self.item_ids)
 
     @classmethod
-    def load(cls, path: Path) -> "Sequences":
+    def load(cls, path: Path) -> Sequences:
         with np.load(path) as data:
             return cls(**{k: data[k] for k in ("user_ids", "indptr", "item_idx", "item_ids")})
 

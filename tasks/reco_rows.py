@@ -7,8 +7,8 @@ scoring. Arrow tables go straight to `tasks.db.copy_arrow`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ class Catalogue:
     genres: np.ndarray  # [N+1, G] int32, zeros at 0
 
     @classmethod
-    def from_items(cls, items: pd.DataFrame) -> "Catalogue":
+    def from_items(cls, items: pd.DataFrame) -> Catalogue:
         """Build from a model's `items` frame (item_id, title, genres pipe-separated)."""
         items = items.reset_index(drop=True)
         dummies = items["genres"].fillna("").astype(str).str.get_dummies(sep="|")

@@ -16,10 +16,11 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tasks.config import PROJECT_ROOT, PipelineConfig
 from tasks.errors import NoChampionError, RegistryError
@@ -136,7 +137,7 @@ def _epoch_metrics(model_dir: Path) -> list:
     if not path.exists():
         log.warning("no %s; the run will have no training curves", path)
         return []
-    now = int(datetime.now(timezone.utc).timestamp() * 1000)
+    now = int(datetime.now(UTC).timestamp() * 1000)
     curves = []
     for row in json.loads(path.read_text()):
         step = int(row.get("epoch", len(curves)))
@@ -357,7 +358,7 @@ def _history(client, name: str) -> list[str]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _make_champion(client, name: str, version: str, reason: str | None) -> None:
@@ -432,8 +433,9 @@ def champion_model_dir(config: PipelineConfig) -> tuple[str, Path] | None:
     Downloads once per version into <home>/cache/champion/ (keyed by run id too, so a reset
     store that reuses version numbers never serves stale files).
     """
-    import mlflow
     from mlflow.models import Model
+
+    import mlflow
 
     client = _client(config)
     name = config.registry.model_name

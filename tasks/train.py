@@ -160,10 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     max_history = settings["max_history"]
 
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if ddp:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
     master = rank == 0
     logging.basicConfig(level=logging.INFO if master else logging.WARNING,
                         format=f"rank{rank} %(message)s", stream=sys.stdout)
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         if ddp:
             dist.broadcast(plan, 0)
         planned = int(plan.item())
-        if planned <= epoch and epoch < cfg.epochs:
+        if planned <= epoch < cfg.epochs:
             if master:
                 log.info("time budget of %s minutes: another epoch would overrun it, stopping after epoch %d",
                          cfg.max_minutes, epoch)

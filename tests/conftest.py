@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def ml100k(config):
 @pytest.fixture(scope="session")
 def trained_model_dir(ml100k, config, base_overrides, tmp_path_factory) -> Path:
     """A tiny real PrismRec model (1 epoch, 2 steps under torchrun) on the session's ML-100K, shared by tests."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from tasks.config import load_config
     from tasks.extract import extract_snapshot
@@ -86,7 +87,7 @@ def trained_model_dir(ml100k, config, base_overrides, tmp_path_factory) -> Path:
     from tasks.train import launch_training
 
     root = tmp_path_factory.mktemp("trained-model")
-    snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=timezone.utc), root / "snapshot")
+    snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), root / "snapshot")
     dataset = prepare_dataset(config, snapshot.path, root / "dataset")
     tiny = load_config({**base_overrides, "train.epochs": 1, "train.max_steps_per_epoch": 2, "train.nproc": 1})
     return launch_training(tiny, Path(dataset.path), root / "model")

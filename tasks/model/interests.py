@@ -70,7 +70,7 @@ class InterestExtractor(nn.Module):
         the recent interest, the transformer's last-layer attention averaged over heads).
         With last_only (inference) only the last position is pooled: L becomes 1 in both.
         """
-        batch, length, dim = history.shape
+        _, length, dim = history.shape
         positions = torch.arange(length, device=history.device)
         x = self.dropout(history * math.sqrt(dim) + self.positions(positions))
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=history.device), 1)

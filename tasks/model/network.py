@@ -16,7 +16,6 @@ from torch import nn
 from tasks.model.interests import InterestExtractor
 from tasks.model.text_tower import TEXT_DIM, TextTower
 
-
 LOGIT_SCALE = 20.0
 
 

@@ -10,9 +10,9 @@ vectorised string operations.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -71,7 +71,7 @@ class Recommender:
         self.info = version_info
 
     @classmethod
-    def load(cls, model_dir: Path) -> "Recommender":
+    def load(cls, model_dir: Path) -> Recommender:
         model_dir = Path(model_dir)
         if not (model_dir / CHECKPOINT).exists():
             raise RegistryError(f"{model_dir} holds no {CHECKPOINT}; it is not a PrismRec model folder")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 APP, RECO, MODEL = "swap_app", "swap_reco", "swap_test"
 USERS, TOP_K = 40, 7
-D1 = datetime(2024, 2, 1, tzinfo=timezone.utc)
+D1 = datetime(2024, 2, 1, tzinfo=UTC)
 SUBPROCESS = """
 import json, logging, sys
 from datetime import datetime
@@ -54,7 +54,7 @@ def versions(swap_config, engine, trained_model_dir, tmp_path_factory) -> list[s
 
     items = Recommender.load(trained_model_dir).item_ids
     rng = np.random.default_rng(7)
-    start = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2000, 1, 1, tzinfo=UTC)
     rows = [{"u": u, "i": int(i), "t": start + timedelta(days=u, hours=n)}
             for u in range(1, USERS + 1) for n, i in enumerate(rng.choice(items, 8, replace=False))]
     with engine.begin() as conn:

@@ -12,6 +12,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import sqlalchemy as sa
@@ -22,8 +23,8 @@ from tasks.champion_events import AirflowApi, AssetEventError, fire_champion_cha
 class _FakeAirflow(BaseHTTPRequestHandler):
     """Answers like Airflow 3.3's api-server: /auth/token, GET /api/v2/assets, POST /api/v2/assets/events."""
 
-    seen: list[tuple[str, str, dict, dict | None]] = []
-    assets = [{"id": 3, "uri": "prismrec://champion-old"}, {"id": 7, "uri": "prismrec://champion"}]
+    seen: ClassVar[list[tuple[str, str, dict, dict | None]]] = []
+    assets: ClassVar[list[dict]] = [{"id": 3, "uri": "prismrec://champion-old"}, {"id": 7, "uri": "prismrec://champion"}]
 
     def _answer(self, code: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -39,14 +40,14 @@ class _FakeAirflow(BaseHTTPRequestHandler):
         self.seen.append((self.command, self.path, dict(self.headers), body))
         return body
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._record()
         if self.path.startswith("/api/v2/assets?"):
             self._answer(200, {"assets": self.assets, "total_entries": len(self.assets)})
         else:
             self._answer(404, {"detail": "Not Found"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self._record()
         if self.path == "/auth/token":
             ok = body == {"username": "ops", "password": "s3cret"}
@@ -142,7 +143,7 @@ def test_cli_promote_without_airflow_publishes_the_new_champion_in_process(
 
     def prismrec(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "tasks.cli", *args], env=env, capture_output=True,
-                              text=True, timeout=900)
+                              text=True, timeout=900, check=False)
 
     refused = prismrec("promote", "9", "--reason", "typo")
     assert refused.returncode == 1 and "has no version '9'" in refused.stderr

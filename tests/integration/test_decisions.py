@@ -74,7 +74,6 @@ def _rows(engine) -> list[dict]:
 
 def _client(dconfig):
     from mlflow import MlflowClient
-
     from tasks.registry import tracking_uri
 
     return MlflowClient(tracking_uri(dconfig))
@@ -150,10 +149,9 @@ def test_table_and_columns_carry_comments(dconfig, engine, register):
             {"t": f"{RECO}.model_decisions"}).scalars().all()
     assert table_comment.startswith("Every decision about which model version is the champion")
     assert missing == []
-    with pytest.raises(sa.exc.IntegrityError):
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"insert into {RECO}.model_decisions (model_name, action, decided_by, actor) "
-                                 "values ('x', 'vibes', 'me', 'me')"))
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(sa.text(f"insert into {RECO}.model_decisions (model_name, action, decided_by, actor) "
+                             "values ('x', 'vibes', 'me', 'me')"))
 
 
 def test_force_without_reason_is_refused_before_anything_runs(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
@@ -14,8 +14,8 @@ from tasks.config import load_config
 from tasks.errors import SourceDataError
 from tasks.extract import SNAPSHOT_FILES, extract_snapshot
 
-MIDDLE = datetime(1998, 1, 1, tzinfo=timezone.utc)  # ML-100K runs from Sep 1997 to Apr 1998
-LAST_RATING = datetime.fromtimestamp(893286638, tz=timezone.utc)
+MIDDLE = datetime(1998, 1, 1, tzinfo=UTC)  # ML-100K runs from Sep 1997 to Apr 1998
+LAST_RATING = datetime.fromtimestamp(893286638, tz=UTC)
 
 
 def count_up_to(engine: sa.Engine, until: datetime, since: datetime | None = None) -> int:

@@ -7,8 +7,7 @@ histories, so the tests pin the plumbing (ids, ranks, titles, flags, lineage) ex
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,7 @@ from tasks.errors import ConfigError, NoChampionError
 APP, RECO, MODEL = "pub_app", "pub_reco", "materialize_test"
 VIEW = f'{RECO}."user_recommendations"'
 UNKNOWN_ITEM = 99_999_999
-D1 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+D1 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +48,7 @@ def mat_config(config):
 
 @pytest.fixture(scope="module")
 def app_data(engine, histories) -> None:
-    start = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2000, 1, 1, tzinfo=UTC)
     rows = [{"user_id": u, "item_id": i, "rating": 4.0, "occurred_at": start + timedelta(days=u, hours=n)}
             for u, history in histories.items() for n, i in enumerate(history)]
     with engine.begin() as conn:

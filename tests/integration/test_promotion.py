@@ -70,7 +70,6 @@ def _cli(args: list[str], overrides: dict, capsys) -> tuple[int, str, str]:
 def test_gate_register_materialize_and_a_hand_moved_champion(overrides, engine, trained_model_dir,
                                                              tmp_path_factory, capsys):
     from mlflow import MlflowClient
-
     from tasks import pipeline
     from tasks.config import load_config
     from tasks.registry import tracking_uri

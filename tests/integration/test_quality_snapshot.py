@@ -21,8 +21,8 @@ import pytest
 
 from tasks.config import load_config
 from tasks.errors import DataQualityError
-from tasks.quality import REJECTED_NAME, check_snapshot
 from tasks.extract import file_sha256 as sha256
+from tasks.quality import REJECTED_NAME, check_snapshot
 
 # After the last ML-100K rating (1998-04-22 23:10:38), so the snapshot holds all 100,000.
 LOGICAL_DATE = datetime(1998, 5, 1, tzinfo=UTC)

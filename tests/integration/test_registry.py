@@ -104,7 +104,6 @@ def toy_code(tmp_path_factory) -> Path:
 def versions(registry_config, toy_code, tmp_path_factory):
     """Three candidates: v1 passes (first champion), v2 is refused, v3 passes."""
     from mlflow import MlflowClient
-
     from tasks.registry import tracking_uri
 
     root = tmp_path_factory.mktemp("candidates")
@@ -132,7 +131,6 @@ def test_tracking_uri_precedence(config, monkeypatch):
 def test_aliases_move_only_when_the_gate_passed(versions, registry_config):
     from tasks.registry import champion_version
 
-    first, second, third = versions["registered"]
     assert [v.version for v in versions["registered"]] == ["1", "2", "3"]
     assert [v.promoted for v in versions["registered"]] == [True, False, True]
     assert versions["after_first"] == {"champion": "1", "challenger": "1"}
@@ -214,7 +212,13 @@ def test_load_champion_predicts(versions, registry_config):
 
 
 def test_no_champion(config):
-    from tasks.registry import champion_model_dir, champion_version, load_champion, promote, rollback
+    from tasks.registry import (
+        champion_model_dir,
+        champion_version,
+        load_champion,
+        promote,
+        rollback,
+    )
 
     empty = dataclasses.replace(config, registry=dataclasses.replace(config.registry, model_name="never_trained"))
     assert champion_version(empty) is None

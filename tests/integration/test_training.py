@@ -1,14 +1,13 @@
 """The real training entry point under torchrun: 2 processes, gloo, a few steps on real ML-100K."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import torch
 
 from tasks.config import load_config
-from tasks.evaluate import evaluate_run
 from tasks.extract import extract_snapshot
 from tasks.model.recommender import Recommender
 from tasks.prepare import prepare_dataset
@@ -18,7 +17,7 @@ from tasks.train import launch_training
 @pytest.fixture(scope="module")
 def dataset_dir(ml100k, config, tmp_path_factory):
     root = tmp_path_factory.mktemp("training")
-    snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=timezone.utc), root / "snapshot")
+    snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), root / "snapshot")
     return prepare_dataset(config, snapshot.path, root / "dataset").path
 
 

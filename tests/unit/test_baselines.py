@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.baselines import BASELINES, ease_weights, fit_content, fit_ease, fit_itemknn, fit_sasrec, interaction_matrix
+from tasks.baselines import (
+    BASELINES,
+    ease_weights,
+    fit_content,
+    fit_ease,
+    fit_itemknn,
+    fit_sasrec,
+    interaction_matrix,
+)
 from tasks.prepare import Sequences
 
 

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.interest_metrics import (hold_out_items, interest_counts, interest_specific_share, interest_usage,
-                                    pairwise_interest_cosine)
+from tasks.interest_metrics import (
+    hold_out_items,
+    interest_counts,
+    interest_specific_share,
+    interest_usage,
+    pairwise_interest_cosine,
+)
 from tasks.prepare import Sequences
 
 

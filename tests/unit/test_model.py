@@ -1,5 +1,7 @@
 """The user tower and the training windows, on small synthetic inputs (no language model needed)."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -34,7 +36,7 @@ def test_cosine_anneals_from_the_start_rate_to_the_floor():
     assert cosine_factor(100, 100, 0.01) == pytest.approx(0.01)
     assert cosine_factor(250, 100, 0.01) == pytest.approx(0.01)  # past the plan: stays at the floor
     factors = [cosine_factor(s, 100, 0.0) for s in range(101)]
-    assert all(a >= b for a, b in zip(factors, factors[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors))
 
 
 def test_planned_epochs_fit_the_budget():
