@@ -176,6 +176,9 @@ class TrainConfig:
     # How long-term interests pool the history: "attention" (each interest attends over all of it,
     # ComiRec-SA) or "cluster" (each item is shared out between the interests, capsule-style).
     interest_routing: str = "attention"
+    # What the long-term interests' attention keys read: "state" (the transformer state at each
+    # past item) or "item" (the item vector alone, so interests can route by what items are).
+    interest_keys: str = "state"
     # Weight of a second loss on the long-term interests alone (best of 1..K-1 must predict the target).
     long_term_loss: float = 0.0
     # Learn a logit scale per interest (so the recent interest can compete with the long-term ones).
@@ -379,6 +382,7 @@ def validate(config: PipelineConfig) -> None:
         (t.epochs >= 1, "train.epochs must be at least 1"),
         (t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32"),
         (t.interest_routing in ("attention", "cluster"), "train.interest_routing must be attention or cluster"),
+        (t.interest_keys in ("state", "item"), "train.interest_keys must be state or item"),
         (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
         (0.0 <= t.id_dropout < 1.0, "train.id_dropout must be in [0, 1)"),
         (t.long_term_loss >= 0, "train.long_term_loss must be >= 0"),

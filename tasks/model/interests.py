@@ -26,8 +26,9 @@ from torch import nn
 
 class InterestExtractor(nn.Module):
     def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float,
-                 routing: str = "attention"):
+                 routing: str = "attention", keys: str = "state"):
         super().__init__()
+        self.key_source = keys
         self.n_interests = n_interests
         self.n_heads = n_heads
         self.routing = routing
@@ -79,7 +80,7 @@ class InterestExtractor(nn.Module):
         diagonal = torch.eye(length, dtype=torch.bool, device=history.device)
         blocked_context = causal[None] | (pad[:, None, :] & ~diagonal[None])  # [B, L, L]
         state, recent_attention = self._context(x, blocked_context.repeat_interleave(self.n_heads, 0), with_attention)
-        state = self.norm(state)
+        state = state_full = self.norm(state)
         if last_only:
             # Everything after the transformer is per position: pool the last one alone (the last
             # position sees the whole history, so "causal" is just the padding mask).
@@ -90,7 +91,10 @@ class InterestExtractor(nn.Module):
                 state = state[:, -1:]
         if self.interest_queries is None:
             return state[:, :, None], (recent_attention[:, :, None] if with_attention else None)
-        logits = torch.einsum("kd,bjd->bkj", self.interest_queries, self.keys(state)) / math.sqrt(dim)  # [B, K-1, L]
+        # Keys: the transformer state at each item (what the user had watched up to it), or the item
+        # vector alone (what the item is), so that interests can route by content.
+        keyed = state_full if self.key_source == "state" else history
+        logits = torch.einsum("kd,bjd->bkj", self.interest_queries, self.keys(keyed)) / math.sqrt(dim)  # [B, K-1, L]
         if self.routing == "cluster":
             # Each past item is shared out between the long-term interests (softmax over interests,
             # as in capsule routing), so the interests split the history instead of all averaging

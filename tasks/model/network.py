@@ -36,6 +36,7 @@ class ModelSpec:
     interest_routing: str = "attention"  # defaults keep checkpoints written before these fields loadable
     id_dropout: float = 0.0
     interest_scale: bool = False
+    interest_keys: str = "state"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +62,7 @@ class PrismRecNet(nn.Module):
         self.interest_log_scale = nn.Parameter(torch.zeros(spec.n_interests)) if spec.interest_scale else None
         self.users = InterestExtractor(
             spec.dim, spec.n_interests, spec.max_history, spec.user_layers, spec.user_heads, spec.dropout,
-            spec.interest_routing,
+            spec.interest_routing, spec.interest_keys,
         )
 
     def item_vectors(self, text_vectors: torch.Tensor) -> torch.Tensor:
