@@ -98,7 +98,9 @@ def disentanglement(model_dir: Path, sequences) -> dict:
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     example = int(np.lexsort((shares.max(1), -(counts > 0).sum(1)))[0])
     return {
-            "example_user": example_user(recommender, histories[example], int(sequences.user_ids[example])),"n_interests": k, "mean_pairwise_cosine": round(float(cosine.mean()), 6),
+            "example_user": example_user(recommender, histories[example], int(sequences.user_ids[example])),
+            "n_interests": k,
+            "mean_pairwise_cosine": round(float(cosine.mean()), 6),
             "median_pairwise_cosine": round(float(np.median(cosine)), 6),
             "mean_pairwise_cosine_centred": round(float(np.concatenate(centred).mean()), 6),
             "mean_long_term_cosine_centred": round(float(np.concatenate(long_term).mean()), 6) if long_term else None,

@@ -183,7 +183,8 @@ class TrainConfig:
     long_term_loss: float = 0.0
     # Learn a logit scale per interest (so the recent interest can compete with the long-term ones).
     interest_scale: bool = False
-    # Penalty on the mean pairwise cosine between a user's long-term interests (keeps them apart).
+    # Penalty on the pairwise cosines between a user's long-term interests that are positive (keeps
+    # them apart, never pushes them past orthogonal; stronger settings cost accuracy: bench/README v13, v18).
     interest_diversity: float = 0.1
     # Wall-clock budget: training stops before an epoch that would overrun it (measured on the
     # epochs so far, validation included); the best epoch is kept.

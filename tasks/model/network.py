@@ -90,8 +90,8 @@ class PrismRecNet(nn.Module):
         return logits at the P positions where `keep` [B, L] is True (each item's score under
         its best interest, what inference ranks by), the same over the long-term interests alone
         (only when asked and K > 1), the fresh text vectors (for the caller to write back into
-        its cache) and the mean pairwise cosine between the long-term interests at those
-        positions (0 when K <= 2).
+        its cache) and the pairwise cosines between the long-term interests at those positions
+        ([P, pairs]; zeros when K <= 2).
 
         Logits are [P, N+1] over the whole catalogue, or, given `negatives` [M] (item indices
         shared by the batch) and `targets` [B, L], [P, 1+M]: the target's score first, then the
@@ -139,16 +139,17 @@ class PrismRecNet(nn.Module):
 
     @staticmethod
     def interest_overlap(interests: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-        """Mean pairwise cosine between interests [P, K, d] (one row per position), measured
-        after removing `centre` (the mean item vector): every item shares that direction, so it
-        moves all of an interest's scores alike and says nothing about what the interest prefers."""
+        """Pairwise cosines [P, K*(K-1)] between interests [P, K, d] (one row per position),
+        measured after removing `centre` (the mean item vector): every item shares that direction,
+        so it moves all of an interest's scores alike and says nothing about what the interest
+        prefers. With fewer than two interests: zeros [P, 1] (nothing to tell apart)."""
         k = interests.shape[1]
         if k < 2:
-            return interests.new_zeros(())
+            return interests.new_zeros((interests.shape[0], 1), dtype=torch.float32)
         unit = nn.functional.normalize(interests.float() - centre.float(), dim=-1)  # [P, K, d]
         cosine = unit @ unit.transpose(1, 2)
         off_diagonal = ~torch.eye(k, dtype=torch.bool, device=cosine.device)
-        return cosine[:, off_diagonal].mean()
+        return cosine[:, off_diagonal]
 
     def match(self, interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scaled cosine between interests [..., K, d] and items [N, d] -> [..., K, N] (inference)."""
