@@ -1,6 +1,7 @@
 """The real training entry point under torchrun: 2 processes, gloo, a few steps on real ML-100K."""
 
 import json
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +49,22 @@ def test_two_process_gloo_ddp_run_trains_and_checkpoints(dataset_dir, base_overr
     assert result.item_ids.shape == (1, 10)
     assert not set(result.item_ids[0].tolist()) & set(history_ids)
     assert all(text.startswith("because you watched") for text in result.explanations[0])
+
+
+@pytest.mark.slow
+def test_cosine_schedule_under_a_budget_stops_before_overrunning_it(dataset_dir, base_overrides, tmp_path):
+    """Both ranks anneal by the same plan, and a budget no epoch fits in ends the run after epoch 1."""
+    config = load_config({**base_overrides, "train.nproc": 2, "train.epochs": 3, "train.max_steps_per_epoch": 2,
+                          "train.batch_size": 16, "train.schedule": "cosine", "train.lr": 1e-3,
+                          "train.lr_floor": 0.0, "train.max_minutes": 0.001})
+    model_dir = launch_training(config, dataset_dir, tmp_path / "model")
+
+    history = json.loads((model_dir / "history.json").read_text())
+    summary = json.loads((model_dir / "training.json").read_text())
+    assert summary["stopped_by"] == "time budget" and [r["epoch"] for r in history] == [1]
+    # Epoch 1 is planned as 1 of 3 epochs (nothing timed yet): its last step (step 2 of 6) runs
+    # at cos(pi * 1/6) of the way from 1 to 0.
+    assert history[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 6)))
 
 
 @pytest.mark.slow
