@@ -155,7 +155,7 @@ def read_atomic_file(wheel: zipfile.ZipFile, member: str) -> pd.DataFrame:
     return frame.apply(lambda column: column.str.strip())
 
 
-def _natural_title(title: str) -> str:
+def natural_title(title: str) -> str:
     """'Usual Suspects, The' -> 'The Usual Suspects' (the language model reads prose, not an index)."""
     match = _TRAILING_ARTICLE.match(title)
     if not match:
@@ -166,7 +166,7 @@ def _natural_title(title: str) -> str:
 
 
 def _describe(title: str, year: int | None, genres: list[str]) -> str:
-    text = _natural_title(title) + (f" ({year})." if year is not None else ".")
+    text = natural_title(title) + (f" ({year})." if year is not None else ".")
     known = [g for g in genres if g != "unknown"]
     return text + (f" Genres: {', '.join(known)}." if known else "")
 

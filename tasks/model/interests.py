@@ -80,7 +80,7 @@ class InterestExtractor(nn.Module):
         diagonal = torch.eye(length, dtype=torch.bool, device=history.device)
         blocked_context = causal[None] | (pad[:, None, :] & ~diagonal[None])  # [B, L, L]
         state, recent_attention = self._context(x, blocked_context.repeat_interleave(self.n_heads, 0), with_attention)
-        state = state_full = self.norm(state)
+        state = self.norm(state)
         if last_only:
             # Everything after the transformer is per position: pool the last one alone (the last
             # position sees the whole history, so "causal" is just the padding mask).
@@ -93,7 +93,7 @@ class InterestExtractor(nn.Module):
             return state[:, :, None], (recent_attention[:, :, None] if with_attention else None)
         # Keys: the transformer state at each item (what the user had watched up to it), or the item
         # vector alone (what the item is), so that interests can route by content.
-        keyed = state_full if self.key_source == "state" else history
+        keyed = state if self.key_source == "state" else history  # state is still [B, L, d] here
         logits = torch.einsum("kd,bjd->bkj", self.interest_queries, self.keys(keyed)) / math.sqrt(dim)  # [B, K-1, L]
         if self.routing == "cluster":
             # Each past item is shared out between the long-term interests (softmax over interests,

@@ -42,8 +42,11 @@ class UserInterests:
 
 
 def display_titles(titles) -> np.ndarray:
-    """Titles as people say them, for explanations and labels: MovieLens' "Lion King, The" -> "The Lion King"."""
-    return pd.Series(titles).fillna("").astype(str).str.replace(r"^(.*), (The|A|An)$", r"\2 \1", regex=True).to_numpy()
+    """Titles as people say them, for lists, explanations and labels: MovieLens' "Lion King, The" ->
+    "The Lion King" (the same rule that writes the item texts the language model reads)."""
+    from tasks.sources import natural_title
+
+    return pd.Series(titles).fillna("").astype(str).map(natural_title).to_numpy(dtype=object)
 
 
 class Recommender:
