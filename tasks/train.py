@@ -59,19 +59,27 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
 # ---------------------------------------------------------------- the training script
 
 
-def training_windows(histories, users, max_history: int, all_positions: bool) -> list:
-    """Training windows of at most max_history + 1 items: inputs are a window's items, targets
-    the next item at each position (SASRec style). With all_positions every interaction is a
-    target once: a long history is cut, from its end, into windows overlapping by one item."""
+def training_windows(histories, users, max_history: int, all_positions: bool, context: int = 0) -> list:
+    """Training windows of at most max_history + 1 items, as (window, fresh) pairs: inputs are a
+    window's items, targets the next item at each position (SASRec style), and only the last
+    `fresh` targets are trained on. With all_positions every interaction is a target once: a long
+    history is cut, from its end, into windows that overlap by `context` + 1 items, and a target
+    is trained in the earliest window that holds it, so each one sees at least `context` earlier
+    items (or all of them, near the start of a history). context 0: windows overlap by one item."""
+    stride = max_history - context
     windows = []
     for u in users:
         history = histories[u]
         end = len(history)
         while end >= 2:
-            windows.append(history[max(0, end - max_history - 1):end])
-            if not all_positions:
+            start = max(0, end - max_history - 1)
+            window = history[start:end]
+            # The window that reaches back to the start of the history trains all its targets.
+            first = start == 0 or not all_positions
+            windows.append((window, len(window) - 1 if first else stride))
+            if first:
                 break
-            end -= max_history
+            end -= stride
     return windows
 
 
@@ -97,8 +105,10 @@ def _training_batches(windows, batch_size, max_history):
 
     for start in range(0, len(windows), batch_size):
         chosen = windows[start:start + batch_size]
-        yield (pad_left([w[:-1] for w in chosen], max_history),
-               pad_left([w[1:] for w in chosen], max_history))
+        targets = pad_left([w[1:] for w, _ in chosen], max_history)
+        for row, (window, fresh) in enumerate(chosen):
+            targets[row, : max_history - fresh] = 0  # targets trained in an earlier window (0: no loss)
+        yield pad_left([w[:-1] for w, _ in chosen], max_history), targets
 
 
 def use_bf16(precision: str, device) -> bool:
@@ -222,11 +232,12 @@ def main(argv: list[str] | None = None) -> None:
 
     text_cache = refresh_all()
     histories = sequences.histories(2)
-    windows = training_windows(histories, range(sequences.n_users), max_history, cfg.all_positions)
+    windows = training_windows(histories, range(sequences.n_users), max_history, cfg.all_positions,
+                               cfg.window_context)
     shard = np.array_split(np.arange(sequences.n_users), world)[rank]
     steps_per_epoch = math.ceil(len(windows) / world / cfg.batch_size)
     log.info("%d training windows (%d targets), %d steps per epoch, %s matmuls", len(windows),
-             sum(len(w) - 1 for w in windows), steps_per_epoch, "bf16" if bf16 else "fp32")
+             sum(fresh for _, fresh in windows), steps_per_epoch, "bf16" if bf16 else "fp32")
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     sampled = 0 < cfg.negatives < sequences.n_items

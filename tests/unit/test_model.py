@@ -8,7 +8,7 @@ import torch
 
 from tasks.model.interests import InterestExtractor
 from tasks.model.network import BestInterestScore, ModelSpec, PrismRecNet, pad_left
-from tasks.train import cosine_factor, planned_epochs, training_windows, use_bf16
+from tasks.train import _training_batches, cosine_factor, planned_epochs, training_windows, use_bf16
 
 
 def spec(k: int = 3, length: int = 6) -> ModelSpec:
@@ -20,14 +20,33 @@ def test_every_interaction_is_a_target_once_with_all_positions():
     histories = [np.arange(1, 12), np.arange(1, 3), np.arange(1, 2)]
     windows = training_windows(histories, range(3), max_history=4, all_positions=True)
     # 11 items -> targets 2..11 in windows ending at 11, 7, 3; a 1-item history has no target.
-    assert [w.tolist() for w in windows] == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3], [1, 2]]
-    targets = [t for w in windows[:3] for t in w[1:].tolist()]
+    assert [w.tolist() for w, _ in windows] == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3], [1, 2]]
+    assert [fresh for _, fresh in windows] == [4, 4, 2, 1]
+    targets = [t for w, fresh in windows[:3] for t in w[1:].tolist()[-fresh:]]
     assert sorted(targets) == list(range(2, 12))
+
+
+def test_overlapping_windows_give_every_target_context_and_train_it_once():
+    windows = training_windows([np.arange(1, 12)], [0], max_history=4, all_positions=True, context=2)
+    assert [w.tolist() for w, _ in windows] == [[7, 8, 9, 10, 11], [5, 6, 7, 8, 9], [3, 4, 5, 6, 7], [1, 2, 3, 4, 5]]
+    assert [fresh for _, fresh in windows] == [2, 2, 2, 4]
+    trained = []
+    for window, fresh in windows:
+        position = len(window) - 1 - fresh  # index in the window of the first trained target's input
+        for t in range(fresh):
+            seen = position + 1 + t  # items before the target, inside the window
+            target = window[-fresh + t]
+            assert seen >= 2 or seen == target - 1  # at least `context` items, or the whole history so far
+            trained.append(int(target))
+    assert sorted(trained) == list(range(2, 12))
+    inputs, targets = next(_training_batches(windows, 8, 4))
+    assert inputs[0].tolist() == [7, 8, 9, 10] and targets[0].tolist() == [0, 0, 10, 11]
+    assert targets[3].tolist() == [2, 3, 4, 5]
 
 
 def test_latest_window_only_without_all_positions():
     windows = training_windows([np.arange(1, 12)], [0], max_history=4, all_positions=False)
-    assert [w.tolist() for w in windows] == [[7, 8, 9, 10, 11]]
+    assert [(w.tolist(), fresh) for w, fresh in windows] == [([7, 8, 9, 10, 11], 4)]
 
 
 def test_cosine_anneals_from_the_start_rate_to_the_floor():
