@@ -83,6 +83,11 @@ def training_windows(histories, users, max_history: int, all_positions: bool, co
     return windows
 
 
+def window_context(overlap: float, max_history: int) -> int:
+    """Earlier items every training target sees at least: a share of the window, below its length."""
+    return min(max_history - 1, round(overlap * max_history))
+
+
 def cosine_factor(done_steps: int, planned_steps: int, floor: float) -> float:
     """Share of the start learning rate after done_steps of a cosine anneal to `floor` over planned_steps."""
     progress = min(1.0, done_steps / max(planned_steps, 1))
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     text_cache = refresh_all()
     histories = sequences.histories(2)
     windows = training_windows(histories, range(sequences.n_users), max_history, cfg.all_positions,
-                               cfg.window_context)
+                               window_context(cfg.window_overlap, max_history))
     shard = np.array_split(np.arange(sequences.n_users), world)[rank]
     steps_per_epoch = math.ceil(len(windows) / world / cfg.batch_size)
     log.info("%d training windows (%d targets), %d steps per epoch, %s matmuls", len(windows),

@@ -8,7 +8,14 @@ import torch
 
 from tasks.model.interests import InterestExtractor
 from tasks.model.network import BestInterestScore, ModelSpec, PrismRecNet, pad_left
-from tasks.train import _training_batches, cosine_factor, planned_epochs, training_windows, use_bf16
+from tasks.train import (
+    _training_batches,
+    cosine_factor,
+    planned_epochs,
+    training_windows,
+    use_bf16,
+    window_context,
+)
 
 
 def spec(k: int = 3, length: int = 6) -> ModelSpec:
@@ -42,6 +49,7 @@ def test_overlapping_windows_give_every_target_context_and_train_it_once():
     inputs, targets = next(_training_batches(windows, 8, 4))
     assert inputs[0].tolist() == [7, 8, 9, 10] and targets[0].tolist() == [0, 0, 10, 11]
     assert targets[3].tolist() == [2, 3, 4, 5]
+    assert window_context(0.5, 4) == 2 and window_context(0.5, 50) == 25 and window_context(0.99, 4) == 3
 
 
 def test_latest_window_only_without_all_positions():
@@ -172,3 +180,12 @@ def test_sampled_logits_put_the_target_first_and_mask_accidental_hits():
     hit = negatives[None] == wanted[:, None]
     assert hit.any() and (sampled[:, 1:][hit] < -1e30).all()
     assert torch.allclose(sampled[:, 1:][~hit], full[:, negatives][~hit], atol=1e-5)
+
+
+def test_window_overlap_outside_its_range_is_a_clear_config_error():
+    from tasks.config import load_config
+    from tasks.errors import ConfigError
+
+    assert load_config({"train.window_overlap": 0.5}).train.window_overlap == 0.5
+    with pytest.raises(ConfigError, match=r"train.window_overlap must be in \[0, 1\), got 1.0"):
+        load_config({"train.window_overlap": 1.0})
