@@ -172,7 +172,8 @@ class TrainConfig:
     # Share of prepare.max_history that every target sees at least (near the start of a history:
     # all there is): windows overlap by that many items, and each target is trained in the window
     # where it sits furthest back. 0: windows overlap by one item, so a window's first targets see
-    # one or two items; 0.5 learned faster per epoch and per second (bench/README.md v21).
+    # one or two items. 0.5 learned faster on ML-100K, per epoch and per second; on ML-1M it led
+    # early and ended level at a 50-minute budget (bench/README.md v21, v21b).
     window_overlap: float = 0.5
     # Softmax over the whole catalogue (0) or over this many uniformly sampled negatives shared by
     # each batch, plus each position's target (cheaper logits on large catalogues; on ML-100K it

@@ -111,8 +111,8 @@ def _training_batches(windows, batch_size, max_history):
     for start in range(0, len(windows), batch_size):
         chosen = windows[start:start + batch_size]
         targets = pad_left([w[1:] for w, _ in chosen], max_history)
-        for row, (window, fresh) in enumerate(chosen):
-            targets[row, : max_history - fresh] = 0  # targets trained in an earlier window (0: no loss)
+        for row, (_, fresh) in enumerate(chosen):
+            targets[row, : max_history - fresh] = 0  # trained in another window (0: no loss)
         yield pad_left([w[:-1] for w, _ in chosen], max_history), targets
 
 
