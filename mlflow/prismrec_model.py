@@ -2,7 +2,9 @@
 
 Input: a DataFrame with `user_id` and `history` (the user's app item ids, oldest first).
 Output: one row per recommendation: user_id, rank (1 = best), item_id, score, interest_id,
-explanation. Params: `top_k` (default 50). The artifact `model_dir` is a folder written
+explanation. Params: `top_k` (default 50) and `interest_balance` (how evenly the list is shared
+out between the user's interests, ComiRec's controllable aggregation in logits; 0 = each item
+under its best interest only; negative or absent = the model's own, train.interest_balance). The artifact `model_dir` is a folder written
 by `tasks.train` (model.pt, items.parquet, training.json).
 """
 
@@ -20,9 +22,11 @@ class PrismRecPyfunc(PythonModel):
         self.recommender = Recommender.load(context.artifacts["model_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        top_k = int((params or {}).get("top_k", 50))
+        params = params or {}
+        top_k = int(params.get("top_k", 50))
+        balance = float(params.get("interest_balance", -1.0))
         histories = [list(h) if h is not None else [] for h in model_input["history"]]
-        result = self.recommender.recommend(histories, top_k)
+        result = self.recommender.recommend(histories, top_k, interest_balance=balance if balance >= 0 else None)
         users, k = result.item_ids.shape
         frame = pd.DataFrame({
             "user_id": np.repeat(model_input["user_id"].to_numpy(), k),

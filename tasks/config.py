@@ -192,6 +192,15 @@ class TrainConfig:
     # Penalty on the pairwise cosines between a user's long-term interests that are positive (keeps
     # them apart, never pushes them past orthogonal; stronger settings cost accuracy: bench/README v13, v18).
     interest_diversity: float = 0.1
+    # How the lists share picks between interests (ComiRec's controllable aggregation, in logits:
+    # each pick an interest already has lowers its next candidates by this much;
+    # tasks.model.recommender.balance_interests). 0: every item ranks under its best interest
+    # alone, and ~1 user in 3 gets a list from one interest. 0.1 gives nearly every user two or
+    # more at a cost within noise (ML-100K valid NDCG@10 -0.0017 / test +0.0002, ML-1M -0.0001 /
+    # -0.0006; bench/README.md v24); larger values share out more and cost more. Saved with the
+    # model: evaluation, the gate, the MLflow pyfunc and the tables all rank with it. Training
+    # and its early stopping rank by the best interest alone.
+    interest_balance: float = 0.1
     # Wall-clock budget: training stops before an epoch that would overrun it (measured on the
     # epochs so far, validation included); the best epoch is kept.
     max_minutes: float | None = None
@@ -391,6 +400,7 @@ def validate(config: PipelineConfig) -> None:
         (t.interest_routing in ("attention", "cluster"), "train.interest_routing must be attention or cluster"),
         (t.interest_keys in ("state", "item"), "train.interest_keys must be state or item"),
         (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
+        (t.interest_balance >= 0, f"train.interest_balance must be >= 0 (0: no balancing), got {t.interest_balance}"),
         (0.0 <= t.id_dropout < 1.0, "train.id_dropout must be in [0, 1)"),
         (t.long_term_loss >= 0, "train.long_term_loss must be >= 0"),
         (t.negatives >= 0, "train.negatives must be >= 0 (0: full softmax over the catalogue)"),

@@ -111,7 +111,11 @@ def model_scorer(model_dir: Path, sequences: Sequences) -> Scorer:
     """A trained PrismRec model (candidate or champion) scoring the split's items by app item id."""
     from tasks.model.recommender import Recommender
 
-    recommender = Recommender.load(model_dir)
+    return recommender_scorer(Recommender.load(model_dir), sequences)
+
+
+def recommender_scorer(recommender, sequences: Sequences) -> Scorer:
+    """A loaded tasks.model.recommender.Recommender as a scorer of the split's items."""
     universe = sequences.item_ids[1:]
 
     def score(histories: Sequence[np.ndarray]) -> torch.Tensor:

@@ -170,7 +170,8 @@ def _signature():
             ColSpec("long", "user_id"), ColSpec("long", "rank"), ColSpec("long", "item_id"),
             ColSpec("float", "score"), ColSpec("long", "interest_id"), ColSpec("string", "explanation"),
         ]),
-        params=ParamSchema([ParamSpec("top_k", "long", 50)]),
+        # interest_balance < 0: the balance the model was trained with (train.interest_balance).
+        params=ParamSchema([ParamSpec("top_k", "long", 50), ParamSpec("interest_balance", "double", -1.0)]),
     )
 
 

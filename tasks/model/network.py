@@ -37,6 +37,9 @@ class ModelSpec:
     id_dropout: float = 0.0
     interest_scale: bool = False
     interest_keys: str = "state"
+    # Inference only: ComiRec's controllable aggregation (tasks.model.recommender.balance_interests);
+    # 0 ranks every item by its best interest alone.
+    interest_balance: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -156,15 +159,21 @@ class PrismRecNet(nn.Module):
         return torch.einsum("...kd,nd->...kn", self._unit_interests(interests), nn.functional.normalize(items, dim=-1))
 
     @torch.no_grad()
+    def interest_scores(self, histories: torch.Tensor, items: torch.Tensor):
+        """Inference for the state after the last history item: every item's score under every
+        interest [B, K, N+1], the interests [B, K, d] and their attention over the history [B, K, L]."""
+        interests, attention = self.interests(histories, items, last_only=True)
+        last, last_attention = interests[:, -1], attention[:, -1]
+        return self.match(last, items), last, last_attention
+
+    @torch.no_grad()
     def score_last(self, histories: torch.Tensor, items: torch.Tensor):
         """Inference for the state after the last history item.
 
         Returns scores [B, N+1] (best interest per item), best interest [B, N+1], the
         interests [B, K, d] and their attention over the history [B, K, L].
         """
-        interests, attention = self.interests(histories, items, last_only=True)
-        last, last_attention = interests[:, -1], attention[:, -1]
-        per_interest = self.match(last, items)
+        per_interest, last, last_attention = self.interest_scores(histories, items)
         scores, best = per_interest.max(1)
         return scores, best, last, last_attention
 

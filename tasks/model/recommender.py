@@ -24,6 +24,45 @@ from tasks.model.network import ModelSpec, PrismRecNet, pad_left
 CHECKPOINT = "model.pt"
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
 FALLBACK_EXPLANATION = "popular overall (no viewing history yet)"
+BALANCED_DEPTH = 50  # list positions that an interest balance re-orders when scoring for metrics
+
+
+def balance_interests(scores: torch.Tensor, items: torch.Tensor, penalty: float, depth: int):
+    """ComiRec's controllable aggregation (Cen et al., KDD 2020), solved greedily as the paper does.
+
+    `scores` [B, K, C] are each interest's own top-C scores (logits), `items` [B, K, C] their
+    item indices. The list S is built to maximise sum of scores + penalty x (pairs of picks from
+    different interests), one pick at a time: each is the (item, interest) pair with the highest score minus
+    `penalty` x the picks that interest already made, and the item leaves every interest's
+    candidates. Penalty 0 is the plain best-interest ranking; larger shares the list out more.
+    Scores are logits of the model's softmax, so a penalty p lets an item that is e^p times less
+    likely than the best one in when its interest has one pick fewer. C >= depth makes it exact
+    (an interest cannot pick past its own top-`depth`).
+
+    Returns (scores, item indices, interest ids), each [B, depth]; -inf score (index 0) where the
+    candidates run out.
+    """
+    users, k, c = scores.shape
+    flat_scores = scores.reshape(users, k * c).clone()
+    flat_items = items.reshape(users, k * c)
+    owner = torch.arange(k).repeat_interleave(c).expand(users, -1)
+    picks = torch.zeros(users, k, dtype=scores.dtype)
+    rows = torch.arange(users)
+    out_scores = torch.full((users, depth), float("-inf"), dtype=scores.dtype)
+    out_items = torch.zeros((users, depth), dtype=torch.long)
+    out_interest = torch.zeros((users, depth), dtype=torch.long)
+    for position in range(depth):
+        gain = flat_scores - penalty * picks.gather(1, owner)
+        best = gain.argmax(1)
+        score = flat_scores[rows, best]
+        found = torch.isfinite(score)
+        item, interest = flat_items[rows, best], owner[rows, best]
+        out_scores[:, position] = score
+        out_items[:, position] = torch.where(found, item, 0)
+        out_interest[:, position] = interest
+        picks[rows, interest] += found.to(picks.dtype)
+        flat_scores.masked_fill_(flat_items == item[:, None], float("-inf"))
+    return out_scores, out_items, out_interest
 
 
 @dataclass
@@ -72,6 +111,9 @@ class Recommender:
         counts = items["train_interactions"].to_numpy() if "train_interactions" in items else np.zeros(len(items))
         self.popularity = torch.as_tensor(np.concatenate([[-np.inf], counts]), dtype=torch.float32)
         self.info = version_info
+        # ComiRec's controllable aggregation strength (0: best interest alone); saved with the model,
+        # so evaluation, the pyfunc and the published tables list the same items.
+        self.interest_balance = float(net.spec.interest_balance)
 
     @classmethod
     def load(cls, model_dir: Path) -> Recommender:
@@ -98,14 +140,27 @@ class Recommender:
         return found.to_numpy(dtype=np.int64)
 
     def score_indices(self, histories: Sequence[np.ndarray]):
-        """Histories in model indices -> (scores [B, N+1], best interest [B, N+1], attention [B, K, L], padded)."""
+        """Histories in model indices -> (every item's score under every interest [B, K, N+1],
+        attention [B, K, L], padded histories [B, L])."""
         padded = pad_left(histories, self.spec.max_history)
-        scores, best, _, attention = self.net.score_last(padded, self.item_vectors)
-        return scores, best, attention, padded
+        per_interest, _, attention = self.net.interest_scores(padded, self.item_vectors)
+        return per_interest, attention, padded
 
-    def score_items(self, histories: Sequence[Sequence[int]], item_ids: np.ndarray) -> torch.Tensor:
-        """Scores [B, len(item_ids)] for arbitrary app item ids; unknown items get -inf."""
-        scores, *_ = self.score_indices([self.to_indices(h) for h in histories])
+    def score_items(self, histories: Sequence[Sequence[int]], item_ids: np.ndarray,
+                    depth: int = BALANCED_DEPTH) -> torch.Tensor:
+        """Scores [B, len(item_ids)] for arbitrary app item ids that rank items as the model's lists
+        do; unknown items get -inf. Each item scores under its best interest; with an interest
+        balance, the first `depth` unseen items are re-ordered as `recommend` lists them and lifted
+        above the rest (which keep their order below), so rank metrics measure the published lists."""
+        indexed = [self.to_indices(h) for h in histories]
+        per_interest, *_ = self.score_indices(indexed)
+        scores = per_interest.amax(1)
+        if self.interest_balance > 0:
+            top_scores, top_idx, *_ = self._ranked(per_interest, indexed, depth)
+            listed = torch.isfinite(top_scores)
+            floor = scores.amax(1, keepdim=True)
+            order = torch.arange(top_idx.shape[1], 0, -1, dtype=scores.dtype).expand_as(top_scores)
+            scores.scatter_(1, top_idx, torch.where(listed, floor + order, scores.gather(1, top_idx)))
         columns = self.index_of.reindex(item_ids).fillna(0).to_numpy(dtype=np.int64)
         out = scores[:, torch.tensor(columns)]
         out[:, torch.as_tensor(columns == 0)] = float("-inf")
@@ -116,22 +171,36 @@ class Recommender:
         idx = indices.numpy()
         return np.where(idx > 0, self.item_ids[np.clip(idx - 1, 0, None)], -1)
 
-    def _top(self, histories: Sequence[Sequence[int]], top_k: int):
-        """Top-k unseen items (popularity for empty histories), the interest behind each, and
-        each interest's attention over the padded history."""
-        indexed = [self.to_indices(h) for h in histories]
-        scores, best, attention, padded = self.score_indices(indexed)
-        scores[:, 0] = float("-inf")
+    def _ranked(self, per_interest: torch.Tensor, indexed: Sequence[np.ndarray], top_k: int,
+                balance: float | None = None):
+        """Top-k unseen items per user from per-interest scores [B, K, N+1] (popularity for empty
+        histories): (scores, item indices, the interest behind each), each [B, k]. `balance`
+        overrides the model's interest balance. Masks the seen items in `per_interest` in place."""
+        balance = self.interest_balance if balance is None else balance
+        per_interest[:, :, 0] = float("-inf")
         lengths = np.array([len(h) for h in indexed])
         if lengths.sum():
-            rows = np.repeat(np.arange(len(indexed)), lengths)
-            scores[torch.as_tensor(rows), torch.as_tensor(np.concatenate(indexed))] = float("-inf")
+            rows = torch.as_tensor(np.repeat(np.arange(len(indexed)), lengths))
+            per_interest[rows, :, torch.as_tensor(np.concatenate(indexed))] = float("-inf")
+        k = min(top_k, self.n_items)
+        if balance > 0 and per_interest.shape[1] > 1:
+            top_scores, top_idx, interest = balance_interests(*per_interest.topk(k, dim=2), balance, k)
+        else:
+            scores, best = per_interest.max(1)
+            top_scores, top_idx = scores.topk(k, dim=1)
+            interest = best.gather(1, top_idx)
         cold = torch.as_tensor(lengths == 0)
         if cold.any():
-            scores[cold] = self.popularity
-            best[cold] = POPULARITY_FALLBACK
-        top_scores, top_idx = scores.topk(min(top_k, self.n_items), dim=1)
-        return top_scores, top_idx, best.gather(1, top_idx), attention, padded
+            top_scores[cold], top_idx[cold] = self.popularity.topk(k)
+            interest[cold] = POPULARITY_FALLBACK
+        return top_scores, top_idx, interest
+
+    def _top(self, histories: Sequence[Sequence[int]], top_k: int, balance: float | None = None):
+        """Top-k unseen items, the interest behind each, and each interest's attention over the
+        padded history."""
+        indexed = [self.to_indices(h) for h in histories]
+        per_interest, attention, padded = self.score_indices(indexed)
+        return *self._ranked(per_interest, indexed, top_k, balance), attention, padded
 
     def _because(self, top_idx: torch.Tensor, interest: torch.Tensor, attention: torch.Tensor,
                  padded: torch.Tensor, explain_items: int) -> torch.Tensor:
@@ -151,9 +220,13 @@ class Recommender:
         because = padded.gather(1, chosen.indices.flatten(1)).view(chosen.indices.shape)
         return because.masked_fill(chosen.values < 0, 0).masked_fill((interest < 0)[..., None], 0)
 
-    def recommend(self, histories: Sequence[Sequence[int]], top_k: int, explain_items: int = 2) -> Recommendations:
-        """Top-k unseen items per history, with the interest that picked each and why."""
-        top_scores, top_idx, interest, attention, padded = self._top(histories, top_k)
+    def recommend(self, histories: Sequence[Sequence[int]], top_k: int, explain_items: int = 2,
+                  interest_balance: float | None = None) -> Recommendations:
+        """Top-k unseen items per history, with the interest that picked each and why.
+        `interest_balance` overrides the model's own (balance_interests; 0: best interest only)."""
+        if interest_balance is not None and interest_balance < 0:
+            raise ValueError(f"interest_balance must be >= 0 (0: no balancing), got {interest_balance}")
+        top_scores, top_idx, interest, attention, padded = self._top(histories, top_k, interest_balance)
         users, k = top_idx.shape
         picked = self._because(top_idx, interest, attention, padded, explain_items)  # [B, k, e]
         titles = self.titles[picked.numpy()]  # [B, k, e]; "" where none
