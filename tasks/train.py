@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from tasks.model.network import ModelSpec, PrismRecNet
+    from tasks.model.network import ModelSpec, PrismRecNet, softmax_cross_entropy
     from tasks.model.text_tower import adapt_to_domain, encode_frozen, load_language_model
     from tasks.prepare import load_dataset
 
@@ -273,14 +273,13 @@ def main(argv: list[str] | None = None) -> None:
                                                           targets=targets, negatives=negatives)
             # Sampled softmax puts each position's target in column 0.
             labels = torch.zeros_like(targets[keep]) if sampled else targets[keep]
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            loss = softmax_cross_entropy(logits, labels)
             epoch_loss, epoch_overlap = epoch_loss + loss.item(), epoch_overlap + overlap.mean().item()
             if cfg.long_term_loss and long_term is not None:
                 # The recent interest wins most targets, so without this the long-term interests
                 # seldom get a gradient and stay alike; on their own they must predict the target
                 # too, and the best of them takes it (so each specialises).
-                loss = loss + cfg.long_term_loss * torch.nn.functional.cross_entropy(
-                    long_term.float(), labels)
+                loss = loss + cfg.long_term_loss * softmax_cross_entropy(long_term, labels)
             if cfg.interest_diversity:
                 # Only pairs that point the same way are penalised: orthogonal is apart enough, and
                 # a plain mean would reward pointing away from each other (v13: -0.25, accuracy down).

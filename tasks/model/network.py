@@ -185,7 +185,10 @@ class BestInterestScore(torch.autograd.Function):
     step building the winner mask and its gradient at full size. Here the forward pass is one
     batched matmul and a max over K contiguous [P, N] slabs (max-with-indices is 20x slower on
     CPU, so winners are found again in backward by equality; a tie goes to the first interest),
-    and the backward pass routes each item's gradient to the interest that won it.
+    and the backward pass routes each item's gradient to the interest that won it. The routing
+    compares and masks the scores' bit patterns as integers: bf16 compares and selects run
+    element by element on CPUs, integer ones are vectorised (~4x faster). amax returns one of its
+    inputs, so every winner's bits equal the max's bits exactly.
     """
 
     @staticmethod
@@ -206,6 +209,9 @@ class BestInterestScore(torch.autograd.Function):
         grad_a = torch.empty(a.shape, dtype=torch.float32, device=a.device)
         grad_b = torch.zeros(b.shape, dtype=torch.float32, device=b.device)
         unclaimed = None
+        if k_count > 1:
+            bits = _BITS[a.dtype]
+            scores, best, grad_bits = scores.view(bits), best.view(bits), grad.view(bits)
         with torch.autocast(b.device.type, enabled=False):
             for k in range(k_count):
                 if k_count == 1:
@@ -216,10 +222,45 @@ class BestInterestScore(torch.autograd.Function):
                         won &= unclaimed
                     if k < k_count - 1:
                         unclaimed = ~won if unclaimed is None else unclaimed & ~won
-                    mine = torch.where(won, grad, 0)
+                    mine = (grad_bits * won).view(a.dtype)  # x * 1 keeps x's bits, x * 0 is +0.0
                 grad_a[:, k] = (mine @ b).float()
                 grad_b += (mine.T @ a[:, k]).float()
         return grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1]), None
+
+
+# Integer types of the same width, to compare and mask floating-point tensors by their bits.
+_BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
+         torch.float64: torch.int64}
+
+
+class SoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits [P, C] against class indices [P], softmax taken in float32.
+
+    The same value and gradient as `cross_entropy(logits.float(), labels)`, cheaper on a CPU for
+    full-catalogue logits: the forward pass keeps the float32 log-probabilities, the backward
+    pass turns them into probabilities with one vectorised exp and hands back the gradient in the
+    logits' own dtype (bf16 under autocast), where autograd's log-softmax backward recomputes
+    the exponentials element by element (~3x the time on CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits, dim=1, dtype=torch.float32)
+        ctx.save_for_backward(log_probs, labels)
+        ctx.dtype = logits.dtype
+        return -log_probs.gather(1, labels[:, None]).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        log_probs, labels = ctx.saved_tensors
+        probs = log_probs.exp()
+        probs[torch.arange(len(labels), device=labels.device), labels] -= 1
+        return probs.mul_(grad / len(labels)).to(ctx.dtype), None  # float32 throughout, one rounding
+
+
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy (float32 softmax, gradient in the logits' dtype)."""
+    return SoftmaxCrossEntropy.apply(logits, labels)
 
 
 def pad_left(sequences, length: int) -> torch.Tensor:

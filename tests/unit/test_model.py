@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from tasks.model.interests import InterestExtractor
-from tasks.model.network import BestInterestScore, ModelSpec, PrismRecNet, pad_left
+from tasks.model.network import (
+    BestInterestScore,
+    ModelSpec,
+    PrismRecNet,
+    pad_left,
+    softmax_cross_entropy,
+)
 from tasks.train import (
     _training_batches,
     cosine_factor,
@@ -126,6 +132,45 @@ def test_best_interest_score_matches_autograd_amax(k):
     grads = torch.autograd.grad((ours * weights).sum(), (interests, items))
     expected = torch.autograd.grad((reference * weights).sum(), (interests, items))
     assert all(torch.allclose(g, e) for g, e in zip(grads, expected))
+
+
+def test_best_interest_score_in_bf16_routes_like_the_first_argmax():
+    # Small integers are exact in bf16 (products and sums too), so ties are common and exact: each
+    # tied item's gradient must go to the first interest that reaches the max, as the bit-pattern
+    # routing in backward promises, and nowhere else.
+    generator = torch.Generator().manual_seed(0)
+    interests = torch.randint(-2, 3, (9, 3, 4), generator=generator).double()
+    items = torch.randint(-2, 3, (13, 4), generator=generator).double()
+    weights = torch.randint(-3, 4, (9, 13), generator=generator).double()
+    a, b = interests.bfloat16().requires_grad_(), items.bfloat16().requires_grad_()
+    ours = BestInterestScore.apply(a, b, torch.bfloat16)
+    (ours * weights.bfloat16()).sum().backward()
+
+    ra, rb = interests.clone().requires_grad_(), items.clone().requires_grad_()
+    scores = torch.einsum("pkd,nd->pkn", ra, rb)
+    first = scores.argmax(1, keepdim=True)  # documented: the first maximal index
+    assert (scores == scores.amax(1, keepdim=True)).sum(1).gt(1).any()  # the data has ties
+    reference = scores.gather(1, first).squeeze(1)
+    (reference * weights).sum().backward()
+    assert torch.equal(ours.double(), reference.detach())
+    assert torch.equal(a.grad.double(), ra.grad) and torch.equal(b.grad.double(), rb.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_softmax_cross_entropy_matches_torch(dtype):
+    torch.manual_seed(0)
+    logits = (torch.randn(6, 9, dtype=torch.float64) * 4).to(dtype).requires_grad_()
+    labels = torch.tensor([0, 8, 3, 3, 5, 1])
+    loss = softmax_cross_entropy(logits, labels)
+    loss.backward()
+    reference_logits = logits.detach().double().requires_grad_()
+    expected = torch.nn.functional.cross_entropy(reference_logits, labels)
+    expected.backward()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == dtype
+    assert torch.allclose(loss.double(), expected, atol=1e-6)
+    tolerance = 1e-6 if dtype == torch.float64 else 4e-3  # softmax in float32; bf16 keeps 8 bits
+    assert torch.allclose(logits.grad.double(), reference_logits.grad, atol=tolerance)
+    assert torch.allclose(logits.grad.double().sum(1), torch.zeros(6, dtype=torch.float64), atol=8 * tolerance)
 
 
 def test_training_forward_scores_only_real_positions():
