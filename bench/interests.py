@@ -93,7 +93,7 @@ def disentanglement(model_dir: Path, sequences) -> dict:
         specific.append(interest_specific_share(interests))
         interest_ids.append(recommender.recommend(chunk, 10).interest_ids)
     cosine, ids = np.concatenate(cosines), np.concatenate(interest_ids)
-    counts = interest_counts(ids, k)
+    counts, usage = interest_counts(ids, k), interest_usage(ids, k)
     # An example: the user whose top-10 is shared out most evenly between interests.
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     example = int(np.lexsort((shares.max(1), -(counts > 0).sum(1)))[0])
@@ -105,15 +105,15 @@ def disentanglement(model_dir: Path, sequences) -> dict:
             "mean_pairwise_cosine_centred": round(float(np.concatenate(centred).mean()), 6),
             "mean_long_term_cosine_centred": round(float(np.concatenate(long_term).mean()), 6) if long_term else None,
             "mean_interest_specific_share": round(float(np.concatenate(specific).mean()), 6),
-            "top10_share_by_interest": [round(float(x), 4) for x in counts.sum(0) / max(counts.sum(), 1)],
-            "top10": interest_usage(ids, k)}
+            "top10_share_by_interest": [round(x, 4) for x in usage["share_by_interest"]],
+            "top10": usage}
 
 
 def balance_sweep(model_dir: Path, sequences, balances: list[float]) -> dict:
     """The same trained model ranked with each interest balance (ComiRec's controllable
     aggregation, no retraining): accuracy on both splits and how the top-10 is shared out."""
     from tasks.evaluate import evaluate_scorer, recommender_scorer
-    from tasks.interest_metrics import interest_counts, interest_usage
+    from tasks.interest_metrics import interest_usage
     from tasks.model.recommender import Recommender
 
     recommender = Recommender.load(model_dir)
@@ -125,11 +125,11 @@ def balance_sweep(model_dir: Path, sequences, balances: list[float]) -> dict:
         metrics = evaluate_scorer(recommender_scorer(recommender, sequences), sequences)
         ids = np.concatenate([recommender.recommend(histories[start:start + BATCH], 10).interest_ids
                               for start in range(0, len(histories), BATCH)])
-        counts = interest_counts(ids, k)
+        usage = interest_usage(ids, k)
         rows[str(balance)] = {"valid": _short(metrics["valid"]), "test": _short(metrics["test"]),
                               "coverage@10": round(metrics["test"]["coverage@10"], 4),
-                              "top10_share_by_interest": [round(float(x), 4) for x in counts.sum(0) / max(counts.sum(), 1)],
-                              "top10": interest_usage(ids, k)}
+                              "top10_share_by_interest": [round(x, 4) for x in usage["share_by_interest"]],
+                              "top10": usage}
         log.info("balance %s: %s", balance, rows[str(balance)])
     return rows
 

@@ -70,6 +70,7 @@ def interest_usage(interest_ids: np.ndarray, n_interests: int) -> dict[str, floa
     - mean_dominant_share: share of the list from the user's most productive interest (1/K..1);
     - mean_normalised_entropy: entropy of the shares divided by log K (0: one interest, 1: even);
     - share_by_rank: mean share of the most, second-most, ... productive interest;
+    - share_by_interest: share of all interest-backed picks that interest 0, 1, ... made;
     - single_interest_users: share of users whose whole list comes from one interest.
     Users with no interest-backed items (popularity fallback) are left out.
     """
@@ -90,6 +91,7 @@ def interest_usage(interest_ids: np.ndarray, n_interests: int) -> dict[str, floa
         "mean_dominant_share": float(ranked[:, 0].mean()),
         "mean_normalised_entropy": float(normalised.mean()),
         "share_by_rank": [float(x) for x in ranked.mean(0)],
+        "share_by_interest": [float(x) for x in counts.sum(0) / counts.sum()],
         "single_interest_users": float((distinct == 1).mean()),
     }
 

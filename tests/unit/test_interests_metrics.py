@@ -52,6 +52,7 @@ def test_top10_from_one_interest():
     assert usage["mean_normalised_entropy"] == pytest.approx(0.0)
     assert usage["single_interest_users"] == 1.0
     assert usage["share_by_rank"] == pytest.approx([1.0, 0.0, 0.0, 0.0])
+    assert usage["share_by_interest"] == pytest.approx([0.0, 0.0, 1.0, 0.0])
 
 
 def test_top10_shared_between_interests():
@@ -64,6 +65,7 @@ def test_top10_shared_between_interests():
     four = -(2 * 0.3 * np.log(0.3) + 2 * 0.2 * np.log(0.2)) / np.log(4)
     assert usage["mean_normalised_entropy"] == pytest.approx((even_two + four) / 2)
     assert usage["single_interest_users"] == 0.0
+    assert usage["share_by_interest"] == pytest.approx([8 / 20, 8 / 20, 2 / 20, 2 / 20])  # all 20 picks
 
 
 def test_popularity_fallback_is_not_an_interest():
