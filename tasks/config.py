@@ -189,6 +189,9 @@ class TrainConfig:
     long_term_loss: float = 0.0
     # Learn a logit scale per interest (so the recent interest can compete with the long-term ones).
     interest_scale: bool = False
+    # A learned score offset per item, the same under every interest (lets the interests point at
+    # tastes while the offsets carry popularity).
+    item_bias: bool = False
     # Penalty on the pairwise cosines between a user's long-term interests that are positive (keeps
     # them apart, never pushes them past orthogonal; stronger settings cost accuracy: bench/README v13, v18).
     interest_diversity: float = 0.1

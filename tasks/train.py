@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
                      dropout=cfg.dropout, lm_trainable_layers=cfg.lm_trainable_layers,
                      max_text_tokens=cfg.max_text_tokens, use_id_embedding=cfg.use_id_embedding,
                      interest_routing=cfg.interest_routing, id_dropout=cfg.id_dropout,
-                     interest_scale=cfg.interest_scale, interest_keys=cfg.interest_keys,
+                     interest_scale=cfg.interest_scale, interest_keys=cfg.interest_keys, item_bias=cfg.item_bias,
                      interest_balance=cfg.interest_balance)
     net = PrismRecNet(spec, encoder).to(device)
     del encoder

@@ -37,6 +37,9 @@ class ModelSpec:
     id_dropout: float = 0.0
     interest_scale: bool = False
     interest_keys: str = "state"
+    # A learned score offset per item, added under every interest (popularity and the like, kept
+    # out of the interest directions).
+    item_bias: bool = False
     # Inference only: ComiRec's controllable aggregation (tasks.model.recommender.balance_interests);
     # 0 ranks every item by its best interest alone.
     interest_balance: float = 0.0
@@ -63,6 +66,7 @@ class PrismRecNet(nn.Module):
         # Optional learned per-interest log-scale on the cosine logits (spec.interest_scale): lets the
         # recent interest compete with the long-term ones, whose item blends score higher cosines.
         self.interest_log_scale = nn.Parameter(torch.zeros(spec.n_interests)) if spec.interest_scale else None
+        self.item_bias = nn.Parameter(torch.zeros(spec.n_items + 1)) if spec.item_bias else None
         self.users = InterestExtractor(
             spec.dim, spec.n_interests, spec.max_history, spec.user_layers, spec.user_heads, spec.dropout,
             spec.interest_routing, spec.interest_keys,
@@ -119,10 +123,14 @@ class PrismRecNet(nn.Module):
     def training_logits(self, interests: torch.Tensor, items: torch.Tensor, targets: torch.Tensor | None,
                         negatives: torch.Tensor | None) -> torch.Tensor:
         if negatives is None:
-            return self.best_match(interests, items)
+            logits = self.best_match(interests, items)
+            return logits if self.item_bias is None else logits + self.item_bias.to(logits.dtype)
         positive = torch.einsum("pkd,pd->pk", self._unit_interests(interests),
                                 nn.functional.normalize(items[targets], dim=-1)).amax(1)
         negative = self.best_match(interests, items[negatives])
+        if self.item_bias is not None:
+            positive = positive + self.item_bias[targets].to(positive.dtype)
+            negative = negative + self.item_bias[negatives].to(negative.dtype)
         negative = negative.masked_fill(negatives[None, :] == targets[:, None], torch.finfo(negative.dtype).min)
         return torch.cat([positive[:, None].to(negative.dtype), negative], dim=1)
 
@@ -155,8 +163,10 @@ class PrismRecNet(nn.Module):
         return cosine[:, off_diagonal]
 
     def match(self, interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Scaled cosine between interests [..., K, d] and items [N, d] -> [..., K, N] (inference)."""
-        return torch.einsum("...kd,nd->...kn", self._unit_interests(interests), nn.functional.normalize(items, dim=-1))
+        """Scaled cosine between interests [..., K, d] and the whole catalogue's items [N+1, d],
+        plus each item's bias if the model has them -> [..., K, N+1] (inference)."""
+        scores = torch.einsum("...kd,nd->...kn", self._unit_interests(interests), nn.functional.normalize(items, dim=-1))
+        return scores if self.item_bias is None else scores + self.item_bias
 
     @torch.no_grad()
     def interest_scores(self, histories: torch.Tensor, items: torch.Tensor):

@@ -1,5 +1,6 @@
 """The user tower and the training windows, on small synthetic inputs (no language model needed)."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -185,6 +186,31 @@ def test_training_forward_scores_only_real_positions():
     assert (long_term <= logits + 1e-5).all()  # the best of all interests is at least the best long-term one
     (logits.logsumexp(-1).mean() + overlap.clamp(min=0).mean()).backward()
     assert net.users.interest_queries.grad is not None and net.id_embedding.weight.grad.abs().sum() > 0
+
+
+def test_item_bias_offsets_an_item_alike_under_every_interest():
+    torch.manual_seed(0)
+    plain = PrismRecNet(spec(k=3)).eval()
+    biased = PrismRecNet(dataclasses.replace(spec(k=3), item_bias=True)).eval()
+    biased.load_state_dict({**plain.state_dict(), "item_bias": torch.zeros(21)})
+    with torch.no_grad():
+        biased.item_bias[7] = 2.5
+    cache, histories = torch.randn(21, 384), pad_left([np.array([1, 2, 3]), np.array([4, 5])], 6)
+    keep = histories > 0
+    targets = torch.where(keep, 9, 0)
+    full, *_ = plain(histories, keep, cache, torch.tensor([1]), None, None, targets=targets)
+    full_biased, *_ = biased(histories, keep, cache, torch.tensor([1]), None, None, targets=targets)
+    assert torch.allclose(full_biased - full, biased.item_bias.detach().expand_as(full))
+    negatives = torch.tensor([7, 8])  # sampled softmax: target column first, then the negatives
+    sampled, *_ = plain(histories, keep, cache, torch.tensor([1]), None, None, targets=targets, negatives=negatives)
+    sampled_biased, *_ = biased(histories, keep, cache, torch.tensor([1]), None, None, targets=targets,
+                                negatives=negatives)
+    assert torch.allclose(sampled_biased - sampled, torch.tensor([0.0, 2.5, 0.0]).expand_as(sampled))
+    items = plain.item_vectors(cache)
+    per_interest, *_ = plain.interest_scores(histories, items)
+    per_interest_biased, *_ = biased.interest_scores(histories, items)
+    assert torch.allclose((per_interest_biased - per_interest)[..., 7], torch.full((2, 3), 2.5))
+    assert torch.allclose(per_interest_biased[..., :7], per_interest[..., :7])
 
 
 def test_best_interest_score_gives_a_tie_to_one_interest():
