@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                      max_text_tokens=cfg.max_text_tokens, use_id_embedding=cfg.use_id_embedding,
                      interest_routing=cfg.interest_routing, id_dropout=cfg.id_dropout,
                      interest_scale=cfg.interest_scale, interest_keys=cfg.interest_keys, item_bias=cfg.item_bias,
-                     interest_balance=cfg.interest_balance)
+                     logit_scale=cfg.logit_scale, interest_balance=cfg.interest_balance)
     net = PrismRecNet(spec, encoder).to(device)
     del encoder
     model = DistributedDataParallel(net) if ddp else net  # the network has no buffers to sync
@@ -228,15 +228,15 @@ def main(argv: list[str] | None = None) -> None:
     budget = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
     planned = cfg.epochs
 
-    def refresh_all() -> torch.Tensor:
+    def refresh_all(module) -> torch.Tensor:
         with torch.no_grad():
-            net.eval()
-            vectors = torch.cat([net.text_tower(states[i:i + 512], masks[i:i + 512])
-                                 for i in range(0, len(states), 512)]) if net.text_tower else None
-            net.train()
+            module.eval()
+            vectors = torch.cat([module.text_tower(states[i:i + 512], masks[i:i + 512])
+                                 for i in range(0, len(states), 512)]) if module.text_tower else None
+            module.train()
         return vectors
 
-    text_cache = refresh_all()
+    text_cache = refresh_all(net)
     histories = sequences.histories(2)
     windows = training_windows(histories, range(sequences.n_users), max_history, cfg.all_positions,
                                window_context(cfg.window_overlap, max_history))
@@ -247,6 +247,13 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     sampled = 0 < cfg.negatives < sequences.n_items
+    # Polyak averaging: `evaluated` is what validation, early stopping and the checkpoint see.
+    ema, evaluated = None, net
+    if cfg.ema_epochs:
+        decay = max(0.0, 1.0 - 1.0 / (cfg.ema_epochs * steps_per_epoch))
+        ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay))
+        evaluated = ema.module
+        log.info("weights averaged over ~%.1f epochs (EMA decay %.5f per step)", cfg.ema_epochs, decay)
     log.info("loss: softmax over %s", f"{cfg.negatives} sampled negatives" if sampled else "the whole catalogue")
     history, best, stale, stopped_by = [], -1.0, 0, "epochs"
     train_started = time.time()
@@ -288,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(net)
             text_cache = text_cache.index_put((refresh,), fresh.detach().to(text_cache.dtype))
             if master and (step % 10 == 0 or step == steps_per_epoch):
                 done = (epoch - 1) * steps_per_epoch + step
@@ -295,14 +304,20 @@ def main(argv: list[str] | None = None) -> None:
                 remaining = planned * steps_per_epoch - done  # an upper bound: early stopping may end sooner
                 log.info("epoch %d/%d step %d/%d loss %.4f (%.2f steps/s, ETA %.0fs)", epoch, planned, step,
                          steps_per_epoch, epoch_loss / step, rate, remaining / max(rate, 1e-9))
-        text_cache = refresh_all()
-        totals = validate(net, text_cache, sequences, shard, max_history, device)
+        text_cache = refresh_all(net)
+        evaluated_cache = refresh_all(evaluated) if ema is not None else text_cache
+        totals = validate(evaluated, evaluated_cache, sequences, shard, max_history, device)
+        raw = validate(net, text_cache, sequences, shard, max_history, device) if ema is not None else totals
         if ddp:
             dist.all_reduce(totals)
+            if ema is not None:
+                dist.all_reduce(raw)
         valid_ndcg, valid_hr = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
         record = {"epoch": epoch, "train_loss": epoch_loss / max(steps_per_epoch, 1), "valid_ndcg@10": valid_ndcg,
                   "interest_cosine": epoch_overlap / max(steps_per_epoch, 1), "lr": optimizer.param_groups[0]["lr"],
                   "valid_hr@10": valid_hr, "seconds": time.time() - epoch_started}
+        if ema is not None:  # the live weights too, to see what the averaging adds
+            record["valid_ndcg@10_live"] = (raw[0] / raw[2]).item()
         history.append(record)
         if cfg.schedule == "plateau" and cfg.lr_patience is not None:
             plateau.step(valid_ndcg)
@@ -311,14 +326,16 @@ def main(argv: list[str] | None = None) -> None:
             best, stale = valid_ndcg, 0
             if master:
                 torch.save({"spec": spec.to_dict(), "train_config": dataclasses.asdict(cfg), "epoch": epoch,
-                            "state_dict": net.state_dict(), "item_text_vectors": text_cache.cpu(),
+                            "state_dict": evaluated.state_dict(), "item_text_vectors": evaluated_cache.cpu(),
                             "item_ids": sequences.item_ids, "valid_ndcg@10": valid_ndcg},
                            args.out / CHECKPOINT)
         else:
             stale += 1
         if master:
-            log.info("epoch %d: loss %.4f, interest cosine %.3f, valid NDCG@10 %.4f, HR@10 %.4f%s (%.1fs, total %.0fs)",
-                     epoch, record["train_loss"], record["interest_cosine"], valid_ndcg, valid_hr, " (best, saved)" if improved else "",
+            live = f" (live weights {record['valid_ndcg@10_live']:.4f})" if ema is not None else ""
+            log.info("epoch %d: loss %.4f, interest cosine %.3f, valid NDCG@10 %.4f%s, HR@10 %.4f%s (%.1fs, total %.0fs)",
+                     epoch, record["train_loss"], record["interest_cosine"], valid_ndcg, live, valid_hr,
+                     " (best, saved)" if improved else "",
                      record["seconds"], time.time() - train_started)
         if stale >= cfg.patience:
             if master:

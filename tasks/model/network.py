@@ -40,6 +40,8 @@ class ModelSpec:
     # A learned score offset per item, added under every interest (popularity and the like, kept
     # out of the interest directions).
     item_bias: bool = False
+    # Cosine scores are multiplied by this (a softmax temperature of 1 / logit_scale).
+    logit_scale: float = LOGIT_SCALE
     # Inference only: ComiRec's controllable aggregation (tasks.model.recommender.balance_interests);
     # 0 ranks every item by its best interest alone.
     interest_balance: float = 0.0
@@ -62,7 +64,7 @@ class PrismRecNet(nn.Module):
             with torch.no_grad():
                 self.id_embedding.weight[0].zero_()
         # Cosine scores times a fixed scale (temperature 0.05) keep the softmax well-conditioned.
-        self.logit_scale = LOGIT_SCALE
+        self.logit_scale = spec.logit_scale
         # Optional learned per-interest log-scale on the cosine logits (spec.interest_scale): lets the
         # recent interest compete with the long-term ones, whose item blends score higher cosines.
         self.interest_log_scale = nn.Parameter(torch.zeros(spec.n_interests)) if spec.interest_scale else None

@@ -73,6 +73,8 @@ def test_bad_training_settings_fail_clearly(dataset_dir, base_overrides, tmp_pat
 
     with pytest.raises(ConfigError, match="train.epochs"):
         load_config({**base_overrides, "train.epochs": 0})
+    with pytest.raises(ConfigError, match="train.ema_epochs must be >= 0"):
+        load_config({**base_overrides, "train.ema_epochs": -1})
 
 
 @pytest.mark.slow
@@ -114,3 +116,27 @@ def test_domain_adaptive_mlm_pass_lowers_its_loss_and_moves_the_encoder(dataset_
     assert set(before) == set(after)  # the same encoder (no pooler), ready for the text tower
     top = "encoder.layer.5.attention.self.query.weight"
     assert not torch.equal(before[top], after[top])
+
+
+@pytest.mark.slow
+def test_weight_averaging_leaves_training_alone_and_saves_the_average(dataset_dir, base_overrides, tmp_path):
+    """train.ema_epochs: the live weights train exactly as without it, and the averaged ones are what is saved."""
+    common = {**base_overrides, "train.nproc": 1, "train.threads_per_proc": 1, "train.epochs": 2,
+              "train.max_steps_per_epoch": 3, "train.batch_size": 16, "train.lr_patience": None}
+    plain = launch_training(load_config({**common, "train.ema_epochs": 0}), dataset_dir, tmp_path / "plain")
+    averaged = launch_training(load_config({**common, "train.ema_epochs": 0.5}), dataset_dir, tmp_path / "ema")
+
+    plain_history = json.loads((plain / "history.json").read_text())
+    ema_history = json.loads((averaged / "history.json").read_text())
+    # Same seed, one thread: the live weights of the averaged run are the plain run's, step for step.
+    assert [r["valid_ndcg@10_live"] for r in ema_history] == [r["valid_ndcg@10"] for r in plain_history]
+    assert [r["train_loss"] for r in ema_history] == [r["train_loss"] for r in plain_history]
+    # What is validated and saved is the average: it ranks differently and its weights differ.
+    assert [r["valid_ndcg@10"] for r in ema_history] != [r["valid_ndcg@10"] for r in plain_history]
+    saved = {name: torch.load(d / "model.pt", weights_only=False) for name, d in (("plain", plain), ("ema", averaged))}
+    assert saved["ema"]["state_dict"].keys() == saved["plain"]["state_dict"].keys()
+    assert not torch.equal(saved["ema"]["state_dict"]["id_embedding.weight"],
+                           saved["plain"]["state_dict"]["id_embedding.weight"])
+    assert not torch.equal(saved["ema"]["item_text_vectors"], saved["plain"]["item_text_vectors"])
+    recommender = Recommender.load(averaged)
+    assert recommender.recommend([recommender.item_ids[:3].tolist()], top_k=5).item_ids.shape == (1, 5)

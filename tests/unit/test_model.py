@@ -213,6 +213,25 @@ def test_item_bias_offsets_an_item_alike_under_every_interest():
     assert torch.allclose(per_interest_biased[..., :7], per_interest[..., :7])
 
 
+def test_logit_scale_scales_training_and_inference_scores_alike():
+    torch.manual_seed(0)
+    base = PrismRecNet(spec(k=3)).eval()
+    hotter = PrismRecNet(dataclasses.replace(spec(k=3), logit_scale=5.0)).eval()
+    hotter.load_state_dict(base.state_dict())
+    cache, histories = torch.randn(21, 384), pad_left([np.array([1, 2, 3]), np.array([4, 5])], 6)
+    keep = histories > 0
+    targets = torch.where(keep, 9, 0)
+    logits, *_ = base(histories, keep, cache, torch.tensor([1]), None, None, targets=targets)
+    hotter_logits, *_ = hotter(histories, keep, cache, torch.tensor([1]), None, None, targets=targets)
+    assert base.logit_scale == 20.0  # the default, which checkpoints without the field load with
+    assert torch.allclose(hotter_logits, logits / 4, atol=1e-6)
+    assert hotter_logits.abs().max() <= 5.0 + 1e-5  # cosines times the scale
+    items = base.item_vectors(cache)
+    scores, best, *_ = base.score_last(histories, items)
+    hotter_scores, hotter_best, *_ = hotter.score_last(histories, items)
+    assert torch.allclose(hotter_scores, scores / 4, atol=1e-6) and torch.equal(hotter_best, best)
+
+
 def test_best_interest_score_gives_a_tie_to_one_interest():
     interests = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]], requires_grad=True)  # two equal interests
     items = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
