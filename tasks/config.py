@@ -212,8 +212,8 @@ class TrainConfig:
     # steps (per-step decay 1 - 1 / (ema_epochs * steps per epoch)); when > 0, validation, the LR
     # plateau, early stopping, the checkpoint and everything downstream use the averaged weights,
     # while training goes on with the live ones. 0: off. On ML-100K 1.8 (EMA decay 0.99 at 56
-    # steps per epoch) lifted validation NDCG@10 above the live weights' at every epoch from the
-    # 10th and kept it rising where the live weights stalled (best 0.1395 vs 0.1307; bench/README v29).
+    # steps per epoch) put validation NDCG@10 above the live weights' at 15 of 16 epochs from the
+    # 10th (best 0.1395 vs 0.1307 without averaging); a second run gained less (bench/README v29).
     ema_epochs: float = 1.8
     # Wall-clock budget: training stops before an epoch that would overrun it (measured on the
     # epochs so far, validation included); the best epoch is kept.
