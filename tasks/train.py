@@ -307,17 +307,17 @@ def main(argv: list[str] | None = None) -> None:
         text_cache = refresh_all(net)
         evaluated_cache = refresh_all(evaluated) if ema is not None else text_cache
         totals = validate(evaluated, evaluated_cache, sequences, shard, max_history, device)
-        raw = validate(net, text_cache, sequences, shard, max_history, device) if ema is not None else totals
+        live_totals = validate(net, text_cache, sequences, shard, max_history, device) if ema is not None else None
         if ddp:
-            dist.all_reduce(totals)
-            if ema is not None:
-                dist.all_reduce(raw)
+            for reduced in (totals, live_totals):
+                if reduced is not None:
+                    dist.all_reduce(reduced)
         valid_ndcg, valid_hr = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
         record = {"epoch": epoch, "train_loss": epoch_loss / max(steps_per_epoch, 1), "valid_ndcg@10": valid_ndcg,
                   "interest_cosine": epoch_overlap / max(steps_per_epoch, 1), "lr": optimizer.param_groups[0]["lr"],
                   "valid_hr@10": valid_hr, "seconds": time.time() - epoch_started}
         if ema is not None:  # the live weights too, to see what the averaging adds
-            record["valid_ndcg@10_live"] = (raw[0] / raw[2]).item()
+            record["valid_ndcg@10_live"] = (live_totals[0] / live_totals[2]).item()
         history.append(record)
         if cfg.schedule == "plateau" and cfg.lr_patience is not None:
             plateau.step(valid_ndcg)

@@ -63,7 +63,7 @@ class PrismRecNet(nn.Module):
             nn.init.normal_(self.id_embedding.weight, std=0.02)
             with torch.no_grad():
                 self.id_embedding.weight[0].zero_()
-        # Cosine scores times a fixed scale (temperature 0.05) keep the softmax well-conditioned.
+        # Cosine scores times a scale (default 20: temperature 0.05) keep the softmax well-conditioned.
         self.logit_scale = spec.logit_scale
         # Optional learned per-interest log-scale on the cosine logits (spec.interest_scale): lets the
         # recent interest compete with the long-term ones, whose item blends score higher cosines.

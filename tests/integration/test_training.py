@@ -75,6 +75,8 @@ def test_bad_training_settings_fail_clearly(dataset_dir, base_overrides, tmp_pat
         load_config({**base_overrides, "train.epochs": 0})
     with pytest.raises(ConfigError, match="train.ema_epochs must be >= 0"):
         load_config({**base_overrides, "train.ema_epochs": -1})
+    with pytest.raises(ConfigError, match="train.logit_scale must be positive"):
+        load_config({**base_overrides, "train.logit_scale": 0})
 
 
 @pytest.mark.slow
