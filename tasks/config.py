@@ -196,6 +196,11 @@ class TrainConfig:
     # learned clearly slower and 30 was level within noise (bench/README.md v30). The interest
     # balance is in the same logit units.
     logit_scale: float = 20.0
+    # What the training softmax scores each item by: "best" (its best interest, as inference
+    # ranks) or "routed" (the interest nearest the position's target scores every item, as in
+    # ComiRec/MIND). Routed does a K-th of the logits' work (ML-1M step 818 -> 571 ms on a 2-core
+    # AVX2 CPU) but learned clearly slower per epoch on ML-100K (bench/README v31).
+    training_scores: str = "best"
     # Penalty on the pairwise cosines between a user's long-term interests that are positive (keeps
     # them apart, never pushes them past orthogonal; stronger settings cost accuracy: bench/README v13, v18).
     interest_diversity: float = 0.1
@@ -209,11 +214,12 @@ class TrainConfig:
     # and its early stopping rank by the best interest alone.
     interest_balance: float = 0.1
     # Exponential moving average of the weights (Polyak averaging) over about this many epochs of
-    # steps (per-step decay 1 - 1 / (ema_epochs * steps per epoch)); when > 0, validation, the LR
-    # plateau, early stopping, the checkpoint and everything downstream use the averaged weights,
-    # while training goes on with the live ones. 0: off. On ML-100K 1.8 (EMA decay 0.99 at 56
-    # steps per epoch) put validation NDCG@10 above the live weights' at 15 of 16 epochs from the
-    # 10th (best 0.1395 vs 0.1307 without averaging); a second run gained less (bench/README v29).
+    # steps (per-step decay 1 - 1 / (ema_epochs * steps per epoch)); training goes on with the live
+    # weights, and each epoch both are validated: the better of the two is the epoch's model for
+    # the LR plateau, early stopping, the checkpoint and everything downstream (history.json keeps
+    # both, and which won). The average lags while the model still improves fast and leads on a
+    # plateau: on ML-100K 1.8 (EMA decay 0.99 at 56 steps per epoch) validated above the live
+    # weights at 15 of 16 epochs from the 10th (best 0.1395 vs 0.1307; bench/README v29, v32). 0: off.
     ema_epochs: float = 1.8
     # Wall-clock budget: training stops before an epoch that would overrun it (measured on the
     # epochs so far, validation included); the best epoch is kept.
@@ -412,6 +418,7 @@ def validate(config: PipelineConfig) -> None:
         (t.epochs >= 1, "train.epochs must be at least 1"),
         (t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32"),
         (t.interest_routing in ("attention", "cluster"), "train.interest_routing must be attention or cluster"),
+        (t.training_scores in ("best", "routed"), f"train.training_scores must be best or routed, got {t.training_scores!r}"),
         (t.interest_keys in ("state", "item"), "train.interest_keys must be state or item"),
         (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
         (t.interest_balance >= 0, f"train.interest_balance must be >= 0 (0: no balancing), got {t.interest_balance}"),

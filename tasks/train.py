@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
                      max_text_tokens=cfg.max_text_tokens, use_id_embedding=cfg.use_id_embedding,
                      interest_routing=cfg.interest_routing, id_dropout=cfg.id_dropout,
                      interest_scale=cfg.interest_scale, interest_keys=cfg.interest_keys, item_bias=cfg.item_bias,
-                     logit_scale=cfg.logit_scale, interest_balance=cfg.interest_balance)
+                     logit_scale=cfg.logit_scale, interest_balance=cfg.interest_balance,
+                     training_scores=cfg.training_scores)
     net = PrismRecNet(spec, encoder).to(device)
     del encoder
     model = DistributedDataParallel(net) if ddp else net  # the network has no buffers to sync
@@ -312,11 +313,20 @@ def main(argv: list[str] | None = None) -> None:
             for reduced in (totals, live_totals):
                 if reduced is not None:
                     dist.all_reduce(reduced)
-        valid_ndcg, valid_hr = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+        # With averaging, the better of the averaged and the live weights on validation is this
+        # epoch's model: the average lags while the model still improves fast (the first epochs,
+        # or all of a short budget), and leads once the live weights wander around a plateau.
+        chosen, chosen_totals, chosen_cache, weights = evaluated, totals, evaluated_cache, "averaged"
+        if ema is None:
+            weights = "live"
+        elif (live_totals[0] > totals[0]).item():
+            chosen, chosen_totals, chosen_cache, weights = net, live_totals, text_cache, "live"
+        valid_ndcg, valid_hr = (chosen_totals[0] / chosen_totals[2]).item(), (chosen_totals[1] / chosen_totals[2]).item()
         record = {"epoch": epoch, "train_loss": epoch_loss / max(steps_per_epoch, 1), "valid_ndcg@10": valid_ndcg,
                   "interest_cosine": epoch_overlap / max(steps_per_epoch, 1), "lr": optimizer.param_groups[0]["lr"],
-                  "valid_hr@10": valid_hr, "seconds": time.time() - epoch_started}
-        if ema is not None:  # the live weights too, to see what the averaging adds
+                  "valid_hr@10": valid_hr, "seconds": time.time() - epoch_started, "weights": weights}
+        if ema is not None:  # both candidates, to see what the averaging adds
+            record["valid_ndcg@10_averaged"] = (totals[0] / totals[2]).item()
             record["valid_ndcg@10_live"] = (live_totals[0] / live_totals[2]).item()
         history.append(record)
         if cfg.schedule == "plateau" and cfg.lr_patience is not None:
@@ -326,13 +336,14 @@ def main(argv: list[str] | None = None) -> None:
             best, stale = valid_ndcg, 0
             if master:
                 torch.save({"spec": spec.to_dict(), "train_config": dataclasses.asdict(cfg), "epoch": epoch,
-                            "state_dict": evaluated.state_dict(), "item_text_vectors": evaluated_cache.cpu(),
-                            "item_ids": sequences.item_ids, "valid_ndcg@10": valid_ndcg},
+                            "state_dict": chosen.state_dict(), "item_text_vectors": chosen_cache.cpu(),
+                            "item_ids": sequences.item_ids, "valid_ndcg@10": valid_ndcg, "weights": weights},
                            args.out / CHECKPOINT)
         else:
             stale += 1
         if master:
-            live = f" (live weights {record['valid_ndcg@10_live']:.4f})" if ema is not None else ""
+            live = (f" ({weights}; averaged {record['valid_ndcg@10_averaged']:.4f}, live {record['valid_ndcg@10_live']:.4f})"
+                    if ema is not None else "")
             log.info("epoch %d: loss %.4f, interest cosine %.3f, valid NDCG@10 %.4f%s, HR@10 %.4f%s (%.1fs, total %.0fs)",
                      epoch, record["train_loss"], record["interest_cosine"], valid_ndcg, live, valid_hr,
                      " (best, saved)" if improved else "",
@@ -362,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         (args.out / HISTORY).write_text(json.dumps(history, indent=2))
         (args.out / SUMMARY).write_text(json.dumps({"best_valid_ndcg@10": best, "epochs_run": len(history),
                                                     "best_epoch": max(history, key=lambda r: r["valid_ndcg@10"])["epoch"],
+                                                    "best_weights": max(history, key=lambda r: r["valid_ndcg@10"])["weights"],
                                                     "stopped_by": stopped_by,
                                                     "train_seconds": time.time() - started, "mlm_losses": mlm_losses,
                                                     "world_size": world}, indent=2))

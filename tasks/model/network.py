@@ -42,6 +42,10 @@ class ModelSpec:
     item_bias: bool = False
     # Cosine scores are multiplied by this (a softmax temperature of 1 / logit_scale).
     logit_scale: float = LOGIT_SCALE
+    # Training only: "best" scores every catalogue item under its best interest (what inference
+    # ranks by); "routed" scores the catalogue under the one interest nearest each position's
+    # target (ComiRec/MIND training), a K-th of the logits' matmul work.
+    training_scores: str = "best"
     # Inference only: ComiRec's controllable aggregation (tasks.model.recommender.balance_interests);
     # 0 ranks every item by its best interest alone.
     interest_balance: float = 0.0
@@ -115,7 +119,7 @@ class PrismRecNet(nn.Module):
         interests, _ = self.interests(histories, items, with_attention=False)
         interests = interests[keep]  # [P, K, d]: padding positions have no target, skip their logits
         overlap = self.interest_overlap(interests[:, 1:], items[1:].mean(0).detach())
-        wanted = targets[keep] if negatives is not None else None
+        wanted = targets[keep] if targets is not None else None
         logits = self.training_logits(interests, items, wanted, negatives)
         long_term_logits = None
         if long_term and interests.shape[1] > 1:
@@ -124,6 +128,8 @@ class PrismRecNet(nn.Module):
 
     def training_logits(self, interests: torch.Tensor, items: torch.Tensor, targets: torch.Tensor | None,
                         negatives: torch.Tensor | None) -> torch.Tensor:
+        if self.spec.training_scores == "routed" and interests.shape[1] > 1:
+            interests = self.route_to_target(interests, items, targets)
         if negatives is None:
             logits = self.best_match(interests, items)
             return logits if self.item_bias is None else logits + self.item_bias.to(logits.dtype)
@@ -135,6 +141,14 @@ class PrismRecNet(nn.Module):
             negative = negative + self.item_bias[negatives].to(negative.dtype)
         negative = negative.masked_fill(negatives[None, :] == targets[:, None], torch.finfo(negative.dtype).min)
         return torch.cat([positive[:, None].to(negative.dtype), negative], dim=1)
+
+    def route_to_target(self, interests: torch.Tensor, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[P, K, d] -> [P, 1, d]: at each position the interest that scores its target highest
+        (the choice takes no gradient; the chosen interest's scores do)."""
+        with torch.no_grad():
+            nearest = torch.einsum("pkd,pd->pk", self._unit_interests(interests),
+                                   nn.functional.normalize(items[targets], dim=-1)).argmax(1)
+        return interests[torch.arange(len(nearest), device=nearest.device), nearest][:, None]
 
     def _unit_interests(self, interests: torch.Tensor) -> torch.Tensor:
         """Unit interests [..., K, d] times the logit scale (and the optional per-interest scale)."""

@@ -63,7 +63,15 @@ def encode_frozen(texts: list[str], tokenizer, encoder, n_trainable: int, max_to
 
 
 class TextTower(nn.Module):
-    """Fine-tuned top layers of MiniLM + mean pooling over the cached lower-layer states."""
+    """Fine-tuned top layers of MiniLM + mean pooling over the cached lower-layer states.
+
+    Item texts are short (a title, a year, genres: median 15 of the 32 word pieces), so the
+    layers run on the real tokens alone, packed into one [tokens, 384] matrix: every part of a
+    BERT layer but self-attention works token by token, and only the attention itself sees the
+    padded [items, heads, T, T] layout. The same function as the padded layer (a padded token
+    is masked out of attention and out of the mean, so its state never reaches the output), at
+    about half the matmul work and dropout draws per step.
+    """
 
     def __init__(self, encoder, n_trainable: int):
         super().__init__()
@@ -72,11 +80,32 @@ class TextTower(nn.Module):
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, T, 384] cached states, [B, T] mask -> [B, 384] mean-pooled sentence vectors."""
+        real = mask.bool()
         extended = additive_mask(mask, hidden.dtype)
+        tokens = hidden[real]  # [V, 384]: the real tokens of all B items, row-major
         for layer in self.layers:
-            hidden = layer(hidden, extended)
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            tokens = self._packed_layer(layer, tokens, real, extended)
+        row = real.nonzero()[:, 0]  # the item each packed token belongs to
+        summed = tokens.new_zeros((len(hidden), tokens.shape[-1])).index_add_(0, row, tokens)
+        return summed / real.sum(1, keepdim=True).clamp(min=1).to(summed.dtype)
+
+    def _packed_layer(self, layer, tokens: torch.Tensor, real: torch.Tensor, extended: torch.Tensor) -> torch.Tensor:
+        """One BertLayer (post-LN: attention, add & norm, feed-forward, add & norm) over packed tokens."""
+        attention = layer.attention.self
+        batch, length = real.shape
+        heads, size = attention.num_attention_heads, attention.attention_head_size
+
+        def padded(projection: nn.Linear) -> torch.Tensor:  # [V, 384] -> [B, heads, T, head size]
+            out = projection(tokens)
+            grid = out.new_zeros((batch, length, out.shape[-1])).index_put((real,), out)
+            return grid.view(batch, length, heads, size).transpose(1, 2)
+
+        context = nn.functional.scaled_dot_product_attention(
+            padded(attention.query), padded(attention.key), padded(attention.value), attn_mask=extended.to(tokens.dtype),
+            dropout_p=attention.dropout.p if self.training else 0.0, scale=attention.scaling)
+        context = context.transpose(1, 2).reshape(batch, length, heads * size)[real]
+        attended = layer.attention.output(context, tokens)  # dense, dropout, residual, LayerNorm
+        return layer.output(layer.intermediate(attended), attended)
 
 
 def adapt_to_domain(texts: list[str], tokenizer, epochs: int, max_tokens: int, lr: float, seed: int,

@@ -279,3 +279,39 @@ def test_window_overlap_outside_its_range_is_a_clear_config_error():
     assert load_config({"train.window_overlap": 0.5}).train.window_overlap == 0.5
     with pytest.raises(ConfigError, match=r"train.window_overlap must be in \[0, 1\), got 1.0"):
         load_config({"train.window_overlap": 1.0})
+
+
+def test_routed_training_scores_the_catalogue_under_the_interest_nearest_the_target():
+    torch.manual_seed(0)
+    best = PrismRecNet(spec(k=3)).eval()
+    routed = PrismRecNet(dataclasses.replace(spec(k=3), training_scores="routed")).eval()
+    routed.load_state_dict(best.state_dict())
+    histories = pad_left([np.array([1, 2, 3, 4, 5]), np.array([6, 7])], 6)
+    targets = pad_left([np.array([2, 3, 4, 5, 9]), np.array([7, 11])], 6)
+    keep, cache, refresh = targets > 0, torch.randn(21, 384), torch.tensor([1])
+    logits, *_ = routed(histories, keep, cache, refresh, None, None, targets=targets)
+    best_logits, *_ = best(histories, keep, cache, refresh, None, None, targets=targets)
+    items = best.item_vectors(cache)
+    interests, _ = best.interests(histories, items, with_attention=False)
+    per_interest = best.match(interests[keep], items)  # [P, K, N+1]
+    wanted = targets[keep]
+    nearest = per_interest[torch.arange(len(wanted)), :, wanted].argmax(1)
+    assert torch.allclose(logits, per_interest[torch.arange(len(wanted)), nearest], atol=1e-5)
+    # Each row is one interest's scores: never above the best-of-K ones, equal at the target.
+    assert (logits <= best_logits + 1e-5).all()
+    assert torch.allclose(logits.gather(1, wanted[:, None]), best_logits.gather(1, wanted[:, None]), atol=1e-5)
+    assert (logits < best_logits - 1e-3).any()  # elsewhere another interest often wins
+    # Only the chosen interests get a gradient through the logits.
+    routed.train()
+    logits, *_ = routed(histories, keep, cache, refresh, None, None, targets=targets)
+    softmax_cross_entropy(logits, wanted).backward()
+    assert all(p.grad is not None for p in routed.text_projection.parameters())
+
+
+def test_routed_training_scores_are_a_clear_config_choice():
+    from tasks.config import load_config
+    from tasks.errors import ConfigError
+
+    assert load_config({"train.training_scores": "routed"}).train.training_scores == "routed"
+    with pytest.raises(ConfigError, match="train.training_scores must be best or routed, got 'nearest'"):
+        load_config({"train.training_scores": "nearest"})
