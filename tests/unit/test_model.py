@@ -301,6 +301,11 @@ def test_routed_training_scores_the_catalogue_under_the_interest_nearest_the_tar
     assert (logits <= best_logits + 1e-5).all()
     assert torch.allclose(logits.gather(1, wanted[:, None]), best_logits.gather(1, wanted[:, None]), atol=1e-5)
     assert (logits < best_logits - 1e-3).any()  # elsewhere another interest often wins
+    negatives = torch.tensor([9, 12, 3, 20])  # sampled softmax routes the same way
+    sampled, *_ = routed(histories, keep, cache, refresh, None, None, targets=targets, negatives=negatives)
+    hit = negatives[None] == wanted[:, None]
+    assert torch.allclose(sampled[:, 0], logits.gather(1, wanted[:, None])[:, 0], atol=1e-5)
+    assert torch.allclose(sampled[:, 1:][~hit], logits[:, negatives][~hit], atol=1e-5)
     # Only the chosen interests get a gradient through the logits.
     routed.train()
     logits, *_ = routed(histories, keep, cache, refresh, None, None, targets=targets)
