@@ -44,7 +44,8 @@ OUTPUTS: tuple[Output, ...] = (
             ("rank", "integer not null", "1 = best; ranks run 1..k without gaps per user."),
             ("item_id", "bigint not null", "app.items.item_id recommended; never an item already in the user's history."),
             ("title", "text", "Display title of the recommended item (\"The Piano\", as explanations write it)."),
-            ("score", "real not null", "Model score (higher is better); comparable within one user's list only."),
+            ("score", "real not null", "The pick's score under its interest (a logit; comparable within one user's list only). "
+                                         "Lists are ordered by rank, which shares picks out between interests: a later rank can score higher."),
             ("interest_id", "integer not null",
              "Which of the user's interest vectors picked this item: 0 = the recent interest, 1.. = "
              "long-term interests; -1 = popularity fallback."),
