@@ -127,7 +127,7 @@ class TrainConfig:
     # Width of item/interest vectors; 128 is ample for catalogues of a few thousand items.
     dim: int = 128
     # Top transformer layers of MiniLM that are fine-tuned; the rest stay frozen and cached. Two
-    # learned no faster per epoch than one on ML-100K at 1.35x the time (bench/README.md v33).
+    # learned no faster per epoch than one on ML-100K at 1.45x the time (bench/README.md v33).
     lm_trainable_layers: int = 1
     # Item texts are a title, a year and genres: 32 word pieces cover nearly all of them.
     max_text_tokens: int = 32

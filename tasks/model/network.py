@@ -133,8 +133,7 @@ class PrismRecNet(nn.Module):
         if negatives is None:
             logits = self.best_match(interests, items)
             return logits if self.item_bias is None else logits + self.item_bias.to(logits.dtype)
-        positive = torch.einsum("pkd,pd->pk", self._unit_interests(interests),
-                                nn.functional.normalize(items[targets], dim=-1)).amax(1)
+        positive = self.target_scores(interests, items, targets).amax(1)
         negative = self.best_match(interests, items[negatives])
         if self.item_bias is not None:
             positive = positive + self.item_bias[targets].to(positive.dtype)
@@ -146,9 +145,12 @@ class PrismRecNet(nn.Module):
         """[P, K, d] -> [P, 1, d]: at each position the interest that scores its target highest
         (the choice takes no gradient; the chosen interest's scores do)."""
         with torch.no_grad():
-            nearest = torch.einsum("pkd,pd->pk", self._unit_interests(interests),
-                                   nn.functional.normalize(items[targets], dim=-1)).argmax(1)
+            nearest = self.target_scores(interests, items, targets).argmax(1)
         return interests[torch.arange(len(nearest), device=nearest.device), nearest][:, None]
+
+    def target_scores(self, interests: torch.Tensor, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[P, K] scaled cosine of each position's target with each of its interests [P, K, d]."""
+        return torch.einsum("pkd,pd->pk", self._unit_interests(interests), nn.functional.normalize(items[targets], dim=-1))
 
     def _unit_interests(self, interests: torch.Tensor) -> torch.Tensor:
         """Unit interests [..., K, d] times the logit scale (and the optional per-interest scale)."""
