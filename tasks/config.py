@@ -222,6 +222,10 @@ class TrainConfig:
     # plateau: on ML-100K 1.8 (EMA decay 0.99 at 56 steps per epoch) validated above the live
     # weights at 15 of 16 epochs from the 10th (best 0.1395 vs 0.1307; bench/README v29, v32). 0: off.
     ema_epochs: float = 1.8
+    # Warm the average up (TensorFlow's num_updates rule, tasks.train.ema_decay): per-step decay
+    # min(decay, (1 + n) / (10 + n)) after n updates, so early on the average spans about the last
+    # ~11 % of the steps instead of lagging a fast-improving model by ema_epochs.
+    ema_warmup: bool = False
     # Wall-clock budget: training stops before an epoch that would overrun it (measured on the
     # epochs so far, validation included); the best epoch is kept.
     max_minutes: float | None = None

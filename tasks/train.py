@@ -116,6 +116,25 @@ def _training_batches(windows, batch_size, max_history):
         yield pad_left([w[:-1] for w, _ in chosen], max_history), targets
 
 
+def ema_decay(decay: float, updates: int, warmup: bool) -> float:
+    """The EMA decay for the update after `updates` earlier ones. With warm-up (TensorFlow's
+    ExponentialMovingAverage with num_updates): min(decay, (1 + n) / (10 + n)), so the average
+    spans about the last ~11 % of the steps taken (n / 9) until that reaches the full horizon
+    1 / (1 - decay): early on it follows the fast-improving weights instead of lagging them."""
+    return min(decay, (1 + updates) / (10 + updates)) if warmup else decay
+
+
+def ema_multi_avg_fn(decay: float, warmup: bool):
+    """`multi_avg_fn` for torch's AveragedModel: torch's own EMA update (a foreach lerp) with the
+    decay of `ema_decay`; AveragedModel passes how many updates it has averaged so far."""
+    import torch
+
+    @torch.no_grad()
+    def update(averaged: list, current: list, n_averaged) -> None:
+        torch._foreach_lerp_(averaged, current, 1.0 - ema_decay(decay, int(n_averaged), warmup))
+    return update
+
+
 def use_bf16(precision: str, device) -> bool:
     """bf16 autocast on a GPU, and on CPUs whose instruction set does bf16 natively (else it is slower)."""
     if precision != "auto":
@@ -252,9 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     ema, evaluated = None, net
     if cfg.ema_epochs:
         decay = max(0.0, 1.0 - 1.0 / (cfg.ema_epochs * steps_per_epoch))
-        ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay))
+        ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(decay, cfg.ema_warmup))
         evaluated = ema.module
-        log.info("weights averaged over ~%.1f epochs (EMA decay %.5f per step)", cfg.ema_epochs, decay)
+        log.info("weights averaged over ~%.1f epochs (EMA decay %.5f per step%s)", cfg.ema_epochs, decay,
+                 ", warmed up over the first steps" if cfg.ema_warmup else "")
     log.info("loss: softmax over %s", f"{cfg.negatives} sampled negatives" if sampled else "the whole catalogue")
     history, best, stale, stopped_by = [], -1.0, 0, "epochs"
     train_started = time.time()

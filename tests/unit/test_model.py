@@ -18,6 +18,8 @@ from tasks.model.network import (
 from tasks.train import (
     _training_batches,
     cosine_factor,
+    ema_decay,
+    ema_multi_avg_fn,
     planned_epochs,
     training_windows,
     use_bf16,
@@ -80,6 +82,29 @@ def test_planned_epochs_fit_the_budget():
     assert planned_epochs(6, 2, 200.0, 1000.0) == 6  # never past the cap
     assert planned_epochs(40, 5, 520.0, 600.0) == 5  # another epoch would overrun: stop at 5
     assert planned_epochs(40, 1, 900.0, 600.0) == 1  # the first epoch alone overran
+
+
+def test_ema_warmup_follows_the_recent_steps_then_reaches_the_full_horizon():
+    assert ema_decay(0.999, 0, warmup=False) == ema_decay(0.999, 10**6, warmup=False) == 0.999
+    assert ema_decay(0.999, 0, warmup=True) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema_decay(0.999, 90, warmup=True) == pytest.approx(0.91)  # ~ the last 11 steps
+    assert ema_decay(0.999, 10**6, warmup=True) == 0.999  # capped at the configured horizon
+    # Through torch's AveragedModel: a weight that steps 0, 1, 2, ... is averaged with these decays.
+    net = torch.nn.Linear(1, 1, bias=False)
+    for warmup in (False, True):
+        ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(0.99, warmup))
+        expected = None
+        for step in range(200):
+            with torch.no_grad():
+                net.weight.fill_(float(step))
+            ema.update_parameters(net)
+            d = ema_decay(0.99, step, warmup)  # AveragedModel copies the first and counts it as one
+            expected = float(step) if expected is None else d * expected + (1 - d) * step
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-5)
+        lag = 199 - ema.module.weight.item()
+        # Full horizon: lags ~1 / (1 - 0.99) = 100 steps behind (less, from the start); warmed
+        # up: about 200 / 9 ~ 22 steps behind.
+        assert (lag > 80) if not warmup else (15 < lag < 30)
 
 
 def test_bf16_setting_is_respected():
