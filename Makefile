@@ -64,7 +64,8 @@ mlflow-ui: venv
 # Quality benchmark: every baseline and PrismRec on the LOO-full split of DATASET
 # (ml-100k or ml-1m); writes bench/results/quality-$(DATASET).{json,md}. BUDGET (minutes) caps
 # the wall-clock training of PrismRec and SASRec each (e.g. BUDGET=50 for ml-1m on 2 CPU cores).
-# NPROC sets PrismRec's torchrun processes (train.nproc; NPROC=2 = one per core on 2 CPU cores).
+# NPROC sets PrismRec's torchrun processes (train.nproc, default 1; on 2 CPU cores one process
+# with two threads learned more per epoch than two and fit more epochs: bench/README.md v32, v37).
 DATASET ?= ml-100k
 BUDGET ?=
 bench-quality: venv
