@@ -89,19 +89,22 @@ def test_ema_warmup_follows_the_recent_steps_then_reaches_the_full_horizon():
     assert ema_decay(0.999, 0, warmup=True) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
     assert ema_decay(0.999, 90, warmup=True) == pytest.approx(0.91)  # ~ the last 11 steps
     assert ema_decay(0.999, 10**6, warmup=True) == 0.999  # capped at the configured horizon
-    # Through torch's AveragedModel: a weight that steps 0, 1, 2, ... is averaged with these decays.
-    net = torch.nn.Linear(1, 1, bias=False)
+    # Through torch's AveragedModel: weights that step 0, 1, 2, ... are averaged with these decays,
+    # in each of its parameter groups (it calls the update once per device and dtype).
+    net = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False).double())
     for warmup in (False, True):
         ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(0.99, warmup))
         expected = None
         for step in range(200):
             with torch.no_grad():
-                net.weight.fill_(float(step))
+                for layer in net:
+                    layer.weight.fill_(float(step))
             ema.update_parameters(net)
             d = ema_decay(0.99, step, warmup)  # AveragedModel copies the first and counts it as one
             expected = float(step) if expected is None else d * expected + (1 - d) * step
-        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-5)
-        lag = 199 - ema.module.weight.item()
+        averaged = [layer.weight.item() for layer in ema.module]
+        assert averaged == [pytest.approx(expected, rel=1e-5)] * 2
+        lag = 199 - averaged[0]
         # Full horizon: lags ~1 / (1 - 0.99) = 100 steps behind (less, from the start); warmed
         # up: about 200 / 9 ~ 22 steps behind.
         assert (lag > 80) if not warmup else (15 < lag < 30)
