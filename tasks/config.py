@@ -226,7 +226,10 @@ class TrainConfig:
     ema_epochs: float = 1.8
     # Warm the average up (TensorFlow's num_updates rule, tasks.train.ema_decay): per-step decay
     # min(decay, (1 + n) / (10 + n)) after n updates, so early on the average spans about the last
-    # ~11 % of the steps instead of lagging a fast-improving model by ema_epochs.
+    # ~11 % of the steps instead of lagging a fast-improving model by ema_epochs. ML-1M: the
+    # average validated 0.1292 vs 0.0438 at epoch 1, best of 5 epochs 0.1649 vs 0.1611; ML-100K
+    # full run level (bench/README.md v38, v39). Off until a full ML-1M run confirms it; turn it
+    # on for budgets that fit only a few epochs.
     ema_warmup: bool = False
     # Wall-clock budget: training stops before an epoch that would overrun it (measured on the
     # epochs so far, validation included); the best epoch is kept.
