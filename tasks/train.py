@@ -125,19 +125,22 @@ def ema_decay(decay: float, updates: int, warmup: bool) -> float:
 
 
 def ema_multi_avg_fn(decay: float, warmup: bool):
-    """`multi_avg_fn` for torch's AveragedModel: torch's own EMA update (a foreach lerp) with the
-    decay of `ema_decay`. AveragedModel copies the first weights (n = 1) and calls this from its
-    second update on, once per device/dtype group of parameters; the count is kept here per
-    group, not read from its `n_averaged` tensor, which on a GPU would cost a device sync a step."""
+    """`multi_avg_fn` for torch's AveragedModel: without warm-up torch's own EMA update; with it
+    the same foreach lerp with the decay of `ema_decay`. AveragedModel copies the first weights
+    (n = 1) and calls this from its second update on, once per device/dtype group of parameters;
+    the count is kept here per group, not read from its `n_averaged` tensor, which on a GPU would
+    cost a device sync a step."""
     import torch
 
+    if not warmup:
+        return torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
     updates: dict[int, int] = {}
 
     @torch.no_grad()
     def update(averaged: list, current: list, _n_averaged) -> None:
         group = averaged[0].data_ptr()  # the averaged weights' storage: the same at every update
         n = updates[group] = updates.get(group, 0) + 1
-        torch._foreach_lerp_(averaged, current, 1.0 - ema_decay(decay, n, warmup))
+        torch._foreach_lerp_(averaged, current, 1.0 - ema_decay(decay, n, warmup=True))
     return update
 
 
