@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(windows))
         mine = [windows[i] for i in np.array_split(order, world)[rank][: steps_per_epoch * cfg.batch_size]]
         epoch_loss, epoch_overlap, epoch_started = 0.0, 0.0, time.time()
+        epoch_wins = torch.zeros(cfg.n_interests, dtype=torch.long, device=device)
         for step, (inputs, targets) in enumerate(_training_batches(mine, cfg.batch_size, max_history), 1):
             inputs, targets = inputs.to(device), targets.to(device)
             if cfg.schedule == "cosine":
@@ -305,13 +306,14 @@ def main(argv: list[str] | None = None) -> None:
                 keep = targets > 0
                 negatives = (torch.randint(1, sequences.n_items + 1, (cfg.negatives,), device=device)
                              if sampled else None)
-                logits, long_term, fresh, overlap = model(inputs, keep, text_cache, refresh, states[refresh],
+                logits, long_term, fresh, overlap, wins = model(inputs, keep, text_cache, refresh, states[refresh],
                                                           masks[refresh], long_term=bool(cfg.long_term_loss),
                                                           targets=targets, negatives=negatives)
             # Sampled softmax puts each position's target in column 0.
             labels = torch.zeros_like(targets[keep]) if sampled else targets[keep]
             loss = softmax_cross_entropy(logits, labels)
             epoch_loss, epoch_overlap = epoch_loss + loss.item(), epoch_overlap + overlap.mean().item()
+            epoch_wins += wins
             if cfg.long_term_loss and long_term is not None:
                 # The recent interest wins most targets, so without this the long-term interests
                 # seldom get a gradient and stay alike; on their own they must predict the target
@@ -354,6 +356,10 @@ def main(argv: list[str] | None = None) -> None:
         record = {"epoch": epoch, "train_loss": epoch_loss / max(steps_per_epoch, 1), "valid_ndcg@10": valid_ndcg,
                   "interest_cosine": epoch_overlap / max(steps_per_epoch, 1), "lr": optimizer.param_groups[0]["lr"],
                   "valid_hr@10": valid_hr, "seconds": time.time() - epoch_started, "weights": weights}
+        # Which interest scores each training target highest, as shares of this epoch's targets:
+        # an interest near 0 has stopped winning items, so the main loss no longer trains it.
+        won = (epoch_wins.float() / epoch_wins.sum().clamp(min=1)).tolist()
+        record |= {f"targets_won_interest_{k}": share for k, share in enumerate(won)}
         if ema is not None:  # both candidates, to see what the averaging adds
             record["valid_ndcg@10_averaged"] = (totals[0] / totals[2]).item()
             record["valid_ndcg@10_live"] = (live_totals[0] / live_totals[2]).item()
@@ -373,8 +379,10 @@ def main(argv: list[str] | None = None) -> None:
         if master:
             live = (f" ({weights}; averaged {record['valid_ndcg@10_averaged']:.4f}, live {record['valid_ndcg@10_live']:.4f})"
                     if ema is not None else "")
-            log.info("epoch %d: loss %.4f, interest cosine %.3f, valid NDCG@10 %.4f%s, HR@10 %.4f%s (%.1fs, total %.0fs)",
-                     epoch, record["train_loss"], record["interest_cosine"], valid_ndcg, live, valid_hr,
+            log.info("epoch %d: loss %.4f, interest cosine %.3f, targets won by interest %s: %s, valid NDCG@10 %.4f%s, "
+                     "HR@10 %.4f%s (%.1fs, total %.0fs)",
+                     epoch, record["train_loss"], record["interest_cosine"], f"0-{len(won) - 1}",
+                     " / ".join(f"{share:.2f}" for share in won), valid_ndcg, live, valid_hr,
                      " (best, saved)" if improved else "",
                      record["seconds"], time.time() - train_started)
         if stale >= cfg.patience:

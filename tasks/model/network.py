@@ -98,13 +98,14 @@ class PrismRecNet(nn.Module):
     def forward(self, histories: torch.Tensor, keep: torch.Tensor, text_cache: torch.Tensor, refresh: torch.Tensor,
                 refresh_states: torch.Tensor, refresh_mask: torch.Tensor, long_term: bool = False,
                 targets: torch.Tensor | None = None, negatives: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Training step: refresh the text vectors of items `refresh` with gradient, then
         return logits at the P positions where `keep` [B, L] is True (each item's score under
         its best interest, what inference ranks by), the same over the long-term interests alone
         (only when asked and K > 1), the fresh text vectors (for the caller to write back into
-        its cache) and the pairwise cosines between the long-term interests at those positions
-        ([P, pairs]; zeros when K <= 2).
+        its cache), the pairwise cosines between the long-term interests at those positions
+        ([P, pairs]; zeros when K <= 2) and, given `targets`, how many of the positions' targets
+        each interest scores highest ([K] counts, no gradient: a dead interest shows as ~0).
 
         Logits are [P, N+1] over the whole catalogue, or, given `negatives` [M] (item indices
         shared by the batch) and `targets` [B, L], [P, 1+M]: the target's score first, then the
@@ -124,7 +125,12 @@ class PrismRecNet(nn.Module):
         long_term_logits = None
         if long_term and interests.shape[1] > 1:
             long_term_logits = self.training_logits(interests[:, 1:], items, wanted, negatives)
-        return logits, long_term_logits, fresh, overlap
+        wins = None
+        if wanted is not None:
+            with torch.no_grad():
+                winner = self.target_scores(interests.detach(), items.detach(), wanted).argmax(1)
+                wins = torch.bincount(winner, minlength=interests.shape[1])
+        return logits, long_term_logits, fresh, overlap, wins
 
     def training_logits(self, interests: torch.Tensor, items: torch.Tensor, targets: torch.Tensor | None,
                         negatives: torch.Tensor | None) -> torch.Tensor:

@@ -33,6 +33,10 @@ def test_two_process_gloo_ddp_run_trains_and_checkpoints(dataset_dir, base_overr
     assert summary["world_size"] == 2
     assert [r["epoch"] for r in history] == [1, 2]
     assert all(r["train_loss"] > 0 and 0 <= r["valid_ndcg@10"] <= 1 for r in history)
+    k = config.train.n_interests
+    for record in history:  # the share of training targets each interest scored highest
+        won = [record[f"targets_won_interest_{i}"] for i in range(k)]
+        assert all(0 <= share <= 1 for share in won) and sum(won) == pytest.approx(1.0)
 
     checkpoint = torch.load(model_dir / "model.pt", weights_only=False)
     # The fine-tuned top MiniLM layer is in the checkpoint, and it moved away from the pretrained weights.

@@ -209,11 +209,28 @@ def test_training_forward_scores_only_real_positions():
     keep = histories > 0
     cache = torch.randn(21, 384)
     refresh = torch.tensor([2, 3])
-    logits, long_term, fresh, overlap = net(histories, keep, cache, refresh, None, None, long_term=True)
+    logits, long_term, fresh, overlap, wins = net(histories, keep, cache, refresh, None, None, long_term=True)
     assert logits.shape == (7, 21) and long_term.shape == (7, 21) and fresh.shape == (2, 384)
+    assert wins is None  # no targets given
     assert (long_term <= logits + 1e-5).all()  # the best of all interests is at least the best long-term one
     (logits.logsumexp(-1).mean() + overlap.clamp(min=0).mean()).backward()
     assert net.users.interest_queries.grad is not None and net.id_embedding.weight.grad.abs().sum() > 0
+
+
+def test_training_forward_counts_the_interest_that_wins_each_target():
+    torch.manual_seed(0)
+    net = PrismRecNet(spec(k=3)).eval()  # eval: no dropout, so the recount below sees the same interests
+    histories = pad_left([np.array([1, 2, 3, 4, 5]), np.array([6, 7, 8])], 6)
+    targets = pad_left([np.array([2, 3, 4, 5, 9]), np.array([7, 8, 10])], 6)
+    keep = targets > 0
+    cache = torch.randn(21, 384)
+    *_, wins = net(histories, keep, cache, torch.tensor([2]), None, None, targets=targets)
+    with torch.no_grad():
+        items = net.item_vectors(cache)
+        interests = net.interests(histories, items, with_attention=False)[0][keep]  # [P, K, d]
+        cosine = torch.nn.functional.cosine_similarity(interests, items[targets[keep]][:, None], dim=-1)
+    assert wins.tolist() == torch.bincount(cosine.argmax(1), minlength=3).tolist()
+    assert wins.sum() == keep.sum() == 8
 
 
 def test_item_bias_offsets_an_item_alike_under_every_interest():
