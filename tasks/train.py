@@ -306,18 +306,19 @@ def main(argv: list[str] | None = None) -> None:
                 keep = targets > 0
                 negatives = (torch.randint(1, sequences.n_items + 1, (cfg.negatives,), device=device)
                              if sampled else None)
-                logits, long_term, fresh, overlap, wins = model(inputs, keep, text_cache, refresh, states[refresh],
-                                                          masks[refresh], long_term=bool(cfg.long_term_loss),
-                                                          targets=targets, negatives=negatives)
+                logits, long_term, fresh, overlap, wins = model(
+                    inputs, keep, text_cache, refresh, states[refresh], masks[refresh],
+                    long_term=bool(cfg.long_term_loss), targets=targets, negatives=negatives)
             # Sampled softmax puts each position's target in column 0.
             labels = torch.zeros_like(targets[keep]) if sampled else targets[keep]
             loss = softmax_cross_entropy(logits, labels)
             epoch_loss, epoch_overlap = epoch_loss + loss.item(), epoch_overlap + overlap.mean().item()
             epoch_wins += wins
             if cfg.long_term_loss and long_term is not None:
-                # The recent interest wins most targets, so without this the long-term interests
-                # seldom get a gradient and stay alike; on their own they must predict the target
-                # too, and the best of them takes it (so each specialises).
+                # Where the recent interest wins most targets (targets_won_interest_0 near 1, as
+                # with long histories), the long-term interests seldom get a gradient; on their own
+                # they must predict the target too, and the best of them takes it. (It made them
+                # alike and cost accuracy: bench/README.md v8, v45.)
                 loss = loss + cfg.long_term_loss * softmax_cross_entropy(long_term, labels)
             if cfg.interest_diversity:
                 # Only pairs that point the same way are penalised: orthogonal is apart enough, and
