@@ -128,7 +128,7 @@ class PrismRecNet(nn.Module):
         wins = None
         if wanted is not None:
             with torch.no_grad():
-                winner = self.target_scores(interests.detach(), items.detach(), wanted).argmax(1)
+                winner = self.target_scores(interests, items, wanted).argmax(1)
                 wins = torch.bincount(winner, minlength=interests.shape[1])
         return logits, long_term_logits, fresh, overlap, wins
 
