@@ -188,11 +188,6 @@ class TrainConfig:
     # What the long-term interests' attention keys read: "state" (the transformer state at each
     # past item) or "item" (the item vector alone, so interests can route by what items are).
     interest_keys: str = "state"
-    # How many of the latest items the long-term interests attend over (0: the whole history the
-    # model reads, prepare.max_history). With long histories the recent interest (a transformer
-    # over all of them) reads the long past, and the long-term blends stay as sharp as over short
-    # histories instead of averaging ~200 items. Attention routing only.
-    long_term_window: int = 0
     # Weight of a second loss on the long-term interests alone (best of 1..K-1 must predict the target).
     long_term_loss: float = 0.0
     # Learn a logit scale per interest (so the recent interest can compete with the long-term ones).
@@ -446,9 +441,6 @@ def validate(config: PipelineConfig) -> None:
         (t.soft_temperature > 0, f"train.soft_temperature must be positive, got {t.soft_temperature}"),
         (t.soft_anneal_epochs >= 0, f"train.soft_anneal_epochs must be >= 0 (0: no annealing), got {t.soft_anneal_epochs}"),
         (t.interest_keys in ("state", "item"), "train.interest_keys must be state or item"),
-        (t.long_term_window >= 0, f"train.long_term_window must be >= 0 (0: the whole history), got {t.long_term_window}"),
-        (not t.long_term_window or t.interest_routing == "attention",
-         "train.long_term_window needs train.interest_routing=attention (cluster routing pools the whole history)"),
         (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
         (t.interest_balance >= 0, f"train.interest_balance must be >= 0 (0: no balancing), got {t.interest_balance}"),
         (0.0 <= t.id_dropout < 1.0, "train.id_dropout must be in [0, 1)"),

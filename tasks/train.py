@@ -247,7 +247,6 @@ def main(argv: list[str] | None = None) -> None:
                      max_text_tokens=cfg.max_text_tokens, use_id_embedding=cfg.use_id_embedding,
                      interest_routing=cfg.interest_routing, id_dropout=cfg.id_dropout,
                      interest_scale=cfg.interest_scale, interest_keys=cfg.interest_keys, item_bias=cfg.item_bias,
-                     long_term_window=cfg.long_term_window,
                      logit_scale=cfg.logit_scale, interest_balance=cfg.interest_balance,
                      training_scores=cfg.training_scores)
     net = PrismRecNet(spec, encoder).to(device)

@@ -2,9 +2,8 @@
 
 Interest 0 is the *recent* interest: the state of a small causal transformer over the history
 (SASRec-style), which follows what the user is watching now. Interests 1..K-1 are *long-term*
-interests: each pools the item vectors of the causal prefix (or of its last
-train.long_term_window items) with its own weights, so an interest is literally a blend of
-past items. Two ways to weigh them (train.interest_routing):
+interests: each pools the item vectors of the causal prefix with its own weights, so an
+interest is literally a blend of past items. Two ways to weigh them (train.interest_routing):
 
 - "attention": learned queries attend over the prefix (self-attentive multi-interest
   extraction, ComiRec-SA); a diversity penalty in training keeps the interests apart.
@@ -27,12 +26,9 @@ from torch import nn
 
 class InterestExtractor(nn.Module):
     def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float,
-                 routing: str = "attention", keys: str = "state", long_term_window: int = 0):
+                 routing: str = "attention", keys: str = "state"):
         super().__init__()
         self.key_source = keys
-        # Long-term interests attend over the last `long_term_window` items only (0: the whole
-        # history), while the recent interest's transformer reads all of it.
-        self.long_term_window = long_term_window
         self.n_interests = n_interests
         self.n_heads = n_heads
         self.routing = routing
@@ -85,15 +81,10 @@ class InterestExtractor(nn.Module):
         blocked_context = causal[None] | (pad[:, None, :] & ~diagonal[None])  # [B, L, L]
         state, recent_attention = self._context(x, blocked_context.repeat_interleave(self.n_heads, 0), with_attention)
         state = self.norm(state)
-        # What the long-term interests may not read after each position t: the future and, with a
-        # window, items more than long_term_window - 1 positions back.
-        unseen = causal
-        if self.long_term_window and self.long_term_window < length:
-            unseen = causal | torch.tril(torch.ones_like(causal), -self.long_term_window)
         if last_only:
             # Everything after the transformer is per position: pool the last one alone (the last
             # position sees the whole history, so "causal" is just the padding mask).
-            causal, unseen = causal[-1:], unseen[-1:]
+            causal = causal[-1:]
             if recent_attention is not None:
                 recent_attention = recent_attention[:, -1:]
             if self.interest_queries is None:
@@ -123,7 +114,7 @@ class InterestExtractor(nn.Module):
                     attention = attention[:, -1:]
                 attention = attention.masked_fill(causal[None, :, None, :], 0.0)
         else:
-            blocked = unseen[None, :, None, :] | pad[:, None, None, :]  # [B, L(t), 1, L(j)]
+            blocked = causal[None, :, None, :] | pad[:, None, None, :]  # [B, L(t), 1, L(j)]
             logits = logits[:, None].masked_fill(blocked, torch.finfo(logits.dtype).min)  # [B, L, K-1, L]
             attention = logits.softmax(-1)
             pooled = self.long_out(torch.einsum("btkj,bjd->btkd", attention, history))

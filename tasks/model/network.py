@@ -37,7 +37,6 @@ class ModelSpec:
     id_dropout: float = 0.0
     interest_scale: bool = False
     interest_keys: str = "state"
-    long_term_window: int = 0
     # A learned score offset per item, added under every interest (popularity and the like, kept
     # out of the interest directions).
     item_bias: bool = False
@@ -80,7 +79,7 @@ class PrismRecNet(nn.Module):
         self.item_bias = nn.Parameter(torch.zeros(spec.n_items + 1)) if spec.item_bias else None
         self.users = InterestExtractor(
             spec.dim, spec.n_interests, spec.max_history, spec.user_layers, spec.user_heads, spec.dropout,
-            spec.interest_routing, spec.interest_keys, spec.long_term_window,
+            spec.interest_routing, spec.interest_keys,
         )
 
     def item_vectors(self, text_vectors: torch.Tensor) -> torch.Tensor:
@@ -281,37 +280,33 @@ class SoftInterestScore(torch.autograd.Function):
     """tau * logsumexp over interests of interest·item / tau, for P positions x N items: a soft
     best-of-K whose gradient reaches every interest in proportion to its softmax weight over the
     interests (the hard best hands it all to the winner). Same layout as BestInterestScore: one
-    batched matmul and the reduction over K contiguous [P, N] slabs (in float32). The forward pass
-    overwrites each slab of scores with its unnormalised weight exp((score - max) / tau) in the
-    scores' dtype, so the backward pass is one multiply per interest before its two matmuls.
+    batched matmul, the reduction over K contiguous [P, N] slabs in float32, and a backward pass
+    that re-derives each interest's weight from the saved scores rather than keeping K weight maps.
     """
 
     @staticmethod
     def forward(ctx, interests: torch.Tensor, items: torch.Tensor, dtype: torch.dtype, tau: float) -> torch.Tensor:
         with torch.autocast(items.device.type, enabled=False):
             a, b = interests.to(dtype), items.to(dtype)
-            weights = a.transpose(0, 1) @ b.T  # [K, P, N] scores, turned into weights below
-            top = weights.amax(0).float()
+            scores = a.transpose(0, 1) @ b.T  # [K, P, N]
+            top = scores.amax(0).float()
             total = torch.zeros_like(top)
-            for k in range(len(weights)):
-                slab = weights[k].float().sub_(top).mul_(1 / tau).exp_()
-                total += slab
-                weights[k].copy_(slab)
-            log_total = total.log_()
-            soft = top.add_(log_total, alpha=tau)
-        ctx.save_for_backward(a, b, weights, log_total)
-        ctx.dtypes = interests.dtype, items.dtype
+            for k in range(len(scores)):
+                total += ((scores[k].float() - top) / tau).exp_()
+            soft = top + tau * total.log_()
+        ctx.save_for_backward(a, b, scores, soft)
+        ctx.dtypes, ctx.tau = (interests.dtype, items.dtype), tau
         return soft.to(dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        a, b, weights, log_total = ctx.saved_tensors
-        scaled = (grad.float() * log_total.neg().exp_()).to(a.dtype)  # grad / sum of the weights
+        a, b, scores, soft = ctx.saved_tensors
+        grad = grad.float()
         grad_a = torch.empty(a.shape, dtype=torch.float32, device=a.device)
         grad_b = torch.zeros(b.shape, dtype=torch.float32, device=b.device)
         with torch.autocast(b.device.type, enabled=False):
             for k in range(a.shape[1]):
-                mine = scaled * weights[k]
+                mine = (((scores[k].float() - soft) / ctx.tau).exp_() * grad).to(a.dtype)
                 grad_a[:, k] = (mine @ b).float()
                 grad_b += (mine.T @ a[:, k]).float()
         return grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1]), None, None

@@ -323,42 +323,6 @@ def test_best_interest_score_gives_a_tie_to_one_interest():
     assert torch.allclose(items.grad, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
 
 
-def test_long_term_window_limits_what_long_term_interests_read():
-    torch.manual_seed(0)
-    extractor = InterestExtractor(16, 3, 6, 2, 2, 0.0, long_term_window=2).eval()
-    history = torch.randn(2, 6, 16)
-    pad = torch.tensor([[True, False, False, False, False, False], [False] * 6])
-    interests, attention = extractor(history, pad)
-    t, j = torch.arange(6)[:, None], torch.arange(6)[None, :]
-    too_old = (t - j >= 2)[None, :, None, :].expand(2, 6, 2, 6)
-    assert attention[:, 1:, 1:][too_old[:, 1:]].abs().max() < 1e-6
-    assert torch.allclose(attention[0, 1:, 1:].sum(-1), torch.ones(5, 2), atol=1e-5)
-    # The recent interest (the transformer) still reads the whole history.
-    assert attention[1, 5, 0, :4].sum() > 0.1
-    # With item keys (state keys carry the whole past by design), changing an item 2+ positions
-    # back moves the last recent interest, not the long-term ones.
-    by_item = InterestExtractor(16, 3, 6, 2, 2, 0.0, keys="item", long_term_window=2).eval()
-    changed = history.clone()
-    changed[:, 3] = torch.randn(2, 16)
-    before, after = by_item(history, pad)[0], by_item(changed, pad)[0]
-    assert torch.allclose(before[:, 5, 1:], after[:, 5, 1:], atol=1e-5)
-    assert not torch.allclose(before[:, 5, 0], after[:, 5, 0], atol=1e-3)
-    last, last_attention = extractor(history, pad, last_only=True)
-    assert torch.allclose(last[:, 0], interests[:, -1], atol=1e-5)
-    assert torch.allclose(last_attention[:, 0], attention[:, -1], atol=1e-5)
-
-
-def test_long_term_window_is_a_checked_setting():
-    from tasks.config import load_config
-    from tasks.errors import ConfigError
-
-    assert load_config({"train.long_term_window": 50}).train.long_term_window == 50
-    with pytest.raises(ConfigError, match="long_term_window must be >= 0"):
-        load_config({"train.long_term_window": -1})
-    with pytest.raises(ConfigError, match="needs train.interest_routing=attention"):
-        load_config({"train.long_term_window": 50, "train.interest_routing": "cluster"})
-
-
 @pytest.mark.parametrize("k,routing,keys", [(1, "attention", "state"), (4, "attention", "state"),
                                             (4, "cluster", "state"), (4, "attention", "item")])
 def test_last_only_equals_the_last_position_of_the_full_pass(k, routing, keys):
