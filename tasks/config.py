@@ -202,15 +202,8 @@ class TrainConfig:
     # What the training softmax scores each item by: "best" (its best interest, as inference
     # ranks) or "routed" (the interest nearest the position's target scores every item, as in
     # ComiRec/MIND). Routed does a K-th of the logits' work (ML-1M step 818 -> 571 ms on a 2-core
-    # AVX2 CPU) but learned clearly slower per epoch on ML-100K (bench/README v31). "soft" scores
-    # each item by a soft maximum over the interests, soft_temperature * logsumexp(score /
-    # soft_temperature) (logit units), so every interest gets a share of each item's gradient, not
-    # only the winner: against best-of-K's winner-take-all between kinds of interest. The
-    # temperature falls linearly to 0 (the hard best, what inference ranks by) over
-    # soft_anneal_epochs (0: kept all run).
+    # AVX2 CPU) but learned clearly slower per epoch on ML-100K (bench/README v31).
     training_scores: str = "best"
-    soft_temperature: float = 1.0
-    soft_anneal_epochs: float = 0.0
     # Penalty on the pairwise cosines between a user's long-term interests that are positive (keeps
     # them apart, never pushes them past orthogonal; stronger settings cost accuracy: bench/README v13, v18).
     interest_diversity: float = 0.1
@@ -436,10 +429,7 @@ def validate(config: PipelineConfig) -> None:
         (t.epochs >= 1, "train.epochs must be at least 1"),
         (t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32"),
         (t.interest_routing in ("attention", "cluster"), "train.interest_routing must be attention or cluster"),
-        (t.training_scores in ("best", "routed", "soft"),
-         f"train.training_scores must be best, routed or soft, got {t.training_scores!r}"),
-        (t.soft_temperature > 0, f"train.soft_temperature must be positive, got {t.soft_temperature}"),
-        (t.soft_anneal_epochs >= 0, f"train.soft_anneal_epochs must be >= 0 (0: no annealing), got {t.soft_anneal_epochs}"),
+        (t.training_scores in ("best", "routed"), f"train.training_scores must be best or routed, got {t.training_scores!r}"),
         (t.interest_keys in ("state", "item"), "train.interest_keys must be state or item"),
         (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
         (t.interest_balance >= 0, f"train.interest_balance must be >= 0 (0: no balancing), got {t.interest_balance}"),

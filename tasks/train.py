@@ -83,14 +83,6 @@ def training_windows(histories, users, max_history: int, all_positions: bool, co
     return windows
 
 
-def soft_temperature(cfg: TrainConfig, epochs_done: float) -> float:
-    """The soft best-of-K temperature after `epochs_done` epochs: soft_temperature, falling
-    linearly to 0 (the hard best interest) at soft_anneal_epochs; constant when that is 0."""
-    if not cfg.soft_anneal_epochs:
-        return cfg.soft_temperature
-    return cfg.soft_temperature * max(0.0, 1.0 - epochs_done / cfg.soft_anneal_epochs)
-
-
 def window_context(overlap: float, max_history: int) -> int:
     """Earlier items every training target sees at least: a share of the window, below its length."""
     return min(max_history - 1, round(overlap * max_history))
@@ -306,8 +298,6 @@ def main(argv: list[str] | None = None) -> None:
                 factor = cosine_factor((epoch - 1) * steps_per_epoch + step - 1, planned * steps_per_epoch, cfg.lr_floor)
                 for group, start_lr in zip(optimizer.param_groups, start_lrs):
                     group["lr"] = start_lr * factor
-            if cfg.training_scores == "soft":
-                net.soft_temperature = soft_temperature(cfg, (epoch - 1) + (step - 1) / steps_per_epoch)
             refresh = torch.unique(targets[targets > 0])
             if len(refresh) > cfg.lm_items_per_step:
                 refresh = refresh[torch.as_tensor(rng.permutation(len(refresh))[: cfg.lm_items_per_step], device=device)]

@@ -44,8 +44,7 @@ class ModelSpec:
     logit_scale: float = LOGIT_SCALE
     # Training only: "best" scores every catalogue item under its best interest (what inference
     # ranks by); "routed" scores the catalogue under the one interest nearest each position's
-    # target (ComiRec/MIND training), a K-th of the logits' matmul work; "soft" a soft maximum over
-    # the interests at temperature `PrismRecNet.soft_temperature` (set by the training loop).
+    # target (ComiRec/MIND training), a K-th of the logits' matmul work.
     training_scores: str = "best"
     # Inference only: ComiRec's controllable aggregation (tasks.model.recommender.balance_interests);
     # 0 ranks every item by its best interest alone.
@@ -59,9 +58,6 @@ class PrismRecNet(nn.Module):
     def __init__(self, spec: ModelSpec, encoder=None):
         super().__init__()
         self.spec = spec
-        # Training with training_scores="soft": the soft maximum's temperature in logit units
-        # (<= 0: the hard best interest). The training loop anneals it; it is not saved.
-        self.soft_temperature = 0.0
         # The text tower needs the pretrained encoder's top layers; at inference the cached
         # item vectors are enough, so the encoder is optional.
         self.text_tower = TextTower(encoder, spec.lm_trainable_layers) if encoder is not None else None
@@ -143,9 +139,7 @@ class PrismRecNet(nn.Module):
         if negatives is None:
             logits = self.best_match(interests, items)
             return logits if self.item_bias is None else logits + self.item_bias.to(logits.dtype)
-        positive = self.target_scores(interests, items, targets)
-        tau = self._soft_tau(interests)
-        positive = tau * torch.logsumexp(positive.float() / tau, 1) if tau else positive.amax(1)
+        positive = self.target_scores(interests, items, targets).amax(1)
         negative = self.best_match(interests, items[negatives])
         if self.item_bias is not None:
             positive = positive + self.item_bias[targets].to(positive.dtype)
@@ -176,15 +170,7 @@ class PrismRecNet(nn.Module):
         interests = self._unit_interests(interests)
         items = nn.functional.normalize(items, dim=-1)
         dtype = torch.get_autocast_dtype(items.device.type) if torch.is_autocast_enabled(items.device.type) else items.dtype
-        tau = self._soft_tau(interests)
-        if tau:
-            return SoftInterestScore.apply(interests, items, dtype, tau)
         return BestInterestScore.apply(interests, items, dtype)
-
-    def _soft_tau(self, interests: torch.Tensor) -> float:
-        """The soft maximum's temperature when training scores are soft, else 0 (the hard best)."""
-        soft = self.spec.training_scores == "soft" and self.training and interests.shape[1] > 1
-        return float(self.soft_temperature) if soft and self.soft_temperature > 0 else 0.0
 
     @staticmethod
     def interest_overlap(interests: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
@@ -274,42 +260,6 @@ class BestInterestScore(torch.autograd.Function):
                 grad_a[:, k] = (mine @ b).float()
                 grad_b += (mine.T @ a[:, k]).float()
         return grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1]), None
-
-
-class SoftInterestScore(torch.autograd.Function):
-    """tau * logsumexp over interests of interest·item / tau, for P positions x N items: a soft
-    best-of-K whose gradient reaches every interest in proportion to its softmax weight over the
-    interests (the hard best hands it all to the winner). Same layout as BestInterestScore: one
-    batched matmul, the reduction over K contiguous [P, N] slabs in float32, and a backward pass
-    that re-derives each interest's weight from the saved scores rather than keeping K weight maps.
-    """
-
-    @staticmethod
-    def forward(ctx, interests: torch.Tensor, items: torch.Tensor, dtype: torch.dtype, tau: float) -> torch.Tensor:
-        with torch.autocast(items.device.type, enabled=False):
-            a, b = interests.to(dtype), items.to(dtype)
-            scores = a.transpose(0, 1) @ b.T  # [K, P, N]
-            top = scores.amax(0).float()
-            total = torch.zeros_like(top)
-            for k in range(len(scores)):
-                total += ((scores[k].float() - top) / tau).exp_()
-            soft = top + tau * total.log_()
-        ctx.save_for_backward(a, b, scores, soft)
-        ctx.dtypes, ctx.tau = (interests.dtype, items.dtype), tau
-        return soft.to(dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        a, b, scores, soft = ctx.saved_tensors
-        grad = grad.float()
-        grad_a = torch.empty(a.shape, dtype=torch.float32, device=a.device)
-        grad_b = torch.zeros(b.shape, dtype=torch.float32, device=b.device)
-        with torch.autocast(b.device.type, enabled=False):
-            for k in range(a.shape[1]):
-                mine = (((scores[k].float() - soft) / ctx.tau).exp_() * grad).to(a.dtype)
-                grad_a[:, k] = (mine @ b).float()
-                grad_b += (mine.T @ a[:, k]).float()
-        return grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1]), None, None
 
 
 # Integer types of the same width, to compare and mask floating-point tensors by their bits.

@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.config import TrainConfig
 from tasks.model.interests import InterestExtractor
 from tasks.model.network import (
     BestInterestScore,
     ModelSpec,
     PrismRecNet,
-    SoftInterestScore,
     pad_left,
     softmax_cross_entropy,
 )
@@ -23,7 +21,6 @@ from tasks.train import (
     ema_decay,
     ema_multi_avg_fn,
     planned_epochs,
-    soft_temperature,
     training_windows,
     use_bf16,
     window_context,
@@ -186,40 +183,6 @@ def test_best_interest_score_in_bf16_routes_like_the_first_argmax():
     (reference * weights).sum().backward()
     assert torch.equal(ours.double(), reference.detach())
     assert torch.equal(a.grad.double(), ra.grad) and torch.equal(b.grad.double(), rb.grad)
-
-
-@pytest.mark.parametrize("tau", [0.05, 1.0, 4.0])
-def test_soft_interest_score_matches_autograd_logsumexp(tau):
-    torch.manual_seed(1)
-    interests = torch.randn(7, 3, 5, dtype=torch.float64, requires_grad=True)
-    items = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(7, 11, dtype=torch.float64)
-    ours = SoftInterestScore.apply(interests, items, torch.float64, tau)
-    reference = tau * torch.logsumexp(torch.einsum("pkd,nd->pkn", interests, items) / tau, 1)
-    assert torch.allclose(ours, reference, atol=1e-5)
-    grads = torch.autograd.grad((ours * weights).sum(), (interests, items))
-    expected = torch.autograd.grad((reference * weights).sum(), (interests, items))
-    assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(grads, expected))
-    # At a temperature of the scores' own scale every interest gets some of the gradient (the
-    # hard best gives losers none), and a soft maximum is never below the hard one.
-    if tau >= 1:
-        assert (grads[0].abs().sum(-1) > 0).all()
-    assert (ours >= BestInterestScore.apply(interests, items, torch.float64) - 1e-5).all()  # float32 inside
-
-
-def test_soft_training_scores_anneal_to_the_hard_best():
-    cfg = TrainConfig(training_scores="soft", soft_temperature=2.0, soft_anneal_epochs=4)
-    assert [soft_temperature(cfg, e) for e in (0, 1, 4, 9)] == [2.0, 1.5, 0.0, 0.0]
-    assert soft_temperature(TrainConfig(training_scores="soft", soft_temperature=2.0), 9) == 2.0
-    # At temperature 0 (annealed out) and at inference the network scores by the hard best.
-    net = PrismRecNet(dataclasses.replace(spec(), training_scores="soft"))
-    interests, items = torch.randn(4, 3, 16), torch.randn(21, 16)
-    hard = net.best_match(interests, items)
-    net.soft_temperature = 1.0
-    soft = net.best_match(interests, items)
-    assert (soft >= hard).all() and (soft > hard).float().mean() > 0.5
-    net.eval()
-    assert torch.equal(net.best_match(interests, items), hard)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
@@ -400,5 +363,5 @@ def test_routed_training_scores_are_a_clear_config_choice():
     from tasks.errors import ConfigError
 
     assert load_config({"train.training_scores": "routed"}).train.training_scores == "routed"
-    with pytest.raises(ConfigError, match="train.training_scores must be best, routed or soft, got 'nearest'"):
+    with pytest.raises(ConfigError, match="train.training_scores must be best or routed, got 'nearest'"):
         load_config({"train.training_scores": "nearest"})
