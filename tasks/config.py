@@ -202,11 +202,7 @@ class TrainConfig:
     # What the training softmax scores each item by: "best" (its best interest, as inference
     # ranks) or "routed" (the interest nearest the position's target scores every item, as in
     # ComiRec/MIND). Routed does a K-th of the logits' work (ML-1M step 818 -> 571 ms on a 2-core
-    # AVX2 CPU) but learned clearly slower per epoch on ML-100K (bench/README v31). "split": the
-    # recent interest learns from every target on its own softmax, and the best-of-K softmax sees
-    # it detached, so the long-term interests learn from the targets they win against it but can
-    # no longer take targets from it (with long histories best-of-K let one kind of interest take
-    # the whole list: bench/README v42, v48).
+    # AVX2 CPU) but learned clearly slower per epoch on ML-100K (bench/README v31).
     training_scores: str = "best"
     # Penalty on the pairwise cosines between a user's long-term interests that are positive (keeps
     # them apart, never pushes them past orthogonal; stronger settings cost accuracy: bench/README v13, v18).
@@ -433,10 +429,7 @@ def validate(config: PipelineConfig) -> None:
         (t.epochs >= 1, "train.epochs must be at least 1"),
         (t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32"),
         (t.interest_routing in ("attention", "cluster"), "train.interest_routing must be attention or cluster"),
-        (t.training_scores in ("best", "routed", "split"),
-         f"train.training_scores must be best, routed or split, got {t.training_scores!r}"),
-        (not (t.training_scores == "split" and t.long_term_loss),
-         "train.long_term_loss and train.training_scores=split both add a second loss: use one of them"),
+        (t.training_scores in ("best", "routed"), f"train.training_scores must be best or routed, got {t.training_scores!r}"),
         (t.interest_keys in ("state", "item"), "train.interest_keys must be state or item"),
         (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
         (t.interest_balance >= 0, f"train.interest_balance must be >= 0 (0: no balancing), got {t.interest_balance}"),

@@ -314,8 +314,6 @@ def main(argv: list[str] | None = None) -> None:
             loss = softmax_cross_entropy(logits, labels)
             epoch_loss, epoch_overlap = epoch_loss + loss.item(), epoch_overlap + overlap.mean().item()
             epoch_wins += wins
-            if cfg.training_scores == "split" and long_term is not None:
-                loss = loss + softmax_cross_entropy(long_term, labels)  # the recent interest alone
             if cfg.long_term_loss and long_term is not None:
                 # Where the recent interest wins most targets (targets_won_interest_0 near 1, as
                 # with long histories), the long-term interests seldom get a gradient; on their own

@@ -44,8 +44,7 @@ class ModelSpec:
     logit_scale: float = LOGIT_SCALE
     # Training only: "best" scores every catalogue item under its best interest (what inference
     # ranks by); "routed" scores the catalogue under the one interest nearest each position's
-    # target (ComiRec/MIND training), a K-th of the logits' matmul work; "split": the best-of-K
-    # softmax with the recent interest detached, plus a softmax under the recent interest alone.
+    # target (ComiRec/MIND training), a K-th of the logits' matmul work.
     training_scores: str = "best"
     # Inference only: ComiRec's controllable aggregation (tasks.model.recommender.balance_interests);
     # 0 ranks every item by its best interest alone.
@@ -122,17 +121,9 @@ class PrismRecNet(nn.Module):
         interests = interests[keep]  # [P, K, d]: padding positions have no target, skip their logits
         overlap = self.interest_overlap(interests[:, 1:], items[1:].mean(0).detach())
         wanted = targets[keep] if targets is not None else None
+        logits = self.training_logits(interests, items, wanted, negatives)
         long_term_logits = None
-        if self.spec.training_scores == "split" and interests.shape[1] > 1:
-            # The recent interest learns from every target on its own (returned in the second
-            # slot); the best-of-K softmax sees it detached, so the long-term interests learn
-            # from the targets they score above it without taking those targets from it.
-            logits = self.training_logits(torch.cat([interests[:, :1].detach(), interests[:, 1:]], 1), items,
-                                          wanted, negatives)
-            long_term_logits = self.training_logits(interests[:, :1], items, wanted, negatives)
-        else:
-            logits = self.training_logits(interests, items, wanted, negatives)
-        if long_term and interests.shape[1] > 1 and long_term_logits is None:
+        if long_term and interests.shape[1] > 1:
             long_term_logits = self.training_logits(interests[:, 1:], items, wanted, negatives)
         wins = None
         if wanted is not None:

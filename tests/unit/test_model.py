@@ -358,41 +358,10 @@ def test_routed_training_scores_the_catalogue_under_the_interest_nearest_the_tar
     assert all(p.grad is not None for p in routed.text_projection.parameters())
 
 
-def test_split_training_scores_train_the_recent_interest_on_its_own():
-    torch.manual_seed(0)
-    best = PrismRecNet(spec(k=3)).eval()
-    split = PrismRecNet(dataclasses.replace(spec(k=3), training_scores="split")).eval()
-    split.load_state_dict(best.state_dict())
-    histories = pad_left([np.array([1, 2, 3, 4, 5]), np.array([6, 7])], 6)
-    targets = pad_left([np.array([2, 3, 4, 5, 9]), np.array([7, 11])], 6)
-    keep, cache, refresh = targets > 0, torch.randn(21, 384), torch.tensor([1])
-    logits, recent, *_ = split(histories, keep, cache, refresh, None, None, targets=targets)
-    best_logits, none, *_ = best(histories, keep, cache, refresh, None, None, targets=targets)
-    assert none is None and torch.allclose(logits, best_logits, atol=1e-5)  # same values, best-of-K
-    items = best.item_vectors(cache)
-    interests, _ = best.interests(histories, items, with_attention=False)
-    assert torch.allclose(recent, best.match(interests[keep], items)[:, 0], atol=1e-5)  # interest 0 alone
-    # The best-of-K loss gives the recent interest no gradient, its own loss does. With item keys
-    # the long-term interests do not read the transformer, so its last norm shows the split.
-    item_keyed = PrismRecNet(dataclasses.replace(spec(k=3), training_scores="split", interest_keys="item"))
-    logits, recent, *_ = item_keyed(histories, keep, cache, refresh, None, None, targets=targets)
-    watched = (item_keyed.users.interest_queries, item_keyed.users.norm.weight)
-    first = torch.autograd.grad(softmax_cross_entropy(logits, targets[keep]), watched, allow_unused=True,
-                                retain_graph=True)
-    second = torch.autograd.grad(softmax_cross_entropy(recent, targets[keep]), watched, allow_unused=True)
-    assert first[0].abs().sum() > 0 and (first[1] is None or not first[1].any())  # long-term queries learn, not the transformer
-    assert (second[0] is None or not second[0].any()) and second[1].abs().sum() > 0
-    from tasks.config import load_config
-    from tasks.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="use one of them"):
-        load_config({"train.training_scores": "split", "train.long_term_loss": 0.5})
-
-
 def test_routed_training_scores_are_a_clear_config_choice():
     from tasks.config import load_config
     from tasks.errors import ConfigError
 
     assert load_config({"train.training_scores": "routed"}).train.training_scores == "routed"
-    with pytest.raises(ConfigError, match="train.training_scores must be best, routed or split, got 'nearest'"):
+    with pytest.raises(ConfigError, match="train.training_scores must be best or routed, got 'nearest'"):
         load_config({"train.training_scores": "nearest"})
