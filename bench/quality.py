@@ -99,7 +99,8 @@ def run_prismrec(config, dataset_dir: Path, work: Path, sequences) -> dict:
     metrics = evaluate_scorer(model_scorer(model_dir, sequences), sequences)
     summary = json.loads((model_dir / SUMMARY).read_text())
     return {**metrics["test"], "train_seconds": round(seconds, 1),
-            "hyper": {k: v for k, v in config.to_dict().items() if k.startswith("train.")},
+            # prepare.max_history too: how much history the model reads is a model choice (v42, v48).
+            "hyper": {k: v for k, v in config.to_dict().items() if k.startswith("train.") or k == "prepare.max_history"},
             "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
             "stopped_by": summary.get("stopped_by"), "valid": metrics["valid"]}
 
