@@ -188,10 +188,6 @@ class TrainConfig:
     # What the long-term interests' attention keys read: "state" (the transformer state at each
     # past item) or "item" (the item vector alone, so interests can route by what items are).
     interest_keys: str = "state"
-    # What the long-term interests pool: "item" (the attended item vectors: an interest is a blend of
-    # past items) or "state" (the transformer states at the attended items: a blend of what the user
-    # was predicted to want next at those moments, in the same space as the recent interest).
-    interest_values: str = "item"
     # Weight of a second loss on the long-term interests alone (best of 1..K-1 must predict the target).
     long_term_loss: float = 0.0
     # Learn a logit scale per interest (so the recent interest can compete with the long-term ones).
@@ -433,10 +429,8 @@ def validate(config: PipelineConfig) -> None:
         (t.epochs >= 1, "train.epochs must be at least 1"),
         (t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32"),
         (t.interest_routing in ("attention", "cluster"), "train.interest_routing must be attention or cluster"),
-        (t.training_scores in ("best", "routed", "residual"),
-         f"train.training_scores must be best, routed or residual, got {t.training_scores!r}"),
+        (t.training_scores in ("best", "routed"), f"train.training_scores must be best or routed, got {t.training_scores!r}"),
         (t.interest_keys in ("state", "item"), "train.interest_keys must be state or item"),
-        (t.interest_values in ("state", "item"), "train.interest_values must be state or item"),
         (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
         (t.interest_balance >= 0, f"train.interest_balance must be >= 0 (0: no balancing), got {t.interest_balance}"),
         (0.0 <= t.id_dropout < 1.0, "train.id_dropout must be in [0, 1)"),

@@ -173,10 +173,7 @@ def validate(net, text_cache, sequences, users, max_history, device, batch_size=
         for start in range(0, len(users), batch_size):
             chosen = users[start:start + batch_size]
             batch_hist = [histories[u] for u in chosen]
-            if net.spec.training_scores == "residual":
-                scores = net.interest_scores(pad_left(batch_hist, max_history).to(device), items)[0][:, 0]
-            else:
-                scores, *_ = net.score_last(pad_left(batch_hist, max_history).to(device), items)
+            scores, *_ = net.score_last(pad_left(batch_hist, max_history).to(device), items)
             target = torch.as_tensor(targets[chosen], dtype=torch.long, device=device)
             ranks, _ = rank_targets(mask_history(scores.float(), batch_hist, target), target)
             ranks = torch.as_tensor(ranks, dtype=torch.float64, device=device)
@@ -241,8 +238,7 @@ def main(argv: list[str] | None = None) -> None:
                      dropout=cfg.dropout, lm_trainable_layers=cfg.lm_trainable_layers,
                      max_text_tokens=cfg.max_text_tokens, use_id_embedding=cfg.use_id_embedding,
                      interest_routing=cfg.interest_routing, id_dropout=cfg.id_dropout,
-                     interest_scale=cfg.interest_scale, interest_keys=cfg.interest_keys,
-                     interest_values=cfg.interest_values, item_bias=cfg.item_bias,
+                     interest_scale=cfg.interest_scale, interest_keys=cfg.interest_keys, item_bias=cfg.item_bias,
                      logit_scale=cfg.logit_scale, interest_balance=cfg.interest_balance,
                      training_scores=cfg.training_scores)
     net = PrismRecNet(spec, encoder).to(device)
@@ -280,7 +276,6 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     sampled = 0 < cfg.negatives < sequences.n_items
-    residual = cfg.training_scores == "residual" and cfg.n_interests > 1
     # Polyak averaging: `evaluated` is what validation, early stopping and the checkpoint see.
     ema, evaluated = None, net
     if cfg.ema_epochs:
@@ -313,18 +308,13 @@ def main(argv: list[str] | None = None) -> None:
                              if sampled else None)
                 logits, long_term, fresh, overlap, wins = model(
                     inputs, keep, text_cache, refresh, states[refresh], masks[refresh],
-                    long_term=bool(cfg.long_term_loss) or residual, targets=targets, negatives=negatives)
+                    long_term=bool(cfg.long_term_loss), targets=targets, negatives=negatives)
             # Sampled softmax puts each position's target in column 0.
             labels = torch.zeros_like(targets[keep]) if sampled else targets[keep]
             loss = softmax_cross_entropy(logits, labels)
             epoch_loss, epoch_overlap = epoch_loss + loss.item(), epoch_overlap + overlap.mean().item()
             epoch_wins += wins
-            if residual and long_term is not None:
-                with torch.no_grad():
-                    missed = (logits > logits.gather(1, labels[:, None])).sum(1) >= 10
-                if missed.any():
-                    loss = loss + softmax_cross_entropy(long_term[missed], labels[missed]) * missed.float().mean()
-            elif cfg.long_term_loss and long_term is not None:
+            if cfg.long_term_loss and long_term is not None:
                 # Where the recent interest wins most targets (targets_won_interest_0 near 1, as
                 # with long histories), the long-term interests seldom get a gradient; on their own
                 # they must predict the target too, and the best of them takes it. (It made them

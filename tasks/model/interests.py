@@ -26,12 +26,9 @@ from torch import nn
 
 class InterestExtractor(nn.Module):
     def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float,
-                 routing: str = "attention", keys: str = "state", values: str = "item",
-                 detach_long_term: bool = False):
+                 routing: str = "attention", keys: str = "state"):
         super().__init__()
-        self.detach_long_term = detach_long_term
         self.key_source = keys
-        self.value_source = values
         self.n_interests = n_interests
         self.n_heads = n_heads
         self.routing = routing
@@ -97,9 +94,6 @@ class InterestExtractor(nn.Module):
         # Keys: the transformer state at each item (what the user had watched up to it), or the item
         # vector alone (what the item is), so that interests can route by content.
         keyed = state if self.key_source == "state" else history  # state is still [B, L, d] here
-        pooled_from = state if self.value_source == "state" else history
-        if self.detach_long_term and self.training:
-            keyed, pooled_from = keyed.detach(), pooled_from.detach()
         logits = torch.einsum("kd,bjd->bkj", self.interest_queries, self.keys(keyed)) / math.sqrt(dim)  # [B, K-1, L]
         if self.routing == "cluster":
             # Each past item is shared out between the long-term interests (softmax over interests,
@@ -108,11 +102,11 @@ class InterestExtractor(nn.Module):
             share = logits.float().softmax(1).masked_fill(pad[:, None, :], 0.0)  # [B, K-1, L]
             if last_only:
                 weight = share.sum(-1, keepdim=True).clamp(min=1e-6)  # [B, K-1, 1]
-                pooled = (torch.einsum("bkj,bjd->bkd", share, pooled_from.float()) / weight)[:, :, None]
+                pooled = (torch.einsum("bkj,bjd->bkd", share, history.float()) / weight)[:, :, None]
             else:
                 weight = share.cumsum(-1).clamp(min=1e-6)  # [B, K-1, L(t)]
-                pooled = torch.einsum("bkj,bjd->bkjd", share, pooled_from.float()).cumsum(2) / weight[..., None]
-            pooled = self.long_out(pooled.transpose(1, 2).to(pooled_from.dtype))  # [B, L, K-1, d]
+                pooled = torch.einsum("bkj,bjd->bkjd", share, history.float()).cumsum(2) / weight[..., None]
+            pooled = self.long_out(pooled.transpose(1, 2).to(history.dtype))  # [B, L, K-1, d]
             attention = None
             if with_attention:
                 attention = share[:, None] / weight.transpose(1, 2)[..., None]  # [B, L(t), K-1, L(j)]
@@ -123,7 +117,7 @@ class InterestExtractor(nn.Module):
             blocked = causal[None, :, None, :] | pad[:, None, None, :]  # [B, L(t), 1, L(j)]
             logits = logits[:, None].masked_fill(blocked, torch.finfo(logits.dtype).min)  # [B, L, K-1, L]
             attention = logits.softmax(-1)
-            pooled = self.long_out(torch.einsum("btkj,bjd->btkd", attention, pooled_from))
+            pooled = self.long_out(torch.einsum("btkj,bjd->btkd", attention, history))
         if last_only:
             state = state[:, -1:]
         interests = torch.cat([state[:, :, None], pooled], dim=2)

@@ -37,7 +37,6 @@ class ModelSpec:
     id_dropout: float = 0.0
     interest_scale: bool = False
     interest_keys: str = "state"
-    interest_values: str = "item"
     # A learned score offset per item, added under every interest (popularity and the like, kept
     # out of the interest directions).
     item_bias: bool = False
@@ -76,8 +75,7 @@ class PrismRecNet(nn.Module):
         self.item_bias = nn.Parameter(torch.zeros(spec.n_items + 1)) if spec.item_bias else None
         self.users = InterestExtractor(
             spec.dim, spec.n_interests, spec.max_history, spec.user_layers, spec.user_heads, spec.dropout,
-            spec.interest_routing, spec.interest_keys, spec.interest_values,
-            detach_long_term=spec.training_scores == "residual",
+            spec.interest_routing, spec.interest_keys,
         )
 
     def item_vectors(self, text_vectors: torch.Tensor) -> torch.Tensor:
@@ -123,15 +121,9 @@ class PrismRecNet(nn.Module):
         interests = interests[keep]  # [P, K, d]: padding positions have no target, skip their logits
         overlap = self.interest_overlap(interests[:, 1:], items[1:].mean(0).detach())
         wanted = targets[keep] if targets is not None else None
+        logits = self.training_logits(interests, items, wanted, negatives)
         long_term_logits = None
-        if self.spec.training_scores == "residual" and interests.shape[1] > 1:
-            # The recent interest alone on the main softmax; the long-term interests on their own one
-            # (the caller keeps the positions the recent interest ranks poorly), against detached items.
-            logits = self.training_logits(interests[:, :1], items, wanted, negatives)
-            long_term_logits = self.training_logits(interests[:, 1:], items.detach(), wanted, negatives)
-        else:
-            logits = self.training_logits(interests, items, wanted, negatives)
-        if long_term and interests.shape[1] > 1 and long_term_logits is None:
+        if long_term and interests.shape[1] > 1:
             long_term_logits = self.training_logits(interests[:, 1:], items, wanted, negatives)
         wins = None
         if wanted is not None:

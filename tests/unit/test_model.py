@@ -114,12 +114,11 @@ def test_bf16_setting_is_respected():
     assert use_bf16("bf16", torch.device("cpu")) and not use_bf16("fp32", torch.device("cpu"))
 
 
-@pytest.mark.parametrize("k,routing,keys,values", [(1, "attention", "state", "item"), (4, "attention", "state", "item"),
-                                                   (4, "cluster", "state", "item"), (4, "attention", "item", "item"),
-                                                   (4, "attention", "state", "state"), (4, "cluster", "state", "state")])
-def test_interests_see_only_the_past(k, routing, keys, values):
+@pytest.mark.parametrize("k,routing,keys", [(1, "attention", "state"), (4, "attention", "state"),
+                                            (4, "cluster", "state"), (4, "attention", "item")])
+def test_interests_see_only_the_past(k, routing, keys):
     torch.manual_seed(0)
-    extractor = InterestExtractor(16, k, 6, 2, 2, 0.0, routing, keys, values).eval()
+    extractor = InterestExtractor(16, k, 6, 2, 2, 0.0, routing, keys).eval()
     history = torch.randn(1, 6, 16)
     pad = torch.tensor([[True, False, False, False, False, False]])
     interests, attention = extractor(history, pad)
@@ -287,12 +286,11 @@ def test_best_interest_score_gives_a_tie_to_one_interest():
     assert torch.allclose(items.grad, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
 
 
-@pytest.mark.parametrize("k,routing,keys,values", [(1, "attention", "state", "item"), (4, "attention", "state", "item"),
-                                                   (4, "cluster", "state", "item"), (4, "attention", "item", "item"),
-                                                   (4, "attention", "state", "state"), (4, "cluster", "state", "state")])
-def test_last_only_equals_the_last_position_of_the_full_pass(k, routing, keys, values):
+@pytest.mark.parametrize("k,routing,keys", [(1, "attention", "state"), (4, "attention", "state"),
+                                            (4, "cluster", "state"), (4, "attention", "item")])
+def test_last_only_equals_the_last_position_of_the_full_pass(k, routing, keys):
     torch.manual_seed(0)
-    extractor = InterestExtractor(16, k, 6, 2, 2, 0.0, routing, keys, values).eval()
+    extractor = InterestExtractor(16, k, 6, 2, 2, 0.0, routing, keys).eval()
     history = torch.randn(2, 6, 16)
     pad = torch.tensor([[True, True, False, False, False, False], [False] * 6])
     interests, attention = extractor(history, pad)
