@@ -301,6 +301,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     base = {"database.app_schema": SCHEMA, "train.epochs": args.epochs, "train.max_steps_per_epoch": args.max_steps}
     config = load_config(base)
+    from tasks.train import reexec_under_allocator
+
+    reexec_under_allocator(config.train.allocator, "bench.interests", argv)  # the baselines' race is fair
     work = config.paths.home / "bench" / f"interests-{DATASET}"
     dataset_dir = prepare(config, DATASET, work)
     sequences, _ = load_dataset(dataset_dir)

@@ -25,6 +25,7 @@ from torch import nn
 
 from tasks.evaluate import Scorer, popularity_scorer
 from tasks.metrics import evaluate_scores
+from tasks.model.layers import Dropout, encoder_layer
 from tasks.prepare import Sequences
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ class SASRec(nn.Module):
         self.heads = heads
         self.items = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.positions = nn.Embedding(max_len, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout,
                                            batch_first=True, norm_first=True, activation="gelu")
         self.blocks = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
@@ -189,8 +190,8 @@ class SASRec(nn.Module):
         causal = torch.ones(length, length, dtype=torch.bool, device=sequence.device).tril()
         # Visible: earlier real items, and always oneself (padding rows would otherwise see nothing).
         allowed = causal & (real[:, None, :] | torch.eye(length, dtype=torch.bool, device=sequence.device))
-        blocked = torch.zeros(allowed.shape, device=sequence.device).masked_fill(~allowed, float("-inf"))
-        hidden = self.blocks(hidden, mask=blocked.repeat_interleave(self.heads, 0))
+        for layer in self.blocks.layers:  # nn.TransformerEncoderLayer's forward, with the cheap dropout
+            hidden = encoder_layer(layer, hidden, allowed[:, None])
         return self.norm(hidden)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -238,6 +238,13 @@ class TrainConfig:
     # Matmul precision: "auto" = bf16 autocast on a GPU and on CPUs with native bf16 (AVX512-BF16,
     # AMX), fp32 elsewhere; "bf16" or "fp32" force one.
     precision: str = "auto"
+    # Memory allocator of the training processes (CPU). A full-catalogue step allocates and frees
+    # a few hundred MB of score matrices, and glibc hands blocks that large back to the kernel at
+    # every free, so each step pays to fault them in again (~15 % of an ML-1M step). "auto":
+    # jemalloc when the system has it (Debian: libjemalloc2), told to keep freed pages, else
+    # glibc with transparent huge pages for large blocks; "jemalloc" insists on it; "system"
+    # leaves the allocator alone (tasks.train.allocator_env, bench/README.md "Step time").
+    allocator: str = "auto"
 
 
 GATE_BASELINES = ("popularity", "itemknn", "ease")  # cheap enough to fit inside every run
@@ -428,6 +435,8 @@ def validate(config: PipelineConfig) -> None:
         (t.n_interests >= 1, "train.n_interests must be at least 1"),
         (t.epochs >= 1, "train.epochs must be at least 1"),
         (t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32"),
+        (t.allocator in ("auto", "jemalloc", "system"),
+         f"train.allocator must be auto, jemalloc or system, got {t.allocator!r}"),
         (t.interest_routing in ("attention", "cluster"), "train.interest_routing must be attention or cluster"),
         (t.training_scores in ("best", "routed"), f"train.training_scores must be best or routed, got {t.training_scores!r}"),
         (t.interest_keys in ("state", "item"), "train.interest_keys must be state or item"),

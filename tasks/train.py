@@ -39,9 +39,11 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
     threads = config.train.threads_per_proc or max(1, (os.cpu_count() or 1) // nproc)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    env.update(allocator_env(config.train.allocator, env))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "tasks.train", "--dataset", str(dataset_dir), "--out", str(out_dir)]
-    log.info("launching: %s (OMP_NUM_THREADS=%s)", " ".join(command[2:]), threads)
+    log.info("launching: %s (OMP_NUM_THREADS=%s, allocator: %s)", " ".join(command[2:]), threads,
+             env.get("LD_PRELOAD") or env.get("GLIBC_TUNABLES") or "system")
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
     for line in process.stdout:  # stream into this task's log so progress shows in Airflow
@@ -54,6 +56,49 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
             + "\nCheck train.* settings (epochs, nproc, batch_size) and the log above."
         )
     return out_dir
+
+
+# jemalloc keeps freed pages for reuse instead of returning them to the kernel after a delay.
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+# glibc >= 2.35: blocks it maps for large allocations get transparent huge pages (512x fewer
+# faults); older glibc ignores the tunable.
+GLIBC_HUGE_PAGES = "glibc.malloc.hugetlb=1"
+
+
+def allocator_env(choice: str, environ: dict[str, str]) -> dict[str, str]:
+    """Environment variables that give a training process the allocator `choice` (train.allocator).
+
+    A full-catalogue training step allocates its [positions, items] score matrices afresh each
+    step (~100 MB each on ML-1M); glibc serves blocks over 32 MB with mmap and unmaps them at
+    free, so every step faults its largest tensors in page by page again. jemalloc with decay
+    off reuses them; without it, huge pages make the faults 512x fewer.
+    """
+    if choice == "system" or "jemalloc" in environ.get("LD_PRELOAD", ""):
+        return {}  # (a process started under jemalloc, such as the benchmark, passes it on)
+    import ctypes.util
+
+    library = ctypes.util.find_library("jemalloc")
+    if library is None:
+        if choice == "jemalloc":
+            raise TrainingError("train.allocator is 'jemalloc' but no libjemalloc is installed here: install it "
+                                "(Debian/Ubuntu: apt-get install libjemalloc2) or set train.allocator=auto")
+        tunables = environ.get("GLIBC_TUNABLES", "")
+        return {} if GLIBC_HUGE_PAGES in tunables else {"GLIBC_TUNABLES": ":".join(filter(None, [tunables, GLIBC_HUGE_PAGES]))}
+    return {"LD_PRELOAD": " ".join(filter(None, [library, environ.get("LD_PRELOAD")])),
+            "MALLOC_CONF": ",".join(filter(None, [environ.get("MALLOC_CONF"), JEMALLOC_CONF]))}
+
+
+def reexec_under_allocator(choice: str, module: str, argv: list[str] | None) -> None:
+    """Run `python -m module argv` again, in place of this process, under the training allocator.
+
+    For the benchmarks: the baselines train and every model is scored in the benchmark's own
+    process, so it gets the allocator PrismRec's training processes get, and the race is fair.
+    Does nothing when called with explicit argv (from code, not the command line) or when this
+    process already has it."""
+    extra = allocator_env(choice, dict(os.environ)) if argv is None else {}
+    if extra:
+        log.info("re-running under %s", extra)
+        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], {**os.environ, **extra})
 
 
 # ---------------------------------------------------------------- the training script
@@ -337,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
                 remaining = planned * steps_per_epoch - done  # an upper bound: early stopping may end sooner
                 log.info("epoch %d/%d step %d/%d loss %.4f (%.2f steps/s, ETA %.0fs)", epoch, planned, step,
                          steps_per_epoch, epoch_loss / step, rate, remaining / max(rate, 1e-9))
+        steps_seconds = time.time() - epoch_started
         text_cache = refresh_all(net)
         evaluated_cache = refresh_all(evaluated) if ema is not None else text_cache
         totals = validate(evaluated, evaluated_cache, sequences, shard, max_history, device)
@@ -356,7 +402,10 @@ def main(argv: list[str] | None = None) -> None:
         valid_ndcg, valid_hr = (chosen_totals[0] / chosen_totals[2]).item(), (chosen_totals[1] / chosen_totals[2]).item()
         record = {"epoch": epoch, "train_loss": epoch_loss / max(steps_per_epoch, 1), "valid_ndcg@10": valid_ndcg,
                   "interest_cosine": epoch_overlap / max(steps_per_epoch, 1), "lr": optimizer.param_groups[0]["lr"],
-                  "valid_hr@10": valid_hr, "seconds": time.time() - epoch_started, "weights": weights}
+                  "valid_hr@10": valid_hr, "seconds": time.time() - epoch_started, "weights": weights,
+                  # the training steps alone (the rest: refreshing the text vectors and validating)
+                  "steps_per_second": steps_per_epoch / max(steps_seconds, 1e-9),
+                  "validation_seconds": time.time() - epoch_started - steps_seconds}
         # Which interest scores each training target highest, as shares of this epoch's targets:
         # an interest near 0 has stopped winning items, so the main loss no longer trains it.
         won = (epoch_wins.float() / epoch_wins.sum().clamp(min=1)).tolist()

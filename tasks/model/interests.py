@@ -23,6 +23,8 @@ import math
 import torch
 from torch import nn
 
+from tasks.model.layers import Dropout, encoder_layer
+
 
 class InterestExtractor(nn.Module):
     def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float,
@@ -47,20 +49,22 @@ class InterestExtractor(nn.Module):
             with torch.no_grad():  # start as the plain attention-weighted mean of the attended items
                 self.long_out.weight.copy_(torch.eye(dim))
                 self.long_out.bias.zero_()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def _context(self, x: torch.Tensor, mask: torch.Tensor, with_attention: bool):
-        """Run the causal transformer; optionally return the last layer's self-attention [B, L, L]."""
+    def _context(self, x: torch.Tensor, blocked: torch.Tensor, with_attention: bool):
+        """Run the causal transformer (blocked [B, L, L]: True where i may not see j); optionally
+        return the last layer's self-attention [B, L, L]."""
         layers = self.context.layers
+        allowed = ~blocked[:, None]  # [B, 1, L, L], the same for every head
         for layer in layers[:-1]:
-            x = layer(x, src_mask=mask)
+            x = encoder_layer(layer, x, allowed)
         attention = None
         if with_attention:
             last = layers[-1]
             normed = last.norm1(x)
-            _, attention = last.self_attn(normed, normed, normed, attn_mask=mask, need_weights=True,
-                                          average_attn_weights=True)
-        return layers[-1](x, src_mask=mask), attention
+            _, attention = last.self_attn(normed, normed, normed, attn_mask=blocked.repeat_interleave(self.n_heads, 0),
+                                          need_weights=True, average_attn_weights=True)
+        return encoder_layer(layers[-1], x, allowed), attention
 
     def forward(self, history: torch.Tensor, pad: torch.Tensor, with_attention: bool = True, last_only: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -79,7 +83,7 @@ class InterestExtractor(nn.Module):
         # real positions never see padding.
         diagonal = torch.eye(length, dtype=torch.bool, device=history.device)
         blocked_context = causal[None] | (pad[:, None, :] & ~diagonal[None])  # [B, L, L]
-        state, recent_attention = self._context(x, blocked_context.repeat_interleave(self.n_heads, 0), with_attention)
+        state, recent_attention = self._context(x, blocked_context, with_attention)
         state = self.norm(state)
         if last_only:
             # Everything after the transformer is per position: pool the last one alone (the last

@@ -254,8 +254,8 @@ class BestInterestScore(torch.autograd.Function):
                     won = scores[k] == best
                     if unclaimed is not None:
                         won &= unclaimed
-                    if k < k_count - 1:
-                        unclaimed = ~won if unclaimed is None else unclaimed & ~won
+                    if k < k_count - 1:  # won is inside unclaimed now: xor takes it out (one pass)
+                        unclaimed = ~won if unclaimed is None else unclaimed.logical_xor_(won)
                     mine = (grad_bits * won).view(a.dtype)  # x * 1 keeps x's bits, x * 0 is +0.0
                 grad_a[:, k] = (mine @ b).float()
                 grad_b += (mine.T @ a[:, k]).float()

@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tasks.model.layers import attention as attend
+from tasks.model.layers import dropout
+
 log = logging.getLogger(__name__)
 
 TEXT_DIM = 384  # hidden size of all-MiniLM-L6-v2
@@ -81,15 +84,14 @@ class TextTower(nn.Module):
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, T, 384] cached states, [B, T] mask -> [B, 384] mean-pooled sentence vectors."""
         real = mask.bool()
-        extended = additive_mask(mask, hidden.dtype)
         tokens = hidden[real]  # [V, 384]: the real tokens of all B items, row-major
         for layer in self.layers:
-            tokens = self._packed_layer(layer, tokens, real, extended)
+            tokens = self._packed_layer(layer, tokens, real)
         row = real.nonzero()[:, 0]  # the item each packed token belongs to
         summed = tokens.new_zeros((len(hidden), tokens.shape[-1])).index_add_(0, row, tokens)
         return summed / real.sum(1, keepdim=True).clamp(min=1).to(summed.dtype)
 
-    def _packed_layer(self, layer, tokens: torch.Tensor, real: torch.Tensor, extended: torch.Tensor) -> torch.Tensor:
+    def _packed_layer(self, layer, tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """One BertLayer (post-LN: attention, add & norm, feed-forward, add & norm) over packed tokens."""
         attention = layer.attention.self
         batch, length = real.shape
@@ -100,12 +102,18 @@ class TextTower(nn.Module):
             grid = out.new_zeros((batch, length, out.shape[-1])).index_put((real,), out)
             return grid.view(batch, length, heads, size).transpose(1, 2)
 
-        context = nn.functional.scaled_dot_product_attention(
-            padded(attention.query), padded(attention.key), padded(attention.value), attn_mask=extended.to(tokens.dtype),
-            dropout_p=attention.dropout.p if self.training else 0.0, scale=attention.scaling)
+        # BERT's dropouts, with layers.dropout's cheap mask: on the attention probabilities, then
+        # after each dense output before its residual add and LayerNorm.
+        def p(module: nn.Dropout) -> float:
+            return module.p if self.training else 0.0
+
+        context = attend(padded(attention.query), padded(attention.key), padded(attention.value),
+                         real[:, None, None, :], p(attention.dropout), attention.scaling)
         context = context.transpose(1, 2).reshape(batch, length, heads * size)[real]
-        attended = layer.attention.output(context, tokens)  # dense, dropout, residual, LayerNorm
-        return layer.output(layer.intermediate(attended), attended)
+        out = layer.attention.output  # BertSelfOutput: dense, dropout, residual, LayerNorm
+        attended = out.LayerNorm(dropout(out.dense(context), p(out.dropout)) + tokens)
+        out = layer.output  # BertOutput: the same after the intermediate (dense + GELU)
+        return out.LayerNorm(dropout(out.dense(layer.intermediate(attended)), p(out.dropout)) + attended)
 
 
 def adapt_to_domain(texts: list[str], tokenizer, epochs: int, max_tokens: int, lr: float, seed: int,

@@ -1,0 +1,88 @@
+"""Training speed: steps per second and validation time of the pipeline's training, per allocator.
+
+    python -m bench.step_time [--dataset ml-1m] [--steps 40] [--allocators system,auto]
+
+Each row is a real `launch_training` run (the DAG's code, under torchrun) on the quality
+benchmark's split, cut to `--steps` training steps and one validation; the rates come from the
+run's own history.json (`steps_per_second`, `validation_seconds`). A full epoch's time is
+estimated from them and the number of steps an epoch has. Writes bench/results/step-time.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from datetime import UTC, datetime
+
+from bench.quality import DATASETS, machine, prepare, save
+
+log = logging.getLogger("bench.step_time")
+
+# (prepare.max_history, train.batch_size, train.n_interests): the defaults, and v48's long histories
+SETTINGS = ((50, 64, 4), (200, 16, 4), (200, 16, 1))
+
+
+def steps_per_epoch(dataset_dir, config) -> int:
+    from tasks.prepare import load_dataset
+    from tasks.train import training_windows, window_context
+
+    sequences, _ = load_dataset(dataset_dir)
+    length = config.prepare.max_history
+    windows = training_windows(sequences.histories(2), range(sequences.n_users), length, config.train.all_positions,
+                               window_context(config.train.window_overlap, length))
+    return math.ceil(len(windows) / config.train.nproc / config.train.batch_size)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-1m")
+    parser.add_argument("--steps", type=int, default=40, help="training steps per run")
+    parser.add_argument("--allocators", default="system,auto", help="train.allocator values, comma-separated")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from tasks.config import load_config
+    from tasks.train import launch_training
+
+    base = {"database.app_schema": "bench_" + args.dataset.replace("-", ""), "train.epochs": 1,
+            "train.max_steps_per_epoch": args.steps}
+    work = load_config(base).paths.home / "bench" / args.dataset
+    dataset_dir = prepare(load_config(base), args.dataset, work)
+    rows = []
+    for history, batch, k in SETTINGS:
+        for allocator in args.allocators.split(","):
+            config = load_config({**base, "prepare.max_history": history, "train.batch_size": batch,
+                                  "train.n_interests": k, "train.allocator": allocator})
+            out = work / f"step-time-{history}-{k}-{allocator}"
+            launch_training(config, dataset_dir, out)
+            record = json.loads((out / "history.json").read_text())[0]
+            full = steps_per_epoch(dataset_dir, config)
+            rows.append({"max_history": history, "batch_size": batch, "n_interests": k, "allocator": allocator,
+                         "steps_per_second": record["steps_per_second"],
+                         "validation_seconds": record["validation_seconds"], "steps_per_epoch": full,
+                         "epoch_seconds": full / record["steps_per_second"] + record["validation_seconds"]})
+            log.info("%s", rows[-1])
+    result = {"dataset": args.dataset, "steps": args.steps, "machine": machine(),
+              "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "rows": rows}
+    return save("step-time", result, markdown(result))
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"# Training speed on {result['dataset']} ({result['steps']} steps and one validation per row)", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, GPU: {m['gpu'] or 'none'}. "
+             f"Generated {result['generated_at']}.", "",
+             "| history | batch | K | allocator | steps/s | validation s | steps per epoch | epoch s (est.) |",
+             "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for r in result["rows"]:
+        lines.append(f"| {r['max_history']} | {r['batch_size']} | {r['n_interests']} | {r['allocator']} | "
+                     f"{r['steps_per_second']:.2f} | {r['validation_seconds']:.0f} | {r['steps_per_epoch']} | "
+                     f"{r['epoch_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

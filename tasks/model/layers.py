@@ -1,0 +1,83 @@
+"""Dropout with a cheap random mask, and the transformer layers that use it.
+
+On a CPU, torch's dropout draws one Mersenne-Twister number per element (`bernoulli_`), and at
+the sizes of a training step that is slow: ~16 ns an element, 20-25 % of an ML-1M step with
+200-item histories (the attention probabilities alone are [batch x heads, 200, 200] per layer).
+Here one 64-bit draw makes four 16-bit ones, so the mask costs a quarter of the draws, and the
+keep test is a vectorised integer compare: ~4x faster. The drop probability is rounded to a
+multiple of 1/65536 and the kept values are scaled by the exact inverse of the keep
+probability, so the layer stays unbiased (E[dropout(x)] = x). On a GPU torch's own dropout is
+already fast and is used unchanged.
+
+`encoder_layer` is nn.TransformerEncoderLayer's forward pass (pre-LN) over the layer's own
+modules and weights with this dropout in place of torch's (the text tower's packed BERT layer
+uses `attention` and `dropout` the same way): checkpoints and state dicts are unchanged, and in
+eval mode the functions equal the modules' own (tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_LEVELS = 1 << 16
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Inverted dropout: zero each element with probability ~p, scale the rest to keep the mean."""
+    if not training or p <= 0.0:
+        return x
+    if p >= 1.0:
+        return torch.zeros_like(x)
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    threshold = round(p * _LEVELS)  # drop a 16-bit draw below this: probability threshold / 65536
+    n = x.numel()
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    keep = draws.view(torch.int16)[:n].view(x.shape) >= threshold - _LEVELS // 2
+    return x * (keep.to(x.dtype) * (_LEVELS / (_LEVELS - threshold)))
+
+
+class Dropout(nn.Module):
+    """nn.Dropout with `dropout`'s cheap mask (no state: swaps in for nn.Dropout in a checkpoint)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, p: float, scale: float
+              ) -> torch.Tensor:
+    """Softmax attention [B, H, L, hd] with a boolean mask (True: may attend; broadcast over heads)
+    and dropout p on the attention probabilities."""
+    if p <= 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=scale)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    return dropout(scores.softmax(-1), p) @ v
+
+
+def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """nn.TransformerEncoderLayer's forward (batch_first, norm_first) for x [B, L, d] and a mask
+    `allowed` [B, 1, L, L] or [L, L] (True: position i may attend to j)."""
+    if not (layer.norm_first and layer.self_attn.batch_first):
+        raise ValueError("encoder_layer implements the pre-LN, batch-first layer only")
+    p = layer.dropout.p if layer.training else 0.0
+    mha = layer.self_attn
+    batch, length, dim = x.shape
+    heads = mha.num_heads
+    q, k, v = F.linear(layer.norm1(x), mha.in_proj_weight, mha.in_proj_bias).view(
+        batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    context = attention(q, k, v, allowed, p, 1.0 / math.sqrt(dim // heads))
+    x = x + dropout(mha.out_proj(context.transpose(1, 2).reshape(batch, length, dim)), p)
+    hidden = dropout(layer.activation(layer.linear1(layer.norm2(x))), p)
+    return x + dropout(layer.linear2(hidden), p)

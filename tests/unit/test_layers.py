@@ -1,0 +1,83 @@
+"""The cheap-mask dropout and the transformer layer forward that uses it (tasks.model.layers)."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tasks.model.layers import Dropout, attention, dropout, encoder_layer
+
+
+def test_dropout_drops_the_asked_share_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.full((1000, 1000), 3.0)
+    out = dropout(x, 0.2)
+    dropped = (out == 0).double().mean().item()
+    assert dropped == pytest.approx(0.2, abs=0.002)  # 1e6 draws: the standard error is 0.0004
+    assert out.mean().item() == pytest.approx(3.0, rel=0.005)
+    kept = out[out != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 3.0 * 65536 / (65536 - round(0.2 * 65536))))
+    # Every 16-bit lane of the 64-bit draws is used alike: no lane is biased.
+    for lane in range(4):
+        assert (out.flatten()[lane::4] == 0).double().mean().item() == pytest.approx(0.2, abs=0.004)
+
+
+def test_dropout_is_the_identity_in_eval_and_passes_the_mask_to_the_gradient():
+    x = torch.randn(64, 33, requires_grad=True)
+    assert dropout(x, 0.3, training=False) is x
+    assert dropout(x, 0.0) is x
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    module = Dropout(0.3)
+    module.eval()
+    assert module(x) is x
+    module.train()
+    out = module(x)
+    out.sum().backward()
+    # d out / d x is the scaled keep mask: 0 where dropped, 1 / (1 - p) where kept.
+    assert torch.allclose(x.grad, torch.where(out == 0, 0.0, out / x.detach()))
+    scale = 65536 / (65536 - round(0.3 * 65536))
+    assert torch.isin(x.grad, torch.tensor([0.0, scale])).all() and (x.grad == 0).any()
+
+
+def test_dropout_keeps_bf16():
+    out = dropout(torch.ones(100, dtype=torch.bfloat16), 0.5)
+    assert out.dtype == torch.bfloat16
+
+
+def _mask(batch: int, length: int) -> torch.Tensor:
+    """Causal + left padding, as the user tower builds it: True where i may attend to j."""
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    real = torch.ones(batch, length, dtype=torch.bool)
+    real[0, :3] = False  # a user with a short history
+    return causal & (real[:, None, :] | torch.eye(length, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("training", [False, True])
+def test_encoder_layer_computes_what_the_torch_layer_does(activation, training):
+    torch.manual_seed(1)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0 if training else 0.3,
+                                       batch_first=True, norm_first=True, activation=activation)
+    layer.train(training)  # with dropout 0 in training: the same function, through the training path
+    x = torch.randn(3, 7, 16)
+    allowed = _mask(3, 7)
+    expected = layer(x, src_mask=(~allowed).repeat_interleave(2, 0))
+    assert torch.allclose(encoder_layer(layer, x, allowed[:, None]), expected, atol=1e-5)
+
+
+def test_attention_dropout_is_unbiased_against_plain_attention():
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, 2, 5, 4) for _ in range(3))
+    allowed = _mask(2, 5)[:, None]
+    plain = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=0.5)
+    assert torch.allclose(attention(q, k, v, allowed, 0.0, 0.5), plain, atol=1e-6)
+    draws = torch.stack([attention(q, k, v, allowed, 0.2, 0.5) for _ in range(4000)])
+    assert not torch.allclose(draws[0], plain, atol=1e-3)  # dropout does act
+    standard_error = draws.std(0) / len(draws) ** 0.5
+    assert ((draws.mean(0) - plain).abs() <= 5 * standard_error + 1e-6).all()
+
+
+def test_encoder_layer_refuses_a_post_ln_layer():
+    layer = nn.TransformerEncoderLayer(8, 2, batch_first=True, norm_first=False)
+    with pytest.raises(ValueError, match="pre-LN"):
+        encoder_layer(layer, torch.randn(1, 3, 8), torch.ones(3, 3, dtype=torch.bool))
