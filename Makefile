@@ -71,6 +71,13 @@ BUDGET ?=
 bench-quality: venv
 	$(if $(NPROC),PRISMREC_TRAIN__NPROC=$(NPROC)) $(BIN)/python -m bench.quality --dataset $(DATASET) $(if $(BUDGET),--budget-minutes $(BUDGET))
 
+# Training speed: steps/s and validation time of real (cut-short) training runs on the ML-1M
+# benchmark split, for the default and long-history settings, under each train.allocator;
+# writes bench/results/step-time.{json,md}.
+.PHONY: bench-step-time
+bench-step-time: venv
+	$(BIN)/python -m bench.step_time
+
 # Publishing benchmark: top-100 for every ML-1M user through `materialize` (COPY) vs pandas.to_sql;
 # writes bench/results/materialize.json.
 .PHONY: bench-materialize
