@@ -243,7 +243,7 @@ class TrainConfig:
     # every free, so each step pays to fault them in again (~15 % of an ML-1M step). "auto":
     # jemalloc when the system has it (Debian: libjemalloc2), told to keep freed pages, else
     # glibc with transparent huge pages for large blocks; "jemalloc" insists on it; "system"
-    # leaves the allocator alone (tasks.train.allocator_env, bench/README.md "Step time").
+    # leaves the allocator alone (tasks.train.allocator_env, bench/README.md "Training speed").
     allocator: str = "auto"
 
 

@@ -1,9 +1,9 @@
 """Dropout with a cheap random mask, and the transformer layers that use it.
 
 On a CPU, torch's dropout draws one Mersenne-Twister number per element (`bernoulli_`), and at
-the sizes of a training step that is slow: ~16 ns an element, 20-25 % of an ML-1M step with
-200-item histories (the attention probabilities alone are [batch x heads, 200, 200] per layer).
-Here one 64-bit draw makes four 16-bit ones, so the mask costs a quarter of the draws, and the
+the sizes of a training step that is slow: ~16 ns an element, 10 % (K=4) to 24 % (K=1) of an
+ML-1M step with 200-item histories (the attention probabilities alone are [batch x heads, 200,
+200] per layer). Here one 64-bit draw makes four 16-bit ones, so the mask costs a quarter of the draws, and the
 keep test is a vectorised integer compare: ~4x faster. The drop probability is rounded to a
 multiple of 1/65536 and the kept values are scaled by the exact inverse of the keep
 probability, so the layer stays unbiased (E[dropout(x)] = x). On a GPU torch's own dropout is
@@ -12,7 +12,7 @@ already fast and is used unchanged.
 `encoder_layer` is nn.TransformerEncoderLayer's forward pass (pre-LN) over the layer's own
 modules and weights with this dropout in place of torch's (the text tower's packed BERT layer
 uses `attention` and `dropout` the same way): checkpoints and state dicts are unchanged, and in
-eval mode the functions equal the modules' own (tests/test_layers.py).
+eval mode the functions equal the modules' own (tests/unit/test_layers.py).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=scale)
     scores = (q @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    return dropout(scores.softmax(-1), p) @ v
+    return dropout(scores.softmax(-1, dtype=torch.float32).to(v.dtype), p) @ v  # softmax in fp32 under bf16
 
 
 def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
