@@ -36,6 +36,14 @@ def steps_per_epoch(dataset_dir, config) -> int:
     return math.ceil(len(windows) / config.train.nproc / config.train.batch_size)
 
 
+def resolved(allocator: str) -> str:
+    """What train.allocator=`allocator` gives a training process on this machine."""
+    from tasks.train import allocator_env
+
+    env = allocator_env(allocator, dict(os.environ))
+    return "jemalloc" if "LD_PRELOAD" in env else "glibc, huge pages" if "GLIBC_TUNABLES" in env else "glibc"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-1m")
@@ -61,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
             record = json.loads((out / "history.json").read_text())[0]
             full = steps_per_epoch(dataset_dir, config)
             rows.append({"max_history": history, "batch_size": batch, "n_interests": k, "allocator": allocator,
+                         "resolved": resolved(allocator),
                          "steps_per_second": record["steps_per_second"],
                          "validation_seconds": record["validation_seconds"], "steps_per_epoch": full,
                          "epoch_seconds": full / record["steps_per_second"] + record["validation_seconds"]})
@@ -78,7 +87,8 @@ def markdown(result: dict) -> str:
              "| history | batch | K | allocator | steps/s | validation s | steps per epoch | epoch s (est.) |",
              "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for r in result["rows"]:
-        lines.append(f"| {r['max_history']} | {r['batch_size']} | {r['n_interests']} | {r['allocator']} | "
+        allocator = f"{r['allocator']} ({r['resolved']})" if "resolved" in r else r["allocator"]
+        lines.append(f"| {r['max_history']} | {r['batch_size']} | {r['n_interests']} | {allocator} | "
                      f"{r['steps_per_second']:.2f} | {r['validation_seconds']:.0f} | {r['steps_per_epoch']} | "
                      f"{r['epoch_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
