@@ -5,7 +5,7 @@
 Each row is a real `launch_training` run (the DAG's code, under torchrun) on the quality
 benchmark's split, cut to `--steps` training steps and one validation; the rates come from the
 run's own history.json (`steps_per_second`, `validation_seconds`). A full epoch's time is
-estimated from them and the number of steps an epoch has. Writes bench/results/step-time.{json,md}.
+estimated from them and the steps an uncut epoch has (training.json's `full_steps_per_epoch`). Writes bench/results/step-time.{json,md}.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 from datetime import UTC, datetime
 
@@ -23,17 +22,6 @@ log = logging.getLogger("bench.step_time")
 
 # (prepare.max_history, train.batch_size, train.n_interests): the defaults, and v48's long histories
 SETTINGS = ((50, 64, 4), (200, 16, 4), (200, 16, 1))
-
-
-def steps_per_epoch(dataset_dir, config) -> int:
-    from tasks.prepare import load_dataset
-    from tasks.train import training_windows, window_context
-
-    sequences, _ = load_dataset(dataset_dir)
-    length = config.prepare.max_history
-    windows = training_windows(sequences.histories(2), range(sequences.n_users), length, config.train.all_positions,
-                               window_context(config.train.window_overlap, length))
-    return math.ceil(len(windows) / config.train.nproc / config.train.batch_size)
 
 
 def resolved(allocator: str) -> str:
@@ -52,13 +40,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
+        # train.allocator=system keeps the environment's allocator: its rows would be jemalloc's too.
+        raise SystemExit("bench.step_time compares allocators: run it without jemalloc in LD_PRELOAD")
     from tasks.config import load_config
-    from tasks.train import launch_training
+    from tasks.train import SUMMARY, launch_training
 
     base = {"database.app_schema": "bench_" + args.dataset.replace("-", ""), "train.epochs": 1,
             "train.max_steps_per_epoch": args.steps}
-    work = load_config(base).paths.home / "bench" / args.dataset
-    dataset_dir = prepare(load_config(base), args.dataset, work)
+    config = load_config(base)
+    work = config.paths.home / "bench" / args.dataset
+    dataset_dir = prepare(config, args.dataset, work)
     rows = []
     for history, batch, k in SETTINGS:
         for allocator in args.allocators.split(","):
@@ -67,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
             out = work / f"step-time-{history}-{k}-{allocator}"
             launch_training(config, dataset_dir, out)
             record = json.loads((out / "history.json").read_text())[0]
-            full = steps_per_epoch(dataset_dir, config)
+            full = json.loads((out / SUMMARY).read_text())["full_steps_per_epoch"]
             rows.append({"max_history": history, "batch_size": batch, "n_interests": k, "allocator": allocator,
                          "resolved": resolved(allocator),
                          "steps_per_second": record["steps_per_second"],

@@ -170,7 +170,6 @@ class SASRec(nn.Module):
 
     def __init__(self, n_items: int, max_len: int, dim: int, blocks: int, heads: int, dropout: float):
         super().__init__()
-        self.heads = heads
         self.items = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.positions = nn.Embedding(max_len, dim)
         self.dropout = Dropout(dropout)

@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     windows = training_windows(histories, range(sequences.n_users), max_history, cfg.all_positions,
                                window_context(cfg.window_overlap, max_history))
     shard = np.array_split(np.arange(sequences.n_users), world)[rank]
-    steps_per_epoch = math.ceil(len(windows) / world / cfg.batch_size)
+    steps_per_epoch = full_steps = math.ceil(len(windows) / world / cfg.batch_size)  # full: before any cap
     log.info("%d training windows (%d targets), %d steps per epoch, %s matmuls", len(windows),
              sum(fresh for _, fresh in windows), steps_per_epoch, "bf16" if bf16 else "fp32")
     if cfg.max_steps_per_epoch:
@@ -400,12 +400,13 @@ def main(argv: list[str] | None = None) -> None:
         elif (live_totals[0] > totals[0]).item():
             chosen, chosen_totals, chosen_cache, weights = net, live_totals, text_cache, "live"
         valid_ndcg, valid_hr = (chosen_totals[0] / chosen_totals[2]).item(), (chosen_totals[1] / chosen_totals[2]).item()
+        epoch_seconds = time.time() - epoch_started
         record = {"epoch": epoch, "train_loss": epoch_loss / max(steps_per_epoch, 1), "valid_ndcg@10": valid_ndcg,
                   "interest_cosine": epoch_overlap / max(steps_per_epoch, 1), "lr": optimizer.param_groups[0]["lr"],
-                  "valid_hr@10": valid_hr, "seconds": time.time() - epoch_started, "weights": weights,
+                  "valid_hr@10": valid_hr, "seconds": epoch_seconds, "weights": weights,
                   # the training steps alone (the rest: refreshing the text vectors and validating)
                   "steps_per_second": steps_per_epoch / max(steps_seconds, 1e-9),
-                  "validation_seconds": time.time() - epoch_started - steps_seconds}
+                  "validation_seconds": epoch_seconds - steps_seconds}
         # Which interest scores each training target highest, as shares of this epoch's targets:
         # an interest near 0 has stopped winning items, so the main loss no longer trains it.
         won = (epoch_wins.float() / epoch_wins.sum().clamp(min=1)).tolist()
@@ -463,7 +464,8 @@ def main(argv: list[str] | None = None) -> None:
                                                     "best_weights": max(history, key=lambda r: r["valid_ndcg@10"])["weights"],
                                                     "stopped_by": stopped_by,
                                                     "train_seconds": time.time() - started, "mlm_losses": mlm_losses,
-                                                    "world_size": world}, indent=2))
+                                                    "world_size": world, "full_steps_per_epoch": full_steps},
+                                                   indent=2))
     if ddp:
         dist.destroy_process_group()
 
