@@ -64,6 +64,8 @@ mlflow-ui: venv
 # Quality benchmark: every baseline and PrismRec on the LOO-full split of DATASET
 # (ml-100k or ml-1m); writes bench/results/quality-$(DATASET).{json,md}. BUDGET (minutes) caps
 # the wall-clock training of PrismRec and SASRec each (e.g. BUDGET=50 for ml-1m on 2 CPU cores).
+# PrismRec trains with the dataset's settings selected on validation (bench.quality's
+# DATASET_SETTINGS: ml-1m reads 200-item histories with one interest) unless the environment sets them.
 # NPROC sets PrismRec's torchrun processes (train.nproc, default 1; on 2 CPU cores one process
 # with two threads learned more per epoch than two and fit more epochs: bench/README.md v32, v37).
 DATASET ?= ml-100k

@@ -1,6 +1,7 @@
 """Quality benchmark: every baseline and PrismRec on the LOO-full split of a MovieLens release.
 
     python -m bench.quality --dataset ml-100k|ml-1m [--skip-prismrec] [--only NAME] [--epochs N]
+                            [--pipeline-defaults]
 
 The data goes through the real pipeline functions (load into the benchmark's own Postgres
 schema, extract a snapshot, prepare), PrismRec is trained with `launch_training` (the code the
@@ -27,10 +28,27 @@ DATASETS = {
     "ml-100k": ("movielens-100k", datetime(1998, 5, 1, tzinfo=UTC)),
     "ml-1m": ("movielens-1m", datetime(2003, 3, 1, tzinfo=UTC)),
 }
+# PrismRec settings selected on validation for a dataset, applied over the pipeline defaults
+# unless the environment sets the same key (PRISMREC_STAGE__NAME) or --pipeline-defaults is given.
+# ML-1M's long, dense histories are read 200 items deep (batches of 16 keep a step's memory), and
+# there one interest, the transformer state, beats four on validation at every epoch and runs
+# 1.7x faster a step (bench/README.md v48, v54, v55); on ML-100K four win (bench.interests' ablation).
+DATASET_SETTINGS = {
+    "ml-1m": {"prepare.max_history": 200, "train.batch_size": 16, "train.n_interests": 1},
+}
 MODELS = ("popularity", "itemknn", "content", "ease", "sasrec", "prismrec")
 COLUMNS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10")
 PROTOCOL = ("LOO-full (shared/PROTOCOL.md): 5-core filter (one pass, users then items), time-ordered "
             "leave-one-out, all items ranked, history masked; selection on validation NDCG@10, test reported")
+
+
+def dataset_settings(dataset: str, environ=os.environ) -> dict:
+    """The dataset's selected PrismRec settings, less any the environment sets itself."""
+    def env_name(key: str) -> str:
+        stage, _, name = key.partition(".")
+        return f"PRISMREC_{stage.upper()}__{name.upper()}"
+
+    return {k: v for k, v in DATASET_SETTINGS.get(dataset, {}).items() if not environ.get(env_name(k))}
 
 
 def machine() -> dict:
@@ -133,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, help="PrismRec train.epochs (default: the pipeline config)")
     parser.add_argument("--budget-minutes", type=float,
                         help="wall-clock training budget for PrismRec (train.max_minutes) and SASRec")
+    parser.add_argument("--pipeline-defaults", action="store_true",
+                        help="train PrismRec with the pipeline's defaults, not the dataset's selected settings")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in this process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -146,7 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     schema = "bench_" + args.dataset.replace("-", "")
-    config = load_config({"database.app_schema": schema, "train.epochs": args.epochs,
+    settings = {} if args.pipeline_defaults else dataset_settings(args.dataset)
+    if settings:
+        log.info("%s settings selected on validation (--pipeline-defaults to drop): %s", args.dataset, settings)
+    config = load_config({**settings, "database.app_schema": schema, "train.epochs": args.epochs,
                           "train.max_minutes": args.budget_minutes})
     from tasks.train import reexec_under_allocator
 
