@@ -218,7 +218,7 @@ def validate(net, text_cache, sequences, users, max_history, device, batch_size=
         for start in range(0, len(users), batch_size):
             chosen = users[start:start + batch_size]
             batch_hist = [histories[u] for u in chosen]
-            scores, *_ = net.score_last(pad_left(batch_hist, max_history).to(device), items)
+            scores, *_ = net.score_last(pad_left(batch_hist, max_history).to(device), items, with_attention=False)
             target = torch.as_tensor(targets[chosen], dtype=torch.long, device=device)
             ranks, _ = rank_targets(mask_history(scores.float(), batch_hist, target), target)
             ranks = torch.as_tensor(ranks, dtype=torch.float64, device=device)

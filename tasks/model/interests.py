@@ -51,9 +51,11 @@ class InterestExtractor(nn.Module):
                 self.long_out.bias.zero_()
         self.dropout = Dropout(dropout)
 
-    def _context(self, x: torch.Tensor, blocked: torch.Tensor, with_attention: bool):
+    def _context(self, x: torch.Tensor, blocked: torch.Tensor, with_attention: bool, last_attention: bool = False,
+                 last_state: bool = False):
         """Run the causal transformer (blocked [B, L, L]: True where i may not see j); optionally
-        return the last layer's self-attention [B, L, L]."""
+        return the last layer's self-attention [B, L, L]. last_attention / last_state: the last
+        position's alone ([B, 1, L] / [B, 1, d]), so the top layer skips the other queries."""
         layers = self.context.layers
         allowed = ~blocked[:, None]  # [B, 1, L, L], the same for every head
         for layer in layers[:-1]:
@@ -62,9 +64,10 @@ class InterestExtractor(nn.Module):
         if with_attention:
             last = layers[-1]
             normed = last.norm1(x)
-            _, attention = last.self_attn(normed, normed, normed, attn_mask=blocked.repeat_interleave(self.n_heads, 0),
+            query, mask = (normed[:, -1:], blocked[:, -1:]) if last_attention else (normed, blocked)
+            _, attention = last.self_attn(query, normed, normed, attn_mask=mask.repeat_interleave(self.n_heads, 0),
                                           need_weights=True, average_attn_weights=True)
-        return encoder_layer(layers[-1], x, allowed), attention
+        return encoder_layer(layers[-1], x, allowed, last_only=last_state), attention
 
     def forward(self, history: torch.Tensor, pad: torch.Tensor, with_attention: bool = True, last_only: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -83,7 +86,11 @@ class InterestExtractor(nn.Module):
         # real positions never see padding.
         diagonal = torch.eye(length, dtype=torch.bool, device=history.device)
         blocked_context = causal[None] | (pad[:, None, :] & ~diagonal[None])  # [B, L, L]
-        state, recent_attention = self._context(x, blocked_context, with_attention)
+        # At inference (last_only) the top layer computes the last position alone where nothing else
+        # is read: its attention always, its state when there are no long-term interests (their keys
+        # are the states at every position).
+        state, recent_attention = self._context(x, blocked_context, with_attention, last_attention=last_only,
+                                                last_state=last_only and self.interest_queries is None)
         state = self.norm(state)
         if last_only:
             # Everything after the transformer is per position: pool the last one alone (the last

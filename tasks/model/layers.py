@@ -66,9 +66,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.
     return dropout(scores.softmax(-1, dtype=torch.float32).to(v.dtype), p) @ v  # softmax in fp32 under bf16
 
 
-def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False
+                  ) -> torch.Tensor:
     """nn.TransformerEncoderLayer's forward (batch_first, norm_first) for x [B, L, d] and a mask
-    `allowed` [B, 1, L, L] or [L, L] (True: position i may attend to j)."""
+    `allowed` [B, 1, L, L] or [L, L] (True: position i may attend to j). With last_only the last
+    position's output alone, [B, 1, d]: its query over every key, its feed-forward pass (inference
+    reads nothing else from a model's top layer)."""
     if not (layer.norm_first and layer.self_attn.batch_first):
         raise ValueError("encoder_layer implements the pre-LN, batch-first layer only")
     p = layer.dropout.p if layer.training else 0.0
@@ -77,6 +80,8 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: t
     heads = mha.num_heads
     q, k, v = F.linear(layer.norm1(x), mha.in_proj_weight, mha.in_proj_bias).view(
         batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    if last_only:
+        q, x, allowed, length = q[:, :, -1:], x[:, -1:], allowed[..., -1:, :], 1
     context = attention(q, k, v, allowed, p, 1.0 / math.sqrt(dim // heads))
     x = x + dropout(mha.out_proj(context.transpose(1, 2).reshape(batch, length, dim)), p)
     hidden = dropout(layer.activation(layer.linear1(layer.norm2(x))), p)

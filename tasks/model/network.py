@@ -193,21 +193,22 @@ class PrismRecNet(nn.Module):
         return scores if self.item_bias is None else scores + self.item_bias
 
     @torch.no_grad()
-    def interest_scores(self, histories: torch.Tensor, items: torch.Tensor):
+    def interest_scores(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True):
         """Inference for the state after the last history item: every item's score under every
-        interest [B, K, N+1], the interests [B, K, d] and their attention over the history [B, K, L]."""
-        interests, attention = self.interests(histories, items, last_only=True)
-        last, last_attention = interests[:, -1], attention[:, -1]
-        return self.match(last, items), last, last_attention
+        interest [B, K, N+1], the interests [B, K, d] and their attention over the history [B, K, L]
+        (None without with_attention: ranking alone, e.g. validation, skips it)."""
+        interests, attention = self.interests(histories, items, with_attention=with_attention, last_only=True)
+        last = interests[:, -1]
+        return self.match(last, items), last, (attention[:, -1] if attention is not None else None)
 
     @torch.no_grad()
-    def score_last(self, histories: torch.Tensor, items: torch.Tensor):
+    def score_last(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True):
         """Inference for the state after the last history item.
 
         Returns scores [B, N+1] (best interest per item), best interest [B, N+1], the
         interests [B, K, d] and their attention over the history [B, K, L].
         """
-        per_interest, last, last_attention = self.interest_scores(histories, items)
+        per_interest, last, last_attention = self.interest_scores(histories, items, with_attention)
         scores, best = per_interest.max(1)
         return scores, best, last, last_attention
 

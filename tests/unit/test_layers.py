@@ -65,6 +65,17 @@ def test_encoder_layer_computes_what_the_torch_layer_does(activation, training):
     assert torch.allclose(encoder_layer(layer, x, allowed[:, None]), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("shared_mask", [False, True])
+def test_encoder_layer_last_only_is_the_last_position_of_the_full_pass(shared_mask):
+    torch.manual_seed(2)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.3, batch_first=True, norm_first=True).eval()
+    x = torch.randn(3, 7, 16)
+    allowed = torch.ones(7, 7, dtype=torch.bool).tril() if shared_mask else _mask(3, 7)[:, None]
+    last = encoder_layer(layer, x, allowed, last_only=True)
+    assert last.shape == (3, 1, 16)
+    assert torch.allclose(last, encoder_layer(layer, x, allowed)[:, -1:], atol=1e-5)
+
+
 def test_attention_dropout_is_unbiased_against_plain_attention():
     torch.manual_seed(2)
     q, k, v = (torch.randn(2, 2, 5, 4) for _ in range(3))

@@ -147,6 +147,10 @@ def test_long_term_interests_differ_and_overlap_is_measured():
     scores, best, last, attention = net.score_last(histories, items)
     assert scores.shape == (2, 21) and last.shape == (2, 3, 16) and attention.shape == (2, 3, 6)
     assert set(best.unique().tolist()) <= {0, 1, 2}
+    # Ranking alone (validation) skips the attention and scores alike.
+    ranked, ranked_best, ranked_last, no_attention = net.score_last(histories, items, with_attention=False)
+    assert no_attention is None
+    assert torch.allclose(ranked, scores) and torch.equal(ranked_best, best) and torch.allclose(ranked_last, last)
 
 
 @pytest.mark.parametrize("k", [1, 3])
