@@ -180,8 +180,9 @@ class SASRec(nn.Module):
         nn.init.normal_(self.items.weight, std=0.02)
         nn.init.normal_(self.positions.weight, std=0.02)
 
-    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
-        """[B, L] left-padded item indices -> [B, L, dim] hidden states (position t sees <= t)."""
+    def forward(self, sequence: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[B, L] left-padded item indices -> [B, L, dim] hidden states (position t sees <= t);
+        [B, 1, dim] with last_only (inference: the top block computes the last position alone)."""
         length = sequence.shape[1]
         real = sequence > 0
         hidden = self.items(sequence) * math.sqrt(self.items.embedding_dim) + self.positions.weight[:length]
@@ -189,8 +190,9 @@ class SASRec(nn.Module):
         causal = torch.ones(length, length, dtype=torch.bool, device=sequence.device).tril()
         # Visible: earlier real items, and always oneself (padding rows would otherwise see nothing).
         allowed = causal & (real[:, None, :] | torch.eye(length, dtype=torch.bool, device=sequence.device))
-        for layer in self.blocks.layers:  # nn.TransformerEncoderLayer's forward, with the cheap dropout
-            hidden = encoder_layer(layer, hidden, allowed[:, None])
+        top = len(self.blocks.layers) - 1
+        for i, layer in enumerate(self.blocks.layers):  # nn.TransformerEncoderLayer's forward, with the cheap dropout
+            hidden = encoder_layer(layer, hidden, allowed[:, None], last_only=last_only and i == top)
         return self.norm(hidden)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -235,7 +237,7 @@ def fit_sasrec(sequences: Sequences, items: pd.DataFrame, dim: int = 64, blocks:
     @torch.no_grad()
     def score(batch_histories: Sequence[np.ndarray]) -> torch.Tensor:
         net.eval()
-        hidden = net(pad_left(batch_histories, max_len).to(device))[:, -1]
+        hidden = net(pad_left(batch_histories, max_len).to(device), last_only=True)[:, -1]
         return net.logits(hidden).float().cpu()
 
     best, best_state, stale, started, stopped_by = -1.0, None, 0, time.time(), "epochs"

@@ -100,3 +100,14 @@ def test_sasrec_learns_a_deterministic_cycle():
     predicted = scorer(histories)[:, 1:].argmax(1) + 1
     accuracy = (predicted.numpy() == sequences.targets("test")).mean()
     assert accuracy > 0.5  # chance is 1 / 20
+
+
+def test_sasrec_last_only_is_the_last_position_of_the_full_pass():
+    from tasks.baselines import SASRec
+
+    torch.manual_seed(0)
+    net = SASRec(n_items=30, max_len=8, dim=16, blocks=2, heads=2, dropout=0.2).eval()
+    sequence = torch.tensor([[0, 0, 0, 4, 9, 2, 7, 1], [3, 5, 8, 13, 21, 1, 2, 6]])
+    last = net(sequence, last_only=True)
+    assert last.shape == (2, 1, 16)
+    assert torch.allclose(last, net(sequence)[:, -1:], atol=1e-5)
