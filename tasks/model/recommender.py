@@ -139,11 +139,11 @@ class Recommender:
         found = self.index_of.reindex(np.asarray(history, dtype=np.int64)).dropna()
         return found.to_numpy(dtype=np.int64)
 
-    def score_indices(self, histories: Sequence[np.ndarray]):
+    def score_indices(self, histories: Sequence[np.ndarray], with_attention: bool = True):
         """Histories in model indices -> (every item's score under every interest [B, K, N+1],
-        attention [B, K, L], padded histories [B, L])."""
+        attention [B, K, L] (None without with_attention: scores alone), padded histories [B, L])."""
         padded = pad_left(histories, self.spec.max_history)
-        per_interest, _, attention = self.net.interest_scores(padded, self.item_vectors)
+        per_interest, _, attention = self.net.interest_scores(padded, self.item_vectors, with_attention)
         return per_interest, attention, padded
 
     def score_items(self, histories: Sequence[Sequence[int]], item_ids: np.ndarray,
@@ -153,7 +153,7 @@ class Recommender:
         balance, the first `depth` unseen items are re-ordered as `recommend` lists them and lifted
         above the rest (which keep their order below), so rank metrics measure the published lists."""
         indexed = [self.to_indices(h) for h in histories]
-        per_interest, *_ = self.score_indices(indexed)
+        per_interest, *_ = self.score_indices(indexed, with_attention=False)  # ranking needs no explanations
         scores = per_interest.amax(1)
         if self.interest_balance > 0:
             top_scores, top_idx, *_ = self._ranked(per_interest, indexed, depth)
