@@ -42,15 +42,6 @@ PROTOCOL = ("LOO-full (shared/PROTOCOL.md): 5-core filter (one pass, users then 
             "leave-one-out, all items ranked, history masked; selection on validation NDCG@10, test reported")
 
 
-def dataset_settings(dataset: str, environ=os.environ) -> dict:
-    """The dataset's selected PrismRec settings, less any the environment sets itself."""
-    def env_name(key: str) -> str:
-        stage, _, name = key.partition(".")
-        return f"PRISMREC_{stage.upper()}__{name.upper()}"
-
-    return {k: v for k, v in DATASET_SETTINGS.get(dataset, {}).items() if not environ.get(env_name(k))}
-
-
 def machine() -> dict:
     """What the numbers were measured on, read from the running machine."""
     import torch
@@ -166,11 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     schema = "bench_" + args.dataset.replace("-", "")
-    settings = {} if args.pipeline_defaults else dataset_settings(args.dataset)
+    settings = {} if args.pipeline_defaults else DATASET_SETTINGS.get(args.dataset, {})
     if settings:
-        log.info("%s settings selected on validation (--pipeline-defaults to drop): %s", args.dataset, settings)
-    config = load_config({**settings, "database.app_schema": schema, "train.epochs": args.epochs,
-                          "train.max_minutes": args.budget_minutes})
+        log.info("%s settings selected on validation, under any the environment sets (--pipeline-defaults "
+                 "to drop): %s", args.dataset, settings)
+    config = load_config({"database.app_schema": schema, "train.epochs": args.epochs,
+                          "train.max_minutes": args.budget_minutes}, defaults=settings)
     from tasks.train import reexec_under_allocator
 
     reexec_under_allocator(config.train.allocator, "bench.quality", argv)  # the baselines' race is fair

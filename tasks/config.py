@@ -389,14 +389,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         ) from None
 
 
-def load_config(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> PipelineConfig:
-    """Resolve the pipeline config: defaults < environment < `overrides` (Params, then flags).
+def load_config(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
+                defaults: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Resolve the pipeline config: defaults < `defaults` < environment < `overrides` (Params, then flags).
 
-    `overrides` maps dotted keys (`"train.epochs"`) to values; None values are ignored so
-    unset flags do not clobber lower layers.
+    `overrides` and `defaults` map dotted keys (`"train.epochs"`) to values; None values are
+    ignored so unset flags do not clobber lower layers. `defaults` are a caller's own defaults
+    (e.g. a benchmark's per-dataset settings) that the environment still overrides.
     """
     environ = os.environ if environ is None else environ
-    layered: dict[str, Any] = {}
+    layered: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if v is not None}
     for env_name, key in _ENV_SHORTCUTS.items():
         if environ.get(env_name):
             layered[key] = environ[env_name]
