@@ -1,7 +1,7 @@
 """Quality benchmark: every baseline and PrismRec on the LOO-full split of a MovieLens release.
 
     python -m bench.quality --dataset ml-100k|ml-1m [--skip-prismrec] [--only NAME] [--epochs N]
-                            [--pipeline-defaults]
+                            [--pipeline-defaults] [--baseline NAME.KEY=VALUE ...]
 
 The data goes through the real pipeline functions (load into the benchmark's own Postgres
 schema, extract a snapshot, prepare), PrismRec is trained with `launch_training` (the code the
@@ -12,6 +12,7 @@ table; validation metrics (the only ones used for selection) are kept in the JSO
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import platform
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("bench.quality")
 
@@ -83,12 +85,41 @@ def prepare(config, dataset: str, work: Path) -> Path:
     return work / "dataset"
 
 
-def run_baseline(name: str, sequences, items, budget_minutes: float | None = None) -> dict:
-    from tasks.baselines import TrainedScorer, tune
+def baseline_settings(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
+    """`--baseline NAME.KEY=VALUE` flags -> {NAME: {KEY: VALUE}}; a value is read as JSON (0.1,
+    true, 64), else kept as text. KEY must be a keyword of the baseline's fit function; it replaces
+    that key's grid (`tasks.baselines.GRIDS`) with the one value."""
+    from tasks.baselines import BASELINES
+
+    settings: dict[str, dict[str, Any]] = {}
+    for pair in pairs or []:
+        target, sep, raw = pair.partition("=")
+        name, dot, key = target.partition(".")
+        if not (sep and dot and key):
+            raise SystemExit(f"--baseline {pair!r}: expected NAME.KEY=VALUE, e.g. --baseline sasrec.dropout=0.1")
+        if name not in BASELINES:
+            raise SystemExit(f"--baseline {pair!r}: no baseline {name!r}; choose from {', '.join(BASELINES)}")
+        keywords = [p for p in inspect.signature(BASELINES[name]).parameters if p not in ("sequences", "items")]
+        if key not in keywords:
+            raise SystemExit(f"--baseline {pair!r}: {name} has no setting {key!r}; it takes {', '.join(keywords)}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        settings.setdefault(name, {})[key] = value
+    return settings
+
+
+def run_baseline(name: str, sequences, items, budget_minutes: float | None = None,
+                 settings: dict[str, Any] | None = None) -> dict:
+    from tasks.baselines import GRIDS, TrainedScorer, tune
     from tasks.evaluate import evaluate_scorer
 
     log.info("fitting %s", name)
-    grid = {"max_seconds": [60 * budget_minutes]} if name == "sasrec" and budget_minutes else None
+    grid = dict(GRIDS[name])
+    if name == "sasrec" and budget_minutes:
+        grid["max_seconds"] = [60 * budget_minutes]
+    grid.update({key: [value] for key, value in (settings or {}).items()})
     tuned = tune(name, sequences, items, grid)
     metrics = evaluate_scorer(tuned.scorer, sequences)
     row = {**metrics["test"], "train_seconds": round(tuned.seconds, 1), "hyper": tuned.hyper,
@@ -144,8 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="wall-clock training budget for PrismRec (train.max_minutes) and SASRec")
     parser.add_argument("--pipeline-defaults", action="store_true",
                         help="train PrismRec with the pipeline's defaults, not the dataset's selected settings")
+    parser.add_argument("--baseline", action="append", metavar="NAME.KEY=VALUE",
+                        help="a baseline's setting instead of its default or grid, e.g. sasrec.dropout=0.1 (repeatable)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in this process")
     args = parser.parse_args(argv)
+    baselines = baseline_settings(args.baseline)  # a typo fails here, before any data is loaded
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -178,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         if name == "prismrec":
             models[name] = run_prismrec(config, dataset_dir, work, sequences)
         else:
-            models[name] = run_baseline(name, sequences, items, args.budget_minutes)
+            models[name] = run_baseline(name, sequences, items, args.budget_minutes, baselines.get(name))
         # Per row: `--only` keeps rows of earlier runs, which may come from another machine or day.
         models[name]["measured"] = {"machine": machine(),
                                     "at": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -1,7 +1,9 @@
 """The quality benchmark's per-dataset PrismRec settings (bench.quality.DATASET_SETTINGS), a
 layer of load_config's `defaults` under the environment."""
 
-from bench.quality import DATASET_SETTINGS
+import pytest
+
+from bench.quality import DATASET_SETTINGS, baseline_settings
 from tasks.config import load_config
 
 
@@ -20,3 +22,18 @@ def test_the_environment_wins_over_a_dataset_setting():
 def test_a_dataset_without_settings_trains_the_pipeline_defaults():
     assert "ml-100k" not in DATASET_SETTINGS
     assert load_config(defaults=DATASET_SETTINGS.get("ml-100k"), environ={}) == load_config(environ={})
+
+
+def test_baseline_flags_become_fit_keywords():
+    settings = baseline_settings(["sasrec.dropout=0.1", "sasrec.dim=128", "ease.l2=250"])
+    assert settings == {"sasrec": {"dropout": 0.1, "dim": 128}, "ease": {"l2": 250}}
+
+
+@pytest.mark.parametrize("flag, says", [
+    ("sasrec.dropout", "expected NAME.KEY=VALUE"),
+    ("bert4rec.dropout=0.1", "no baseline 'bert4rec'"),
+    ("sasrec.dropuot=0.1", "has no setting 'dropuot'"),
+])
+def test_a_bad_baseline_flag_says_what_is_wrong(flag, says):
+    with pytest.raises(SystemExit, match=says):
+        baseline_settings([flag])
