@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in this process")
     args = parser.parse_args(argv)
     baselines = baseline_settings(args.baseline)  # a typo fails here, before any data is loaded
+    names = [n for n in (args.only or MODELS) if not (n == "prismrec" and args.skip_prismrec)]
+    if idle := sorted(set(baselines) - set(names)):
+        raise SystemExit(f"--baseline sets {', '.join(idle)}, which this run does not fit "
+                         f"(it runs {', '.join(names)}): add --only {idle[0]} or drop the setting")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -206,7 +210,6 @@ def main(argv: list[str] | None = None) -> dict:
     dataset_dir = prepare(config, args.dataset, work)
     sequences, items = load_dataset(dataset_dir)
 
-    names = [n for n in (args.only or MODELS) if not (n == "prismrec" and args.skip_prismrec)]
     out_json = RESULTS / f"quality-{args.dataset}.json"
     previous = json.loads(out_json.read_text())["models"] if args.only and out_json.exists() else {}
     models = dict(previous)  # --only refreshes some rows of an earlier run, keeps the others

@@ -38,3 +38,10 @@ def test_baseline_flags_become_fit_keywords():
 def test_a_bad_baseline_flag_says_what_is_wrong(flag, says):
     with pytest.raises(SystemExit, match=says):
         baseline_settings([flag])
+
+
+def test_a_baseline_setting_for_a_model_the_run_skips_is_refused():
+    from bench.quality import main
+
+    with pytest.raises(SystemExit, match="sasrec, which this run does not fit"):
+        main(["--dataset", "ml-100k", "--only", "ease", "--baseline", "sasrec.dropout=0.1"])
