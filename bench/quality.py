@@ -101,13 +101,21 @@ def baseline_settings(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
             raise SystemExit(f"--baseline {pair!r}: expected NAME.KEY=VALUE, e.g. --baseline sasrec.dropout=0.1")
         if name not in BASELINES:
             raise SystemExit(f"--baseline {pair!r}: no baseline {name!r}; choose from {', '.join(BASELINES)}")
-        keywords = [p for p in inspect.signature(BASELINES[name]).parameters if p not in ("sequences", "items")]
-        if key not in keywords:
-            raise SystemExit(f"--baseline {pair!r}: {name} has no setting {key!r}; it takes {', '.join(keywords)}")
+        # The data, and the text vectors tune() computes for `content`, are not settings.
+        parameters = {k: v for k, v in inspect.signature(BASELINES[name]).parameters.items()
+                      if k not in ("sequences", "items", "vectors")}
+        if key not in parameters:
+            raise SystemExit(f"--baseline {pair!r}: {name} has no setting {key!r}; it takes {', '.join(parameters)}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        default = parameters[key].default
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if default is not None and type(value) is not type(default):
+            raise SystemExit(f"--baseline {pair!r}: {name}.{key} takes {type(default).__name__} values "
+                             f"(default {default!r}), not {raw!r}")
         settings.setdefault(name, {})[key] = value
     return settings
 

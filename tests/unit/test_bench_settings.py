@@ -28,12 +28,16 @@ def test_a_dataset_without_settings_trains_the_pipeline_defaults():
 def test_baseline_flags_become_fit_keywords():
     settings = baseline_settings(["sasrec.dropout=0.1", "sasrec.dim=128", "ease.l2=250"])
     assert settings == {"sasrec": {"dropout": 0.1, "dim": 128}, "ease": {"l2": 250}}
+    assert isinstance(settings["ease"]["l2"], float)  # an int for a float setting is widened
 
 
 @pytest.mark.parametrize("flag, says", [
     ("sasrec.dropout", "expected NAME.KEY=VALUE"),
     ("bert4rec.dropout=0.1", "no baseline 'bert4rec'"),
     ("sasrec.dropuot=0.1", "has no setting 'dropuot'"),
+    ("sasrec.dropout=abc", "sasrec.dropout takes float values"),
+    ("sasrec.dim=64.5", "sasrec.dim takes int values"),
+    ("content.vectors=1", "has no setting 'vectors'"),
 ])
 def test_a_bad_baseline_flag_says_what_is_wrong(flag, says):
     with pytest.raises(SystemExit, match=says):
