@@ -158,6 +158,9 @@ class TrainConfig:
     # Halve the learning rates after this many epochs without improvement (None: constant rates).
     lr_patience: int | None = 1
     lr_floor: float = 0.01
+    # "cosine" only: hold the start rates, then anneal over this last share of the planned run
+    # (1.0: along all of it).
+    lr_decay_share: float = 1.0
     # torchrun processes; on CPU keep nproc * threads <= cores.
     nproc: int = 1
     threads_per_proc: int = 0  # 0: cores // nproc
@@ -452,6 +455,7 @@ def validate(config: PipelineConfig) -> None:
         (t.mlm_epochs >= 0 and t.mlm_lr > 0, "train.mlm_epochs must be >= 0 and train.mlm_lr positive"),
         (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be positive (or unset)"),
         (t.schedule in ("plateau", "cosine"), f"train.schedule must be 'plateau' or 'cosine', got {t.schedule!r}"),
+        (0.0 < t.lr_decay_share <= 1.0, f"train.lr_decay_share must be in (0, 1], got {t.lr_decay_share}"),
         (0 <= t.lr_floor < 1, "train.lr_floor must be in [0, 1): the share of the start rates the cosine ends at"),
         (t.nproc >= 1, "train.nproc must be at least 1"),
         (0 <= t.lm_trainable_layers <= 6, "train.lm_trainable_layers must be between 0 and 6 (MiniLM has 6)"),

@@ -133,9 +133,11 @@ def window_context(overlap: float, max_history: int) -> int:
     return min(max_history - 1, round(overlap * max_history))
 
 
-def cosine_factor(done_steps: int, planned_steps: int, floor: float) -> float:
-    """Share of the start learning rate after done_steps of a cosine anneal to `floor` over planned_steps."""
-    progress = min(1.0, done_steps / max(planned_steps, 1))
+def cosine_factor(done_steps: int, planned_steps: int, floor: float, share: float = 1.0) -> float:
+    """Share of the start learning rate after done_steps of planned_steps: constant, then a cosine
+    anneal to `floor` over the last `share` of the plan (1.0: over all of it)."""
+    decay_steps = max(share * planned_steps, 1.0)
+    progress = min(1.0, max(0.0, done_steps - (planned_steps - decay_steps)) / decay_steps)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -296,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
                                    {"params": lm_params, "lr": cfg.lm_lr}], weight_decay=cfg.weight_decay)
 
     # "plateau": halve both learning rates when validation NDCG@10 stalls (early stopping ends the run);
-    # "cosine": anneal them along the planned run, re-planned after each epoch when there is a budget.
+    # "cosine": anneal them over the last lr_decay_share of the planned run, re-planned after each
+    # epoch when there is a budget.
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=cfg.lr_patience or 0)
     start_lrs = [group["lr"] for group in optimizer.param_groups]
     budget = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
@@ -340,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         for step, (inputs, targets) in enumerate(_training_batches(mine, cfg.batch_size, max_history), 1):
             inputs, targets = inputs.to(device), targets.to(device)
             if cfg.schedule == "cosine":
-                factor = cosine_factor((epoch - 1) * steps_per_epoch + step - 1, planned * steps_per_epoch, cfg.lr_floor)
+                factor = cosine_factor((epoch - 1) * steps_per_epoch + step - 1, planned * steps_per_epoch,
+                                       cfg.lr_floor, cfg.lr_decay_share)
                 for group, start_lr in zip(optimizer.param_groups, start_lrs):
                     group["lr"] = start_lr * factor
             refresh = torch.unique(targets[targets > 0])

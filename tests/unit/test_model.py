@@ -75,6 +75,25 @@ def test_cosine_anneals_from_the_start_rate_to_the_floor():
     assert all(a >= b for a, b in itertools.pairwise(factors))
 
 
+def test_cosine_over_the_last_share_holds_the_start_rate_until_then():
+    assert cosine_factor(0, 100, 0.01, share=0.25) == pytest.approx(1.0)
+    assert cosine_factor(75, 100, 0.01, share=0.25) == pytest.approx(1.0)  # the anneal starts here
+    assert cosine_factor(87.5, 100, 0.01, share=0.25) == pytest.approx(0.505)  # halfway down the tail
+    assert cosine_factor(100, 100, 0.01, share=0.25) == pytest.approx(0.01)
+    factors = [cosine_factor(s, 100, 0.0, share=0.3) for s in range(101)]
+    assert all(a >= b for a, b in itertools.pairwise(factors))
+    assert factors[:70] == [1.0] * 70
+
+
+def test_decay_share_is_checked():
+    from tasks.config import load_config
+    from tasks.errors import ConfigError
+
+    assert load_config({"train.lr_decay_share": 0.3}).train.lr_decay_share == 0.3
+    with pytest.raises(ConfigError, match=r"train.lr_decay_share must be in \(0, 1\], got 0.0"):
+        load_config({"train.lr_decay_share": 0.0})
+
+
 def test_planned_epochs_fit_the_budget():
     assert planned_epochs(40, 0, 0.0, 600.0) == 40  # nothing timed yet: the cap
     assert planned_epochs(40, 3, 300.0, None) == 40  # no budget: the cap
