@@ -3,7 +3,7 @@ layer of load_config's `defaults` under the environment."""
 
 import pytest
 
-from bench.quality import DATASET_SETTINGS, baseline_settings
+from bench.quality import DATASET_BASELINES, DATASET_SETTINGS, baseline_settings, dataset_baselines
 from tasks.config import load_config
 
 
@@ -49,3 +49,14 @@ def test_a_baseline_setting_for_a_model_the_run_skips_is_refused():
 
     with pytest.raises(SystemExit, match="sasrec, which this run does not fit"):
         main(["--dataset", "ml-100k", "--only", "ease", "--baseline", "sasrec.dropout=0.1"])
+
+
+def test_a_datasets_baseline_settings_apply_under_the_flags():
+    assert DATASET_BASELINES["ml-1m"]["sasrec"] == {"dropout": 0.1}
+    assert dataset_baselines("ml-1m", ["sasrec", "ease"], {}) == {"sasrec": {"dropout": 0.1}}
+    # a flag wins for its own key and leaves the others
+    flags = baseline_settings(["sasrec.dropout=0.2", "sasrec.dim=128"])
+    assert dataset_baselines("ml-1m", ["sasrec"], flags) == {"sasrec": {"dropout": 0.2, "dim": 128}}
+    # none for a model the run does not fit, none for a dataset without selected settings
+    assert dataset_baselines("ml-1m", ["ease", "prismrec"], {}) == {}
+    assert dataset_baselines("ml-100k", ["sasrec"], {}) == {}
