@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pipeline-defaults", action="store_true",
                         help="train PrismRec with the pipeline's defaults, not the dataset's selected settings")
     parser.add_argument("--baseline", action="append", metavar="NAME.KEY=VALUE",
-                        help="a baseline's setting instead of its default or grid, e.g. sasrec.dropout=0.1 (repeatable)")
+                        help="a baseline's setting instead of its default, grid or the dataset's selected value "
+                             "(DATASET_BASELINES), e.g. sasrec.dropout=0.2 (repeatable)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in this process")
     args = parser.parse_args(argv)
     baselines = baseline_settings(args.baseline)  # a typo fails here, before any data is loaded

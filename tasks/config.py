@@ -456,6 +456,9 @@ def validate(config: PipelineConfig) -> None:
         (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be positive (or unset)"),
         (t.schedule in ("plateau", "cosine"), f"train.schedule must be 'plateau' or 'cosine', got {t.schedule!r}"),
         (0.0 < t.lr_decay_share <= 1.0, f"train.lr_decay_share must be in (0, 1], got {t.lr_decay_share}"),
+        (t.lr_decay_share == 1.0 or t.schedule == "cosine",
+         f"train.lr_decay_share={t.lr_decay_share} shapes the cosine schedule only: add train.schedule=cosine "
+         f"(the schedule is {t.schedule!r})"),
         (0 <= t.lr_floor < 1, "train.lr_floor must be in [0, 1): the share of the start rates the cosine ends at"),
         (t.nproc >= 1, "train.nproc must be at least 1"),
         (0 <= t.lm_trainable_layers <= 6, "train.lm_trainable_layers must be between 0 and 6 (MiniLM has 6)"),

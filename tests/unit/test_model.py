@@ -89,9 +89,12 @@ def test_decay_share_is_checked():
     from tasks.config import load_config
     from tasks.errors import ConfigError
 
-    assert load_config({"train.lr_decay_share": 0.3}).train.lr_decay_share == 0.3
+    assert load_config({"train.schedule": "cosine", "train.lr_decay_share": 0.3}).train.lr_decay_share == 0.3
     with pytest.raises(ConfigError, match=r"train.lr_decay_share must be in \(0, 1\], got 0.0"):
-        load_config({"train.lr_decay_share": 0.0})
+        load_config({"train.schedule": "cosine", "train.lr_decay_share": 0.0})
+    # ignored by the plateau schedule, so refused there rather than silently dropped
+    with pytest.raises(ConfigError, match="shapes the cosine schedule only: add train.schedule=cosine"):
+        load_config({"train.lr_decay_share": 0.3})
 
 
 def test_planned_epochs_fit_the_budget():
