@@ -60,3 +60,14 @@ def test_a_datasets_baseline_settings_apply_under_the_flags():
     # none for a model the run does not fit, none for a dataset without selected settings
     assert dataset_baselines("ml-1m", ["ease", "prismrec"], {}) == {}
     assert dataset_baselines("ml-100k", ["sasrec"], {}) == {}
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASET_BASELINES))
+def test_a_datasets_baseline_settings_pass_the_flag_checks(dataset):
+    # the same name, keyword and type checks as --baseline, so a typo here fails in CI, not after
+    # the data has loaded and the earlier baselines have run
+    import json
+
+    flags = [f"{name}.{key}={json.dumps(value)}" for name, keys in DATASET_BASELINES[dataset].items()
+             for key, value in keys.items()]
+    assert baseline_settings(flags) == DATASET_BASELINES[dataset]
