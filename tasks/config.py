@@ -152,8 +152,9 @@ class TrainConfig:
     # Stop when validation NDCG@10 has not improved for this many epochs.
     patience: int = 5
     # Learning-rate schedule: "plateau" halves both rates after lr_patience epochs without
-    # improvement; "cosine" anneals them to lr_floor of their start along the planned run
-    # (train.epochs, or the epochs that fit in train.max_minutes once the first one is timed).
+    # improvement, down to lr_floor of their start; "cosine" anneals them to lr_floor of their
+    # start along the planned run (train.epochs, or the epochs that fit in train.max_minutes
+    # once the first one is timed).
     schedule: str = "plateau"
     # Halve the learning rates after this many epochs without improvement (None: constant rates).
     lr_patience: int | None = 1
@@ -459,7 +460,7 @@ def validate(config: PipelineConfig) -> None:
         (t.lr_decay_share == 1.0 or t.schedule == "cosine",
          f"train.lr_decay_share={t.lr_decay_share} shapes the cosine schedule only: add train.schedule=cosine "
          f"(the schedule is {t.schedule!r})"),
-        (0 <= t.lr_floor < 1, "train.lr_floor must be in [0, 1): the share of the start rates the cosine ends at"),
+        (0 <= t.lr_floor < 1, "train.lr_floor must be in [0, 1): the share of the start rates the schedule never goes below"),
         (t.nproc >= 1, "train.nproc must be at least 1"),
         (0 <= t.lm_trainable_layers <= 6, "train.lm_trainable_layers must be between 0 and 6 (MiniLM has 6)"),
         (t.dim % t.user_heads == 0, "train.dim must be divisible by train.user_heads"),

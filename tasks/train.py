@@ -133,6 +133,16 @@ def window_context(overlap: float, max_history: int) -> int:
     return min(max_history - 1, round(overlap * max_history))
 
 
+def plateau_scheduler(optimizer, patience: int, floor: float):
+    """Halve every group's rate after `patience` epochs without a better validation NDCG@10,
+    never below `floor` of the group's start rate (train.lr_floor, as the cosine schedule ends)."""
+    import torch
+
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=0.5, patience=patience,
+        min_lr=[group["lr"] * floor for group in optimizer.param_groups])
+
+
 def cosine_factor(done_steps: int, planned_steps: int, floor: float, share: float = 1.0) -> float:
     """Share of the start learning rate after done_steps of planned_steps: constant, then a cosine
     anneal to `floor` over the last `share` of the plan (1.0: over all of it)."""
@@ -300,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     # "plateau": halve both learning rates when validation NDCG@10 stalls (early stopping ends the run);
     # "cosine": anneal them over the last lr_decay_share of the planned run, re-planned after each
     # epoch when there is a budget.
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=cfg.lr_patience or 0)
+    plateau = plateau_scheduler(optimizer, cfg.lr_patience or 0, cfg.lr_floor)
     start_lrs = [group["lr"] for group in optimizer.param_groups]
     budget = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
     planned = cfg.epochs

@@ -97,6 +97,21 @@ def test_decay_share_is_checked():
         load_config({"train.lr_decay_share": 0.3})
 
 
+def test_plateau_halves_both_rates_down_to_the_floor():
+    from tasks.train import plateau_scheduler
+
+    net = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW([{"params": [net.weight], "lr": 2e-3}, {"params": [net.bias], "lr": 5e-5}])
+    plateau = plateau_scheduler(optimizer, patience=1, floor=0.1)
+    seen = []
+    for metric in [0.10, 0.20, 0.20, 0.20] + [0.15] * 12:  # better twice, then never again
+        plateau.step(metric)
+        seen.append([group["lr"] for group in optimizer.param_groups])
+    assert seen[2] == [2e-3, 5e-5]  # one stalled epoch is within patience
+    assert seen[3] == pytest.approx([1e-3, 2.5e-5])  # the second halves both groups
+    assert seen[-1] == pytest.approx([2e-4, 5e-6])  # and they stop at lr_floor of their start
+
+
 def test_planned_epochs_fit_the_budget():
     assert planned_epochs(40, 0, 0.0, 600.0) == 40  # nothing timed yet: the cap
     assert planned_epochs(40, 3, 300.0, None) == 40  # no budget: the cap
