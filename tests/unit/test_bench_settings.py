@@ -11,6 +11,8 @@ def test_ml1m_reads_long_histories_with_one_interest():
     config = load_config(defaults=DATASET_SETTINGS["ml-1m"], environ={})
     assert (config.prepare.max_history, config.train.batch_size, config.train.n_interests) == (200, 16, 1)
     assert config.train.dropout == 0.05 < load_config(environ={}).train.dropout
+    # a frozen text encoder on ML-1M (no cold items there); the pipeline keeps one fine-tuned layer
+    assert config.train.lm_trainable_layers == 0 < load_config(environ={}).train.lm_trainable_layers
 
 
 def test_the_environment_wins_over_a_dataset_setting():
