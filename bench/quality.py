@@ -38,7 +38,8 @@ DATASETS = {
 # In ML-1M's 50-minute budget (14 epochs on 2 cores) less dropout learns faster and ends higher:
 # validation 0.1945 / 0.2030 / 0.2081 with 0.2 / 0.1 / 0.05 (v56-v58; none stalls, v63). Its
 # catalogue has no cold items, and the frozen MiniLM (cached text vectors, learned projection and
-# id embeddings) validated higher at equal epochs and steps ~1.45x as fast: 16 epochs, 0.2097 (v64).
+# id embeddings) validated as high or higher at equal epochs and steps ~1.45x as fast: 16 epochs,
+# 0.2097 (v64).
 DATASET_SETTINGS = {
     "ml-1m": {"prepare.max_history": 200, "train.batch_size": 16, "train.n_interests": 1, "train.dropout": 0.05,
               "train.lm_trainable_layers": 0},

@@ -130,7 +130,7 @@ class TrainConfig:
     # learned no faster per epoch than one on ML-100K at 1.45x the time (bench/README.md v33).
     # 0 (frozen encoder) is level on warm items at ~0.7x the time per epoch (v34, v35) but ranks
     # cold items, which only their text places, much worse (v36: median rank 99 vs 68). On ML-1M
-    # (no cold items) 0 is the benchmark's setting: validated higher, 1.45x the steps (v64).
+    # (no cold items) 0 is the benchmark's setting: validated level or higher, 1.45x the steps (v64).
     lm_trainable_layers: int = 1
     # Item texts are a title, a year and genres: 32 word pieces cover nearly all of them.
     max_text_tokens: int = 32
