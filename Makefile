@@ -59,7 +59,7 @@ airflow-ui: venv
 # MLflow UI on http://localhost:5000 over the store the pipeline writes to.
 mlflow-ui: venv
 	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -c 'from tasks.config import load_config; \
-		from tasks.registry import tracking_uri; print(tracking_uri(load_config()))')"
+		from tasks.registry.store import tracking_uri; print(tracking_uri(load_config()))')"
 
 # Quality benchmark: every baseline and PrismRec on the LOO-full split of DATASET
 # (ml-100k or ml-1m); writes bench/results/quality-$(DATASET).{json,md}. BUDGET (minutes) caps

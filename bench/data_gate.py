@@ -51,7 +51,7 @@ def sql_pushdown(config, logical_date: datetime) -> tuple[float, bool]:
         f"select user_id, item_id, rating::float8 as rating, occurred_at from {schema}.interactions "
         f"where occurred_at <= '{logical_date.isoformat()}'"))
     batch = asset.add_batch_definition_whole_table("all").get_batch()
-    suite = context.suites.add(interactions.build_suite(config, logical_date, item_ids, user_ids))
+    suite = context.suites.add(interactions.build_suite(config.quality, logical_date, item_ids, user_ids))
     result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})
     return time.perf_counter() - started, bool(result.success)
 
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tasks import db
     from tasks.config import load_config
-    from tasks.extract import extract_snapshot
-    from tasks.quality import check_snapshot
-    from tasks.sources import load_movielens
+    from tasks.data.extract import extract_snapshot
+    from tasks.data.quality import check_snapshot
+    from tasks.data.sources import load_movielens
 
     config = load_config({"database.app_schema": args.schema})
     with db.get_engine(config).connect() as conn:

@@ -4,12 +4,12 @@
 
 On MovieLens-100K, prepared by the pipeline's own functions (bench.quality.prepare, in its own
 schema), PrismRec is trained with `launch_training` (the DAG's code) and scored with
-`tasks.evaluate` on the LOO-full split:
+`tasks.evaluation.evaluate` on the LOO-full split:
 
 1. Ablation: K=1 and K=4 interests, everything else equal; validation and test NDCG@10/HR@10.
 2. Disentanglement (K=4, test histories): mean pairwise cosine between a user's interests (raw,
    and centred on the mean item vector, which is what ranks items), and how the top-10 list is
-   shared out between interests (tasks.interest_metrics).
+   shared out between interests (bench.interest_metrics).
 3. Cold-start items: a seeded `--holdout` share of the items loses every interaction in the
    users' *training* parts (validation/test targets are untouched; the items keep their text
    and their place in the catalogue; users left with no training item are dropped). PrismRec
@@ -47,8 +47,9 @@ BATCH = 512
 
 
 def train_prismrec(config, dataset_dir: Path, out_dir: Path, sequences) -> tuple[Path, dict]:
-    from tasks.evaluate import evaluate_scorer, model_scorer
-    from tasks.train import SUMMARY, launch_training
+    from tasks.evaluation.scoring import evaluate_scorer, model_scorer
+    from tasks.training.launcher import launch_training
+    from tasks.training.worker import SUMMARY
 
     started = time.time()
     model_dir = launch_training(config, dataset_dir, out_dir)
@@ -65,7 +66,7 @@ def _short(metrics: dict) -> dict:
 
 def disentanglement(model_dir: Path, sequences) -> dict:
     """Interest cosine and top-10 interest usage on every user's test history."""
-    from tasks.interest_metrics import (
+    from bench.interest_metrics import (
         interest_counts,
         interest_specific_share,
         interest_usage,
@@ -112,8 +113,8 @@ def disentanglement(model_dir: Path, sequences) -> dict:
 def balance_sweep(model_dir: Path, sequences, balances: list[float]) -> dict:
     """The same trained model ranked with each interest balance (ComiRec's controllable
     aggregation, no retraining): accuracy on both splits and how the top-10 is shared out."""
-    from tasks.evaluate import evaluate_scorer, recommender_scorer
-    from tasks.interest_metrics import interest_usage
+    from bench.interest_metrics import interest_usage
+    from tasks.evaluation.scoring import evaluate_scorer, recommender_scorer
     from tasks.model.recommender import Recommender
 
     recommender = Recommender.load(model_dir)
@@ -151,8 +152,8 @@ def example_user(recommender, history: np.ndarray, user_id: int, top_k: int = 10
 
 def cold_rows(scorer, sequences, held: np.ndarray) -> dict:
     """Test HR@10/NDCG@10 over users whose test target is held out, and over everyone."""
-    from tasks.evaluate import rank_splits
-    from tasks.metrics import hit_rate, ndcg
+    from tasks.evaluation.metrics import hit_rate, ndcg
+    from tasks.evaluation.scoring import rank_splits
 
     ranks, _ = rank_splits(scorer, sequences)["test"]
     cold = np.isin(sequences.targets("test"), held)
@@ -164,10 +165,10 @@ def cold_rows(scorer, sequences, held: np.ndarray) -> dict:
 
 
 def cold_start(config, dataset_dir: Path, work: Path, holdout: float, seed: int, sasrec_epochs: int) -> dict:
-    from tasks.baselines import fit_content, fit_sasrec
-    from tasks.evaluate import model_scorer, popularity_scorer
-    from tasks.interest_metrics import hold_out_items
-    from tasks.prepare import load_dataset
+    from bench.interest_metrics import hold_out_items
+    from tasks.data.prepare import load_dataset
+    from tasks.evaluation.baselines import fit_content, fit_sasrec
+    from tasks.evaluation.scoring import model_scorer, popularity_scorer
 
     sequences, items = load_dataset(dataset_dir)
     cold, held, removed = hold_out_items(sequences, holdout, seed)
@@ -184,7 +185,7 @@ def cold_start(config, dataset_dir: Path, work: Path, holdout: float, seed: int,
     rows = {}
     started = time.time()
     model_dir = work / "cold-prismrec"
-    from tasks.train import launch_training
+    from tasks.training.launcher import launch_training
 
     launch_training(config, cold_dir, model_dir)
     rows["prismrec"] = {**cold_rows(model_scorer(model_dir, cold), cold, held),
@@ -267,7 +268,7 @@ def markdown(result: dict) -> str:
               f"dropped; {s['held_out_items_as_test_target']} test users have a held-out item as target.", "",
               "PrismRec scores items with no training interactions by their text vector alone (their id "
               "embeddings only ever saw softmax-negative gradient). `content`: zero-shot MiniLM "
-              "similarity to the history (tasks.baselines.fit_content, default decay), a text-only reference.", "",
+              "similarity to the history (tasks.evaluation.baselines.fit_content, default decay), a text-only reference.", "",
               "| model | cold HR@10 | cold NDCG@10 | cold median rank | all HR@10 | all NDCG@10 | train s |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, row in c["models"].items():
@@ -296,12 +297,12 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from tasks.config import load_config
-    from tasks.prepare import load_dataset
+    from tasks.data.prepare import load_dataset
 
     torch.set_num_threads(args.threads)
     base = {"database.app_schema": SCHEMA, "train.epochs": args.epochs, "train.max_steps_per_epoch": args.max_steps}
     config = load_config(base)
-    from tasks.train import reexec_under_allocator
+    from bench.allocator import reexec_under_allocator
 
     reexec_under_allocator(config.train.allocator, "bench.interests", argv)  # the baselines' race is fair
     work = config.paths.home / "bench" / f"interests-{DATASET}"

@@ -4,7 +4,7 @@
 
 ML-1M is loaded into the benchmark's own schema (`bench_app`), a short PrismRec run is
 trained with `launch_training` (the code the DAG runs) and registered as champion of
-`prismrec_bench` (reused on later runs unless --retrain), then `tasks.materialize.materialize`
+`prismrec_bench` (reused on later runs unless --retrain), then `tasks.publish.materialize.materialize`
 publishes into `bench_reco`. Measured in the same run: scoring rows/s (model + row building),
 the project's write rows/s (pyarrow CSV + COPY + index builds) and `pandas.to_sql` writing
 the same rows into tables with the same indexes. Saves bench/results/materialize.json.
@@ -50,7 +50,7 @@ def ensure_ml1m(config) -> None:
     import sqlalchemy as sa
 
     from tasks import db
-    from tasks.sources import load_movielens
+    from tasks.data.sources import load_movielens
 
     engine = db.get_engine(config)
     if db.table_exists(engine, APP, "interactions"):
@@ -62,10 +62,11 @@ def ensure_ml1m(config) -> None:
 
 def ensure_champion(config, steps: int, retrain: bool) -> str:
     """A champion of MODEL trained on ML-1M (a short real run), reused unless `retrain`."""
-    from tasks.extract import extract_snapshot
-    from tasks.prepare import prepare_dataset
-    from tasks.registry import champion_version, register_candidate
-    from tasks.train import launch_training
+    from tasks.registry.store import champion_version, register_candidate
+
+    from tasks.data.extract import extract_snapshot
+    from tasks.data.prepare import prepare_dataset
+    from tasks.training.launcher import launch_training
 
     version = champion_version(config)
     if version is not None and not retrain:
@@ -85,7 +86,7 @@ def to_sql_seconds(engine, materialization_id: int) -> tuple[int, float]:
     import pandas as pd
     import sqlalchemy as sa
 
-    from tasks.reco_tables import OUTPUTS, partition_table
+    from tasks.publish.tables import OUTPUTS, partition_table
 
     rows, seconds = 0, 0.0
     for output in OUTPUTS:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tasks import db
     from tasks.config import load_config
-    from tasks.materialize import materialize
+    from tasks.publish.materialize import materialize
 
     config = load_config({"database.app_schema": APP, "database.reco_schema": RECO, "registry.model_name": MODEL,
                           "materialize.top_k": args.top_k, "materialize.keep_runs": 2,

@@ -5,7 +5,7 @@
 
 The data goes through the real pipeline functions (load into the benchmark's own Postgres
 schema, extract a snapshot, prepare), PrismRec is trained with `launch_training` (the code the
-DAG runs), and everything is scored by `tasks.evaluate.evaluate_scorer`. Test metrics go in the
+DAG runs), and everything is scored by `tasks.evaluation.evaluate.evaluate_scorer`. Test metrics go in the
 table; validation metrics (the only ones used for selection) are kept in the JSON.
 """
 
@@ -44,7 +44,7 @@ DATASET_SETTINGS = {
     "ml-1m": {"prepare.max_history": 200, "train.batch_size": 16, "train.n_interests": 1, "train.dropout": 0.05,
               "train.lm_trainable_layers": 0},
 }
-# Baseline settings selected on validation for a dataset, over tasks.baselines.GRIDS; `--baseline`
+# Baseline settings selected on validation for a dataset, over tasks.evaluation.baselines.GRIDS; `--baseline`
 # overrides them key by key. SASRec on ML-1M in the 50-minute budget: dropout 0.1 validated
 # 0.1925 vs 0.1836 with its published 0.2 (bench/README.md v62); on ML-100K 0.2 stays (v60).
 DATASET_BASELINES = {
@@ -85,9 +85,9 @@ def machine() -> dict:
 
 def prepare(config, dataset: str, work: Path) -> Path:
     """Load -> snapshot -> prepared dataset, through the pipeline's own functions."""
-    from tasks.extract import extract_snapshot
-    from tasks.prepare import prepare_dataset
-    from tasks.sources import load_movielens
+    from tasks.data.extract import extract_snapshot
+    from tasks.data.prepare import prepare_dataset
+    from tasks.data.sources import load_movielens
 
     source, logical_date = DATASETS[dataset]
     load_movielens(config, source)
@@ -100,8 +100,8 @@ def prepare(config, dataset: str, work: Path) -> Path:
 def baseline_settings(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
     """`--baseline NAME.KEY=VALUE` flags -> {NAME: {KEY: VALUE}}; a value is read as JSON (0.1,
     true, 64), else kept as text. KEY must be a keyword of the baseline's fit function; it replaces
-    that key's grid (`tasks.baselines.GRIDS`) with the one value."""
-    from tasks.baselines import BASELINES
+    that key's grid (`tasks.evaluation.baselines.GRIDS`) with the one value."""
+    from tasks.evaluation.baselines import BASELINES
 
     settings: dict[str, dict[str, Any]] = {}
     for pair in pairs or []:
@@ -141,8 +141,8 @@ def dataset_baselines(dataset: str, names: list[str], flags: dict[str, dict[str,
 
 def run_baseline(name: str, sequences, items, budget_minutes: float | None = None,
                  settings: dict[str, Any] | None = None) -> dict:
-    from tasks.baselines import GRIDS, TrainedScorer, tune
-    from tasks.evaluate import evaluate_scorer
+    from tasks.evaluation.baselines import GRIDS, TrainedScorer, tune
+    from tasks.evaluation.scoring import evaluate_scorer
 
     log.info("fitting %s", name)
     grid = dict(GRIDS[name])
@@ -159,8 +159,9 @@ def run_baseline(name: str, sequences, items, budget_minutes: float | None = Non
 
 
 def run_prismrec(config, dataset_dir: Path, work: Path, sequences) -> dict:
-    from tasks.evaluate import evaluate_scorer, model_scorer
-    from tasks.train import SUMMARY, launch_training
+    from tasks.evaluation.scoring import evaluate_scorer, model_scorer
+    from tasks.training.launcher import launch_training
+    from tasks.training.worker import SUMMARY
 
     started = time.time()
     model_dir = launch_training(config, dataset_dir, work / "prismrec")
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from tasks.config import load_config
-    from tasks.prepare import load_dataset
+    from tasks.data.prepare import load_dataset
 
     torch.set_num_threads(args.threads)
     schema = "bench_" + args.dataset.replace("-", "")
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "to drop): %s", args.dataset, settings)
     config = load_config({"database.app_schema": schema, "train.epochs": args.epochs,
                           "train.max_minutes": args.budget_minutes}, defaults=settings)
-    from tasks.train import reexec_under_allocator
+    from bench.allocator import reexec_under_allocator
 
     reexec_under_allocator(config.train.allocator, "bench.quality", argv)  # the baselines' race is fair
     work = config.paths.home / "bench" / args.dataset

@@ -26,7 +26,7 @@ SETTINGS = ((50, 64, 4), (200, 16, 4), (200, 16, 1))
 
 def resolved(allocator: str) -> str:
     """What train.allocator=`allocator` gives a training process on this machine."""
-    from tasks.train import allocator_env
+    from tasks.training.launcher import allocator_env
 
     env = allocator_env(allocator, dict(os.environ))
     return "jemalloc" if "LD_PRELOAD" in env else "glibc, huge pages" if "GLIBC_TUNABLES" in env else "glibc"
@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
         # train.allocator=system keeps the environment's allocator: its rows would be jemalloc's too.
         raise SystemExit("bench.step_time compares allocators: run it without jemalloc in LD_PRELOAD")
     from tasks.config import load_config
-    from tasks.train import SUMMARY, launch_training
+    from tasks.training.launcher import launch_training
+    from tasks.training.worker import SUMMARY
 
     base = {"database.app_schema": "bench_" + args.dataset.replace("-", ""), "train.epochs": 1,
             "train.max_steps_per_epoch": args.steps}

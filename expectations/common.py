@@ -4,13 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 
 import great_expectations.expectations as gxe
 import pandas as pd
 from great_expectations.expectations.metadata_types import FailureSeverity
 
-from tasks.config import QualityConfig
-from tasks.errors import ConfigError
+
+class SuiteSettingError(ValueError):
+    """A threshold handed to a suite cannot work; the pipeline reports it as a configuration error."""
+
+
+class QualitySettings(Protocol):
+    """The thresholds the suites read (the pipeline passes its `quality` settings)."""
+
+    earliest_event: str
+    min_interactions: int
+    min_items: int
+    min_users: int
+    max_rejected_share: float
+    max_duplicate_share: float
+    volume_min_ratio: float
+    volume_max_ratio: float
+    max_event_age_days: int | None
+
 
 # Blocking checks fail the run on any violation; tolerant ones carry GX's `mostly`: their
 # offending rows are left out of the snapshot, and the run fails only past the threshold.
@@ -40,7 +57,7 @@ def rule(why: str, severity: FailureSeverity = BLOCKING) -> dict:
 def tolerant(why: str, max_share: float) -> dict:
     """A tolerant expectation: up to `max_share` of the rows may violate it (they are rejected)."""
     if not 0.0 <= max_share < 1.0:
-        raise ConfigError(f"a tolerated share must be in [0, 1), got {max_share}; fix quality.max_*_share")
+        raise SuiteSettingError(f"a tolerated share must be in [0, 1), got {max_share}; fix quality.max_*_share")
     return rule(why, TOLERANT) | {"mostly": 1.0 - max_share}
 
 
@@ -60,7 +77,7 @@ def dtype_problems(frame: pd.DataFrame, columns: Mapping[str, str]) -> dict[str,
     }
 
 
-def row_count(table: str, config: QualityConfig, minimum: int, previous: int | None) -> gxe.Expectation:
+def row_count(table: str, config: QualitySettings, minimum: int, previous: int | None) -> gxe.Expectation:
     """At least `minimum` rows and, after a successful run, within the volume band around its count."""
     low, high = minimum, None
     why = f"so few {table} means the extraction, not the business, went wrong"
@@ -78,7 +95,7 @@ def utc(moment: datetime | str) -> datetime:
     try:
         stamp = pd.Timestamp(moment)
     except (TypeError, ValueError):
-        raise ConfigError(
+        raise SuiteSettingError(
             f"{moment!r} is not a date; set quality.earliest_event / the logical date as YYYY-MM-DD"
         ) from None
     stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)

@@ -17,13 +17,13 @@ from expectations.common import (
     FLOAT,
     INTEGER,
     TIMESTAMP,
+    QualitySettings,
     columns_present,
     row_count,
     rule,
     tolerant,
     utc,
 )
-from tasks.config import PipelineConfig
 
 TABLE = "interactions"
 COLUMNS = {"user_id": INTEGER, "item_id": INTEGER, "rating": FLOAT, "occurred_at": TIMESTAMP}
@@ -36,7 +36,7 @@ RATING_RANGE = (0.5, 5.0)
 
 
 def build_suite(
-    config: PipelineConfig,
+    quality: QualitySettings,
     logical_date: datetime,
     item_ids: Collection[int],
     user_ids: Collection[int],
@@ -48,7 +48,6 @@ def build_suite(
     has no foreign keys (replicas and views rarely do), so orphans are caught here.
     `previous_count` is the last successful snapshot's row count (None on a first run).
     """
-    quality = config.quality
     earliest, latest = utc(quality.earliest_event), utc(logical_date)
     share = quality.max_rejected_share
     expectations = [

@@ -5,8 +5,15 @@ from __future__ import annotations
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from expectations.common import INTEGER, NOT_BLANK_REGEX, TEXT, columns_present, row_count, rule
-from tasks.config import PipelineConfig
+from expectations.common import (
+    INTEGER,
+    NOT_BLANK_REGEX,
+    TEXT,
+    QualitySettings,
+    columns_present,
+    row_count,
+    rule,
+)
 
 TABLE = "items"
 COLUMNS = {"item_id": INTEGER, "title": TEXT, "genres": TEXT, "year": INTEGER, "description": TEXT}
@@ -15,7 +22,7 @@ REQUIRED_COLUMNS = tuple(COLUMNS)
 IDENTIFYING_COLUMNS = ("item_id", "title")
 
 
-def build_suite(config: PipelineConfig, previous_count: int | None = None) -> gx.ExpectationSuite:
+def build_suite(quality: QualitySettings, previous_count: int | None = None) -> gx.ExpectationSuite:
     """Keys present and unique, text non-empty, and a catalogue of plausible size.
 
     All blocking: dropping an item would silently orphan its interactions, so a broken
@@ -23,7 +30,7 @@ def build_suite(config: PipelineConfig, previous_count: int | None = None) -> gx
     """
     expectations = [
         columns_present(COLUMNS, "prepare and the item tower"),
-        row_count(TABLE, config.quality, config.quality.min_items, previous_count),
+        row_count(TABLE, quality, quality.min_items, previous_count),
         gxe.ExpectColumnValuesToNotBeNull(
             column="item_id", **rule("an item without an id cannot be joined to interactions"),
         ),

@@ -5,8 +5,7 @@ from __future__ import annotations
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from expectations.common import INTEGER, columns_present, row_count, rule
-from tasks.config import PipelineConfig
+from expectations.common import INTEGER, QualitySettings, columns_present, row_count, rule
 
 TABLE = "users"
 COLUMNS = {"user_id": INTEGER}
@@ -14,11 +13,11 @@ REQUIRED_COLUMNS = tuple(COLUMNS)
 IDENTIFYING_COLUMNS = ("user_id",)
 
 
-def build_suite(config: PipelineConfig, previous_count: int | None = None) -> gx.ExpectationSuite:
+def build_suite(quality: QualitySettings, previous_count: int | None = None) -> gx.ExpectationSuite:
     """Keys present and unique, and a plausible number of users; all blocking."""
     return gx.ExpectationSuite(name=TABLE, expectations=[
         columns_present(COLUMNS, "interaction checks"),
-        row_count(TABLE, config.quality, config.quality.min_users, previous_count),
+        row_count(TABLE, quality, quality.min_users, previous_count),
         gxe.ExpectColumnValuesToNotBeNull(
             column="user_id", **rule("a user without an id can never receive recommendations"),
         ),

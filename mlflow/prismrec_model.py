@@ -5,7 +5,7 @@ Output: one row per recommendation: user_id, rank (1 = best), item_id, score, in
 explanation. Params: `top_k` (default 50) and `interest_balance` (how evenly the list is shared
 out between the user's interests, ComiRec's controllable aggregation in logits; 0 = each item
 under its best interest only; negative or absent = the model's own, train.interest_balance). The artifact `model_dir` is a folder written
-by `tasks.train` (model.pt, items.parquet, training.json).
+by `tasks.training.worker` (model.pt, items.parquet, training.json).
 """
 
 import numpy as np

@@ -3,7 +3,7 @@
 `train` and `materialize` run the Airflow DAGs in this process (tasks.airflow_runtime), so
 the command line exercises exactly what the scheduler runs. `promote` and `rollback` then
 publish the new champion: through Airflow's asset `prismrec://champion` when
-PRISMREC_AIRFLOW_API_URL names an API server (tasks.champion_events), else by running
+PRISMREC_AIRFLOW_API_URL names an API server (tasks.registry.champion_events), else by running
 recsys_materialize in-process (`--no-publish`: neither). Flags become dotted config
 overrides (flags > DAG Params > environment > defaults); `--set stage.field=value` reaches
 any other setting. Errors a user can fix (tasks.errors.PrismRecError) print one message on
@@ -56,7 +56,7 @@ def _overrides(args: argparse.Namespace, flags: dict[str, Any] | None = None) ->
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from tasks.sources import load_movielens
+    from tasks.data.sources import load_movielens
 
     config = load_config(_overrides(args, {"source.max_users": args.max_users}))
     summary = load_movielens(config, args.dataset)
@@ -108,7 +108,7 @@ def _announce_champion(args: argparse.Namespace, config: PipelineConfig, version
     and exits 0. Without it (local mode), DAG recsys_materialize runs here, now; a failure
     there exits 1 (the champion moved but `reco` still holds the previous one).
     """
-    from tasks.champion_events import CHAMPION_URI, AirflowApi, fire_champion_changed
+    from tasks.registry.champion_events import CHAMPION_URI, AirflowApi, fire_champion_changed
 
     if args.no_publish:
         print("not published (--no-publish); publish it with: prismrec materialize")
@@ -144,7 +144,7 @@ def _announce_champion(args: argparse.Namespace, config: PipelineConfig, version
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from tasks.decisions import promote
+    from tasks.registry.decisions import promote
 
     config = load_config(_overrides(args))
     version = promote(config, args.version, args.reason)
@@ -153,7 +153,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from tasks.decisions import rollback
+    from tasks.registry.decisions import rollback
 
     config = load_config(_overrides(args))
     version = rollback(config, args.reason)
@@ -179,7 +179,7 @@ def cmd_db_url(args: argparse.Namespace) -> int:
 
 def cmd_db_grant(args: argparse.Namespace) -> int:
     """Create/refresh reco_reader (BI) and reco_writer (pipeline); passwords only from the environment."""
-    from tasks.roles import grant_roles
+    from tasks.publish.roles import grant_roles
 
     config = load_config(_overrides(args))
     created = grant_roles(config, reader_password=os.environ.get("PRISMREC_READER_PASSWORD") or None,

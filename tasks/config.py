@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -229,7 +230,7 @@ class TrainConfig:
     # plateau: on ML-100K 1.8 (EMA decay 0.99 at 56 steps per epoch) validated above the live
     # weights at 15 of 16 epochs from the 10th (best 0.1395 vs 0.1307; bench/README v29, v32). 0: off.
     ema_epochs: float = 1.8
-    # Warm the average up (TensorFlow's num_updates rule, tasks.train.ema_decay): per-step decay
+    # Warm the average up (TensorFlow's num_updates rule, tasks.training.schedule.ema_decay): per-step decay
     # min(decay, (1 + n) / (10 + n)) after n updates, so early on the average spans about the last
     # ~11 % of the steps instead of lagging a fast-improving model by ema_epochs. ML-1M: the
     # average validated 0.1292 vs 0.0438 at epoch 1, best of 5 epochs 0.1649 vs 0.1611 (v38); in a
@@ -248,8 +249,28 @@ class TrainConfig:
     # every free, so each step pays to fault them in again (~15 % of an ML-1M step). "auto":
     # jemalloc when the system has it (Debian: libjemalloc2), told to keep freed pages, else
     # glibc with transparent huge pages for large blocks; "jemalloc" insists on it; "system"
-    # leaves the allocator alone (tasks.train.allocator_env, bench/README.md "Training speed").
+    # leaves the allocator alone (tasks.training.launcher.allocator_env, bench/README.md "Training speed").
     allocator: str = "auto"
+
+
+def parse_floors(text: str) -> dict[str, float]:
+    """`"hr@10=0.05, ndcg@10=0.02"` -> {"hr@10": 0.05, "ndcg@10": 0.02}; ConfigError if malformed."""
+    floors: dict[str, float] = {}
+    for part in (p.strip() for p in (text or "").split(",")):
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError(part)
+            floors[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"gate.floors entry {part!r} is not metric=value; write e.g. gate.floors=\"hr@10=0.05,ndcg@10=0.02\""
+            ) from None
+        if math.isnan(floors[name.strip()]):
+            raise ConfigError(f"gate.floors entry {part!r} is NaN; give a number")
+    return floors
 
 
 GATE_BASELINES = ("popularity", "itemknn", "ease")  # cheap enough to fit inside every run
@@ -289,8 +310,6 @@ class GateConfig:
         if not names or unknown:
             raise ConfigError(f"gate.baselines={self.baselines!r}: give a comma-separated list from "
                               f"{', '.join(GATE_BASELINES)}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
-        from tasks.gate import parse_floors
-
         parse_floors(self.floors)
         if not 0.0 < self.head_share < 1.0:
             raise ConfigError("gate.head_share must be between 0 and 1 (e.g. 0.5)")

@@ -70,7 +70,7 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 def run_extract(overrides: Mapping[str, Any], run_key: str, logical_date: datetime) -> dict[str, Any]:
     """Snapshot `app` as of `logical_date` into `<run folder>/snapshot`."""
-    from tasks.extract import extract_snapshot
+    from tasks.data.extract import extract_snapshot
 
     config = load_config(overrides)
     run_dir = config.paths.runs / run_key_of(run_key)
@@ -81,8 +81,8 @@ def run_extract(overrides: Mapping[str, Any], run_key: str, logical_date: dateti
 
 def run_quality(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:
     """The data-quality gate on the snapshot; raises DataQualityError (the run stops there)."""
+    from tasks.data.quality import check_snapshot
     from tasks.errors import DataQualityError
-    from tasks.quality import check_snapshot
 
     config = load_config(overrides)
     try:
@@ -96,7 +96,7 @@ def run_quality(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> di
 
 def _record_refusal(config, snapshot: Mapping[str, Any], refused: Exception) -> None:
     """Keep the refused snapshot's quality report in MLflow; never mask the refusal itself."""
-    from tasks.registry import log_refused_snapshot
+    from tasks.registry.store import log_refused_snapshot
 
     try:
         log_refused_snapshot(config, run_dir=Path(snapshot["run_dir"]), message=str(refused),
@@ -110,7 +110,7 @@ def _record_refusal(config, snapshot: Mapping[str, Any], refused: Exception) -> 
 
 def run_prepare(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:
     """5-core filter, sequences and leave-one-out split into `<run folder>/dataset`."""
-    from tasks.prepare import prepare_dataset
+    from tasks.data.prepare import prepare_dataset
 
     config = load_config(overrides)
     run_dir = Path(snapshot["run_dir"])
@@ -120,7 +120,7 @@ def run_prepare(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> di
 
 def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
     """Fine-tune under torchrun into `<run folder>/model`; returns the model folder and epochs run."""
-    from tasks.train import launch_training
+    from tasks.training.launcher import launch_training
 
     config = load_config(overrides)
     run_dir = Path(dataset["run_dir"])
@@ -134,8 +134,8 @@ def run_evaluate(
     overrides: Mapping[str, Any], dataset: Mapping[str, Any], trained: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Score the candidate, the gate's baselines and the current champion on the same split."""
-    from tasks.evaluate import evaluate_run
-    from tasks.registry import champion_model_dir
+    from tasks.evaluation.evaluate import evaluate_run
+    from tasks.registry.store import champion_model_dir
 
     config = load_config(overrides)
     champion = champion_model_dir(config)
@@ -161,8 +161,8 @@ def run_gate(
     `force_promote` (a human's call, with a required `reason`; `user` who asked, default
     the OS user) lets a refused candidate through; all three are recorded in the decision.
     """
-    from tasks.decisions import current_user
-    from tasks.gate import decide
+    from tasks.registry.decisions import current_user
+    from tasks.registry.gate import decide
 
     require_reason(force_promote, reason)
     config = load_config(overrides)
@@ -198,9 +198,9 @@ def run_register(
 ) -> dict[str, Any]:
     """Register the candidate in MLflow (`challenger`; `champion` if the gate passed), with lineage,
     and record the decision in reco.model_decisions and on the new version's tags."""
-    from tasks import decisions
-    from tasks.lineage import build_lineage
-    from tasks.registry import champion_version, register_candidate
+    from tasks.registry.lineage import build_lineage
+    from tasks.registry import decisions
+    from tasks.registry.store import champion_version, register_candidate
 
     config = load_config(overrides)
     run_dir = Path(trained["run_dir"])
@@ -241,7 +241,7 @@ def _record_gate_decision(config, registered: Mapping[str, Any], evaluation: Map
                           decision: Mapping[str, Any], *, champion_before: str | None, run_key: str,
                           actor: str) -> int:
     """The gate's (or a forced) verdict on the new version, in reco.model_decisions and its tags."""
-    from tasks.decisions import ModelDecision, record
+    from tasks.registry.decisions import ModelDecision, record
 
     forced = bool(decision.get("force_promote")) and not decision.get("gate_passed", decision.get("passed"))
     decided_by = f"forced by {decision.get('forced_by')}: {decision.get('operator_reason')}" if forced else "gate"
@@ -265,8 +265,8 @@ def run_materialize(overrides: Mapping[str, Any], airflow_run_id: str | None = N
     A retry of the same Airflow run (same champion, same logical date) republishes its own
     output instead of scoring again.
     """
-    from tasks.decisions import current_user, note_external_move
-    from tasks.materialize import materialize
+    from tasks.publish.materialize import materialize
+    from tasks.registry.decisions import current_user, note_external_move
 
     config = load_config(overrides)
     note_external_move(config, f"airflow run {airflow_run_id}" if airflow_run_id else current_user())

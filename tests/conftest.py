@@ -71,7 +71,7 @@ def engine(config):
 @pytest.fixture(scope="session")
 def ml100k(config):
     """The full, real MovieLens-100K loaded once into schema `app` of the session database."""
-    from tasks.sources import load_movielens
+    from tasks.data.sources import load_movielens
 
     return load_movielens(config, "movielens-100k")
 
@@ -82,9 +82,9 @@ def trained_model_dir(ml100k, config, base_overrides, tmp_path_factory) -> Path:
     from datetime import datetime
 
     from tasks.config import load_config
-    from tasks.extract import extract_snapshot
-    from tasks.prepare import prepare_dataset
-    from tasks.train import launch_training
+    from tasks.data.extract import extract_snapshot
+    from tasks.data.prepare import prepare_dataset
+    from tasks.training.launcher import launch_training
 
     root = tmp_path_factory.mktemp("trained-model")
     snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), root / "snapshot")

@@ -18,6 +18,7 @@ eval mode the functions equal the modules' own (tests/unit/test_layers.py).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -86,3 +87,17 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: t
     x = x + dropout(mha.out_proj(context.transpose(1, 2).reshape(batch, length, dim)), p)
     hidden = dropout(layer.activation(layer.linear1(layer.norm2(x))), p)
     return x + dropout(layer.linear2(hidden), p)
+
+
+def use_bf16(precision: str, device) -> bool:
+    """bf16 autocast on a GPU, and on CPUs whose instruction set does bf16 natively (else it is slower)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+

@@ -20,6 +20,7 @@ import torch
 
 from tasks.errors import RegistryError
 from tasks.model.network import ModelSpec, PrismRecNet, pad_left
+from tasks.titles import display_titles
 
 CHECKPOINT = "model.pt"
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
@@ -78,14 +79,6 @@ class Recommendations:
 class UserInterests:
     weights: np.ndarray  # [U, K] share of the user's top-k list each interest produced
     top_item_ids: np.ndarray  # [U, K, e] most-attended history items of each interest (-1: none)
-
-
-def display_titles(titles) -> np.ndarray:
-    """Titles as people say them, for lists, explanations and labels: MovieLens' "Lion King, The" ->
-    "The Lion King" (the same rule that writes the item texts the language model reads)."""
-    from tasks.sources import natural_title
-
-    return pd.Series(titles).fillna("").astype(str).map(natural_title).to_numpy(dtype=object)
 
 
 class Recommender:

@@ -1,0 +1,96 @@
+"""What the quality gate keeps on disk: the record of successful snapshots, and manifest updates.
+
+The record (`<home>/quality/snapshot_history.json`) holds, per source and logical date, the
+counts and folder of each snapshot that passed the gate. The next run's volume band and drift
+report compare with the latest one strictly before its own logical date, so reruns and
+backfills compare with the same baseline whatever order they run in.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tasks.config import PipelineConfig
+from tasks.data.extract import file_sha256
+
+HISTORY_NAME = "snapshot_history.json"
+
+
+def history_path(config: PipelineConfig) -> Path:
+    return config.paths.home / "quality" / HISTORY_NAME
+
+
+def source_key(snapshot_dir: Path) -> str:
+    """Which source a snapshot came from (database, schema, window): only like is compared with like."""
+    manifest = Path(snapshot_dir) / "manifest.json"
+    if not manifest.is_file():
+        return "unknown"
+    meta = json.loads(manifest.read_text())
+    return f"{meta.get('source_url', '')}|{meta.get('schema', '')}|window={meta.get('window_days')}"
+
+
+def _iso(moment: datetime) -> str:
+    stamp = pd.Timestamp(moment)
+    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).isoformat()
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())["snapshots"] if path.is_file() else []
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise writers (two DAG runs finishing together) with an advisory file lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def previous_success(config: PipelineConfig, source: str, logical_date: datetime) -> dict[str, Any] | None:
+    """The latest successful snapshot of `source` with a logical date before `logical_date`, or None."""
+    moment = _iso(logical_date)
+    earlier = [s for s in _read(history_path(config)) if s["source"] == source and s["logical_date"] < moment]
+    return max(earlier, key=lambda s: s["logical_date"]) if earlier else None
+
+
+def record_success(config: PipelineConfig, source: str, logical_date: datetime, snapshot_dir: Path,
+                   counts: dict[str, int]) -> None:
+    """Record (or replace, on a rerun) the successful snapshot of `source` at `logical_date`."""
+    path = history_path(config)
+    entry = {"source": source, "logical_date": _iso(logical_date), "snapshot_dir": str(Path(snapshot_dir).resolve()),
+             "counts": dict(counts), "recorded_at": datetime.now(UTC).isoformat()}
+    with _locked(path):
+        kept = [s for s in _read(path) if (s["source"], s["logical_date"]) != (source, entry["logical_date"])]
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"snapshots": sorted(kept + [entry], key=lambda s: s["logical_date"])}, indent=2))
+        tmp.replace(path)
+
+
+def update_manifest(snapshot_dir: Path, interactions: pd.DataFrame, *, rejected_file: str, rejected: int) -> None:
+    """Make manifest.json describe the rewritten interactions.parquet (count, hash, time range, rejects)."""
+    path = Path(snapshot_dir) / "manifest.json"
+    if not path.is_file():
+        return
+    manifest = json.loads(path.read_text())
+    manifest.setdefault("counts", {})["interactions"] = len(interactions)
+    manifest.setdefault("sha256", {})["interactions.parquet"] = file_sha256(path.parent / "interactions.parquet")
+    manifest["sha256"][rejected_file] = file_sha256(path.parent / rejected_file)
+    times = interactions["occurred_at"]
+    manifest["min_occurred_at"] = times.min().isoformat() if len(times) else None
+    manifest["max_occurred_at"] = times.max().isoformat() if len(times) else None
+    manifest["rejected"] = {"interactions": rejected, "file": rejected_file}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,101 @@
+"""Evaluate: the candidate, the gate's baselines and the current champion, scored by the
+same code on the same leave-one-out split, ranking every item (PROTOCOL.md, LOO-full).
+
+Validation metrics select and gate; test metrics are reported once. Each model is also
+summarised per slice (tasks.evaluation.slices: history length, head/tail/cold target items) from the
+same per-user ranks, so the gate can refuse a model that regresses for one group of users.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tasks.config import PipelineConfig
+from tasks.data.prepare import Sequences, load_dataset
+from tasks.evaluation.metrics import summarize
+from tasks.evaluation.scoring import SPLITS, Scorer, model_scorer, popularity_scorer, rank_splits
+from tasks.evaluation.slices import Slice, define_slices, item_popularity, slice_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    candidate: dict
+    baselines: dict = field(default_factory=dict)
+    champion: dict | None = None
+    champion_version: str | None = None
+    seconds: float = 0.0
+    # {"definitions": {split: {slice: {"description", "users"}}}, "candidate": {split: {slice: metrics}},
+    #  "baselines": {name: {split: ...}}, "champion": {split: ...} | None}
+    slices: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def split_slices(sequences: Sequences, config: PipelineConfig) -> dict[str, list[Slice]]:
+    """The slices of each split; history lengths and popularity come from the training histories."""
+    train = sequences.histories(2)
+    lengths = np.array([len(h) for h in train], dtype=np.int64)
+    popularity = item_popularity(train, sequences.n_items)
+    return {split: define_slices(lengths, sequences.targets(split), popularity, config.gate) for split in SPLITS}
+
+
+def _evaluate_with_slices(scorer: Scorer, sequences: Sequences, slices: dict[str, list[Slice]]) -> tuple[dict, dict]:
+    """(overall metrics per split, slice metrics per split) from one scoring pass."""
+    ranked = rank_splits(scorer, sequences)
+    overall = {split: summarize(ranks, top10, sequences.n_items) for split, (ranks, top10) in ranked.items()}
+    return overall, {split: slice_metrics(ranked[split][0], slices[split]) for split in ranked}
+
+
+def baseline_scorer(name: str, sequences: Sequences, items) -> Scorer:
+    """A gate baseline fitted on the split's training histories; item-kNN and EASE pick their
+    hyper-parameters on validation NDCG@10 (tasks.evaluation.baselines.tune), which only makes the bar higher."""
+    if name == "popularity":
+        return popularity_scorer(sequences)
+    from tasks.evaluation.baselines import tune
+
+    tuned = tune(name, sequences, items)
+    log.info("baseline %s: %s selected on validation (%.1fs)", name, tuned.hyper, tuned.seconds)
+    return tuned.scorer
+
+
+def evaluate_run(config: PipelineConfig, dataset_dir: Path, model_dir: Path,
+                 champion_model_dir: Path | None, champion_version: str | None = None) -> Evaluation:
+    started = time.time()
+    sequences, items = load_dataset(dataset_dir)
+    slices = split_slices(sequences, config)
+    candidate, candidate_slices = _evaluate_with_slices(model_scorer(model_dir, sequences), sequences, slices)
+    evaluation = Evaluation(candidate=candidate)
+    evaluation.slices = {
+        "definitions": {split: {s.name: {"description": s.description, "users": int(s.mask.sum())} for s in pieces}
+                        for split, pieces in slices.items()},
+        "candidate": candidate_slices, "baselines": {}, "champion": None,
+    }
+    for name in config.gate.baseline_names():
+        evaluation.baselines[name], evaluation.slices["baselines"][name] = _evaluate_with_slices(
+            baseline_scorer(name, sequences, items), sequences, slices)
+    if champion_model_dir is not None:
+        evaluation.champion, evaluation.slices["champion"] = _evaluate_with_slices(
+            model_scorer(champion_model_dir, sequences), sequences, slices)
+        evaluation.champion_version = champion_version
+    evaluation.seconds = time.time() - started
+    for name, result in [("candidate", evaluation.candidate), *evaluation.baselines.items(),
+                         ("champion", evaluation.champion)]:
+        if result:
+            log.info("%-10s valid NDCG@10 %.4f HR@10 %.4f | test NDCG@10 %.4f HR@10 %.4f", name,
+                     result["valid"]["ndcg@10"], result["valid"]["hr@10"],
+                     result["test"]["ndcg@10"], result["test"]["hr@10"])
+    log.info("candidate valid NDCG@10 by slice: %s", ", ".join(
+        f"{name} {m['ndcg@10']:.4f} ({m['users']} users)" for name, m in candidate_slices["valid"].items()))
+    return evaluation

@@ -1,0 +1,81 @@
+"""Scoring on the leave-one-out split: any model as a `Scorer`, ranked against every item.
+
+A scorer maps histories (index arrays of the split) to scores [B, N+1] over the split's items;
+PrismRec models, the gate's baselines and the benchmark's models are all scored through here,
+by the same code on the same split (docs/protocol.md, LOO-full).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks.data.prepare import Sequences
+from tasks.evaluation.metrics import rank_batches, summarize
+
+SPLITS = {"valid": 2, "test": 1}  # split -> items held out of the input history
+
+BATCH_USERS = 512
+
+
+# A scorer maps histories (index arrays of the split) to scores [B, N+1] over the split's items.
+Scorer = Callable[[Sequence[np.ndarray]], torch.Tensor]
+
+
+
+def rank_splits(scorer: Scorer, sequences: Sequences) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"valid": (ranks [U], top10 [U, 10]), "test": ...}: each user's target rank and top-10 list."""
+    results = {}
+    for split, holdout in SPLITS.items():
+        histories = sequences.histories(holdout)
+        targets = sequences.targets(split)
+        results[split] = rank_batches(_scored_batches(scorer, histories, targets))
+    return results
+
+
+
+def _scored_batches(scorer: Scorer, histories, targets):
+    """(scores, histories, targets) for successive blocks of users."""
+    for start in range(0, len(histories), BATCH_USERS):
+        chunk = histories[start:start + BATCH_USERS]
+        yield scorer(chunk), chunk, targets[start:start + BATCH_USERS]
+
+
+
+def evaluate_scorer(scorer: Scorer, sequences: Sequences) -> dict[str, dict[str, float]]:
+    """{"valid": metrics, "test": metrics} for one model on the split."""
+    return {split: summarize(ranks, top10, sequences.n_items)
+            for split, (ranks, top10) in rank_splits(scorer, sequences).items()}
+
+
+
+def popularity_scorer(sequences: Sequences) -> Scorer:
+    """Most-interacted items in the training histories first (the same for everyone)."""
+    counts = np.bincount(np.concatenate(sequences.histories(2)), minlength=sequences.n_items + 1)
+    scores = torch.as_tensor(counts, dtype=torch.float32)
+    return lambda histories: scores.expand(len(histories), -1)
+
+
+
+def model_scorer(model_dir: Path, sequences: Sequences) -> Scorer:
+    """A trained PrismRec model (candidate or champion) scoring the split's items by app item id."""
+    from tasks.model.recommender import Recommender
+
+    return recommender_scorer(Recommender.load(model_dir), sequences)
+
+
+
+def recommender_scorer(recommender, sequences: Sequences) -> Scorer:
+    """A loaded tasks.model.recommender.Recommender as a scorer of the split's items."""
+    universe = sequences.item_ids[1:]
+
+    def score(histories: Sequence[np.ndarray]) -> torch.Tensor:
+        app_histories = [sequences.item_ids[h] for h in histories]
+        scores = recommender.score_items(app_histories, universe)
+        return torch.cat([torch.full((len(histories), 1), float("-inf")), scores], dim=1)
+
+    return score
+

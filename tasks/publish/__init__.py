@@ -1,0 +1,1 @@
+"""Publishing stage: materialize recommendations into `reco`, its tables, rows and database roles."""

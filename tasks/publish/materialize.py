@@ -1,0 +1,303 @@
+"""Publish the champion's recommendations, interests and similar items into schema `reco`.
+
+One run: record it in `reco.runs` as running (committed, and guarded by a session advisory
+lock that dies with the process); score every user in vectorised batches and COPY the rows
+into new standalone tables; build their indexes; then, in the SAME transaction, attach them
+as partitions of the history tables and move the `is_current` flag. Readers of the views see
+the old set or the new set, never a mix; a run that dies anywhere leaves the current set as
+it was, and the next run marks it failed. A rerun for the same champion and logical date
+reuses the succeeded output. Retention then drops the partitions of old runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from tasks import db
+from tasks.config import PipelineConfig
+from tasks.errors import ConfigError, RegistryError, SourceDataError
+from tasks.publish import rows as reco_rows
+from tasks.publish import tables as reco_tables
+
+log = logging.getLogger(__name__)
+
+TABLE = "user_recommendations"
+DEAD_RUN_ERROR = "the publishing process or its database connection died before finishing; nothing was published"
+
+
+@dataclass(frozen=True)
+class MaterializeSummary:
+    rows: int
+    users: int
+    model_version: str
+    generated_at: datetime
+    seconds: float
+    materialization_id: int = 0
+    run_key: str = ""
+    run_id: str | None = None  # MLflow run of the champion version
+    fallback_users: int = 0
+    interest_rows: int = 0
+    similar_rows: int = 0
+    score_seconds: float = 0.0  # model forward passes + building the rows
+    write_seconds: float = 0.0  # CSV encoding, COPY and index builds of the three outputs
+    reused: bool = False  # True when a succeeded run with the same key was republished instead
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["generated_at"] = self.generated_at.isoformat()
+        for key in ("seconds", "score_seconds", "write_seconds"):
+            out[key] = round(out[key], 3)
+        return out
+
+
+def read_histories(engine: sa.Engine, config: PipelineConfig) -> pd.DataFrame:
+    """Every user's time-ordered history: DataFrame[user_id, history (int64 array)].
+
+    Users listed in `<app>.users` without any interaction get an empty history (and so the
+    popularity fallback); `users` is optional, the interactions alone define who exists.
+    """
+    app = db.quote_ident(config.database.app_schema)
+    with engine.connect() as conn:
+        events = pd.read_sql_query(
+            sa.text(f'select user_id, item_id from {app}."interactions" order by user_id, occurred_at, item_id'), conn)
+        user_ids = events["user_id"].to_numpy(np.int64)
+        if db.table_exists(engine, config.database.app_schema, "users"):
+            listed = pd.read_sql_query(sa.text(f'select user_id from {app}."users"'), conn)["user_id"]
+            user_ids = np.concatenate([user_ids, listed.to_numpy(np.int64)])
+    users = np.unique(user_ids)
+    bounds = np.searchsorted(events["user_id"].to_numpy(np.int64), users, side="left")
+    histories = np.split(events["item_id"].to_numpy(np.int64), bounds[1:])
+    return pd.DataFrame({"user_id": users, "history": histories})
+
+
+def _recommender(pyfunc, version: str):
+    """The champion's vectorised Recommender behind its pyfunc wrapper."""
+    try:
+        return pyfunc.unwrap_python_model().recommender
+    except AttributeError:
+        raise RegistryError(
+            f"champion version {version} is not a PrismRec model (its pyfunc has no recommender); "
+            "promote a version registered by `prismrec train`"
+        ) from None
+
+
+def _describe(exc: BaseException, engine: sa.Engine) -> str:
+    """One safe line about a failure: the driver's message, never the SQL parameters or a password."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip() or type(exc).__name__
+    text = f"{type(orig or exc).__name__}: {text.splitlines()[0]}"
+    password = engine.url.password
+    return (text.replace(str(password), "***") if password else text)[:2000]
+
+
+def reap_dead_runs(engine: sa.Engine, schema: str) -> list[int]:
+    """Mark failed every 'running' run whose process is gone (its session lock is free); returns their ids."""
+    runs = f"{db.quote_ident(schema)}.runs"
+    with engine.begin() as conn:
+        candidates = conn.execute(sa.text(f"select materialization_id from {runs} where status = 'running'")).scalars()
+        dead = [mid for mid in list(candidates) if conn.execute(
+            sa.text("select pg_try_advisory_xact_lock(:ns, :key)"),
+            {"ns": reco_tables.LOCK_NAMESPACE, "key": int(mid)}).scalar()]
+        if dead:
+            conn.execute(sa.text(
+                f"update {runs} set status = 'failed', finished_at = clock_timestamp(), error = :error "
+                "where materialization_id = any(:ids) and status = 'running'"), {"error": DEAD_RUN_ERROR, "ids": dead})
+            log.warning("marked runs %s failed: %s", dead, DEAD_RUN_ERROR)
+    return dead
+
+
+def _run_key(config: PipelineConfig, version: str, logical_date: datetime | None, now: datetime) -> str:
+    when = (logical_date or now).astimezone(UTC).isoformat()
+    return f"{config.registry.model_name}@v{version}@{when}" + ("" if logical_date else "@adhoc")
+
+
+def _reuse(conn: sa.Connection, schema: str, run_key: str) -> MaterializeSummary | None:
+    """Republish a succeeded run with the same key whose rows are still kept; None if there is none."""
+    runs = f"{db.quote_ident(schema)}.runs"
+    reco_tables.lock_schema(conn)  # retention cannot drop the run between this check and the re-point
+    row = conn.execute(sa.text(
+        f"select * from {runs} where run_key = :k and status = 'succeeded' and output_kept "
+        "order by materialization_id desc limit 1"), {"k": run_key}).mappings().first()
+    if row is None:
+        conn.commit()
+        return None
+    if not row["is_current"]:
+        reco_tables.make_current(conn, schema, row["materialization_id"])
+    conn.commit()
+    log.info("run %s already published as materialization %s; made it current, nothing rescored",
+             run_key, row["materialization_id"])
+    return MaterializeSummary(
+        rows=row["rows"], users=row["users"], model_version=row["model_version"], generated_at=row["generated_at"],
+        seconds=0.0, materialization_id=row["materialization_id"], run_key=run_key, run_id=row["run_id"],
+        fallback_users=row["fallback_users"], interest_rows=row["interest_rows"],
+        similar_rows=row["similar_rows"], reused=True)
+
+
+def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, str], config: PipelineConfig) -> dict:
+    """Score all users batch by batch and COPY the rows; returns counts and timings."""
+    top_k, batch_users = config.materialize.top_k, config.materialize.batch_users
+    catalogue = reco_rows.Catalogue.from_items(recommender.items)
+    stats = {"rows": 0, "interest_rows": 0, "fallback_users": 0, "score_seconds": 0.0, "write_seconds": 0.0}
+    started = time.perf_counter()
+    for start in range(0, len(users), batch_users):
+        batch = users.iloc[start:start + batch_users]
+        histories = list(batch["history"])
+        t0 = time.perf_counter()
+        recs = recommender.recommend(histories, top_k)
+        user_ids = batch["user_id"].to_numpy(np.int64)
+        recommendations = reco_rows.recommendation_table(user_ids, recs, catalogue)
+        interests = reco_rows.interest_table(user_ids, recs, catalogue, recommender.spec.n_interests)
+        leaks = reco_rows.seen_items_recommended(histories, recs)
+        if leaks:
+            raise RuntimeError(f"the champion recommended {leaks} item(s) already in users' histories; "
+                               "refusing to publish")
+        t1 = time.perf_counter()
+        stats["rows"] += db.copy_arrow(conn, tables["user_recommendations"], recommendations, freeze=True)
+        stats["interest_rows"] += db.copy_arrow(conn, tables["user_interests"], interests, freeze=True)
+        stats["fallback_users"] += int((recs.interest_ids[:, 0] == reco_rows.FALLBACK_INTEREST).sum())
+        stats["score_seconds"] += t1 - t0
+        stats["write_seconds"] += time.perf_counter() - t1
+        done, elapsed = start + len(batch), time.perf_counter() - started
+        log.info("published %d/%d users (%.0f users/s, ETA %.0fs)", done, len(users), done / elapsed,
+                 (len(users) - done) * elapsed / done)
+    t0 = time.perf_counter()
+    similar = reco_rows.similar_table(*recommender.similar_items(config.materialize.similar_top_k), catalogue)
+    t1 = time.perf_counter()
+    stats["similar_rows"] = db.copy_arrow(conn, tables["similar_items"], similar, freeze=True)
+    stats["score_seconds"] += t1 - t0
+    stats["write_seconds"] += time.perf_counter() - t1
+    return stats
+
+
+def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
+                run_key: str | None = None) -> MaterializeSummary:
+    """Score every user with the champion and publish the result atomically (see the module doc).
+
+    `logical_date` (the orchestrator's) makes reruns idempotent: the same champion and date
+    republish the kept output instead of adding a copy. Raises NoChampionError before
+    touching Postgres when no version holds `champion`.
+    """
+    from tasks.registry.store import load_champion
+
+    settings = config.materialize
+    if settings.keep_runs < 1 or settings.similar_top_k < 1 or settings.batch_users < 1:
+        raise ConfigError("materialize.keep_runs, materialize.similar_top_k and materialize.batch_users "
+                          "must be at least 1")
+    started = time.perf_counter()
+    schema = config.database.reco_schema
+    db.quote_ident(schema)
+    version, pyfunc = load_champion(config)
+    recommender = _recommender(pyfunc, version)
+    mlflow_run_id = getattr(pyfunc.metadata, "run_id", None)
+    engine = db.get_engine(config)
+    users = read_histories(engine, config)
+    if users.empty:
+        raise SourceDataError(
+            f"{config.database.app_schema}.interactions is empty, so there is no one to recommend to; "
+            "load data first (`prismrec load movielens-100k`); the published recommendations are unchanged")
+    reco_tables.ensure_tables(engine, schema)
+    reap_dead_runs(engine, schema)
+    generated_at = datetime.now(UTC)
+    key = run_key or _run_key(config, version, logical_date, generated_at)
+    runs = f"{db.quote_ident(schema)}.runs"
+
+    with engine.connect() as conn:
+        if conn.execute(sa.text("select current_setting('server_version_num')::int")).scalar() >= 140000:
+            # Notice a vanished client while blocked, so its locks (and the run's liveness lock) go quickly.
+            conn.execute(sa.text("set client_connection_check_interval = '2s'"))
+        # Same-key runs queue here instead of duplicating work.
+        conn.execute(sa.text("select pg_advisory_lock(:ns, hashtext(:k))"),
+                     {"ns": reco_tables.LOCK_NAMESPACE + 1, "k": key})
+        conn.commit()
+        try:
+            reused = _reuse(conn, schema, key)
+            if reused is not None:
+                return reused
+            mid = conn.execute(sa.text(
+                f"insert into {runs} (run_key, model_name, model_version, run_id, logical_date, status, "
+                "generated_at, top_k, backend_pid) values (:k, :name, :version, :run_id, :logical_date, "
+                "'running', :generated_at, :top_k, pg_backend_pid()) returning materialization_id"),
+                {"k": key, "name": config.registry.model_name, "version": version, "run_id": mlflow_run_id,
+                 "logical_date": logical_date, "generated_at": generated_at, "top_k": settings.top_k}).scalar_one()
+            # Held while this session lives: a 'running' run whose lock is free has died (reap_dead_runs).
+            conn.execute(sa.text("select pg_advisory_lock(:ns, :m)"), {"ns": reco_tables.LOCK_NAMESPACE, "m": mid})
+            conn.commit()
+            log.info("materialization %s (%s): scoring %d users with %s version %s, top %d",
+                     mid, key, len(users), config.registry.model_name, version, settings.top_k)
+            try:
+                stats = _publish(conn, recommender, users, config, mid)
+            except BaseException as exc:
+                _mark_failed(engine, conn, runs, mid, _describe(exc, engine))
+                raise
+        finally:
+            if not conn.closed and not conn.invalidated:
+                conn.rollback()
+                conn.execute(sa.text("select pg_advisory_unlock_all()"))  # the key and run locks
+                conn.commit()
+
+    _apply_retention(engine, schema, settings.keep_runs)
+    summary = MaterializeSummary(
+        users=len(users), model_version=version, generated_at=generated_at, seconds=time.perf_counter() - started,
+        materialization_id=mid, run_key=key, run_id=mlflow_run_id, **stats)
+    log.info("published materialization %s: %d recommendations for %d users (%d on the popularity fallback), "
+             "%d interests, %d similar items from version %s in %.1fs", mid, summary.rows, summary.users,
+             summary.fallback_users, summary.interest_rows, summary.similar_rows, version, summary.seconds)
+    return summary
+
+
+def _publish(conn: sa.Connection, recommender, users: pd.DataFrame, config: PipelineConfig, mid: int) -> dict:
+    """The one publishing transaction: new partitions, COPY, indexes, attach, flag, run row."""
+    schema = config.database.reco_schema
+    with conn.begin():
+        tables = reco_tables.create_partitions(conn, schema, mid)
+        stats = _score_and_write(conn, recommender, users, tables, config)
+        t0 = time.perf_counter()
+        reco_tables.index_partitions(conn, schema, mid)
+        stats["write_seconds"] += time.perf_counter() - t0
+        reco_tables.swap_in(conn, schema, mid)
+        conn.execute(sa.text(
+            f"update {db.quote_ident(schema)}.runs set status = 'succeeded', finished_at = clock_timestamp(), users = :users, "
+            "rows = :rows, interest_rows = :interest_rows, similar_rows = :similar_rows, "
+            "fallback_users = :fallback_users where materialization_id = :m"),
+            {"m": mid, "users": len(users), **{k: v for k, v in stats.items() if not k.endswith("seconds")}})
+    return stats
+
+
+def _mark_failed(engine: sa.Engine, conn: sa.Connection, runs: str, mid: int, error: str) -> None:
+    """Record the failure on a fresh connection (the run's own may be the thing that died)."""
+    try:
+        if not conn.closed and not conn.invalidated:
+            conn.rollback()
+        with engine.begin() as fresh:
+            fresh.execute(sa.text(f"update {runs} set status = 'failed', finished_at = clock_timestamp(), error = :e "
+                                  "where materialization_id = :m and status = 'running'"), {"e": error, "m": mid})
+        log.error("materialization %s failed: %s; the current set is unchanged", mid, error)
+    except sa.exc.SQLAlchemyError as exc:  # the next run's reap_dead_runs will mark it
+        log.error("materialization %s failed (%s) and could not be marked failed: %s", mid, error,
+                  _describe(exc, engine))
+
+
+def _apply_retention(engine: sa.Engine, schema: str, keep_runs: int) -> None:
+    """Drop the partitions of succeeded runs beyond the newest `keep_runs` (the current one always stays)."""
+    runs = f"{db.quote_ident(schema)}.runs"
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("set local lock_timeout = '2s'"))
+            reco_tables.lock_schema(conn)
+            old = conn.execute(sa.text(
+                f"select materialization_id from {runs} where output_kept and not is_current "
+                "order by finished_at desc, materialization_id desc offset :keep"), {"keep": keep_runs - 1}).scalars()
+            old = list(old)
+            if old:
+                reco_tables.drop_outputs(conn, schema, old)
+                log.info("retention: dropped the rows of runs %s (keeping %d)", old, keep_runs)
+    except sa.exc.OperationalError as exc:  # e.g. a long BI query held the lock; the next run retries
+        log.warning("retention skipped this time: %s", _describe(exc, engine))

@@ -1,0 +1,254 @@
+"""Every decision about the champion, on record: the gate's, a forced one, a person's.
+
+A row in Postgres `reco.model_decisions` (for BI tools and audits) and tags on the MLflow
+model version it concerns (for whoever looks at the registry) say what was decided, by
+whom or what ("gate", "forced by <user>: <reason>", "cli promote", "cli rollback",
+"mlflow-ui move detected"), which version held `champion` before and after, the metrics,
+the slices and every reason. A champion moved outside PrismRec (the MLflow UI) is noticed
+the next time the pipeline or the CLI touches the registry and recorded as such.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from tasks import db
+from tasks.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+TABLE = "model_decisions"
+ACTIONS = ("gate", "force", "promote", "rollback", "external")
+EXTERNAL_MOVE = "mlflow-ui move detected"
+_TAG_MAX = 5000  # MLflow's limit on a tag value
+
+_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("decision_id", "bigint generated always as identity primary key", "Order of the decisions (ascending)."),
+    ("decision_key", "text unique",
+     "Idempotency key of a pipeline decision (a retried task updates its row); null for human actions."),
+    ("decided_at", "timestamptz not null default now()", "When the decision was recorded."),
+    ("model_name", "text not null", "MLflow registered model the decision is about."),
+    ("action", "text not null", "gate | force | promote | rollback | external (alias moved outside PrismRec)."),
+    ("decided_by", "text not null",
+     "Who or what decided: 'gate', 'forced by <user>: <reason>', 'cli promote', 'cli rollback', "
+     "'mlflow-ui move detected'."),
+    ("actor", "text not null", "The OS user or Airflow run that recorded it."),
+    ("candidate_version", "text", "The model version decided on (the new candidate, or the version promoted to)."),
+    ("champion_before", "text", "Version holding the champion alias before the decision (null: none)."),
+    ("champion_after", "text", "Version holding the champion alias after the decision (null: none)."),
+    ("passed", "boolean", "The gate's verdict (true also when forced); null for human actions."),
+    ("reasons", "jsonb not null default '[]'", "Every check of the gate with its outcome, or why a person acted."),
+    ("operator_reason", "text", "The reason a person gave (required to force a refused candidate)."),
+    ("metrics", "jsonb not null default '{}'", "Candidate, baseline and champion metrics behind the decision."),
+    ("slices", "jsonb not null default '{}'", "Per-slice metrics (history length, head/tail/cold items)."),
+    ("run_key", "text", "Training run folder / Airflow run the decision came from, if any."),
+)
+
+
+@dataclass(frozen=True)
+class ModelDecision:
+    """One decision about who holds `champion`, as stored in reco.model_decisions."""
+
+    model_name: str
+    action: str
+    decided_by: str
+    actor: str
+    candidate_version: str | None
+    champion_before: str | None
+    champion_after: str | None
+    passed: bool | None = None
+    reasons: list[str] = field(default_factory=list)
+    operator_reason: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    slices: dict[str, Any] = field(default_factory=dict)
+    run_key: str | None = None
+    decision_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def current_user() -> str:
+    """The OS user running this process (who typed the command), or "unknown"."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _table(config: PipelineConfig) -> str:
+    return f"{db.quote_ident(config.database.reco_schema)}.{db.quote_ident(TABLE)}"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def ensure_table(conn: sa.Connection, config: PipelineConfig) -> None:
+    """Create reco.model_decisions (and its comments) if missing, on `conn`'s transaction."""
+    reco = db.quote_ident(config.database.reco_schema)
+    table = _table(config)
+    conn.execute(sa.text("select pg_advisory_xact_lock(hashtext('prismrec.model_decisions'))"))
+    conn.execute(sa.text(f"create schema if not exists {reco}"))
+    exists = conn.execute(sa.text("select to_regclass(:name) is not null"),
+                          {"name": f"{config.database.reco_schema}.{TABLE}"}).scalar()
+    if exists:
+        return
+    columns = ",\n  ".join(f"{db.quote_ident(name)} {sql}" for name, sql, _ in _COLUMNS)
+    conn.execute(sa.text(f"create table {table} (\n  {columns},\n"
+                         f"  check (action in ({', '.join(_literal(a) for a in ACTIONS)})))"))
+    conn.execute(sa.text(f"create index on {table} (model_name, decision_id desc)"))
+    conn.execute(sa.text(
+        f"comment on table {table} is " + _literal(
+            "Every decision about which model version is the champion: the gate's verdicts, forced "
+            "promotions, promotions and rollbacks by people, and moves noticed in the MLflow registry. "
+            "Latest first: order by decision_id desc.")))
+    for name, _, comment in _COLUMNS:
+        conn.execute(sa.text(f"comment on column {table}.{db.quote_ident(name)} is {_literal(comment)}"))
+
+
+def _insert(conn: sa.Connection, config: PipelineConfig, decision: ModelDecision) -> int:
+    row = decision.to_dict()
+    for key in ("reasons", "metrics", "slices"):
+        row[key] = json.dumps(row[key], default=str)
+    names = list(row)
+    cols = ", ".join(db.quote_ident(n) for n in names)
+    values = ", ".join(f"cast(:{n} as jsonb)" if n in ("reasons", "metrics", "slices") else f":{n}" for n in names)
+    updates = ", ".join(f"{db.quote_ident(n)} = excluded.{db.quote_ident(n)}" for n in names if n != "decision_key")
+    return int(conn.execute(sa.text(
+        f"insert into {_table(config)} ({cols}) values ({values}) "
+        f"on conflict (decision_key) do update set {updates}, decided_at = now() returning decision_id"
+    ), row).scalar_one())
+
+
+def _last_champion(conn: sa.Connection, config: PipelineConfig, model_name: str) -> tuple[bool, str | None]:
+    """(any decision on record, champion after the latest one) for `model_name`."""
+    row = conn.execute(sa.text(
+        f"select champion_after from {_table(config)} where model_name = :name order by decision_id desc limit 1"
+    ), {"name": model_name}).first()
+    return (row is not None, row[0] if row is not None else None)
+
+
+def _tags(decision_id: int, decision: ModelDecision, decided_at: str) -> dict[str, str]:
+    """Model-version tags: the latest decision in plain keys, each decision under its own id."""
+    record = {
+        "at": decided_at, "action": decision.action, "by": decision.decided_by, "actor": decision.actor,
+        "passed": decision.passed, "champion_before": decision.champion_before,
+        "champion_after": decision.champion_after, "reasons": decision.reasons,
+    }
+    tags = {
+        f"decision_{decision_id}": json.dumps(record, default=str)[:_TAG_MAX],
+        "last_decision_id": str(decision_id),
+        "last_decision_by": decision.decided_by[:_TAG_MAX],
+        "last_decision_at": decided_at,
+        "last_decision_passed": "" if decision.passed is None else str(decision.passed).lower(),
+    }
+    if decision.metrics:
+        tags[f"decision_{decision_id}_metrics"] = json.dumps(_compact(decision.metrics))[:_TAG_MAX]
+    if decision.slices:
+        tags[f"decision_{decision_id}_slices"] = json.dumps(_compact(decision.slices))[:_TAG_MAX]
+    return tags
+
+
+def _compact(value: Any) -> Any:
+    """Numbers rounded to 4 digits, so a decision's numbers fit in one MLflow tag."""
+    if isinstance(value, Mapping):
+        return {str(k): _compact(v) for k, v in value.items()}
+    if isinstance(value, float):
+        return round(value, 4)
+    return value
+
+
+def record(config: PipelineConfig, decision: ModelDecision) -> int:
+    """Store `decision` in reco.model_decisions (one transaction) and tag its model version; returns its id."""
+    from tasks.registry.store import tag_version
+
+    engine = db.get_engine(config)
+    with engine.begin() as conn:
+        ensure_table(conn, config)
+        decision_id = _insert(conn, config, decision)
+    version = decision.candidate_version or decision.champion_after
+    if version:
+        tag_version(config, version, _tags(decision_id, decision, datetime.now(UTC).isoformat(timespec="seconds")))
+    log.info("decision %d on %s: %s (champion %s -> %s)", decision_id, decision.model_name, decision.decided_by,
+             decision.champion_before, decision.champion_after)
+    return decision_id
+
+
+def note_external_move(config: PipelineConfig, actor: str, own_run_key: str | None = None) -> int | None:
+    """Record a champion move nobody recorded (the MLflow UI, a script); returns the new decision's id.
+
+    Compares the registry's champion with the one after the latest recorded decision. Call
+    it before acting on the registry, so the trail of decisions has no gaps. A champion
+    registered by `own_run_key` is this training run's own (a retried task), not a move.
+    """
+    from tasks.registry.store import champion_version, version_tags
+
+    name = config.registry.model_name
+    current = champion_version(config)
+    with db.get_engine(config).begin() as conn:
+        ensure_table(conn, config)
+        any_on_record, last = _last_champion(conn, config, name)
+    if last == current or (not any_on_record and current is None):
+        return None
+    if own_run_key and current is not None and version_tags(config, current).get("run_key") == own_run_key:
+        return None
+    before = last if any_on_record else None
+    return record(config, ModelDecision(
+        model_name=name, action="external", decided_by=EXTERNAL_MOVE, actor=actor,
+        candidate_version=current, champion_before=before, champion_after=current,
+        reasons=[f"champion moved from {before or 'none'} to {current or 'none'} outside PrismRec "
+                 "(MLflow UI or API); noticed before the next registry action"],
+    ))
+
+
+def history(config: PipelineConfig, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest decisions about the configured model, newest first (for the CLI and reports)."""
+    with db.get_engine(config).begin() as conn:
+        ensure_table(conn, config)
+        rows = conn.execute(sa.text(
+            f"select * from {_table(config)} where model_name = :name order by decision_id desc limit :limit"
+        ), {"name": config.registry.model_name, "limit": limit}).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def _human_move(config: PipelineConfig, action: str, move, reason: str | None, actor: str | None) -> str:
+    """Run `move()` (a registry promote/rollback returning the new champion) and record it."""
+    from tasks.registry.store import champion_version, version_metrics
+
+    actor = actor or current_user()
+    note_external_move(config, actor)
+    before = champion_version(config)
+    after = move()
+    why = reason or ("promoted by hand" if action == "promote" else "rolled back by hand")
+    reasons = [f"{why} (champion {before or 'none'} -> {after})"]
+    if before == after:
+        reasons.append(f"version {after} already held champion; nothing moved")
+    record(config, ModelDecision(
+        model_name=config.registry.model_name, action=action, decided_by=f"cli {action}", actor=actor,
+        candidate_version=after, champion_before=before, champion_after=after, reasons=reasons,
+        operator_reason=reason, metrics={"run": version_metrics(config, after)},
+    ))
+    return after
+
+
+def promote(config: PipelineConfig, version: str, reason: str | None = None, actor: str | None = None) -> str:
+    """`prismrec promote`: make `version` the champion and record who did it and why."""
+    from tasks.registry import store as registry
+
+    return _human_move(config, "promote", lambda: registry.promote(config, version, reason), reason, actor)
+
+
+def rollback(config: PipelineConfig, reason: str | None = None, actor: str | None = None) -> str:
+    """`prismrec rollback`: give champion back to the previous version and record who did it and why."""
+    from tasks.registry import store as registry
+
+    return _human_move(config, "rollback", lambda: registry.rollback(config), reason, actor)

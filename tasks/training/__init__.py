@@ -1,0 +1,1 @@
+"""Training stage: the torchrun launcher, the worker script, its loop, schedules and training windows."""

@@ -1,0 +1,110 @@
+"""Snapshot extraction from a real Postgres holding the genuine MovieLens-100K."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from tasks.config import load_config
+from tasks.data.extract import SNAPSHOT_FILES, extract_snapshot
+from tasks.errors import SourceDataError
+
+MIDDLE = datetime(1998, 1, 1, tzinfo=UTC)  # ML-100K runs from Sep 1997 to Apr 1998
+LAST_RATING = datetime.fromtimestamp(893286638, tz=UTC)
+
+
+def count_up_to(engine: sa.Engine, until: datetime, since: datetime | None = None) -> int:
+    sql = "select count(*) from app.interactions where occurred_at <= :until"
+    if since is not None:
+        sql += " and occurred_at > :since"
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), {"until": until, "since": since}).scalar_one()
+
+
+def test_snapshot_in_the_middle_of_movielens(ml100k, config, engine, tmp_path):
+    info = extract_snapshot(config, MIDDLE, tmp_path / "snap")
+    expected = count_up_to(engine, MIDDLE)
+    assert 0 < expected < 100_000
+    assert info.counts == {"items": 1682, "users": 943, "interactions": expected}
+    assert info.path == tmp_path / "snap"
+    assert sorted(p.name for p in info.path.iterdir()) == sorted([*SNAPSHOT_FILES, "manifest.json"])
+
+    manifest = json.loads((info.path / "manifest.json").read_text())
+    for name in SNAPSHOT_FILES:
+        assert manifest["sha256"][name] == hashlib.sha256((info.path / name).read_bytes()).hexdigest()
+    assert manifest["counts"] == info.counts
+    assert manifest["logical_date"] == "1998-01-01T00:00:00+00:00"
+    assert manifest["min_occurred_at"] == "1997-09-20T03:05:10+00:00"  # unix 874724710
+    assert "***" in manifest["source_url"] or "@" not in manifest["source_url"]
+    assert json.loads(json.dumps(info.to_dict())) == info.to_dict()
+
+    interactions = pd.read_parquet(info.path / "interactions.parquet")
+    items = pd.read_parquet(info.path / "items.parquet")
+    users = pd.read_parquet(info.path / "users.parquet")
+    assert interactions.dtypes.astype(str).to_dict() == {
+        "user_id": "int64", "item_id": "int64", "rating": "float64", "occurred_at": "datetime64[us, UTC]"}
+    assert items.dtypes.astype(str).to_dict() == {
+        "item_id": "int64", "title": "str", "genres": "str", "year": "Int64", "description": "str"}
+    assert users.dtypes.astype(str).to_dict() == {"user_id": "int64"}
+    assert len(interactions) == expected and interactions["occurred_at"].max() <= MIDDLE
+    assert manifest["max_occurred_at"] == interactions["occurred_at"].max().isoformat()
+    assert interactions.equals(interactions.sort_values(["user_id", "occurred_at"], kind="stable"))
+    toy_story = items.set_index("item_id").loc[1]
+    assert toy_story["description"] == "Toy Story (1995). Genres: Animation, Children's, Comedy."
+    assert pd.isna(items.set_index("item_id").loc[267, "year"])
+
+
+def test_window_keeps_only_recent_interactions(ml100k, base_overrides, engine, tmp_path):
+    windowed = load_config({**base_overrides, "extract.window_days": 30})
+    info = extract_snapshot(windowed, MIDDLE, tmp_path / "snap")
+    assert info.counts["interactions"] == count_up_to(engine, MIDDLE, MIDDLE - timedelta(days=30))
+    manifest = json.loads((info.path / "manifest.json").read_text())
+    assert (manifest["window_days"], manifest["window_start"]) == (30, "1997-12-02T00:00:00+00:00")
+
+
+def test_last_rating_is_included_and_naive_dates_are_utc(ml100k, config, tmp_path):
+    aware = extract_snapshot(config, LAST_RATING, tmp_path / "aware")
+    naive = extract_snapshot(config, LAST_RATING.replace(tzinfo=None), tmp_path / "naive")
+    paris = extract_snapshot(config, LAST_RATING.astimezone(timezone(timedelta(hours=1))), tmp_path / "paris")
+    assert aware.counts["interactions"] == 100_000
+    assert naive.sha256 == aware.sha256 == paris.sha256  # same instant, byte-identical snapshot
+
+
+def test_rerun_replaces_the_snapshot_whole(ml100k, config, tmp_path):
+    out = tmp_path / "snap"
+    first = extract_snapshot(config, LAST_RATING, out)
+    (out / "stale.txt").write_text("from an older run")
+    second = extract_snapshot(config, MIDDLE, out)
+    assert not (out / "stale.txt").exists()
+    assert second.counts["interactions"] < first.counts["interactions"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snap"]  # no temporary folders left behind
+
+
+def test_missing_source_tables_are_a_user_error(ml100k, base_overrides, tmp_path):
+    elsewhere = load_config({**base_overrides, "database.app_schema": "no_such_schema"})
+    with pytest.raises(SourceDataError, match="no_such_schema.interactions does not exist.*prismrec load"):
+        extract_snapshot(elsewhere, MIDDLE, tmp_path / "snap")
+    assert not (tmp_path / "snap").exists()
+
+
+def test_user_tables_with_extra_columns_and_no_load_order(ml100k, base_overrides, engine, tmp_path):
+    # A production-like schema: views with extra columns and no source_row to break ties.
+    with engine.begin() as conn:
+        conn.execute(sa.text("drop schema if exists app_views cascade; create schema app_views"))
+        conn.execute(sa.text("create view app_views.items as select *, 'x' as studio from app.items"))
+        conn.execute(sa.text("create view app_views.users as select user_id, gender from app.users"))
+        conn.execute(sa.text(
+            "create view app_views.interactions as select user_id, item_id, rating, occurred_at, 1 as channel "
+            "from app.interactions"))
+    views = load_config({**base_overrides, "database.app_schema": "app_views"})
+    info = extract_snapshot(views, MIDDLE, tmp_path / "snap")
+    assert info.counts == {"items": 1682, "users": 943, "interactions": count_up_to(engine, MIDDLE)}
+    assert list(pd.read_parquet(info.path / "interactions.parquet").columns) == [
+        "user_id", "item_id", "rating", "occurred_at"]
+    manifest = json.loads((info.path / "manifest.json").read_text())
+    assert manifest["interactions_order"] == ["user_id", "occurred_at", "item_id"]

@@ -1,0 +1,274 @@
+"""Publishing on real Postgres with a real, registered PrismRec champion (the session's tiny trained model).
+
+Every published row is checked against what the model itself returns for the same
+histories, so the tests pin the plumbing (ids, ranks, titles, flags, lineage) exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from tasks.errors import ConfigError, NoChampionError
+
+APP, RECO, MODEL = "pub_app", "pub_reco", "materialize_test"
+VIEW = f'{RECO}."user_recommendations"'
+UNKNOWN_ITEM = 99_999_999
+D1 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def recommender(trained_model_dir):
+    from tasks.model.recommender import Recommender
+
+    return Recommender.load(trained_model_dir)
+
+
+@pytest.fixture(scope="module")
+def histories(recommender) -> dict[int, list[int]]:
+    """user -> history (oldest first): three real users, one with only an unknown item, one with none."""
+    ids = [int(i) for i in recommender.item_ids]
+    return {1: ids[10:15][::-1], 2: [ids[3], ids[40]], 3: ids[100:110], 4: [UNKNOWN_ITEM], 5: []}
+
+
+@pytest.fixture(scope="module")
+def mat_config(config):
+    return dataclasses.replace(
+        config,
+        database=dataclasses.replace(config.database, app_schema=APP, reco_schema=RECO),
+        registry=dataclasses.replace(config.registry, model_name=MODEL),
+        materialize=dataclasses.replace(config.materialize, top_k=5, batch_users=2, keep_runs=2, similar_top_k=4),
+    )
+
+
+@pytest.fixture(scope="module")
+def app_data(engine, histories) -> None:
+    start = datetime(2000, 1, 1, tzinfo=UTC)
+    rows = [{"user_id": u, "item_id": i, "rating": 4.0, "occurred_at": start + timedelta(days=u, hours=n)}
+            for u, history in histories.items() for n, i in enumerate(history)]
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"drop schema if exists {APP} cascade; create schema {APP}; drop schema if exists {RECO} cascade"))
+        conn.execute(sa.text(f"create table {APP}.interactions (user_id bigint, item_id bigint, rating real, occurred_at timestamptz)"))
+        conn.execute(sa.text(f"create table {APP}.users (user_id bigint primary key)"))
+        # Newest first, so only `order by occurred_at` yields the time order.
+        conn.execute(sa.text(f"insert into {APP}.interactions values (:user_id, :item_id, :rating, :occurred_at)"), rows[::-1])
+        conn.execute(sa.text(f"insert into {APP}.users select generate_series(1, 5)"))
+
+
+@pytest.fixture(scope="module")
+def champion(mat_config, trained_model_dir, tmp_path_factory) -> dict:
+    from tasks.registry.store import register_candidate
+
+    registered = register_candidate(
+        mat_config, model_dir=trained_model_dir, run_dir=tmp_path_factory.mktemp("pub-run") / "run",
+        evaluation={"candidate": {"valid": {"ndcg@10": 0.1}}}, decision={"passed": True, "reasons": ["test"]},
+        lineage={"run_key": "materialize-test"})
+    return registered.to_dict()
+
+
+def _read(engine, query: str, **params) -> pd.DataFrame:
+    with engine.connect() as conn:
+        return pd.read_sql_query(sa.text(query), conn, params=params)
+
+
+@pytest.fixture(scope="module")
+def first_publication(mat_config, engine, app_data, champion):
+    from tasks.publish.materialize import materialize
+
+    summary = materialize(mat_config, logical_date=D1)
+    return summary, _read(engine, f"select * from {VIEW} order by user_id, rank")
+
+
+def test_no_champion_raises_before_touching_postgres(mat_config, engine, app_data):
+    from tasks.publish.materialize import materialize
+
+    nobody = dataclasses.replace(mat_config, registry=dataclasses.replace(mat_config.registry, model_name="nobody"))
+    with pytest.raises(NoChampionError, match="prismrec train"):
+        materialize(nobody)
+    assert not sa.inspect(engine).has_schema(RECO)
+
+
+def test_read_histories_are_time_ordered_and_include_users_without_events(mat_config, engine, app_data, histories):
+    from tasks.publish.materialize import read_histories
+
+    users = read_histories(engine, mat_config)
+    assert {u: h.tolist() for u, h in zip(users["user_id"], users["history"])} == histories
+
+
+def test_published_lists_are_the_models_lists(first_publication, recommender, histories, champion):
+    summary, rows = first_publication
+    expected = recommender.recommend(list(histories.values()), 5)
+    assert summary.users == 5 and summary.rows == len(rows) == 25 and not summary.reused
+    for position, (user, history) in enumerate(histories.items()):
+        mine = rows[rows["user_id"] == user]
+        assert mine["rank"].tolist() == [1, 2, 3, 4, 5]
+        assert mine["item_id"].tolist() == expected.item_ids[position].tolist()
+        assert mine["interest_id"].tolist() == expected.interest_ids[position].tolist()
+        assert mine["explanation"].tolist() == list(expected.explanations[position])
+        assert mine["score"].to_numpy() == pytest.approx(expected.scores[position], rel=1e-6)
+        assert not set(mine["item_id"]) & set(history)
+    from tasks.titles import display_titles
+
+    # Display titles, as the explanations write them ("The Piano", not the catalogue's "Piano, The").
+    titles = pd.Series(display_titles(recommender.items["title"]), index=recommender.items["item_id"])
+    assert rows["title"].tolist() == titles.loc[rows["item_id"]].tolist()
+    assert not rows["title"].str.contains(r", (?:The|A|An)$").any()
+    assert set(rows["model_name"]) == {MODEL} and set(rows["model_version"]) == {champion["version"]}
+    assert set(rows["run_id"]) == {champion["run_id"]} == {summary.run_id}
+    assert rows["generated_at"].nunique() == 1 and set(rows["materialization_id"]) == {summary.materialization_id}
+
+
+def test_users_without_usable_history_get_the_flagged_popularity_list(first_publication, recommender):
+    from tasks.model.recommender import FALLBACK_EXPLANATION
+
+    summary, rows = first_publication
+    fallback = rows[rows["is_fallback"]]
+    assert set(fallback["user_id"]) == {4, 5} and summary.fallback_users == 2
+    assert set(fallback["interest_id"]) == {-1} and set(fallback["explanation"]) == {FALLBACK_EXPLANATION}
+    counts = recommender.items.set_index("item_id")["train_interactions"]
+    for user in (4, 5):
+        listed = counts.loc[fallback[fallback["user_id"] == user]["item_id"]].tolist()
+        assert listed == sorted(counts, reverse=True)[:5]
+    assert not rows[~rows["is_fallback"]]["interest_id"].lt(0).any()
+
+
+def test_user_interests_explain_each_list(first_publication, engine):
+    summary, rows = first_publication
+    interests = _read(engine, f"select * from {RECO}.user_interests order by user_id, interest_id")
+    assert summary.interest_rows == len(interests)
+    for user, mine in interests.groupby("user_id"):
+        listed = rows[rows["user_id"] == user]["interest_id"].value_counts(normalize=True).sort_index()
+        assert mine["interest_id"].tolist() == listed.index.tolist()
+        assert mine["weight"].to_numpy() == pytest.approx(listed.to_numpy(), abs=1e-6)
+    real = interests[~interests["is_fallback"]]
+    assert real["label"].str.len().gt(3).all() and real["label"].str.contains(" — like ").any()
+    assert interests[interests["is_fallback"]]["user_id"].tolist() == [4, 5]
+
+
+def test_similar_items_come_from_the_item_tower(first_publication, engine, recommender):
+    summary, _ = first_publication
+    similar = _read(engine, f"select * from {RECO}.similar_items order by item_id, rank")
+    item_ids, similar_ids, cosine = recommender.similar_items(4)
+    assert summary.similar_rows == len(similar) == len(item_ids) * 4
+    first = similar[similar["item_id"] == item_ids[0]]
+    assert first["similar_item_id"].tolist() == similar_ids[0].tolist()
+    assert first["score"].to_numpy() == pytest.approx(cosine[0], abs=1e-6)
+    assert not (similar["item_id"] == similar["similar_item_id"]).any()
+
+
+def test_every_table_view_and_column_is_commented_and_indexed(first_publication, engine):
+    undocumented = _read(engine, """
+        select c.relname, a.attname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+        where n.nspname = :schema and c.relkind in ('r', 'p', 'v') and c.relname !~ '_m[0-9]+$'
+          and (obj_description(c.oid, 'pg_class') is null or (a.attname is not null and col_description(c.oid, a.attnum) is null))
+    """, schema=RECO)
+    assert undocumented.empty, undocumented
+    views = set(_read(engine, "select table_name from information_schema.views where table_schema = :s", s=RECO)["table_name"])
+    assert views == {"user_recommendations", "user_interests", "similar_items", "item_exposure"}
+    indexes = _read(engine, "select indexdef from pg_indexes where schemaname = :s and tablename like '%%_history'", s=RECO)
+    defs = " | ".join(indexes["indexdef"])
+    assert "user_recommendations_history USING btree (materialization_id, user_id, rank)" in defs
+    assert "user_recommendations_history USING btree (materialization_id, item_id, rank)" in defs
+
+
+def test_item_exposure_counts_the_current_lists(first_publication, engine):
+    _, rows = first_publication
+    exposure = _read(engine, f"select * from {RECO}.item_exposure order by users desc, item_id")
+    counts = rows.groupby("item_id").size()
+    assert dict(zip(exposure["item_id"], exposure["users"])) == counts.to_dict()
+
+
+def test_runs_row_records_the_publication(first_publication, engine, champion):
+    summary, _ = first_publication
+    run = _read(engine, f"select * from {RECO}.runs where materialization_id = :m", m=summary.materialization_id).iloc[0]
+    assert run["status"] == "succeeded" and run["is_current"] and run["output_kept"]
+    assert (run["model_version"], run["run_id"], run["rows"], run["users"]) == (champion["version"], champion["run_id"], 25, 5)
+    assert run["logical_date"] == pd.Timestamp(D1) and run["finished_at"] >= run["started_at"] and run["error"] is None
+
+
+def test_rerun_for_the_same_champion_and_date_is_idempotent(mat_config, first_publication, engine):
+    from tasks.publish.materialize import materialize
+
+    summary, before = first_publication
+    runs_before = _read(engine, f"select count(*) as n from {RECO}.runs")["n"].item()
+    again = materialize(mat_config, logical_date=D1)
+    assert again.reused and again.materialization_id == summary.materialization_id and again.rows == summary.rows
+    pd.testing.assert_frame_equal(_read(engine, f"select * from {VIEW} order by user_id, rank"), before)
+    assert _read(engine, f"select count(*) as n from {RECO}.runs")["n"].item() == runs_before
+
+
+def test_failure_inside_the_swap_keeps_the_current_set_and_marks_the_run_failed(mat_config, first_publication, engine):
+    """A trigger refusing the final `succeeded` update proves the swap and the run row share one transaction."""
+    from tasks.publish.materialize import materialize
+
+    before = _read(engine, f"select * from {VIEW} order by user_id, rank")
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            f"create function {RECO}.refuse() returns trigger language plpgsql as $$ begin "
+            "if new.status = 'succeeded' then raise exception 'injected failure during the swap'; end if; "
+            "return new; end $$"))
+        conn.execute(sa.text(f"create trigger refuse before update on {RECO}.runs for each row execute function {RECO}.refuse()"))
+    try:
+        with pytest.raises(sa.exc.DBAPIError, match="injected failure during the swap"):
+            materialize(mat_config, logical_date=D1 + timedelta(days=1))
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"drop trigger refuse on {RECO}.runs; drop function {RECO}.refuse()"))
+    pd.testing.assert_frame_equal(_read(engine, f"select * from {VIEW} order by user_id, rank"), before)
+    failed = _read(engine, f"select * from {RECO}.runs order by materialization_id desc limit 1").iloc[0]
+    assert failed["status"] == "failed" and "injected failure during the swap" in failed["error"]
+    assert not failed["is_current"] and not failed["output_kept"]
+    leftovers = _read(engine, "select tablename from pg_tables where schemaname = :s and tablename ~ :p",
+                      s=RECO, p=f"_m{failed['materialization_id']}$")
+    assert leftovers.empty
+
+
+def test_retention_keeps_the_newest_runs_and_the_current_set(mat_config, first_publication, engine):
+    from tasks.publish.materialize import materialize
+
+    summaries = [materialize(mat_config) for _ in range(2)]
+    kept = _read(engine, f"select materialization_id from {RECO}.runs where output_kept order by 1")["materialization_id"]
+    assert kept.tolist() == [s.materialization_id for s in summaries]  # keep_runs = 2
+    partitions = _read(engine, "select tablename from pg_tables where schemaname = :s and tablename ~ '_m[0-9]+$'", s=RECO)
+    assert len(partitions) == 2 * 3
+    current = _read(engine, f"select distinct materialization_id from {VIEW}")["materialization_id"].tolist()
+    assert current == [summaries[-1].materialization_id]
+    history = _read(engine, f"select materialization_id, count(*) as n from {RECO}.user_recommendations_history group by 1")
+    assert history["n"].tolist() == [25, 25]
+
+
+def test_concurrent_publishers_leave_one_complete_set(mat_config, first_publication, engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.publish.materialize import materialize
+
+    with ThreadPoolExecutor(2) as pool:
+        summaries = list(pool.map(lambda _: materialize(mat_config), range(2)))
+    rows = _read(engine, f"select * from {VIEW}")
+    assert [s.rows for s in summaries] == [25, 25] and len(rows) == 25
+    assert rows["materialization_id"].nunique() == 1
+    assert rows["materialization_id"].iloc[0] in {s.materialization_id for s in summaries}
+
+
+def test_unsafe_schema_names_are_refused(mat_config, champion):
+    from tasks.publish.materialize import materialize
+
+    bad = dataclasses.replace(mat_config, database=dataclasses.replace(mat_config.database, reco_schema='reco"; drop'))
+    with pytest.raises(ConfigError, match="not a valid SQL identifier"):
+        materialize(bad)
+
+
+def test_rows_helpers_find_seen_items():
+    from tasks.model.recommender import Recommendations
+    from tasks.publish.rows import seen_items_recommended
+
+    recs = Recommendations(item_ids=np.array([[5, 6], [7, -1]]), scores=np.zeros((2, 2)), interest_ids=np.zeros((2, 2), int),
+                           because_item_ids=np.zeros((2, 2, 1), int), explanations=np.array([["", ""], ["", ""]], object))
+    assert seen_items_recommended([np.array([1, 2]), np.array([3])], recs) == 0
+    assert seen_items_recommended([np.array([6]), np.array([7, 5])], recs) == 2

@@ -1,0 +1,194 @@
+"""The real training entry point under torchrun: 2 processes, gloo, a few steps on real ML-100K."""
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.config import load_config
+from tasks.data.extract import extract_snapshot
+from tasks.data.prepare import prepare_dataset
+from tasks.model.recommender import Recommender
+from tasks.training.launcher import launch_training
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(ml100k, config, tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), root / "snapshot")
+    return prepare_dataset(config, snapshot.path, root / "dataset").path
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_run_trains_and_checkpoints(dataset_dir, base_overrides, tmp_path):
+    config = load_config({**base_overrides, "train.nproc": 2, "train.epochs": 2,
+                          "train.max_steps_per_epoch": 2, "train.batch_size": 16})
+    model_dir = launch_training(config, dataset_dir, tmp_path / "model")
+
+    history = json.loads((model_dir / "history.json").read_text())
+    summary = json.loads((model_dir / "training.json").read_text())
+    assert summary["world_size"] == 2
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(r["train_loss"] > 0 and 0 <= r["valid_ndcg@10"] <= 1 for r in history)
+    k = config.train.n_interests
+    for record in history:  # the share of training targets each interest scored highest
+        won = [record[f"targets_won_interest_{i}"] for i in range(k)]
+        assert all(0 <= share <= 1 for share in won) and sum(won) == pytest.approx(1.0)
+
+    checkpoint = torch.load(model_dir / "model.pt", weights_only=False)
+    # The fine-tuned top MiniLM layer is in the checkpoint, and it moved away from the pretrained weights.
+    from tasks.model.text_tower import load_language_model
+
+    _, pretrained = load_language_model()
+    tuned = checkpoint["state_dict"]["text_tower.layers.0.attention.self.query.weight"]
+    original = pretrained.encoder.layer[-1].attention.self.query.weight.detach()
+    assert tuned.shape == original.shape and not torch.equal(tuned, original)
+
+    recommender = Recommender.load(model_dir)
+    history_ids = recommender.item_ids[:5].tolist()
+    result = recommender.recommend([history_ids], top_k=10)
+    assert result.item_ids.shape == (1, 10)
+    assert not set(result.item_ids[0].tolist()) & set(history_ids)
+    assert all(text.startswith("because you watched") for text in result.explanations[0])
+
+
+@pytest.mark.slow
+def test_cosine_schedule_under_a_budget_stops_before_overrunning_it(dataset_dir, base_overrides, tmp_path):
+    """Both ranks anneal by the same plan, and a budget no epoch fits in ends the run after epoch 1."""
+    config = load_config({**base_overrides, "train.nproc": 2, "train.epochs": 3, "train.max_steps_per_epoch": 2,
+                          "train.batch_size": 16, "train.schedule": "cosine", "train.lr": 1e-3,
+                          "train.lr_floor": 0.0, "train.max_minutes": 0.001})
+    model_dir = launch_training(config, dataset_dir, tmp_path / "model")
+
+    history = json.loads((model_dir / "history.json").read_text())
+    summary = json.loads((model_dir / "training.json").read_text())
+    assert summary["stopped_by"] == "time budget" and [r["epoch"] for r in history] == [1]
+    # Epoch 1 is planned as 1 of 3 epochs (nothing timed yet): its last step (step 2 of 6) runs
+    # at cos(pi * 1/6) of the way from 1 to 0.
+    assert history[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 6)))
+
+
+@pytest.mark.slow
+def test_bad_training_settings_fail_clearly(dataset_dir, base_overrides, tmp_path):
+    from tasks.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config({**base_overrides, "train.epochs": 0})
+    with pytest.raises(ConfigError, match="train.ema_epochs must be >= 0"):
+        load_config({**base_overrides, "train.ema_epochs": -1})
+    with pytest.raises(ConfigError, match="train.logit_scale must be positive"):
+        load_config({**base_overrides, "train.logit_scale": 0})
+
+
+@pytest.mark.slow
+def test_model_learns_well_above_popularity_on_real_data(dataset_dir, base_overrides, tmp_path):
+    """Three short epochs on MovieLens-100K: validation NDCG@10 rises and ends far above popularity."""
+    from tasks.data.prepare import load_dataset
+    from tasks.evaluation.scoring import (
+        evaluate_scorer,
+        model_scorer,
+        popularity_scorer,
+        recommender_scorer,
+    )
+    from tasks.model.recommender import Recommender
+
+    config = load_config({**base_overrides, "train.nproc": 1, "train.epochs": 3, "train.patience": 3})
+    model_dir = launch_training(config, dataset_dir, tmp_path / "model")
+    sequences, _ = load_dataset(dataset_dir)
+    history = [row["valid_ndcg@10"] for row in json.loads((model_dir / "history.json").read_text())]
+    popularity = evaluate_scorer(popularity_scorer(sequences), sequences)["valid"]["ndcg@10"]
+    model = evaluate_scorer(model_scorer(model_dir, sequences), sequences)["valid"]["ndcg@10"]
+    assert max(history) > history[0]
+    # Training validates each epoch on the best-interest ranking; ranked that way, the saved
+    # checkpoint scores what the best epoch did.
+    best_interest = Recommender.load(model_dir)
+    assert best_interest.interest_balance == config.train.interest_balance > 0
+    best_interest.interest_balance = 0.0
+    unbalanced = evaluate_scorer(recommender_scorer(best_interest, sequences), sequences)["valid"]["ndcg@10"]
+    assert unbalanced == pytest.approx(max(history), abs=1e-3)
+    assert model > 1.5 * popularity, (model, popularity)  # the published (balanced) ranking
+
+
+@pytest.mark.slow
+def test_domain_adaptive_mlm_pass_lowers_its_loss_and_moves_the_encoder(dataset_dir):
+    import pandas as pd
+
+    from tasks.model.text_tower import adapt_to_domain, load_language_model
+
+    texts = pd.read_parquet(Path(dataset_dir) / "items.parquet")["description"].tolist()[:96]
+    tokenizer, pretrained = load_language_model()
+    adapted, losses = adapt_to_domain(texts, tokenizer, epochs=3, max_tokens=32, lr=5e-5, seed=0)
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    before = dict(pretrained.named_parameters())
+    after = dict(adapted.named_parameters())
+    assert set(before) == set(after)  # the same encoder (no pooler), ready for the text tower
+    top = "encoder.layer.5.attention.self.query.weight"
+    assert not torch.equal(before[top], after[top])
+
+
+@pytest.mark.slow
+def test_weight_averaging_leaves_training_alone_and_saves_the_better_weights(dataset_dir, base_overrides, tmp_path):
+    """train.ema_epochs: the live weights train exactly as without it; each epoch the better of the
+    averaged and the live weights on validation is the epoch's model, and the best one is saved."""
+    from tasks.data.prepare import load_dataset
+    from tasks.evaluation.scoring import evaluate_scorer, model_scorer
+
+    common = {**base_overrides, "train.nproc": 1, "train.threads_per_proc": 1, "train.epochs": 3,
+              "train.max_steps_per_epoch": 3, "train.batch_size": 16, "train.lr_patience": None,
+              "train.interest_balance": 0.0}  # rank as training validation does, to re-check it below
+    plain = launch_training(load_config({**common, "train.ema_epochs": 0}), dataset_dir, tmp_path / "plain")
+    averaged = launch_training(load_config({**common, "train.ema_epochs": 0.5}), dataset_dir, tmp_path / "ema")
+
+    plain_history = json.loads((plain / "history.json").read_text())
+    ema_history = json.loads((averaged / "history.json").read_text())
+    # Same seed, one thread: the live weights of the averaged run are the plain run's, step for step.
+    assert [r["valid_ndcg@10_live"] for r in ema_history] == [r["valid_ndcg@10"] for r in plain_history]
+    assert [r["train_loss"] for r in ema_history] == [r["train_loss"] for r in plain_history]
+    assert {r["weights"] for r in plain_history} == {"live"}
+    # The average is another model (it ranks differently), and each epoch keeps the better of the two.
+    assert [r["valid_ndcg@10_averaged"] for r in ema_history] != [r["valid_ndcg@10_live"] for r in ema_history]
+    for r in ema_history:
+        assert r["valid_ndcg@10"] == max(r["valid_ndcg@10_averaged"], r["valid_ndcg@10_live"])
+        assert r["weights"] == ("live" if r["valid_ndcg@10_live"] > r["valid_ndcg@10_averaged"] else "averaged")
+    best = max(ema_history, key=lambda r: r["valid_ndcg@10"])
+    saved = torch.load(averaged / "model.pt", weights_only=False)
+    assert (saved["epoch"], saved["weights"]) == (best["epoch"], best["weights"])
+    assert json.loads((averaged / "training.json").read_text())["best_weights"] == best["weights"]
+    # What was saved is the model that validated best: scored afresh, it gives the recorded NDCG@10.
+    sequences, _ = load_dataset(dataset_dir)
+    valid = evaluate_scorer(model_scorer(averaged, sequences), sequences)["valid"]["ndcg@10"]
+    assert valid == pytest.approx(best["valid_ndcg@10"], abs=1e-6)
+
+
+def test_packed_text_tower_computes_what_the_padded_minilm_layers_do(dataset_dir):
+    """TextTower runs its layers on the real tokens alone: same vectors and gradients as the padded layers."""
+    import pandas as pd
+
+    from tasks.model.text_tower import TextTower, additive_mask, encode_frozen, load_language_model
+
+    texts = pd.read_parquet(Path(dataset_dir) / "items.parquet")["description"].tolist()[:40]
+    tokenizer, encoder = load_language_model()
+    states, masks = encode_frozen(texts, tokenizer, encoder, 2, 32)
+    assert 0 < masks.float().mean() < 0.75  # padding is most of the grid: what packing skips
+    tower = TextTower(encoder, 2).eval()
+    packed = tower(states, masks)
+    packed.square().sum().backward()
+    packed_grad = tower.layers[0].attention.self.query.weight.grad.clone()
+    tower.zero_grad()
+
+    hidden = states
+    for layer in tower.layers:  # the layers as transformers runs them, over the padded grid
+        hidden = layer(hidden, additive_mask(masks, hidden.dtype))
+    weights = masks.unsqueeze(-1).float()
+    padded = (hidden * weights).sum(1) / weights.sum(1)
+    padded.square().sum().backward()
+    assert torch.allclose(packed, padded, atol=1e-5)
+    assert torch.allclose(packed_grad, tower.layers[0].attention.self.query.weight.grad, atol=1e-4)
+    # And the whole pretrained encoder, run on the texts directly, agrees with frozen cache + tower.
+    tokens = tokenizer(texts, padding="max_length", max_length=32, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        direct = encoder(**tokens).last_hidden_state
+    assert torch.allclose(packed.detach(), (direct * weights).sum(1) / weights.sum(1), atol=1e-5)

@@ -1,0 +1,113 @@
+"""Baselines on hand-made sequences: each one does what its definition says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks.data.prepare import Sequences
+from tasks.evaluation.baselines import (
+    BASELINES,
+    ease_weights,
+    fit_content,
+    fit_ease,
+    fit_itemknn,
+    fit_sasrec,
+    interaction_matrix,
+)
+
+
+def make_sequences(sequences: list[list[int]], n_items: int) -> Sequences:
+    """Sequences of item indices (1..n_items) per user; item i has app id 100 + i."""
+    lengths = [len(s) for s in sequences]
+    return Sequences(
+        user_ids=np.arange(len(sequences), dtype=np.int64),
+        indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        item_idx=np.concatenate(sequences).astype(np.int64),
+        item_ids=np.concatenate([[-1], 100 + np.arange(1, n_items + 1)]).astype(np.int64),
+    )
+
+
+def make_items(texts: list[str]) -> pd.DataFrame:
+    n = len(texts)
+    return pd.DataFrame({"idx": np.arange(1, n + 1), "item_id": 100 + np.arange(1, n + 1),
+                         "title": texts, "genres": "", "description": texts})
+
+
+def test_registry_names_every_baseline():
+    assert set(BASELINES) == {"popularity", "itemknn", "content", "ease", "sasrec"}
+
+
+def test_itemknn_ranks_the_co_occurring_item_first():
+    # Training histories (all but the last two items): 1 and 2 always together, 3 and 4 together;
+    # 5 and 6 are the held-out targets.
+    sequences = make_sequences([[1, 2, 5, 6], [1, 2, 6, 5], [2, 1, 5, 6], [3, 4, 5, 6], [4, 3, 6, 5]], n_items=6)
+    scorer = fit_itemknn(sequences, make_items(["a"] * 6), neighbours=10, shrink=0.0)
+    scores = scorer([np.array([1]), np.array([3])])
+    assert scores.shape == (2, 7)
+    scores[0, 1] = scores[1, 3] = float("-inf")  # the history itself is masked by the evaluation
+    scores[:, 0] = float("-inf")
+    assert scores.argmax(1).tolist() == [2, 4]
+    assert scores[0, 2].item() == pytest.approx(1.0)  # cosine of identical user sets
+
+
+def test_ease_closed_form_matches_per_column_ridge_regression():
+    rng = np.random.default_rng(0)
+    dense = (rng.random((12, 5)) < 0.5).astype(np.float64)
+    matrix = interaction_matrix([np.flatnonzero(row) + 1 for row in dense], n_items=5)
+    l2 = 2.0
+    weights = ease_weights(matrix, l2)[1:, 1:]
+    # EASE column j = ridge regression of item j on every other item (diagonal constrained to 0).
+    for j in range(5):
+        others = [i for i in range(5) if i != j]
+        x = dense[:, others]
+        expected = np.linalg.solve(x.T @ x + l2 * np.eye(4), x.T @ dense[:, j])
+        np.testing.assert_allclose(weights[others, j], expected, rtol=1e-6, atol=1e-9)
+        assert weights[j, j] == 0.0
+
+    sequences = make_sequences([list(np.flatnonzero(row) + 1) + [1, 2] for row in dense], n_items=5)
+    scorer = fit_ease(sequences, make_items(["a"] * 5), l2=l2)
+    history = np.array([2, 4])
+    full = ease_weights(interaction_matrix(sequences.histories(2), 5), l2)
+    np.testing.assert_allclose(scorer([history])[0].numpy(), full[[2, 4]].sum(0), rtol=1e-5, atol=1e-6)
+
+
+def test_content_ranks_the_identical_text_highest():
+    texts = ["Toy Story (1995). Animation, Children's, Comedy.",
+             "Heat (1995). Action, Crime, Thriller.",
+             "Toy Story (1995). Animation, Children's, Comedy.",
+             "Sense and Sensibility (1995). Drama, Romance.",
+             "Casino (1995). Drama, Thriller."]
+    sequences = make_sequences([[1, 2, 3, 4], [2, 4, 5, 1]], n_items=5)
+    scores = fit_content(sequences, make_items(texts), decay=0.5)([np.array([1]), np.array([2, 4])])
+    assert scores.shape == (2, 6)
+    assert scores[0, 3].item() == pytest.approx(1.0, abs=1e-5)  # same text: cosine 1
+    others = scores[0, [2, 4, 5]]
+    assert torch.all(scores[0, 3] > others)
+    assert scores[0, 0].item() == float("-inf")
+
+
+def test_sasrec_learns_a_deterministic_cycle():
+    # Every user walks the cycle 1 -> 2 -> ... -> 20 -> 1 from a different start.
+    n_items, length = 20, 12
+    walks = [[(start + step) % n_items + 1 for step in range(length)] for start in range(n_items)] * 2
+    sequences = make_sequences(walks, n_items)
+    scorer = fit_sasrec(sequences, make_items(["a"] * n_items), dim=32, max_len=length, dropout=0.0,
+                        lr=1e-2, batch_size=8, max_epochs=20, patience=20, device="cpu")
+    histories = sequences.histories(1)  # predict each test target from the full preceding history
+    predicted = scorer(histories)[:, 1:].argmax(1) + 1
+    accuracy = (predicted.numpy() == sequences.targets("test")).mean()
+    assert accuracy > 0.5  # chance is 1 / 20
+
+
+def test_sasrec_last_only_is_the_last_position_of_the_full_pass():
+    from tasks.evaluation.baselines import SASRec
+
+    torch.manual_seed(0)
+    net = SASRec(n_items=30, max_len=8, dim=16, blocks=2, heads=2, dropout=0.2).eval()
+    sequence = torch.tensor([[0, 0, 0, 4, 9, 2, 7, 1], [3, 5, 8, 13, 21, 1, 2, 6]])
+    last = net(sequence, last_only=True)
+    assert last.shape == (2, 1, 16)
+    assert torch.allclose(last, net(sequence)[:, -1:], atol=1e-5)
