@@ -1,0 +1,138 @@
+"""Where a training run keeps its files: one object per folder, so no module spells a file name.
+
+A run folder (`<PRISMREC_HOME>/runs/<run key>/`) holds the stages' outputs in the order the
+DAG makes them:
+
+    snapshot/   items, users, interactions (Parquet), manifest, quality report, rejected rows
+    dataset/    the prepared split: items with their indices, sequences, dataset.json
+    model/      checkpoint, per-epoch history, training summary, settings, item table
+    evaluation.json, decision.json, registered.json
+
+Each stage takes and returns these objects (or their `root`), and every reader finds a file
+through them, so a renamed file changes here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SnapshotFiles:
+    """`snapshot/`: the extracted `app` tables as of the logical date, and the data gate's verdict."""
+
+    root: Path
+
+    def table(self, name: str) -> Path:
+        """`items`, `users` or `interactions` as Parquet."""
+        return self.root / f"{name}.parquet"
+
+    @property
+    def items(self) -> Path:
+        return self.table("items")
+
+    @property
+    def users(self) -> Path:
+        return self.table("users")
+
+    @property
+    def interactions(self) -> Path:
+        return self.table("interactions")
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def quality_report(self) -> Path:
+        return self.root / "quality_report.json"
+
+    @property
+    def rejected_interactions(self) -> Path:
+        return self.root / "rejected_interactions.parquet"
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """`dataset/`: the 5-core, time-ordered, leave-one-out split that training and evaluation read."""
+
+    root: Path
+
+    @property
+    def items(self) -> Path:
+        return self.root / "items.parquet"
+
+    @property
+    def info(self) -> Path:
+        return self.root / "dataset.json"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """`model/`: what fine-tuning leaves behind, and what the MLflow model packages."""
+
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "model.pt"
+
+    @property
+    def history(self) -> Path:
+        """One record per epoch: losses, validation metrics, timings, memory."""
+        return self.root / "history.json"
+
+    @property
+    def summary(self) -> Path:
+        """The run as a whole: best epoch, why it stopped, seconds."""
+        return self.root / "training.json"
+
+    @property
+    def settings(self) -> Path:
+        """The training settings the worker processes read (written by the launcher)."""
+        return self.root / "train_config.json"
+
+    @property
+    def items(self) -> Path:
+        """The model's item table (index, id, title, genres, training interactions)."""
+        return self.root / "items.parquet"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """A training run's folder and every file the stages write into it."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, runs_dir: Path, run_key: str) -> RunLayout:
+        return cls(Path(runs_dir) / run_key)
+
+    @property
+    def key(self) -> str:
+        return self.root.name
+
+    @property
+    def snapshot(self) -> SnapshotFiles:
+        return SnapshotFiles(self.root / "snapshot")
+
+    @property
+    def dataset(self) -> DatasetFiles:
+        return DatasetFiles(self.root / "dataset")
+
+    @property
+    def model(self) -> ModelFiles:
+        return ModelFiles(self.root / "model")
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation.json"
+
+    @property
+    def decision(self) -> Path:
+        return self.root / "decision.json"
+
+    @property
+    def registered(self) -> Path:
+        return self.root / "registered.json"
