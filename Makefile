@@ -17,7 +17,7 @@ WHEEL_SOURCES = $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),\
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv lock demo lint test airflow-ui mlflow-ui bench-quality
+.PHONY: venv lock demo lint test test-fast airflow-ui mlflow-ui bench-quality
 
 venv: $(STAMP)
 
@@ -48,8 +48,13 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# The whole suite against real Postgres, MLflow and Airflow (what CI runs).
 test: lint
 	$(BIN)/pytest tests -x -q
+
+# The inner loop: lint, unit tests and the DAG parse checks, no trained model (under a minute).
+test-fast: lint
+	$(BIN)/pytest tests/unit tests/dags/test_dags.py -q -m "not slow"
 
 # Airflow UI on http://localhost:8080 with this project's DAGs and metadata DB (the same ones
 # `prismrec train` uses); the admin password is printed on start-up.
@@ -64,10 +69,10 @@ mlflow-ui: venv
 # Quality benchmark: every baseline and PrismRec on the LOO-full split of DATASET
 # (ml-100k or ml-1m); writes bench/results/quality-$(DATASET).{json,md}. BUDGET (minutes) caps
 # the wall-clock training of PrismRec and SASRec each (e.g. BUDGET=50 for ml-1m on 2 CPU cores).
-# PrismRec trains with the dataset's settings selected on validation (bench.quality's
+# PrismRec trains with the dataset's settings selected on validation (bench/quality.py's
 # DATASET_SETTINGS: ml-1m reads 200-item histories with one interest) unless the environment sets them.
-# NPROC sets PrismRec's torchrun processes (train.nproc, default 1; on 2 CPU cores one process
-# with two threads learned more per epoch than two and fit more epochs: bench/README.md v32, v37).
+# NPROC sets PrismRec's torchrun processes (train.nproc, default 1: on 2 CPU cores one process with
+# two threads learns more per second than two processes; docs/experiments.md).
 DATASET ?= ml-100k
 BUDGET ?=
 bench-quality: venv
