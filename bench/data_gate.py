@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     from tasks.data.extract import extract_snapshot
     from tasks.data.quality import check_snapshot
     from tasks.data.sources import load_movielens
+    from tasks.layout import RunLayout
 
     config = load_config({"database.app_schema": args.schema})
     with db.get_engine(config).connect() as conn:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as work:
         started = time.perf_counter()
-        snapshot = extract_snapshot(config, LOGICAL_DATE, Path(work) / "snapshot")
+        snapshot = extract_snapshot(config, LOGICAL_DATE, RunLayout(Path(work)).snapshot.root)
         extract_seconds = time.perf_counter() - started
         started = time.perf_counter()
         report = check_snapshot(config, snapshot.path, LOGICAL_DATE, record=False)

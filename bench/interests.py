@@ -48,14 +48,14 @@ BATCH = 512
 
 def train_prismrec(config, dataset_dir: Path, out_dir: Path, sequences) -> tuple[Path, dict]:
     from tasks.evaluation.scoring import evaluate_scorer, model_scorer
+    from tasks.layout import ModelFiles
     from tasks.training.launcher import launch_training
-    from tasks.training.worker import SUMMARY
 
     started = time.time()
     model_dir = launch_training(config, dataset_dir, out_dir)
     seconds = time.time() - started
     metrics = evaluate_scorer(model_scorer(model_dir, sequences), sequences)
-    summary = json.loads((model_dir / SUMMARY).read_text())
+    summary = json.loads(ModelFiles(Path(model_dir)).summary.read_text())
     return model_dir, {"valid": _short(metrics["valid"]), "test": _short(metrics["test"]),
                        "epochs_run": summary.get("epochs_run"), "train_seconds": round(seconds, 1)}
 
@@ -169,17 +169,19 @@ def cold_start(config, dataset_dir: Path, work: Path, holdout: float, seed: int,
     from tasks.data.prepare import load_dataset
     from tasks.evaluation.baselines import fit_content, fit_sasrec
     from tasks.evaluation.scoring import model_scorer, popularity_scorer
+    from tasks.layout import DatasetFiles
 
     sequences, items = load_dataset(dataset_dir)
     cold, held, removed = hold_out_items(sequences, holdout, seed)
-    cold_dir = work / "cold-dataset"
+    cold_files = DatasetFiles(work / "cold-dataset")
+    cold_dir = cold_files.root
     cold_dir.mkdir(parents=True, exist_ok=True)
-    cold.save(cold_dir / "sequences.npz")
-    shutil.copy(dataset_dir / "items.parquet", cold_dir / "items.parquet")  # same catalogue, same text
+    cold.save(cold_files.sequences)
+    shutil.copy(DatasetFiles(Path(dataset_dir)).items, cold_files.items)  # same catalogue, same text
     split = {"held_out_items": len(held), "items": int(cold.n_items), "training_interactions_removed": removed,
              "users": int(cold.n_users), "users_dropped": int(sequences.n_users - cold.n_users),
              "held_out_items_as_test_target": int(np.isin(cold.targets("test"), held).sum())}
-    (cold_dir / "dataset.json").write_text(json.dumps(split, indent=2))
+    cold_files.info.write_text(json.dumps(split, indent=2))
     log.info("cold-start split: %s", split)
 
     rows = {}

@@ -62,22 +62,22 @@ def ensure_ml1m(config) -> None:
 
 def ensure_champion(config, steps: int, retrain: bool) -> str:
     """A champion of MODEL trained on ML-1M (a short real run), reused unless `retrain`."""
-    from tasks.registry.store import champion_version, register_candidate
-
     from tasks.data.extract import extract_snapshot
     from tasks.data.prepare import prepare_dataset
+    from tasks.layout import RunLayout
+    from tasks.registry.store import champion_version, register_candidate
     from tasks.training.launcher import launch_training
 
     version = champion_version(config)
     if version is not None and not retrain:
         log.info("reusing %s version %s", MODEL, version)
         return version
-    run_dir = config.paths.runs / "bench-materialize"
-    snapshot = extract_snapshot(config, LOGICAL_DATE, run_dir / "snapshot")
-    dataset = prepare_dataset(config, snapshot.path, run_dir / "dataset")
-    model_dir = launch_training(config, Path(dataset.path), run_dir / "model")
+    run = RunLayout.of(config.paths.runs, "bench-materialize")
+    snapshot = extract_snapshot(config, LOGICAL_DATE, run.snapshot.root)
+    dataset = prepare_dataset(config, snapshot.path, run.dataset.root)
+    model_dir = launch_training(config, Path(dataset.path), run.model.root)
     return register_candidate(
-        config, model_dir=model_dir, run_dir=run_dir, evaluation={}, decision={"passed": True, "reasons": ["benchmark"]},
+        config, model_dir=model_dir, run_dir=run.root, evaluation={}, decision={"passed": True, "reasons": ["benchmark"]},
         lineage={"run_key": "bench-materialize", "steps_per_epoch": steps}).version
 
 

@@ -88,13 +88,15 @@ def prepare(config, dataset: str, work: Path) -> Path:
     from tasks.data.extract import extract_snapshot
     from tasks.data.prepare import prepare_dataset
     from tasks.data.sources import load_movielens
+    from tasks.layout import RunLayout
 
     source, logical_date = DATASETS[dataset]
     load_movielens(config, source)
-    snapshot = extract_snapshot(config, logical_date, work / "snapshot")
-    info = prepare_dataset(config, snapshot.path, work / "dataset")
+    run = RunLayout(work)
+    snapshot = extract_snapshot(config, logical_date, run.snapshot.root)
+    info = prepare_dataset(config, snapshot.path, run.dataset.root)
     log.info("dataset %s: %d users, %d items, %d interactions", dataset, info.users, info.items, info.interactions)
-    return work / "dataset"
+    return run.dataset.root
 
 
 def baseline_settings(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -160,14 +162,14 @@ def run_baseline(name: str, sequences, items, budget_minutes: float | None = Non
 
 def run_prismrec(config, dataset_dir: Path, work: Path, sequences) -> dict:
     from tasks.evaluation.scoring import evaluate_scorer, model_scorer
+    from tasks.layout import ModelFiles
     from tasks.training.launcher import launch_training
-    from tasks.training.worker import SUMMARY
 
     started = time.time()
     model_dir = launch_training(config, dataset_dir, work / "prismrec")
     seconds = time.time() - started
     metrics = evaluate_scorer(model_scorer(model_dir, sequences), sequences)
-    summary = json.loads((model_dir / SUMMARY).read_text())
+    summary = json.loads(ModelFiles(Path(model_dir)).summary.read_text())
     return {**metrics["test"], "train_seconds": round(seconds, 1),
             # prepare.max_history too: how much history the model reads is a model choice (v42, v48).
             "hyper": {k: v for k, v in config.to_dict().items() if k.startswith("train.") or k == "prepare.max_history"},

@@ -4,8 +4,9 @@
 
 Each row is a real `launch_training` run (the DAG's code, under torchrun) on the quality
 benchmark's split, cut to `--steps` training steps and one validation; the rates come from the
-run's own history.json (`steps_per_second`, `validation_seconds`). A full epoch's time is
-estimated from them and the steps an uncut epoch has (training.json's `full_steps_per_epoch`). Writes bench/results/step-time.{json,md}.
+run's own training history (`steps_per_second`, `validation_seconds`). A full epoch's time is
+estimated from them and the steps an uncut epoch has (the training summary's
+`full_steps_per_epoch`). Writes bench/results/step-time.{json,md}.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
         # train.allocator=system keeps the environment's allocator: its rows would be jemalloc's too.
         raise SystemExit("bench.step_time compares allocators: run it without jemalloc in LD_PRELOAD")
     from tasks.config import load_config
+    from tasks.layout import ModelFiles
     from tasks.training.launcher import launch_training
-    from tasks.training.worker import SUMMARY
 
     base = {"database.app_schema": "bench_" + args.dataset.replace("-", ""), "train.epochs": 1,
             "train.max_steps_per_epoch": args.steps}
@@ -57,10 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
         for allocator in args.allocators.split(","):
             config = load_config({**base, "prepare.max_history": history, "train.batch_size": batch,
                                   "train.n_interests": k, "train.allocator": allocator})
-            out = work / f"step-time-{history}-{k}-{allocator}"
-            launch_training(config, dataset_dir, out)
-            record = json.loads((out / "history.json").read_text())[0]
-            full = json.loads((out / SUMMARY).read_text())["full_steps_per_epoch"]
+            model = ModelFiles(work / f"step-time-{history}-{k}-{allocator}")
+            launch_training(config, dataset_dir, model.root)
+            record = json.loads(model.history.read_text())[0]
+            full = json.loads(model.summary.read_text())["full_steps_per_epoch"]
             rows.append({"max_history": history, "batch_size": batch, "n_interests": k, "allocator": allocator,
                          "resolved": resolved(allocator),
                          "steps_per_second": record["steps_per_second"],

@@ -4,7 +4,7 @@ A run folder (`<PRISMREC_HOME>/runs/<run key>/`) holds the stages' outputs in th
 DAG makes them:
 
     snapshot/   items, users, interactions (Parquet), manifest, quality report, rejected rows
-    dataset/    the prepared split: items with their indices, sequences, dataset.json
+    dataset/    the prepared split: sequences, items with their indices, dataset.json
     model/      checkpoint, per-epoch history, training summary, settings, item table
     evaluation.json, decision.json, registered.json
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,15 @@ class SnapshotFiles:
 
     root: Path
 
+    TABLES: ClassVar[tuple[str, ...]] = ("items", "users", "interactions")
+
     def table(self, name: str) -> Path:
         """`items`, `users` or `interactions` as Parquet."""
         return self.root / f"{name}.parquet"
+
+    def tables(self) -> dict[str, Path]:
+        """Every extracted table's file, by table name."""
+        return {name: self.table(name) for name in self.TABLES}
 
     @property
     def items(self) -> Path:
@@ -60,7 +67,13 @@ class DatasetFiles:
     root: Path
 
     @property
+    def sequences(self) -> Path:
+        """Every user's time-ordered item indices (tasks.data.prepare.Sequences)."""
+        return self.root / "sequences.npz"
+
+    @property
     def items(self) -> Path:
+        """The ranking universe: item indices with their app ids and text."""
         return self.root / "items.parquet"
 
     @property

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from tasks import db
 from tasks.config import PipelineConfig
 from tasks.errors import PrismRecError
+from tasks.layout import RunLayout
 
 EXAMPLE_SQL = """\
 select rank, item_id, title, round(score::numeric, 3) as score, interest_id, explanation, model_version
@@ -27,11 +28,12 @@ METRICS = ("ndcg@10", "hr@10", "ndcg@20", "hr@20", "mrr@10", "coverage@10")
 
 
 def latest_run_dir(config: PipelineConfig) -> Path:
-    """The most recently registered training run (the folder holding `registered.json`)."""
-    runs = sorted(config.paths.runs.glob("*/registered.json"), key=lambda p: p.stat().st_mtime)
-    if not runs:
+    """The most recently registered training run (the folder holding its registration record)."""
+    folders = config.paths.runs.iterdir() if config.paths.runs.is_dir() else []
+    registered = [run for run in map(RunLayout, folders) if run.registered.is_file()]
+    if not registered:
         raise PrismRecError("no finished training run to report on; run `prismrec train` first")
-    return runs[-1].parent
+    return max(registered, key=lambda run: run.registered.stat().st_mtime).root
 
 
 def _read(path: Path) -> dict:
@@ -65,16 +67,16 @@ def _metrics_table(evaluation: dict) -> list[str]:
 
 
 def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
-    run_dir = Path(run_dir) if run_dir else latest_run_dir(config)
-    manifest = _read(run_dir / "snapshot" / "manifest.json")
-    quality = _read(run_dir / "snapshot" / "quality_report.json")
-    dataset = _read(run_dir / "dataset" / "dataset.json")
-    training = _read(run_dir / "model" / "training.json")
-    evaluation = _read(run_dir / "evaluation.json")
-    decision = _read(run_dir / "decision.json")
-    registered = _read(run_dir / "registered.json")
+    run = RunLayout(Path(run_dir) if run_dir else latest_run_dir(config))
+    manifest = _read(run.snapshot.manifest)
+    quality = _read(run.snapshot.quality_report)
+    dataset = _read(run.dataset.info)
+    training = _read(run.model.summary)
+    evaluation = _read(run.evaluation)
+    decision = _read(run.decision)
+    registered = _read(run.registered)
 
-    out = [f"PrismRec run report — {run_dir.name}", ""]
+    out = [f"PrismRec run report — {run.key}", ""]
     counts = manifest.get("counts", {})
     out.append(f"1. Extracted (as of {manifest.get('logical_date', '?')}): "
                f"{counts.get('interactions', 0):,} interactions, {counts.get('items', 0):,} items, "

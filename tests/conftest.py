@@ -84,10 +84,11 @@ def trained_model_dir(ml100k, config, base_overrides, tmp_path_factory) -> Path:
     from tasks.config import load_config
     from tasks.data.extract import extract_snapshot
     from tasks.data.prepare import prepare_dataset
+    from tasks.layout import RunLayout
     from tasks.training.launcher import launch_training
 
-    root = tmp_path_factory.mktemp("trained-model")
-    snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), root / "snapshot")
-    dataset = prepare_dataset(config, snapshot.path, root / "dataset")
+    run = RunLayout(tmp_path_factory.mktemp("trained-model"))
+    snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), run.snapshot.root)
+    dataset = prepare_dataset(config, snapshot.path, run.dataset.root)
     tiny = load_config({**base_overrides, "train.epochs": 1, "train.max_steps_per_epoch": 2, "train.nproc": 1})
-    return launch_training(tiny, Path(dataset.path), root / "model")
+    return launch_training(tiny, Path(dataset.path), run.model.root)

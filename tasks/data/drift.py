@@ -21,6 +21,7 @@ import pandas as pd
 
 from tasks.config import PipelineConfig, QualityConfig
 from tasks.errors import ConfigError, DataQualityError
+from tasks.layout import SnapshotFiles
 
 logger = logging.getLogger(__name__)
 
@@ -109,15 +110,15 @@ def compare_interactions(current: pd.DataFrame, previous: pd.DataFrame | None, q
 
 def drift_report(current_snapshot_dir: Path, previous_snapshot_dir: Path | None, config: PipelineConfig,
                  *, enforce: bool = True) -> DriftReport:
-    """Compare two snapshots' interactions.parquet; with `enforce`, raise when the mode says fail.
+    """Compare two snapshots' interactions; with `enforce`, raise when the mode says fail.
 
     A previous snapshot that no longer exists on disk is treated as none (first-run behaviour).
     """
     columns = ["user_id", "item_id"]
-    current = pd.read_parquet(Path(current_snapshot_dir) / "interactions.parquet", columns=columns)
+    current = pd.read_parquet(SnapshotFiles(Path(current_snapshot_dir)).interactions, columns=columns)
     previous = None
     if previous_snapshot_dir is not None:
-        path = Path(previous_snapshot_dir) / "interactions.parquet"
+        path = SnapshotFiles(Path(previous_snapshot_dir)).interactions
         if path.is_file():
             previous = pd.read_parquet(path, columns=columns)
         else:

@@ -2,9 +2,9 @@
 
 Reads only the contract columns of `<app_schema>.items/users/interactions` (a real deployment's
 tables or views may carry more), keeps interactions with `occurred_at <= logical_date` (and
-inside `extract.window_days`, if set), and writes items/users/interactions.parquet plus a
-manifest.json with counts and sha256 of every file. The snapshot is built in a temporary
-folder and renamed into place, so a rerun for the same logical date replaces it whole.
+inside `extract.window_days`, if set), and writes the three tables as Parquet plus a manifest
+with counts and sha256 of every file (tasks.layout.SnapshotFiles). The snapshot is built in a
+temporary folder and renamed into place, so a rerun for the same logical date replaces it whole.
 
 Rows leave Postgres through `COPY (query) TO STDOUT` as CSV parsed by pyarrow: on ML-1M
 (1M interactions) that takes ~1 s against ~4 s for `pandas.read_sql` through SQLAlchemy.
@@ -30,10 +30,9 @@ import sqlalchemy as sa
 from tasks import db
 from tasks.config import PipelineConfig
 from tasks.errors import ConfigError, SourceDataError
+from tasks.layout import SnapshotFiles
 
 log = logging.getLogger(__name__)
-
-SNAPSHOT_FILES = ("items.parquet", "users.parquet", "interactions.parquet")
 
 # Contract columns with the SQL that reads them in the snapshot's types.
 _COLUMNS: dict[str, dict[str, str]] = {
@@ -50,7 +49,7 @@ _DTYPES: dict[str, dict[str, str]] = {
     "users": {"user_id": "int64"},
     "interactions": {"user_id": "int64", "item_id": "int64", "rating": "float64", "occurred_at": "int64"},
 }
-# Ties on occurred_at keep the source order (PROTOCOL.md) where the loader recorded it.
+# Ties on occurred_at keep the source order (docs/protocol.md) where the loader recorded it.
 _TIE_BREAK_COLUMN = "source_row"
 
 
@@ -202,10 +201,11 @@ def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Pa
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     building = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     building.mkdir()
+    files = SnapshotFiles(building)
     try:
         for name, frame in frames.items():
-            frame.to_parquet(building / f"{name}.parquet", index=False, engine="pyarrow")
-        sha256 = {f: file_sha256(building / f) for f in SNAPSHOT_FILES}
+            frame.to_parquet(files.table(name), index=False, engine="pyarrow")
+        sha256 = {path.name: file_sha256(path) for path in files.tables().values()}
         counts = {name: len(frame) for name, frame in frames.items()}
         first = interactions["occurred_at"].min() if len(interactions) else None
         last = interactions["occurred_at"].max() if len(interactions) else None
@@ -222,7 +222,7 @@ def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Pa
             "interactions_order": ["user_id", "occurred_at", tie_break],
         }
         del manifest["path"]  # the folder may move; everything else describes its content
-        (building / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        files.manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _replace_dir(building, out_dir)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)

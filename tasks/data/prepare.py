@@ -1,4 +1,4 @@
-"""Prepare: 5-core filter, time-ordered histories, leave-one-out split (PROTOCOL.md).
+"""Prepare: 5-core filter, time-ordered histories, leave-one-out split (docs/protocol.md).
 
 The filter is one pass, users then items, as RecBole does; users left with fewer than
 three interactions afterwards are dropped (leave-one-out needs a history, a validation
@@ -17,6 +17,7 @@ import pandas as pd
 
 from tasks.config import PipelineConfig, PrepareConfig
 from tasks.errors import SourceDataError
+from tasks.layout import DatasetFiles, SnapshotFiles
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,10 @@ class DatasetInfo:
 
 
 def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -> DatasetInfo:
-    """Snapshot Parquet -> `sequences.npz` + `items.parquet` (the ranking universe) + `dataset.json`."""
-    snapshot_dir, out_dir = Path(snapshot_dir), Path(out_dir)
-    interactions = pd.read_parquet(snapshot_dir / "interactions.parquet", columns=["user_id", "item_id", "occurred_at"])
-    items = pd.read_parquet(snapshot_dir / "items.parquet")
+    """Snapshot Parquet -> the dataset folder: sequences, the ranking universe (items) and its info."""
+    snapshot, dataset = SnapshotFiles(Path(snapshot_dir)), DatasetFiles(Path(out_dir))
+    interactions = pd.read_parquet(snapshot.interactions, columns=["user_id", "item_id", "occurred_at"])
+    items = pd.read_parquet(snapshot.items)
     sequences = build_sequences(interactions, config.prepare)
     universe = (
         pd.DataFrame({"idx": np.arange(1, sequences.n_items + 1), "item_id": sequences.item_ids[1:]})
@@ -119,17 +120,17 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
     if universe["description"].isna().any():
         missing = universe.loc[universe["description"].isna(), "item_id"].head(5).tolist()
         raise SourceDataError(f"items {missing} have interactions but no row in app.items; fix the source")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sequences.save(out_dir / "sequences.npz")
-    universe.to_parquet(out_dir / "items.parquet", index=False)
+    dataset.root.mkdir(parents=True, exist_ok=True)
+    sequences.save(dataset.sequences)
+    universe.to_parquet(dataset.items, index=False)
     info = DatasetInfo(
-        path=str(out_dir),
+        path=str(dataset.root),
         users=sequences.n_users,
         items=sequences.n_items,
         interactions=len(sequences.item_idx),
         dropped_interactions=len(interactions) - len(sequences.item_idx),
     )
-    (out_dir / "dataset.json").write_text(json.dumps(info.to_dict(), indent=2))
+    dataset.info.write_text(json.dumps(info.to_dict(), indent=2))
     log.info("prepared %d users, %d items, %d interactions (%d dropped by the 5-core filter)",
              info.users, info.items, info.interactions, info.dropped_interactions)
     return info
@@ -137,6 +138,6 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
 
 def load_dataset(dataset_dir: Path) -> tuple[Sequences, pd.DataFrame]:
     """The prepared sequences and the item universe (`idx`-ordered, with text)."""
-    dataset_dir = Path(dataset_dir)
-    items = pd.read_parquet(dataset_dir / "items.parquet").sort_values("idx").reset_index(drop=True)
-    return Sequences.load(dataset_dir / "sequences.npz"), items
+    dataset = DatasetFiles(Path(dataset_dir))
+    items = pd.read_parquet(dataset.items).sort_values("idx").reset_index(drop=True)
+    return Sequences.load(dataset.sequences), items

@@ -1,14 +1,14 @@
 """The data-quality gate: run the GX suites of `expectations/` on a Parquet snapshot.
 
 Blocking expectations fail the run on any violation. Tolerant ones (GX `mostly`) let a few
-bad interactions through the gate by leaving them out: interactions.parquet is rewritten
-without them, they are kept in rejected_interactions.parquet, and manifest.json's counts and
-hashes are updated; the run fails only when their share passes the threshold. Row counts are
+bad interactions through the gate by leaving them out: the interactions file is rewritten
+without them, they are kept beside it (`SnapshotFiles.rejected_interactions`), and the
+manifest's counts and hashes are updated; the run fails only when their share passes the threshold. Row counts are
 held within a band of the previous successful snapshot's (recorded in `quality_history`), and
 drift against that snapshot is measured by `tasks.data.drift`.
 
-`check_snapshot` always writes `snapshot_dir/quality_report.json` (GX's validation results,
-the summary, the drift report) and raises DataQualityError naming every failed expectation
+`check_snapshot` always writes the snapshot's quality report (GX's validation results, the
+summary, the drift report) and raises DataQualityError naming every failed expectation
 with counts and sample offending values. GX is imported inside functions so that importing
 this module (e.g. while Airflow parses a DAG) stays cheap.
 """
@@ -29,12 +29,11 @@ from tasks.config import PipelineConfig
 from tasks.data import quality_store as history
 from tasks.data.quality_format import describe_table_detail, exception_text, percent, sample_values
 from tasks.errors import ConfigError, DataQualityError
+from tasks.layout import SnapshotFiles
 
 logger = logging.getLogger(__name__)
 
-TABLES = ("items", "users", "interactions")
-REPORT_NAME = "quality_report.json"
-REJECTED_NAME = "rejected_interactions.parquet"
+TABLES = SnapshotFiles.TABLES
 
 
 @dataclass(frozen=True)
@@ -133,19 +132,21 @@ def check_snapshot(config: PipelineConfig, snapshot_dir: Path, logical_date: dat
 
     started = time.perf_counter()
     snapshot_dir = Path(snapshot_dir)
-    report_path = snapshot_dir / REPORT_NAME
-    missing = [t for t in TABLES if not (snapshot_dir / f"{t}.parquet").is_file()]
+    files = SnapshotFiles(snapshot_dir)
+    report_path = files.quality_report
+    missing = [t for t in TABLES if not files.table(t).is_file()]
     if missing:
-        failures = [Failure(t, "file_exists", None, "critical", detail=f"{t}.parquet is missing") for t in missing]
+        failures = [Failure(t, "file_exists", None, "critical", detail=f"{files.table(t).name} is missing")
+                    for t in missing]
         report = QualityReport(False, {}, len(TABLES), failures, time.perf_counter() - started, report_path)
         _write_report(report, {}, snapshot_dir, logical_date)
         raise DataQualityError(
-            f"snapshot {snapshot_dir} is incomplete: {', '.join(m + '.parquet' for m in missing)} missing; "
+            f"snapshot {snapshot_dir} is incomplete: {', '.join(files.table(t).name for t in missing)} missing; "
             "re-run the extract task for this logical date",
             report.to_dict()["failures"],
         )
 
-    frames = {t: pd.read_parquet(snapshot_dir / f"{t}.parquet") for t in TABLES}
+    frames = {t: pd.read_parquet(files.table(t)) for t in TABLES}
     source = history.source_key(snapshot_dir)
     previous = history.previous_success(config, source, logical_date)
     validations = _validate(config, frames, logical_date, (previous or {}).get("counts", {}))
@@ -311,18 +312,19 @@ def _offending_rows(expectation: str, kwargs: dict, result: dict, frame: pd.Data
 
 
 def _leave_out(snapshot_dir: Path, interactions: pd.DataFrame, rejects: pd.Series) -> None:
-    """Rewrite interactions.parquet without the rejected rows; keep them (with a reason) beside it."""
+    """Rewrite the interactions without the rejected rows; keep them (with a reason) beside them."""
+    files = SnapshotFiles(snapshot_dir)
     rejected = interactions.loc[rejects.index].assign(reason=rejects.to_numpy())
-    previous = snapshot_dir / REJECTED_NAME
-    if previous.is_file():  # a re-check of a cleaned snapshot must not lose the first check's rejects
-        rejected = pd.concat([pd.read_parquet(previous), rejected], ignore_index=True)
+    if files.rejected_interactions.is_file():  # a re-check of a cleaned snapshot must not lose the first check's rejects
+        rejected = pd.concat([pd.read_parquet(files.rejected_interactions), rejected], ignore_index=True)
     kept = interactions.drop(index=rejects.index).reset_index(drop=True)
-    for name, frame in (("interactions.parquet", kept), (REJECTED_NAME, rejected)):
-        tmp = snapshot_dir / f".{name}.tmp"
+    for path, frame in ((files.interactions, kept), (files.rejected_interactions, rejected)):
+        tmp = path.with_name(f".{path.name}.tmp")
         frame.to_parquet(tmp, index=False, engine="pyarrow")
-        tmp.replace(snapshot_dir / name)
-    history.update_manifest(snapshot_dir, kept, rejected_file=REJECTED_NAME, rejected=len(rejected))
-    logger.warning("left %d interactions out of %s (kept in %s)", len(rejects), snapshot_dir, REJECTED_NAME)
+        tmp.replace(path)
+    history.update_manifest(snapshot_dir, kept, rejected=len(rejected))
+    logger.warning("left %d interactions out of %s (kept in %s)", len(rejects), snapshot_dir,
+                   files.rejected_interactions.name)
 
 
 def _write_report(report: QualityReport, results: dict[str, dict], snapshot_dir: Path, logical_date: datetime) -> None:

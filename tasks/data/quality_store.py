@@ -20,6 +20,7 @@ import pandas as pd
 
 from tasks.config import PipelineConfig
 from tasks.data.extract import file_sha256
+from tasks.layout import SnapshotFiles
 
 HISTORY_NAME = "snapshot_history.json"
 
@@ -30,7 +31,7 @@ def history_path(config: PipelineConfig) -> Path:
 
 def source_key(snapshot_dir: Path) -> str:
     """Which source a snapshot came from (database, schema, window): only like is compared with like."""
-    manifest = Path(snapshot_dir) / "manifest.json"
+    manifest = SnapshotFiles(Path(snapshot_dir)).manifest
     if not manifest.is_file():
         return "unknown"
     meta = json.loads(manifest.read_text())
@@ -78,19 +79,20 @@ def record_success(config: PipelineConfig, source: str, logical_date: datetime, 
         tmp.replace(path)
 
 
-def update_manifest(snapshot_dir: Path, interactions: pd.DataFrame, *, rejected_file: str, rejected: int) -> None:
-    """Make manifest.json describe the rewritten interactions.parquet (count, hash, time range, rejects)."""
-    path = Path(snapshot_dir) / "manifest.json"
+def update_manifest(snapshot_dir: Path, interactions: pd.DataFrame, *, rejected: int) -> None:
+    """Make the manifest describe the rewritten interactions file (count, hash, time range, rejects)."""
+    files = SnapshotFiles(Path(snapshot_dir))
+    path = files.manifest
     if not path.is_file():
         return
     manifest = json.loads(path.read_text())
     manifest.setdefault("counts", {})["interactions"] = len(interactions)
-    manifest.setdefault("sha256", {})["interactions.parquet"] = file_sha256(path.parent / "interactions.parquet")
-    manifest["sha256"][rejected_file] = file_sha256(path.parent / rejected_file)
+    manifest.setdefault("sha256", {})[files.interactions.name] = file_sha256(files.interactions)
+    manifest["sha256"][files.rejected_interactions.name] = file_sha256(files.rejected_interactions)
     times = interactions["occurred_at"]
     manifest["min_occurred_at"] = times.min().isoformat() if len(times) else None
     manifest["max_occurred_at"] = times.max().isoformat() if len(times) else None
-    manifest["rejected"] = {"interactions": rejected, "file": rejected_file}
+    manifest["rejected"] = {"interactions": rejected, "file": files.rejected_interactions.name}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import PROJECT_ROOT, PipelineConfig
+from tasks.layout import ModelFiles, SnapshotFiles
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +57,19 @@ def build_lineage(config: PipelineConfig, *, snapshot: Mapping[str, Any], model_
                   run_dir: Path) -> dict[str, str]:
     """Lineage tags (all strings) of a candidate trained in `run_dir` from `snapshot`.
 
-    The snapshot's manifest.json wins over the extract task's XCom: the data gate rewrites
-    interactions.parquet when it leaves rejected rows out, and the manifest follows it.
+    The snapshot's manifest wins over the extract task's XCom: the data gate rewrites the
+    interactions when it leaves rejected rows out, and the manifest follows it.
     """
-    snapshot_dir = Path(snapshot["path"])
-    manifest = _read(snapshot_dir / "manifest.json")
+    files = SnapshotFiles(Path(snapshot["path"]))
+    manifest = _read(files.manifest)
     sha256 = manifest.get("sha256") or snapshot.get("sha256") or {}
     counts = manifest.get("counts") or snapshot.get("counts") or {}
-    quality = _read(snapshot_dir / "quality_report.json").get("summary") or {}
-    training = _read(Path(model_dir) / "training.json")
+    quality = _read(files.quality_report).get("summary") or {}
+    training = _read(ModelFiles(Path(model_dir)).summary)
     tags = {
-        "snapshot_path": str(snapshot_dir),
+        "snapshot_path": str(files.root),
         "snapshot_content_sha256": content_hash(sha256) if sha256 else "unknown",
-        "snapshot_sha256": sha256.get("interactions.parquet", ""),
+        "snapshot_sha256": sha256.get(files.interactions.name, ""),
         "logical_date": str(snapshot.get("logical_date", "")),
         "data_gate_passed": str(quality.get("passed", "unknown")).lower(),
         "data_gate_rejected_rows": str(sum(int(v) for v in (quality.get("rejected") or {}).values())),

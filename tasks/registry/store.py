@@ -24,6 +24,7 @@ from typing import Any
 
 from tasks.config import PROJECT_ROOT, PipelineConfig
 from tasks.errors import NoChampionError, RegistryError
+from tasks.layout import ModelFiles, RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,10 @@ def evaluation_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _epoch_metrics(model_dir: Path) -> list:
-    """Per-epoch curves from model_dir/history.json as MLflow step metrics (`epoch_<key>`)."""
+    """Per-epoch curves from the model's training history as MLflow step metrics (`epoch_<key>`)."""
     from mlflow.entities import Metric
 
-    path = model_dir / "history.json"
+    path = ModelFiles(model_dir).history
     if not path.exists():
         log.warning("no %s; the run will have no training curves", path)
         return []
@@ -192,7 +193,7 @@ def register_candidate(
     """
     import mlflow
 
-    model_dir, run_dir = Path(model_dir), Path(run_dir)
+    model_dir, run = Path(model_dir), RunLayout(Path(run_dir))
     model_code = Path(model_code or MODEL_CODE)
     if not model_code.exists():
         raise RegistryError(f"the pyfunc model definition {model_code} is missing; restore it from git")
@@ -210,22 +211,22 @@ def register_candidate(
         log.info("run %s is already registered as %s version %s", lineage.get("run_key"), name, existing.version)
         return _set_aliases(client, name, str(existing.version), existing.run_id, passed, reasons)
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_dir.name, tags=tags) as run:
-        run_id = run.info.run_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run.key, tags=tags) as mlflow_run:
+        run_id = mlflow_run.info.run_id
         mlflow.log_params({k: str(v)[:_PARAM_MAX] for k, v in config.to_dict().items()})
-        metrics = evaluation_metrics(evaluation) | drift_metrics(run_dir / "snapshot" / "quality_report.json")
+        metrics = evaluation_metrics(evaluation) | drift_metrics(run.snapshot.quality_report)
         if metrics:
             mlflow.log_metrics(metrics)
         curves = _epoch_metrics(model_dir)
         if curves:
             client.log_batch(run_id, metrics=curves)
+        # The run folder's records keep their file names in MLflow; config and lineage exist only there.
         mlflow.log_dict(config.to_dict(), "config.json")
-        mlflow.log_dict(decision, "decision.json")
-        mlflow.log_dict(evaluation, "evaluation.json")
+        mlflow.log_dict(decision, run.decision.name)
+        mlflow.log_dict(evaluation, run.evaluation.name)
         mlflow.log_dict(dict(lineage), "lineage.json")
-        quality_report = run_dir / "snapshot" / "quality_report.json"
-        if quality_report.exists():
-            mlflow.log_artifact(str(quality_report))
+        if run.snapshot.quality_report.exists():
+            mlflow.log_artifact(str(run.snapshot.quality_report))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # type-hint / input-example nags
             info = mlflow.pyfunc.log_model(
@@ -259,7 +260,7 @@ def log_refused_snapshot(config: PipelineConfig, *, run_dir: Path, message: str,
         mlflow.log_params({k: str(v)[:_PARAM_MAX] for k, v in config.to_dict().items()})
         failures = json.loads(json.dumps(failures or [], default=str))  # numpy scalars and the like
         mlflow.log_dict({"message": message, "failures": failures}, "data_gate_failure.json")
-        quality_report = Path(run_dir) / "snapshot" / "quality_report.json"
+        quality_report = RunLayout(Path(run_dir)).snapshot.quality_report
         if quality_report.exists():
             mlflow.log_artifact(str(quality_report))
         run_id = run.info.run_id
@@ -293,7 +294,7 @@ def _version_of_run_key(client, name: str, run_key: str):
 
 
 def drift_metrics(quality_report: Path) -> dict[str, float]:
-    """The data gate's drift measures (quality_report.json["drift"]["metrics"]) as `drift_<name>` metrics."""
+    """The data gate's drift measures (the quality report's ["drift"]["metrics"]) as `drift_<name>` metrics."""
     if not quality_report.exists():
         return {}
     drift = json.loads(quality_report.read_text()).get("drift") or {}

@@ -81,10 +81,10 @@ def test_load_train_materialize_publishes_the_champion(e2e_env, e2e_engine):
     # The registered pyfunc (what a serving endpoint loads) lists what the table holds, and takes a
     # per-call interest balance.
     import pandas as pd
-    from tasks.registry.store import load_champion
 
     from tasks.config import load_config
     from tasks.publish.materialize import read_histories
+    from tasks.registry.store import load_champion
 
     config = load_config({"paths.home": e2e_env["PRISMREC_HOME"]}, environ=e2e_env)
     version, model = load_champion(config)

@@ -11,8 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from tasks.config import load_config
-from tasks.data.extract import SNAPSHOT_FILES, extract_snapshot
+from tasks.data.extract import extract_snapshot
 from tasks.errors import SourceDataError
+from tasks.layout import SnapshotFiles
 
 MIDDLE = datetime(1998, 1, 1, tzinfo=UTC)  # ML-100K runs from Sep 1997 to Apr 1998
 LAST_RATING = datetime.fromtimestamp(893286638, tz=UTC)
@@ -32,20 +33,22 @@ def test_snapshot_in_the_middle_of_movielens(ml100k, config, engine, tmp_path):
     assert 0 < expected < 100_000
     assert info.counts == {"items": 1682, "users": 943, "interactions": expected}
     assert info.path == tmp_path / "snap"
-    assert sorted(p.name for p in info.path.iterdir()) == sorted([*SNAPSHOT_FILES, "manifest.json"])
+    files = SnapshotFiles(info.path)
+    tables = list(files.tables().values())
+    assert sorted(info.path.iterdir()) == sorted([*tables, files.manifest])
 
-    manifest = json.loads((info.path / "manifest.json").read_text())
-    for name in SNAPSHOT_FILES:
-        assert manifest["sha256"][name] == hashlib.sha256((info.path / name).read_bytes()).hexdigest()
+    manifest = json.loads(files.manifest.read_text())
+    for path in tables:
+        assert manifest["sha256"][path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert manifest["counts"] == info.counts
     assert manifest["logical_date"] == "1998-01-01T00:00:00+00:00"
     assert manifest["min_occurred_at"] == "1997-09-20T03:05:10+00:00"  # unix 874724710
     assert "***" in manifest["source_url"] or "@" not in manifest["source_url"]
     assert json.loads(json.dumps(info.to_dict())) == info.to_dict()
 
-    interactions = pd.read_parquet(info.path / "interactions.parquet")
-    items = pd.read_parquet(info.path / "items.parquet")
-    users = pd.read_parquet(info.path / "users.parquet")
+    interactions = pd.read_parquet(files.interactions)
+    items = pd.read_parquet(files.items)
+    users = pd.read_parquet(files.users)
     assert interactions.dtypes.astype(str).to_dict() == {
         "user_id": "int64", "item_id": "int64", "rating": "float64", "occurred_at": "datetime64[us, UTC]"}
     assert items.dtypes.astype(str).to_dict() == {
@@ -63,7 +66,7 @@ def test_window_keeps_only_recent_interactions(ml100k, base_overrides, engine, t
     windowed = load_config({**base_overrides, "extract.window_days": 30})
     info = extract_snapshot(windowed, MIDDLE, tmp_path / "snap")
     assert info.counts["interactions"] == count_up_to(engine, MIDDLE, MIDDLE - timedelta(days=30))
-    manifest = json.loads((info.path / "manifest.json").read_text())
+    manifest = json.loads(SnapshotFiles(info.path).manifest.read_text())
     assert (manifest["window_days"], manifest["window_start"]) == (30, "1997-12-02T00:00:00+00:00")
 
 
@@ -104,7 +107,7 @@ def test_user_tables_with_extra_columns_and_no_load_order(ml100k, base_overrides
     views = load_config({**base_overrides, "database.app_schema": "app_views"})
     info = extract_snapshot(views, MIDDLE, tmp_path / "snap")
     assert info.counts == {"items": 1682, "users": 943, "interactions": count_up_to(engine, MIDDLE)}
-    assert list(pd.read_parquet(info.path / "interactions.parquet").columns) == [
+    assert list(pd.read_parquet(SnapshotFiles(info.path).interactions).columns) == [
         "user_id", "item_id", "rating", "occurred_at"]
-    manifest = json.loads((info.path / "manifest.json").read_text())
+    manifest = json.loads(SnapshotFiles(info.path).manifest.read_text())
     assert manifest["interactions_order"] == ["user_id", "occurred_at", "item_id"]

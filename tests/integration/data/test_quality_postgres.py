@@ -17,8 +17,9 @@ import sqlalchemy as sa
 
 from tasks.config import load_config
 from tasks.data.extract import extract_snapshot
-from tasks.data.quality import REJECTED_NAME, check_snapshot
+from tasks.data.quality import check_snapshot
 from tasks.errors import DataQualityError
+from tasks.layout import SnapshotFiles
 
 LOGICAL_DATE = datetime(1998, 5, 1, tzinfo=UTC)
 SCHEMA = "qa_defects"
@@ -58,7 +59,7 @@ def test_tolerated_source_defects_are_left_out_of_the_snapshot(engine, source, t
     report = check_snapshot(source, snapshot.path, LOGICAL_DATE)
 
     assert report.passed and report.rejected == {"interactions": 6}
-    rejected = pd.read_parquet(snapshot.path / REJECTED_NAME)
+    rejected = pd.read_parquet(SnapshotFiles(snapshot.path).rejected_interactions)
     assert sorted(rejected["reason"].str.split("(").str[0].value_counts().items()) == [
         ("expect_column_values_to_be_between", 1),
         ("expect_column_values_to_be_in_set", 3),
@@ -66,16 +67,16 @@ def test_tolerated_source_defects_are_left_out_of_the_snapshot(engine, source, t
     ]
     assert set(rejected.loc[rejected["item_id"] == 999999, "user_id"]) == {5}
     assert rejected.loc[rejected["rating"] == 0, ["user_id", "item_id"]].values.tolist() == [[9, 6]]
-    kept = pd.read_parquet(snapshot.path / "interactions.parquet")
+    kept = pd.read_parquet(SnapshotFiles(snapshot.path).interactions)
     assert len(kept) == 99_999 and not kept.duplicated(["user_id", "item_id", "occurred_at"]).any()
     assert kept["occurred_at"].max() < pd.Timestamp(LOGICAL_DATE)
-    manifest = json.loads((snapshot.path / "manifest.json").read_text())
+    manifest = json.loads(SnapshotFiles(snapshot.path).manifest.read_text())
     assert manifest["counts"]["interactions"] == 99_999 and manifest["rejected"]["interactions"] == 6
 
     # A retry of the gate on the cleaned snapshot passes and keeps the first check's rejects.
     again = check_snapshot(source, snapshot.path, LOGICAL_DATE)
     assert again.passed and again.rejected == {"interactions": 0} and again.failures == []
-    assert len(pd.read_parquet(snapshot.path / REJECTED_NAME)) == 6
+    assert len(pd.read_parquet(SnapshotFiles(snapshot.path).rejected_interactions)) == 6
 
 
 def test_blocking_source_defect_stops_the_run(engine, source, tmp_path):
@@ -92,4 +93,4 @@ def test_blocking_source_defect_stops_the_run(engine, source, tmp_path):
     assert ("items: expect_column_values_to_be_unique(item_id) failed for 2 of 1,683 rows (0.12%), e.g. 50"
             in str(caught.value))
     assert f"Fix the offending rows in {SCHEMA}.items" in str(caught.value)
-    assert not (snapshot.path / REJECTED_NAME).exists()
+    assert not SnapshotFiles(snapshot.path).rejected_interactions.exists()

@@ -21,8 +21,9 @@ import pytest
 
 from tasks.config import load_config
 from tasks.data.extract import file_sha256 as sha256
-from tasks.data.quality import REJECTED_NAME, check_snapshot
+from tasks.data.quality import check_snapshot
 from tasks.errors import DataQualityError
+from tasks.layout import SnapshotFiles
 
 # After the last ML-100K rating (1998-04-22 23:10:38), so the snapshot holds all 100,000.
 LOGICAL_DATE = datetime(1998, 5, 1, tzinfo=UTC)
@@ -48,19 +49,21 @@ def qconfig(base_overrides, tmp_path):
 def _corrupt(snapshot: Path, tmp_path: Path, table: str, change: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
     copy = tmp_path / "snapshot"
     shutil.copytree(snapshot, copy)
-    change(pd.read_parquet(copy / f"{table}.parquet")).to_parquet(copy / f"{table}.parquet", index=False)
+    path = SnapshotFiles(copy).table(table)
+    change(pd.read_parquet(path)).to_parquet(path, index=False)
     return copy
 
 
 def _fails(config, snapshot: Path, *fragments: str, logical_date: datetime = LOGICAL_DATE) -> str:
-    before = sha256(snapshot / "interactions.parquet")
+    files = SnapshotFiles(snapshot)
+    before = sha256(files.interactions)
     with pytest.raises(DataQualityError) as caught:
         check_snapshot(config, snapshot, logical_date)
     message = str(caught.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in:\n{message}"
-    assert json.loads((snapshot / "quality_report.json").read_text())["summary"]["passed"] is False
-    assert sha256(snapshot / "interactions.parquet") == before and not (snapshot / REJECTED_NAME).exists()
+    assert json.loads(files.quality_report.read_text())["summary"]["passed"] is False
+    assert sha256(files.interactions) == before and not files.rejected_interactions.exists()
     return message
 
 
@@ -75,7 +78,7 @@ def test_real_snapshot_passes_and_is_recorded(qconfig, snapshot, tmp_path):
         f"data quality: {report.evaluated}/{report.evaluated} expectations passed "
         "on 100,000 interactions, 1,682 items, 943 users"
     )
-    written = json.loads((clean / "quality_report.json").read_text())
+    written = json.loads(SnapshotFiles(clean).quality_report.read_text())
     assert written["summary"]["passed"] is True and written["drift"]["previous"] is None
     in_set = [r for r in written["validation_results"]["interactions"]["results"]
               if r["expectation_config"]["type"] == "expect_column_values_to_be_in_set"]
@@ -84,7 +87,7 @@ def test_real_snapshot_passes_and_is_recorded(qconfig, snapshot, tmp_path):
     history = json.loads((qconfig.paths.home / "quality" / "snapshot_history.json").read_text())["snapshots"]
     assert [(h["logical_date"], h["counts"]["interactions"]) for h in history] == [
         ("1998-05-01T00:00:00+00:00", 100_000)]
-    assert not (clean / REJECTED_NAME).exists()
+    assert not SnapshotFiles(clean).rejected_interactions.exists()
 
 
 def _set(frame: pd.DataFrame, row: int, **values) -> pd.DataFrame:
@@ -157,25 +160,26 @@ TOLERANT = {
 def test_tolerant_defect_below_threshold_leaves_the_rows_out(qconfig, snapshot, tmp_path, kind):
     change, fragment = TOLERANT[kind]
     corrupted = _corrupt(snapshot, tmp_path, "interactions", change)
-    injected = pd.read_parquet(corrupted / "interactions.parquet")
+    injected = pd.read_parquet(SnapshotFiles(corrupted).interactions)
     bad = len(injected) - 100_000 if len(injected) > 100_000 else 1
 
     report = check_snapshot(qconfig, corrupted, LOGICAL_DATE)
 
     assert report.passed and report.rejected == {"interactions": bad}
     assert [f.describe() for f in report.failures if fragment in f.describe()], report.failures
-    kept = pd.read_parquet(corrupted / "interactions.parquet")
-    rejected = pd.read_parquet(corrupted / REJECTED_NAME)
+    files = SnapshotFiles(corrupted)
+    kept = pd.read_parquet(files.interactions)
+    rejected = pd.read_parquet(files.rejected_interactions)
     assert len(kept) == len(injected) - bad and len(rejected) == bad
     assert rejected["reason"].str.startswith(report.failures[0].expectation).all()
-    original = pd.read_parquet(snapshot / "interactions.parquet")
+    original = pd.read_parquet(SnapshotFiles(snapshot).interactions)
     if len(injected) > 100_000:  # appended rows: exactly the real snapshot is left
         pd.testing.assert_frame_equal(kept, original)
-    manifest = json.loads((corrupted / "manifest.json").read_text())
+    manifest = json.loads(files.manifest.read_text())
     assert manifest["counts"]["interactions"] == len(kept) == report.counts["interactions"]
-    assert manifest["sha256"]["interactions.parquet"] == sha256(corrupted / "interactions.parquet")
-    assert manifest["rejected"] == {"interactions": bad, "file": REJECTED_NAME}
-    written = json.loads((corrupted / "quality_report.json").read_text())
+    assert manifest["sha256"][files.interactions.name] == sha256(files.interactions)
+    assert manifest["rejected"] == {"interactions": bad, "file": files.rejected_interactions.name}
+    written = json.loads(files.quality_report.read_text())
     assert written["summary"]["rejected"] == {"interactions": bad}
 
 
@@ -240,7 +244,7 @@ def test_drift_warns_by_default(drifted_history, snapshot, tmp_path):
 
     assert report.passed and report.summary().endswith("; drift warning")
     assert report.drift["breaches"] == ["new_user_share 0.682 > 0.5"]  # 643 of 943 users are new
-    assert json.loads((current / "quality_report.json").read_text())["drift"]["metrics"]["new_user_share"] == 0.681866
+    assert json.loads(SnapshotFiles(current).quality_report.read_text())["drift"]["metrics"]["new_user_share"] == 0.681866
 
 
 def test_drift_fails_in_fail_mode(drifted_history, snapshot, tmp_path):
@@ -250,4 +254,4 @@ def test_drift_fails_in_fail_mode(drifted_history, snapshot, tmp_path):
     _fails(load_config(drifted_history | {"quality.drift_mode": "fail"}), current,
            "0 of 33 expectations failed and drift passed its threshold:",
            "drift FAILED: item_popularity_js=", "(new_user_share 0.682 > 0.5) [quality.drift_mode=fail]")
-    assert json.loads((current / "quality_report.json").read_text())["drift"]["failed"] is True
+    assert json.loads(SnapshotFiles(current).quality_report.read_text())["drift"]["failed"] is True

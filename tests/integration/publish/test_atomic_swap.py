@@ -49,9 +49,8 @@ def swap_config(overrides):
 @pytest.fixture(scope="module")
 def versions(swap_config, engine, trained_model_dir, tmp_path_factory) -> list[str]:
     """App data for USERS users and two registered versions of the real model; the second is champion."""
-    from tasks.registry.store import register_candidate
-
     from tasks.model.recommender import Recommender
+    from tasks.registry.store import register_candidate
 
     items = Recommender.load(trained_model_dir).item_ids
     rng = np.random.default_rng(7)
@@ -81,9 +80,8 @@ def _run(engine, mid: int):
 
 
 def test_readers_see_one_complete_set_during_swaps(swap_config, engine, versions):
-    from tasks.registry.store import promote
-
     from tasks.publish.materialize import materialize
+    from tasks.registry.store import promote
 
     materialize(swap_config)
     expected = USERS * TOP_K

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import NoChampionError, RegistryError
+from tasks.layout import ModelFiles, RunLayout
 
 TOY_MODEL_CODE = '''
 import json
@@ -57,7 +58,7 @@ def _model_dir(root: Path, tag: str) -> Path:
     model_dir.mkdir(parents=True)
     (model_dir / "scores.json").write_text(json.dumps({"10": 0.9, "20": 0.5, "30": 0.1}))
     (model_dir / "weights.bin").write_bytes(tag.encode() * 100)
-    (model_dir / "history.json").write_text(json.dumps([
+    ModelFiles(model_dir).history.write_text(json.dumps([
         {"epoch": 1, "train_loss": 2.0, "valid_ndcg@10": 0.08},
         {"epoch": 2, "train_loss": 1.5, "valid_ndcg@10": 0.11},
     ]))
@@ -65,13 +66,13 @@ def _model_dir(root: Path, tag: str) -> Path:
 
 
 def _run_dir(root: Path, tag: str) -> Path:
-    run_dir = root / f"run-{tag}"
-    (run_dir / "snapshot").mkdir(parents=True)
-    (run_dir / "snapshot" / "quality_report.json").write_text(json.dumps({
+    run = RunLayout(root / f"run-{tag}")
+    run.snapshot.root.mkdir(parents=True)
+    run.snapshot.quality_report.write_text(json.dumps({
         "passed": True, "tag": tag,
         "drift": {"metrics": {"item_popularity_js": 0.125, "new_item_share": 0.25}, "breaches": []},
     }))
-    return run_dir
+    return run.root
 
 
 def _register(config, root: Path, code: Path, tag: str, passed: bool, champion: float | None):
@@ -103,9 +104,8 @@ def toy_code(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def versions(registry_config, toy_code, tmp_path_factory):
     """Three candidates: v1 passes (first champion), v2 is refused, v3 passes."""
-    from tasks.registry.store import tracking_uri
-
     from mlflow import MlflowClient
+    from tasks.registry.store import tracking_uri
 
     root = tmp_path_factory.mktemp("candidates")
     client = MlflowClient(tracking_uri(registry_config))
@@ -203,6 +203,7 @@ def test_champion_model_dir_returns_the_champions_files(versions, registry_confi
 
 def test_load_champion_predicts(versions, registry_config):
     import pandas as pd
+
     from tasks.registry.store import load_champion
 
     version, model = load_champion(registry_config)
@@ -250,19 +251,21 @@ def test_a_retried_registration_reuses_its_version(versions, registry_config, to
 def test_lineage_of_a_real_run_folder(config, tmp_path):
     from tasks.registry.lineage import build_lineage, content_hash
 
-    snapshot_dir = tmp_path / "run" / "snapshot"
+    run = RunLayout(tmp_path / "run")
+    files = run.snapshot
+    snapshot_dir = files.root
     snapshot_dir.mkdir(parents=True)
-    sha = {"interactions.parquet": "aa", "items.parquet": "bb", "users.parquet": "cc"}
-    # The data gate rewrote interactions.parquet: the manifest (996 rows) wins over the XCom (1000).
-    (snapshot_dir / "manifest.json").write_text(json.dumps({"counts": {"interactions": 996, "items": 50, "users": 20},
-                                                            "sha256": sha}))
-    (snapshot_dir / "quality_report.json").write_text(json.dumps(
+    sha = {files.interactions.name: "aa", files.items.name: "bb", files.users.name: "cc"}
+    # The data gate rewrote the interactions: the manifest (996 rows) wins over the XCom (1000).
+    files.manifest.write_text(json.dumps({"counts": {"interactions": 996, "items": 50, "users": 20},
+                                          "sha256": sha}))
+    files.quality_report.write_text(json.dumps(
         {"summary": {"passed": True, "failed": 0, "rejected": {"interactions": 4}}}))
-    model_dir = tmp_path / "run" / "model"
+    model_dir = run.model.root
     model_dir.mkdir()
-    (model_dir / "training.json").write_text(json.dumps({"train_seconds": 12.345, "epochs_run": 3}))
+    run.model.summary.write_text(json.dumps({"train_seconds": 12.345, "epochs_run": 3}))
     xcom = {"path": str(snapshot_dir), "logical_date": "1998-04-22T23:59:59+00:00",
-            "counts": {"interactions": 1000}, "sha256": {"interactions.parquet": "stale"}}
+            "counts": {"interactions": 1000}, "sha256": {files.interactions.name: "stale"}}
     lineage = build_lineage(config, snapshot=xcom, model_dir=model_dir, run_dir=tmp_path / "run")
     commit = lineage.pop("git_commit")
     assert commit == "unknown" or len(commit.split("+")[0]) == 40

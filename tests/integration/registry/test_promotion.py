@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from tasks.layout import RunLayout
+
 pytestmark = pytest.mark.slow
 
 MODEL, APP, RECO = "promotion_test", "promo_app", "promo_reco"
@@ -21,7 +23,7 @@ MODEL, APP, RECO = "promotion_test", "promo_app", "promo_reco"
 @pytest.fixture(scope="module")
 def overrides(base_overrides, engine, trained_model_dir) -> dict:
     """Own model name and schemas; `promo_app` holds 12 real ML-100K users' histories."""
-    interactions = pd.read_parquet(trained_model_dir.parent / "snapshot" / "interactions.parquet")
+    interactions = pd.read_parquet(RunLayout(trained_model_dir.parent).snapshot.interactions)
     users = sorted(interactions["user_id"].unique())[:12]
     chosen = interactions[interactions["user_id"].isin(users)]
     with engine.begin() as conn:
@@ -39,10 +41,11 @@ def overrides(base_overrides, engine, trained_model_dir) -> dict:
 
 def _train_run(root: Path, tmp_path_factory, name: str) -> tuple[dict, dict, dict]:
     """XCom-like (snapshot, dataset, trained) for a run folder reusing the session's model files."""
-    run_dir = tmp_path_factory.mktemp(name)
-    snapshot = {"path": str(root / "snapshot"), "logical_date": "1998-05-01T00:00:00+00:00", "run_dir": str(run_dir)}
-    return snapshot, {"path": str(root / "dataset"), "run_dir": str(run_dir)}, \
-        {"model_dir": str(root / "model"), "run_dir": str(run_dir)}
+    run_dir, trained = tmp_path_factory.mktemp(name), RunLayout(root)
+    snapshot = {"path": str(trained.snapshot.root), "logical_date": "1998-05-01T00:00:00+00:00",
+                "run_dir": str(run_dir)}
+    return snapshot, {"path": str(trained.dataset.root), "run_dir": str(run_dir)}, \
+        {"model_dir": str(trained.model.root), "run_dir": str(run_dir)}
 
 
 def _published_version(engine) -> set[str]:
@@ -69,11 +72,10 @@ def _cli(args: list[str], overrides: dict, capsys) -> tuple[int, str, str]:
 
 def test_gate_register_materialize_and_a_hand_moved_champion(overrides, engine, trained_model_dir,
                                                              tmp_path_factory, capsys):
-    from tasks.registry.store import tracking_uri
-
     from mlflow import MlflowClient
     from tasks import pipeline
     from tasks.config import load_config
+    from tasks.registry.store import tracking_uri
 
     config = load_config(overrides)
     client = MlflowClient(tracking_uri(config))
@@ -84,7 +86,7 @@ def test_gate_register_materialize_and_a_hand_moved_champion(overrides, engine, 
     evaluated = pipeline.run_evaluate(overrides, dataset, trained)
     evaluation = evaluated["evaluation"]
     definitions = evaluation["slices"]["definitions"]["valid"]
-    n_users = json.loads((root / "dataset" / "dataset.json").read_text())["users"]
+    n_users = json.loads(RunLayout(root).dataset.info.read_text())["users"]
     assert sum(definitions[s]["users"] for s in ("history_short", "history_medium", "history_long")) == n_users
     assert definitions["items_head"]["users"] + definitions["items_tail"]["users"] == n_users
     assert set(evaluation["slices"]["candidate"]["valid"]) == set(definitions)
@@ -97,7 +99,7 @@ def test_gate_register_materialize_and_a_hand_moved_champion(overrides, engine, 
     assert first["version"] == "1" and first["champion_moved"] is True
 
     tags = client.get_model_version(MODEL, "1").tags
-    assert tags["snapshot_path"] == str(root / "snapshot")
+    assert tags["snapshot_path"] == str(RunLayout(root).snapshot.root)
     assert len(tags["snapshot_content_sha256"]) == 64 and tags["snapshot_rows_interactions"].isdigit()
     assert float(tags["train_seconds"]) > 0 and tags["git_commit"] and tags["config_hash"]
     assert tags["last_decision_by"] == ("gate" if first_decision["gate_passed"] else "forced by dana: bootstrap")

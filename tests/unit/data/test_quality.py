@@ -1,6 +1,6 @@
 """Pure parts of the data-quality gate: drift metrics, the snapshot record, messages, dtype checks.
 
-The gate itself is exercised on real MovieLens data in tests/integration/test_quality_*.py.
+The gate itself is exercised on real MovieLens data in tests/integration/data/test_quality_*.py.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tasks.data import quality_store
 from tasks.data.drift import compare_interactions, drift_report, js_divergence
 from tasks.data.quality import Failure, QualityReport, check_snapshot
 from tasks.errors import ConfigError, DataQualityError
+from tasks.layout import SnapshotFiles
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_drift_metrics_new_items_users_and_breaches(config):
 def test_drift_report_fails_only_in_fail_mode(tmp_path):
     for name, pairs in (("prev", [(1, 10), (2, 10)]), ("cur", [(7, 50), (8, 51)])):
         (tmp_path / name).mkdir()
-        _interactions(pairs).to_parquet(tmp_path / name / "interactions.parquet")
+        _interactions(pairs).to_parquet(SnapshotFiles(tmp_path / name).interactions)
     warn = load_config({"paths.home": str(tmp_path)}, environ={})
     assert drift_report(tmp_path / "cur", tmp_path / "prev", warn).breaches  # warns, returns
 
@@ -101,11 +102,11 @@ def test_failure_messages_say_what_was_dropped_and_why():
 def test_missing_parquet_file_fails_the_gate(config, tmp_path):
     snapshot = tmp_path / "snap"
     snapshot.mkdir()
-    pd.DataFrame({"user_id": [1]}).to_parquet(snapshot / "users.parquet")
+    pd.DataFrame({"user_id": [1]}).to_parquet(SnapshotFiles(snapshot).users)
 
     with pytest.raises(DataQualityError, match="items.parquet, interactions.parquet missing; re-run the extract"):
         check_snapshot(config, snapshot, datetime(1999, 1, 1, tzinfo=UTC))
-    assert json.loads((snapshot / "quality_report.json").read_text())["summary"]["passed"] is False
+    assert json.loads(SnapshotFiles(snapshot).quality_report.read_text())["summary"]["passed"] is False
 
 
 def test_dtype_problems_name_the_observed_and_expected_type():
