@@ -7,7 +7,7 @@ create database mlflow owner prismrec;
 create schema if not exists app authorization prismrec;
 create schema if not exists reco authorization prismrec;
 
--- BI tools read `reco`, the pipeline writes it (ARCHITECTURE.md roles). Group roles without
+-- BI tools read `reco`, the pipeline writes it (docs/architecture.md, roles). Group roles without
 -- login: grant them to real users, e.g. `create role metabase login password '...' in role reco_reader`.
 create role reco_reader nologin;
 create role reco_writer nologin;
