@@ -7,7 +7,7 @@ MLflow alias `champion` at the moment the task runs.
 
 Triggered by the asset `prismrec://champion`, which `recsys_training` emits when it promotes
 a new champion and `prismrec promote` / `prismrec rollback` post through the REST API
-(tasks/champion_events.py). A champion moved in the MLflow UI is published by triggering
+(tasks/registry/champion_events.py). A champion moved in the MLflow UI is published by triggering
 this DAG by hand.
 """
 
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import dag, task
 
-CHAMPION = Asset(name="prismrec_champion", uri="prismrec://champion")
+from tasks.contracts import champion_asset, dag_params, overrides_from_params
+
+CHAMPION = champion_asset()
 
 
 @dag(
@@ -33,12 +35,7 @@ CHAMPION = Asset(name="prismrec_champion", uri="prismrec://champion")
     max_active_runs=1,  # two publications at once would only race for the same swap
     tags=["prismrec", "publishing"],
     default_args={"owner": "prismrec", "retries": 2, "retry_delay": timedelta(minutes=2)},
-    params={
-        "overrides": Param(
-            {}, type="object",
-            description='Advanced: dotted settings, e.g. {"materialize.top_k": 20}.',
-        ),
-    },
+    params=dag_params("overrides"),
 )
 def recsys_materialize():
     @task
@@ -47,7 +44,7 @@ def recsys_materialize():
 
         # Asset-triggered runs have no logical date in Airflow 3: the run's run_after stands in.
         logical_date = context.get("logical_date") or context["dag_run"].run_after
-        return pipeline.run_materialize(pipeline.overrides_from_params(context["params"]),
+        return pipeline.run_materialize(overrides_from_params(context["params"]),
                                         airflow_run_id=context["run_id"], logical_date=logical_date)
 
     materialize()

@@ -5,8 +5,8 @@ Weekly retraining of the PrismRec recommender, from the production tables to the
 
 `extract` (Parquet snapshot of `app` as of the run's logical date) → `quality` (Great
 Expectations gate; a failure stops the run and nothing is written) → `prepare` (5-core,
-leave-one-out) → `train` (torchrun fine-tuning) → `evaluate` (candidate, popularity baseline
-and current champion on the same split) → `gate` (validation metrics) → `register` (MLflow:
+leave-one-out) → `train` (torchrun fine-tuning) → `evaluate` (candidate, the gate's baselines
+and the current champion on the same split) → `gate` (validation metrics) → `register` (MLflow:
 alias `challenger`, and `champion` if the gate passed).
 
 When the champion moves, `register` emits the asset `prismrec://champion`, which triggers
@@ -17,24 +17,23 @@ run's files live in `<PRISMREC_HOME>/runs/<run id>/`.
 have one; manual runs in Airflow 3 may not (logical date `None`), and then the run's
 `run_after` (the moment it was triggered) is used instead.
 
-**Params** left empty keep the configured value (environment `PRISMREC_<STAGE>__<FIELD>`,
-then the defaults in `tasks/config.py`).
+**Params** (the same as `prismrec train`'s flags, tasks/contracts.py) left empty keep the
+configured value (environment `PRISMREC_<STAGE>__<FIELD>`, then the defaults in
+`tasks/config.py`).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import Asset, AssetAlias, Param, dag, task
+from airflow.sdk import AssetAlias, dag, task
 
-# The champion alias moved in the MLflow registry. Emitted through an alias so that only a
-# run that actually promoted a model produces an event (an Asset outlet always emits).
-CHAMPION = Asset(name="prismrec_champion", uri="prismrec://champion")
+from tasks.contracts import champion_asset, dag_params, overrides_from_params
+
+CHAMPION = champion_asset()
+# Emitted through an alias so that only a run that actually promoted a model produces an
+# event (an Asset outlet always emits).
 CHAMPION_MOVES = AssetAlias(name="prismrec_champion_moves")
-
-
-def _optional_int(description: str, minimum: int = 1) -> Param:
-    return Param(None, type=["null", "integer"], minimum=minimum, description=description)
 
 
 @dag(
@@ -51,29 +50,7 @@ def _optional_int(description: str, minimum: int = 1) -> Param:
     max_active_runs=1,  # runs share the registry and the machine's cores
     tags=["prismrec", "training"],
     default_args={"owner": "prismrec", "retries": 2, "retry_delay": timedelta(minutes=5)},
-    params={
-        "epochs": _optional_int("Most training epochs (train.epochs; early stopping may end sooner). Empty: configured value (40)."),
-        "n_interests": _optional_int(
-            "Interest vectors per user (train.n_interests): interest 0 follows recent viewing, 1.. are "
-            "long-term tastes; 1 = single-vector model. Empty: 4."
-        ),
-        "nproc": _optional_int("torchrun processes (train.nproc). Empty: 1."),
-        "max_users": _optional_int(
-            "Train on the first N users only (source.max_users), for quick slices. Empty: everyone."
-        ),
-        "force_promote": Param(
-            False, type="boolean",
-            description="Make this run's model the champion even if the gate refuses it.",
-        ),
-        "reason": Param(
-            None, type=["null", "string"], maxLength=500,
-            description="Why this run was started or forced; recorded with the gate decision.",
-        ),
-        "overrides": Param(
-            {}, type="object",
-            description='Advanced: any other dotted settings, e.g. {"train.lr": 0.001}.',
-        ),
-    },
+    params=dag_params(),
 )
 def recsys_training():
     @task
@@ -82,32 +59,31 @@ def recsys_training():
 
         # Manual Airflow 3 runs may have no logical date: fall back to when the run was triggered.
         logical_date = context.get("logical_date") or context["dag_run"].run_after
-        overrides = pipeline.overrides_from_params(context["params"])
-        return pipeline.run_extract(overrides, context["run_id"], logical_date)
+        return pipeline.run_extract(overrides_from_params(context["params"]), context["run_id"], logical_date)
 
     @task(retries=0)  # a refused snapshot is a verdict on the data; retrying repeats it
     def quality(snapshot: dict, **context) -> dict:
         from tasks import pipeline
 
-        return pipeline.run_quality(pipeline.overrides_from_params(context["params"]), snapshot)
+        return pipeline.run_quality(overrides_from_params(context["params"]), snapshot)
 
     @task
     def prepare(snapshot: dict, **context) -> dict:
         from tasks import pipeline
 
-        return pipeline.run_prepare(pipeline.overrides_from_params(context["params"]), snapshot)
+        return pipeline.run_prepare(overrides_from_params(context["params"]), snapshot)
 
     @task(retries=0, execution_timeout=timedelta(hours=6))  # expensive: fail loudly, rerun by hand
     def train(dataset: dict, **context) -> dict:
         from tasks import pipeline
 
-        return pipeline.run_train(pipeline.overrides_from_params(context["params"]), dataset)
+        return pipeline.run_train(overrides_from_params(context["params"]), dataset)
 
     @task
     def evaluate(dataset: dict, trained: dict, **context) -> dict:
         from tasks import pipeline
 
-        return pipeline.run_evaluate(pipeline.overrides_from_params(context["params"]), dataset, trained)
+        return pipeline.run_evaluate(overrides_from_params(context["params"]), dataset, trained)
 
     @task
     def gate(evaluated: dict, **context) -> dict:
@@ -115,7 +91,7 @@ def recsys_training():
 
         params = context["params"]
         return pipeline.run_gate(
-            pipeline.overrides_from_params(params), evaluated,
+            overrides_from_params(params), evaluated,
             force_promote=bool(params.get("force_promote")), reason=params.get("reason"),
             user=getattr(context["dag_run"], "triggering_user_name", None),  # who forced it, if anyone
         )
@@ -125,7 +101,7 @@ def recsys_training():
         from tasks import pipeline
 
         registered = pipeline.run_register(
-            pipeline.overrides_from_params(context["params"]), snapshot=snapshot, trained=trained,
+            overrides_from_params(context["params"]), snapshot=snapshot, trained=trained,
             evaluated=evaluated, decision=decision, airflow_run_id=context["run_id"],
         )
         if registered["champion_moved"]:

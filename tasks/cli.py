@@ -4,9 +4,9 @@
 the command line exercises exactly what the scheduler runs. `promote` and `rollback` then
 publish the new champion: through Airflow's asset `prismrec://champion` when
 PRISMREC_AIRFLOW_API_URL names an API server (tasks.registry.champion_events), else by running
-recsys_materialize in-process (`--no-publish`: neither). Flags become dotted config
-overrides (flags > DAG Params > environment > defaults); `--set stage.field=value` reaches
-any other setting. Errors a user can fix (tasks.errors.PrismRecError) print one message on
+recsys_materialize in-process (`--no-publish`: neither). `train`'s flags are the DAG's run
+Params (tasks.contracts.RUN_PARAMS) and become dotted config overrides (flags > DAG Params >
+environment > defaults); `--set stage.field=value` reaches any other setting. Errors a user can fix (tasks.errors.PrismRecError) print one message on
 stderr and exit 1; usage errors exit 2. Heavy modules are imported inside each command.
 """
 
@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import PipelineConfig, load_config
-from tasks.errors import PrismRecError
+from tasks.contracts import (
+    CHAMPION_URI,
+    RUN_PARAM,
+    RUN_PARAMS,
+    overrides_from_params,
+    require_reason,
+)
+from tasks.errors import ConfigError, PrismRecError
 
 log = logging.getLogger("prismrec")
 
@@ -58,22 +65,23 @@ def _overrides(args: argparse.Namespace, flags: dict[str, Any] | None = None) ->
 def cmd_load(args: argparse.Namespace) -> int:
     from tasks.data.sources import load_movielens
 
-    config = load_config(_overrides(args, {"source.max_users": args.max_users}))
+    config = load_config(_overrides(args, {RUN_PARAM["max_users"].setting: args.max_users}))
     summary = load_movielens(config, args.dataset)
     print(f"loaded {summary.dataset}: {summary.interactions:,} interactions, {summary.users:,} users, "
           f"{summary.items:,} items into schema {config.database.app_schema}")
     return 0
 
 
+def train_params(args: argparse.Namespace) -> dict[str, Any]:
+    """recsys_training's run Params from `prismrec train`'s flags (None: the flag was not given)."""
+    return {param.name: _overrides(args) if param.kind == "settings" else getattr(args, param.name)
+            for param in RUN_PARAMS}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tasks.airflow_runtime import run_dag
-    from tasks.pipeline import overrides_from_params
 
-    params = {
-        "epochs": args.epochs, "n_interests": args.interests, "nproc": args.nproc,
-        "max_users": args.max_users, "force_promote": args.force_promote, "reason": args.reason,
-        "overrides": _overrides(args),
-    }
+    params = train_params(args)
     config = load_config(overrides_from_params(params))  # reject bad values before Airflow starts
     result = run_dag("recsys_training", logical_date=args.logical_date, conf=params, config=config)
     decision, registered = result.xcoms.get("gate") or {}, result.xcoms.get("register") or {}
@@ -108,7 +116,7 @@ def _announce_champion(args: argparse.Namespace, config: PipelineConfig, version
     and exits 0. Without it (local mode), DAG recsys_materialize runs here, now; a failure
     there exits 1 (the champion moved but `reco` still holds the previous one).
     """
-    from tasks.registry.champion_events import CHAMPION_URI, AirflowApi, fire_champion_changed
+    from tasks.registry.champion_events import AirflowApi, fire_champion_changed
 
     if args.no_publish:
         print("not published (--no-publish); publish it with: prismrec materialize")
@@ -242,13 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", parents=[common], help="run DAG recsys_training once, in-process")
     train.add_argument("--logical-date", type=logical_date_arg,
                        help="extract data up to the end of this day, UTC (default: now)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--interests", type=int, help="interest vectors per user (train.n_interests)")
-    train.add_argument("--nproc", type=int, help="torchrun processes")
-    train.add_argument("--max-users", type=int, help="train on the first N users only (source.max_users)")
-    train.add_argument("--force-promote", action="store_true",
-                       help="make the new model champion even if the gate refuses it (needs --reason)")
-    train.add_argument("--reason", help="why; recorded with the gate decision")
+    _add_run_flags(train)
     train.set_defaults(func=cmd_train)
 
     materialize = commands.add_parser("materialize", parents=[common],
@@ -292,6 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_flags(train: argparse.ArgumentParser) -> None:
+    """One flag per run Param of recsys_training; `overrides` is the `--set` every command has."""
+    for param in RUN_PARAMS:
+        if param.kind == "count":
+            train.add_argument(param.flag, dest=param.name, type=int, metavar="N",
+                               help=f"{param.help} ({param.setting})")
+        elif param.kind == "switch":
+            train.add_argument(param.flag, dest=param.name, action="store_true", help=param.help)
+        elif param.kind == "text":
+            train.add_argument(param.flag, dest=param.name, metavar="TEXT", help=param.help)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -306,8 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `prismrec` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "force_promote", False) and not args.reason:
-        parser.error("--force-promote needs --reason TEXT (it is recorded with the decision)")
+    try:
+        require_reason(getattr(args, "force_promote", False), getattr(args, "reason", None))
+    except ConfigError as exc:
+        parser.error(str(exc))
     _setup_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -1,11 +1,11 @@
 """The glue between orchestration and the stages: one plain function per DAG task.
 
-The DAGs and the CLI call exactly these. Each takes the run's config overrides (dotted keys)
-plus the small JSON values earlier tasks returned, calls the stage function of the pipeline
-contract, and returns a small JSON-able dict for XCom: paths, counts, versions, never data.
-A training run keeps everything in its run folder `config.paths.runs / <run key>`:
-`snapshot/`, `dataset/`, `model/`, `evaluation.json`, `decision.json`, `registered.json`.
-Stage modules are imported inside the functions so that importing this module stays light.
+The DAGs and the CLI call exactly these. Each takes the run's config overrides (dotted keys,
+from tasks.contracts.overrides_from_params) plus the small JSON values earlier tasks returned,
+calls the stage function of the pipeline contract, and returns a small JSON-able dict for XCom:
+paths, counts, versions, never data. A training run keeps everything in its run folder
+`config.paths.runs / <run key>`, whose files tasks.layout.RunLayout names. Stage modules are
+imported inside the functions so that importing this module stays light.
 """
 
 from __future__ import annotations
@@ -19,42 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import load_config
-from tasks.errors import ConfigError
+from tasks.contracts import require_reason
+from tasks.layout import ModelFiles, RunLayout
 
 log = logging.getLogger(__name__)
-
-# DAG Param name -> dotted config key. The CLI flags set the same Params, so one mapping
-# serves both; the `overrides` Param carries any other dotted key as-is.
-PARAM_OVERRIDES: dict[str, str] = {
-    "epochs": "train.epochs",
-    "n_interests": "train.n_interests",
-    "nproc": "train.nproc",
-    "max_users": "source.max_users",
-}
-
-SNAPSHOT, DATASET, MODEL = "snapshot", "dataset", "model"
-
-
-def require_reason(force_promote: Any, reason: Any) -> None:
-    """A forced promotion overrules the gate, so it must say why; refuse it before anything runs."""
-    if force_promote and not str(reason or "").strip():
-        raise ConfigError(
-            "force_promote needs a reason: set the `reason` Param (CLI: --reason TEXT); "
-            "it is recorded with the decision in reco.model_decisions and on the model version"
-        )
-
-
-def overrides_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted config overrides from a DAG run's Params; unset (None) Params leave lower layers alone.
-
-    Every task starts here, so a forced promotion without a reason stops the run at `extract`.
-    """
-    require_reason(params.get("force_promote"), params.get("reason"))
-    overrides = {str(k): v for k, v in dict(params.get("overrides") or {}).items()}
-    for name, key in PARAM_OVERRIDES.items():
-        if params.get(name) is not None:
-            overrides[key] = params[name]
-    return overrides
 
 
 def run_key_of(run_id: str) -> str:
@@ -73,10 +41,10 @@ def run_extract(overrides: Mapping[str, Any], run_key: str, logical_date: dateti
     from tasks.data.extract import extract_snapshot
 
     config = load_config(overrides)
-    run_dir = config.paths.runs / run_key_of(run_key)
-    snapshot = extract_snapshot(config, logical_date, run_dir / SNAPSHOT)
+    run = RunLayout.of(config.paths.runs, run_key_of(run_key))
+    snapshot = extract_snapshot(config, logical_date, run.snapshot.root)
     log.info("snapshot of %s in %s", snapshot.counts, snapshot.path)
-    return {**snapshot.to_dict(), "run_key": run_dir.name, "run_dir": str(run_dir)}
+    return {**snapshot.to_dict(), "run_key": run.key, "run_dir": str(run.root)}
 
 
 def run_quality(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,9 +81,9 @@ def run_prepare(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> di
     from tasks.data.prepare import prepare_dataset
 
     config = load_config(overrides)
-    run_dir = Path(snapshot["run_dir"])
-    info = prepare_dataset(config, Path(snapshot["path"]), run_dir / DATASET)
-    return {**info.to_dict(), "run_dir": str(run_dir)}
+    run = RunLayout(Path(snapshot["run_dir"]))
+    info = prepare_dataset(config, Path(snapshot["path"]), run.dataset.root)
+    return {**info.to_dict(), "run_dir": str(run.root)}
 
 
 def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,11 +91,11 @@ def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
     from tasks.training.launcher import launch_training
 
     config = load_config(overrides)
-    run_dir = Path(dataset["run_dir"])
-    model_dir = launch_training(config, Path(dataset["path"]), run_dir / MODEL)
-    history_path = model_dir / "history.json"
-    epochs = len(json.loads(history_path.read_text())) if history_path.exists() else None
-    return {"model_dir": str(model_dir), "run_dir": str(run_dir), "epochs": epochs}
+    run = RunLayout(Path(dataset["run_dir"]))
+    model_dir = launch_training(config, Path(dataset["path"]), run.model.root)
+    history = ModelFiles(Path(model_dir)).history
+    epochs = len(json.loads(history.read_text())) if history.exists() else None
+    return {"model_dir": str(model_dir), "run_dir": str(run.root), "epochs": epochs}
 
 
 def run_evaluate(
@@ -143,9 +111,10 @@ def run_evaluate(
     evaluation = evaluate_run(
         config, Path(dataset["path"]), Path(trained["model_dir"]), champion_dir, champion_version=version
     ).to_dict()
-    path = Path(trained["run_dir"]) / "evaluation.json"
-    _write_json(path, evaluation)
-    return {"evaluation": evaluation, "champion_version": version, "path": str(path)}
+    run = RunLayout(Path(trained["run_dir"]))
+    _write_json(run.evaluation, evaluation)
+    return {"evaluation": evaluation, "champion_version": version, "path": str(run.evaluation),
+            "run_dir": str(run.root)}
 
 
 def run_gate(
@@ -183,7 +152,7 @@ def run_gate(
         decision["passed"] = True
         decision["reasons"] = [*decision["reasons"], f"forced by operator: {reason or 'no reason given'}"]
     log.info("gate %s: %s", "PASSED" if decision["passed"] else "REFUSED", "; ".join(decision["reasons"]))
-    _write_json(Path(evaluated["path"]).with_name("decision.json"), decision)
+    _write_json(RunLayout(Path(evaluated["run_dir"])).decision, decision)
     return decision
 
 
@@ -198,8 +167,8 @@ def run_register(
 ) -> dict[str, Any]:
     """Register the candidate in MLflow (`challenger`; `champion` if the gate passed), with lineage,
     and record the decision in reco.model_decisions and on the new version's tags."""
-    from tasks.registry.lineage import build_lineage
     from tasks.registry import decisions
+    from tasks.registry.lineage import build_lineage
     from tasks.registry.store import champion_version, register_candidate
 
     config = load_config(overrides)
@@ -233,7 +202,7 @@ def run_register(
         "champion_before": champion_before,
         "champion_moved": bool(registered["promoted"]) and champion_before != registered["version"],
     }
-    _write_json(run_dir / "registered.json", result)
+    _write_json(RunLayout(run_dir).registered, result)
     return result
 
 

@@ -1,7 +1,7 @@
 """Tell Airflow that the champion changed after a person moved it (`prismrec promote` / `rollback`).
 
-ARCHITECTURE.md: the asset `prismrec://champion` fires when a training run promotes AND when a
-person does; `recsys_materialize` is scheduled on it. A training run emits it from its
+The asset `prismrec://champion` (tasks.contracts) fires when a training run promotes AND when
+a person does; `recsys_materialize` is scheduled on it. A training run emits it from its
 `register` task; a promotion from the command line has no task to emit from, so it posts an
 asset event to the Airflow REST API (Airflow 3: `POST /api/v2/assets/events` with the asset's
 numeric id, looked up by uri with `GET /api/v2/assets`).
@@ -32,11 +32,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.contracts import CHAMPION_URI
 from tasks.errors import PrismRecError
 
 log = logging.getLogger(__name__)
 
-CHAMPION_URI = "prismrec://champion"  # same asset as dags/recsys_training.py and dags/recsys_materialize.py
 API_URL_ENV = "PRISMREC_AIRFLOW_API_URL"
 TOKEN_ENV = "PRISMREC_AIRFLOW_API_TOKEN"
 USERNAME_ENV = "PRISMREC_AIRFLOW_USERNAME"

@@ -210,16 +210,6 @@ def note_external_move(config: PipelineConfig, actor: str, own_run_key: str | No
     ))
 
 
-def history(config: PipelineConfig, limit: int = 20) -> list[dict[str, Any]]:
-    """The latest decisions about the configured model, newest first (for the CLI and reports)."""
-    with db.get_engine(config).begin() as conn:
-        ensure_table(conn, config)
-        rows = conn.execute(sa.text(
-            f"select * from {_table(config)} where model_name = :name order by decision_id desc limit :limit"
-        ), {"name": config.registry.model_name, "limit": limit}).mappings().all()
-    return [dict(r) for r in rows]
-
-
 def _human_move(config: PipelineConfig, action: str, move, reason: str | None, actor: str | None) -> str:
     """Run `move()` (a registry promote/rollback returning the new champion) and record it."""
     from tasks.registry.store import champion_version, version_metrics

@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks.cli import build_parser, logical_date_arg, main, setting_arg
-from tasks.pipeline import overrides_from_params, run_key_of
+from tasks.cli import build_parser, logical_date_arg, main, setting_arg, train_params
+from tasks.config import load_config
+from tasks.contracts import RUN_PARAMS, overrides_from_params, require_reason
+from tasks.errors import ConfigError
+from tasks.layout import RunLayout
+from tasks.pipeline import run_key_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,11 +81,42 @@ def test_train_flags_become_params_and_dotted_overrides():
         ["train", "--epochs", "3", "--interests", "2", "--max-users", "50", "--set", "train.lr=0.01"]
     )
     assert setting_arg("train.lr=0.01") == ("train.lr", "0.01")
-    params = {"epochs": args.epochs, "n_interests": args.interests, "nproc": args.nproc,
-              "max_users": args.max_users, "overrides": dict(args.settings)}
+    params = train_params(args)
+    assert params == {"epochs": 3, "n_interests": 2, "nproc": None, "max_users": 50, "force_promote": False,
+                      "reason": None, "overrides": {"train.lr": "0.01"}}
     assert overrides_from_params(params) == {
         "train.lr": "0.01", "train.epochs": 3, "train.n_interests": 2, "source.max_users": 50,
     }
+
+
+def test_every_run_param_is_a_train_flag_and_reaches_its_setting():
+    argv, counts = ["train"], {}
+    for param in RUN_PARAMS:
+        if param.kind == "count":
+            argv += [param.flag, "3"]
+            counts[param.setting] = 3
+        elif param.kind == "switch":
+            argv += [param.flag]
+        elif param.kind == "text":
+            argv += [param.flag, "a reason"]
+        else:
+            argv += [param.flag, "train.lr=0.01"]
+    params = train_params(build_parser().parse_args(argv))
+    assert set(params) == {param.name for param in RUN_PARAMS}
+    overrides = overrides_from_params(params)
+    assert overrides == {"train.lr": "0.01", **counts} and len(counts) == 4
+    config = load_config(overrides, environ={}).to_dict()  # every setting named in the table exists
+    assert all(config[key] == 3 for key in counts)
+
+
+def test_a_forced_promotion_needs_a_reason_everywhere(capsys):
+    with pytest.raises(ConfigError, match="force_promote needs a reason"):
+        require_reason(True, "   ")
+    require_reason(True, "new catalogue")
+    require_reason(False, None)
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--force-promote", "--reason", " "])
+    assert exited.value.code == 2 and "force_promote needs a reason" in capsys.readouterr().err
 
 
 def test_named_params_win_over_the_overrides_object_and_none_means_unset():
@@ -104,7 +139,7 @@ def test_force_promote_overrules_a_refusing_gate_and_records_why(tmp_path):
     evaluated = {
         "evaluation": {"candidate": splits(0.05), "baselines": {"popularity": splits(0.08)},
                        "champion": splits(0.09), "champion_version": "1"},
-        "path": str(tmp_path / "evaluation.json"),
+        "path": str(RunLayout(tmp_path).evaluation), "run_dir": str(tmp_path),
     }
     refused = run_gate({}, evaluated)
     assert refused["passed"] is False and refused["force_promote"] is False
@@ -113,4 +148,4 @@ def test_force_promote_overrules_a_refusing_gate_and_records_why(tmp_path):
     assert forced["passed"] is True
     assert forced["reasons"][-1] == "forced by operator: new catalogue, baseline is stale"
     assert forced["operator_reason"] == "new catalogue, baseline is stale"
-    assert (tmp_path / "decision.json").exists()
+    assert RunLayout(tmp_path).decision.exists()

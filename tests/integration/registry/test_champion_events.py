@@ -123,9 +123,8 @@ def _register(config, trained_model_dir: Path, run_dir: Path, passed: bool) -> s
 @pytest.mark.slow
 def test_cli_promote_without_airflow_publishes_the_new_champion_in_process(
         base_overrides, prismrec_home, database_url, engine, ml100k, trained_model_dir, tmp_path):
-    from tasks.registry.store import champion_version
-
     from tasks.config import load_config
+    from tasks.registry.store import champion_version
 
     config = load_config(base_overrides | {"registry.model_name": MODEL, "database.reco_schema": RECO})
     first = _register(config, trained_model_dir, tmp_path / "events-run-1", passed=True)
