@@ -27,7 +27,6 @@ from expectations.common import (
 
 TABLE = "interactions"
 COLUMNS = {"user_id": INTEGER, "item_id": INTEGER, "rating": FLOAT, "occurred_at": TIMESTAMP}
-REQUIRED_COLUMNS = tuple(COLUMNS)
 IDENTIFYING_COLUMNS = ("user_id", "item_id", "occurred_at")
 # An event is a duplicate when the same user rated the same item at the same moment.
 EVENT_KEY = ["user_id", "item_id", "occurred_at"]

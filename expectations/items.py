@@ -17,7 +17,6 @@ from expectations.common import (
 
 TABLE = "items"
 COLUMNS = {"item_id": INTEGER, "title": TEXT, "genres": TEXT, "year": INTEGER, "description": TEXT}
-REQUIRED_COLUMNS = tuple(COLUMNS)
 # Columns that identify a row when an offending value (a null, a blank) says nothing by itself.
 IDENTIFYING_COLUMNS = ("item_id", "title")
 

@@ -9,7 +9,6 @@ from expectations.common import INTEGER, QualitySettings, columns_present, row_c
 
 TABLE = "users"
 COLUMNS = {"user_id": INTEGER}
-REQUIRED_COLUMNS = tuple(COLUMNS)
 IDENTIFYING_COLUMNS = ("user_id",)
 
 

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from tasks import db
 from tasks.config import PipelineConfig
 from tasks.errors import PrismRecError
+from tasks.evaluation.metrics import METRIC_NAMES
 from tasks.layout import RunLayout
 
 EXAMPLE_SQL = """\
@@ -23,8 +24,6 @@ from {reco}.user_recommendations
 where user_id = {user_id}
 order by rank
 limit 5"""
-
-METRICS = ("ndcg@10", "hr@10", "ndcg@20", "hr@20", "mrr@10", "coverage@10")
 
 
 def latest_run_dir(config: PipelineConfig) -> Path:
@@ -57,11 +56,11 @@ def _metrics_table(evaluation: dict) -> list[str]:
     rows += [(f"{name} (baseline)", result) for name, result in evaluation.get("baselines", {}).items()]
     if evaluation.get("champion"):
         rows.append((f"champion v{evaluation.get('champion_version')}", evaluation["champion"]))
-    header = f"  {'model':<24} {'split':<6} " + " ".join(f"{m:>11}" for m in METRICS)
+    header = f"  {'model':<24} {'split':<6} " + " ".join(f"{m:>11}" for m in METRIC_NAMES)
     lines = [header, "  " + "-" * (len(header) - 2)]
     for name, result in rows:
         for split in ("valid", "test"):
-            values = " ".join(f"{result[split][m]:>11.4f}" for m in METRICS)
+            values = " ".join(f"{result[split][m]:>11.4f}" for m in METRIC_NAMES)
             lines.append(f"  {name if split == 'valid' else '':<24} {split:<6} {values}")
     return lines
 

@@ -1,5 +1,5 @@
 """Evaluate: the candidate, the gate's baselines and the current champion, scored by the
-same code on the same leave-one-out split, ranking every item (PROTOCOL.md, LOO-full).
+same code on the same leave-one-out split, ranking every item (docs/protocol.md, LOO-full).
 
 Validation metrics select and gate; test metrics are reported once. Each model is also
 summarised per slice (tasks.evaluation.slices: history length, head/tail/cold target items) from the
@@ -8,7 +8,6 @@ same per-user ranks, so the gate can refuse a model that regresses for one group
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,7 @@ import numpy as np
 
 from tasks.config import PipelineConfig
 from tasks.data.prepare import Sequences, load_dataset
-from tasks.evaluation.metrics import summarize
+from tasks.evaluation.metrics import SELECTION_METRIC, summarize
 from tasks.evaluation.scoring import SPLITS, Scorer, model_scorer, popularity_scorer, rank_splits
 from tasks.evaluation.slices import Slice, define_slices, item_popularity, slice_metrics
 
@@ -38,9 +37,6 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
 
 def split_slices(sequences: Sequences, config: PipelineConfig) -> dict[str, list[Slice]]:
@@ -96,6 +92,6 @@ def evaluate_run(config: PipelineConfig, dataset_dir: Path, model_dir: Path,
             log.info("%-10s valid NDCG@10 %.4f HR@10 %.4f | test NDCG@10 %.4f HR@10 %.4f", name,
                      result["valid"]["ndcg@10"], result["valid"]["hr@10"],
                      result["test"]["ndcg@10"], result["test"]["hr@10"])
-    log.info("candidate valid NDCG@10 by slice: %s", ", ".join(
-        f"{name} {m['ndcg@10']:.4f} ({m['users']} users)" for name, m in candidate_slices["valid"].items()))
+    log.info("candidate valid %s by slice: %s", SELECTION_METRIC, ", ".join(
+        f"{name} {m[SELECTION_METRIC]:.4f} ({m['users']} users)" for name, m in candidate_slices["valid"].items()))
     return evaluation

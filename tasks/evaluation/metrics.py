@@ -12,8 +12,15 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+# Every metric name the evaluation reports, the gate reads and MLflow, the report and the
+# benchmarks show is built here. HR and NDCG are reported at each cut-off; MRR and catalogue
+# coverage over the top-TOP_K lists, whose NDCG is the selection metric.
 CUTOFFS = (10, 20)
-METRIC_NAMES = ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10")
+TOP_K = 10
+RANKING_METRICS = (*(f"{kind}@{k}" for k in CUTOFFS for kind in ("hr", "ndcg")), f"mrr@{TOP_K}")
+COVERAGE = f"coverage@{TOP_K}"
+METRIC_NAMES = (*RANKING_METRICS, COVERAGE)
+SELECTION_METRIC = f"ndcg@{TOP_K}"  # selects epochs and hyper-parameters, and gates, on validation
 
 
 def hit_rate(ranks: np.ndarray, k: int) -> float:
@@ -39,16 +46,19 @@ def coverage(top_lists: np.ndarray, n_items: int) -> float:
     return len(np.unique(top_lists)) / n_items if n_items else 0.0
 
 
-def summarize(ranks: np.ndarray, top10: np.ndarray, n_items: int) -> dict[str, float]:
-    """All protocol metrics from target ranks and each user's top-10 list."""
-    return {
-        "hr@10": hit_rate(ranks, 10),
-        "ndcg@10": ndcg(ranks, 10),
-        "hr@20": hit_rate(ranks, 20),
-        "ndcg@20": ndcg(ranks, 20),
-        "mrr@10": mrr(ranks, 10),
-        "coverage@10": coverage(top10, n_items),
-    }
+def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """RANKING_METRICS from 0-based target ranks, for all users or any subset (a slice)."""
+    metrics: dict[str, float] = {}
+    for k in CUTOFFS:
+        metrics[f"hr@{k}"] = hit_rate(ranks, k)
+        metrics[f"ndcg@{k}"] = ndcg(ranks, k)
+    metrics[f"mrr@{TOP_K}"] = mrr(ranks, TOP_K)
+    return metrics
+
+
+def summarize(ranks: np.ndarray, top_lists: np.ndarray, n_items: int) -> dict[str, float]:
+    """All protocol metrics (METRIC_NAMES) from target ranks and each user's top-TOP_K list."""
+    return ranking_metrics(ranks) | {COVERAGE: coverage(top_lists, n_items)}
 
 
 def mask_history(scores: torch.Tensor, histories: Sequence[np.ndarray], targets: torch.Tensor) -> torch.Tensor:
@@ -65,17 +75,17 @@ def mask_history(scores: torch.Tensor, histories: Sequence[np.ndarray], targets:
 
 
 def rank_targets(scores: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """0-based rank of each target among all items, and each row's top-10 item indices."""
+    """0-based rank of each target among all items, and each row's top-TOP_K item indices."""
     target_scores = scores.gather(1, targets[:, None])
     index = torch.arange(scores.shape[1], device=scores.device)[None]
     above = (scores > target_scores) | ((scores == target_scores) & (index < targets[:, None]))
-    top10 = scores.topk(min(10, scores.shape[1]), dim=1).indices
-    return above.sum(1).cpu().numpy(), top10.cpu().numpy()
+    top_lists = scores.topk(min(TOP_K, scores.shape[1]), dim=1).indices
+    return above.sum(1).cpu().numpy(), top_lists.cpu().numpy()
 
 
 def rank_batches(score_batches: Iterable[tuple[torch.Tensor, Sequence[np.ndarray], np.ndarray]]
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user target ranks [U] and top-10 lists [U, 10] over batches of (scores, histories, targets).
+    """Per-user target ranks [U] and top-TOP_K lists [U, TOP_K] over batches of (scores, histories, targets).
 
     The per-user view lets callers summarise any subset of users (slices) without re-scoring.
     """
@@ -87,7 +97,7 @@ def rank_batches(score_batches: Iterable[tuple[torch.Tensor, Sequence[np.ndarray
         all_ranks.append(ranks)
         all_top.append(top10)
     if not all_ranks:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 10), dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros((0, TOP_K), dtype=np.int64)
     return np.concatenate(all_ranks), np.concatenate(all_top)
 
 

@@ -21,9 +21,7 @@ SPLITS = {"valid": 2, "test": 1}  # split -> items held out of the input history
 BATCH_USERS = 512
 
 
-# A scorer maps histories (index arrays of the split) to scores [B, N+1] over the split's items.
 Scorer = Callable[[Sequence[np.ndarray]], torch.Tensor]
-
 
 
 def rank_splits(scorer: Scorer, sequences: Sequences) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -32,24 +30,21 @@ def rank_splits(scorer: Scorer, sequences: Sequences) -> dict[str, tuple[np.ndar
     for split, holdout in SPLITS.items():
         histories = sequences.histories(holdout)
         targets = sequences.targets(split)
-        results[split] = rank_batches(_scored_batches(scorer, histories, targets))
+        results[split] = rank_batches(scored_batches(scorer, histories, targets))
     return results
 
 
-
-def _scored_batches(scorer: Scorer, histories, targets):
-    """(scores, histories, targets) for successive blocks of users."""
+def scored_batches(scorer: Scorer, histories: Sequence[np.ndarray], targets: np.ndarray):
+    """(scores, histories, targets) for successive blocks of BATCH_USERS users."""
     for start in range(0, len(histories), BATCH_USERS):
         chunk = histories[start:start + BATCH_USERS]
         yield scorer(chunk), chunk, targets[start:start + BATCH_USERS]
-
 
 
 def evaluate_scorer(scorer: Scorer, sequences: Sequences) -> dict[str, dict[str, float]]:
     """{"valid": metrics, "test": metrics} for one model on the split."""
     return {split: summarize(ranks, top10, sequences.n_items)
             for split, (ranks, top10) in rank_splits(scorer, sequences).items()}
-
 
 
 def popularity_scorer(sequences: Sequences) -> Scorer:
@@ -59,13 +54,11 @@ def popularity_scorer(sequences: Sequences) -> Scorer:
     return lambda histories: scores.expand(len(histories), -1)
 
 
-
 def model_scorer(model_dir: Path, sequences: Sequences) -> Scorer:
     """A trained PrismRec model (candidate or champion) scoring the split's items by app item id."""
     from tasks.model.recommender import Recommender
 
     return recommender_scorer(Recommender.load(model_dir), sequences)
-
 
 
 def recommender_scorer(recommender, sequences: Sequences) -> Scorer:

@@ -16,11 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tasks.config import GateConfig
-from tasks.evaluation.metrics import hit_rate, mrr, ndcg
-
-HISTORY_SLICES = ("history_short", "history_medium", "history_long")
-ITEM_SLICES = ("items_head", "items_tail", "items_cold")
-SLICE_NAMES = HISTORY_SLICES + ITEM_SLICES
+from tasks.evaluation.metrics import ranking_metrics
 
 
 @dataclass(frozen=True)
@@ -90,19 +86,8 @@ def define_slices(history_lengths: np.ndarray, targets: np.ndarray, popularity: 
 
 
 def slice_metrics(ranks: np.ndarray, slices: Sequence[Slice]) -> dict[str, dict[str, float]]:
-    """{slice: {"users", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10"}} from 0-based target ranks.
+    """{slice: {"users": n, metric: value for the RANKING_METRICS}} from 0-based target ranks.
 
     Coverage is left out: it describes a whole catalogue's exposure, not a subset of users.
     """
-    out: dict[str, dict[str, float]] = {}
-    for piece in slices:
-        chosen = ranks[piece.mask]
-        out[piece.name] = {
-            "users": len(chosen),
-            "hr@10": hit_rate(chosen, 10),
-            "ndcg@10": ndcg(chosen, 10),
-            "hr@20": hit_rate(chosen, 20),
-            "ndcg@20": ndcg(chosen, 20),
-            "mrr@10": mrr(chosen, 10),
-        }
-    return out
+    return {piece.name: {"users": int(piece.mask.sum()), **ranking_metrics(ranks[piece.mask])} for piece in slices}

@@ -29,7 +29,6 @@ from tasks.publish import tables as reco_tables
 
 log = logging.getLogger(__name__)
 
-TABLE = "user_recommendations"
 DEAD_RUN_ERROR = "the publishing process or its database connection died before finishing; nothing was published"
 
 

@@ -7,6 +7,9 @@ import pytest
 import torch
 
 from tasks.evaluation.metrics import (
+    METRIC_NAMES,
+    RANKING_METRICS,
+    SELECTION_METRIC,
     coverage,
     evaluate_scores,
     hit_rate,
@@ -14,6 +17,8 @@ from tasks.evaluation.metrics import (
     mrr,
     ndcg,
     rank_targets,
+    ranking_metrics,
+    summarize,
 )
 
 
@@ -71,3 +76,17 @@ def test_evaluate_scores_end_to_end():
     assert metrics["hr@10"] == 0.5
     assert metrics["hr@20"] == 1.0
     assert metrics["ndcg@20"] == pytest.approx((1.0 + 1.0 / math.log2(13)) / 2)
+
+
+def test_metric_names_are_what_the_evaluation_reports():
+    assert METRIC_NAMES == ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10")
+    ranks = np.array([0, 3, 12, 40])
+    assert tuple(ranking_metrics(ranks)) == RANKING_METRICS
+    assert tuple(summarize(ranks, np.array([[1, 2], [2, 3]]), n_items=6)) == METRIC_NAMES
+    assert ranking_metrics(ranks)["hr@20"] == 0.75 and SELECTION_METRIC in RANKING_METRICS
+
+
+def test_the_gate_judges_by_the_selection_metric_by_default():
+    from tasks.config import GateConfig
+
+    assert GateConfig().metric == SELECTION_METRIC
