@@ -4,7 +4,7 @@
 
 On MovieLens-100K, prepared by the pipeline's own functions (bench.quality.prepare, in its own
 schema), PrismRec is trained with `launch_training` (the DAG's code) and scored with
-`tasks.evaluation.evaluate` on the LOO-full split:
+`tasks.evaluation.scoring` on the LOO-full split:
 
 1. Ablation: K=1 and K=4 interests, everything else equal; validation and test NDCG@10/HR@10.
 2. Disentanglement (K=4, test histories): mean pairwise cosine between a user's interests (raw,
@@ -165,9 +165,9 @@ def cold_rows(scorer, sequences, held: np.ndarray) -> dict:
 
 
 def cold_start(config, dataset_dir: Path, work: Path, holdout: float, seed: int, sasrec_epochs: int) -> dict:
+    from bench.baselines import fit_content, fit_sasrec
     from bench.interest_metrics import hold_out_items
     from tasks.data.prepare import load_dataset
-    from tasks.evaluation.baselines import fit_content, fit_sasrec
     from tasks.evaluation.scoring import model_scorer, popularity_scorer
     from tasks.layout import DatasetFiles
 
@@ -270,7 +270,7 @@ def markdown(result: dict) -> str:
               f"dropped; {s['held_out_items_as_test_target']} test users have a held-out item as target.", "",
               "PrismRec scores items with no training interactions by their text vector alone (their id "
               "embeddings only ever saw softmax-negative gradient). `content`: zero-shot MiniLM "
-              "similarity to the history (tasks.evaluation.baselines.fit_content, default decay), a text-only reference.", "",
+              "similarity to the history (bench.baselines.fit_content, default decay), a text-only reference.", "",
               "| model | cold HR@10 | cold NDCG@10 | cold median rank | all HR@10 | all NDCG@10 | train s |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, row in c["models"].items():
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("K=%d: %s", k, ablation[str(k)])
     result = {
         "dataset": DATASET,
-        "protocol": "LOO-full (shared/PROTOCOL.md); validation selects the epoch, test reported",
+        "protocol": "LOO-full (docs/protocol.md); validation selects the epoch, test reported",
         "epochs": args.epochs,
         "seed": args.seed,
         "machine": machine(),

@@ -5,8 +5,9 @@
 
 The data goes through the real pipeline functions (load into the benchmark's own Postgres
 schema, extract a snapshot, prepare), PrismRec is trained with `launch_training` (the code the
-DAG runs), and everything is scored by `tasks.evaluation.evaluate.evaluate_scorer`. Test metrics go in the
-table; validation metrics (the only ones used for selection) are kept in the JSON.
+DAG runs), the baselines come from bench.baselines (the gate's three plus zero-shot text and
+SASRec), and everything is scored by `tasks.evaluation.scoring.evaluate_scorer`. Test metrics go
+in the table; validation metrics (the only ones used for selection) are kept in the JSON.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,29 +32,25 @@ DATASETS = {
     "ml-100k": ("movielens-100k", datetime(1998, 5, 1, tzinfo=UTC)),
     "ml-1m": ("movielens-1m", datetime(2003, 3, 1, tzinfo=UTC)),
 }
-# PrismRec settings selected on validation for a dataset, applied over the pipeline defaults
-# unless the environment sets the same key (PRISMREC_STAGE__NAME) or --pipeline-defaults is given.
-# ML-1M's long, dense histories are read 200 items deep (batches of 16 keep a step's memory), and
-# there one interest, the transformer state, beats four on validation at every epoch and runs
-# 1.7x faster a step (bench/README.md v48, v54, v55); on ML-100K four win (bench.interests' ablation).
-# In ML-1M's 50-minute budget (14 epochs on 2 cores) less dropout learns faster and ends higher:
-# validation 0.1945 / 0.2030 / 0.2081 with 0.2 / 0.1 / 0.05 (v56-v58; none stalls, v63). Its
-# catalogue has no cold items, and the frozen MiniLM (cached text vectors, learned projection and
-# id embeddings) validated as high or higher at equal epochs and steps ~1.45x as fast: 16 epochs,
-# 0.2097 (v64).
+# PrismRec settings selected on validation for a dataset (docs/experiments.md), applied over the
+# pipeline defaults except where the environment sets the same key (PRISMREC_STAGE__FIELD) or
+# --pipeline-defaults is given. ML-1M's long, dense histories are read 200 items deep (batches of
+# 16 keep a step's memory); there one interest, the transformer state, validates above four and
+# runs faster a step (on ML-100K four win: bench.interests' ablation), less dropout learns faster
+# within the 50-minute budget, and with no cold items in the catalogue the frozen MiniLM (cached
+# text vectors) validates as high at ~1.45x the steps per second.
 DATASET_SETTINGS = {
     "ml-1m": {"prepare.max_history": 200, "train.batch_size": 16, "train.n_interests": 1, "train.dropout": 0.05,
               "train.lm_trainable_layers": 0},
 }
-# Baseline settings selected on validation for a dataset, over tasks.evaluation.baselines.GRIDS; `--baseline`
-# overrides them key by key. SASRec on ML-1M in the 50-minute budget: dropout 0.1 validated
-# 0.1925 vs 0.1836 with its published 0.2 (bench/README.md v62); on ML-100K 0.2 stays (v60).
+# Baseline settings selected on validation for a dataset, over bench.baselines.GRIDS; `--baseline`
+# overrides them key by key. Within ML-1M's 50-minute budget SASRec validates higher with dropout
+# 0.1 than with its published 0.2, which ML-100K keeps.
 DATASET_BASELINES = {
     "ml-1m": {"sasrec": {"dropout": 0.1}},
 }
 MODELS = ("popularity", "itemknn", "content", "ease", "sasrec", "prismrec")
-COLUMNS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10")
-PROTOCOL = ("LOO-full (shared/PROTOCOL.md): 5-core filter (one pass, users then items), time-ordered "
+PROTOCOL = ("LOO-full (docs/protocol.md): 5-core filter (one pass, users then items), time-ordered "
             "leave-one-out, all items ranked, history masked; selection on validation NDCG@10, test reported")
 
 
@@ -99,11 +97,23 @@ def prepare(config, dataset: str, work: Path) -> Path:
     return run.dataset.root
 
 
+def dataset_settings(dataset: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The dataset's selected PrismRec settings, less those the environment sets
+    (`PRISMREC_STAGE__FIELD`), so that the environment still wins over them."""
+    environ = os.environ if environ is None else environ
+    from_environment = set()
+    for name in environ:
+        stage, sep, field = name.removeprefix("PRISMREC_").partition("__")
+        if name.startswith("PRISMREC_") and sep:
+            from_environment.add(f"{stage.lower()}.{field.lower()}")
+    return {key: value for key, value in DATASET_SETTINGS.get(dataset, {}).items() if key not in from_environment}
+
+
 def baseline_settings(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
     """`--baseline NAME.KEY=VALUE` flags -> {NAME: {KEY: VALUE}}; a value is read as JSON (0.1,
     true, 64), else kept as text. KEY must be a keyword of the baseline's fit function; it replaces
-    that key's grid (`tasks.evaluation.baselines.GRIDS`) with the one value."""
-    from tasks.evaluation.baselines import BASELINES
+    that key's grid (`bench.baselines.GRIDS`) with the one value."""
+    from bench.baselines import BASELINES
 
     settings: dict[str, dict[str, Any]] = {}
     for pair in pairs or []:
@@ -143,7 +153,7 @@ def dataset_baselines(dataset: str, names: list[str], flags: dict[str, dict[str,
 
 def run_baseline(name: str, sequences, items, budget_minutes: float | None = None,
                  settings: dict[str, Any] | None = None) -> dict:
-    from tasks.evaluation.baselines import GRIDS, TrainedScorer, tune
+    from bench.baselines import GRIDS, TrainedScorer, tune
     from tasks.evaluation.scoring import evaluate_scorer
 
     log.info("fitting %s", name)
@@ -171,13 +181,15 @@ def run_prismrec(config, dataset_dir: Path, work: Path, sequences) -> dict:
     metrics = evaluate_scorer(model_scorer(model_dir, sequences), sequences)
     summary = json.loads(ModelFiles(Path(model_dir)).summary.read_text())
     return {**metrics["test"], "train_seconds": round(seconds, 1),
-            # prepare.max_history too: how much history the model reads is a model choice (v42, v48).
+            # prepare.max_history too: how much history the model reads is a model choice.
             "hyper": {k: v for k, v in config.to_dict().items() if k.startswith("train.") or k == "prepare.max_history"},
             "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
             "stopped_by": summary.get("stopped_by"), "valid": metrics["valid"]}
 
 
 def markdown(result: dict) -> str:
+    from tasks.evaluation.metrics import METRIC_NAMES
+
     m = result["machine"]
     lines = [
         f"# Quality on {result['dataset']} (test split, LOO-full)",
@@ -185,14 +197,14 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, torch threads {m['torch_threads']}, "
         f"GPU: {m['gpu'] or 'none'}. Generated {result['generated_at']}.",
         "",
-        "| model | " + " | ".join(c.upper().replace("COVERAGE", "Coverage") for c in COLUMNS) + " | train s | epochs |",
-        "| --- | " + " | ".join("---:" for _ in COLUMNS) + " | ---: | ---: |",
+        "| model | " + " | ".join(c.upper().replace("COVERAGE", "Coverage") for c in METRIC_NAMES) + " | train s | epochs |",
+        "| --- | " + " | ".join("---:" for _ in METRIC_NAMES) + " | ---: | ---: |",
     ]
     for name, row in result["models"].items():
         epochs = row.get("epochs_run")
         if epochs and row.get("stopped_by") == "time budget":
             epochs = f"{epochs} (time budget)"
-        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in COLUMNS)
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in METRIC_NAMES)
                      + f" | {row['train_seconds']:.0f} | {epochs or ''} |")
     return "\n".join(lines) + "\n"
 
@@ -231,12 +243,12 @@ def main(argv: list[str] | None = None) -> dict:
     baselines = dataset_baselines(args.dataset, names, baselines)
     if baselines:
         log.info("baseline settings (%s's selected on validation, under any --baseline): %s", args.dataset, baselines)
-    settings = {} if args.pipeline_defaults else DATASET_SETTINGS.get(args.dataset, {})
+    settings = {} if args.pipeline_defaults else dataset_settings(args.dataset)
     if settings:
-        log.info("%s settings selected on validation, under any the environment sets (--pipeline-defaults "
+        log.info("%s settings selected on validation, where the environment sets none (--pipeline-defaults "
                  "to drop): %s", args.dataset, settings)
-    config = load_config({"database.app_schema": schema, "train.epochs": args.epochs,
-                          "train.max_minutes": args.budget_minutes}, defaults=settings)
+    config = load_config({**settings, "database.app_schema": schema, "train.epochs": args.epochs,
+                          "train.max_minutes": args.budget_minutes})
     from bench.allocator import reexec_under_allocator
 
     reexec_under_allocator(config.train.allocator, "bench.quality", argv)  # the baselines' race is fair

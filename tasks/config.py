@@ -113,7 +113,7 @@ class QualityConfig:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    # The 5-core filter of PROTOCOL.md: one pass, users then items (as RecBole does).
+    # The 5-core filter of docs/protocol.md: one pass, users then items (as RecBole does).
     min_user_interactions: int = 5
     min_item_interactions: int = 5
     # Longest history the user tower reads; ML-100K median history is ~65 items.
@@ -278,6 +278,7 @@ GATE_BASELINES = ("popularity", "itemknn", "ease")  # cheap enough to fit inside
 
 @dataclass(frozen=True)
 class GateConfig:
+    # The selection metric (tasks.evaluation.metrics.SELECTION_METRIC), on the validation split.
     metric: str = "ndcg@10"
     # Baselines scored on the run's split (comma-separated, from popularity, itemknn, ease); the
     # candidate must beat the best of them. EASE inverts an items x items matrix: drop it for
@@ -413,16 +414,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         ) from None
 
 
-def load_config(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
-                defaults: Mapping[str, Any] | None = None) -> PipelineConfig:
-    """Resolve the pipeline config: defaults < `defaults` < environment < `overrides` (Params, then flags).
+def load_config(overrides: Mapping[str, Any] | None = None, *,
+                environ: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Resolve the pipeline config: defaults < environment < `overrides` (Params, then flags).
 
-    `overrides` and `defaults` map dotted keys (`"train.epochs"`) to values; None values are
-    ignored so unset flags do not clobber lower layers. `defaults` are a caller's own defaults
-    (e.g. a benchmark's per-dataset settings) that the environment still overrides.
+    `overrides` maps dotted keys (`"train.epochs"`) to values; None values are ignored so unset
+    flags do not clobber lower layers.
     """
     environ = os.environ if environ is None else environ
-    layered: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if v is not None}
+    layered: dict[str, Any] = {}
     for env_name, key in _ENV_SHORTCUTS.items():
         if environ.get(env_name):
             layered[key] = environ[env_name]

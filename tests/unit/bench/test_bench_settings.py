@@ -1,14 +1,20 @@
-"""The quality benchmark's per-dataset PrismRec settings (bench.quality.DATASET_SETTINGS), a
-layer of load_config's `defaults` under the environment."""
+"""The quality benchmark's per-dataset settings: PrismRec's (bench.quality.DATASET_SETTINGS, under
+the environment) and the baselines' (DATASET_BASELINES, under the --baseline flags)."""
 
 import pytest
 
-from bench.quality import DATASET_BASELINES, DATASET_SETTINGS, baseline_settings, dataset_baselines
+from bench.quality import (
+    DATASET_BASELINES,
+    DATASET_SETTINGS,
+    baseline_settings,
+    dataset_baselines,
+    dataset_settings,
+)
 from tasks.config import load_config
 
 
 def test_ml1m_reads_long_histories_with_one_interest():
-    config = load_config(defaults=DATASET_SETTINGS["ml-1m"], environ={})
+    config = load_config(dataset_settings("ml-1m", environ={}), environ={})
     assert (config.prepare.max_history, config.train.batch_size, config.train.n_interests) == (200, 16, 1)
     assert config.train.dropout == 0.05 < load_config(environ={}).train.dropout
     # a frozen text encoder on ML-1M (no cold items there); the pipeline keeps one fine-tuned layer
@@ -16,15 +22,16 @@ def test_ml1m_reads_long_histories_with_one_interest():
 
 
 def test_the_environment_wins_over_a_dataset_setting():
-    environ = {"PRISMREC_TRAIN__N_INTERESTS": "4"}
-    config = load_config(defaults=DATASET_SETTINGS["ml-1m"], environ=environ)
+    environ = {"PRISMREC_TRAIN__N_INTERESTS": "4", "PRISMREC_HOME": "/elsewhere"}
+    settings = dataset_settings("ml-1m", environ)
+    assert "train.n_interests" not in settings and settings["train.batch_size"] == 16
+    config = load_config(settings, environ=environ)
     assert config.train.n_interests == 4
     assert config.prepare.max_history == DATASET_SETTINGS["ml-1m"]["prepare.max_history"]
 
 
 def test_a_dataset_without_settings_trains_the_pipeline_defaults():
-    assert "ml-100k" not in DATASET_SETTINGS
-    assert load_config(defaults=DATASET_SETTINGS.get("ml-100k"), environ={}) == load_config(environ={})
+    assert "ml-100k" not in DATASET_SETTINGS and dataset_settings("ml-100k", environ={}) == {}
 
 
 def test_baseline_flags_become_fit_keywords():
