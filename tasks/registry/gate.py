@@ -124,7 +124,7 @@ def decide(
 ) -> GateDecision:
     """Judge `candidate` against the floors, the best baseline and (if any) the champion.
 
-    All mappings hold the same split's values (validation, per PROTOCOL.md); the slice
+    All mappings hold the same split's values (validation, per docs/protocol.md); the slice
     mappings are `{slice: {"users": n, metric: value}}` of that split (tasks.evaluation.slices).
     """
     metric = config.metric

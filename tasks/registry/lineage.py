@@ -84,5 +84,5 @@ def build_lineage(config: PipelineConfig, *, snapshot: Mapping[str, Any], model_
     for table, rows in counts.items():
         tags[f"snapshot_rows_{table}"] = str(rows)
     if "interactions" in counts:
-        tags["snapshot_interactions"] = str(counts["interactions"])  # the name earlier versions used
+        tags["snapshot_interactions"] = str(counts["interactions"])  # registry searches written against this name
     return tags

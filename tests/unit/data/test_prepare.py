@@ -1,4 +1,4 @@
-"""Sequence building and the leave-one-out split of PROTOCOL.md, on hand-made interactions."""
+"""Sequence building and the leave-one-out split of docs/protocol.md, on hand-made interactions."""
 
 import numpy as np
 import pandas as pd
