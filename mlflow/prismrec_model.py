@@ -4,8 +4,9 @@ Input: a DataFrame with `user_id` and `history` (the user's app item ids, oldest
 Output: one row per recommendation: user_id, rank (1 = best), item_id, score, interest_id,
 explanation. Params: `top_k` (default 50) and `interest_balance` (how evenly the list is shared
 out between the user's interests, ComiRec's controllable aggregation in logits; 0 = each item
-under its best interest only; negative or absent = the model's own, train.interest_balance). The artifact `model_dir` is a folder written
-by `tasks.training.worker` (model.pt, items.parquet, training.json).
+under its best interest only; negative or absent = the model's own, train.interest_balance).
+The artifact `model_dir` is a model folder written by `tasks.training.worker` (tasks.layout.ModelFiles:
+the checkpoint and the item table are what scoring reads).
 """
 
 import numpy as np

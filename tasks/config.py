@@ -127,11 +127,8 @@ class TrainConfig:
     n_interests: int = 4
     # Width of item/interest vectors; 128 is ample for catalogues of a few thousand items.
     dim: int = 128
-    # Top transformer layers of MiniLM that are fine-tuned; the rest stay frozen and cached. Two
-    # learned no faster per epoch than one on ML-100K at 1.45x the time (bench/README.md v33).
-    # 0 (frozen encoder) is level on warm items at ~0.7x the time per epoch (v34, v35) but ranks
-    # cold items, which only their text places, much worse (v36: median rank 99 vs 68). On ML-1M
-    # (no cold items) 0 is the benchmark's setting: validated level or higher, 1.45x the steps (v64).
+    # Top MiniLM layers fine-tuned (the rest stay frozen and cached): 1 places cold items by their
+    # text far better than 0, and 2 learns no faster (see docs/experiments.md).
     lm_trainable_layers: int = 1
     # Item texts are a title, a year and genres: 32 word pieces cover nearly all of them.
     max_text_tokens: int = 32
@@ -139,9 +136,6 @@ class TrainConfig:
     user_layers: int = 2
     user_heads: int = 2
     dropout: float = 0.2
-    # Domain-adaptive masked-LM epochs over the item texts before fine-tuning (0: off), and its rate.
-    mlm_epochs: int = 0
-    mlm_lr: float = 5e-5
     # Items whose text rows are recomputed with gradient each step (batch targets first).
     lm_items_per_step: int = 64
     # An upper bound: early stopping on validation NDCG@10 usually ends the run sooner.
@@ -153,90 +147,42 @@ class TrainConfig:
     weight_decay: float = 0.01
     # Stop when validation NDCG@10 has not improved for this many epochs.
     patience: int = 5
-    # Learning-rate schedule: "plateau" halves both rates after lr_patience epochs without
-    # improvement, down to lr_floor of their start; "cosine" anneals them to lr_floor of their
-    # start along the planned run (train.epochs, or the epochs that fit in train.max_minutes
-    # once the first one is timed).
-    schedule: str = "plateau"
-    # Halve the learning rates after this many epochs without improvement (None: constant rates).
+    # Halve both learning rates after this many epochs without a better validation NDCG@10 (None:
+    # constant rates); a cosine anneal does no better (see docs/experiments.md).
     lr_patience: int | None = 1
+    # The halving stops at this share of the start rates.
     lr_floor: float = 0.01
-    # "cosine" only: hold the start rates, then anneal over this last share of the planned run
-    # (1.0: along all of it).
-    lr_decay_share: float = 1.0
     # torchrun processes; on CPU keep nproc * threads <= cores.
     nproc: int = 1
     threads_per_proc: int = 0  # 0: cores // nproc
     seed: int = 42
     # Fuse a learned id embedding for items seen in training (cold items fall back to text).
     use_id_embedding: bool = True
-    # Share of items whose id embedding is dropped at each step, so text alone learns to rank
-    # (off: it made cold items rank worse, bench/README.md v14).
-    id_dropout: float = 0.0
     # Cap on steps per epoch, for quick slices and tests; None trains on everything.
     max_steps_per_epoch: int | None = None
     # Every interaction is a training target: histories longer than prepare.max_history are cut
     # into windows (False: only each user's latest window, as a truncating SASRec does).
     all_positions: bool = True
-    # Share of prepare.max_history that every target sees at least (near the start of a history:
-    # all there is): windows overlap by that many items, and each target is trained in the window
-    # where it sits furthest back. 0: windows overlap by one item, so a window's first targets see
-    # one or two items. 0.5 learned faster on ML-100K, per epoch and per second; on ML-1M it led
-    # early and ended level at a 50-minute budget (bench/README.md v21, v21b).
+    # Share of prepare.max_history that every target sees before it (all there is near a history's
+    # start): windows overlap by that many items. 0.5 learns faster than 0 (see docs/experiments.md).
     window_overlap: float = 0.5
-    # Softmax over the whole catalogue (0) or over this many uniformly sampled negatives shared by
-    # each batch, plus each position's target (cheaper logits on large catalogues; on ML-100K it
-    # lagged full softmax, bench/README.md v12).
+    # Softmax over the whole catalogue (0), or over this many uniformly sampled negatives per batch
+    # plus each target: cheaper logits for large catalogues, a little less accurate.
     negatives: int = 0
-    # How long-term interests pool the history: "attention" (each interest attends over all of it,
-    # ComiRec-SA) or "cluster" (each item is shared out between the interests, capsule-style).
-    interest_routing: str = "attention"
-    # What the long-term interests' attention keys read: "state" (the transformer state at each
-    # past item) or "item" (the item vector alone, so interests can route by what items are).
-    interest_keys: str = "state"
-    # Weight of a second loss on the long-term interests alone (best of 1..K-1 must predict the target).
-    long_term_loss: float = 0.0
-    # Learn a logit scale per interest (so the recent interest can compete with the long-term ones).
-    interest_scale: bool = False
-    # A learned score offset per item, the same under every interest (lets the interests point at
-    # tastes while the offsets carry popularity).
-    item_bias: bool = False
-    # Scores are cosines times this scale (softmax temperature 1 / logit_scale). On ML-100K 10
-    # learned clearly slower and 30 was level within noise (bench/README.md v30). The interest
-    # balance is in the same logit units.
+    # Scores are cosines times this (softmax temperature 1 / logit_scale; the interest balance is in
+    # these logit units): 10 learns slower, 30 is level (see docs/experiments.md).
     logit_scale: float = 20.0
-    # What the training softmax scores each item by: "best" (its best interest, as inference
-    # ranks) or "routed" (the interest nearest the position's target scores every item, as in
-    # ComiRec/MIND). Routed does a K-th of the logits' work (ML-1M step 818 -> 571 ms on a 2-core
-    # AVX2 CPU) but learned clearly slower per epoch on ML-100K (bench/README v31).
-    training_scores: str = "best"
-    # Penalty on the pairwise cosines between a user's long-term interests that are positive (keeps
-    # them apart, never pushes them past orthogonal; stronger settings cost accuracy: bench/README v13, v18).
+    # Penalty on positive cosines between a user's long-term interests: keeps them apart without
+    # pushing them past orthogonal; stronger settings cost accuracy.
     interest_diversity: float = 0.1
-    # How the lists share picks between interests (ComiRec's controllable aggregation, in logits:
-    # each pick an interest already has lowers its next candidates by this much;
-    # tasks.model.recommender.balance_interests). 0: every item ranks under its best interest
-    # alone, and ~1 user in 3 gets a list from one interest. 0.1 gives nearly every user two or
-    # more at a cost within noise (ML-100K valid NDCG@10 -0.0017 / test +0.0002, ML-1M -0.0001 /
-    # -0.0006; bench/README.md v24); larger values share out more and cost more. Saved with the
-    # model: evaluation, the gate, the MLflow pyfunc and the tables all rank with it. Training
-    # and its early stopping rank by the best interest alone.
+    # How the published lists share picks between interests (tasks.model.recommender.balance_interests;
+    # 0: best interest alone): 0.1 gives nearly every user two interests or more at a cost within noise.
     interest_balance: float = 0.1
-    # Exponential moving average of the weights (Polyak averaging) over about this many epochs of
-    # steps (per-step decay 1 - 1 / (ema_epochs * steps per epoch)); training goes on with the live
-    # weights, and each epoch both are validated: the better of the two is the epoch's model for
-    # the LR plateau, early stopping, the checkpoint and everything downstream (history.json keeps
-    # both, and which won). The average lags while the model still improves fast and leads on a
-    # plateau: on ML-100K 1.8 (EMA decay 0.99 at 56 steps per epoch) validated above the live
-    # weights at 15 of 16 epochs from the 10th (best 0.1395 vs 0.1307; bench/README v29, v32). 0: off.
+    # Polyak averaging of the weights over about this many epochs of steps (0: off); each epoch the
+    # better of averaged and live weights on validation is kept: the average leads on a plateau.
     ema_epochs: float = 1.8
-    # Warm the average up (TensorFlow's num_updates rule, tasks.training.schedule.ema_decay): per-step decay
-    # min(decay, (1 + n) / (10 + n)) after n updates, so early on the average spans about the last
-    # ~11 % of the steps instead of lagging a fast-improving model by ema_epochs. ML-1M: the
-    # average validated 0.1292 vs 0.0438 at epoch 1, best of 5 epochs 0.1649 vs 0.1611 (v38); in a
-    # 50-minute run (12 epochs) the chosen weights validated higher at every epoch but the last,
-    # averaged ahead of live at 11 of 12; ML-100K full run level (bench/README.md v38-v40).
-    # false: the plain EMA from the first step.
+    # Warm the average up (tasks.training.schedule.ema_decay) so that early on it follows the
+    # fast-improving weights instead of lagging them by ema_epochs.
     ema_warmup: bool = True
     # Wall-clock budget: training stops before an epoch that would overrun it (measured on the
     # epochs so far, validation included); the best epoch is kept.
@@ -244,12 +190,10 @@ class TrainConfig:
     # Matmul precision: "auto" = bf16 autocast on a GPU and on CPUs with native bf16 (AVX512-BF16,
     # AMX), fp32 elsewhere; "bf16" or "fp32" force one.
     precision: str = "auto"
-    # Memory allocator of the training processes (CPU). A full-catalogue step allocates and frees
-    # a few hundred MB of score matrices, and glibc hands blocks that large back to the kernel at
-    # every free, so each step pays to fault them in again (~15 % of an ML-1M step). "auto":
-    # jemalloc when the system has it (Debian: libjemalloc2), told to keep freed pages, else
-    # glibc with transparent huge pages for large blocks; "jemalloc" insists on it; "system"
-    # leaves the allocator alone (tasks.training.launcher.allocator_env, bench/README.md "Training speed").
+    # Memory allocator of the training processes (CPU; tasks.training.launcher.allocator_env): glibc
+    # returns a step's large score matrices to the kernel and faults them in again (~15 % of an ML-1M
+    # step). "auto": jemalloc when installed (Debian: libjemalloc2), else glibc with huge pages;
+    # "jemalloc" insists on it; "system" leaves the allocator alone.
     allocator: str = "auto"
 
 
@@ -463,23 +407,12 @@ def validate(config: PipelineConfig) -> None:
         (t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32"),
         (t.allocator in ("auto", "jemalloc", "system"),
          f"train.allocator must be auto, jemalloc or system, got {t.allocator!r}"),
-        (t.interest_routing in ("attention", "cluster"), "train.interest_routing must be attention or cluster"),
-        (t.training_scores in ("best", "routed"), f"train.training_scores must be best or routed, got {t.training_scores!r}"),
-        (t.interest_keys in ("state", "item"), "train.interest_keys must be state or item"),
         (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
         (t.interest_balance >= 0, f"train.interest_balance must be >= 0 (0: no balancing), got {t.interest_balance}"),
-        (0.0 <= t.id_dropout < 1.0, "train.id_dropout must be in [0, 1)"),
         (t.logit_scale > 0, f"train.logit_scale must be positive, got {t.logit_scale}"),
         (t.ema_epochs >= 0, f"train.ema_epochs must be >= 0 (0: no weight averaging), got {t.ema_epochs}"),
-        (t.long_term_loss >= 0, "train.long_term_loss must be >= 0"),
         (t.negatives >= 0, "train.negatives must be >= 0 (0: full softmax over the catalogue)"),
-        (t.mlm_epochs >= 0 and t.mlm_lr > 0, "train.mlm_epochs must be >= 0 and train.mlm_lr positive"),
         (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be positive (or unset)"),
-        (t.schedule in ("plateau", "cosine"), f"train.schedule must be 'plateau' or 'cosine', got {t.schedule!r}"),
-        (0.0 < t.lr_decay_share <= 1.0, f"train.lr_decay_share must be in (0, 1], got {t.lr_decay_share}"),
-        (t.lr_decay_share == 1.0 or t.schedule == "cosine",
-         f"train.lr_decay_share={t.lr_decay_share} shapes the cosine schedule only: add train.schedule=cosine "
-         f"(the schedule is {t.schedule!r})"),
         (0 <= t.lr_floor < 1, "train.lr_floor must be in [0, 1): the share of the start rates the schedule never goes below"),
         (t.nproc >= 1, "train.nproc must be at least 1"),
         (0 <= t.lm_trainable_layers <= 6, "train.lm_trainable_layers must be between 0 and 6 (MiniLM has 6)"),

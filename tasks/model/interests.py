@@ -2,18 +2,14 @@
 
 Interest 0 is the *recent* interest: the state of a small causal transformer over the history
 (SASRec-style), which follows what the user is watching now. Interests 1..K-1 are *long-term*
-interests: each pools the item vectors of the causal prefix with its own weights, so an
-interest is literally a blend of past items. Two ways to weigh them (train.interest_routing):
+interests: each is a learned query that attends over the causal prefix (self-attentive
+multi-interest extraction, ComiRec-SA), so an interest is literally a blend of past items; a
+diversity penalty in training (train.interest_diversity) keeps the interests apart.
 
-- "attention": learned queries attend over the prefix (self-attentive multi-interest
-  extraction, ComiRec-SA); a diversity penalty in training keeps the interests apart.
-- "cluster": each past item is shared out between the interests by a softmax over the
-  interests (one step of capsule routing), so the interests split the history by construction.
-
-An item's score is its match with the best interest, and that interest's weights say which
-past items led to the pick. Keeping the recent interest apart matters: folding the sequence
-state into every interest made them all alike (mean pairwise cosine 0.97), and dropping it
-cost a third of validation NDCG@10 (see bench/README.md).
+An item's score is its match with the best interest, and that interest's attention says which
+past items led to the pick. The recent interest stays apart from the long-term ones: folded
+into every interest, the sequence state makes them all alike, and without it validation
+NDCG@10 drops by a third (see docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -27,13 +23,10 @@ from tasks.model.layers import Dropout, encoder_layer
 
 
 class InterestExtractor(nn.Module):
-    def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float,
-                 routing: str = "attention", keys: str = "state"):
+    def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float):
         super().__init__()
-        self.key_source = keys
         self.n_interests = n_interests
         self.n_heads = n_heads
-        self.routing = routing
         self.positions = nn.Embedding(max_len, dim)
         layer = nn.TransformerEncoderLayer(
             dim, n_heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True, norm_first=True,
@@ -102,33 +95,12 @@ class InterestExtractor(nn.Module):
                 state = state[:, -1:]
         if self.interest_queries is None:
             return state[:, :, None], (recent_attention[:, :, None] if with_attention else None)
-        # Keys: the transformer state at each item (what the user had watched up to it), or the item
-        # vector alone (what the item is), so that interests can route by content.
-        keyed = state if self.key_source == "state" else history  # state is still [B, L, d] here
-        logits = torch.einsum("kd,bjd->bkj", self.interest_queries, self.keys(keyed)) / math.sqrt(dim)  # [B, K-1, L]
-        if self.routing == "cluster":
-            # Each past item is shared out between the long-term interests (softmax over interests,
-            # as in capsule routing), so the interests split the history instead of all averaging
-            # it; interest k after t is the weighted mean of its items up to t (a running sum).
-            share = logits.float().softmax(1).masked_fill(pad[:, None, :], 0.0)  # [B, K-1, L]
-            if last_only:
-                weight = share.sum(-1, keepdim=True).clamp(min=1e-6)  # [B, K-1, 1]
-                pooled = (torch.einsum("bkj,bjd->bkd", share, history.float()) / weight)[:, :, None]
-            else:
-                weight = share.cumsum(-1).clamp(min=1e-6)  # [B, K-1, L(t)]
-                pooled = torch.einsum("bkj,bjd->bkjd", share, history.float()).cumsum(2) / weight[..., None]
-            pooled = self.long_out(pooled.transpose(1, 2).to(history.dtype))  # [B, L, K-1, d]
-            attention = None
-            if with_attention:
-                attention = share[:, None] / weight.transpose(1, 2)[..., None]  # [B, L(t), K-1, L(j)]
-                if last_only:
-                    attention = attention[:, -1:]
-                attention = attention.masked_fill(causal[None, :, None, :], 0.0)
-        else:
-            blocked = causal[None, :, None, :] | pad[:, None, None, :]  # [B, L(t), 1, L(j)]
-            logits = logits[:, None].masked_fill(blocked, torch.finfo(logits.dtype).min)  # [B, L, K-1, L]
-            attention = logits.softmax(-1)
-            pooled = self.long_out(torch.einsum("btkj,bjd->btkd", attention, history))
+        # Keys: the transformer state at each past item (what the user had watched up to it).
+        logits = torch.einsum("kd,bjd->bkj", self.interest_queries, self.keys(state)) / math.sqrt(dim)  # [B, K-1, L]
+        blocked = causal[None, :, None, :] | pad[:, None, None, :]  # [B, L(t), 1, L(j)]
+        logits = logits[:, None].masked_fill(blocked, torch.finfo(logits.dtype).min)  # [B, L, K-1, L]
+        attention = logits.softmax(-1)
+        pooled = self.long_out(torch.einsum("btkj,bjd->btkd", attention, history))
         if last_only:
             state = state[:, -1:]
         interests = torch.cat([state[:, :, None], pooled], dim=2)

@@ -12,7 +12,7 @@ already fast and is used unchanged.
 `encoder_layer` is nn.TransformerEncoderLayer's forward pass (pre-LN) over the layer's own
 modules and weights with this dropout in place of torch's (the text tower's packed BERT layer
 uses `attention` and `dropout` the same way): checkpoints and state dicts are unchanged, and in
-eval mode the functions equal the modules' own (tests/unit/test_layers.py).
+eval mode the functions equal the modules' own (tests/unit/model/test_layers.py).
 """
 
 from __future__ import annotations

@@ -7,12 +7,14 @@ is refreshed with gradient for the items a step touches, and fully at each epoch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 from torch import nn
 
+from tasks.config import TrainConfig
+from tasks.errors import RegistryError
 from tasks.model.interests import InterestExtractor
 from tasks.model.text_tower import TEXT_DIM, TextTower
 
@@ -33,25 +35,50 @@ class ModelSpec:
     lm_trainable_layers: int
     max_text_tokens: int
     use_id_embedding: bool
-    interest_routing: str = "attention"  # defaults keep checkpoints written before these fields loadable
-    id_dropout: float = 0.0
-    interest_scale: bool = False
-    interest_keys: str = "state"
-    # A learned score offset per item, added under every interest (popularity and the like, kept
-    # out of the interest directions).
-    item_bias: bool = False
     # Cosine scores are multiplied by this (a softmax temperature of 1 / logit_scale).
     logit_scale: float = LOGIT_SCALE
-    # Training only: "best" scores every catalogue item under its best interest (what inference
-    # ranks by); "routed" scores the catalogue under the one interest nearest each position's
-    # target (ComiRec/MIND training), a K-th of the logits' matmul work.
-    training_scores: str = "best"
     # Inference only: ComiRec's controllable aggregation (tasks.model.recommender.balance_interests);
     # 0 ranks every item by its best interest alone.
     interest_balance: float = 0.0
 
+    @classmethod
+    def from_config(cls, train: TrainConfig, n_items: int, max_history: int) -> ModelSpec:
+        """The network that the training settings describe, for a catalogue of n_items."""
+        return cls(n_items=n_items, max_history=max_history, dim=train.dim, n_interests=train.n_interests,
+                   user_layers=train.user_layers, user_heads=train.user_heads, dropout=train.dropout,
+                   lm_trainable_layers=train.lm_trainable_layers, max_text_tokens=train.max_text_tokens,
+                   use_id_embedding=train.use_id_embedding, logit_scale=train.logit_scale,
+                   interest_balance=train.interest_balance)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> ModelSpec:
+        """The spec a checkpoint holds. Older checkpoints may carry options the network no longer
+        has: they load when the option held the value that the network now always computes with,
+        or shaped training alone; otherwise the model cannot be rebuilt, and RegistryError says so."""
+        known = {f.name for f in fields(cls)}
+        for name in sorted(set(saved) - known):
+            if name in TRAINING_ONLY_OPTIONS:
+                continue
+            if name not in REMOVED_OPTIONS:
+                raise RegistryError(f"the checkpoint's model spec has an unknown field {name!r}; it was written "
+                                    "by another version of PrismRec: load it with that version or retrain")
+            if saved[name] != REMOVED_OPTIONS[name]:
+                raise RegistryError(
+                    f"the checkpoint was trained with {name}={saved[name]!r}, an option PrismRec no longer has "
+                    f"(only {name}={REMOVED_OPTIONS[name]!r} remains): retrain the model with current settings")
+        return cls(**{name: value for name, value in saved.items() if name in known})
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Options that older checkpoints' specs may hold, with the value the network now always has: such
+# a checkpoint loads when it used that value (see docs/experiments.md for why the others went).
+REMOVED_OPTIONS = {"interest_routing": "attention", "interest_keys": "state", "interest_scale": False,
+                   "item_bias": False}
+# Options that changed only how a model was trained (dropped id rows, which interest scored the
+# training softmax), never how it scores: such a checkpoint loads whatever they held.
+TRAINING_ONLY_OPTIONS = {"id_dropout", "training_scores"}
 
 
 class PrismRecNet(nn.Module):
@@ -69,25 +96,15 @@ class PrismRecNet(nn.Module):
                 self.id_embedding.weight[0].zero_()
         # Cosine scores times a scale (default 20: temperature 0.05) keep the softmax well-conditioned.
         self.logit_scale = spec.logit_scale
-        # Optional learned per-interest log-scale on the cosine logits (spec.interest_scale): lets the
-        # recent interest compete with the long-term ones, whose item blends score higher cosines.
-        self.interest_log_scale = nn.Parameter(torch.zeros(spec.n_interests)) if spec.interest_scale else None
-        self.item_bias = nn.Parameter(torch.zeros(spec.n_items + 1)) if spec.item_bias else None
         self.users = InterestExtractor(
             spec.dim, spec.n_interests, spec.max_history, spec.user_layers, spec.user_heads, spec.dropout,
-            spec.interest_routing, spec.interest_keys,
         )
 
     def item_vectors(self, text_vectors: torch.Tensor) -> torch.Tensor:
         """[N+1, 384] pooled text vectors -> [N+1, d] item vectors (row 0 is padding)."""
         vectors = self.text_projection(text_vectors)
         if self.id_embedding is not None:
-            ids = self.id_embedding.weight
-            if self.training and self.spec.id_dropout > 0:
-                # Some items lose their id row for a step, so the text part alone must rank them
-                # well: what a cold item (text, no interactions) gets at inference.
-                ids = ids * (torch.rand(len(ids), 1, device=ids.device) >= self.spec.id_dropout)
-            vectors = vectors + ids
+            vectors = vectors + self.id_embedding.weight
         return vectors
 
     def interests(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True,
@@ -96,16 +113,15 @@ class PrismRecNet(nn.Module):
         return self.users(items[histories], histories == 0, with_attention, last_only)
 
     def forward(self, histories: torch.Tensor, keep: torch.Tensor, text_cache: torch.Tensor, refresh: torch.Tensor,
-                refresh_states: torch.Tensor, refresh_mask: torch.Tensor, long_term: bool = False,
+                refresh_states: torch.Tensor, refresh_mask: torch.Tensor,
                 targets: torch.Tensor | None = None, negatives: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Training step: refresh the text vectors of items `refresh` with gradient, then
         return logits at the P positions where `keep` [B, L] is True (each item's score under
-        its best interest, what inference ranks by), the same over the long-term interests alone
-        (only when asked and K > 1), the fresh text vectors (for the caller to write back into
-        its cache), the pairwise cosines between the long-term interests at those positions
-        ([P, pairs]; zeros when K <= 2) and, given `targets`, how many of the positions' targets
-        each interest scores highest ([K] counts, no gradient: a dead interest shows as ~0).
+        its best interest, what inference ranks by), the fresh text vectors (for the caller to
+        write back into its cache), the pairwise cosines between the long-term interests at those
+        positions ([P, pairs]; zeros when K <= 2) and, given `targets`, how many of the positions'
+        targets each interest scores highest ([K] counts, no gradient: a dead interest shows as ~0).
 
         Logits are [P, N+1] over the whole catalogue, or, given `negatives` [M] (item indices
         shared by the batch) and `targets` [B, L], [P, 1+M]: the target's score first, then the
@@ -122,48 +138,30 @@ class PrismRecNet(nn.Module):
         overlap = self.interest_overlap(interests[:, 1:], items[1:].mean(0).detach())
         wanted = targets[keep] if targets is not None else None
         logits = self.training_logits(interests, items, wanted, negatives)
-        long_term_logits = None
-        if long_term and interests.shape[1] > 1:
-            long_term_logits = self.training_logits(interests[:, 1:], items, wanted, negatives)
         wins = None
         if wanted is not None:
             with torch.no_grad():
                 winner = self.target_scores(interests, items, wanted).argmax(1)
                 wins = torch.bincount(winner, minlength=interests.shape[1])
-        return logits, long_term_logits, fresh, overlap, wins
+        return logits, fresh, overlap, wins
 
     def training_logits(self, interests: torch.Tensor, items: torch.Tensor, targets: torch.Tensor | None,
                         negatives: torch.Tensor | None) -> torch.Tensor:
-        if self.spec.training_scores == "routed" and interests.shape[1] > 1:
-            interests = self.route_to_target(interests, items, targets)
+        """[P, N+1] best-interest scores of the whole catalogue, or, given `negatives`, [P, 1+M]."""
         if negatives is None:
-            logits = self.best_match(interests, items)
-            return logits if self.item_bias is None else logits + self.item_bias.to(logits.dtype)
+            return self.best_match(interests, items)
         positive = self.target_scores(interests, items, targets).amax(1)
         negative = self.best_match(interests, items[negatives])
-        if self.item_bias is not None:
-            positive = positive + self.item_bias[targets].to(positive.dtype)
-            negative = negative + self.item_bias[negatives].to(negative.dtype)
         negative = negative.masked_fill(negatives[None, :] == targets[:, None], torch.finfo(negative.dtype).min)
         return torch.cat([positive[:, None].to(negative.dtype), negative], dim=1)
-
-    def route_to_target(self, interests: torch.Tensor, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """[P, K, d] -> [P, 1, d]: at each position the interest that scores its target highest
-        (the choice takes no gradient; the chosen interest's scores do)."""
-        with torch.no_grad():
-            nearest = self.target_scores(interests, items, targets).argmax(1)
-        return interests[torch.arange(len(nearest), device=nearest.device), nearest][:, None]
 
     def target_scores(self, interests: torch.Tensor, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """[P, K] scaled cosine of each position's target with each of its interests [P, K, d]."""
         return torch.einsum("pkd,pd->pk", self._unit_interests(interests), nn.functional.normalize(items[targets], dim=-1))
 
     def _unit_interests(self, interests: torch.Tensor) -> torch.Tensor:
-        """Unit interests [..., K, d] times the logit scale (and the optional per-interest scale)."""
-        interests = nn.functional.normalize(interests, dim=-1) * self.logit_scale
-        if self.interest_log_scale is not None:
-            interests = interests * self.interest_log_scale.exp()[:, None]
-        return interests
+        """Unit interests [..., K, d] times the logit scale."""
+        return nn.functional.normalize(interests, dim=-1) * self.logit_scale
 
     def best_match(self, interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[P, K, d] interests, [N, d] items -> [P, N] scaled cosine of each item with its best interest."""
@@ -187,10 +185,9 @@ class PrismRecNet(nn.Module):
         return cosine[:, off_diagonal]
 
     def match(self, interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Scaled cosine between interests [..., K, d] and the whole catalogue's items [N+1, d],
-        plus each item's bias if the model has them -> [..., K, N+1] (inference)."""
-        scores = torch.einsum("...kd,nd->...kn", self._unit_interests(interests), nn.functional.normalize(items, dim=-1))
-        return scores if self.item_bias is None else scores + self.item_bias
+        """Scaled cosine between interests [..., K, d] and the whole catalogue's items [N+1, d]
+        -> [..., K, N+1] (inference)."""
+        return torch.einsum("...kd,nd->...kn", self._unit_interests(interests), nn.functional.normalize(items, dim=-1))
 
     @torch.no_grad()
     def interest_scores(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True):

@@ -3,13 +3,12 @@
 Used by evaluation (candidate and champion on the same split), by the MLflow pyfunc and by
 materialization. Works in app item ids, so a model can score a split whose item indexing
 differs from the one it was trained on (items it never saw score -inf). Everything is
-batched tensor work; the only per-user step is none: explanations are composed with
-vectorised string operations.
+batched tensor work, explanations included (vectorised string operations): nothing loops
+over users.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,10 @@ import pandas as pd
 import torch
 
 from tasks.errors import RegistryError
+from tasks.layout import ModelFiles
 from tasks.model.network import ModelSpec, PrismRecNet, pad_left
 from tasks.titles import display_titles
 
-CHECKPOINT = "model.pt"
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
 FALLBACK_EXPLANATION = "popular overall (no viewing history yet)"
 BALANCED_DEPTH = 50  # list positions that an interest balance re-orders when scoring for metrics
@@ -75,14 +74,8 @@ class Recommendations:
     explanations: np.ndarray  # [U, k] "because you watched A, B"
 
 
-@dataclass
-class UserInterests:
-    weights: np.ndarray  # [U, K] share of the user's top-k list each interest produced
-    top_item_ids: np.ndarray  # [U, K, e] most-attended history items of each interest (-1: none)
-
-
 class Recommender:
-    def __init__(self, net: PrismRecNet, item_text_vectors: torch.Tensor, items: pd.DataFrame, version_info: dict):
+    def __init__(self, net: PrismRecNet, item_text_vectors: torch.Tensor, items: pd.DataFrame):
         self.net = net.eval()
         self.spec = net.spec
         with torch.no_grad():
@@ -103,25 +96,23 @@ class Recommender:
         # Users with no known history get the most popular items (flagged with interest -1).
         counts = items["train_interactions"].to_numpy() if "train_interactions" in items else np.zeros(len(items))
         self.popularity = torch.as_tensor(np.concatenate([[-np.inf], counts]), dtype=torch.float32)
-        self.info = version_info
         # ComiRec's controllable aggregation strength (0: best interest alone); saved with the model,
         # so evaluation, the pyfunc and the published tables list the same items.
         self.interest_balance = float(net.spec.interest_balance)
 
     @classmethod
     def load(cls, model_dir: Path) -> Recommender:
-        model_dir = Path(model_dir)
-        if not (model_dir / CHECKPOINT).exists():
-            raise RegistryError(f"{model_dir} holds no {CHECKPOINT}; it is not a PrismRec model folder")
-        checkpoint = torch.load(model_dir / CHECKPOINT, map_location="cpu", weights_only=False)
-        spec = ModelSpec(**checkpoint["spec"])
-        net = PrismRecNet(spec, encoder=None)
+        """The model a training run left in `model_dir` (tasks.layout.ModelFiles), ready to score."""
+        files = ModelFiles(Path(model_dir))
+        if not files.checkpoint.exists():
+            raise RegistryError(f"{files.root} holds no {files.checkpoint.name}; it is not a PrismRec model folder")
+        checkpoint = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
+        net = PrismRecNet(ModelSpec.from_dict(checkpoint["spec"]), encoder=None)
+        # The text tower's layers are left out: the checkpoint's item text vectors replace them.
         state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("text_tower.")}
         net.load_state_dict(state)
-        items = pd.read_parquet(model_dir / "items.parquet").sort_values("idx")
-        summary = model_dir / "training.json"
-        info = json.loads(summary.read_text()) if summary.exists() else {}
-        return cls(net, checkpoint["item_text_vectors"], items, info)
+        items = pd.read_parquet(files.items).sort_values("idx")
+        return cls(net, checkpoint["item_text_vectors"], items)
 
     @property
     def n_items(self) -> int:
@@ -237,18 +228,6 @@ class Recommender:
             because_item_ids=self._app_ids(picked),
             explanations=text,
         )
-
-    def user_interests(self, histories: Sequence[Sequence[int]], top_k: int = 50, explain_items: int = 3) -> UserInterests:
-        """How much of each user's top-k list each interest produced, and what each interest attends to."""
-        _, _, interest, attention, padded = self._top(histories, top_k)
-        # Each interest's most-attended history items: [B, K, e] model indices (0 = padding).
-        attended = attention.masked_fill(padded[:, None, :] == 0, -1.0).topk(
-            min(explain_items, padded.shape[1]), dim=-1).indices
-        because = padded.gather(1, attended.flatten(1)).view(attended.shape)
-        one_hot = torch.nn.functional.one_hot(interest.clamp(min=0), self.spec.n_interests).float()
-        one_hot = one_hot.masked_fill((interest < 0)[..., None], 0.0)
-        weights = one_hot.sum(1) / one_hot.sum((1, 2)).clamp(min=1.0)[:, None]
-        return UserInterests(weights=weights.numpy(), top_item_ids=self._app_ids(because))
 
     def similar_items(self, top_k: int, batch: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Item-to-item neighbours from the item tower: (item_ids [N], similar ids [N, k], cosine [N, k])."""

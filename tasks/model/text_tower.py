@@ -6,7 +6,6 @@ step only pays for the fine-tuned top layers, and only for the items it refreshe
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -14,8 +13,6 @@ from torch import nn
 
 from tasks.model.layers import attention as attend
 from tasks.model.layers import dropout
-
-log = logging.getLogger(__name__)
 
 TEXT_DIM = 384  # hidden size of all-MiniLM-L6-v2
 
@@ -115,49 +112,3 @@ class TextTower(nn.Module):
         out = layer.output  # BertOutput: the same after the intermediate (dense + GELU)
         return out.LayerNorm(dropout(out.dense(layer.intermediate(attended)), p(out.dropout)) + attended)
 
-
-def adapt_to_domain(texts: list[str], tokenizer, epochs: int, max_tokens: int, lr: float, seed: int,
-                    bf16: bool = False, batch_size: int = 64, device: torch.device | str = "cpu"
-                    ) -> tuple[nn.Module, list[float]]:
-    """Domain-adaptive masked-language-model pass over the item texts (a few epochs).
-
-    MiniLM was pretrained on general sentences; titles like "Lion King, The (1994) Animation
-    Children's Musical" are a domain of their own. BertForMaskedLM loads the same weights plus
-    an MLM head (its decoder tied to the word embeddings; the small transform is new), BERT's
-    15% masking comes from DataCollatorForLanguageModeling. Epoch 1 fits the head alone, the
-    rest adapt the encoder too. Returns the adapted encoder (no pooler, like
-    `load_language_model`) and the mean MLM loss of each epoch.
-    """
-    import transformers
-    from transformers import BertForMaskedLM, DataCollatorForLanguageModeling
-
-    transformers.logging.set_verbosity_error()  # "newly initialised cls.predictions.transform" is expected
-    device = torch.device(device)
-    model = BertForMaskedLM.from_pretrained(pretrained_path(), local_files_only=True).to(device)
-    model.train()
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=seed)
-    features = [{"input_ids": ids} for ids in tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for epoch in range(1, epochs + 1):
-        # The head's transform starts random: the first epoch trains the head alone, so its
-        # random gradients never reach the pretrained encoder; later epochs adapt everything.
-        for parameter in model.bert.parameters():
-            parameter.requires_grad_(epoch > 1 or epochs == 1)
-        order, total, batches = torch.randperm(len(features), generator=generator).tolist(), 0.0, 0
-        for start in range(0, len(order), batch_size):
-            batch = {k: v.to(device) for k, v in collator([features[i] for i in order[start:start + batch_size]]).items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             labels=batch["labels"]).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, batches = total + loss.item(), batches + 1
-        losses.append(total / max(batches, 1))
-        log.info("domain-adaptive MLM epoch %d/%d: loss %.4f", epoch, epochs, losses[-1])
-    encoder = model.bert.cpu().eval()  # the frozen-layer cache is computed on the CPU, as for the pretrained one
-    for parameter in encoder.parameters():
-        parameter.requires_grad_(True)
-    return encoder, losses

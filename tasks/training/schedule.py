@@ -1,26 +1,16 @@
-"""Learning-rate schedules, the wall-clock plan and the weight average (EMA) of a training run."""
+"""The learning-rate schedule, the wall-clock plan and the weight average (EMA) of a training run."""
 
 from __future__ import annotations
-
-import math
 
 
 def plateau_scheduler(optimizer, patience: int, floor: float):
     """Halve every group's rate after `patience` epochs without a better validation NDCG@10,
-    never below `floor` of the group's start rate (train.lr_floor, as the cosine schedule ends)."""
+    never below `floor` of the group's start rate (train.lr_patience, train.lr_floor)."""
     import torch
 
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=0.5, patience=patience,
         min_lr=[group["lr"] * floor for group in optimizer.param_groups])
-
-
-def cosine_factor(done_steps: int, planned_steps: int, floor: float, share: float = 1.0) -> float:
-    """Share of the start learning rate after done_steps of planned_steps: constant, then a cosine
-    anneal to `floor` over the last `share` of the plan (1.0: over all of it)."""
-    decay_steps = max(share * planned_steps, 1.0)
-    progress = min(1.0, max(0.0, done_steps - (planned_steps - decay_steps)) / decay_steps)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def planned_epochs(cap: int, epochs_done: int, elapsed: float, budget: float | None) -> int:

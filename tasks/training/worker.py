@@ -20,12 +20,7 @@ from pathlib import Path
 
 from tasks.config import TrainConfig
 from tasks.training.launcher import CHECKPOINT
-from tasks.training.schedule import (
-    cosine_factor,
-    ema_multi_avg_fn,
-    planned_epochs,
-    plateau_scheduler,
-)
+from tasks.training.schedule import ema_multi_avg_fn, planned_epochs, plateau_scheduler
 from tasks.training.windows import training_batches, training_windows, window_context
 
 log = logging.getLogger(__name__)
@@ -70,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.data.prepare import load_dataset
     from tasks.model.layers import use_bf16
     from tasks.model.network import ModelSpec, PrismRecNet, softmax_cross_entropy
-    from tasks.model.text_tower import adapt_to_domain, encode_frozen, load_language_model
+    from tasks.model.text_tower import encode_frozen, load_language_model
 
     parser = argparse.ArgumentParser(description="PrismRec fine-tuning (run under torchrun)")
     parser.add_argument("--dataset", type=Path, required=True)
@@ -95,13 +90,6 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer, encoder = load_language_model()
     started = time.time()
     bf16 = use_bf16(cfg.precision, device)
-    mlm_losses = []
-    if cfg.mlm_epochs:
-        # Every rank runs the same seeded pass; DDP then broadcasts rank 0's fine-tuned top layers.
-        encoder, mlm_losses = adapt_to_domain(items["description"].tolist(), tokenizer, cfg.mlm_epochs,
-                                              cfg.max_text_tokens, cfg.mlm_lr, cfg.seed, bf16, device=device)
-        log.info("domain-adaptive MLM: %d epochs, loss %s (%.0fs)", cfg.mlm_epochs,
-                 " -> ".join(f"{x:.3f}" for x in mlm_losses), time.time() - started)
     states, masks = encode_frozen(items["description"].tolist(), tokenizer, encoder,
                                   cfg.lm_trainable_layers, cfg.max_text_tokens)
     longest = int(masks.sum(1).max())  # drop all-padding token columns: they cost time and change nothing
@@ -111,14 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("cached frozen MiniLM states for %d items (%d tokens) in %.1fs",
              sequences.n_items, longest, time.time() - started)
 
-    spec = ModelSpec(n_items=sequences.n_items, max_history=max_history, dim=cfg.dim,
-                     n_interests=cfg.n_interests, user_layers=cfg.user_layers, user_heads=cfg.user_heads,
-                     dropout=cfg.dropout, lm_trainable_layers=cfg.lm_trainable_layers,
-                     max_text_tokens=cfg.max_text_tokens, use_id_embedding=cfg.use_id_embedding,
-                     interest_routing=cfg.interest_routing, id_dropout=cfg.id_dropout,
-                     interest_scale=cfg.interest_scale, interest_keys=cfg.interest_keys, item_bias=cfg.item_bias,
-                     logit_scale=cfg.logit_scale, interest_balance=cfg.interest_balance,
-                     training_scores=cfg.training_scores)
+    spec = ModelSpec.from_config(cfg, sequences.n_items, max_history)
     net = PrismRecNet(spec, encoder).to(device)
     del encoder
     model = DistributedDataParallel(net) if ddp else net  # the network has no buffers to sync
@@ -128,11 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW([{"params": other, "lr": cfg.lr},
                                    {"params": lm_params, "lr": cfg.lm_lr}], weight_decay=cfg.weight_decay)
 
-    # "plateau": halve both learning rates when validation NDCG@10 stalls (early stopping ends the run);
-    # "cosine": anneal them over the last lr_decay_share of the planned run, re-planned after each
-    # epoch when there is a budget.
+    # Halve both learning rates when validation NDCG@10 stalls (early stopping ends the run).
     plateau = plateau_scheduler(optimizer, cfg.lr_patience or 0, cfg.lr_floor)
-    start_lrs = [group["lr"] for group in optimizer.param_groups]
     budget = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
     planned = cfg.epochs
 
@@ -173,11 +151,6 @@ def main(argv: list[str] | None = None) -> None:
         epoch_wins = torch.zeros(cfg.n_interests, dtype=torch.long, device=device)
         for step, (inputs, targets) in enumerate(training_batches(mine, cfg.batch_size, max_history), 1):
             inputs, targets = inputs.to(device), targets.to(device)
-            if cfg.schedule == "cosine":
-                factor = cosine_factor((epoch - 1) * steps_per_epoch + step - 1, planned * steps_per_epoch,
-                                       cfg.lr_floor, cfg.lr_decay_share)
-                for group, start_lr in zip(optimizer.param_groups, start_lrs):
-                    group["lr"] = start_lr * factor
             refresh = torch.unique(targets[targets > 0])
             if len(refresh) > cfg.lm_items_per_step:
                 refresh = refresh[torch.as_tensor(rng.permutation(len(refresh))[: cfg.lm_items_per_step], device=device)]
@@ -186,23 +159,17 @@ def main(argv: list[str] | None = None) -> None:
                 keep = targets > 0
                 negatives = (torch.randint(1, sequences.n_items + 1, (cfg.negatives,), device=device)
                              if sampled else None)
-                logits, long_term, fresh, overlap, wins = model(
+                logits, fresh, overlap, wins = model(
                     inputs, keep, text_cache, refresh, states[refresh], masks[refresh],
-                    long_term=bool(cfg.long_term_loss), targets=targets, negatives=negatives)
+                    targets=targets, negatives=negatives)
             # Sampled softmax puts each position's target in column 0.
             labels = torch.zeros_like(targets[keep]) if sampled else targets[keep]
             loss = softmax_cross_entropy(logits, labels)
             epoch_loss, epoch_overlap = epoch_loss + loss.item(), epoch_overlap + overlap.mean().item()
             epoch_wins += wins
-            if cfg.long_term_loss and long_term is not None:
-                # Where the recent interest wins most targets (targets_won_interest_0 near 1, as
-                # with long histories), the long-term interests seldom get a gradient; on their own
-                # they must predict the target too, and the best of them takes it. (It made them
-                # alike and cost accuracy: bench/README.md v8, v45.)
-                loss = loss + cfg.long_term_loss * softmax_cross_entropy(long_term, labels)
             if cfg.interest_diversity:
                 # Only pairs that point the same way are penalised: orthogonal is apart enough, and
-                # a plain mean would reward pointing away from each other (v13: -0.25, accuracy down).
+                # a plain mean would reward pointing away from each other.
                 loss = loss + cfg.interest_diversity * overlap.clamp(min=0).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -250,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
             record["valid_ndcg@10_averaged"] = (totals[0] / totals[2]).item()
             record["valid_ndcg@10_live"] = (live_totals[0] / live_totals[2]).item()
         history.append(record)
-        if cfg.schedule == "plateau" and cfg.lr_patience is not None:
+        if cfg.lr_patience is not None:
             plateau.step(valid_ndcg)
         improved = valid_ndcg > best
         if improved:
@@ -298,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
                                                     "best_epoch": max(history, key=lambda r: r["valid_ndcg@10"])["epoch"],
                                                     "best_weights": max(history, key=lambda r: r["valid_ndcg@10"])["weights"],
                                                     "stopped_by": stopped_by,
-                                                    "train_seconds": time.time() - started, "mlm_losses": mlm_losses,
+                                                    "train_seconds": time.time() - started,
                                                     "world_size": world, "full_steps_per_epoch": full_steps},
                                                    indent=2))
     if ddp:

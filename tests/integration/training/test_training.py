@@ -1,7 +1,6 @@
 """The real training entry point under torchrun: 2 processes, gloo, a few steps on real ML-100K."""
 
 import json
-import math
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,19 +55,17 @@ def test_two_process_gloo_ddp_run_trains_and_checkpoints(dataset_dir, base_overr
 
 
 @pytest.mark.slow
-def test_cosine_schedule_under_a_budget_stops_before_overrunning_it(dataset_dir, base_overrides, tmp_path):
-    """Both ranks anneal by the same plan, and a budget no epoch fits in ends the run after epoch 1."""
+def test_a_budget_no_epoch_fits_in_stops_every_rank_after_epoch_1(dataset_dir, base_overrides, tmp_path):
+    """Rank 0's clock decides for both ranks, and the epoch that ran is kept."""
     config = load_config({**base_overrides, "train.nproc": 2, "train.epochs": 3, "train.max_steps_per_epoch": 2,
-                          "train.batch_size": 16, "train.schedule": "cosine", "train.lr": 1e-3,
-                          "train.lr_floor": 0.0, "train.max_minutes": 0.001})
+                          "train.batch_size": 16, "train.lr": 1e-3, "train.max_minutes": 0.001})
     model_dir = launch_training(config, dataset_dir, tmp_path / "model")
 
     history = json.loads((model_dir / "history.json").read_text())
     summary = json.loads((model_dir / "training.json").read_text())
     assert summary["stopped_by"] == "time budget" and [r["epoch"] for r in history] == [1]
-    # Epoch 1 is planned as 1 of 3 epochs (nothing timed yet): its last step (step 2 of 6) runs
-    # at cos(pi * 1/6) of the way from 1 to 0.
-    assert history[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 6)))
+    assert summary["best_epoch"] == 1 and (model_dir / "model.pt").exists()
+    assert history[0]["lr"] == 1e-3  # the rate epoch 1 ran at
 
 
 @pytest.mark.slow
@@ -110,23 +107,6 @@ def test_model_learns_well_above_popularity_on_real_data(dataset_dir, base_overr
     unbalanced = evaluate_scorer(recommender_scorer(best_interest, sequences), sequences)["valid"]["ndcg@10"]
     assert unbalanced == pytest.approx(max(history), abs=1e-3)
     assert model > 1.5 * popularity, (model, popularity)  # the published (balanced) ranking
-
-
-@pytest.mark.slow
-def test_domain_adaptive_mlm_pass_lowers_its_loss_and_moves_the_encoder(dataset_dir):
-    import pandas as pd
-
-    from tasks.model.text_tower import adapt_to_domain, load_language_model
-
-    texts = pd.read_parquet(Path(dataset_dir) / "items.parquet")["description"].tolist()[:96]
-    tokenizer, pretrained = load_language_model()
-    adapted, losses = adapt_to_domain(texts, tokenizer, epochs=3, max_tokens=32, lr=5e-5, seed=0)
-    assert len(losses) == 3 and losses[-1] < losses[0]
-    before = dict(pretrained.named_parameters())
-    after = dict(adapted.named_parameters())
-    assert set(before) == set(after)  # the same encoder (no pooler), ready for the text tower
-    top = "encoder.layer.5.attention.self.query.weight"
-    assert not torch.equal(before[top], after[top])
 
 
 @pytest.mark.slow

@@ -91,7 +91,7 @@ def small_recommender(balance: float, n_items: int = 30, k: int = 3) -> Recommen
         net.id_embedding.weight.normal_(std=1.0)  # distinct items, so interests disagree
     items = pd.DataFrame({"item_id": np.arange(100, 100 + n_items), "title": [f"Film {i}" for i in range(n_items)],
                           "train_interactions": np.arange(n_items) + 1})
-    return Recommender(net, torch.randn(n_items + 1, 384), items, {})
+    return Recommender(net, torch.randn(n_items + 1, 384), items)
 
 
 HISTORIES = [[100, 105, 111, 117], [103], [120, 121, 122, 123, 124, 125, 126], []]

@@ -1,7 +1,7 @@
-"""The user tower and the training windows, on small synthetic inputs (no language model needed)."""
+"""The network: its spec, the user tower and the training scores, on small synthetic inputs (no
+language model needed)."""
 
 import dataclasses
-import itertools
 
 import numpy as np
 import pytest
@@ -16,8 +16,6 @@ from tasks.model.network import (
     pad_left,
     softmax_cross_entropy,
 )
-from tasks.training.schedule import cosine_factor, ema_decay, ema_multi_avg_fn, planned_epochs
-from tasks.training.windows import training_batches, training_windows, window_context
 
 
 def spec(k: int = 3, length: int = 6) -> ModelSpec:
@@ -25,130 +23,14 @@ def spec(k: int = 3, length: int = 6) -> ModelSpec:
                      dropout=0.0, lm_trainable_layers=0, max_text_tokens=8, use_id_embedding=True)
 
 
-def test_every_interaction_is_a_target_once_with_all_positions():
-    histories = [np.arange(1, 12), np.arange(1, 3), np.arange(1, 2)]
-    windows = training_windows(histories, range(3), max_history=4, all_positions=True)
-    # 11 items -> targets 2..11 in windows ending at 11, 7, 3; a 1-item history has no target.
-    assert [w.tolist() for w, _ in windows] == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3], [1, 2]]
-    assert [fresh for _, fresh in windows] == [4, 4, 2, 1]
-    targets = [t for w, fresh in windows[:3] for t in w[1:].tolist()[-fresh:]]
-    assert sorted(targets) == list(range(2, 12))
-
-
-def test_overlapping_windows_give_every_target_context_and_train_it_once():
-    windows = training_windows([np.arange(1, 12)], [0], max_history=4, all_positions=True, context=2)
-    assert [w.tolist() for w, _ in windows] == [[7, 8, 9, 10, 11], [5, 6, 7, 8, 9], [3, 4, 5, 6, 7], [1, 2, 3, 4, 5]]
-    assert [fresh for _, fresh in windows] == [2, 2, 2, 4]
-    trained = []
-    for window, fresh in windows:
-        position = len(window) - 1 - fresh  # index in the window of the first trained target's input
-        for t in range(fresh):
-            seen = position + 1 + t  # items before the target, inside the window
-            target = window[-fresh + t]
-            assert seen >= 2 or seen == target - 1  # at least `context` items, or the whole history so far
-            trained.append(int(target))
-    assert sorted(trained) == list(range(2, 12))
-    inputs, targets = next(training_batches(windows, 8, 4))
-    assert inputs[0].tolist() == [7, 8, 9, 10] and targets[0].tolist() == [0, 0, 10, 11]
-    assert targets[3].tolist() == [2, 3, 4, 5]
-    assert window_context(0.5, 4) == 2 and window_context(0.5, 50) == 25 and window_context(0.99, 4) == 3
-
-
-def test_latest_window_only_without_all_positions():
-    windows = training_windows([np.arange(1, 12)], [0], max_history=4, all_positions=False)
-    assert [(w.tolist(), fresh) for w, fresh in windows] == [([7, 8, 9, 10, 11], 4)]
-
-
-def test_cosine_anneals_from_the_start_rate_to_the_floor():
-    assert cosine_factor(0, 100, 0.01) == pytest.approx(1.0)
-    assert cosine_factor(50, 100, 0.01) == pytest.approx(0.505)
-    assert cosine_factor(100, 100, 0.01) == pytest.approx(0.01)
-    assert cosine_factor(250, 100, 0.01) == pytest.approx(0.01)  # past the plan: stays at the floor
-    factors = [cosine_factor(s, 100, 0.0) for s in range(101)]
-    assert all(a >= b for a, b in itertools.pairwise(factors))
-
-
-def test_cosine_over_the_last_share_holds_the_start_rate_until_then():
-    assert cosine_factor(0, 100, 0.01, share=0.25) == pytest.approx(1.0)
-    assert cosine_factor(75, 100, 0.01, share=0.25) == pytest.approx(1.0)  # the anneal starts here
-    assert cosine_factor(87.5, 100, 0.01, share=0.25) == pytest.approx(0.505)  # halfway down the tail
-    assert cosine_factor(100, 100, 0.01, share=0.25) == pytest.approx(0.01)
-    factors = [cosine_factor(s, 100, 0.0, share=0.3) for s in range(101)]
-    assert all(a >= b for a, b in itertools.pairwise(factors))
-    assert factors[:70] == [1.0] * 70
-
-
-def test_decay_share_is_checked():
-    from tasks.config import load_config
-    from tasks.errors import ConfigError
-
-    assert load_config({"train.schedule": "cosine", "train.lr_decay_share": 0.3}).train.lr_decay_share == 0.3
-    with pytest.raises(ConfigError, match=r"train.lr_decay_share must be in \(0, 1\], got 0.0"):
-        load_config({"train.schedule": "cosine", "train.lr_decay_share": 0.0})
-    # ignored by the plateau schedule, so refused there rather than silently dropped
-    with pytest.raises(ConfigError, match="shapes the cosine schedule only: add train.schedule=cosine"):
-        load_config({"train.lr_decay_share": 0.3})
-
-
-def test_plateau_halves_both_rates_down_to_the_floor():
-    from tasks.training.schedule import plateau_scheduler
-
-    net = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.AdamW([{"params": [net.weight], "lr": 2e-3}, {"params": [net.bias], "lr": 5e-5}])
-    plateau = plateau_scheduler(optimizer, patience=1, floor=0.1)
-    seen = []
-    for metric in [0.10, 0.20, 0.20, 0.20] + [0.15] * 12:  # better twice, then never again
-        plateau.step(metric)
-        seen.append([group["lr"] for group in optimizer.param_groups])
-    assert seen[2] == [2e-3, 5e-5]  # one stalled epoch is within patience
-    assert seen[3] == pytest.approx([1e-3, 2.5e-5])  # the second halves both groups
-    assert seen[-1] == pytest.approx([2e-4, 5e-6])  # and they stop at lr_floor of their start
-
-
-def test_planned_epochs_fit_the_budget():
-    assert planned_epochs(40, 0, 0.0, 600.0) == 40  # nothing timed yet: the cap
-    assert planned_epochs(40, 3, 300.0, None) == 40  # no budget: the cap
-    assert planned_epochs(40, 2, 200.0, 1000.0) == 10  # 100 s an epoch, 800 s left: 8 more
-    assert planned_epochs(6, 2, 200.0, 1000.0) == 6  # never past the cap
-    assert planned_epochs(40, 5, 520.0, 600.0) == 5  # another epoch would overrun: stop at 5
-    assert planned_epochs(40, 1, 900.0, 600.0) == 1  # the first epoch alone overran
-
-
-def test_ema_warmup_follows_the_recent_steps_then_reaches_the_full_horizon():
-    assert ema_decay(0.999, 0, warmup=False) == ema_decay(0.999, 10**6, warmup=False) == 0.999
-    assert ema_decay(0.999, 0, warmup=True) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
-    assert ema_decay(0.999, 90, warmup=True) == pytest.approx(0.91)  # ~ the last 11 steps
-    assert ema_decay(0.999, 10**6, warmup=True) == 0.999  # capped at the configured horizon
-    # Through torch's AveragedModel: weights that step 0, 1, 2, ... are averaged with these decays,
-    # in each of its parameter groups (it calls the update once per device and dtype).
-    net = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False).double())
-    for warmup in (False, True):
-        ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(0.99, warmup))
-        expected = None
-        for step in range(200):
-            with torch.no_grad():
-                for layer in net:
-                    layer.weight.fill_(float(step))
-            ema.update_parameters(net)
-            d = ema_decay(0.99, step, warmup)  # AveragedModel copies the first and counts it as one
-            expected = float(step) if expected is None else d * expected + (1 - d) * step
-        averaged = [layer.weight.item() for layer in ema.module]
-        assert averaged == [pytest.approx(expected, rel=1e-5)] * 2
-        lag = 199 - averaged[0]
-        # Full horizon: lags ~1 / (1 - 0.99) = 100 steps behind (less, from the start); warmed
-        # up: about 200 / 9 ~ 22 steps behind.
-        assert (lag > 80) if not warmup else (15 < lag < 30)
-
-
 def test_bf16_setting_is_respected():
     assert use_bf16("bf16", torch.device("cpu")) and not use_bf16("fp32", torch.device("cpu"))
 
 
-@pytest.mark.parametrize("k,routing,keys", [(1, "attention", "state"), (4, "attention", "state"),
-                                            (4, "cluster", "state"), (4, "attention", "item")])
-def test_interests_see_only_the_past(k, routing, keys):
+@pytest.mark.parametrize("k", [1, 4])
+def test_interests_see_only_the_past(k):
     torch.manual_seed(0)
-    extractor = InterestExtractor(16, k, 6, 2, 2, 0.0, routing, keys).eval()
+    extractor = InterestExtractor(16, k, 6, 2, 2, 0.0).eval()
     history = torch.randn(1, 6, 16)
     pad = torch.tensor([[True, False, False, False, False, False]])
     interests, attention = extractor(history, pad)
@@ -243,10 +125,12 @@ def test_training_forward_scores_only_real_positions():
     keep = histories > 0
     cache = torch.randn(21, 384)
     refresh = torch.tensor([2, 3])
-    logits, long_term, fresh, overlap, wins = net(histories, keep, cache, refresh, None, None, long_term=True)
-    assert logits.shape == (7, 21) and long_term.shape == (7, 21) and fresh.shape == (2, 384)
+    logits, fresh, overlap, wins = net(histories, keep, cache, refresh, None, None)
+    assert logits.shape == (7, 21) and fresh.shape == (2, 384)
     assert wins is None  # no targets given
-    assert (long_term <= logits + 1e-5).all()  # the best of all interests is at least the best long-term one
+    items = net.item_vectors(cache)  # no text tower: the cache's rows are the text vectors
+    per_interest = net.match(net.interests(histories, items, with_attention=False)[0][keep], items)
+    assert torch.allclose(logits, per_interest.amax(1), atol=1e-5)  # each item under its best interest
     (logits.logsumexp(-1).mean() + overlap.clamp(min=0).mean()).backward()
     assert net.users.interest_queries.grad is not None and net.id_embedding.weight.grad.abs().sum() > 0
 
@@ -265,31 +149,6 @@ def test_training_forward_counts_the_interest_that_wins_each_target():
         cosine = torch.nn.functional.cosine_similarity(interests, items[targets[keep]][:, None], dim=-1)
     assert wins.tolist() == torch.bincount(cosine.argmax(1), minlength=3).tolist()
     assert wins.sum() == keep.sum() == 8
-
-
-def test_item_bias_offsets_an_item_alike_under_every_interest():
-    torch.manual_seed(0)
-    plain = PrismRecNet(spec(k=3)).eval()
-    biased = PrismRecNet(dataclasses.replace(spec(k=3), item_bias=True)).eval()
-    biased.load_state_dict({**plain.state_dict(), "item_bias": torch.zeros(21)})
-    with torch.no_grad():
-        biased.item_bias[7] = 2.5
-    cache, histories = torch.randn(21, 384), pad_left([np.array([1, 2, 3]), np.array([4, 5])], 6)
-    keep = histories > 0
-    targets = torch.where(keep, 9, 0)
-    full, *_ = plain(histories, keep, cache, torch.tensor([1]), None, None, targets=targets)
-    full_biased, *_ = biased(histories, keep, cache, torch.tensor([1]), None, None, targets=targets)
-    assert torch.allclose(full_biased - full, biased.item_bias.detach().expand_as(full))
-    negatives = torch.tensor([7, 8])  # sampled softmax: target column first, then the negatives
-    sampled, *_ = plain(histories, keep, cache, torch.tensor([1]), None, None, targets=targets, negatives=negatives)
-    sampled_biased, *_ = biased(histories, keep, cache, torch.tensor([1]), None, None, targets=targets,
-                                negatives=negatives)
-    assert torch.allclose(sampled_biased - sampled, torch.tensor([0.0, 2.5, 0.0]).expand_as(sampled))
-    items = plain.item_vectors(cache)
-    per_interest, *_ = plain.interest_scores(histories, items)
-    per_interest_biased, *_ = biased.interest_scores(histories, items)
-    assert torch.allclose((per_interest_biased - per_interest)[..., 7], torch.full((2, 3), 2.5))
-    assert torch.allclose(per_interest_biased[..., :7], per_interest[..., :7])
 
 
 def test_logit_scale_scales_training_and_inference_scores_alike():
@@ -320,11 +179,10 @@ def test_best_interest_score_gives_a_tie_to_one_interest():
     assert torch.allclose(items.grad, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
 
 
-@pytest.mark.parametrize("k,routing,keys", [(1, "attention", "state"), (4, "attention", "state"),
-                                            (4, "cluster", "state"), (4, "attention", "item")])
-def test_last_only_equals_the_last_position_of_the_full_pass(k, routing, keys):
+@pytest.mark.parametrize("k", [1, 4])
+def test_last_only_equals_the_last_position_of_the_full_pass(k):
     torch.manual_seed(0)
-    extractor = InterestExtractor(16, k, 6, 2, 2, 0.0, routing, keys).eval()
+    extractor = InterestExtractor(16, k, 6, 2, 2, 0.0).eval()
     history = torch.randn(2, 6, 16)
     pad = torch.tensor([[True, True, False, False, False, False], [False] * 6])
     interests, attention = extractor(history, pad)
@@ -351,51 +209,40 @@ def test_sampled_logits_put_the_target_first_and_mask_accidental_hits():
     assert torch.allclose(sampled[:, 1:][~hit], full[:, negatives][~hit], atol=1e-5)
 
 
-def test_window_overlap_outside_its_range_is_a_clear_config_error():
+def test_spec_from_config_takes_the_network_settings_and_round_trips():
+    from tasks.config import load_config
+
+    train = load_config({"train.n_interests": 3, "train.dim": 32, "train.logit_scale": 10.0,
+                         "train.interest_balance": 0.5, "train.lm_trainable_layers": 0}).train
+    built = ModelSpec.from_config(train, n_items=20, max_history=6)
+    assert (built.n_items, built.max_history, built.n_interests, built.dim) == (20, 6, 3, 32)
+    assert (built.logit_scale, built.interest_balance, built.lm_trainable_layers) == (10.0, 0.5, 0)
+    assert (built.user_layers, built.user_heads, built.dropout) == (train.user_layers, train.user_heads, train.dropout)
+    assert ModelSpec.from_dict(built.to_dict()) == built
+
+
+def test_spec_of_an_older_checkpoint_loads_when_its_removed_options_were_neutral():
+    from tasks.errors import RegistryError
+
+    saved = {**spec().to_dict(), "interest_routing": "attention", "interest_keys": "state",
+             "interest_scale": False, "item_bias": False,
+             # training-only options: the network scores alike whatever they were
+             "id_dropout": 0.1, "training_scores": "routed"}
+    assert ModelSpec.from_dict(saved) == spec()
+    with pytest.raises(RegistryError, match="interest_routing='cluster'.*retrain"):
+        ModelSpec.from_dict({**saved, "interest_routing": "cluster"})
+    with pytest.raises(RegistryError, match="item_bias=True"):
+        ModelSpec.from_dict({**saved, "item_bias": True})
+    with pytest.raises(RegistryError, match="unknown field 'experts'"):
+        ModelSpec.from_dict({**saved, "experts": 8})
+
+
+@pytest.mark.parametrize("setting", ["interest_routing", "interest_keys", "interest_scale", "item_bias",
+                                     "long_term_loss", "training_scores", "id_dropout", "mlm_epochs", "mlm_lr",
+                                     "schedule", "lr_decay_share"])
+def test_removed_settings_are_refused_by_name(setting):
     from tasks.config import load_config
     from tasks.errors import ConfigError
 
-    assert load_config({"train.window_overlap": 0.5}).train.window_overlap == 0.5
-    with pytest.raises(ConfigError, match=r"train.window_overlap must be in \[0, 1\), got 1.0"):
-        load_config({"train.window_overlap": 1.0})
-
-
-def test_routed_training_scores_the_catalogue_under_the_interest_nearest_the_target():
-    torch.manual_seed(0)
-    best = PrismRecNet(spec(k=3)).eval()
-    routed = PrismRecNet(dataclasses.replace(spec(k=3), training_scores="routed")).eval()
-    routed.load_state_dict(best.state_dict())
-    histories = pad_left([np.array([1, 2, 3, 4, 5]), np.array([6, 7])], 6)
-    targets = pad_left([np.array([2, 3, 4, 5, 9]), np.array([7, 11])], 6)
-    keep, cache, refresh = targets > 0, torch.randn(21, 384), torch.tensor([1])
-    logits, *_ = routed(histories, keep, cache, refresh, None, None, targets=targets)
-    best_logits, *_ = best(histories, keep, cache, refresh, None, None, targets=targets)
-    items = best.item_vectors(cache)
-    interests, _ = best.interests(histories, items, with_attention=False)
-    per_interest = best.match(interests[keep], items)  # [P, K, N+1]
-    wanted = targets[keep]
-    nearest = per_interest[torch.arange(len(wanted)), :, wanted].argmax(1)
-    assert torch.allclose(logits, per_interest[torch.arange(len(wanted)), nearest], atol=1e-5)
-    # Each row is one interest's scores: never above the best-of-K ones, equal at the target.
-    assert (logits <= best_logits + 1e-5).all()
-    assert torch.allclose(logits.gather(1, wanted[:, None]), best_logits.gather(1, wanted[:, None]), atol=1e-5)
-    assert (logits < best_logits - 1e-3).any()  # elsewhere another interest often wins
-    negatives = torch.tensor([9, 12, 3, 20])  # sampled softmax routes the same way
-    sampled, *_ = routed(histories, keep, cache, refresh, None, None, targets=targets, negatives=negatives)
-    hit = negatives[None] == wanted[:, None]
-    assert torch.allclose(sampled[:, 0], logits.gather(1, wanted[:, None])[:, 0], atol=1e-5)
-    assert torch.allclose(sampled[:, 1:][~hit], logits[:, negatives][~hit], atol=1e-5)
-    # Only the chosen interests get a gradient through the logits.
-    routed.train()
-    logits, *_ = routed(histories, keep, cache, refresh, None, None, targets=targets)
-    softmax_cross_entropy(logits, wanted).backward()
-    assert all(p.grad is not None for p in routed.text_projection.parameters())
-
-
-def test_routed_training_scores_are_a_clear_config_choice():
-    from tasks.config import load_config
-    from tasks.errors import ConfigError
-
-    assert load_config({"train.training_scores": "routed"}).train.training_scores == "routed"
-    with pytest.raises(ConfigError, match="train.training_scores must be best or routed, got 'nearest'"):
-        load_config({"train.training_scores": "nearest"})
+    with pytest.raises(ConfigError, match=f"unknown setting 'train.{setting}'"):
+        load_config({f"train.{setting}": "1"})
