@@ -102,10 +102,13 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     params = {"overrides": _overrides(args)}
     config = load_config(params["overrides"])
     result = run_dag("recsys_materialize", logical_date=None, conf=params, config=config)
-    summary = result.xcoms.get("materialize") or {}
+    _print_published(result.xcoms.get("materialize") or {}, config)
+    return 0
+
+
+def _print_published(summary: dict[str, Any], config: PipelineConfig) -> None:
     print(f"published {summary.get('rows', 0):,} recommendations for {summary.get('users', 0):,} users "
           f"from model version {summary.get('model_version')} into {config.database.reco_schema}.user_recommendations")
-    return 0
 
 
 def _announce_champion(args: argparse.Namespace, config: PipelineConfig, version: str, action: str) -> int:
@@ -143,8 +146,7 @@ def _announce_champion(args: argparse.Namespace, config: PipelineConfig, version
         raise PrismRecError(f"the champion alias DID move to version {version} (decision recorded), but "
                             f"publishing it failed: {exc}; retry with: prismrec materialize") from exc
     summary = result.xcoms.get("materialize") or {}
-    print(f"published {summary.get('rows', 0):,} recommendations for {summary.get('users', 0):,} users "
-          f"from model version {summary.get('model_version')} into {config.database.reco_schema}.user_recommendations")
+    _print_published(summary, config)
     if str(summary.get("model_version")) != str(version):
         print(f"prismrec {action}: warning: version {summary.get('model_version')} was published, not {version}: "
               "the champion moved again meanwhile", file=sys.stderr)

@@ -195,7 +195,7 @@ def test_champion_model_dir_returns_the_champions_files(versions, registry_confi
     version, folder = champion_model_dir(registry_config)
     assert version == "3"
     assert folder.is_relative_to(registry_config.paths.home)
-    assert sorted(p.name for p in folder.iterdir()) == ["history.json", "scores.json", "weights.bin"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([ModelFiles(folder).history.name, "scores.json", "weights.bin"])
     assert (folder / "weights.bin").read_bytes() == b"v3" * 100
     again = champion_model_dir(registry_config)
     assert again == (version, folder)
