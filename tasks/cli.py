@@ -301,7 +301,7 @@ def _add_run_flags(train: argparse.ArgumentParser) -> None:
     for param in RUN_PARAMS:
         if param.kind == "count":
             train.add_argument(param.flag, dest=param.name, type=int, metavar="N",
-                               help=f"{param.help} ({param.setting})")
+                               help=f"{param.help}; sets {param.setting}")
         elif param.kind == "switch":
             train.add_argument(param.flag, dest=param.name, action="store_true", help=param.help)
         elif param.kind == "text":

@@ -71,7 +71,7 @@ def dag_params(*names: str) -> dict[str, Any]:
         text = param.help[0].upper() + param.help[1:]
         if param.kind == "count":
             params[param.name] = Param(None, type=["null", "integer"], minimum=1,
-                                       description=f"{text} ({param.setting}). Empty: the configured value.")
+                                       description=f"{text}; sets {param.setting}. Empty: the configured value.")
         elif param.kind == "switch":
             params[param.name] = Param(False, type="boolean", description=f"{text}.")
         elif param.kind == "text":
