@@ -23,9 +23,10 @@ from tasks.model.layers import Dropout, encoder_layer
 
 
 class InterestExtractor(nn.Module):
+    """A history of item vectors -> the recent interest and K-1 long-term ones after each position."""
+
     def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float):
         super().__init__()
-        self.n_interests = n_interests
         self.n_heads = n_heads
         self.positions = nn.Embedding(max_len, dim)
         layer = nn.TransformerEncoderLayer(

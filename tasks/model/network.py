@@ -213,7 +213,7 @@ class PrismRecNet(nn.Module):
 class BestInterestScore(torch.autograd.Function):
     """max over interests of interest·item, for P positions x N items, with a lean backward pass.
 
-    Written out because autograd's amax over [P, K, N] scores spent ~40 % of an ML-1M training
+    Written out because autograd's amax over [P, K, N] scores spends ~40 % of an ML-1M training
     step building the winner mask and its gradient at full size. Here the forward pass is one
     batched matmul and a max over K contiguous [P, N] slabs (max-with-indices is 20x slower on
     CPU, so winners are found again in backward by equality; a tie goes to the first interest),

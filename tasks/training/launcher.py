@@ -17,25 +17,24 @@ from pathlib import Path
 
 from tasks.config import PipelineConfig
 from tasks.errors import TrainingError
+from tasks.layout import ModelFiles
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "model.pt"
-
 
 def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) -> Path:
-    """Run this module under `torchrun --nproc_per_node N`; return the model folder."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Run the worker under `torchrun --nproc_per_node N`; return the model folder."""
+    files = ModelFiles(Path(out_dir))
+    files.root.mkdir(parents=True, exist_ok=True)
     settings = {"train": dataclasses.asdict(config.train), "max_history": config.prepare.max_history}
-    (out_dir / "train_config.json").write_text(json.dumps(settings, indent=2))
+    files.settings.write_text(json.dumps(settings, indent=2))
     nproc = config.train.nproc
     threads = config.train.threads_per_proc or max(1, (os.cpu_count() or 1) // nproc)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     env.update(allocator_env(config.train.allocator, env))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "tasks.training.worker", "--dataset", str(dataset_dir), "--out", str(out_dir)]
+               "-m", "tasks.training.worker", "--dataset", str(dataset_dir), "--out", str(files.root)]
     log.info("launching: %s (OMP_NUM_THREADS=%s, allocator: %s)", " ".join(command[2:]), threads,
              env.get("LD_PRELOAD") or env.get("GLIBC_TUNABLES") or "system")
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -44,12 +43,12 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
         line = line.rstrip()
         tail = (tail + [line])[-30:]
         log.info("[torchrun] %s", line)
-    if process.wait() != 0 or not (out_dir / CHECKPOINT).exists():
+    if process.wait() != 0 or not files.checkpoint.exists():
         raise TrainingError(
             f"torchrun exited with code {process.returncode}; last output:\n" + "\n".join(tail)
             + "\nCheck train.* settings (epochs, nproc, batch_size) and the log above."
         )
-    return out_dir
+    return files.root
 
 
 # jemalloc keeps freed pages for reuse instead of returning them to the kernel after a delay.
@@ -58,7 +57,6 @@ JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 # glibc >= 2.35: blocks it maps for large allocations get transparent huge pages (512x fewer
 # faults); older glibc ignores the tunable.
 GLIBC_HUGE_PAGES = "glibc.malloc.hugetlb=1"
-
 
 
 def allocator_env(choice: str, environ: dict[str, str]) -> dict[str, str]:

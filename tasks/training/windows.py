@@ -32,7 +32,9 @@ def window_context(overlap: float, max_history: int) -> int:
     return min(max_history - 1, round(overlap * max_history))
 
 
-def training_batches(windows, batch_size, max_history):
+def training_batches(windows, batch_size: int, max_history: int):
+    """(inputs, targets) batches [B, max_history] of `windows`, in order; a target trained in
+    another window is 0 (no loss)."""
     from tasks.model.network import pad_left
 
     for start in range(0, len(windows), batch_size):

@@ -10,6 +10,7 @@ import torch
 from tasks.config import load_config
 from tasks.data.extract import extract_snapshot
 from tasks.data.prepare import prepare_dataset
+from tasks.layout import ModelFiles
 from tasks.model.recommender import Recommender
 from tasks.training.launcher import launch_training
 
@@ -26,18 +27,22 @@ def test_two_process_gloo_ddp_run_trains_and_checkpoints(dataset_dir, base_overr
     config = load_config({**base_overrides, "train.nproc": 2, "train.epochs": 2,
                           "train.max_steps_per_epoch": 2, "train.batch_size": 16})
     model_dir = launch_training(config, dataset_dir, tmp_path / "model")
+    files = ModelFiles(model_dir)
 
-    history = json.loads((model_dir / "history.json").read_text())
-    summary = json.loads((model_dir / "training.json").read_text())
+    history = json.loads(files.history.read_text())
+    summary = json.loads(files.summary.read_text())
     assert summary["world_size"] == 2
     assert [r["epoch"] for r in history] == [1, 2]
     assert all(r["train_loss"] > 0 and 0 <= r["valid_ndcg@10"] <= 1 for r in history)
+    # Peak resident memory (the larger rank's) after each epoch, never falling, and the run's peak.
+    peaks = [r["peak_rss_mib"] for r in history]
+    assert 100 < peaks[0] <= peaks[1] == summary["peak_rss_mib"]
     k = config.train.n_interests
     for record in history:  # the share of training targets each interest scored highest
         won = [record[f"targets_won_interest_{i}"] for i in range(k)]
         assert all(0 <= share <= 1 for share in won) and sum(won) == pytest.approx(1.0)
 
-    checkpoint = torch.load(model_dir / "model.pt", weights_only=False)
+    checkpoint = torch.load(files.checkpoint, weights_only=False)
     # The fine-tuned top MiniLM layer is in the checkpoint, and it moved away from the pretrained weights.
     from tasks.model.text_tower import load_language_model
 
@@ -59,12 +64,12 @@ def test_a_budget_no_epoch_fits_in_stops_every_rank_after_epoch_1(dataset_dir, b
     """Rank 0's clock decides for both ranks, and the epoch that ran is kept."""
     config = load_config({**base_overrides, "train.nproc": 2, "train.epochs": 3, "train.max_steps_per_epoch": 2,
                           "train.batch_size": 16, "train.lr": 1e-3, "train.max_minutes": 0.001})
-    model_dir = launch_training(config, dataset_dir, tmp_path / "model")
+    files = ModelFiles(launch_training(config, dataset_dir, tmp_path / "model"))
 
-    history = json.loads((model_dir / "history.json").read_text())
-    summary = json.loads((model_dir / "training.json").read_text())
+    history = json.loads(files.history.read_text())
+    summary = json.loads(files.summary.read_text())
     assert summary["stopped_by"] == "time budget" and [r["epoch"] for r in history] == [1]
-    assert summary["best_epoch"] == 1 and (model_dir / "model.pt").exists()
+    assert summary["best_epoch"] == 1 and files.checkpoint.exists()
     assert history[0]["lr"] == 1e-3  # the rate epoch 1 ran at
 
 
@@ -95,7 +100,7 @@ def test_model_learns_well_above_popularity_on_real_data(dataset_dir, base_overr
     config = load_config({**base_overrides, "train.nproc": 1, "train.epochs": 3, "train.patience": 3})
     model_dir = launch_training(config, dataset_dir, tmp_path / "model")
     sequences, _ = load_dataset(dataset_dir)
-    history = [row["valid_ndcg@10"] for row in json.loads((model_dir / "history.json").read_text())]
+    history = [row["valid_ndcg@10"] for row in json.loads(ModelFiles(model_dir).history.read_text())]
     popularity = evaluate_scorer(popularity_scorer(sequences), sequences)["valid"]["ndcg@10"]
     model = evaluate_scorer(model_scorer(model_dir, sequences), sequences)["valid"]["ndcg@10"]
     assert max(history) > history[0]
@@ -122,8 +127,8 @@ def test_weight_averaging_leaves_training_alone_and_saves_the_better_weights(dat
     plain = launch_training(load_config({**common, "train.ema_epochs": 0}), dataset_dir, tmp_path / "plain")
     averaged = launch_training(load_config({**common, "train.ema_epochs": 0.5}), dataset_dir, tmp_path / "ema")
 
-    plain_history = json.loads((plain / "history.json").read_text())
-    ema_history = json.loads((averaged / "history.json").read_text())
+    plain_history = json.loads(ModelFiles(plain).history.read_text())
+    ema_history = json.loads(ModelFiles(averaged).history.read_text())
     # Same seed, one thread: the live weights of the averaged run are the plain run's, step for step.
     assert [r["valid_ndcg@10_live"] for r in ema_history] == [r["valid_ndcg@10"] for r in plain_history]
     assert [r["train_loss"] for r in ema_history] == [r["train_loss"] for r in plain_history]
@@ -134,9 +139,9 @@ def test_weight_averaging_leaves_training_alone_and_saves_the_better_weights(dat
         assert r["valid_ndcg@10"] == max(r["valid_ndcg@10_averaged"], r["valid_ndcg@10_live"])
         assert r["weights"] == ("live" if r["valid_ndcg@10_live"] > r["valid_ndcg@10_averaged"] else "averaged")
     best = max(ema_history, key=lambda r: r["valid_ndcg@10"])
-    saved = torch.load(averaged / "model.pt", weights_only=False)
+    saved = torch.load(ModelFiles(averaged).checkpoint, weights_only=False)
     assert (saved["epoch"], saved["weights"]) == (best["epoch"], best["weights"])
-    assert json.loads((averaged / "training.json").read_text())["best_weights"] == best["weights"]
+    assert json.loads(ModelFiles(averaged).summary.read_text())["best_weights"] == best["weights"]
     # What was saved is the model that validated best: scored afresh, it gives the recorded NDCG@10.
     sequences, _ = load_dataset(dataset_dir)
     valid = evaluate_scorer(model_scorer(averaged, sequences), sequences)["valid"]["ndcg@10"]
@@ -147,9 +152,10 @@ def test_packed_text_tower_computes_what_the_padded_minilm_layers_do(dataset_dir
     """TextTower runs its layers on the real tokens alone: same vectors and gradients as the padded layers."""
     import pandas as pd
 
+    from tasks.layout import DatasetFiles
     from tasks.model.text_tower import TextTower, additive_mask, encode_frozen, load_language_model
 
-    texts = pd.read_parquet(Path(dataset_dir) / "items.parquet")["description"].tolist()[:40]
+    texts = pd.read_parquet(DatasetFiles(Path(dataset_dir)).items)["description"].tolist()[:40]
     tokenizer, encoder = load_language_model()
     states, masks = encode_frozen(texts, tokenizer, encoder, 2, 32)
     assert 0 < masks.float().mean() < 0.75  # padding is most of the grid: what packing skips
