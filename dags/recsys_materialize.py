@@ -9,6 +9,10 @@ Triggered by the asset `prismrec://champion`, which `recsys_training` emits when
 a new champion and `prismrec promote` / `prismrec rollback` post through the REST API
 (tasks/registry/champion_events.py). A champion moved in the MLflow UI is published by triggering
 this DAG by hand.
+
+**Where the code is.** The one task, `materialize`, calls `pipeline.run_materialize`
+(`tasks/pipeline.py`), which runs `tasks/publish/materialize.py` (tables in
+`tasks/publish/tables.py`, rows and explanations in `tasks/publish/rows.py`).
 """
 
 from __future__ import annotations

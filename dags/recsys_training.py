@@ -13,6 +13,18 @@ When the champion moves, `register` emits the asset `prismrec://champion`, which
 `recsys_materialize`. Every task only passes paths, counts and versions through XCom; the
 run's files live in `<PRISMREC_HOME>/runs/<run id>/`.
 
+**Where the code is.** Each task calls one function of `tasks/pipeline.py`, which calls its stage:
+
+| task | glue | stage |
+| --- | --- | --- |
+| `extract` | `pipeline.run_extract` | `tasks/data/extract.py` |
+| `quality` | `pipeline.run_quality` | `tasks/data/quality.py`, suites in `expectations/` |
+| `prepare` | `pipeline.run_prepare` | `tasks/data/prepare.py` |
+| `train` | `pipeline.run_train` | `tasks/training/launcher.py` → `tasks/training/worker.py` |
+| `evaluate` | `pipeline.run_evaluate` | `tasks/evaluation/evaluate.py` |
+| `gate` | `pipeline.run_gate` | `tasks/registry/gate.py` |
+| `register` | `pipeline.run_register` | `tasks/registry/store.py`, `tasks/registry/decisions.py` |
+
 **Logical date.** Extraction reads interactions up to the run's logical date. Scheduled runs
 have one; manual runs in Airflow 3 may not (logical date `None`), and then the run's
 `run_after` (the moment it was triggered) is used instead.
