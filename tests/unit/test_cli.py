@@ -62,6 +62,7 @@ def test_unknown_setting_names_what_exists(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # the CLI in a subprocess against a fresh MLflow store
 def test_promote_without_any_version_exits_1(tmp_path):
     done = prismrec("promote", "7", home=tmp_path)
     assert done.returncode == 1

@@ -34,6 +34,7 @@ def test_the_benchmark_runs_the_gates_baselines_and_its_own():
     assert {name: BASELINES[name] for name in gate_baselines.BASELINES} == gate_baselines.BASELINES
 
 
+@pytest.mark.slow  # encodes every item with MiniLM
 def test_content_ranks_the_identical_text_highest():
     texts = ["Toy Story (1995). Animation, Children's, Comedy.",
              "Heat (1995). Action, Crime, Thriller.",
@@ -49,6 +50,7 @@ def test_content_ranks_the_identical_text_highest():
     assert scores[0, 0].item() == float("-inf")
 
 
+@pytest.mark.slow  # fits a SASRec model
 def test_sasrec_learns_a_deterministic_cycle():
     # Every user walks the cycle 1 -> 2 -> ... -> 20 -> 1 from a different start.
     n_items, length = 20, 12
