@@ -1,6 +1,6 @@
-"""Shared fixtures: an isolated PrismRec home, a real Postgres database and MLflow store per test session.
+"""Shared fixtures: an isolated PrismRec home, a real Postgres database and MLflow store per test run.
 
-With PRISMREC_DATABASE_URL set, a fresh database is created on that server for the session
+With PRISMREC_DATABASE_URL set, a fresh database is created on that server for the test run
 and dropped afterwards; unset, the embedded Postgres (pgserver) runs in a temporary folder.
 """
 
@@ -26,7 +26,7 @@ def prismrec_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def database_url(prismrec_home: Path):
-    """A real, empty Postgres database for this test session."""
+    """A real, empty Postgres database for this test run."""
     from tasks.db import embedded_url
 
     configured = os.environ.get("PRISMREC_DATABASE_URL")
@@ -46,7 +46,7 @@ def database_url(prismrec_home: Path):
 
 @pytest.fixture(scope="session")
 def base_overrides(prismrec_home: Path, database_url: str) -> dict:
-    """Dotted-key overrides that point every stage at this session's stores."""
+    """Dotted-key overrides that point every stage at this test run's stores."""
     return {
         "paths.home": str(prismrec_home),
         "database.url": database_url,
@@ -70,7 +70,7 @@ def engine(config):
 
 @pytest.fixture(scope="session")
 def ml100k(config):
-    """The full, real MovieLens-100K loaded once into schema `app` of the session database."""
+    """The full, real MovieLens-100K loaded once into schema `app` of the test run's database."""
     from tasks.data.sources import load_movielens
 
     return load_movielens(config, "movielens-100k")
@@ -78,7 +78,7 @@ def ml100k(config):
 
 @pytest.fixture(scope="session")
 def trained_model_dir(ml100k, config, base_overrides, tmp_path_factory) -> Path:
-    """A tiny real PrismRec model (1 epoch, 2 steps under torchrun) on the session's ML-100K, shared by tests."""
+    """A tiny real PrismRec model (1 epoch, 2 steps under torchrun) on the test run's ML-100K, shared by tests."""
     from datetime import datetime
 
     from tasks.config import load_config

@@ -1,6 +1,6 @@
 """The whole platform as a user drives it: `prismrec load/train/materialize` on real ML-100K.
 
-Each command runs in its own process (as from a shell), against this session's Postgres
+Each command runs in its own process (as from a shell), against this test run's Postgres
 and MLflow store, so Airflow is configured exactly as on a user's machine.
 """
 

@@ -1,4 +1,4 @@
-"""Publishing on real Postgres with a real, registered PrismRec champion (the session's tiny trained model).
+"""Publishing on real Postgres with a real, registered PrismRec champion (the test run's tiny trained model).
 
 Every published row is checked against what the model itself returns for the same
 histories, so the tests pin the plumbing (ids, ranks, titles, flags, lineage) exactly.

@@ -1,6 +1,6 @@
 """A promotion by hand publishes the new champion: the asset event sent to Airflow's REST API
 (against a small local HTTP server speaking that API), and the in-process path of `prismrec
-promote` (a subprocess against the session's real Postgres, MLflow store and tiny model).
+promote` (a subprocess against the test run's real Postgres, MLflow store and tiny model).
 """
 
 from __future__ import annotations

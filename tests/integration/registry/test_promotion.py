@@ -1,4 +1,4 @@
-"""Promotion end to end with the session's real tiny model: evaluate (with slices) -> gate -> register
+"""Promotion end to end with the test run's real tiny model: evaluate (with slices) -> gate -> register
 (lineage, decisions) -> materialize; a champion moved by hand in the registry (as the MLflow UI
 does) is what the next materialization publishes; the CLI refuses unknown versions and records
 promotions and rollbacks.
@@ -40,7 +40,7 @@ def overrides(base_overrides, engine, trained_model_dir) -> dict:
 
 
 def _train_run(root: Path, tmp_path_factory, name: str) -> tuple[dict, dict, dict]:
-    """XCom-like (snapshot, dataset, trained) for a run folder reusing the session's model files."""
+    """XCom-like (snapshot, dataset, trained) for a run folder reusing the test run's model files."""
     run_dir, trained = tmp_path_factory.mktemp(name), RunLayout(root)
     snapshot = {"path": str(trained.snapshot.root), "logical_date": "1998-05-01T00:00:00+00:00",
                 "run_dir": str(run_dir)}
