@@ -96,3 +96,10 @@ bench-materialize: venv
 .PHONY: bench-interests
 bench-interests: venv
 	$(BIN)/python -m bench.interests
+
+# Training memory: peak resident memory of the training workers at each epoch, for ML-100K with
+# the pipeline's defaults and ML-1M with the benchmark's settings; writes bench/results/memory.{json,md}.
+# EPOCHS and MAX_STEPS shorten the runs (the output says when a run was capped).
+.PHONY: bench-memory
+bench-memory: venv
+	$(BIN)/python -m bench.memory $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS))

@@ -1,0 +1,259 @@
+"""Training memory: peak resident memory of the training workers, epoch by epoch.
+
+    python -m bench.memory [--datasets ml-100k,ml-1m] [--epochs 40] [--max-steps N] [--interval 5]
+
+Each row is a real `launch_training` run (the DAG's code, under torchrun) on the quality
+benchmark's split: ML-100K with the pipeline's defaults, ML-1M with the benchmark's settings
+(bench.quality.DATASET_SETTINGS["ml-1m"], less any the environment sets). Early stopping is
+off (train.patience = --epochs) and there is no time budget, so every run reaches its last epoch.
+
+An epoch's figure is the peak resident memory of the training run up to the end of that epoch
+(VmHWM, the largest of torchrun's worker processes; model loading and the frozen text cache
+count in epoch 1): the `peak_rss_mib` of each epoch's record in the run's history.json where the
+worker writes it, else read from /proc by this process when the worker's epoch line reaches the
+log. A thread samples the workers' VmRSS every --interval seconds meanwhile; the JSON keeps each
+epoch's largest sample too, which shows memory that is returned between epochs.
+
+Goal (issue 31): flat after the first epoch, the epoch-40 peak within 10 % of epoch 2's, and
+under 4 GB for ML-100K-sized data. Writes bench/results/memory.{json,md}. A run cut short
+(--epochs below 40, or --max-steps) writes bench/results/memory-short.{json,md} instead and says
+so above its table: it shows that the benchmark works, not how memory behaves over 40 epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import statistics
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Self
+
+from bench.quality import DATASETS, dataset_settings, machine, prepare, save
+
+log = logging.getLogger("bench.memory")
+
+FULL_EPOCHS = 40
+REPORTED = (1, 2, 10, 40)  # the epochs the table shows (issue 31)
+FLAT = 0.10  # the last epoch's peak may exceed epoch 2's by at most this share
+# The worker's end-of-epoch line ("epoch 3: loss ..."), as launch_training passes it to its log.
+EPOCH_LINE = re.compile(r"\bepoch (\d+): loss")
+
+
+def worker_pids(root: int) -> list[int]:
+    """The training workers below process `root`: torchrun's children running tasks.training.worker
+    (torchrun's own command line names the module too, so it is told apart by its own)."""
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # it ended meanwhile
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # after the name, which may hold spaces
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        command = commands.get(pid, "")
+        if "tasks.training.worker" in command and "torch.distributed.run" not in command:
+            found.append(pid)
+    return sorted(found)
+
+
+def memory_mib(pid: int) -> tuple[float, float] | None:
+    """(VmRSS, VmHWM) of process `pid` in MiB, or None once it has ended."""
+    try:
+        fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE))
+    except OSError:
+        return None
+    return (int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024) if len(fields) == 2 else None
+
+
+class WorkerMemory(logging.Handler):
+    """While launch_training runs: samples its workers' resident memory in a thread, and reads
+    their high-water mark when an epoch's line comes through the launcher's log."""
+
+    def __init__(self, interval: float):
+        super().__init__()
+        self.interval = interval
+        self.pids: list[int] = []
+        self.samples: list[tuple[float, float]] = []  # (time, VmRSS MiB, the largest worker's)
+        self.epochs: dict[int, tuple[float, float]] = {}  # epoch -> (time of its line, VmHWM MiB)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="bench.memory sampler", daemon=True)
+
+    def __enter__(self) -> Self:
+        logging.getLogger("tasks.training.launcher").addHandler(self)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        logging.getLogger("tasks.training.launcher").removeHandler(self)
+
+    def read(self) -> tuple[float, float] | None:
+        """(VmRSS, VmHWM) of the largest worker now, recorded as a sample; None before the workers start."""
+        with self.lock:
+            readings = [m for m in map(memory_mib, self.pids) if m is not None]
+            if not readings:
+                self.pids = worker_pids(os.getpid())
+                readings = [m for m in map(memory_mib, self.pids) if m is not None]
+            if not readings:
+                return None
+            now = (max(rss for rss, _ in readings), max(hwm for _, hwm in readings))
+            self.samples.append((time.monotonic(), now[0]))
+            return now
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.read()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = EPOCH_LINE.search(record.getMessage())
+        if match and (now := self.read()) is not None:  # the line comes after the epoch's validation
+            self.epochs[int(match.group(1))] = (time.monotonic(), now[1])
+
+    def peaks(self) -> list[float]:
+        """VmHWM at the end of each epoch seen, in order."""
+        return [round(self.epochs[epoch][1], 1) for epoch in sorted(self.epochs)]
+
+    def sampled(self) -> list[float]:
+        """Each epoch's largest VmRSS sample (taken every `interval` seconds and at its end)."""
+        out, since = [], float("-inf")
+        for epoch in sorted(self.epochs):
+            end = self.epochs[epoch][0]
+            out.append(round(max((rss for at, rss in self.samples if since < at <= end), default=0.0), 1))
+            since = end
+        return out
+
+
+def run(dataset: str, epochs: int, max_steps: int | None, interval: float) -> dict:
+    from bench.step_time import resolved
+    from tasks.config import load_config
+    from tasks.layout import ModelFiles
+    from tasks.training.launcher import launch_training
+
+    settings = dataset_settings(dataset)
+    # "none", not None (which load_config skips): no time budget and no cap unless --max-steps,
+    # whatever the environment says.
+    bench = {"train.epochs": epochs, "train.patience": epochs, "train.max_minutes": "none",
+             "train.max_steps_per_epoch": max_steps if max_steps is not None else "none"}
+    config = load_config({**settings, "database.app_schema": "bench_" + dataset.replace("-", ""), **bench})
+    work = config.paths.home / "bench" / dataset
+    dataset_dir = prepare(config, dataset, work)
+    model = ModelFiles(work / "memory")
+    log.info("%s: %d epochs%s, %s", dataset, epochs, f" of at most {max_steps} steps" if max_steps else "",
+             f"settings {settings}" if settings else "the pipeline's defaults")
+    started = time.time()
+    with WorkerMemory(interval) as sampler:
+        launch_training(config, dataset_dir, model.root)
+    seconds = time.time() - started
+    history = json.loads(model.history.read_text())
+    summary = json.loads(model.summary.read_text())
+    if history and all(record.get("peak_rss_mib") is not None for record in history):
+        peaks, source = [round(float(record["peak_rss_mib"]), 1) for record in history], "history.json peak_rss_mib"
+    else:
+        peaks, source = sampler.peaks(), "the workers' VmHWM read from /proc at each epoch's log line"
+    if len(peaks) != len(history):
+        log.warning("%s: a peak for %d epochs, history.json has %d", dataset, len(peaks), len(history))
+    rates = [record["steps_per_second"] for record in history if "steps_per_second" in record]
+    second, last = (peaks[1], peaks[-1]) if len(peaks) > 1 else (None, None)
+    full_steps = summary["full_steps_per_epoch"]
+    return {
+        "dataset": dataset,
+        "settings": "bench.quality DATASET_SETTINGS" if settings else "pipeline defaults",
+        "setting_values": settings,
+        "bench_overrides": bench,
+        "allocator": f"{config.train.allocator} ({resolved(config.train.allocator)})",
+        "epochs_run": len(history),
+        "steps_per_epoch": min(max_steps or full_steps, full_steps),
+        "full_steps_per_epoch": full_steps,
+        "peak_mib": {str(e): (peaks[e - 1] if e <= len(peaks) else None) for e in REPORTED},
+        "peak_mib_per_epoch": peaks,
+        "peak_source": source,
+        "sampled_rss_mib_per_epoch": sampler.sampled(),
+        "sample_interval_s": interval,
+        "last_vs_epoch_2": round(last / second - 1, 4) if second else None,
+        "flat": last <= second * (1 + FLAT) if second else None,
+        "steps_per_second": round(statistics.median(rates), 3) if rates else None,
+        "seconds": round(seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default="ml-100k,ml-1m",
+                        help="comma-separated, from " + ", ".join(sorted(DATASETS)))
+    parser.add_argument("--epochs", type=int, default=FULL_EPOCHS,
+                        help=f"epochs per run (train.epochs, early stopping off; below {FULL_EPOCHS}: a short run)")
+    parser.add_argument("--max-steps", type=int,
+                        help="at most this many steps an epoch (train.max_steps_per_epoch): a short run")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between resident-memory samples")
+    args = parser.parse_args(argv)
+    datasets = [name.strip() for name in args.datasets.split(",") if name.strip()]
+    unknown = sorted(set(datasets) - set(DATASETS))
+    if unknown or not datasets:
+        raise SystemExit(f"--datasets {args.datasets!r}: choose from {', '.join(sorted(DATASETS))}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    if args.epochs < 1 or (args.max_steps is not None and args.max_steps < 1) or args.interval <= 0:
+        raise SystemExit("--epochs and --max-steps must be at least 1, --interval positive")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    short = args.epochs < FULL_EPOCHS or args.max_steps is not None
+    if short:
+        log.info("a short run (--epochs %d%s): results go to bench/results/memory-short.{json,md}", args.epochs,
+                 f", --max-steps {args.max_steps}" if args.max_steps else "")
+    runs = [run(dataset, args.epochs, args.max_steps, args.interval) for dataset in datasets]
+    result = {
+        "runs": runs,
+        "epochs": args.epochs,
+        "max_steps_per_epoch": args.max_steps,
+        "short": short,
+        "goal": f"epoch {FULL_EPOCHS}'s peak within {FLAT:.0%} of epoch 2's; under 4 GB for ML-100K-sized data",
+        "machine": machine(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return save("memory-short" if short else "memory", result, markdown(result))
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    title = f"# Training memory: peak resident MiB by epoch ({result['epochs']} epochs, early stopping off)"
+    lines = [title, ""]
+    if result["short"]:
+        cap = f", --max-steps {result['max_steps_per_epoch']}" if result["max_steps_per_epoch"] else ""
+        lines += [f"**Short run** (--epochs {result['epochs']}{cap}): it shows that the benchmark works, "
+                  f"not how memory behaves over {FULL_EPOCHS} full epochs.", ""]
+    lines += [f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, GPU: {m['gpu'] or 'none'}. "
+              f"Date {result['date']}. Goal: {result['goal']}.", "",
+              "| dataset | settings | allocator | steps/epoch | "
+              + " | ".join(f"epoch {e}" for e in REPORTED) + " | last vs epoch 2 | steps/s |",
+              "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in REPORTED) + " | ---: | ---: |"]
+    for r in result["runs"]:
+        peaks = [f"{r['peak_mib'][str(e)]:,.0f}" if r["peak_mib"][str(e)] is not None else "–" for e in REPORTED]
+        steps = str(r["steps_per_epoch"]) + (f" of {r['full_steps_per_epoch']}"
+                                             if r["steps_per_epoch"] < r["full_steps_per_epoch"] else "")
+        growth = (f"{r['last_vs_epoch_2']:+.1%} (epoch {r['epochs_run']})" if r["last_vs_epoch_2"] is not None
+                  else "–")
+        rate = f"{r['steps_per_second']:.2f}" if r["steps_per_second"] is not None else "–"
+        lines.append(f"| {r['dataset']} | {r['settings']} | {r['allocator']} | {steps} | " + " | ".join(peaks)
+                     + f" | {growth} | {rate} |")
+    lines += ["", "Peak: the run's resident high-water mark (VmHWM) up to the end of the epoch, from "
+              + "; ".join(sorted({r["peak_source"] for r in result["runs"]})) + "."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
