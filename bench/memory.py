@@ -89,7 +89,8 @@ class WorkerMemory(logging.Handler):
         self.pids: list[int] = []
         self.samples: list[tuple[float, float]] = []  # (time, VmRSS MiB, the largest worker's)
         self.epochs: dict[int, tuple[float, float]] = {}  # epoch -> (time of its line, VmHWM MiB)
-        self.lock = threading.Lock()
+        # not `self.lock`: logging.Handler holds that one while it calls emit(), which reads too
+        self.reading = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="bench.memory sampler", daemon=True)
 
@@ -105,7 +106,7 @@ class WorkerMemory(logging.Handler):
 
     def read(self) -> tuple[float, float] | None:
         """(VmRSS, VmHWM) of the largest worker now, recorded as a sample; None before the workers start."""
-        with self.lock:
+        with self.reading:
             readings = [m for m in map(memory_mib, self.pids) if m is not None]
             if not readings:
                 self.pids = worker_pids(os.getpid())
