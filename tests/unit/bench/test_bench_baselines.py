@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from bench.baselines import BASELINES, GRIDS, SASRec, fit_content, fit_sasrec
-from tasks.data.prepare import Sequences
 from tasks.evaluation import baselines as gate_baselines
-
-
-def make_sequences(sequences: list[list[int]], n_items: int) -> Sequences:
-    """Sequences of item indices (1..n_items) per user; item i has app id 100 + i."""
-    lengths = [len(s) for s in sequences]
-    return Sequences(
-        user_ids=np.arange(len(sequences), dtype=np.int64),
-        indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        item_idx=np.concatenate(sequences).astype(np.int64),
-        item_ids=np.concatenate([[-1], 100 + np.arange(1, n_items + 1)]).astype(np.int64),
-    )
-
-
-def make_items(texts: list[str]) -> pd.DataFrame:
-    n = len(texts)
-    return pd.DataFrame({"idx": np.arange(1, n + 1), "item_id": 100 + np.arange(1, n + 1),
-                         "title": texts, "genres": "", "description": texts})
+from tests.builders import make_items, make_sequences
 
 
 def test_the_benchmark_runs_the_gates_baselines_and_its_own():

@@ -1,0 +1,26 @@
+"""Hand-made inputs shared by unit tests: small split sequences and item tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tasks.data.prepare import Sequences
+
+
+def make_sequences(sequences: list[list[int]], n_items: int) -> Sequences:
+    """Sequences of item indices (1..n_items) per user; item i has app id 100 + i."""
+    lengths = [len(s) for s in sequences]
+    return Sequences(
+        user_ids=np.arange(len(sequences), dtype=np.int64),
+        indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        item_idx=np.concatenate(sequences).astype(np.int64),
+        item_ids=np.concatenate([[-1], 100 + np.arange(1, n_items + 1)]).astype(np.int64),
+    )
+
+
+def make_items(texts: list[str]) -> pd.DataFrame:
+    """An item table in the dataset's shape, the texts as titles and descriptions; item i has app id 100 + i."""
+    n = len(texts)
+    return pd.DataFrame({"idx": np.arange(1, n + 1), "item_id": 100 + np.arange(1, n + 1),
+                         "title": texts, "genres": "", "description": texts})
