@@ -26,57 +26,28 @@ import argparse
 import json
 import logging
 import os
-import re
 import statistics
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Self
 
 from bench.quality import DATASETS, dataset_settings, machine, prepare, save
+from tasks.training.launcher import EPOCH_LINE
+from tasks.training.memory import command_line, descendants, status_mib
 
 log = logging.getLogger("bench.memory")
 
 FULL_EPOCHS = 40
 REPORTED = (1, 2, 10, 40)  # the epochs the table shows (issue 31)
 FLAT = 0.10  # the last epoch's peak may exceed epoch 2's by at most this share
-# The worker's end-of-epoch line ("epoch 3: loss ..."), as launch_training passes it to its log.
-EPOCH_LINE = re.compile(r"\bepoch (\d+): loss")
 
 
 def worker_pids(root: int) -> list[int]:
     """The training workers below process `root`: torchrun's children running tasks.training.worker
     (torchrun's own command line names the module too, so it is told apart by its own)."""
-    children: dict[int, list[int]] = {}
-    commands: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue  # it ended meanwhile
-        parent = int(stat.rsplit(")", 1)[1].split()[1])  # after the name, which may hold spaces
-        children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        command = commands.get(pid, "")
-        if "tasks.training.worker" in command and "torch.distributed.run" not in command:
-            found.append(pid)
-    return sorted(found)
-
-
-def memory_mib(pid: int) -> tuple[float, float] | None:
-    """(VmRSS, VmHWM) of process `pid` in MiB, or None once it has ended."""
-    try:
-        fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE))
-    except OSError:
-        return None
-    return (int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024) if len(fields) == 2 else None
+    return [pid for pid in descendants(root)
+            if "tasks.training.worker" in (command := command_line(pid)) and "torch.distributed.run" not in command]
 
 
 class WorkerMemory(logging.Handler):
@@ -107,10 +78,10 @@ class WorkerMemory(logging.Handler):
     def read(self) -> tuple[float, float] | None:
         """(VmRSS, VmHWM) of the largest worker now, recorded as a sample; None before the workers start."""
         with self.reading:
-            readings = [m for m in map(memory_mib, self.pids) if m is not None]
+            readings = [m for m in map(status_mib, self.pids) if m is not None]
             if not readings:
                 self.pids = worker_pids(os.getpid())
-                readings = [m for m in map(memory_mib, self.pids) if m is not None]
+                readings = [m for m in map(status_mib, self.pids) if m is not None]
             if not readings:
                 return None
             now = (max(rss for rss, _ in readings), max(hwm for _, hwm in readings))

@@ -31,7 +31,9 @@ def resolved(allocator: str) -> str:
     from tasks.training.launcher import allocator_env
 
     env = allocator_env(allocator, dict(os.environ))
-    return "jemalloc" if "LD_PRELOAD" in env else "glibc, huge pages" if "GLIBC_TUNABLES" in env else "glibc"
+    preload = env.get("LD_PRELOAD", "")
+    return ("jemalloc" if "jemalloc" in preload else "mimalloc" if "mimalloc" in preload
+            else "glibc, huge pages" if "GLIBC_TUNABLES" in env else "glibc")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -42,9 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
-        # train.allocator=system keeps the environment's allocator: its rows would be jemalloc's too.
-        raise SystemExit("bench.step_time compares allocators: run it without jemalloc in LD_PRELOAD")
+    if any(name in os.environ.get("LD_PRELOAD", "") for name in ("jemalloc", "mimalloc")):
+        # train.allocator=system keeps the environment's allocator: its rows would be that one's too.
+        raise SystemExit("bench.step_time compares allocators: run it without jemalloc or mimalloc in LD_PRELOAD")
     from tasks.config import load_config
     from tasks.layout import ModelFiles
     from tasks.training.launcher import launch_training

@@ -190,11 +190,17 @@ class TrainConfig:
     # Matmul precision: "auto" = bf16 autocast on a GPU and on CPUs with native bf16 (AVX512-BF16,
     # AMX), fp32 elsewhere; "bf16" or "fp32" force one.
     precision: str = "auto"
-    # Memory allocator of the training processes (CPU; tasks.training.launcher.allocator_env): glibc
-    # returns a step's large score matrices to the kernel and faults them in again (~15 % of an ML-1M
-    # step). "auto": jemalloc when installed (Debian: libjemalloc2), else glibc with huge pages;
-    # "jemalloc" insists on it; "system" leaves the allocator alone.
+    # Memory allocator of the training processes (CPU; tasks.training.launcher.allocator_env):
+    # glibc's malloc fragments over a long run (resident memory grows epoch after epoch) and
+    # returns a step's large score matrices to the kernel only to fault them in again. "auto":
+    # jemalloc when the system has it (Debian: libjemalloc2), else mimalloc (the cmeel-mimalloc
+    # dependency), else glibc with huge pages; "jemalloc" or "mimalloc" insist on one; "system"
+    # leaves the allocator alone.
     allocator: str = "auto"
+    # Memory guard: the run stops with a message once its processes hold more than this many GB
+    # (their summed Pss; tasks.training.memory), before the kernel's out-of-memory killer would end
+    # it silently. Unset: 75 % of the machine's memory, or of the container's limit.
+    max_memory_gb: float | None = None
 
 
 def parse_floors(text: str) -> dict[str, float]:
@@ -405,14 +411,16 @@ def validate(config: PipelineConfig) -> None:
         (t.n_interests >= 1, "train.n_interests must be at least 1"),
         (t.epochs >= 1, "train.epochs must be at least 1"),
         (t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32"),
-        (t.allocator in ("auto", "jemalloc", "system"),
-         f"train.allocator must be auto, jemalloc or system, got {t.allocator!r}"),
+        (t.allocator in ("auto", "jemalloc", "mimalloc", "system"),
+         f"train.allocator must be auto, jemalloc, mimalloc or system, got {t.allocator!r}"),
         (t.interest_diversity >= 0, "train.interest_diversity must be >= 0"),
         (t.interest_balance >= 0, f"train.interest_balance must be >= 0 (0: no balancing), got {t.interest_balance}"),
         (t.logit_scale > 0, f"train.logit_scale must be positive, got {t.logit_scale}"),
         (t.ema_epochs >= 0, f"train.ema_epochs must be >= 0 (0: no weight averaging), got {t.ema_epochs}"),
         (t.negatives >= 0, "train.negatives must be >= 0 (0: full softmax over the catalogue)"),
         (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be positive (or unset)"),
+        (t.max_memory_gb is None or t.max_memory_gb > 0,
+         f"train.max_memory_gb must be positive (or unset for 75 % of the machine's memory), got {t.max_memory_gb}"),
         (0 <= t.lr_floor < 1, "train.lr_floor must be in [0, 1): the share of the start rates the schedule never goes below"),
         (t.nproc >= 1, "train.nproc must be at least 1"),
         (0 <= t.lm_trainable_layers <= 6, "train.lm_trainable_layers must be between 0 and 6 (MiniLM has 6)"),

@@ -11,6 +11,8 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,13 @@ from pathlib import Path
 from tasks.config import PipelineConfig
 from tasks.errors import TrainingError
 from tasks.layout import ModelFiles
+from tasks.training.memory import (
+    GB,
+    MemoryGuard,
+    default_limit_gb,
+    descendants,
+    machine_memory_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,47 +46,126 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
                "-m", "tasks.training.worker", "--dataset", str(dataset_dir), "--out", str(files.root)]
     log.info("launching: %s (OMP_NUM_THREADS=%s, allocator: %s)", " ".join(command[2:]), threads,
              env.get("LD_PRELOAD") or env.get("GLIBC_TUNABLES") or "system")
+    limit = config.train.max_memory_gb or default_limit_gb()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
-    for line in process.stdout:  # stream into this task's log so progress shows in Airflow
-        line = line.rstrip()
-        tail = (tail + [line])[-30:]
-        log.info("[torchrun] %s", line)
-    if process.wait() != 0 or not files.checkpoint.exists():
+    last_epoch = None
+    with MemoryGuard(process.pid, limit, stop=lambda: stop_tree(process)) as guard:
+        for line in process.stdout:  # stream into this task's log so progress shows in Airflow
+            line = line.rstrip()
+            tail = (tail + [line])[-30:]
+            if match := EPOCH_LINE.search(line):
+                last_epoch = int(match.group(1))
+            log.info("[torchrun] %s", line)
+        process.wait()
+    if guard.tripped is not None:
+        raise TrainingError(memory_message(guard.tripped, limit, config.train.max_memory_gb is None, last_epoch))
+    if process.returncode != 0 or not files.checkpoint.exists():
+        killed = any(KILLED.search(line) for line in tail)
         raise TrainingError(
             f"torchrun exited with code {process.returncode}; last output:\n" + "\n".join(tail)
-            + "\nCheck train.* settings (epochs, nproc, batch_size) and the log above."
+            + ("\nA training process was killed with SIGKILL, which is usually the kernel's out-of-memory killer: "
+               "set train.max_memory_gb below this machine's memory so that the run stops with a message, and see "
+               "the README's 'Training memory' for what to lower." if killed else
+               "\nCheck train.* settings (epochs, nproc, batch_size) and the log above.")
         )
+    log.info("training used at most %.1f GB of memory (train.max_memory_gb = %.1f)", guard.peak_gb, limit)
     return files.root
+
+
+# The worker's end-of-epoch line ("epoch 3: loss ..."), and torchrun's report of a worker killed by SIGKILL.
+EPOCH_LINE = re.compile(r"\bepoch (\d+): loss")
+KILLED = re.compile(r"SIGKILL|exitcode\s*:\s*-9\b")
+
+
+def stop_tree(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """Stop torchrun and its workers: SIGTERM (torchrun passes it on), then SIGKILL to whatever is left."""
+    pids = descendants(process.pid)
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in [*pids, process.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def memory_message(reached_gb: float, limit_gb: float, default: bool, epoch: int | None) -> str:
+    """The one paragraph a user reads when the memory guard stops training."""
+    where = f"during epoch {epoch + 1}" if epoch else "before the first epoch ended"
+    source = (f"the default, 75 % of this machine's {machine_memory_bytes() / GB:.1f} GB" if default
+              else "as configured")
+    return (f"Training stopped {where}: its processes held {reached_gb:.1f} GB of memory, over train.max_memory_gb "
+            f"= {limit_gb:.1f} GB ({source}). Nothing was registered or published. If memory grew from epoch to "
+            "epoch (each epoch's line above ends with its peak RSS), check train.allocator: 'auto' (jemalloc, else mimalloc) "
+            "keeps it flat, 'system' leaves glibc's malloc, whose heap fragments over a long run. To need less "
+            "memory, lower train.batch_size or prepare.max_history, or set train.negatives (e.g. 2048) for a large "
+            "catalogue; or raise train.max_memory_gb if the machine has room.")
 
 
 # jemalloc keeps freed pages for reuse instead of returning them to the kernel after a delay.
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 # glibc >= 2.35: blocks it maps for large allocations get transparent huge pages (512x fewer
-# faults); older glibc ignores the tunable.
+# faults); older glibc ignores the tunable. Used only when neither jemalloc nor mimalloc is there.
 GLIBC_HUGE_PAGES = "glibc.malloc.hugetlb=1"
+
+def jemalloc_library() -> str | None:
+    """The system's libjemalloc (Debian/Ubuntu: libjemalloc2), or None."""
+    import ctypes.util
+
+    return ctypes.util.find_library("jemalloc")
+
+
+def mimalloc_library() -> str | None:
+    """libmimalloc from the cmeel-mimalloc wheel, a dependency of this project, or None."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files("cmeel-mimalloc") or []
+    except metadata.PackageNotFoundError:
+        return None
+    libraries = sorted(str(f.locate()) for f in files if f.name.startswith("libmimalloc.so"))
+    return next((path for path in libraries if Path(path).exists()), None)
+
+
+def preloaded(environ: dict[str, str]) -> bool:
+    """Whether the environment already preloads jemalloc or mimalloc."""
+    return any(name in environ.get("LD_PRELOAD", "") for name in ("jemalloc", "mimalloc"))
 
 
 def allocator_env(choice: str, environ: dict[str, str]) -> dict[str, str]:
     """Environment variables that give a training process the allocator `choice` (train.allocator).
 
-    A full-catalogue training step allocates its [positions, items] score matrices afresh each
-    step (~100 MB each on ML-1M); glibc serves blocks over 32 MB with mmap and unmaps them at
-    free, so every step faults its largest tensors in page by page again. jemalloc with decay
-    off reuses them; without it, huge pages make the faults 512x fewer.
+    Two things make glibc's malloc a poor fit for training. A full-catalogue step allocates its
+    [positions, items] score matrices afresh (~100 MB each on ML-1M); glibc serves blocks over
+    32 MB with mmap and unmaps them at free, so every step faults its largest tensors in again.
+    And its heap fragments: once its dynamic mmap threshold has risen, the varying sizes of a
+    step's tensors (histories and batches differ in length) leave freed holes that later blocks
+    do not fit, so resident memory grows epoch after epoch while live tensors stay the same
+    (docs/experiments.md, "Training memory"). jemalloc with decay off and mimalloc both reuse
+    freed blocks by size class and stay flat.
+
+    "auto": jemalloc where the system has it, else mimalloc (always installed with PrismRec),
+    else glibc with huge pages. "jemalloc"/"mimalloc" insist on one; "system" changes nothing.
     """
-    if choice == "system" or "jemalloc" in environ.get("LD_PRELOAD", ""):
-        return {}  # (a process started under jemalloc, such as the benchmark, passes it on)
-    import ctypes.util
-
-    library = ctypes.util.find_library("jemalloc")
-    if library is None:
-        if choice == "jemalloc":
-            raise TrainingError("train.allocator is 'jemalloc' but no libjemalloc is installed here: install it "
-                                "(Debian/Ubuntu: apt-get install libjemalloc2) or set train.allocator=auto")
-        tunables = environ.get("GLIBC_TUNABLES", "")
-        return {} if GLIBC_HUGE_PAGES in tunables else {"GLIBC_TUNABLES": ":".join(filter(None, [tunables, GLIBC_HUGE_PAGES]))}
-    return {"LD_PRELOAD": " ".join(filter(None, [library, environ.get("LD_PRELOAD")])),
-            "MALLOC_CONF": ",".join(filter(None, [environ.get("MALLOC_CONF"), JEMALLOC_CONF]))}
-
+    already = environ.get("LD_PRELOAD", "")
+    if choice == "system" or (choice == "auto" and preloaded(environ)) or (choice != "auto" and choice in already):
+        return {}  # (a process started under one, such as a re-run benchmark, passes it on)
+    if choice in ("auto", "jemalloc") and (library := jemalloc_library()) is not None:
+        return {"LD_PRELOAD": " ".join(filter(None, [library, environ.get("LD_PRELOAD")])),
+                "MALLOC_CONF": ",".join(filter(None, [environ.get("MALLOC_CONF"), JEMALLOC_CONF]))}
+    if choice == "jemalloc":
+        raise TrainingError("train.allocator is 'jemalloc' but no libjemalloc is installed here: install it "
+                            "(Debian/Ubuntu: apt-get install libjemalloc2) or set train.allocator=auto")
+    if choice in ("auto", "mimalloc") and (library := mimalloc_library()) is not None:
+        return {"LD_PRELOAD": " ".join(filter(None, [library, environ.get("LD_PRELOAD")]))}
+    if choice == "mimalloc":
+        raise TrainingError("train.allocator is 'mimalloc' but the cmeel-mimalloc package is not installed in "
+                            "this environment: reinstall PrismRec with its dependencies (make venv) or set "
+                            "train.allocator=auto")
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    return {} if GLIBC_HUGE_PAGES in tunables else {"GLIBC_TUNABLES": ":".join(filter(None, [tunables, GLIBC_HUGE_PAGES]))}

@@ -10,6 +10,7 @@ import torch
 from tasks.config import load_config
 from tasks.data.extract import extract_snapshot
 from tasks.data.prepare import prepare_dataset
+from tasks.errors import ConfigError
 from tasks.layout import ModelFiles
 from tasks.model.recommender import Recommender
 from tasks.training.launcher import launch_training
@@ -75,14 +76,31 @@ def test_a_budget_no_epoch_fits_in_stops_every_rank_after_epoch_1(dataset_dir, b
 
 @pytest.mark.slow
 def test_bad_training_settings_fail_clearly(dataset_dir, base_overrides, tmp_path):
-    from tasks.errors import ConfigError
-
     with pytest.raises(ConfigError, match="train.epochs"):
         load_config({**base_overrides, "train.epochs": 0})
     with pytest.raises(ConfigError, match="train.ema_epochs must be >= 0"):
         load_config({**base_overrides, "train.ema_epochs": -1})
     with pytest.raises(ConfigError, match="train.logit_scale must be positive"):
         load_config({**base_overrides, "train.logit_scale": 0})
+
+
+def test_the_memory_guard_stops_a_run_over_max_memory_gb_with_a_message(dataset_dir, base_overrides, tmp_path):
+    """A real torchrun launch whose limit (0.3 GB) is below what torch and MiniLM need: the guard stops
+    torchrun and its worker and says what happened and what to change, and no model is left."""
+    from tasks.errors import TrainingError
+
+    config = load_config({**base_overrides, "train.epochs": 1, "train.max_steps_per_epoch": 2,
+                          "train.max_memory_gb": 0.3})
+    with pytest.raises(TrainingError) as failure:
+        launch_training(config, dataset_dir, tmp_path / "model")
+    message = str(failure.value)
+    assert "train.max_memory_gb = 0.3 GB (as configured)" in message
+    assert "before the first epoch ended" in message and "Nothing was registered or published" in message
+    assert "train.allocator" in message and "train.batch_size" in message
+    assert "\n" not in message  # one paragraph, no traceback of torchrun's
+    assert not ModelFiles(tmp_path / "model").checkpoint.exists()
+    with pytest.raises(ConfigError, match="train.max_memory_gb must be positive"):
+        load_config({**base_overrides, "train.max_memory_gb": 0})
 
 
 @pytest.mark.slow

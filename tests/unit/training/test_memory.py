@@ -1,0 +1,58 @@
+"""The memory guard of training (tasks.training.memory): what it reads and when it stops a run."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from tasks.training.memory import (
+    GB,
+    MemoryGuard,
+    default_limit_gb,
+    descendants,
+    machine_memory_bytes,
+    tree_bytes,
+)
+
+# A parent that starts a child holding ~400 MB, then waits: the tree's memory is mostly the child's.
+HOLDER = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+          "'import time; block = bytearray(400 * 1000 * 1000); print(\"ready\", flush=True); time.sleep(60)'])")
+
+
+def stop_holder(process: subprocess.Popen) -> None:
+    for pid in [*descendants(process.pid), process.pid]:
+        os.kill(pid, signal.SIGKILL)
+    process.wait()
+
+
+def start_holder() -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def test_the_tree_counts_the_grandchild_memory():
+    process = start_holder()
+    try:
+        assert tree_bytes(process.pid) > 0.4 * GB
+    finally:
+        stop_holder(process)
+
+
+def test_the_guard_stops_a_tree_over_its_limit_and_leaves_one_under_it_alone():
+    process = start_holder()
+    stopped: list[bool] = []
+    try:
+        with MemoryGuard(process.pid, limit_gb=5.0, stop=lambda: stopped.append(True), interval=0.1) as roomy:
+            subprocess.run(["sleep", "0.5"], check=True)
+        assert roomy.tripped is None and not stopped and roomy.peak_gb > 0.4
+        with MemoryGuard(process.pid, limit_gb=0.2, stop=lambda: stopped.append(True), interval=0.1) as tight:
+            subprocess.run(["sleep", "0.5"], check=True)
+        assert stopped == [True] and tight.tripped > 0.4
+    finally:
+        stop_holder(process)
+
+
+def test_the_default_limit_is_three_quarters_of_the_machine():
+    assert default_limit_gb() == round(machine_memory_bytes() * 0.75 / GB, 1)
+    assert 0 < default_limit_gb() < machine_memory_bytes() / GB
