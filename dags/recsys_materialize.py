@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from tasks.airflow_tasks import fail_fast
 from tasks.contracts import champion_asset, dag_params, overrides_from_params
 
 CHAMPION = champion_asset()
@@ -43,6 +44,7 @@ CHAMPION = champion_asset()
 )
 def recsys_materialize():
     @task
+    @fail_fast
     def materialize(**context) -> dict:
         from tasks import pipeline
 

@@ -29,6 +29,10 @@ run's files live in `<PRISMREC_HOME>/runs/<run id>/`.
 have one; manual runs in Airflow 3 may not (logical date `None`), and then the run's
 `run_after` (the moment it was triggered) is used instead.
 
+**Failures.** A bad setting or Param, bad source data or a refused snapshot fails its task at
+once, without retries, with the message `prismrec train` prints (tasks/airflow_tasks.py); only
+transient faults (Postgres not answering, a dropped connection) are retried.
+
 **Params** (the same as `prismrec train`'s flags, tasks/contracts.py) left empty keep the
 configured value (environment `PRISMREC_<STAGE>__<FIELD>`, then the defaults in
 `tasks/config.py`).
@@ -40,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import AssetAlias, dag, task
 
+from tasks.airflow_tasks import fail_fast
 from tasks.contracts import champion_asset, dag_params, overrides_from_params
 
 CHAMPION = champion_asset()
@@ -66,6 +71,7 @@ CHAMPION_MOVES = AssetAlias(name="prismrec_champion_moves")
 )
 def recsys_training():
     @task
+    @fail_fast
     def extract(**context) -> dict:
         from tasks import pipeline
 
@@ -74,30 +80,35 @@ def recsys_training():
         return pipeline.run_extract(overrides_from_params(context["params"]), context["run_id"], logical_date)
 
     @task(retries=0)  # a refused snapshot is a verdict on the data; retrying repeats it
+    @fail_fast
     def quality(snapshot: dict, **context) -> dict:
         from tasks import pipeline
 
         return pipeline.run_quality(overrides_from_params(context["params"]), snapshot)
 
     @task
+    @fail_fast
     def prepare(snapshot: dict, **context) -> dict:
         from tasks import pipeline
 
         return pipeline.run_prepare(overrides_from_params(context["params"]), snapshot)
 
     @task(retries=0, execution_timeout=timedelta(hours=6))  # expensive: fail loudly, rerun by hand
+    @fail_fast
     def train(dataset: dict, **context) -> dict:
         from tasks import pipeline
 
         return pipeline.run_train(overrides_from_params(context["params"]), dataset)
 
     @task
+    @fail_fast
     def evaluate(dataset: dict, trained: dict, **context) -> dict:
         from tasks import pipeline
 
         return pipeline.run_evaluate(overrides_from_params(context["params"]), dataset, trained)
 
     @task
+    @fail_fast
     def gate(evaluated: dict, **context) -> dict:
         from tasks import pipeline
 
@@ -109,6 +120,7 @@ def recsys_training():
         )
 
     @task(outlets=[CHAMPION_MOVES])
+    @fail_fast
     def register(snapshot: dict, trained: dict, evaluated: dict, decision: dict, **context) -> dict:
         from tasks import pipeline
 

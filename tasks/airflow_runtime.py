@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tasks.airflow_tasks import project_error
 from tasks.config import PROJECT_ROOT, PipelineConfig, load_config
 from tasks.errors import ConfigError, PrismRecError
 
@@ -164,7 +165,8 @@ def _capture_failures(dag) -> Iterator[list[tuple[str, BaseException | None]]]:
     failures: list[tuple[str, BaseException | None]] = []
 
     def on_failure(context: dict) -> None:
-        exc = context.get("exception")
+        raised = context.get("exception")
+        exc = project_error(raised) or raised  # a task's PrismRecError arrives as its AirflowFailException
         task_id = context["ti"].task_id
         failures.append((task_id, exc))
         if exc is not None and not isinstance(exc, PrismRecError):

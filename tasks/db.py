@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
 from tasks.config import PipelineConfig
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def get_engine(config: PipelineConfig) -> Engine:
             with engine.connect() as conn:
                 conn.execute(sa.text("select 1"))
         except sa.exc.OperationalError as exc:
-            raise ConfigError(
+            raise ServiceUnavailableError(
                 f"cannot connect to Postgres at {safe_url(url)}: {str(exc.orig).strip().splitlines()[0]}. "
                 "Check PRISMREC_DATABASE_URL (or unset it to use the embedded server)."
             ) from None

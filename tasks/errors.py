@@ -1,16 +1,27 @@
 """The project's own exception types: every error a user can cause is one of these.
 
 Each message says what was wrong and what to do about it; the CLI prints it on stderr
-and exits non-zero without a traceback.
+and exits non-zero without a traceback. Under Airflow the same error fails its task at once,
+without retries (tasks.airflow_tasks), unless it is `transient`: a fault that may pass by
+itself, such as a database that did not answer, keeps the task's retries.
 """
 
 
 class PrismRecError(Exception):
     """Base class for errors a user can act on."""
 
+    # False: running the task again gives the same answer until someone fixes the cause.
+    transient = False
+
 
 class ConfigError(PrismRecError):
     """A setting (environment, DAG Param, flag) is missing or out of range."""
+
+
+class ServiceUnavailableError(ConfigError):
+    """A server PrismRec needs (Postgres) did not answer: a wrong address, or one down for a while."""
+
+    transient = True
 
 
 class SourceDataError(PrismRecError):

@@ -1,0 +1,73 @@
+"""A user's error fails its task at once, on a real DAG run with the DAG's own retries.
+
+`recsys_training` is run with `DAG.test()` in a fresh interpreter (its own Airflow home and
+metadata DB), its tasks' retries left as the DAG file sets them and the retry delay cut to
+zero: a task that Airflow would retry shows a second try at once. A forced promotion without a
+reason is a ConfigError raised by the first task, the same one the scheduler would run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RUN = textwrap.dedent("""
+    import json, sqlite3
+    from datetime import timedelta
+
+    from tasks.airflow_runtime import _load_dag, configure_airflow, run_dag
+    from tasks.errors import ConfigError
+
+    home = configure_airflow()
+    dag = _load_dag("recsys_training")
+    retries = {t.task_id: t.retries for t in dag.tasks}
+    failures = []
+    for t in dag.tasks:
+        t.retry_delay = timedelta(0)
+        t.on_failure_callback = [lambda context: failures.append(
+            [context["ti"].task_id, type(context["exception"]).__name__, str(context["exception"])])]
+    run = dag.test(run_conf={"force_promote": True})
+    with sqlite3.connect(home / "airflow.db") as db:
+        tries = db.execute("select task_id, state, try_number from task_instance where run_id = ?",
+                           (run.run_id,)).fetchall()
+
+    # The command line's path through the same DAG hands back the project's own error.
+    try:
+        run_dag("recsys_training", logical_date=None, conf={"force_promote": True})
+        cli = None
+    except ConfigError as exc:
+        cli = [type(exc).__name__, str(exc)]
+    print(json.dumps({"retries": retries, "failures": failures, "tries": tries, "state": str(run.state),
+                      "cli": cli}))
+""")
+
+
+@pytest.mark.slow
+def test_a_config_error_fails_the_task_on_its_first_try_with_its_message(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRISMREC_", "AIRFLOW", "MLFLOW_"))}
+    env["PRISMREC_HOME"] = str(tmp_path)
+    env["AIRFLOW__LOGGING__NAMESPACE_LEVELS"] = "airflow=WARNING"  # keep the task log on stderr
+    done = subprocess.run([sys.executable, "-c", RUN], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert outcome["retries"]["extract"] >= 1  # the task would be retried, were this a transient fault
+    assert outcome["state"] == "failed"
+    tries = {task_id: (state, try_number) for task_id, state, try_number in outcome["tries"]}
+    assert tries["extract"] == ("failed", 1)  # not up_for_retry, no second try
+    assert {state for task_id, (state, _) in tries.items() if task_id != "extract"} == {"upstream_failed"}
+    (task_id, kind, message), = outcome["failures"]
+    assert (task_id, kind) == ("extract", "AirflowFailException")
+    assert message.startswith("force_promote needs a reason: set the `reason` Param")
+    # The task log says why, once, as the failure's message.
+    assert "AirflowFailException: force_promote needs a reason" in done.stderr
+    assert outcome["cli"] == ["ConfigError", message]
