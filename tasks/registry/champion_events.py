@@ -107,11 +107,27 @@ def auth_headers(api: AirflowApi) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def normalized_uri(uri: str) -> str:
+    """An asset URI as Airflow stores it: trailing slashes dropped, an empty path written `/`.
+
+    Airflow 3 normalises `prismrec://champion` to `prismrec://champion/` when it parses the DAG
+    (airflow.sdk.definitions.asset._sanitize_uri); this is that rule for the parts our URI has,
+    without importing Airflow into the command line.
+    """
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.scheme:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(scheme=parts.scheme.lower(),
+                                                  path=parts.path.rstrip("/") or "/", fragment=""))
+
+
 def asset_id(api: AirflowApi, uri: str, headers: Mapping[str, str]) -> int:
-    """The numeric id Airflow gave the asset `uri` (the search is a substring match: keep the exact one)."""
-    answer = _request(api, "GET", "/api/v2/assets", headers=headers, query={"uri_pattern": uri, "limit": 100})
+    """The numeric id Airflow gave the asset `uri` (the search is a substring match: keep the same URI)."""
+    wanted = normalized_uri(uri)
+    answer = _request(api, "GET", "/api/v2/assets", headers=headers,
+                      query={"uri_pattern": uri.rstrip("/"), "limit": 100})
     for asset in (answer or {}).get("assets", []):
-        if asset.get("uri") == uri:
+        if normalized_uri(str(asset.get("uri", ""))) == wanted:
             return int(asset["id"])
     raise AssetEventError(
         f"Airflow at {api.base_url} does not know the asset {uri}; has its dag-processor parsed "

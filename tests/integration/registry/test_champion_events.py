@@ -1,108 +1,124 @@
-"""A promotion by hand publishes the new champion: the asset event sent to Airflow's REST API
-(against a small local HTTP server speaking that API), and the in-process path of `prismrec
-promote` (a subprocess against the test run's real Postgres, MLflow store and tiny model).
+"""A promotion by hand publishes the new champion: the asset event sent to a live Airflow
+api-server (started natively from this venv on a fresh metadata DB holding this project's parsed
+DAGs), and the in-process path of `prismrec promote` (a subprocess against the test run's real
+Postgres, MLflow store and tiny model).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+import urllib.request
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import sqlalchemy as sa
 
-from tasks.registry.champion_events import AirflowApi, AssetEventError, fire_champion_changed
+from tasks.contracts import CHAMPION_URI
+from tasks.registry.champion_events import (
+    AirflowApi,
+    AssetEventError,
+    asset_id,
+    auth_headers,
+    fire_champion_changed,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
-class _FakeAirflow(BaseHTTPRequestHandler):
-    """Answers like Airflow 3.3's api-server: /auth/token, GET /api/v2/assets, POST /api/v2/assets/events."""
-
-    seen: ClassVar[list[tuple[str, str, dict, dict | None]]] = []
-    assets: ClassVar[list[dict]] = [{"id": 3, "uri": "prismrec://champion-old"}, {"id": 7, "uri": "prismrec://champion"}]
-
-    def _answer(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _record(self) -> dict | None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
-        self.seen.append((self.command, self.path, dict(self.headers), body))
-        return body
-
-    def do_GET(self) -> None:
-        self._record()
-        if self.path.startswith("/api/v2/assets?"):
-            self._answer(200, {"assets": self.assets, "total_entries": len(self.assets)})
-        else:
-            self._answer(404, {"detail": "Not Found"})
-
-    def do_POST(self) -> None:
-        body = self._record()
-        if self.path == "/auth/token":
-            ok = body == {"username": "ops", "password": "s3cret"}
-            self._answer(201 if ok else 401, {"access_token": "jwt-from-login"} if ok else {"detail": "bad"})
-        elif self.path == "/api/v2/assets/events":
-            if self.headers.get("Authorization") != "Bearer jwt-from-login":
-                self._answer(401, {"detail": "Not authenticated"})
-                return
-            self._answer(200, {"id": 42, "asset_id": body["asset_id"], "extra": body["extra"]})
-        else:
-            self._answer(404, {"detail": "Not Found"})
-
-    def log_message(self, *args) -> None:
-        pass
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
-@pytest.fixture()
-def airflow_server():
-    _FakeAirflow.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeAirflow)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+@pytest.fixture(scope="module")
+def live_airflow(tmp_path_factory):
+    """Airflow 3's api-server with SimpleAuthManager (user `ops`, password `s3cret`), the DAGs parsed
+    into its metadata DB and recsys_materialize unpaused; yields its URL and the metadata DB file."""
+    home = tmp_path_factory.mktemp("airflow-live")
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps({"ops": "s3cret"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PRISMREC_AIRFLOW_"))} | {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ops:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+    }
+
+    def airflow(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert done.returncode == 0, f"airflow {' '.join(args)}: {done.stderr[-3000:]}"
+
+    airflow("db", "migrate")
+    airflow("dags", "reserialize")  # what the dag-processor does: DAGs and their assets into the DB
+    airflow("dags", "unpause", "recsys_materialize")
+    port = _free_port()
+    with open(home / "api-server.log", "w") as server_log:
+        server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1",
+                                   "--port", str(port)], env=env, stdout=server_log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (home / "api-server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the api-server did not answer within 120 s"
+            time.sleep(1)
+        yield url, home / "airflow.db"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
-def test_asset_event_logs_in_looks_up_the_asset_by_exact_uri_and_posts_version_and_source(airflow_server):
-    api = AirflowApi.from_env({"PRISMREC_AIRFLOW_API_URL": airflow_server + "/",
+@pytest.mark.slow
+def test_asset_event_reaches_a_live_airflow_and_queues_the_publication(live_airflow):
+    url, metadata_db = live_airflow
+    api = AirflowApi.from_env({"PRISMREC_AIRFLOW_API_URL": url + "/",
                                "PRISMREC_AIRFLOW_USERNAME": "ops", "PRISMREC_AIRFLOW_PASSWORD": "s3cret"})
     event = fire_champion_changed(api, "5", "cli promote")
 
-    assert event == {"id": 42, "asset_id": 7, "extra": {"version": "5", "source": "cli promote"}}
-    (m1, p1, _, b1), (m2, p2, h2, _), (m3, p3, h3, b3) = _FakeAirflow.seen
-    assert (m1, p1, b1) == ("POST", "/auth/token", {"username": "ops", "password": "s3cret"})
-    assert (m2, p2) == ("GET", "/api/v2/assets?uri_pattern=prismrec%3A%2F%2Fchampion&limit=100")
-    assert h2["Authorization"] == "Bearer jwt-from-login"
-    assert (m3, p3, b3) == ("POST", "/api/v2/assets/events",
-                            {"asset_id": 7, "extra": {"version": "5", "source": "cli promote"}})
-    assert h3["Authorization"] == "Bearer jwt-from-login" and h3["Content-Type"] == "application/json"
+    # Airflow keeps the URI in its own normal form; the lookup found it all the same.
+    assert (event["uri"], event["name"]) == ("prismrec://champion/", "prismrec_champion")
+    assert event["extra"]["version"] == "5" and event["extra"]["source"] == "cli promote"
+    with sqlite3.connect(metadata_db) as db:
+        stored = db.execute("select a.uri, e.extra from asset_event e join asset a on a.id = e.asset_id").fetchall()
+        queued = db.execute("select target_dag_id from asset_dag_run_queue").fetchall()
+    assert [(uri, json.loads(extra)["version"]) for uri, extra in stored] == [("prismrec://champion/", "5")]
+    assert queued == [("recsys_materialize",)]  # the scheduler's next loop starts the publication
 
 
-def test_asset_event_failures_say_what_went_wrong(airflow_server):
+@pytest.mark.slow
+def test_asset_event_failures_say_what_went_wrong(live_airflow):
+    url, _ = live_airflow
     assert AirflowApi.from_env({}) is None
-    no_auth = AirflowApi(base_url=airflow_server)  # the all-admins stack: no header sent
     with pytest.raises(AssetEventError, match="HTTP 401 .*PRISMREC_AIRFLOW_API_TOKEN"):
-        fire_champion_changed(no_auth, "5", "cli promote")
-    assert "Authorization" not in _FakeAirflow.seen[-1][2]
+        fire_champion_changed(AirflowApi(base_url=url), "5", "cli promote")  # no credentials
+    with pytest.raises(AssetEventError, match="HTTP 401"):
+        auth_headers(AirflowApi(base_url=url, username="ops", password="wrong"))
 
-    _FakeAirflow.assets = []
-    try:
-        with pytest.raises(AssetEventError, match="does not know the asset prismrec://champion"):
-            fire_champion_changed(AirflowApi(base_url=airflow_server, token="jwt-from-login"), "5", "cli promote")
-    finally:
-        _FakeAirflow.assets = [{"id": 3, "uri": "prismrec://champion-old"}, {"id": 7, "uri": "prismrec://champion"}]
+    api = AirflowApi(base_url=url, username="ops", password="s3cret")
+    headers = auth_headers(api)
+    assert asset_id(api, CHAMPION_URI, headers) == asset_id(api, CHAMPION_URI + "/", headers)
+    with pytest.raises(AssetEventError, match="does not know the asset prismrec://champion-old"):
+        asset_id(api, "prismrec://champion-old", headers)
     with pytest.raises(AssetEventError, match="cannot reach the Airflow API server at http://127.0.0.1:9"):
         fire_champion_changed(AirflowApi(base_url="http://127.0.0.1:9", timeout_s=2), "5", "cli promote")
 
