@@ -27,7 +27,10 @@ run's files live in `<PRISMREC_HOME>/runs/<run id>/`.
 
 **Logical date.** Extraction reads interactions up to the run's logical date. Scheduled runs
 have one; manual runs in Airflow 3 may not (logical date `None`), and then the run's
-`run_after` (the moment it was triggered) is used instead.
+`run_after` (the moment it was triggered) is used instead. A source schema that replays a
+historic dataset (`prismrec load` records it in `app.prismrec_replay`) is read as of the earlier
+of that date and the replay's end, so a run triggered now, or by the schedule, on MovieLens
+succeeds; the `extract` log and the run report say so.
 
 **Failures.** A bad setting or Param, bad source data or a refused snapshot fails its task at
 once, without retries, with the message `prismrec train` prints (tasks/airflow_tasks.py); only

@@ -69,6 +69,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     summary = load_movielens(config, args.dataset)
     print(f"loaded {summary.dataset}: {summary.interactions:,} interactions, {summary.users:,} users, "
           f"{summary.items:,} items into schema {config.database.app_schema}")
+    print(f"it replays history up to its last rating, {summary.replay_ends_at}: training runs read it as of "
+          "then, whatever their logical date (unless it is earlier)")
     return 0
 
 

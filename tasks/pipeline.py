@@ -37,7 +37,7 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 
 def run_extract(overrides: Mapping[str, Any], run_key: str, logical_date: datetime) -> dict[str, Any]:
-    """Snapshot `app` as of `logical_date` into `<run folder>/snapshot`."""
+    """Snapshot `app` as of `logical_date` (or the end of the replay it holds) into `<run folder>/snapshot`."""
     from tasks.data.extract import extract_snapshot
 
     config = load_config(overrides)
@@ -54,7 +54,8 @@ def run_quality(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> di
 
     config = load_config(overrides)
     try:
-        report = check_snapshot(config, Path(snapshot["path"]), datetime.fromisoformat(snapshot["logical_date"]))
+        # The snapshot's own "now" (a replay's end, or the logical date): freshness is judged against it.
+        report = check_snapshot(config, Path(snapshot["path"]), datetime.fromisoformat(snapshot["as_of"]))
     except DataQualityError as refused:
         _record_refusal(config, snapshot, refused)
         raise

@@ -77,9 +77,13 @@ def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
 
     out = [f"PrismRec run report — {run.key}", ""]
     counts = manifest.get("counts", {})
-    out.append(f"1. Extracted (as of {manifest.get('logical_date', '?')}): "
+    out.append(f"1. Extracted (as of {manifest.get('as_of') or manifest.get('logical_date', '?')}): "
                f"{counts.get('interactions', 0):,} interactions, {counts.get('items', 0):,} items, "
                f"{counts.get('users', 0):,} users")
+    replay = manifest.get("replay")
+    if replay and manifest.get("as_of") != manifest.get("logical_date"):
+        out.append(f"   (the source replays {replay['dataset']}, which ends then; the run's logical date was "
+                   f"{manifest.get('logical_date')})")
     out.append(f"2. Data quality: {_quality_line(quality.get('summary') or {})}")
     out.append(f"3. Prepared (5-core, leave-one-out): {dataset.get('users', 0):,} users, "
                f"{dataset.get('items', 0):,} items, {dataset.get('interactions', 0):,} interactions")

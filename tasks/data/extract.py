@@ -1,10 +1,17 @@
 """Extract the source schema up to a run's logical date into an immutable Parquet snapshot.
 
 Reads only the contract columns of `<app_schema>.items/users/interactions` (a real deployment's
-tables or views may carry more), keeps interactions with `occurred_at <= logical_date` (and
-inside `extract.window_days`, if set), and writes the three tables as Parquet plus a manifest
-with counts and sha256 of every file (tasks.layout.SnapshotFiles). The snapshot is built in a
+tables or views may carry more), keeps interactions with `occurred_at <= as_of` (and inside
+`extract.window_days`, if set), and writes the three tables as Parquet plus a manifest with
+counts and sha256 of every file (tasks.layout.SnapshotFiles). The snapshot is built in a
 temporary folder and renamed into place, so a rerun for the same logical date replaces it whole.
+
+`as_of`, the snapshot's "now", is the run's logical date for live data. A schema that holds a
+replayed historic dataset says so in its table `prismrec_replay` (written by `prismrec load`:
+the dataset and the moment its clock ends); its snapshot is then taken as of the earlier of the
+logical date and that end, so a run triggered today, or by the schedule, reads MovieLens as of
+its last rating instead of being refused as 28 years stale, and a backfill to an earlier date
+still sees only the past.
 
 Rows leave Postgres through `COPY (query) TO STDOUT` as CSV parsed by pyarrow: on ML-1M
 (1M interactions) that takes ~1 s against ~4 s for `pandas.read_sql` through SQLAlchemy.
@@ -51,12 +58,27 @@ _DTYPES: dict[str, dict[str, str]] = {
 }
 # Ties on occurred_at keep the source order (docs/protocol.md) where the loader recorded it.
 _TIE_BREAK_COLUMN = "source_row"
+# Present only in a schema that replays a historic dataset: (dataset, ends_at, loaded_at).
+REPLAY_TABLE = "prismrec_replay"
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The source schema replays `dataset`, whose clock ends at `ends_at` (its last event)."""
+
+    dataset: str
+    ends_at: datetime
+
+    def to_dict(self) -> dict[str, str]:
+        return {"dataset": self.dataset, "ends_at": self.ends_at.isoformat()}
 
 
 @dataclass(frozen=True)
 class SnapshotInfo:
     path: Path
-    logical_date: datetime
+    logical_date: datetime  # the run's
+    as_of: datetime  # the snapshot's "now": the logical date, or a replay's end if earlier
+    replay: Replay | None
     window_days: int | None
     counts: dict[str, int]
     sha256: dict[str, str]
@@ -69,6 +91,8 @@ class SnapshotInfo:
         return {
             "path": str(self.path),
             "logical_date": self.logical_date.isoformat(),
+            "as_of": self.as_of.isoformat(),
+            "replay": self.replay.to_dict() if self.replay else None,
             "window_days": self.window_days,
             "counts": dict(self.counts),
             "sha256": dict(self.sha256),
@@ -87,8 +111,8 @@ def as_utc(logical_date: datetime) -> datetime:
     return datetime.fromtimestamp(logical_date.timestamp(), tz=UTC)
 
 
-def _check_source(conn: sa.Connection, schema: str) -> set[str]:
-    """Fail clearly when a table or contract column is missing; return the interactions' columns."""
+def _check_source(conn: sa.Connection, schema: str) -> dict[str, set[str]]:
+    """Fail clearly when a table or contract column is missing; return {table: columns} of `schema`."""
     rows = conn.execute(sa.text(
         "select table_name, column_name from information_schema.columns where table_schema = :schema"
     ), {"schema": schema}).all()
@@ -106,7 +130,15 @@ def _check_source(conn: sa.Connection, schema: str) -> set[str]:
             f"cannot extract: {'; '.join(problems)}. Load data with `prismrec load movielens-100k`, "
             "or point database.app_schema at tables/views with the contract columns."
         )
-    return present["interactions"]
+    return present
+
+
+def read_replay(conn: sa.Connection, schema: str) -> Replay | None:
+    """The replay `schema` declares in its `prismrec_replay` table, or None for live data."""
+    row = conn.execute(sa.text(
+        f"select dataset, ends_at from {db.quote_ident(schema)}.{db.quote_ident(REPLAY_TABLE)} "
+        "order by loaded_at desc limit 1")).first()
+    return Replay(str(row.dataset), as_utc(row.ends_at)) if row is not None else None
 
 
 def _copy_out(conn: sa.Connection, query: str, params: dict[str, Any], dtypes: dict[str, str]) -> pd.DataFrame:
@@ -160,17 +192,11 @@ def _replace_dir(built: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Path) -> SnapshotInfo:
-    """Write the snapshot of `config.database.app_schema` as of `logical_date` into `out_dir`."""
-    started = time.perf_counter()
-    logical_date = as_utc(logical_date)
-    window_days = config.extract.window_days
-    window_start = logical_date - timedelta(days=window_days) if window_days else None
-    schema = config.database.app_schema
-    out_dir = Path(out_dir).resolve()
-
-    where = "where occurred_at <= %(logical_date)s"
-    params: dict[str, Any] = {"logical_date": logical_date}
+def _interactions_filter(config: PipelineConfig, schema: str, as_of: datetime,
+                         window_start: datetime | None) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause and parameters that pick the snapshot's interactions."""
+    where = "where occurred_at <= %(as_of)s"
+    params: dict[str, Any] = {"as_of": as_of}
     if window_start is not None:
         where += " and occurred_at > %(window_start)s"
         params["window_start"] = window_start
@@ -178,12 +204,30 @@ def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Pa
         where += (f" and user_id in (select user_id from {db.quote_ident(schema)}.\"users\""
                   " order by user_id limit %(max_users)s)")
         params["max_users"] = config.source.max_users
+    return where, params
+
+
+def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Path) -> SnapshotInfo:
+    """Write the snapshot of `config.database.app_schema` as of `logical_date` into `out_dir`."""
+    started = time.perf_counter()
+    logical_date = as_utc(logical_date)
+    window_days = config.extract.window_days
+    schema = config.database.app_schema
+    out_dir = Path(out_dir).resolve()
 
     engine = db.get_engine(config)
     # One repeatable-read transaction: the three tables are read as of the same moment.
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
-        columns = _check_source(conn, schema)
-        tie_break = _TIE_BREAK_COLUMN if _TIE_BREAK_COLUMN in columns else "item_id"
+        tables = _check_source(conn, schema)
+        replay = read_replay(conn, schema) if REPLAY_TABLE in tables else None
+        as_of = min(logical_date, replay.ends_at) if replay else logical_date
+        if as_of < logical_date:
+            log.info("%s replays %s, which ends %s: the snapshot and the data gate read it as of then "
+                     "(the run's logical date is %s)", schema, replay.dataset, as_of.isoformat(),
+                     logical_date.isoformat())
+        window_start = as_of - timedelta(days=window_days) if window_days else None
+        where, params = _interactions_filter(config, schema, as_of, window_start)
+        tie_break = _TIE_BREAK_COLUMN if _TIE_BREAK_COLUMN in tables["interactions"] else "item_id"
         frames = {
             "items": _copy_out(conn, _select(schema, "items", order="order by 1"), {}, _DTYPES["items"]),
             "users": _copy_out(conn, _select(schema, "users", order="order by 1"), {}, _DTYPES["users"]),
@@ -196,7 +240,7 @@ def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Pa
     interactions = frames["interactions"]
     interactions["occurred_at"] = pd.to_datetime(interactions["occurred_at"], unit="us", utc=True)
     if interactions.empty:
-        log.warning("no interactions in %s up to %s; the quality gate will stop this run", schema, logical_date)
+        log.warning("no interactions in %s up to %s; the quality gate will stop this run", schema, as_of)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     building = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -210,7 +254,8 @@ def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Pa
         first = interactions["occurred_at"].min() if len(interactions) else None
         last = interactions["occurred_at"].max() if len(interactions) else None
         info = SnapshotInfo(
-            path=out_dir, logical_date=logical_date, window_days=window_days, counts=counts, sha256=sha256,
+            path=out_dir, logical_date=logical_date, as_of=as_of, replay=replay, window_days=window_days,
+            counts=counts, sha256=sha256,
             min_occurred_at=first.isoformat() if first is not None else None,
             max_occurred_at=last.isoformat() if last is not None else None,
             source_url=db.safe_url(engine.url),
@@ -228,6 +273,6 @@ def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Pa
         shutil.rmtree(building, ignore_errors=True)
         raise
     log.info("extracted %s (%s) as of %s into %s in %.1fs",
-             ", ".join(f"{n:,} {name}" for name, n in counts.items()), schema, logical_date.isoformat(),
+             ", ".join(f"{n:,} {name}" for name, n in counts.items()), schema, as_of.isoformat(),
              out_dir, time.perf_counter() - started)
     return info

@@ -182,7 +182,7 @@ def check_snapshot(config: PipelineConfig, snapshot_dir: Path, logical_date: dat
         if drift is not None and drift.failed:
             lines.append(f"  - {drift.summary()} [quality.drift_mode=fail]")
         raise DataQualityError(
-            f"data-quality gate failed on snapshot {snapshot_dir} (logical date {logical_date:%Y-%m-%d}): "
+            f"data-quality gate failed on snapshot {snapshot_dir} (as of {logical_date:%Y-%m-%d}): "
             f"{len(blocking)} of {report.evaluated} expectations failed"
             + (" and drift passed its threshold" if drift is not None and drift.failed else "") + ":\n"
             + "\n".join(lines)

