@@ -9,7 +9,8 @@ same DagRun too), migrated once and remembered with a stamp file so later runs s
 `run_dag` uses `DAG.test()`: the same scheduling loop and task runner as production, without
 a scheduler or workers. An interactive run fails fast (task retries are turned off: the
 production retry delay would make the command hang for minutes), and a failed run raises the
-task's own project error (e.g. `DataQualityError`) so the CLI can print its message.
+task's own project error (e.g. `DataQualityError`) so the CLI can print its message. A training
+run's note is the model gate's verdict, so the UI shows a refusal on a run that is green.
 """
 
 from __future__ import annotations
@@ -220,8 +221,24 @@ def run_dag(
             f"DAG {dag_id} ended {result.state}; unfinished tasks: {', '.join(not_done) or 'none'} "
             f"(run {result.run_id})"
         )
+    verdict = next((x["verdict"] for x in result.xcoms.values() if isinstance(x, dict) and x.get("verdict")), None)
+    if verdict:
+        _set_note(dag_run, verdict)
     log.info("DAG %s run %s finished: %s", dag_id, result.run_id, result.state)
     return result
+
+
+def _set_note(dag_run, text: str) -> None:
+    """Show `text` as the run's note in the Airflow UI (the model gate's verdict: a refused gate
+    still ends in a green run). A task cannot set its own run's note in Airflow 3, so the
+    in-process runner does it here, in the metadata DB the UI reads."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        run = session.get(DagRun, dag_run.id)
+        if run is not None:
+            run.note = text[:1000]  # the column's length
 
 
 def _collect(dag_run) -> DagRunResult:

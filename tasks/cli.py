@@ -95,6 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"registered {registered.get('model_name')} version {registered.get('version')} as {role}")
         if registered.get("champion_moved"):
             print("publish it with: prismrec materialize")
+        elif not registered.get("promoted"):
+            print(registered.get("verdict", ""))
     return 0
 
 

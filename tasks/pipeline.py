@@ -169,6 +169,7 @@ def run_register(
     """Register the candidate in MLflow (`challenger`; `champion` if the gate passed), with lineage,
     and record the decision in reco.model_decisions and on the new version's tags."""
     from tasks.registry import decisions
+    from tasks.registry.gate import verdict
     from tasks.registry.lineage import build_lineage
     from tasks.registry.store import champion_version, register_candidate
 
@@ -202,7 +203,11 @@ def run_register(
         "model_name": config.registry.model_name,
         "champion_before": champion_before,
         "champion_moved": bool(registered["promoted"]) and champion_before != registered["version"],
+        "verdict": verdict(decision, version=str(registered["version"]), champion_before=champion_before,
+                           promoted=bool(registered["promoted"])),
     }
+    # The line to look for in the task log; a run from `prismrec train` also carries it as its note.
+    log.log(logging.INFO if registered["promoted"] else logging.WARNING, "verdict: %s", result["verdict"])
     _write_json(RunLayout(run_dir).registered, result)
     return result
 

@@ -17,6 +17,7 @@ from tasks.config import PipelineConfig
 from tasks.errors import PrismRecError
 from tasks.evaluation.metrics import METRIC_NAMES
 from tasks.layout import RunLayout
+from tasks.registry.gate import verdict
 
 EXAMPLE_SQL = """\
 select rank, item_id, title, round(score::numeric, 3) as score, interest_id, explanation, model_version
@@ -95,22 +96,37 @@ def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
         out.append("5. Full-ranking metrics (all items ranked, history masked):")
         out.extend(_metrics_table(evaluation))
     if decision:
-        verdict = "PASSED" if decision.get("passed") else "REFUSED"
-        out.append(f"6. Gate {verdict}:")
+        outcome = "PASSED" if decision.get("passed") else "REFUSED"
+        out.append(f"6. Gate {outcome}:")
         out.extend(f"   - {reason}" for reason in decision.get("reasons", []))
+    refused = bool(registered) and not registered.get("promoted")
     if registered:
         alias = "champion + challenger" if registered.get("promoted") else "challenger (champion unchanged)"
         out.append(f"7. Registered {config.registry.model_name} version {registered.get('version')} "
                    f"as {alias}; MLflow run {registered.get('run_id')}")
-    out.extend(_published(config))
+        if refused:
+            said = verdict(decision, version=str(registered.get("version")),
+                           champion_before=registered.get("champion_before"), promoted=False)
+            out.append(f"   {said[0].upper()}{said[1:]}")
+    out.extend(_published(config, registered if refused else None))
     return "\n".join(out)
 
 
-def _published(config: PipelineConfig) -> list[str]:
+def _nothing_published(refused: dict | None) -> str:
+    """What to do when `reco` holds nothing yet; after a refusal with no champion, materialize cannot help."""
+    if refused is None or refused.get("champion_before"):
+        return "8. Published: nothing yet (run `prismrec materialize` to publish the champion)"
+    version = refused.get("version")
+    return (f"8. Published: nothing, and `prismrec materialize` has no champion to publish; to publish v{version} "
+            f"anyway, overrule the gate: prismrec promote {version} --reason TEXT")
+
+
+def _published(config: PipelineConfig, refused: dict | None = None) -> list[str]:
+    """What `reco` holds now; `refused` is the registration of a candidate the gate turned down, if any."""
     engine = db.get_engine(config)
     reco = db.quote_ident(config.database.reco_schema)
     if not db.table_exists(engine, config.database.reco_schema, "user_recommendations"):
-        return ["8. Published: nothing yet (run `prismrec materialize`)"]
+        return [_nothing_published(refused)]
     with engine.connect() as conn:
         stats = conn.execute(sa.text(
             f"select count(*), count(distinct user_id), min(model_version), max(generated_at) "

@@ -162,3 +162,22 @@ def decide(
         champion_value=champion_value,
         checks=checks,
     )
+
+
+def verdict(decision: Mapping[str, Any], *, version: str, champion_before: str | None, promoted: bool) -> str:
+    """One sentence on what the gate decided about `version` and which version is live now.
+
+    The run's note, the register task's log, `prismrec train` and the run report all say this.
+    A refusal names only the checks that failed; a forced promotion says who overruled the gate.
+    """
+    failed = [c["reason"] for c in decision.get("checks") or [] if not c.get("passed")]
+    refused_because = "; ".join(failed or decision.get("reasons") or ["no reason recorded"])
+    if not promoted:
+        stays = (f"the champion stays v{champion_before}" if champion_before
+                 else "there is no champion yet, so nothing is published")
+        return f"the gate refused v{version}: {refused_because}; {stays}"
+    was = f" (was v{champion_before})" if champion_before and champion_before != version else ""
+    if decision.get("force_promote") and not decision.get("gate_passed", True):
+        return (f"the gate refused v{version} ({refused_because}), but {decision.get('forced_by') or 'an operator'} "
+                f"forced it: \"{decision.get('operator_reason')}\"; v{version} is the champion{was}")
+    return f"the gate passed v{version}: it is the champion{was}"

@@ -202,3 +202,26 @@ def test_gate_baselines_are_checked_when_the_config_loads():
         load_config({"gate.baselines": "popularity,sasrec"})
     with pytest.raises(ConfigError, match="comma-separated list"):
         load_config({"gate.baselines": ""})
+
+
+def test_the_verdict_names_the_failed_checks_and_what_stays_live():
+    from tasks.registry.gate import verdict
+
+    slices = {"candidate_slices": CHAMPION_SLICES, "champion_slices": CHAMPION_SLICES}
+    refused = decide({"ndcg@10": 0.1000}, BASELINES, {"ndcg@10": 0.1200}, GATE, **slices).to_dict()
+    regressed = "ndcg@10 0.1000 regresses from champion 0.1200 by more than the tolerance 0.0050"
+    assert verdict(refused, version="3", champion_before="2", promoted=False) == (
+        f"the gate refused v3: {regressed}; the champion stays v2")  # only the failed check is named
+    first = decide({"ndcg@10": 0.0400}, BASELINES, None, GATE).to_dict()
+    assert verdict(first, version="1", champion_before=None, promoted=False) == (
+        "the gate refused v1: ndcg@10 0.0400 is below the floor 0.0500; ndcg@10 0.0400 does not beat "
+        "popularity 0.0567; there is no champion yet, so nothing is published")
+
+    passed = decide({"ndcg@10": 0.1234}, BASELINES, {"ndcg@10": 0.1200}, GATE, **slices).to_dict()
+    assert verdict(passed, version="3", champion_before="2", promoted=True) == (
+        "the gate passed v3: it is the champion (was v2)")
+    forced = refused | {"force_promote": True, "gate_passed": False, "forced_by": "dana",
+                        "operator_reason": "fixes the cold-start bug"}
+    assert verdict(forced, version="3", champion_before="2", promoted=True) == (
+        f"the gate refused v3 ({regressed}), but dana forced it: \"fixes the cold-start bug\"; "
+        "v3 is the champion (was v2)")

@@ -1,0 +1,48 @@
+"""The run report after a refused gate: it states the verdict and never sends the reader to a
+materialization that has nothing to publish (real Postgres, a `reco` schema with nothing in it)."""
+
+from __future__ import annotations
+
+import json
+
+from tasks.config import GateConfig, load_config
+from tasks.layout import RunLayout
+from tasks.registry.gate import decide
+from tasks.report import render_report
+
+BASELINES = {"popularity": {"ndcg@10": 0.0452}, "ease": {"ndcg@10": 0.0861}}
+
+
+def _refused_run(tmp_path, *, version: str, champion_before: str | None) -> RunLayout:
+    run = RunLayout(tmp_path / f"manual__refused-v{version}")
+    run.root.mkdir()
+    champion = {"ndcg@10": 0.1346} if champion_before else None
+    slices = {"history_long": {"users": 300, "ndcg@10": 0.15}}
+    decision = decide({"ndcg@10": 0.0700}, BASELINES, champion, GateConfig(baselines="popularity,ease"),
+                      candidate_slices=slices, champion_slices=slices)
+    assert not decision.passed
+    run.decision.write_text(json.dumps(decision.to_dict() | {"force_promote": False, "gate_passed": False}))
+    run.registered.write_text(json.dumps({"version": version, "promoted": False, "champion_before": champion_before,
+                                          "champion_moved": False, "run_id": "0123abcd"}))
+    return run
+
+
+def test_a_refusal_under_a_champion_says_the_champion_stays(base_overrides, engine, tmp_path):
+    config = load_config(base_overrides | {"database.reco_schema": "report_reco_unpublished"})
+    report = render_report(config, _refused_run(tmp_path, version="4", champion_before="3").root).splitlines()
+
+    assert "6. Gate REFUSED:" in report
+    assert "7. Registered prismrec version 4 as challenger (champion unchanged); MLflow run 0123abcd" in report
+    assert ("   The gate refused v4: ndcg@10 0.0700 does not beat ease 0.0861; ndcg@10 0.0700 regresses from "
+            "champion 0.1346 by more than the tolerance 0.0050; the champion stays v3") in report
+    assert report[-1] == "8. Published: nothing yet (run `prismrec materialize` to publish the champion)"
+
+
+def test_a_refused_first_model_is_not_sent_to_materialize(base_overrides, engine, tmp_path):
+    config = load_config(base_overrides | {"database.reco_schema": "report_reco_unpublished"})
+    report = render_report(config, _refused_run(tmp_path, version="1", champion_before=None).root).splitlines()
+
+    assert ("   The gate refused v1: ndcg@10 0.0700 does not beat ease 0.0861; there is no champion yet, "
+            "so nothing is published") in report
+    assert report[-1] == ("8. Published: nothing, and `prismrec materialize` has no champion to publish; to "
+                          "publish v1 anyway, overrule the gate: prismrec promote 1 --reason TEXT")
