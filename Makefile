@@ -57,13 +57,15 @@ test-fast: lint
 	$(BIN)/pytest tests/unit tests/dags/test_dags.py -q -m "not slow"
 
 # Airflow UI on http://localhost:8080 with this project's DAGs and metadata DB (the same ones
-# `prismrec train` uses); the admin password is printed on start-up.
+# `prismrec train` uses); the admin password is printed on start-up. Four executor workers and one
+# DAG parser (tasks/airflow_runtime.py's airflow_environment), not 32 idle workers.
 airflow-ui: venv
 	eval "$$($(BIN)/python -m tasks.airflow_runtime)" && PATH="$(CURDIR)/$(BIN):$$PATH" airflow standalone
 
-# MLflow UI on http://localhost:5000 over the store the pipeline writes to.
+# MLflow UI on http://localhost:5000 over the store the pipeline writes to; one worker process
+# (the default four take 2.6 GiB for one person's browser).
 mlflow-ui: venv
-	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -c 'from tasks.config import load_config; \
+	$(BIN)/mlflow ui --workers 1 --backend-store-uri "$$($(BIN)/python -c 'from tasks.config import load_config; \
 		from tasks.registry.store import tracking_uri; print(tracking_uri(load_config()))')"
 
 # Quality benchmark: every baseline and PrismRec on the LOO-full split of DATASET

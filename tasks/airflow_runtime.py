@@ -70,6 +70,11 @@ def airflow_environment(config: PipelineConfig) -> dict[str, str]:
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Sized for a laptop (`make airflow-ui`): LocalExecutor forks `parallelism` workers at start,
+        # 32 idle ones (1.7 GiB) by default; these DAGs run at most a few tasks at once.
+        "AIRFLOW__CORE__PARALLELISM": os.environ.get("AIRFLOW__CORE__PARALLELISM", "4"),
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": os.environ.get(
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES", "1"),  # two DAG files
         # Always a private SQLite file: a DagRun that DAG.test() creates in a shared metadata DB
         # would also be picked up by that deployment's scheduler and run twice.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
