@@ -23,7 +23,7 @@ RUN = textwrap.dedent("""
     import json, sqlite3
     from datetime import timedelta
 
-    from tasks.airflow_runtime import _load_dag, configure_airflow, run_dag
+    from tasks.airflow_runtime import _load_dag, _set_note, configure_airflow, run_dag
     from tasks.errors import ConfigError
 
     home = configure_airflow()
@@ -35,9 +35,12 @@ RUN = textwrap.dedent("""
         t.on_failure_callback = [lambda context: failures.append(
             [context["ti"].task_id, type(context["exception"]).__name__, str(context["exception"])])]
     run = dag.test(run_conf={"force_promote": True})
+    _set_note(run, "the gate refused v3: ...; the champion stays v2")  # what a training run's verdict does
     with sqlite3.connect(home / "airflow.db") as db:
         tries = db.execute("select task_id, state, try_number from task_instance where run_id = ?",
                            (run.run_id,)).fetchall()
+        note = db.execute("select content from dag_run_note n join dag_run r on r.id = n.dag_run_id "
+                          "where r.run_id = ?", (run.run_id,)).fetchall()
 
     # The command line's path through the same DAG hands back the project's own error.
     try:
@@ -46,7 +49,7 @@ RUN = textwrap.dedent("""
     except ConfigError as exc:
         cli = [type(exc).__name__, str(exc)]
     print(json.dumps({"retries": retries, "failures": failures, "tries": tries, "state": str(run.state),
-                      "cli": cli}))
+                      "cli": cli, "note": note}))
 """)
 
 
@@ -71,3 +74,5 @@ def test_a_config_error_fails_the_task_on_its_first_try_with_its_message(tmp_pat
     # The task log says why, once, as the failure's message.
     assert "AirflowFailException: force_promote needs a reason" in done.stderr
     assert outcome["cli"] == ["ConfigError", message]
+    # The note an in-process run leaves for the UI (a training run's gate verdict) is where the UI reads it.
+    assert outcome["note"] == [["the gate refused v3: ...; the champion stays v2"]]
