@@ -65,7 +65,7 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
             f"torchrun exited with code {process.returncode}; last output:\n" + "\n".join(tail)
             + ("\nA training process was killed with SIGKILL, which is usually the kernel's out-of-memory killer: "
                "set train.max_memory_gb below this machine's memory so that the run stops with a message, and see "
-               "the README's 'Training memory' for what to lower." if killed else
+               "'Training processes' in docs/architecture.md for what to lower." if killed else
                "\nCheck train.* settings (epochs, nproc, batch_size) and the log above.")
         )
     log.info("training used at most %.1f GB of memory (train.max_memory_gb = %.1f)", guard.peak_gb, limit)

@@ -68,3 +68,14 @@ def test_workers_get_no_onednn_primitive_cache_unless_the_environment_sets_one()
     assert env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
     assert env["OMP_NUM_THREADS"] == "1" and env["PATH"] == "/usr/bin" and env["HF_HUB_OFFLINE"] == "1"
     assert worker_env(config, {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"})["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+
+
+def test_a_worker_killed_by_the_kernel_is_recognised_in_torchrun_output():
+    from tasks.training.launcher import KILLED, memory_message
+
+    assert KILLED.search("traceback : Signal 9 (SIGKILL) received by PID 4711")
+    assert KILLED.search("  exitcode  : -9 (pid: 4711)")
+    assert not KILLED.search("  exitcode  : 1 (pid: 4711)") and not KILLED.search("exitcode  : -90")
+    message = memory_message(21.3, 18.0, True, 17)
+    assert message.startswith("Training stopped during epoch 18: its processes held 21.3 GB of memory, over "
+                              "train.max_memory_gb = 18.0 GB (the default, 75 % of this machine's")
