@@ -264,6 +264,7 @@ def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Pa
             **info.to_dict(),
             "window_start": window_start.isoformat() if window_start else None,
             "schema": schema,
+            "max_users": config.source.max_users,  # a slice: its volume is compared only with slices like it
             "interactions_order": ["user_id", "occurred_at", tie_break],
         }
         del manifest["path"]  # the folder may move; everything else describes its content

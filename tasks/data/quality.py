@@ -4,8 +4,9 @@ Blocking expectations fail the run on any violation. Tolerant ones (GX `mostly`)
 bad interactions through the gate by leaving them out: the interactions file is rewritten
 without them, they are kept beside it (`SnapshotFiles.rejected_interactions`), and the
 manifest's counts and hashes are updated; the run fails only when their share passes the threshold. Row counts are
-held within a band of the previous successful snapshot's (recorded in `quality_history`), and
-drift against that snapshot is measured by `tasks.data.drift`.
+held within a band of the baseline's: the last snapshot of the same kind (source, window, user
+slice) that passed the gate as of the same date or earlier (`quality_store`); drift against that
+snapshot is measured by `tasks.data.drift`.
 
 `check_snapshot` always writes the snapshot's quality report (GX's validation results, the
 summary, the drift report) and raises DataQualityError naming every failed expectation
@@ -148,7 +149,8 @@ def check_snapshot(config: PipelineConfig, snapshot_dir: Path, logical_date: dat
 
     frames = {t: pd.read_parquet(files.table(t)) for t in TABLES}
     source = history.source_key(snapshot_dir)
-    previous = history.previous_success(config, source, logical_date)
+    previous = history.baseline(config, source, logical_date)
+    _log_baseline(previous, snapshot_dir)
     validations = _validate(config, frames, logical_date, (previous or {}).get("counts", {}))
     failures, rejects = _dtype_failures(frames), pd.Series(dtype="str")
     for table, validation in validations.items():
@@ -163,8 +165,7 @@ def check_snapshot(config: PipelineConfig, snapshot_dir: Path, logical_date: dat
         if len(rejects):
             _leave_out(snapshot_dir, frames["interactions"], rejects)
             counts["interactions"] -= len(rejects)
-        drift = drift_report(snapshot_dir, Path(previous["snapshot_dir"]) if previous else None, config,
-                             enforce=False)
+        drift = drift_report(snapshot_dir, _drift_baseline(previous, snapshot_dir), config, enforce=False)
     report = QualityReport(
         passed=drift is not None and not drift.failed, counts=counts,
         evaluated=sum(len(r["results"]) for r in results.values()) + sum(map(len, _columns().values())),
@@ -181,6 +182,8 @@ def check_snapshot(config: PipelineConfig, snapshot_dir: Path, logical_date: dat
         lines = [f"  - {f.describe()}" for f in failures]
         if drift is not None and drift.failed:
             lines.append(f"  - {drift.summary()} [quality.drift_mode=fail]")
+        if previous and any(f.expectation == "expect_table_row_count_to_be_between" for f in blocking):
+            lines.append(_volume_hint(previous))
         raise DataQualityError(
             f"data-quality gate failed on snapshot {snapshot_dir} (as of {logical_date:%Y-%m-%d}): "
             f"{len(blocking)} of {report.evaluated} expectations failed"
@@ -194,6 +197,32 @@ def check_snapshot(config: PipelineConfig, snapshot_dir: Path, logical_date: dat
         history.record_success(config, source, logical_date, snapshot_dir, report.counts)
     logger.info("%s (%.2fs)", report.summary(), report.seconds)
     return report
+
+
+def _log_baseline(previous: dict[str, Any] | None, snapshot_dir: Path) -> None:
+    if previous is None:
+        logger.info("no snapshot of this kind passed the gate as of this date or earlier: "
+                    "no volume band and no drift measured for %s", snapshot_dir)
+    else:
+        logger.info("volume and drift baseline: the snapshot as of %s that passed the gate at %s (%s)",
+                    previous["logical_date"], previous.get("recorded_at", "?"),
+                    ", ".join(f"{n:,} {t}" for t, n in previous["counts"].items()))
+
+
+def _drift_baseline(previous: dict[str, Any] | None, snapshot_dir: Path) -> Path | None:
+    """The baseline's folder for drift; none when it is this very folder (a rerun of the same run
+    rewrote it, so it holds this snapshot, not the baseline: its counts were kept in the record)."""
+    if previous is None or Path(previous["snapshot_dir"]).resolve() == Path(snapshot_dir).resolve():
+        return None
+    return Path(previous["snapshot_dir"])
+
+
+def _volume_hint(previous: dict[str, Any]) -> str:
+    """Where a volume band came from, and how to accept a drop that is real."""
+    return (f"The volume band is measured against the last snapshot of this source, window and user slice "
+            f"that passed the gate: as of {previous['logical_date']}, checked at {previous.get('recorded_at', '?')}, "
+            f"in {previous['snapshot_dir']}. If the rows really went (an erasure, a smaller source), accept the "
+            "new volume with one run at a lower quality.volume_min_ratio (CLI --set, Airflow Param overrides).")
 
 
 def _columns() -> dict[str, dict[str, str]]:

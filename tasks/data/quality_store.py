@@ -1,9 +1,12 @@
 """What the quality gate keeps on disk: the record of successful snapshots, and manifest updates.
 
-The record (`<home>/quality/snapshot_history.json`) holds, per source and logical date, the
-counts and folder of each snapshot that passed the gate. The next run's volume band and drift
-report compare with the latest one strictly before its own logical date, so reruns and
-backfills compare with the same baseline whatever order they run in.
+The record (`<home>/quality/snapshot_history.json`) holds, per kind of snapshot and as-of date
+(the snapshot's "now"), the counts and folder of the last snapshot that passed the gate. A
+run's volume band and drift report compare with the latest record of the same kind at or
+before its own as-of date: an earlier run of the same date counts (a rerun, or every run on
+replayed data, whose as-of is the replay's end), a later date never does (a backfill compares
+with the past it would have seen), and a kind is never compared with another: a `max_users`
+slice is not the baseline of a full run, nor a windowed snapshot of an unwindowed one.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ def history_path(config: PipelineConfig) -> Path:
 
 
 def source_key(snapshot_dir: Path) -> str:
-    """Which source a snapshot came from (database, schema, window): only like is compared with like."""
+    """The kind of a snapshot: database, schema, window and user slice; only like is compared with like."""
     manifest = SnapshotFiles(Path(snapshot_dir)).manifest
     if not manifest.is_file():
         return "unknown"
     meta = json.loads(manifest.read_text())
-    return f"{meta.get('source_url', '')}|{meta.get('schema', '')}|window={meta.get('window_days')}"
+    users = meta.get("max_users")
+    return (f"{meta.get('source_url', '')}|{meta.get('schema', '')}|window={meta.get('window_days')}"
+            f"|users={f'first {users}' if users else 'all'}")
 
 
 def _iso(moment: datetime) -> str:
@@ -59,19 +64,20 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def previous_success(config: PipelineConfig, source: str, logical_date: datetime) -> dict[str, Any] | None:
-    """The latest successful snapshot of `source` with a logical date before `logical_date`, or None."""
-    moment = _iso(logical_date)
-    earlier = [s for s in _read(history_path(config)) if s["source"] == source and s["logical_date"] < moment]
-    return max(earlier, key=lambda s: s["logical_date"]) if earlier else None
+def baseline(config: PipelineConfig, source: str, as_of: datetime) -> dict[str, Any] | None:
+    """The last snapshot of kind `source` that passed the gate as of `as_of` or earlier, or None."""
+    moment = _iso(as_of)
+    known = [s for s in _read(history_path(config)) if s["source"] == source and s["logical_date"] <= moment]
+    return max(known, key=lambda s: s["logical_date"]) if known else None
 
 
 def record_success(config: PipelineConfig, source: str, logical_date: datetime, snapshot_dir: Path,
                    counts: dict[str, int]) -> None:
-    """Record (or replace, on a rerun) the successful snapshot of `source` at `logical_date`."""
+    """Record the snapshot of kind `source` as of `logical_date` that passed; it replaces an earlier one
+    of the same kind and date, so the next run of that date compares with this one."""
     path = history_path(config)
     entry = {"source": source, "logical_date": _iso(logical_date), "snapshot_dir": str(Path(snapshot_dir).resolve()),
-             "counts": dict(counts), "recorded_at": datetime.now(UTC).isoformat()}
+             "counts": dict(counts), "recorded_at": datetime.now(UTC).isoformat(timespec="seconds")}
     with _locked(path):
         kept = [s for s in _read(path) if (s["source"], s["logical_date"]) != (source, entry["logical_date"])]
         tmp = path.with_suffix(".json.tmp")

@@ -207,7 +207,7 @@ def test_freshness_fails_when_the_newest_event_is_too_old(base_overrides, qconfi
     assert check_snapshot(relaxed, stale, late).passed
 
 
-def test_volume_band_against_the_previous_successful_snapshot(qconfig, snapshot, tmp_path):
+def test_volume_band_against_the_last_success_at_or_before_the_date(qconfig, snapshot, tmp_path):
     from tasks.data.extract import extract_snapshot
 
     april = extract_snapshot(qconfig, datetime(1998, 4, 1, tzinfo=UTC), tmp_path / "april")
@@ -220,10 +220,15 @@ def test_volume_band_against_the_previous_successful_snapshot(qconfig, snapshot,
     assert report.passed and report.drift["previous"] == str(april.path) and report.drift["breaches"] == []
     assert 0 < report.drift["metrics"]["new_user_share"] < 0.2
 
+    # Two thirds of May's rows gone: a rerun of May compares with May's run, not April's.
     thinned = _corrupt(snapshot, tmp_path / "thin", "interactions", lambda f: f.iloc[::3])  # 33,334 rows
     _fails(qconfig, thinned,
-           f"interactions: expect_table_row_count_to_be_between failed: 33,334 rows, expected between "
-           f"{n_april // 2:,} and {n_april * 3:,} (the last successful snapshot had {n_april:,})")
+           "interactions: expect_table_row_count_to_be_between failed: 33,334 rows, expected between "
+           "50,000 and 300,000 (the last successful snapshot had 100,000)",
+           "that passed the gate: as of 1998-05-01T00:00:00+00:00, checked at 20", f"in {may}. If the rows")
+    # A backfill of a date between the two compares with April's, the latest at or before it.
+    _fails(qconfig, thinned, f"expected between {n_april // 2:,} and {n_april * 3:,} "
+           f"(the last successful snapshot had {n_april:,})", logical_date=datetime(1998, 4, 15, tzinfo=UTC))
 
 
 @pytest.fixture

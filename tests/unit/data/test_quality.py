@@ -69,7 +69,7 @@ def test_drift_report_fails_only_in_fail_mode(tmp_path):
         drift_report(tmp_path / "cur", None, load_config({"quality.drift_mode": "loud"}, environ={}))
 
 
-def test_history_compares_with_latest_earlier_success_of_the_same_source(config, tmp_path):
+def test_baseline_is_the_latest_success_of_the_same_kind_at_or_before_the_date(config, tmp_path):
     def at(day: str) -> datetime:
         return datetime.fromisoformat(day).replace(tzinfo=UTC)
 
@@ -78,10 +78,26 @@ def test_history_compares_with_latest_earlier_success_of_the_same_source(config,
     quality_store.record_success(config, "other", at("1998-02-15"), tmp_path / "x", {"interactions": 9})
     quality_store.record_success(config, "src", at("1998-02-01"), tmp_path / "rerun", {"interactions": 250})
 
-    previous = quality_store.previous_success(config, "src", at("1998-02-20"))
-    assert previous["counts"] == {"interactions": 250} and previous["snapshot_dir"].endswith("rerun")
-    assert quality_store.previous_success(config, "src", at("1998-01-01")) is None  # strictly before
+    baseline = quality_store.baseline(config, "src", at("1998-02-20"))
+    assert baseline["counts"] == {"interactions": 250} and baseline["snapshot_dir"].endswith("rerun")
+    # A run of the same date compares with the last one that passed (reruns, replayed data).
+    assert quality_store.baseline(config, "src", at("1998-02-01"))["counts"] == {"interactions": 250}
+    assert quality_store.baseline(config, "src", at("1997-12-31")) is None  # nothing that early
     assert len(json.loads(quality_store.history_path(config).read_text())["snapshots"]) == 4
+
+
+def test_snapshot_kind_tells_slices_and_windows_apart(tmp_path):
+    def kind(**manifest) -> str:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        base = {"source_url": "postgresql+psycopg2://u:***@h/db", "schema": "app", "window_days": None}
+        SnapshotFiles(folder).manifest.write_text(json.dumps(base | manifest))
+        return quality_store.source_key(folder)
+
+    full = kind()
+    assert full == kind(max_users=None) == "postgresql+psycopg2://u:***@h/db|app|window=None|users=all"
+    assert kind(max_users=200) == "postgresql+psycopg2://u:***@h/db|app|window=None|users=first 200"
+    assert len({full, kind(max_users=200), kind(max_users=300), kind(window_days=90), kind(schema="crm")}) == 5
 
 
 def test_failure_messages_say_what_was_dropped_and_why():
