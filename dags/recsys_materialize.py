@@ -7,8 +7,10 @@ MLflow alias `champion` at the moment the task runs.
 
 Triggered by the asset `prismrec://champion`, which `recsys_training` emits when it promotes
 a new champion and `prismrec promote` / `prismrec rollback` post through the REST API
-(tasks/registry/champion_events.py). A champion moved in the MLflow UI is published by triggering
-this DAG by hand.
+(tasks/registry/champion_events.py). A champion moved in the MLflow UI (or by any script) is
+noticed by the asset's watcher, which runs in the triggerer while this DAG is unpaused: within a
+minute it records the move in `reco.model_decisions` as a person's decision and fires the asset
+(tasks/registry/champion_watch.py).
 
 **Where the code is.** The one task, `materialize`, calls `pipeline.run_materialize`
 (`tasks/pipeline.py`), which runs `tasks/publish/materialize.py` (tables in
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, task
+from airflow.sdk import AssetWatcher, dag, task
 
 from tasks.airflow_tasks import fail_fast
 from tasks.contracts import champion_asset, dag_params, overrides_from_params
+from tasks.registry.champion_watch import WATCHER_NAME, ChampionMovedTrigger
 
-CHAMPION = champion_asset()
+# The watcher polls the MLflow alias from the triggerer: a move made outside PrismRec fires the asset.
+CHAMPION = champion_asset(watchers=[AssetWatcher(name=WATCHER_NAME, trigger=ChampionMovedTrigger())])
 
 
 @dag(

@@ -1,7 +1,8 @@
 """Names and rules that several parts of PrismRec share, each written once.
 
 - The champion asset: `recsys_training` emits it when it promotes a model, `prismrec promote`
-  and `prismrec rollback` post it to Airflow's REST API, `recsys_materialize` is scheduled on it.
+  and `prismrec rollback` post it to Airflow's REST API, its watcher fires it when a person moves
+  the alias in MLflow, `recsys_materialize` is scheduled on it.
 - The run Params of `recsys_training`: each one's DAG Param, `prismrec train` flag and the
   dotted setting it overrides, so the Airflow form, the command line and the config agree.
 - The forced-promotion rule: a promotion that overrules the gate must say why.
@@ -23,11 +24,15 @@ CHAMPION_ASSET_NAME = "prismrec_champion"
 CHAMPION_URI = "prismrec://champion"
 
 
-def champion_asset():
-    """The Airflow asset `prismrec://champion`: the MLflow alias `champion` moved."""
+def champion_asset(watchers: list | None = None):
+    """The Airflow asset `prismrec://champion`: the MLflow alias `champion` moved.
+
+    `watchers`: Airflow AssetWatchers that fire it from outside (recsys_materialize, which is
+    scheduled on it, attaches the one that watches the MLflow registry).
+    """
     from airflow.sdk import Asset
 
-    return Asset(name=CHAMPION_ASSET_NAME, uri=CHAMPION_URI)
+    return Asset(name=CHAMPION_ASSET_NAME, uri=CHAMPION_URI, watchers=list(watchers or []))
 
 
 @dataclass(frozen=True)

@@ -176,28 +176,30 @@ def run_register(
     config = load_config(overrides)
     run_dir = Path(trained["run_dir"])
     actor = f"airflow run {airflow_run_id}" if airflow_run_id else decisions.current_user()
-    decisions.note_external_move(config, actor, own_run_key=run_dir.name)
-    champion_before = champion_version(config)
     lineage = build_lineage(config, snapshot=snapshot, model_dir=Path(trained["model_dir"]), run_dir=run_dir)
     lineage |= {
         "airflow_run_id": airflow_run_id or "",
-        "champion_before": champion_before or "",
         "champion_evaluated": evaluated.get("champion_version") or "",
         "force_promote": str(bool(decision.get("force_promote"))).lower(),
         "operator_reason": decision.get("operator_reason") or "",
     }
-    registered = register_candidate(
-        config,
-        model_dir=Path(trained["model_dir"]),
-        run_dir=run_dir,
-        evaluation=evaluated["evaluation"],
-        decision=decision,
-        lineage=lineage,
-    ).to_dict()
-    if champion_before == registered["version"]:  # a retried task: this run had promoted it already
-        champion_before = evaluated.get("champion_version")
-    _record_gate_decision(config, registered, evaluated["evaluation"], decision,
-                          champion_before=champion_before, run_key=run_dir.name, actor=actor)
+    # The alias moves and the decision is recorded under the champion lock: the champion
+    # watcher never takes this run's promotion for a person's.
+    with decisions.champion_lock(config):
+        decisions.note_external_move(config, actor, own_run_key=run_dir.name)
+        champion_before = champion_version(config)
+        registered = register_candidate(
+            config,
+            model_dir=Path(trained["model_dir"]),
+            run_dir=run_dir,
+            evaluation=evaluated["evaluation"],
+            decision=decision,
+            lineage=lineage | {"champion_before": champion_before or ""},
+        ).to_dict()
+        if champion_before == registered["version"]:  # a retried task: this run had promoted it already
+            champion_before = evaluated.get("champion_version")
+        _record_gate_decision(config, registered, evaluated["evaluation"], decision,
+                              champion_before=champion_before, run_key=run_dir.name, actor=actor)
     result = {
         **registered,
         "model_name": config.registry.model_name,
@@ -241,10 +243,11 @@ def run_materialize(overrides: Mapping[str, Any], airflow_run_id: str | None = N
     output instead of scoring again.
     """
     from tasks.publish.materialize import materialize
-    from tasks.registry.decisions import current_user, note_external_move
+    from tasks.registry.decisions import champion_lock, current_user, note_external_move
 
     config = load_config(overrides)
-    note_external_move(config, f"airflow run {airflow_run_id}" if airflow_run_id else current_user())
+    with champion_lock(config):
+        note_external_move(config, f"airflow run {airflow_run_id}" if airflow_run_id else current_user())
     run_key = run_key_of(airflow_run_id) if airflow_run_id else None
     return materialize(config, logical_date=logical_date, run_key=run_key).to_dict()
 

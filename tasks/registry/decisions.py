@@ -4,16 +4,21 @@ A row in Postgres `reco.model_decisions` (for BI tools and audits) and tags on t
 model version it concerns (for whoever looks at the registry) say what was decided, by
 whom or what ("gate", "forced by <user>: <reason>", "cli promote", "cli rollback",
 "mlflow-ui move detected"), which version held `champion` before and after, the metrics,
-the slices and every reason. A champion moved outside PrismRec (the MLflow UI) is noticed
-the next time the pipeline or the CLI touches the registry and recorded as such.
+the slices and every reason. A champion moved outside PrismRec (the MLflow UI) is noticed by
+the champion watcher (tasks.registry.champion_watch), or the next time the pipeline or the CLI
+touches the registry, and recorded as such, once.
+
+Whoever moves the alias and records it holds the champion lock (`champion_lock`) across both
+steps, so nobody looking at the registry meanwhile takes PrismRec's own move for a person's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -177,18 +182,43 @@ def record(config: PipelineConfig, decision: ModelDecision) -> int:
         decision_id = _insert(conn, config, decision)
     version = decision.candidate_version or decision.champion_after
     if version:
-        tag_version(config, version, _tags(decision_id, decision, datetime.now(UTC).isoformat(timespec="seconds")))
+        try:
+            tag_version(config, version, _tags(decision_id, decision, datetime.now(UTC).isoformat(timespec="seconds")))
+        except Exception:  # the decision is on record; a failed tag must not make its caller think otherwise
+            log.warning("decision %d is recorded, but tagging %s version %s failed", decision_id,
+                        decision.model_name, version, exc_info=True)
     log.info("decision %d on %s: %s (champion %s -> %s)", decision_id, decision.model_name, decision.decided_by,
              decision.champion_before, decision.champion_after)
     return decision_id
 
 
-def note_external_move(config: PipelineConfig, actor: str, own_run_key: str | None = None) -> int | None:
-    """Record a champion move nobody recorded (the MLflow UI, a script); returns the new decision's id.
+@contextlib.contextmanager
+def champion_lock(config: PipelineConfig, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the champion lock of the configured model while the block runs; yields whether it is held.
 
-    Compares the registry's champion with the one after the latest recorded decision. Call
-    it before acting on the registry, so the trail of decisions has no gaps. A champion
-    registered by `own_run_key` is this training run's own (a retried task), not a move.
+    A Postgres session advisory lock on its own connection: it spans MLflow calls and several
+    transactions, and dies with the process that holds it. `wait=False` does not queue: it
+    yields False at once when someone else holds the lock.
+    """
+    key = f"prismrec.champion:{config.registry.model_name}"
+    with db.get_engine(config).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        take = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+        held = conn.execute(sa.text(f"select {take}(hashtext(:key))"), {"key": key}).scalar() is not False
+        try:
+            yield held
+        finally:
+            if held:
+                conn.execute(sa.text("select pg_advisory_unlock(hashtext(:key))"), {"key": key})
+
+
+def note_external_move(config: PipelineConfig, actor: str, own_run_key: str | None = None,
+                       noticed: str = "before the next registry action") -> ModelDecision | None:
+    """Record a champion move nobody recorded (the MLflow UI, a script); returns the decision recorded.
+
+    Compares the registry's champion with the one after the latest recorded decision. Call it
+    holding `champion_lock`, before acting on the registry, so the trail of decisions has no
+    gaps and a move is recorded once. A champion registered by `own_run_key` is this training
+    run's own (a retried task), not a move. `noticed` says when, for the decision's reason.
     """
     from tasks.registry.store import champion_version, version_tags
 
@@ -202,19 +232,26 @@ def note_external_move(config: PipelineConfig, actor: str, own_run_key: str | No
     if own_run_key and current is not None and version_tags(config, current).get("run_key") == own_run_key:
         return None
     before = last if any_on_record else None
-    return record(config, ModelDecision(
+    decision = ModelDecision(
         model_name=name, action="external", decided_by=EXTERNAL_MOVE, actor=actor,
         candidate_version=current, champion_before=before, champion_after=current,
         reasons=[f"champion moved from {before or 'none'} to {current or 'none'} outside PrismRec "
-                 "(MLflow UI or API); noticed before the next registry action"],
-    ))
+                 f"(MLflow UI or API); noticed {noticed}"],
+    )
+    record(config, decision)
+    return decision
 
 
 def _human_move(config: PipelineConfig, action: str, move, reason: str | None, actor: str | None) -> str:
     """Run `move()` (a registry promote/rollback returning the new champion) and record it."""
+    actor = actor or current_user()
+    with champion_lock(config):
+        return _record_human_move(config, action, move, reason, actor)
+
+
+def _record_human_move(config: PipelineConfig, action: str, move, reason: str | None, actor: str) -> str:
     from tasks.registry.store import champion_version, version_metrics
 
-    actor = actor or current_user()
     note_external_move(config, actor)
     before = champion_version(config)
     after = move()

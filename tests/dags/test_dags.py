@@ -138,3 +138,6 @@ def test_materialize_runs_on_the_champion_asset(parsed):
     assert list(dag["tasks"]) == ["materialize"]
     assert dag["timetable"] == "AssetTriggeredTimetable"
     assert "uri='prismrec://champion" in dag["schedule_assets"]
+    # A move of the MLflow alias outside PrismRec fires it too: the triggerer runs this watcher.
+    assert ("watchers=[AssetWatcher(name='mlflow_champion_alias', "
+            "trigger=<tasks.registry.champion_watch.ChampionMovedTrigger poll_interval=60.0>)]") in dag["schedule_assets"]
