@@ -196,9 +196,9 @@ def record(config: PipelineConfig, decision: ModelDecision) -> int:
 def champion_lock(config: PipelineConfig, *, wait: bool = True) -> Iterator[bool]:
     """Hold the champion lock of the configured model while the block runs; yields whether it is held.
 
-    A Postgres session advisory lock on its own connection: it spans MLflow calls and several
-    transactions, and dies with the process that holds it. `wait=False` does not queue: it
-    yields False at once when someone else holds the lock.
+    A Postgres advisory lock held by its own connection, not by a transaction: it spans MLflow
+    calls and several transactions, and dies with the process that holds it. `wait=False` does
+    not queue: it yields False at once when someone else holds the lock.
     """
     key = f"prismrec.champion:{config.registry.model_name}"
     with db.get_engine(config).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
