@@ -6,7 +6,7 @@ DAG makes them:
     snapshot/   items, users, interactions (Parquet), manifest, quality report, rejected rows
     dataset/    the prepared split: sequences, items with their indices, dataset.json
     model/      checkpoint, per-epoch history, training summary, settings, item table
-    evaluation.json, decision.json, registered.json
+    evaluation.json, decision.json, registered.json, mlflow_run.json
 
 Each stage takes and returns these objects (or their `root`), and every reader finds a file
 through them, so a renamed file changes here and nowhere else.
@@ -149,3 +149,8 @@ class RunLayout:
     @property
     def registered(self) -> Path:
         return self.root / "registered.json"
+
+    @property
+    def mlflow_run(self) -> Path:
+        """The id of the MLflow run `train` opened, which `register` resumes and ends."""
+        return self.root / "mlflow_run.json"

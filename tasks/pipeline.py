@@ -88,15 +88,18 @@ def run_prepare(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> di
 
 
 def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
-    """Fine-tune under torchrun into `<run folder>/model`; returns the model folder and epochs run."""
+    """Fine-tune under torchrun into `<run folder>/model`, in an MLflow run opened now (epoch curves
+    and system metrics while it trains); returns the model folder, epochs run and the MLflow run id."""
+    from tasks.registry.tracking import training_run
     from tasks.training.launcher import launch_training
 
     config = load_config(overrides)
     run = RunLayout(Path(dataset["run_dir"]))
-    model_dir = launch_training(config, Path(dataset["path"]), run.model.root)
+    with training_run(config, run) as (mlflow_run_id, on_epoch):
+        model_dir = launch_training(config, Path(dataset["path"]), run.model.root, on_epoch=on_epoch)
     history = ModelFiles(Path(model_dir)).history
     epochs = len(json.loads(history.read_text())) if history.exists() else None
-    return {"model_dir": str(model_dir), "run_dir": str(run.root), "epochs": epochs}
+    return {"model_dir": str(model_dir), "run_dir": str(run.root), "epochs": epochs, "mlflow_run_id": mlflow_run_id}
 
 
 def run_evaluate(
@@ -172,9 +175,14 @@ def run_register(
     from tasks.registry.gate import verdict
     from tasks.registry.lineage import build_lineage
     from tasks.registry.store import champion_version, register_candidate
+    from tasks.registry.tracking import log_story, open_run, run_id_of
 
     config = load_config(overrides)
     run_dir = Path(trained["run_dir"])
+    # The run `train` opened (a run folder from before it did gets one now).
+    mlflow_run_id = trained.get("mlflow_run_id") or run_id_of(RunLayout(run_dir)) or open_run(config, RunLayout(run_dir))
+    log_story(config, mlflow_run_id, RunLayout(run_dir), evaluation=evaluated["evaluation"],
+              model_dir=Path(trained["model_dir"]))
     actor = f"airflow run {airflow_run_id}" if airflow_run_id else decisions.current_user()
     lineage = build_lineage(config, snapshot=snapshot, model_dir=Path(trained["model_dir"]), run_dir=run_dir)
     lineage |= {
@@ -195,6 +203,7 @@ def run_register(
             evaluation=evaluated["evaluation"],
             decision=decision,
             lineage=lineage | {"champion_before": champion_before or ""},
+            run_id=mlflow_run_id,
         ).to_dict()
         if champion_before == registered["version"]:  # a retried task: this run had promoted it already
             champion_before = evaluated.get("champion_version")

@@ -1,10 +1,10 @@
 """Every decision about the champion, on record: the gate's, a forced one, a person's.
 
-A row in Postgres `reco.model_decisions` (for BI tools and audits) and tags on the MLflow
-model version it concerns (for whoever looks at the registry) say what was decided, by
+A row in Postgres `reco.model_decisions` (for BI tools and audits) says what was decided, by
 whom or what ("gate", "forced by <user>: <reason>", "cli promote", "cli rollback",
 "mlflow-ui move detected"), which version held `champion` before and after, the metrics,
-the slices and every reason. A champion moved outside PrismRec (the MLflow UI) is noticed by
+the slices and every reason; the MLflow model version it concerns gets two tags, the latest
+decision's id and who took it. A champion moved outside PrismRec (the MLflow UI) is noticed by
 the champion watcher (tasks.registry.champion_watch), or the next time the pipeline or the CLI
 touches the registry, and recorded as such, once.
 
@@ -18,9 +18,8 @@ import contextlib
 import getpass
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -142,34 +141,10 @@ def _last_champion(conn: sa.Connection, config: PipelineConfig, model_name: str)
     return (row is not None, row[0] if row is not None else None)
 
 
-def _tags(decision_id: int, decision: ModelDecision, decided_at: str) -> dict[str, str]:
-    """Model-version tags: the latest decision in plain keys, each decision under its own id."""
-    record = {
-        "at": decided_at, "action": decision.action, "by": decision.decided_by, "actor": decision.actor,
-        "passed": decision.passed, "champion_before": decision.champion_before,
-        "champion_after": decision.champion_after, "reasons": decision.reasons,
-    }
-    tags = {
-        f"decision_{decision_id}": json.dumps(record, default=str)[:_TAG_MAX],
-        "last_decision_id": str(decision_id),
-        "last_decision_by": decision.decided_by[:_TAG_MAX],
-        "last_decision_at": decided_at,
-        "last_decision_passed": "" if decision.passed is None else str(decision.passed).lower(),
-    }
-    if decision.metrics:
-        tags[f"decision_{decision_id}_metrics"] = json.dumps(_compact(decision.metrics))[:_TAG_MAX]
-    if decision.slices:
-        tags[f"decision_{decision_id}_slices"] = json.dumps(_compact(decision.slices))[:_TAG_MAX]
-    return tags
-
-
-def _compact(value: Any) -> Any:
-    """Numbers rounded to 4 digits, so a decision's numbers fit in one MLflow tag."""
-    if isinstance(value, Mapping):
-        return {str(k): _compact(v) for k, v in value.items()}
-    if isinstance(value, float):
-        return round(value, 4)
-    return value
+def _tags(decision_id: int, decision: ModelDecision) -> dict[str, str]:
+    """The version's tags: which decision is the latest on it and who took it (its reasons, metrics
+    and history are rows of reco.model_decisions, not tags)."""
+    return {"last_decision_id": str(decision_id), "last_decision_by": decision.decided_by[:_TAG_MAX]}
 
 
 def record(config: PipelineConfig, decision: ModelDecision) -> int:
@@ -183,7 +158,7 @@ def record(config: PipelineConfig, decision: ModelDecision) -> int:
     version = decision.candidate_version or decision.champion_after
     if version:
         try:
-            tag_version(config, version, _tags(decision_id, decision, datetime.now(UTC).isoformat(timespec="seconds")))
+            tag_version(config, version, _tags(decision_id, decision))
         except Exception:  # the decision is on record; a failed tag must not make its caller think otherwise
             log.warning("decision %d is recorded, but tagging %s version %s failed", decision_id,
                         decision.model_name, version, exc_info=True)

@@ -71,6 +71,7 @@ def build_lineage(config: PipelineConfig, *, snapshot: Mapping[str, Any], model_
         "snapshot_content_sha256": content_hash(sha256) if sha256 else "unknown",
         "snapshot_sha256": sha256.get(files.interactions.name, ""),
         "logical_date": str(snapshot.get("logical_date", "")),
+        "data_as_of": str(manifest.get("as_of") or snapshot.get("as_of") or snapshot.get("logical_date", "")),
         "data_gate_passed": str(quality.get("passed", "unknown")).lower(),
         "data_gate_rejected_rows": str(sum(int(v) for v in (quality.get("rejected") or {}).values())),
         "data_gate_failed_expectations": str(quality.get("failed", "")),

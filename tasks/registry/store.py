@@ -18,13 +18,15 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tasks.config import PROJECT_ROOT, PipelineConfig
 from tasks.errors import NoChampionError, RegistryError
-from tasks.layout import ModelFiles, RunLayout
+from tasks.layout import RunLayout
+from tasks.registry.model_card import model_card
+from tasks.registry.run_metrics import candidate_metrics
+from tasks.registry.run_metrics import drift_metrics as _drift_metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ _HISTORY_KEEP = 200  # tag values are capped at 5000 characters
 _PARAM_MAX = 6000  # MLflow's limit on a param value
 _TAG_MAX = 5000
 _SERVING_PACKAGES = ("torch", "transformers", "mlflow", "numpy", "pandas")
+# The version tags people filter by; the rest of the lineage stays on the run.
+VERSION_TAGS = ("run_key", "airflow_run_id", "data_as_of", "git_commit", "snapshot_content_sha256", "gate_passed")
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,10 @@ def _experiment_id(client, config: PipelineConfig) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def metric_key(*parts: str) -> str:
-    """`("popularity", "test", "ndcg@10")` -> `popularity_test_ndcg_10` (MLflow-safe names)."""
-    return "_".join(p.replace("@", "_").replace(" ", "_") for p in parts)
+def open_client(config: PipelineConfig) -> tuple[Any, str]:
+    """(an MlflowClient on the configured store, the id of the configured experiment)."""
+    client = _client(config)
+    return client, _experiment_id(client, config)
 
 
 def _as_dict(value: Any) -> dict:
@@ -110,42 +115,9 @@ def _as_dict(value: Any) -> dict:
 
 
 def evaluation_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
-    """Flatten an Evaluation dict into MLflow metric names (see module doc of the contract)."""
-    metrics: dict[str, float] = {}
-
-    def add(prefix: tuple[str, ...], splits: Mapping[str, Mapping[str, float]] | None) -> None:
-        for split, values in (splits or {}).items():
-            for name, value in values.items():
-                metrics[metric_key(*prefix, split, name)] = float(value)
-
-    add((), evaluation.get("candidate"))
-    for baseline, splits in (evaluation.get("baselines") or {}).items():
-        add((baseline,), splits)
-    add(("champion",), evaluation.get("champion"))
-    slices = evaluation.get("slices") or {}
-    for prefix, whose in ((("slice",), slices.get("candidate")), (("champion", "slice"), slices.get("champion"))):
-        for split, by_slice in (whose or {}).items():
-            for name, values in by_slice.items():
-                metrics |= {metric_key(*prefix, split, name, m): float(v) for m, v in values.items()}
-    return metrics
-
-
-def _epoch_metrics(model_dir: Path) -> list:
-    """Per-epoch curves from the model's training history as MLflow step metrics (`epoch_<key>`)."""
-    from mlflow.entities import Metric
-
-    path = ModelFiles(model_dir).history
-    if not path.exists():
-        log.warning("no %s; the run will have no training curves", path)
-        return []
-    now = int(datetime.now(UTC).timestamp() * 1000)
-    curves = []
-    for row in json.loads(path.read_text()):
-        step = int(row.get("epoch", len(curves)))
-        for key, value in row.items():
-            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                curves.append(Metric(metric_key("epoch", key), float(value), now, step))
-    return curves
+    """The candidate's own metrics, overall and per slice (tasks.registry.run_metrics names them);
+    the baselines and the champion get child runs of their own (tasks.registry.tracking)."""
+    return candidate_metrics(evaluation)
 
 
 def pip_requirements() -> list[str]:
@@ -185,11 +157,15 @@ def register_candidate(
     decision: Mapping[str, Any],
     lineage: Mapping[str, Any],
     model_code: Path | None = None,
+    run_id: str | None = None,
 ) -> RegisteredVersion:
-    """Log one MLflow run for a trained candidate and register it as a new model version.
+    """Log a trained candidate's MLflow run and register it as a new model version.
 
-    The version always gets `challenger`; it gets `champion` only if the gate passed.
-    `model_code` overrides the models-from-code file (tests use a tiny one).
+    `run_id`: the run the `train` task opened (tasks.registry.tracking), resumed here and ended;
+    without one a new run is started. The version always gets `challenger`; it gets `champion`
+    only if the gate passed. Its description is the model card; its tags are the few people
+    filter by (VERSION_TAGS), the whole lineage stays on the run. `model_code` overrides the
+    models-from-code file (tests use a tiny one).
     """
     import mlflow
 
@@ -211,15 +187,13 @@ def register_candidate(
         log.info("run %s is already registered as %s version %s", lineage.get("run_key"), name, existing.version)
         return _set_aliases(client, name, str(existing.version), existing.run_id, passed, reasons)
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run.key, tags=tags) as mlflow_run:
+    started = {"run_id": run_id} if run_id else {"experiment_id": experiment_id, "run_name": run.key}
+    with mlflow.start_run(**started, tags=tags) as mlflow_run:
         run_id = mlflow_run.info.run_id
         mlflow.log_params({k: str(v)[:_PARAM_MAX] for k, v in config.to_dict().items()})
         metrics = evaluation_metrics(evaluation) | drift_metrics(run.snapshot.quality_report)
         if metrics:
             mlflow.log_metrics(metrics)
-        curves = _epoch_metrics(model_dir)
-        if curves:
-            client.log_batch(run_id, metrics=curves)
         # The run folder's records keep their file names in MLflow; config and lineage exist only there.
         mlflow.log_dict(config.to_dict(), "config.json")
         mlflow.log_dict(decision, run.decision.name)
@@ -238,8 +212,13 @@ def register_candidate(
             )
         _ensure_registered_model(client, name)
         version = str(client.create_model_version(
-            name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id,
+            name, source=info.model_uri, run_id=run_id, model_id=info.model_id,
+            tags={key: tags[key] for key in VERSION_TAGS if tags.get(key)},
         ).version)
+        champion_before = _champion(client, name)  # the aliases move after this
+        client.update_model_version(name, version, description=model_card(
+            model_name=name, version=version, evaluation=evaluation, decision=decision, lineage=tags,
+            promoted=passed, champion_before=champion_before))
 
     log.info("registered %s version %s (run %s)", name, version, run_id)
     return _set_aliases(client, name, version, run_id, passed, reasons)
@@ -294,12 +273,10 @@ def _version_of_run_key(client, name: str, run_key: str):
 
 
 def drift_metrics(quality_report: Path) -> dict[str, float]:
-    """The data gate's drift measures (the quality report's ["drift"]["metrics"]) as `drift_<name>` metrics."""
+    """The data gate's drift measures (the quality report's ["drift"]["metrics"]) as `drift/<name>` metrics."""
     if not quality_report.exists():
         return {}
-    drift = json.loads(quality_report.read_text()).get("drift") or {}
-    return {metric_key("drift", str(k)): float(v) for k, v in (drift.get("metrics") or {}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return _drift_metrics(json.loads(quality_report.read_text()).get("drift"))
 
 
 def tag_version(config: PipelineConfig, version: str, tags: Mapping[str, str]) -> None:
@@ -359,12 +336,9 @@ def _history(client, name: str) -> list[str]:
     return [str(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def _make_champion(client, name: str, version: str, reason: str | None) -> None:
-    """Move `champion` to `version`, recording who held it before, when and why."""
+    """Move `champion` to `version`, keeping who held it before in the champion history (when and
+    why are recorded in reco.model_decisions by tasks.registry.decisions, not on the version)."""
     previous = _champion(client, name)
     history = _history(client, name)
     if previous is not None and (not history or history[-1] != previous):
@@ -372,9 +346,7 @@ def _make_champion(client, name: str, version: str, reason: str | None) -> None:
     history.append(version)
     client.set_registered_model_alias(name, CHAMPION, version)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-_HISTORY_KEEP:]))
-    client.set_model_version_tag(name, version, "promoted_at", _now())
-    client.set_model_version_tag(name, version, "previous_champion", previous or "")
-    client.set_model_version_tag(name, version, "promotion_reason", (reason or "")[:_TAG_MAX])
+    log.info("champion of %s: version %s (was %s): %s", name, version, previous or "none", reason or "no reason given")
 
 
 def _versions(client, name: str) -> list[str]:
@@ -423,8 +395,6 @@ def rollback(config: PipelineConfig) -> str:
     target = history[-1]
     client.set_registered_model_alias(name, CHAMPION, target)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
-    client.set_model_version_tag(name, current, "rolled_back_at", _now())
-    client.set_model_version_tag(name, target, "restored_at", _now())
     log.info("rolled %s champion back from version %s to %s", name, current, target)
     return target
 

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tasks.config import PipelineConfig
@@ -31,8 +32,12 @@ from tasks.training.memory import (
 log = logging.getLogger(__name__)
 
 
-def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) -> Path:
-    """Run the worker under `torchrun --nproc_per_node N`; return the model folder."""
+def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path,
+                    on_epoch: Callable[[dict], None] | None = None) -> Path:
+    """Run the worker under `torchrun --nproc_per_node N`; return the model folder.
+
+    `on_epoch` gets each epoch's record of the history (rank 0's) as soon as the epoch ends:
+    the pipeline logs it to MLflow while training goes on."""
     files = ModelFiles(Path(out_dir))
     files.root.mkdir(parents=True, exist_ok=True)
     settings = {"train": dataclasses.asdict(config.train), "max_history": config.prepare.max_history,
@@ -53,9 +58,11 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
         for line in process.stdout:  # stream into this task's log so progress shows in Airflow
             line = line.rstrip()
             tail = (tail + [line])[-30:]
+            log.info("[torchrun] %s", line)
             if match := EPOCH_LINE.search(line):
                 last_epoch = int(match.group(1))
-            log.info("[torchrun] %s", line)
+                if on_epoch is not None:
+                    report_epoch(files, last_epoch, on_epoch)
         process.wait()
     if guard.tripped is not None:
         raise TrainingError(memory_message(guard.tripped, limit, config.train.max_memory_gb is None, last_epoch))
@@ -70,6 +77,17 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path) ->
         )
     log.info("training used at most %.1f GB of memory (train.max_memory_gb = %.1f)", guard.peak_gb, limit)
     return files.root
+
+
+def report_epoch(files: ModelFiles, epoch: int, on_epoch: Callable[[dict], None]) -> None:
+    """Hand `epoch`'s record of the history (the worker writes it before the epoch's line) to
+    `on_epoch`; a failure there is logged and never stops training."""
+    try:
+        record = next((r for r in json.loads(files.history.read_text()) if r.get("epoch") == epoch), None)
+        if record is not None:
+            on_epoch(record)
+    except Exception:
+        log.warning("could not report epoch %d (training goes on)", epoch, exc_info=True)
 
 
 # oneDNN (bf16 matmuls on CPUs with AVX512-BF16 or AMX) caches a compiled primitive for every

@@ -124,7 +124,8 @@ def fit(training: Training, text: TextStates, sequences: Sequences, plan: EpochP
         improved = best.update(record["valid_ndcg@10"])
         if improved and dist.master:
             save_checkpoint(files, training, validation, record, sequences.item_ids)
-        if dist.master:
+        if dist.master:  # the history first: the launcher reads it when it sees the epoch's line
+            files.history.write_text(json.dumps(history, indent=2))
             log.info("%s", epoch_log_line(record, improved, time.time() - train_started))
         # Rank 0's clock decides for every rank: DDP needs the same steps and rates everywhere.
         planned = int(dist.from_master(planned_epochs(cfg.epochs, epoch, time.time() - train_started, budget)))

@@ -127,12 +127,9 @@ def test_decision_trail_gate_ui_move_cli_promote_and_rollback(dconfig, register,
     tags = _client(dconfig).get_model_version(MODEL, "2").tags
     promote_id = rows[3]["decision_id"]
     assert tags["last_decision_id"] == str(promote_id) and tags["last_decision_by"] == "cli promote"
-    recorded = json.loads(tags[f"decision_{promote_id}"])
-    assert recorded["actor"] == "alice" and recorded["champion_before"] == "1" and recorded["champion_after"] == "2"
-    assert json.loads(tags[f"decision_{rows[1]['decision_id']}"])["by"] == "mlflow-ui move detected"
+    assert not any(k.startswith("decision_") for k in tags)  # the history is the table's, not the tags'
     first_tags = _client(dconfig).get_model_version(MODEL, "1").tags
-    assert json.loads(first_tags[f"decision_{gate_id}"])["reasons"] == ["retried"]
-
+    assert first_tags["last_decision_id"] == str(rows[2]["decision_id"]) and first_tags["last_decision_by"] == "cli rollback"
 
 def test_table_and_columns_carry_comments(dconfig, engine, register):
     from tasks.registry import decisions

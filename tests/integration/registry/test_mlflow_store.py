@@ -140,13 +140,13 @@ def test_aliases_move_only_when_the_gate_passed(versions, registry_config):
     assert str(client.get_model_version_by_alias("registry_test", "challenger").version) == "3"
     assert champion_version(registry_config) == "3"
 
-    refused = client.get_model_version("registry_test", "2").tags
-    assert refused["gate_passed"] == "false"
-    assert refused["gate_reasons"] == "reason one for v2; reason two"
-    assert refused["run_key"] == "manual__v2" and refused["config_digest"] == "abc123"
-    promoted = client.get_model_version("registry_test", "3").tags
-    assert promoted["previous_champion"] == "1"
-    assert promoted["promotion_reason"].startswith("gate passed: reason one for v3")
+    refused = client.get_model_version("registry_test", "2")
+    assert refused.tags == {"gate_passed": "false", "run_key": "manual__v2"}  # only what people filter by
+    run_tags = client.get_run(refused.run_id).data.tags  # the whole lineage stays on the run
+    assert run_tags["gate_reasons"] == "reason one for v2; reason two" and run_tags["config_digest"] == "abc123"
+    card = client.get_model_version("registry_test", "3").description
+    assert "v3" in card and "test NDCG@10 0.1100" in card and "champion since registration (was v1)" in card
+    assert "reason one for v3" in card and "prismrec promote 3" in card
 
 
 def test_run_holds_params_metrics_curves_and_artifacts(versions, registry_config):
@@ -158,14 +158,11 @@ def test_run_holds_params_metrics_curves_and_artifacts(versions, registry_config
     metrics = run.data.metrics
     assert metrics["valid_ndcg_10"] == pytest.approx(0.12)
     assert metrics["test_hr_10"] == pytest.approx(0.2)
-    assert metrics["popularity_test_ndcg_10"] == pytest.approx(0.04)
-    assert metrics["champion_valid_ndcg_10"] == pytest.approx(0.12)
-    assert metrics["slice_valid_history_short_ndcg_10"] == pytest.approx(0.06)  # per-slice metrics too
-    assert metrics["slice_valid_history_short_users"] == 300
-    assert metrics["drift_item_popularity_js"] == pytest.approx(0.125)  # the data gate's drift report
-    assert metrics["drift_new_item_share"] == pytest.approx(0.25)
-    curve = client.get_metric_history(run_id, "epoch_train_loss")
-    assert sorted((m.step, m.value) for m in curve) == [(1, 2.0), (2, 1.5)]
+    assert not any(k.startswith(("popularity", "champion")) for k in metrics)  # those are runs of their own
+    assert metrics["slice/valid/history_short/ndcg_10"] == pytest.approx(0.06)  # per-slice metrics, grouped
+    assert metrics["slice/valid/history_short/users"] == 300
+    assert metrics["drift/item_popularity_js"] == pytest.approx(0.125)  # the data gate's drift report
+    assert metrics["drift/new_item_share"] == pytest.approx(0.25)
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.json", "decision.json", "evaluation.json", "quality_report.json"} <= artifacts
     decision = json.loads(Path(client.download_artifacts(run_id, "decision.json")).read_text())
@@ -258,7 +255,7 @@ def test_lineage_of_a_real_run_folder(config, tmp_path):
     sha = {files.interactions.name: "aa", files.items.name: "bb", files.users.name: "cc"}
     # The data gate rewrote the interactions: the manifest (996 rows) wins over the XCom (1000).
     files.manifest.write_text(json.dumps({"counts": {"interactions": 996, "items": 50, "users": 20},
-                                          "sha256": sha}))
+                                          "sha256": sha, "as_of": "1998-04-22T23:10:38+00:00"}))
     files.quality_report.write_text(json.dumps(
         {"summary": {"passed": True, "failed": 0, "rejected": {"interactions": 4}}}))
     model_dir = run.model.root
@@ -274,6 +271,7 @@ def test_lineage_of_a_real_run_folder(config, tmp_path):
         "snapshot_content_sha256": content_hash(sha),
         "snapshot_sha256": "aa",
         "logical_date": "1998-04-22T23:59:59+00:00",
+        "data_as_of": "1998-04-22T23:10:38+00:00",  # a replay's end, earlier than the logical date
         "data_gate_passed": "true",
         "data_gate_rejected_rows": "4",
         "data_gate_failed_expectations": "0",
@@ -301,9 +299,7 @@ def test_promote_and_rollback_keep_history(versions, registry_config):
     assert champion_version(registry_config) == "3"  # a refused promotion changes nothing
 
     assert promote(registry_config, "2", reason="hotfix for cold users") == "2"
-    tags = client.get_model_version("registry_test", "2").tags
-    assert tags["previous_champion"] == "3"
-    assert tags["promotion_reason"] == "hotfix for cold users"
+    assert json.loads(client.get_registered_model("registry_test").tags["champion_history"])[-2:] == ["3", "2"]
     assert promote(registry_config, "2") == "2"  # already champion: no new history entry
 
     # A promotion made in the MLflow UI (alias moved directly) is rolled back just the same.
