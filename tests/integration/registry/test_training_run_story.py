@@ -1,0 +1,100 @@
+"""The MLflow run of a real (tiny) training, from `train` to `register`, on the real SQLite store."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+MODEL = "story_test"
+
+
+@pytest.fixture(scope="module")
+def story(ml100k, base_overrides):
+    """The pipeline's own functions on ML-100K: 2 epochs of 2 steps, the run looked at before and after register."""
+    from mlflow import MlflowClient
+    from tasks import pipeline
+    from tasks.config import load_config
+    from tasks.registry.store import tracking_uri
+
+    overrides = {**base_overrides, "train.epochs": 2, "train.max_steps_per_epoch": 2, "train.nproc": 1,
+                 "train.patience": 5, "registry.model_name": MODEL}
+    config = load_config(overrides)
+    client = MlflowClient(tracking_uri(config))
+    snapshot = pipeline.run_extract(overrides, "manual__story", datetime(1998, 5, 1, tzinfo=UTC))
+    pipeline.run_quality(overrides, snapshot)
+    dataset = pipeline.run_prepare(overrides, snapshot)
+    trained = pipeline.run_train(overrides, dataset)
+    run_id = trained["mlflow_run_id"]
+    before = {"run": client.get_run(run_id),
+              "curve": client.get_metric_history(run_id, "epoch/valid_ndcg_10")}
+    evaluated = pipeline.run_evaluate(overrides, dataset, trained)
+    decision = pipeline.run_gate(overrides, evaluated)
+    registered = pipeline.run_register(overrides, snapshot=snapshot, trained=trained, evaluated=evaluated,
+                                       decision=decision, airflow_run_id="manual__story")
+    return {"client": client, "run_id": run_id, "before": before, "trained": trained,
+            "registered": registered, "evaluation": evaluated["evaluation"]}
+
+
+def test_train_opens_the_run_and_logs_epochs_as_they_end(story):
+    before = story["before"]
+    assert before["run"].info.status == "RUNNING"  # still open: register ends it
+    assert sorted(m.step for m in before["curve"]) == [1, 2]
+    assert "epoch/train_loss" in before["run"].data.metrics
+    inputs = before["run"].inputs.dataset_inputs
+    assert len(inputs) == 1
+    dataset = inputs[0].dataset
+    assert dataset.name.startswith("app.interactions as of 1998-04-22") and len(dataset.digest) == 16
+    assert json.loads(dataset.source)["uri"].endswith("manual__story/snapshot")
+    assert json.loads(dataset.profile)["num_rows"] > 90_000
+
+
+def test_register_resumes_the_same_run_and_ends_it(story):
+    client, run_id = story["client"], story["run_id"]
+    run = client.get_run(run_id)
+    assert story["registered"]["run_id"] == run_id
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_ndcg_10"] == pytest.approx(story["evaluation"]["candidate"]["test"]["ndcg@10"])
+    assert any(k.startswith("slice/test/") for k in run.data.metrics)
+    assert len(client.get_metric_history(run_id, "epoch/train_loss")) == 2  # not logged twice
+    assert any(k.startswith("system/") for k in run.data.metrics)  # psutil is installed with the project
+
+
+def test_baselines_are_child_runs_under_the_candidates_metric_names(story):
+    client, run_id = story["client"], story["run_id"]
+    run = client.get_run(run_id)
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    by_name = {c.info.run_name: c for c in children}
+    assert set(by_name) == {"baseline: popularity (manual__story)", "baseline: ease (manual__story)"}
+    ease = by_name["baseline: ease (manual__story)"]
+    assert ease.data.metrics["test_ndcg_10"] == pytest.approx(story["evaluation"]["baselines"]["ease"]["test"]["ndcg@10"])
+    assert {k for k in ease.data.metrics} == {k for k in run.data.metrics
+                                              if not k.startswith(("epoch/", "system/", "drift/"))}
+
+
+def test_plots_report_and_samples_are_artifacts(story):
+    client, run_id = story["client"], story["run_id"]
+
+    def listed(folder: str) -> set[str]:
+        return {a.path for a in client.list_artifacts(run_id, folder)}
+
+    assert listed("plots") == {f"plots/{n}.png" for n in
+                               ("training_curves", "model_vs_baselines", "slices", "interest_shares")}
+    html = Path(client.download_artifacts(run_id, "data_quality/report.html")).read_text()
+    assert "<table>" in html and "expect_column_values_to_not_be_null" in html and "passed" in html
+    table = json.loads(Path(client.download_artifacts(run_id, "samples/recommendations.json")).read_text())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert len({r["user_id"] for r in rows}) == 10 and max(r["rank"] for r in rows) == 10
+    assert all(r["title"] and r["explanation"] for r in rows)
+
+
+def test_the_version_has_a_model_card_and_few_tags(story):
+    client = story["client"]
+    version = client.get_model_version(MODEL, story["registered"]["version"])
+    test_ndcg = story["evaluation"]["candidate"]["test"]["ndcg@10"]
+    assert f"test NDCG@10 {test_ndcg:.4f}" in version.description
+    assert "ease (baseline)" in version.description and "prismrec promote" in version.description
+    assert len(version.tags) <= 8
+    assert {"run_key", "gate_passed", "data_as_of", "git_commit", "last_decision_by"} <= set(version.tags)
