@@ -98,11 +98,14 @@ def test_gate_register_materialize_and_a_hand_moved_champion(overrides, engine, 
                                   decision=first_decision, airflow_run_id="manual__promo-1")
     assert first["version"] == "1" and first["champion_moved"] is True
 
-    tags = client.get_model_version(MODEL, "1").tags
-    assert tags["snapshot_path"] == str(RunLayout(root).snapshot.root)
-    assert len(tags["snapshot_content_sha256"]) == 64 and tags["snapshot_rows_interactions"].isdigit()
-    assert float(tags["train_seconds"]) > 0 and tags["git_commit"] and tags["config_hash"]
+    version = client.get_model_version(MODEL, "1")
+    tags = version.tags  # the few people filter by; the whole lineage is on the run
+    assert len(tags["snapshot_content_sha256"]) == 64 and tags["git_commit"] and tags["data_as_of"]
     assert tags["last_decision_by"] == ("gate" if first_decision["gate_passed"] else "forced by dana: bootstrap")
+    lineage = client.get_run(version.run_id).data.tags
+    assert lineage["snapshot_path"] == str(RunLayout(root).snapshot.root)
+    assert lineage["snapshot_rows_interactions"].isdigit()
+    assert float(lineage["train_seconds"]) > 0 and lineage["config_hash"]
 
     # Run 2: the champion (v1, the same model) is re-scored on the same split; slices are compared.
     snapshot, dataset, trained = _train_run(root, tmp_path_factory, "promo-run-2")
@@ -116,6 +119,11 @@ def test_gate_register_materialize_and_a_hand_moved_champion(overrides, engine, 
     second = pipeline.run_register(overrides, snapshot=snapshot, trained=trained, evaluated=evaluated,
                                    decision=second_decision, airflow_run_id="manual__promo-2")
     assert second["version"] == "2"
+    experiment = client.get_run(second["run_id"]).info.experiment_id
+    compared = {c.info.run_name.split(" (")[0]: c for c in client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{second['run_id']}'")}  # the champion is a run to compare with
+    assert compared["champion v1"].data.metrics["valid_ndcg_10"] == pytest.approx(evaluation["champion"]["valid"]["ndcg@10"])
+    assert "| champion v1 |" in client.get_model_version(MODEL, "2").description
     champion = "2" if second_decision["passed"] else "1"
     assert second["champion_moved"] is second_decision["passed"]
 
