@@ -195,7 +195,10 @@ def test_dropped_connection_marks_the_run_failed_and_the_retry_succeeds(swap_con
         blocker.close()
     assert process.returncode != 0 and "terminat" in output
     failed = _run(engine, mid)
-    assert failed["status"] == "failed" and "connection" in failed["error"]
+    # The first cause is kept, not the "connection already closed" of the rollback that followed it.
+    assert failed["status"] == "failed" and failed["error"].startswith("OperationalError: "), failed["error"]
+    assert "terminating connection" in failed["error"] or "server closed the connection" in failed["error"]
+    assert "already closed" not in failed["error"]
     assert _current(engine) == before
 
     retry = materialize(swap_config, logical_date=logical_date)
@@ -315,3 +318,29 @@ def test_reco_reader_cannot_take_the_publishers_lock(swap_config, engine, versio
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text(f"drop owned by {role}; drop role {role}"))
+
+
+def test_publishing_from_a_database_without_the_source_records_nothing(swap_config, overrides, engine, versions):
+    """No `app` schema: one sentence, and no "champion moved outside PrismRec" decision recorded first."""
+    from tasks.errors import SourceDataError
+    from tasks.pipeline import run_materialize
+    from tasks.registry.store import promote
+
+    promote(swap_config, versions[0], reason="moved by a script, not yet recorded")
+
+    def decisions() -> int:
+        with engine.connect() as conn:
+            if conn.execute(sa.text("select to_regclass(:t)"), {"t": f"{RECO}.model_decisions"}).scalar() is None:
+                return 0
+            return conn.execute(sa.text(f"select count(*) from {RECO}.model_decisions")).scalar()
+
+    before, runs_before = decisions(), _runs_count(engine)
+    with pytest.raises(SourceDataError, match="has no no_such_app.interactions table or view") as raised:
+        run_materialize({**overrides, "database.app_schema": "no_such_app"})
+    assert "nothing was published or recorded" in str(raised.value)
+    assert decisions() == before and _runs_count(engine) == runs_before
+
+
+def _runs_count(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(f"select count(*) from {RECO}.runs")).scalar()
