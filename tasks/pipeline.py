@@ -253,9 +253,13 @@ def run_materialize(overrides: Mapping[str, Any], airflow_run_id: str | None = N
     """
     from tasks.publish.materialize import check_source, materialize
     from tasks.registry.decisions import champion_lock, current_user, note_external_move
+    from tasks.registry.store import champion_version
 
     config = load_config(overrides)
-    check_source(config)  # a run that cannot publish records nothing, not even a champion's move
+    # A run that cannot publish records nothing, not even a champion's move: without a champion
+    # materialize() fails before touching Postgres; without a source, this check does.
+    if champion_version(config) is not None:
+        check_source(config)
     with champion_lock(config):
         note_external_move(config, f"airflow run {airflow_run_id}" if airflow_run_id else current_user())
     run_key = run_key_of(airflow_run_id) if airflow_run_id else None
