@@ -298,8 +298,9 @@ def test_reco_reader_cannot_take_the_publishers_lock(swap_config, engine, versio
         conn.execute(sa.text(f"create role {role}"))
         conn.execute(sa.text(f"grant usage on schema {RECO} to {role}; grant select on all tables in schema {RECO} "
                              f"to {role}"))
+    as_reader = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)  # its role never returns to a pool
     try:
-        with engine.connect() as conn:
+        with as_reader.connect() as conn:
             conn.execute(sa.text(f"set role {role}"))
             conn.commit()  # a rolled-back transaction would take the SET back
             assert conn.execute(sa.text(f"select count(*) from {RECO}.publish_lock")).scalar() == 1
@@ -316,6 +317,7 @@ def test_reco_reader_cannot_take_the_publishers_lock(swap_config, engine, versio
             conn.execute(sa.text("select pg_advisory_unlock_all()"))
             conn.rollback()
     finally:
+        as_reader.dispose()
         with engine.begin() as conn:
             conn.execute(sa.text(f"drop owned by {role}; drop role {role}"))
 
@@ -328,19 +330,15 @@ def test_publishing_from_a_database_without_the_source_records_nothing(swap_conf
 
     promote(swap_config, versions[0], reason="moved by a script, not yet recorded")
 
-    def decisions() -> int:
+    def rows(table: str) -> int:
         with engine.connect() as conn:
-            if conn.execute(sa.text("select to_regclass(:t)"), {"t": f"{RECO}.model_decisions"}).scalar() is None:
+            if conn.execute(sa.text("select to_regclass(:t)"), {"t": f"{RECO}.{table}"}).scalar() is None:
                 return 0
-            return conn.execute(sa.text(f"select count(*) from {RECO}.model_decisions")).scalar()
+            return conn.execute(sa.text(f"select count(*) from {RECO}.{table}")).scalar()
 
-    before, runs_before = decisions(), _runs_count(engine)
+    before = rows("model_decisions"), rows("runs")
     with pytest.raises(SourceDataError, match="has no no_such_app.interactions table or view") as raised:
         run_materialize({**overrides, "database.app_schema": "no_such_app"})
     assert "nothing was published or recorded" in str(raised.value)
-    assert decisions() == before and _runs_count(engine) == runs_before
+    assert (rows("model_decisions"), rows("runs")) == before
 
-
-def _runs_count(engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(sa.text(f"select count(*) from {RECO}.runs")).scalar()
