@@ -29,7 +29,8 @@ from typing import Any
 
 from tasks.airflow_tasks import project_error
 from tasks.config import PROJECT_ROOT, PipelineConfig, load_config
-from tasks.errors import ConfigError, PrismRecError
+from tasks.errors import ConfigError, PrismRecError, first_cause, one_line
+from tasks.redact import known_secrets, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,9 @@ def _capture_failures(dag) -> Iterator[list[tuple[str, BaseException | None]]]:
         exc = project_error(raised) or raised  # a task's PrismRecError arrives as its AirflowFailException
         task_id = context["ti"].task_id
         failures.append((task_id, exc))
-        if exc is not None and not isinstance(exc, PrismRecError):
-            log.error("task %s failed", task_id, exc_info=exc)
+        if exc is not None and not isinstance(exc, PrismRecError):  # the traceback only with --verbose/--debug
+            log.error("task %s failed: %s", task_id, redact_text(one_line(first_cause(exc)), known_secrets()))
+            log.debug("task %s failed", task_id, exc_info=exc)
 
     saved = {t.task_id: (list(t.on_failure_callback), t.retries) for t in dag.tasks}
     for t in dag.tasks:
@@ -219,8 +221,8 @@ def run_dag(
         failed = failures[0] if failures else None
         if failed is not None:
             task_id, exc = failed
-            detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
-            raise PrismRecError(f"DAG {dag_id} failed at task {task_id}{detail} (run {result.run_id})")
+            detail = f": {redact_text(one_line(first_cause(exc)), known_secrets())}" if exc is not None else ""
+            raise PrismRecError(f"DAG {dag_id} failed at task {task_id}{detail} (run {result.run_id})") from exc
         not_done = sorted(t for t, s in result.task_states.items() if s != "success")
         raise PrismRecError(
             f"DAG {dag_id} ended {result.state}; unfinished tasks: {', '.join(not_done) or 'none'} "

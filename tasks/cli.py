@@ -6,8 +6,10 @@ publish the new champion: through Airflow's asset `prismrec://champion` when
 PRISMREC_AIRFLOW_API_URL names an API server (tasks.registry.champion_events), else by running
 recsys_materialize in-process (`--no-publish`: neither). `train`'s flags are the DAG's run
 Params (tasks.contracts.RUN_PARAMS) and become dotted config overrides (flags > DAG Params >
-environment > defaults); `--set stage.field=value` reaches any other setting. Errors a user can fix (tasks.errors.PrismRecError) print one message on
-stderr and exit 1; usage errors exit 2. Heavy modules are imported inside each command.
+environment > defaults); `--set stage.field=value` reaches any other setting. Every failure
+prints one paragraph on stderr and exits 1 (usage errors: 2): a PrismRecError its message, anything
+else its first cause in one line; never a traceback (unless `--debug` or PRISMREC_DEBUG=1) and never
+a secret (tasks.redact). Heavy modules are imported inside each command.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from tasks.contracts import (
     CHAMPION_URI,
     RUN_PARAM,
     RUN_PARAMS,
+    check_reason,
     overrides_from_params,
     require_reason,
 )
-from tasks.errors import ConfigError, PrismRecError
+from tasks.errors import ConfigError, PrismRecError, first_cause, one_line
+from tasks.redact import is_secret_name, known_secrets, redact_text
 
 log = logging.getLogger("prismrec")
 
@@ -46,6 +50,14 @@ def logical_date_arg(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD (e.g. 1998-04-22)") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def reason_arg(text: str) -> str:
+    try:
+        check_reason(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("reason (--reason) ")) from None
+    return text
 
 
 def setting_arg(text: str) -> tuple[str, str]:
@@ -80,12 +92,26 @@ def train_params(args: argparse.Namespace) -> dict[str, Any]:
             for param in RUN_PARAMS}
 
 
+def _without_secrets(params: dict[str, Any]) -> dict[str, Any]:
+    """The run conf Airflow stores, without secret settings: a `--set database.url=...` reaches this
+    process's tasks through its environment (PRISMREC_DATABASE__URL), so the metadata DB never holds it."""
+    overrides = dict(params.get("overrides") or {})
+    for key in [k for k, v in overrides.items() if _is_secret_setting(k, v)]:
+        stage, _, name = key.partition(".")
+        os.environ[f"PRISMREC_{stage.upper()}__{name.upper()}"] = str(overrides.pop(key))
+    return {**params, "overrides": overrides}
+
+
+def _is_secret_setting(key: str, value: Any) -> bool:
+    return is_secret_name(key) or (isinstance(value, str) and "://" in value and "@" in value)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tasks.airflow_runtime import run_dag
 
     params = train_params(args)
-    config = load_config(overrides_from_params(params))  # reject bad values before Airflow starts
-    result = run_dag("recsys_training", logical_date=args.logical_date, conf=params, config=config)
+    config = load_config(overrides_from_params(params))  # the Params' rules and the settings', before Airflow starts
+    result = run_dag("recsys_training", logical_date=args.logical_date, conf=_without_secrets(params), config=config)
     decision, registered = result.xcoms.get("gate") or {}, result.xcoms.get("register") or {}
     print(f"training run {result.run_id}: {result.state}")
     if decision:
@@ -105,7 +131,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     params = {"overrides": _overrides(args)}
     config = load_config(params["overrides"])
-    result = run_dag("recsys_materialize", logical_date=None, conf=params, config=config)
+    result = run_dag("recsys_materialize", logical_date=None, conf=_without_secrets(params), config=config)
     _print_published(result.xcoms.get("materialize") or {}, config)
     return 0
 
@@ -143,7 +169,7 @@ def _announce_champion(args: argparse.Namespace, config: PipelineConfig, version
 
     from tasks.airflow_runtime import run_dag
 
-    params = {"overrides": _overrides(args)}
+    params = _without_secrets({"overrides": _overrides(args)})
     try:
         result = run_dag("recsys_materialize", logical_date=None, conf=params, config=config)
     except PrismRecError as exc:
@@ -244,13 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--set", dest="settings", action="append", type=setting_arg, metavar="STAGE.FIELD=VALUE",
                         help="override any setting of tasks/config.py (repeatable)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument("--debug", action="store_true",
+                        help="on failure, also print the traceback (also: PRISMREC_DEBUG=1)")
 
     parser = argparse.ArgumentParser(prog="prismrec", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     load = commands.add_parser("load", parents=[common], help="fill the app schema with MovieLens")
     load.add_argument("dataset", choices=DATASETS)
-    load.add_argument("--max-users", type=int, help="load only the first N users (by id)")
+    load.add_argument("--max-users", type=int, metavar="N", help="load only the first N users (by id)")
     load.set_defaults(func=cmd_load)
 
     train = commands.add_parser("train", parents=[common], help="run DAG recsys_training once, in-process")
@@ -273,14 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="make VERSION the champion, record why, and publish it",
                                   description=f"Make VERSION the champion and record the decision; {publish_help}.")
     promote.add_argument("version")
-    promote.add_argument("--reason", help="why; recorded in reco.model_decisions and on the version's tags")
+    promote.add_argument("--reason", type=reason_arg,
+                         help="why; recorded in reco.model_decisions and on the version's tags")
     promote.set_defaults(func=cmd_promote)
 
     rollback = commands.add_parser("rollback", parents=[common, no_publish],
                                    help="give champion back to the previous one, record why, and publish it",
                                    description=f"Give champion back to the previous version and record the "
                                                f"decision; {publish_help}.")
-    rollback.add_argument("--reason", help="why; recorded in reco.model_decisions and on the version's tags")
+    rollback.add_argument("--reason", type=reason_arg,
+                          help="why; recorded in reco.model_decisions and on the version's tags")
     rollback.set_defaults(func=cmd_rollback)
 
     database = commands.add_parser("db", help="the Postgres server PrismRec uses")
@@ -309,7 +339,7 @@ def _add_run_flags(train: argparse.ArgumentParser) -> None:
         elif param.kind == "switch":
             train.add_argument(param.flag, dest=param.name, action="store_true", help=param.help)
         elif param.kind == "text":
-            train.add_argument(param.flag, dest=param.name, metavar="TEXT", help=param.help)
+            train.add_argument(param.flag, dest=param.name, type=reason_arg, metavar="TEXT", help=param.help)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -322,6 +352,21 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
+def failure_message(exc: BaseException) -> str:
+    """One paragraph for a failed command: a project error's message, else the first cause in one
+    line; secrets this process knows (URL passwords, password variables) masked either way."""
+    from tasks.airflow_tasks import project_error
+
+    project = project_error(exc)
+    if project is not None:
+        text = str(project)
+    else:
+        text = (f"unexpected {one_line(first_cause(exc))}. Nothing PrismRec checks caught this: rerun with "
+                "--debug (or PRISMREC_DEBUG=1) for the traceback, and report it if it is not a fault outside "
+                "PrismRec (a server going away, a full disk)")
+    return redact_text(text, known_secrets())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `prismrec` console script; returns the exit code."""
     parser = build_parser()
@@ -331,15 +376,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     _setup_logging(args.verbose)
+    debug = getattr(args, "debug", False) or os.environ.get("PRISMREC_DEBUG", "") not in ("", "0")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except PrismRecError as exc:
-        print(f"prismrec {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"prismrec {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the catch-all: one paragraph, no traceback, no secret
+        if debug:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        print(f"prismrec {args.command}: error: {failure_message(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import ConfigError
+from tasks.redact import redact_setting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -294,6 +295,11 @@ class MaterializeConfig:
     keep_runs: int = 7
     # Neighbours per item in reco.similar_items (a "more like this" row needs ~10-20).
     similar_top_k: int = 20
+    # The swap waits at most this long for a lock a reader holds (a long BI query); readers that
+    # arrive meanwhile queue behind it, so this bounds their wait too.
+    swap_lock_timeout_ms: int = 1000
+    # Tries of the swap (waits of 1, 2, 4 ... s between them) before the run fails, current set untouched.
+    swap_attempts: int = 5
 
 
 @dataclass(frozen=True)
@@ -310,13 +316,18 @@ class PipelineConfig:
     materialize: MaterializeConfig = field(default_factory=MaterializeConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat `{"stage.field": value}` view, JSON-friendly, for logging to MLflow."""
+        """Flat `{"stage.field": value}` view, JSON-friendly, for logging to MLflow and writing to disk.
+
+        Secrets are redacted (tasks.redact): a URL's password is `***`, so this view may go
+        into any store; the live config object keeps the real values.
+        """
         flat: dict[str, Any] = {}
         for stage in dataclasses.fields(self):
             section = getattr(self, stage.name)
             for f in dataclasses.fields(section):
                 value = getattr(section, f.name)
-                flat[f"{stage.name}.{f.name}"] = str(value) if isinstance(value, Path) else value
+                key = f"{stage.name}.{f.name}"
+                flat[key] = redact_setting(key, str(value) if isinstance(value, Path) else value)
         return flat
 
     def digest(self) -> str:
@@ -435,6 +446,10 @@ def validate(config: PipelineConfig) -> None:
         (config.prepare.max_history >= 2, "prepare.max_history must be at least 2"),
         (0.0 <= t.window_overlap < 1.0, f"train.window_overlap must be in [0, 1), got {t.window_overlap}"),
         (config.materialize.top_k >= 1, "materialize.top_k must be at least 1"),
+        (config.materialize.swap_lock_timeout_ms >= 1 and config.materialize.swap_attempts >= 1,
+         "materialize.swap_lock_timeout_ms and materialize.swap_attempts must be at least 1"),
+        (config.source.max_users is None or config.source.max_users >= 1,
+         f"source.max_users (--max-users) must be at least 1, or unset for every user; got {config.source.max_users}"),
         (config.extract.window_days is None or config.extract.window_days > 0,
          "extract.window_days must be positive (or unset for the whole history)"),
     ]

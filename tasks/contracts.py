@@ -21,6 +21,7 @@ from typing import Any
 from tasks.errors import ConfigError
 
 CHAMPION_ASSET_NAME = "prismrec_champion"
+REASON_MAX = 500  # characters of a `reason` (a Param's maxLength; reco.model_decisions, MLflow tags)
 CHAMPION_URI = "prismrec://champion"
 
 
@@ -80,7 +81,7 @@ def dag_params(*names: str) -> dict[str, Any]:
         elif param.kind == "switch":
             params[param.name] = Param(False, type="boolean", description=f"{text}.")
         elif param.kind == "text":
-            params[param.name] = Param(None, type=["null", "string"], maxLength=500, description=f"{text}.")
+            params[param.name] = Param(None, type=["null", "string"], maxLength=REASON_MAX, description=f"{text}.")
         else:
             params[param.name] = Param({}, type="object", description=f"{text}.")
     return params
@@ -92,12 +93,37 @@ def overrides_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
     A named Param wins over the same key in `overrides`. Every task of a run starts here, so a
     forced promotion without a reason stops the run at its first task.
     """
-    require_reason(params.get("force_promote"), params.get("reason"))
+    check_params(params)
     overrides = {str(key): value for key, value in dict(params.get("overrides") or {}).items()}
     for param in RUN_PARAMS:
         if param.setting and params.get(param.name) is not None:
             overrides[param.setting] = params[param.name]
     return overrides
+
+
+def check_params(params: Mapping[str, Any]) -> None:
+    """The rules of the Airflow form (`dag_params`), checked before Airflow sees the values, so a
+    bad flag or Param gets one sentence instead of Airflow's schema-validation traceback."""
+    for param in RUN_PARAMS:
+        value = params.get(param.name)
+        if value is None:
+            continue
+        if param.kind == "count" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{param.setting} ({param.flag}) must be at least 1, got {value!r}; "
+                              "leave it out to keep the configured value")
+        if param.kind == "text":
+            check_reason(value, param.flag)
+        if param.kind == "settings" and not isinstance(value, Mapping):
+            raise ConfigError(f"{param.name} must be an object of dotted settings, e.g. {{\"train.lr\": 0.001}}")
+    require_reason(params.get("force_promote"), params.get("reason"))
+
+
+def check_reason(reason: Any, flag: str = "--reason") -> None:
+    """A reason is text of at most REASON_MAX characters (it is stored with the decision)."""
+    if reason is not None and (not isinstance(reason, str) or len(reason) > REASON_MAX):
+        length = len(reason) if isinstance(reason, str) else type(reason).__name__
+        raise ConfigError(f"reason ({flag}) must be text of at most {REASON_MAX} characters, got {length}; "
+                          "shorten it (link to a ticket for the long story)")
 
 
 def require_reason(force_promote: Any, reason: Any) -> None:

@@ -63,8 +63,28 @@ def database_url(config: PipelineConfig) -> str:
                 "PRISMREC_DATABASE_URL must be a PostgreSQL URL "
                 "(postgresql://user:password@host:5432/dbname)"
             )
+        check_url(url)
         return url
     return embedded_url(config.paths.embedded_pg)
+
+
+def check_url(url: str) -> None:
+    """Refuse a database URL that does not parse as written, without echoing any of it.
+
+    An unencoded `@` (or `:` after one) in a password splits it: the parser takes its tail for
+    the host or port, and the driver's error would print that part of the password.
+    """
+    hint = ("PRISMREC_DATABASE_URL (database.url) does not parse as postgresql://user:password@host:port/dbname. "
+            "If the password contains @, :, / or %, percent-encode it (@ is %40, : is %3A, / is %2F, % is %25; "
+            "python -c 'import urllib.parse,getpass; print(urllib.parse.quote(getpass.getpass(), safe=\"\"))' "
+            "prints it encoded); the URL is not shown here because it holds a password")
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 - the port is parsed lazily in some versions
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigError(hint) from None
+    if "@" in (parsed.host or "") or "@" in (parsed.database or "") or "@" in str(parsed.query):
+        raise ConfigError(hint)
 
 
 def safe_url(url: str | URL) -> str:

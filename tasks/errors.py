@@ -24,6 +24,15 @@ class ServiceUnavailableError(ConfigError):
     transient = True
 
 
+class PublishBlockedError(PrismRecError):
+    """The swap of a publication kept finding readers' locks in its way; nothing was changed.
+
+    Transient: the blocking query ends sooner or later, so Airflow keeps the task's retries.
+    """
+
+    transient = True
+
+
 class SourceDataError(PrismRecError):
     """The source data (MovieLens files, the `app` schema) is missing or not what was expected."""
 
@@ -46,3 +55,29 @@ class NoChampionError(PrismRecError):
 
 class RegistryError(PrismRecError):
     """A registry operation was refused (unknown version, nothing to roll back to, ...)."""
+
+
+def first_cause(exc: BaseException) -> BaseException:
+    """The error that started a cascade: the earliest database error in `exc`'s chain, else `exc`.
+
+    A backend killed mid-transaction first raises "terminating connection due to administrator
+    command"; the rollback that follows raises "connection already closed", which hides it.
+    Other chains keep their outermost error: a library's internal KeyError is no cause.
+    """
+    chain, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    database = [e for e in chain if type(e).__module__.split(".")[0] in ("psycopg2", "psycopg")
+                or type(e).__module__.startswith("sqlalchemy.exc")]
+    return database[-1] if database else exc
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """`Type: first line of the message` (a driver's message, never the SQL statement or its parameters)."""
+    orig = getattr(exc, "orig", None)  # SQLAlchemy's wrapper: its own text appends the statement
+    source = orig if isinstance(orig, BaseException) else exc
+    lines = str(source).strip().splitlines()
+    return f"{type(source).__name__}: {lines[0] if lines else type(source).__name__}"[:limit]

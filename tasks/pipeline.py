@@ -251,10 +251,15 @@ def run_materialize(overrides: Mapping[str, Any], airflow_run_id: str | None = N
     A retry of the same Airflow run (same champion, same logical date) republishes its own
     output instead of scoring again.
     """
-    from tasks.publish.materialize import materialize
+    from tasks.publish.materialize import check_source, materialize
     from tasks.registry.decisions import champion_lock, current_user, note_external_move
+    from tasks.registry.store import champion_version
 
     config = load_config(overrides)
+    # A run that cannot publish records nothing, not even a champion's move: without a champion
+    # materialize() fails before touching Postgres; without a source, this check does.
+    if champion_version(config) is not None:
+        check_source(config)
     with champion_lock(config):
         note_external_move(config, f"airflow run {airflow_run_id}" if airflow_run_id else current_user())
     run_key = run_key_of(airflow_run_id) if airflow_run_id else None

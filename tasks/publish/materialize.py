@@ -1,12 +1,14 @@
 """Publish the champion's recommendations, interests and similar items into schema `reco`.
 
-One run: record it in `reco.runs` as running (committed, and guarded by a session advisory
-lock that dies with the process); score every user in vectorised batches and COPY the rows
-into new standalone tables; build their indexes; then, in the SAME transaction, attach them
-as partitions of the history tables and move the `is_current` flag. Readers of the views see
-the old set or the new set, never a mix; a run that dies anywhere leaves the current set as
-it was, and the next run marks it failed. A rerun for the same champion and logical date
-reuses the succeeded output. Retention then drops the partitions of old runs.
+One run: record it in `reco.runs` as running with its backend's pid (committed; a running run
+whose backend is gone has died); then, in one transaction, score every user in vectorised
+batches and COPY the rows into new standalone tables, build their indexes, attach them as
+partitions of the history tables and move the `is_current` flag. Readers of the views
+see the old set or the new set, never a mix, and never wait long for the swap
+(tasks.publish.locks); a run that dies anywhere leaves the current set as it was, and the next
+run marks it failed. A rerun for the same champion and logical date reuses the succeeded
+output. Retention then drops the partitions of old runs. Publishers take turns with a row lock
+that needs UPDATE on `reco.publish_lock`, never an advisory lock, which any role could hold.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import pandas as pd
 import sqlalchemy as sa
 
 from tasks import db
-from tasks.config import PipelineConfig
-from tasks.errors import ConfigError, RegistryError, SourceDataError
+from tasks.config import MaterializeConfig, PipelineConfig
+from tasks.errors import ConfigError, RegistryError, SourceDataError, first_cause, one_line
 from tasks.publish import rows as reco_rows
 from tasks.publish import tables as reco_tables
+from tasks.publish.locks import with_lock_timeout
+from tasks.redact import known_secrets, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,20 @@ class MaterializeSummary:
         for key in ("seconds", "score_seconds", "write_seconds"):
             out[key] = round(out[key], 3)
         return out
+
+
+def check_source(config: PipelineConfig) -> None:
+    """Refuse to start (recording nothing) when the source has no interactions table or view to read."""
+    engine = db.get_engine(config)
+    app = config.database.app_schema
+    with engine.connect() as conn:
+        found = conn.execute(sa.text("select to_regclass(:name)"),
+                             {"name": f"{db.quote_ident(app)}.\"interactions\""}).scalar()
+    if found is None:
+        raise SourceDataError(
+            f"the database at {db.safe_url(engine.url)} has no {app}.interactions table or view, so there is no "
+            f"one to recommend to; load data first (`prismrec load movielens-100k`) or point database.app_schema "
+            f"(PRISMREC_DATABASE__APP_SCHEMA) at your schema; nothing was published or recorded")
 
 
 def read_histories(engine: sa.Engine, config: PipelineConfig) -> pd.DataFrame:
@@ -89,28 +107,43 @@ def _recommender(pyfunc, version: str):
 
 
 def _describe(exc: BaseException, engine: sa.Engine) -> str:
-    """One safe line about a failure: the driver's message, never the SQL parameters or a password."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip() or type(exc).__name__
-    text = f"{type(orig or exc).__name__}: {text.splitlines()[0]}"
-    password = engine.url.password
-    return (text.replace(str(password), "***") if password else text)[:2000]
+    """One safe line about a failure: its first cause (a killed backend, not the "connection already
+    closed" of the rollback after it), the driver's message, never SQL parameters or a password."""
+    secrets = known_secrets() | ({str(engine.url.password)} if engine.url.password else set())
+    return redact_text(one_line(first_cause(exc), 2000), secrets)
+
+
+# A run is alive while its backend is: pid shown in pg_stat_activity, started no later than the run.
+_ALIVE = ("exists (select 1 from pg_stat_activity a where a.pid = r.backend_pid "
+          "and (a.backend_start is null or a.backend_start <= r.started_at))")
 
 
 def reap_dead_runs(engine: sa.Engine, schema: str) -> list[int]:
-    """Mark failed every 'running' run whose process is gone (its session lock is free); returns their ids."""
+    """Mark failed every 'running' run whose backend is gone; returns their ids."""
     runs = f"{db.quote_ident(schema)}.runs"
     with engine.begin() as conn:
-        candidates = conn.execute(sa.text(f"select materialization_id from {runs} where status = 'running'")).scalars()
-        dead = [mid for mid in list(candidates) if conn.execute(
-            sa.text("select pg_try_advisory_xact_lock(:ns, :key)"),
-            {"ns": reco_tables.LOCK_NAMESPACE, "key": int(mid)}).scalar()]
-        if dead:
-            conn.execute(sa.text(
-                f"update {runs} set status = 'failed', finished_at = clock_timestamp(), error = :error "
-                "where materialization_id = any(:ids) and status = 'running'"), {"error": DEAD_RUN_ERROR, "ids": dead})
-            log.warning("marked runs %s failed: %s", dead, DEAD_RUN_ERROR)
-    return dead
+        dead = list(conn.execute(sa.text(
+            f"update {runs} set status = 'failed', finished_at = clock_timestamp(), error = :error "
+            f"where materialization_id in (select r.materialization_id from {runs} r where r.status = 'running' "
+            f"and not {_ALIVE}) and status = 'running' returning materialization_id"),
+            {"error": DEAD_RUN_ERROR}).scalars())
+    if dead:
+        log.warning("marked runs %s failed: %s", sorted(dead), DEAD_RUN_ERROR)
+    return sorted(dead)
+
+
+def _await_same_key(conn: sa.Connection, runs: str, run_key: str) -> None:
+    """Wait, holding no lock, for live runs with the same key to finish (then `_reuse` finds their output)."""
+    while True:
+        live = list(conn.execute(sa.text(
+            f"select r.materialization_id from {runs} r where r.run_key = :k and r.status = 'running' and {_ALIVE}"),
+            {"k": run_key}).scalars())
+        if not live:
+            conn.commit()
+            return
+        conn.commit()
+        log.info("run %s is already being published (materialization %s); waiting for it", run_key, live)
+        time.sleep(1.0)
 
 
 def _run_key(config: PipelineConfig, version: str, logical_date: datetime | None, now: datetime) -> str:
@@ -118,19 +151,26 @@ def _run_key(config: PipelineConfig, version: str, logical_date: datetime | None
     return f"{config.registry.model_name}@v{version}@{when}" + ("" if logical_date else "@adhoc")
 
 
-def _reuse(conn: sa.Connection, schema: str, run_key: str) -> MaterializeSummary | None:
+def _reuse(conn: sa.Connection, config: PipelineConfig, run_key: str) -> MaterializeSummary | None:
     """Republish a succeeded run with the same key whose rows are still kept; None if there is none."""
+    schema = config.database.reco_schema
     runs = f"{db.quote_ident(schema)}.runs"
-    reco_tables.lock_schema(conn)  # retention cannot drop the run between this check and the re-point
-    row = conn.execute(sa.text(
-        f"select * from {runs} where run_key = :k and status = 'succeeded' and output_kept "
-        "order by materialization_id desc limit 1"), {"k": run_key}).mappings().first()
-    if row is None:
-        conn.commit()
-        return None
-    if not row["is_current"]:
-        reco_tables.make_current(conn, schema, row["materialization_id"])
+    found: list = []
+
+    def find_and_point() -> None:
+        reco_tables.lock_schema(conn, schema)  # retention cannot drop the run between this check and the re-point
+        found[:] = [conn.execute(sa.text(
+            f"select * from {runs} where run_key = :k and status = 'succeeded' and output_kept "
+            "order by materialization_id desc limit 1"), {"k": run_key}).mappings().first()]
+        if found[0] is not None and not found[0]["is_current"]:
+            reco_tables.make_current(conn, schema, found[0]["materialization_id"])
+
+    with_lock_timeout(conn, config.materialize, schema, f"re-pointing the current set to run {run_key}",
+                      find_and_point)
     conn.commit()
+    row = found[0]
+    if row is None:
+        return None
     log.info("run %s already published as materialization %s; made it current, nothing rescored",
              run_key, row["materialization_id"])
     return MaterializeSummary(
@@ -210,39 +250,31 @@ def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
 
     with engine.connect() as conn:
         if conn.execute(sa.text("select current_setting('server_version_num')::int")).scalar() >= 140000:
-            # Notice a vanished client while blocked, so its locks (and the run's liveness lock) go quickly.
+            # Notice a vanished client while blocked, so its locks (and its run's row) go quickly.
             conn.execute(sa.text("set client_connection_check_interval = '2s'"))
-        # Same-key runs queue here instead of duplicating work.
-        conn.execute(sa.text("select pg_advisory_lock(:ns, hashtext(:k))"),
-                     {"ns": reco_tables.LOCK_NAMESPACE + 1, "k": key})
+        _await_same_key(conn, runs, key)  # same-key runs queue here instead of duplicating work
+        reused = _reuse(conn, config, key)
+        if reused is not None:
+            return reused
+        mid = conn.execute(sa.text(
+            f"insert into {runs} (run_key, model_name, model_version, run_id, logical_date, status, "
+            "generated_at, top_k, backend_pid) values (:k, :name, :version, :run_id, :logical_date, "
+            "'running', :generated_at, :top_k, pg_backend_pid()) returning materialization_id"),
+            {"k": key, "name": config.registry.model_name, "version": version, "run_id": mlflow_run_id,
+             "logical_date": logical_date, "generated_at": generated_at, "top_k": settings.top_k}).scalar_one()
         conn.commit()
+        log.info("materialization %s (%s): scoring %d users with %s version %s, top %d",
+                 mid, key, len(users), config.registry.model_name, version, settings.top_k)
         try:
-            reused = _reuse(conn, schema, key)
-            if reused is not None:
-                return reused
-            mid = conn.execute(sa.text(
-                f"insert into {runs} (run_key, model_name, model_version, run_id, logical_date, status, "
-                "generated_at, top_k, backend_pid) values (:k, :name, :version, :run_id, :logical_date, "
-                "'running', :generated_at, :top_k, pg_backend_pid()) returning materialization_id"),
-                {"k": key, "name": config.registry.model_name, "version": version, "run_id": mlflow_run_id,
-                 "logical_date": logical_date, "generated_at": generated_at, "top_k": settings.top_k}).scalar_one()
-            # Held while this session lives: a 'running' run whose lock is free has died (reap_dead_runs).
-            conn.execute(sa.text("select pg_advisory_lock(:ns, :m)"), {"ns": reco_tables.LOCK_NAMESPACE, "m": mid})
-            conn.commit()
-            log.info("materialization %s (%s): scoring %d users with %s version %s, top %d",
-                     mid, key, len(users), config.registry.model_name, version, settings.top_k)
-            try:
-                stats = _publish(conn, recommender, users, config, mid)
-            except BaseException as exc:
-                _mark_failed(engine, conn, runs, mid, _describe(exc, engine))
-                raise
+            stats = _publish(conn, recommender, users, config, mid)
+        except BaseException as exc:
+            _mark_failed(engine, conn, runs, mid, _describe(exc, engine))
+            raise
         finally:
             if not conn.closed and not conn.invalidated:
                 conn.rollback()
-                conn.execute(sa.text("select pg_advisory_unlock_all()"))  # the key and run locks
-                conn.commit()
 
-    _apply_retention(engine, schema, settings.keep_runs)
+    _apply_retention(engine, schema, settings)
     summary = MaterializeSummary(
         users=len(users), model_version=version, generated_at=generated_at, seconds=time.perf_counter() - started,
         materialization_id=mid, run_key=key, run_id=mlflow_run_id, **stats)
@@ -261,7 +293,8 @@ def _publish(conn: sa.Connection, recommender, users: pd.DataFrame, config: Pipe
         t0 = time.perf_counter()
         reco_tables.index_partitions(conn, schema, mid)
         stats["write_seconds"] += time.perf_counter() - t0
-        reco_tables.swap_in(conn, schema, mid)
+        with_lock_timeout(conn, config.materialize, schema, f"the swap of materialization {mid}",
+                          lambda: reco_tables.swap_in(conn, schema, mid))
         conn.execute(sa.text(
             f"update {db.quote_ident(schema)}.runs set status = 'succeeded', finished_at = clock_timestamp(), users = :users, "
             "rows = :rows, interest_rows = :interest_rows, similar_rows = :similar_rows, "
@@ -284,13 +317,15 @@ def _mark_failed(engine: sa.Engine, conn: sa.Connection, runs: str, mid: int, er
                   _describe(exc, engine))
 
 
-def _apply_retention(engine: sa.Engine, schema: str, keep_runs: int) -> None:
+def _apply_retention(engine: sa.Engine, schema: str, settings: MaterializeConfig) -> None:
     """Drop the partitions of succeeded runs beyond the newest `keep_runs` (the current one always stays)."""
     runs = f"{db.quote_ident(schema)}.runs"
+    keep_runs = settings.keep_runs
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("set local lock_timeout = '2s'"))
-            reco_tables.lock_schema(conn)
+            # One try: readers queue behind the drops for at most this long, and the next run retries.
+            conn.execute(sa.text(f"set local lock_timeout = {int(settings.swap_lock_timeout_ms)}"))
+            reco_tables.lock_schema(conn, schema)
             old = conn.execute(sa.text(
                 f"select materialization_id from {runs} where output_kept and not is_current "
                 "order by finished_at desc, materialization_id desc offset :keep"), {"keep": keep_runs - 1}).scalars()

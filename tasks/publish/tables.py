@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from tasks.db import quote_ident
 
-LOCK_NAMESPACE = 1347568963  # pg advisory lock class for PrismRec publishing ("PREC")
-SCHEMA_LOCK = 0  # advisory key serialising DDL, swaps and retention
+LOCK_NAMESPACE = 1347568963  # pg advisory lock class for PrismRec ("PREC"): only the schema's first setup
+SCHEMA_LOCK = "schema"  # the publish_lock row serialising DDL, swaps and retention
 
 
 @dataclass(frozen=True)
@@ -131,17 +131,37 @@ def partition_table(output: Output, materialization_id: int) -> str:
     return f"{output.name}_m{int(materialization_id)}"
 
 
-def lock_schema(conn: sa.Connection) -> None:
-    """Transaction-scoped lock that serialises DDL, swaps and retention across publishers."""
-    conn.execute(sa.text("select pg_advisory_xact_lock(:ns, :key)"), {"ns": LOCK_NAMESPACE, "key": SCHEMA_LOCK})
+def lock_schema(conn: sa.Connection, schema: str) -> None:
+    """Transaction-scoped lock that serialises DDL, swaps and retention across publishers.
+
+    A row lock on `publish_lock`, not an advisory lock: any role may take any advisory lock, so
+    reco_reader could stall publishing forever, but a row lock needs UPDATE on the table, which
+    only the pipeline's roles have. Subject to the caller's lock_timeout.
+    """
+    conn.execute(sa.text(f"select name from {quote_ident(schema)}.publish_lock where name = :n for update"),
+                 {"n": SCHEMA_LOCK})
+
+
+def _has_tables(conn: sa.Connection, schema: str) -> bool:
+    found = conn.execute(sa.text("select to_regclass(:a) is not null and to_regclass(:b) is not null"),
+                         {"a": f"{quote_ident(schema)}.runs", "b": f"{quote_ident(schema)}.publish_lock"}).scalar()
+    return bool(found)
 
 
 def ensure_tables(engine: sa.Engine, schema: str) -> None:
-    """Create the schema, `runs` and the partitioned history tables if missing (idempotent)."""
+    """Create the schema, `publish_lock`, `runs` and the partitioned history tables if missing (idempotent)."""
     s = quote_ident(schema)
     with engine.begin() as conn:
-        lock_schema(conn)
+        if _has_tables(conn, schema):
+            return
+        # First setup only: nothing of the schema exists yet for another role to hold.
+        conn.execute(sa.text("select pg_advisory_xact_lock(:ns, :key)"), {"ns": LOCK_NAMESPACE, "key": 0})
         conn.execute(sa.text(f"create schema if not exists {s}"))
+        conn.execute(sa.text(f"create table if not exists {s}.publish_lock (name text primary key)"))
+        conn.execute(sa.text(f"insert into {s}.publish_lock values (:n) on conflict do nothing"), {"n": SCHEMA_LOCK})
+        _comment(conn, "table", f"{s}.publish_lock", "Publishers lock its row to take turns at DDL, swaps and "
+                                                     "retention (needs UPDATE: readers cannot take it).")
+        _comment(conn, "column", f"{s}.publish_lock.name", "What the row guards: 'schema' (DDL, swaps, retention).")
         if sa.inspect(conn).has_table("runs", schema=schema):
             return
         _comment(conn, "schema", s, "PrismRec's published recommendations, for BI tools (read-only for reco_reader).")
@@ -248,7 +268,7 @@ def _ensure_views(conn: sa.Connection, schema: str) -> None:
 def swap_in(conn: sa.Connection, schema: str, materialization_id: int) -> None:
     """Attach a run's partitions and make it current; call inside the publishing transaction."""
     s, mid = quote_ident(schema), int(materialization_id)
-    lock_schema(conn)
+    lock_schema(conn, schema)
     _ensure_views(conn, schema)
     for output in OUTPUTS:
         conn.execute(sa.text(

@@ -24,6 +24,7 @@ from typing import Any
 from tasks.config import PROJECT_ROOT, PipelineConfig
 from tasks.errors import NoChampionError, RegistryError
 from tasks.layout import RunLayout
+from tasks.redact import known_secrets, redact_text
 from tasks.registry.model_card import model_card
 from tasks.registry.run_metrics import candidate_metrics
 from tasks.registry.run_metrics import drift_metrics as _drift_metrics
@@ -38,6 +39,14 @@ HISTORY_TAG = "champion_history"
 _HISTORY_KEEP = 200  # tag values are capped at 5000 characters
 _PARAM_MAX = 6000  # MLflow's limit on a param value
 _TAG_MAX = 5000
+
+
+def _tags(values: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow tags as strings, cut to MLflow's limit, with no secret (a URL's password) in them."""
+    secrets = known_secrets()
+    return {str(k): redact_text(str(v), secrets)[:_TAG_MAX] for k, v in values.items()}
+
+
 _SERVING_PACKAGES = ("torch", "transformers", "mlflow", "numpy", "pandas")
 # The version tags people filter by; the rest of the lineage stays on the run.
 VERSION_TAGS = ("run_key", "airflow_run_id", "data_as_of", "git_commit", "snapshot_content_sha256", "gate_passed")
@@ -179,8 +188,7 @@ def register_candidate(
     name = config.registry.model_name
     passed = bool(decision.get("passed"))
     reasons = "; ".join(decision.get("reasons", []))[:_TAG_MAX]
-    tags = {str(k): str(v)[:_TAG_MAX] for k, v in lineage.items()}
-    tags |= {"gate_passed": str(passed).lower(), "gate_reasons": reasons}
+    tags = _tags({**lineage, "gate_passed": str(passed).lower(), "gate_reasons": reasons})
 
     existing = _version_of_run_key(client, name, str(lineage.get("run_key") or ""))
     if existing is not None:  # a retried task: the version exists, only the aliases may be missing
@@ -198,7 +206,7 @@ def register_candidate(
         mlflow.log_dict(config.to_dict(), "config.json")
         mlflow.log_dict(decision, run.decision.name)
         mlflow.log_dict(evaluation, run.evaluation.name)
-        mlflow.log_dict(dict(lineage), "lineage.json")
+        mlflow.log_dict(_tags(lineage), "lineage.json")
         if run.snapshot.quality_report.exists():
             mlflow.log_artifact(str(run.snapshot.quality_report))
         with warnings.catch_warnings():
@@ -232,13 +240,13 @@ def log_refused_snapshot(config: PipelineConfig, *, run_dir: Path, message: str,
 
     client = _client(config)
     experiment_id = _experiment_id(client, config)
-    tags = {str(k): str(v)[:_TAG_MAX] for k, v in (lineage or {}).items()}
-    tags |= {"stage": "data_gate", "data_gate_passed": "false", "data_gate_error": message[:_TAG_MAX]}
+    tags = _tags({**(lineage or {}), "stage": "data_gate", "data_gate_passed": "false", "data_gate_error": message})
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{Path(run_dir).name} (data gate refused)",
                           tags=tags) as run:
         mlflow.log_params({k: str(v)[:_PARAM_MAX] for k, v in config.to_dict().items()})
         failures = json.loads(json.dumps(failures or [], default=str))  # numpy scalars and the like
-        mlflow.log_dict({"message": message, "failures": failures}, "data_gate_failure.json")
+        mlflow.log_dict({"message": redact_text(message, known_secrets()), "failures": failures},
+                        "data_gate_failure.json")
         quality_report = RunLayout(Path(run_dir)).snapshot.quality_report
         if quality_report.exists():
             mlflow.log_artifact(str(quality_report))
@@ -282,8 +290,8 @@ def drift_metrics(quality_report: Path) -> dict[str, float]:
 def tag_version(config: PipelineConfig, version: str, tags: Mapping[str, str]) -> None:
     """Set tags on one version of the configured model (decisions, lineage)."""
     client = _client(config)
-    for key, value in tags.items():
-        client.set_model_version_tag(config.registry.model_name, str(version), key, str(value)[:_TAG_MAX])
+    for key, value in _tags(tags).items():
+        client.set_model_version_tag(config.registry.model_name, str(version), key, value)
 
 
 def version_tags(config: PipelineConfig, version: str) -> dict[str, str]:

@@ -50,7 +50,7 @@ def test_usage_errors_exit_2(args, capsys):
 def test_bad_setting_exits_1_with_a_clear_message_and_no_traceback(tmp_path):
     done = prismrec("train", "--epochs", "0", home=tmp_path)
     assert done.returncode == 1
-    assert done.stderr.strip().endswith("prismrec train: error: train.epochs must be at least 1")
+    assert "prismrec train: error: train.epochs (--epochs) must be at least 1, got 0" in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
 
@@ -150,3 +150,111 @@ def test_force_promote_overrules_a_refusing_gate_and_records_why(tmp_path):
     assert forced["reasons"][-1] == "forced by operator: new catalogue, baseline is stale"
     assert forced["operator_reason"] == "new catalogue, baseline is stale"
     assert RunLayout(tmp_path).decision.exists()
+
+
+REASON_600 = "r" * 600
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--max-users", "-5"], "source.max_users (--max-users) must be at least 1, got -5"),
+    (["load", "movielens-100k", "--max-users", "-5"], "source.max_users (--max-users) must be at least 1"),
+])
+def test_a_bad_count_is_one_sentence_before_anything_runs(args, message, tmp_path):
+    done = prismrec(*args, home=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert f"prismrec {args[0]}: error: {message}" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "airflow").exists()  # Airflow never saw it
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--force-promote", "--reason", REASON_600],
+    ["promote", "3", "--reason", REASON_600],
+    ["rollback", "--reason", REASON_600],
+])
+def test_a_reason_longer_than_the_form_allows_is_a_usage_error(args, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "at most 500 characters, got 600" in err and "Traceback" not in err
+
+
+def test_params_from_the_airflow_form_follow_the_same_rules():
+    from tasks.contracts import check_params
+
+    for bad in ({"max_users": -5}, {"epochs": 0}, {"nproc": True}, {"reason": REASON_600}, {"overrides": "x"}):
+        with pytest.raises(ConfigError):
+            check_params(bad)
+    check_params({"max_users": 5, "reason": "r" * 500, "overrides": {"train.lr": 0.1}})
+
+
+@pytest.mark.parametrize("password", ["Sekr3t@Tail", "Sekr3t@Tail:Mor3", "Sekr3t:Tail@Mor3"])
+def test_a_password_with_at_or_colon_is_refused_without_echoing_it(password, tmp_path):
+    env_url = f"postgresql://alice:{password}@127.0.0.1:5432/prismrec"
+    done = subprocess.run([sys.executable, "-m", "tasks.cli", "db", "url"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False,
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("PRISMREC_")},
+                               "PRISMREC_HOME": str(tmp_path), "PRISMREC_DATABASE_URL": env_url})
+    assert done.returncode == 1
+    assert "percent-encode it" in done.stderr and "Traceback" not in done.stderr
+    for part in ("Sekr3t", "Tail", "Mor3"):
+        assert part not in done.stderr + done.stdout
+
+
+def test_an_unexpected_failure_is_one_paragraph_with_its_first_cause_and_no_secret(monkeypatch, capsys):
+    import tasks.cli
+
+    password = "hunter2-Zq9"
+    monkeypatch.setenv("PRISMREC_DATABASE_URL", f"postgresql://bob:{password}@db.example:5432/reco")
+
+    def failing(args):
+        try:
+            raise OSError(f"terminating connection to postgresql://bob:{password}@db.example:5432/reco")
+        except OSError:
+            raise RuntimeError(f"connection already closed ({password})") from None
+
+    monkeypatch.setattr(tasks.cli, "cmd_db_url", failing)
+    assert main(["db", "url"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("prismrec db: error: unexpected RuntimeError: connection already closed (***)")
+    assert "Traceback" not in err and password not in err and len(err.strip().splitlines()) == 1
+    assert "--debug" in err
+
+    monkeypatch.setattr(tasks.cli, "cmd_db_url", lambda args: (_ for _ in ()).throw(ValueError("boom")))
+    assert main(["db", "url", "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_the_first_database_error_of_a_cascade_is_the_cause():
+    import psycopg2
+    import sqlalchemy as sa
+
+    from tasks.errors import first_cause, one_line
+
+    try:
+        try:
+            raise sa.exc.OperationalError("select 1", {}, psycopg2.OperationalError(
+                "terminating connection due to administrator command\nSSL SYSCALL error"))
+        except sa.exc.OperationalError:
+            raise sa.exc.InterfaceError("rollback", {}, psycopg2.InterfaceError("connection already closed"))
+    except sa.exc.InterfaceError as exc:
+        cascade = exc
+    assert one_line(first_cause(cascade)) == "OperationalError: terminating connection due to administrator command"
+    plain = ValueError("x")
+    assert first_cause(plain) is plain
+
+
+def test_secret_settings_never_leave_the_config_unmasked():
+    from tasks.redact import known_secrets, redact_setting, redact_text, url_password
+
+    config = load_config({"database.url": "postgresql://u:pa%40ss@h:5432/d",
+                          "registry.tracking_uri": "https://ml:tok3n-x@mlflow.example/"}, environ={})
+    flat = config.to_dict()
+    assert flat["database.url"] == "postgresql://u:***@h:5432/d"
+    assert flat["registry.tracking_uri"] == "https://ml:***@mlflow.example/"
+    assert config.database.url == "postgresql://u:pa%40ss@h:5432/d"  # the live config keeps it
+    assert redact_setting("airflow.api_token", "abc123") == "***" and redact_setting("train.epochs", 3) == 3
+    assert url_password("postgresql://u:p@ss:w@h/d") == "p@ss:w"
+    assert redact_text("at postgresql://u:p@ss:w@h/d now") == "at postgresql://u:***@h/d now"
+    secrets = known_secrets({"PRISMREC_DATABASE_URL": "postgresql://u:p@ss:w@h/d", "PRISMREC_WRITER_PASSWORD": "wr1ter"})
+    assert redact_text("p@ss:w, p%40ss%3Aw and wr1ter", secrets) == "***, *** and ***"

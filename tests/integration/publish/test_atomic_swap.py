@@ -123,7 +123,8 @@ def _start_blocked_publisher(engine, overrides, logical_date):
     """Hold the lock ATTACH PARTITION needs, start a publisher process, wait until it waits right before its swap."""
     blocker = engine.connect()
     blocker.execute(sa.text(f"lock table {RECO}.user_recommendations_history in share update exclusive mode"))
-    process = subprocess.Popen([sys.executable, "-c", SUBPROCESS, json.dumps(overrides), logical_date.isoformat()],
+    patient = {**overrides, "materialize.swap_lock_timeout_ms": 600_000}  # wait at the swap until the test acts
+    process = subprocess.Popen([sys.executable, "-c", SUBPROCESS, json.dumps(patient), logical_date.isoformat()],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
@@ -194,10 +195,150 @@ def test_dropped_connection_marks_the_run_failed_and_the_retry_succeeds(swap_con
         blocker.close()
     assert process.returncode != 0 and "terminat" in output
     failed = _run(engine, mid)
-    assert failed["status"] == "failed" and "connection" in failed["error"]
+    # The first cause is kept, not the "connection already closed" of the rollback that followed it.
+    assert failed["status"] == "failed" and failed["error"].startswith("OperationalError: "), failed["error"]
+    assert "terminating connection" in failed["error"] or "server closed the connection" in failed["error"]
+    assert "already closed" not in failed["error"]
     assert _current(engine) == before
 
     retry = materialize(swap_config, logical_date=logical_date)
     assert _current(engine) == (retry.materialization_id, USERS * TOP_K)
     again = materialize(swap_config, logical_date=logical_date)  # idempotent for the same champion and date
     assert again.reused and again.materialization_id == retry.materialization_id
+
+
+def _publish_beside_a_long_report(swap_config, engine, report_seconds: float, **patience):
+    """Hold a BI report's transaction on the current view while a publisher runs, and look one user up
+    again and again meanwhile; returns (the publisher's outcome, lookup times, the report's pid)."""
+    import dataclasses
+
+    from tasks.publish.materialize import materialize
+
+    config = dataclasses.replace(swap_config, materialize=dataclasses.replace(swap_config.materialize, **patience))
+    report_engine = sa.create_engine(engine.url, connect_args={"application_name": "bi-report"})
+    holding, report_pid, outcome, lookups = threading.Event(), [], {}, []
+
+    def report() -> None:
+        with report_engine.connect() as conn:
+            report_pid.append(conn.execute(sa.text("select pg_backend_pid()")).scalar())
+            conn.execute(sa.text(f"select count(*) from {RECO}.user_recommendations"))
+            holding.set()
+            conn.execute(sa.text("select pg_sleep(:s)"), {"s": report_seconds})
+            conn.rollback()
+
+    def publish() -> None:
+        try:
+            outcome["summary"] = materialize(config)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = exc
+
+    reporter = threading.Thread(target=report)
+    reporter.start()
+    assert holding.wait(30)
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    lookup_engine = sa.create_engine(engine.url)
+    while publisher.is_alive():
+        started = time.perf_counter()
+        with lookup_engine.connect() as conn:
+            rows = conn.execute(sa.text(f"select rank, item_id from {RECO}.user_recommendations "
+                                        "where user_id = 1 order by rank")).all()
+        lookups.append(time.perf_counter() - started)
+        assert len(rows) == TOP_K
+        time.sleep(0.05)
+    publisher.join()
+    reporter.join()
+    report_engine.dispose()
+    lookup_engine.dispose()
+    return outcome, lookups, report_pid[0]
+
+
+def test_a_long_report_never_stalls_a_lookup_and_the_swap_gives_up_cleanly(swap_config, engine, versions, caplog):
+    from tasks.errors import PublishBlockedError
+    from tasks.publish.materialize import materialize
+
+    materialize(swap_config)
+    before = _current(engine)
+    with caplog.at_level("WARNING", logger="tasks.publish.locks"):
+        outcome, lookups, report_pid = _publish_beside_a_long_report(
+            swap_config, engine, report_seconds=12, swap_lock_timeout_ms=500, swap_attempts=3)
+    error = outcome.get("error")
+    assert isinstance(error, PublishBlockedError), outcome
+    message = str(error)
+    assert f"pid {report_pid}" in message and "'bi-report'" in message and "untouched" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert f"pg_cancel_backend({report_pid})" in message
+    retried = [r for r in caplog.records if r.levelname == "WARNING" and "gave way to readers" in r.getMessage()]
+    assert len(retried) == 2  # tries 1 and 2 waited and retried, try 3 stopped the run
+    assert len(lookups) > 20 and max(lookups) < 2.0, sorted(lookups)[-5:]
+    assert _current(engine) == before
+    with engine.connect() as conn:
+        failed = conn.execute(sa.text(f"select status, error from {RECO}.runs order by materialization_id desc "
+                                      "limit 1")).one()
+    assert failed.status == "failed" and "PublishBlockedError" in failed.error and f"pid {report_pid}" in failed.error
+
+
+def test_a_swap_that_outlasts_the_report_publishes_after_it(swap_config, engine, versions):
+    materialize_before = _current(engine)
+    outcome, lookups, _ = _publish_beside_a_long_report(
+        swap_config, engine, report_seconds=3, swap_lock_timeout_ms=500, swap_attempts=6)
+    summary = outcome.get("summary")
+    assert summary is not None, outcome
+    assert max(lookups) < 2.0, sorted(lookups)[-5:]
+    assert _current(engine) == (summary.materialization_id, USERS * TOP_K) != materialize_before
+
+
+def test_reco_reader_cannot_take_the_publishers_lock(swap_config, engine, versions):
+    """Publishers take turns on a row of reco.publish_lock; a reader may see it but not lock it."""
+    from tasks.publish.materialize import materialize
+
+    materialize(swap_config)
+    role = f"swap_reader_{os.getpid()}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"create role {role}"))
+        conn.execute(sa.text(f"grant usage on schema {RECO} to {role}; grant select on all tables in schema {RECO} "
+                             f"to {role}"))
+    as_reader = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)  # its role never returns to a pool
+    try:
+        with as_reader.connect() as conn:
+            conn.execute(sa.text(f"set role {role}"))
+            conn.commit()  # a rolled-back transaction would take the SET back
+            assert conn.execute(sa.text(f"select count(*) from {RECO}.publish_lock")).scalar() == 1
+            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+                conn.execute(sa.text(f"select * from {RECO}.publish_lock for update"))
+            conn.rollback()
+            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+                conn.execute(sa.text(f"lock table {RECO}.publish_lock in row share mode"))
+            conn.rollback()
+            # An advisory lock of any key is open to every role, so publishing no longer uses one.
+            conn.execute(sa.text("select pg_advisory_lock(1347568963, 0)"))
+            published = materialize(swap_config, logical_date=D1 + timedelta(days=30))
+            assert _current(engine)[0] == published.materialization_id
+            conn.execute(sa.text("select pg_advisory_unlock_all()"))
+            conn.rollback()
+    finally:
+        as_reader.dispose()
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"drop owned by {role}; drop role {role}"))
+
+
+def test_publishing_from_a_database_without_the_source_records_nothing(swap_config, overrides, engine, versions):
+    """No `app` schema: one sentence, and no "champion moved outside PrismRec" decision recorded first."""
+    from tasks.errors import SourceDataError
+    from tasks.pipeline import run_materialize
+    from tasks.registry.store import promote
+
+    promote(swap_config, versions[0], reason="moved by a script, not yet recorded")
+
+    def rows(table: str) -> int:
+        with engine.connect() as conn:
+            if conn.execute(sa.text("select to_regclass(:t)"), {"t": f"{RECO}.{table}"}).scalar() is None:
+                return 0
+            return conn.execute(sa.text(f"select count(*) from {RECO}.{table}")).scalar()
+
+    before = rows("model_decisions"), rows("runs")
+    with pytest.raises(SourceDataError, match="has no no_such_app.interactions table or view") as raised:
+        run_materialize({**overrides, "database.app_schema": "no_such_app"})
+    assert "nothing was published or recorded" in str(raised.value)
+    assert (rows("model_decisions"), rows("runs")) == before
+
