@@ -57,7 +57,7 @@ def test_load_train_materialize_publishes_the_champion(e2e_env, e2e_engine):
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=e2e_env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(tracking_uri=e2e_env["MLFLOW_TRACKING_URI"], registry_uri=e2e_env["MLFLOW_TRACKING_URI"])
     champion = client.get_model_version_by_alias("prismrec", "champion")
     challenger = client.get_model_version_by_alias("prismrec", "challenger")
     assert str(champion.version) == str(challenger.version) == "1"
@@ -112,7 +112,7 @@ def test_load_train_materialize_publishes_the_champion(e2e_env, e2e_engine):
 def test_corrupt_interactions_stop_the_run_at_the_quality_gate(e2e_env, e2e_engine):
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=e2e_env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(tracking_uri=e2e_env["MLFLOW_TRACKING_URI"], registry_uri=e2e_env["MLFLOW_TRACKING_URI"])
     versions_before = len(client.search_model_versions("name='prismrec'"))
     with e2e_engine.begin() as conn:
         published_before = conn.execute(sa.text(

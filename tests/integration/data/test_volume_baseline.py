@@ -29,7 +29,9 @@ def overrides(ml100k, base_overrides, engine, tmp_path) -> dict:
         conn.execute(sa.text(f"drop schema if exists {SOURCE} cascade; create schema {SOURCE}"))
         for table in ("items", "users", "interactions", "prismrec_replay"):
             conn.execute(sa.text(f"create table {SOURCE}.{table} as select * from app.{table}"))
-    yield base_overrides | {"paths.home": str(tmp_path / "home"), "database.app_schema": SOURCE}
+    home = tmp_path / "home"  # its own MLflow store too: a refused run's experiment lives with its home
+    yield base_overrides | {"paths.home": str(home), "database.app_schema": SOURCE,
+                            "registry.tracking_uri": f"sqlite:///{home / 'mlflow.db'}"}
     with engine.begin() as conn:
         conn.execute(sa.text(f"drop schema if exists {SOURCE} cascade"))
 

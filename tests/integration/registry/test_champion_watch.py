@@ -68,7 +68,7 @@ def _move_in_mlflow(config, version: str) -> None:
     from mlflow import MlflowClient
     from tasks.registry.store import tracking_uri
 
-    MlflowClient(tracking_uri(config)).set_registered_model_alias(config.registry.model_name, "champion", version)
+    MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config)).set_registered_model_alias(config.registry.model_name, "champion", version)
 
 
 def _decisions(engine, reco: str, model: str) -> list[tuple]:
@@ -139,7 +139,7 @@ def test_prismrec_moving_the_champion_is_never_taken_for_a_person(base_overrides
     from mlflow import MlflowClient
     from tasks.registry.store import tracking_uri
 
-    MlflowClient(tracking_uri(config)).delete_registered_model_alias(config.registry.model_name, "champion")
+    MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config)).delete_registered_model_alias(config.registry.model_name, "champion")
     assert look_once(config) is None  # no champion: nothing to publish, reco keeps its lists
 
 

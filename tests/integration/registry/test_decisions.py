@@ -76,7 +76,7 @@ def _client(dconfig):
     from mlflow import MlflowClient
     from tasks.registry.store import tracking_uri
 
-    return MlflowClient(tracking_uri(dconfig))
+    return MlflowClient(tracking_uri(dconfig), registry_uri=tracking_uri(dconfig))
 
 
 def test_decision_trail_gate_ui_move_cli_promote_and_rollback(dconfig, register, engine):

@@ -108,7 +108,7 @@ def versions(registry_config, toy_code, tmp_path_factory):
     from tasks.registry.store import tracking_uri
 
     root = tmp_path_factory.mktemp("candidates")
-    client = MlflowClient(tracking_uri(registry_config))
+    client = MlflowClient(tracking_uri(registry_config), registry_uri=tracking_uri(registry_config))
     first = _register(registry_config, root, toy_code, "v1", passed=True, champion=None)
     after_first = {a: str(client.get_model_version_by_alias("registry_test", a).version) for a in ("champion", "challenger")}
     second = _register(registry_config, root, toy_code, "v2", passed=False, champion=0.12)

@@ -78,7 +78,7 @@ def test_gate_register_materialize_and_a_hand_moved_champion(overrides, engine, 
     from tasks.registry.store import tracking_uri
 
     config = load_config(overrides)
-    client = MlflowClient(tracking_uri(config))
+    client = MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config))
     root = trained_model_dir.parent
 
     # Run 1: no champion yet. The 2-step model may lose to popularity: force it, with a reason.

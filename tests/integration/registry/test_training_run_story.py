@@ -22,7 +22,7 @@ def story(ml100k, base_overrides):
     overrides = {**base_overrides, "train.epochs": 2, "train.max_steps_per_epoch": 2, "train.nproc": 1,
                  "train.patience": 5, "registry.model_name": MODEL}
     config = load_config(overrides)
-    client = MlflowClient(tracking_uri(config))
+    client = MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config))
     snapshot = pipeline.run_extract(overrides, "manual__story", datetime(1998, 5, 1, tzinfo=UTC))
     pipeline.run_quality(overrides, snapshot)
     dataset = pipeline.run_prepare(overrides, snapshot)
