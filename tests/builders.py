@@ -1,4 +1,4 @@
-"""Hand-made inputs shared by unit tests: small split sequences and item tables."""
+"""Hand-made inputs shared by tests: small split sequences, item tables, and a registrable toy model."""
 
 from __future__ import annotations
 
@@ -24,3 +24,18 @@ def make_items(texts: list[str]) -> pd.DataFrame:
     n = len(texts)
     return pd.DataFrame({"idx": np.arange(1, n + 1), "item_id": 100 + np.arange(1, n + 1),
                          "title": texts, "genres": "", "description": texts})
+
+
+# A pyfunc model that predicts an empty list: enough to register versions and move aliases.
+EMPTY_MODEL_CODE = '''
+import mlflow
+import pandas as pd
+
+
+class Toy(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return pd.DataFrame(columns=["user_id", "rank", "item_id", "score", "interest_id", "explanation"])
+
+
+mlflow.models.set_model(Toy())
+'''

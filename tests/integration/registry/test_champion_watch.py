@@ -22,23 +22,10 @@ import pytest
 import sqlalchemy as sa
 
 from tasks.registry.champion_watch import ACTOR, ChampionMovedTrigger, look_once
+from tests.builders import EMPTY_MODEL_CODE
 
 ROOT = Path(__file__).resolve().parents[3]
 MODEL, RECO = "champion_watch_test", "watch_reco"
-
-TOY_MODEL_CODE = '''
-import mlflow
-import pandas as pd
-
-
-class Toy(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        return pd.DataFrame(columns=["user_id", "rank", "item_id", "score", "interest_id", "explanation"])
-
-
-mlflow.models.set_model(Toy())
-'''
-
 
 def _config(base_overrides: dict, model: str, reco: str):
     from tasks.config import load_config
@@ -108,7 +95,7 @@ async def _events(trigger: ChampionMovedTrigger, seconds: float) -> list[dict]:
 @pytest.fixture
 def toy(tmp_path) -> tuple[Path, Path]:
     code = tmp_path / "toy.py"
-    code.write_text(TOY_MODEL_CODE)
+    code.write_text(EMPTY_MODEL_CODE)
     model_dir = tmp_path / "toy-model"
     model_dir.mkdir()
     (model_dir / "weights.bin").write_bytes(b"toy")

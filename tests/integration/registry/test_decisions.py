@@ -14,22 +14,9 @@ import sqlalchemy as sa
 
 from tasks.errors import ConfigError, RegistryError
 from tasks.layout import RunLayout
+from tests.builders import EMPTY_MODEL_CODE
 
 MODEL, RECO = "decisions_test", "decisions_reco"
-
-TOY_MODEL_CODE = '''
-import mlflow
-import pandas as pd
-
-
-class Toy(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        return pd.DataFrame(columns=["user_id", "rank", "item_id", "score", "interest_id", "explanation"])
-
-
-mlflow.models.set_model(Toy())
-'''
-
 
 @pytest.fixture(scope="module")
 def dconfig(config, engine):
@@ -49,7 +36,7 @@ def register(dconfig, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("decision-candidates")
     code = root / "toy.py"
-    code.write_text(TOY_MODEL_CODE)
+    code.write_text(EMPTY_MODEL_CODE)
 
     def _register(tag: str, passed: bool) -> str:
         model_dir = root / f"model-{tag}"
