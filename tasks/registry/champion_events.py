@@ -14,8 +14,8 @@ The API server comes from the environment:
 - `PRISMREC_AIRFLOW_USERNAME` / `PRISMREC_AIRFLOW_PASSWORD`: exchanged for a token at
   `POST /auth/token` (SimpleAuthManager's login endpoint).
 - None of them: no Authorization header. Enough for SimpleAuthManager with
-  `simple_auth_manager_all_admins=True` (docker/docker-compose.yml), whose middleware treats
-  every request as an admin's.
+  `simple_auth_manager_all_admins=True`, whose middleware treats every request as an admin's
+  (docker/docker-compose.yml has real users: its CLI logs in as `operator`).
 
 The standard library's HTTP client is used on purpose: the CLI must not need Airflow's client.
 """
