@@ -48,7 +48,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import AssetAlias, dag, task
 
 from tasks.airflow_tasks import fail_fast
-from tasks.contracts import champion_asset, dag_params, overrides_from_params
+from tasks.contracts import champion_asset, dag_params, overrides_from_params, train_queue
 
 CHAMPION = champion_asset()
 # Emitted through an alias so that only a run that actually promoted a model produces an
@@ -96,7 +96,8 @@ def recsys_training():
 
         return pipeline.run_prepare(overrides_from_params(context["params"]), snapshot)
 
-    @task(retries=0, execution_timeout=timedelta(hours=6))  # expensive: fail loudly, rerun by hand
+    # Expensive: fail loudly, rerun by hand. PRISMREC_TRAIN_QUEUE sends it to GPU workers (Celery).
+    @task(retries=0, execution_timeout=timedelta(hours=6), **train_queue())
     @fail_fast
     def train(dataset: dict, **context) -> dict:
         from tasks import pipeline

@@ -1,4 +1,4 @@
-"""`prismrec`: the command line of the platform (load, train, materialize, promote, rollback, db, report).
+"""`prismrec`: the command line of the platform (load, train, train-node, materialize, promote, rollback, db, report).
 
 `train` and `materialize` run the Airflow DAGs in this process (tasks.airflow_runtime), so
 the command line exercises exactly what the scheduler runs. `promote` and `rollback` then
@@ -217,6 +217,23 @@ def cmd_db_url(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_node(args: argparse.Namespace) -> int:
+    """Another machine of a multi-node training: its torchrun joins node 0's c10d rendezvous and
+    trains until node 0's does; the model lands on node 0 (docs/distributed-training.md)."""
+    from tasks.training.launcher import launch_training
+
+    config = load_config(_overrides(args, {"train.nnodes": args.nnodes, "train.node_rank": args.node_rank,
+                                           "train.rdzv_endpoint": args.rdzv_endpoint, "train.nproc": args.nproc}))
+    if config.train.node_rank == 0:
+        raise ConfigError("train-node starts the other machines of a training (--node-rank 1 to nnodes - 1); node 0 "
+                          "is the pipeline's train task: trigger recsys_training (or run prismrec train) with the "
+                          "same --nnodes and --rdzv-endpoint")
+    work = Path(args.work_dir) if args.work_dir else config.paths.home / "train-node"
+    launch_training(config, Path(args.dataset), work)
+    print(f"node {config.train.node_rank} of {config.train.nnodes}: training finished (the model is on node 0)")
+    return 0
+
+
 def cmd_db_grant(args: argparse.Namespace) -> int:
     """Create/refresh reco_reader (BI) and reco_writer (pipeline); passwords only from the environment."""
     from tasks.publish.roles import grant_roles
@@ -287,6 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(train)
     train.set_defaults(func=cmd_train)
 
+    node = commands.add_parser("train-node", parents=[common],
+                               help="join a multi-node training as node 1.. (node 0 is the train task)",
+                               description="Run this machine's torchrun processes of a training that node 0's "
+                                           "train task leads; every node needs the same settings and dataset.")
+    node.add_argument("--dataset", required=True, help="the run's prepared dataset folder (shared or copied from node 0)")
+    node.add_argument("--node-rank", type=int, required=True, metavar="R", help="this machine's place, 1 to N-1; sets train.node_rank")
+    node.add_argument("--nnodes", type=int, required=True, metavar="N", help=RUN_PARAM["nnodes"].help + "; sets train.nnodes")
+    node.add_argument("--rdzv-endpoint", required=True, metavar="HOST:PORT", help="node 0's rendezvous; sets train.rdzv_endpoint")
+    node.add_argument("--nproc", type=int, metavar="N", help="torchrun processes on this machine; sets train.nproc")
+    node.add_argument("--work-dir", help="where this node keeps its copy of the settings (default: <home>/train-node)")
+    node.set_defaults(func=cmd_train_node)
+
     materialize = commands.add_parser("materialize", parents=[common],
                                       help="run DAG recsys_materialize once, in-process")
     materialize.set_defaults(func=cmd_materialize)
@@ -340,6 +369,8 @@ def _add_run_flags(train: argparse.ArgumentParser) -> None:
             train.add_argument(param.flag, dest=param.name, action="store_true", help=param.help)
         elif param.kind == "text":
             train.add_argument(param.flag, dest=param.name, type=reason_arg, metavar="TEXT", help=param.help)
+        elif param.kind == "address":
+            train.add_argument(param.flag, dest=param.name, metavar="HOST:PORT", help=f"{param.help}; sets {param.setting}")
 
 
 def _setup_logging(verbose: bool) -> None:

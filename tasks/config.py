@@ -158,8 +158,15 @@ class TrainConfig:
     lr_patience: int | None = 1
     # The halving stops at this share of the start rates.
     lr_floor: float = 0.01
-    # torchrun processes; on CPU keep nproc * threads <= cores.
+    # torchrun processes per machine; on CPU keep nproc * threads <= cores, on GPUs one per device.
     nproc: int = 1
+    # Machines taking part in one training (torchrun --nnodes): the pipeline's train task is node 0,
+    # the others run `prismrec train-node` (docs/distributed-training.md). 1: this machine alone.
+    nnodes: int = 1
+    # This machine's place among them: 0 writes the model folder; set only on the other nodes.
+    node_rank: int = 0
+    # host:port of the c10d rendezvous, on node 0 (which hosts it); needed when nnodes > 1.
+    rdzv_endpoint: str | None = None
     threads_per_proc: int = 0  # 0: cores // nproc
     seed: int = 42
     # Fuse a learned id embedding for items seen in training (cold items fall back to text).
@@ -334,10 +341,13 @@ class PipelineConfig:
         """Short hash of the settings that shape the model (paths and URLs excluded)."""
         relevant = {
             k: v for k, v in self.to_dict().items()
-            if k.split(".")[0] in {"extract", "prepare", "train"}
+            if k.split(".")[0] in {"extract", "prepare", "train"} and k not in _PLACEMENT
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
+
+# Where a training process runs, not what it learns: left out of the digest.
+_PLACEMENT = frozenset({"train.node_rank", "train.rdzv_endpoint"})
 
 _ENV_SHORTCUTS = {
     "PRISMREC_DATABASE_URL": "database.url",
@@ -420,6 +430,13 @@ def load_config(overrides: Mapping[str, Any] | None = None, *,
     return config
 
 
+def rendezvous_endpoint_ok(endpoint: str) -> bool:
+    """Whether `endpoint` is HOST:PORT (torchrun's --rdzv_endpoint) with a usable port."""
+    host, sep, port = endpoint.rpartition(":")
+    return bool(sep and host.strip() and not any(c.isspace() for c in endpoint)
+                and port.isdigit() and 1 <= int(port) <= 65535)
+
+
 def validate(config: PipelineConfig) -> None:
     """Reject settings that cannot work, before any stage touches a database."""
     t = config.train
@@ -439,6 +456,15 @@ def validate(config: PipelineConfig) -> None:
          f"train.max_memory_gb must be positive (or unset for 75 % of the machine's memory), got {t.max_memory_gb}"),
         (0 <= t.lr_floor < 1, "train.lr_floor must be in [0, 1): the share of the start rates the schedule never goes below"),
         (t.nproc >= 1, "train.nproc must be at least 1"),
+        (t.nnodes >= 1, "train.nnodes must be at least 1"),
+        (0 <= t.node_rank < t.nnodes,
+         f"train.node_rank must be between 0 and train.nnodes - 1 = {t.nnodes - 1}, got {t.node_rank}"),
+        (t.nnodes == 1 or t.rdzv_endpoint is not None,
+         f"train.nnodes is {t.nnodes} but train.rdzv_endpoint is unset: give every node node 0's HOST:PORT "
+         "(e.g. train.rdzv_endpoint=10.0.0.5:29400; --rdzv-endpoint) so that they can meet"),
+        (t.rdzv_endpoint is None or rendezvous_endpoint_ok(t.rdzv_endpoint),
+         f"train.rdzv_endpoint must be HOST:PORT with a port from 1 to 65535 (e.g. 10.0.0.5:29400), "
+         f"got {t.rdzv_endpoint!r}"),
         (0 <= t.lm_trainable_layers <= 6, "train.lm_trainable_layers must be between 0 and 6 (MiniLM has 6)"),
         (t.dim % t.user_heads == 0, "train.dim must be divisible by train.user_heads"),
         (0.0 <= t.dropout < 1.0, "train.dropout must be in [0, 1)"),

@@ -14,6 +14,8 @@ database.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,18 @@ from tasks.errors import ConfigError
 CHAMPION_ASSET_NAME = "prismrec_champion"
 REASON_MAX = 500  # characters of a `reason` (a Param's maxLength; reco.model_decisions, MLflow tags)
 CHAMPION_URI = "prismrec://champion"
+ADDRESS_PATTERN = r"^[^\s:]+:[0-9]{1,5}$"  # HOST:PORT
+
+
+TRAIN_QUEUE_ENV = "PRISMREC_TRAIN_QUEUE"
+
+
+def train_queue(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The `train` task's executor queue, from PRISMREC_TRAIN_QUEUE (e.g. "gpu": only the Celery workers
+    started with `--queues gpu`, on GPU hosts, take it); unset or empty: Airflow's default queue.
+    Read where the DAG is parsed, so the dag-processor and the scheduler need the same value."""
+    queue = (os.environ if environ is None else environ).get(TRAIN_QUEUE_ENV, "").strip()
+    return {"queue": queue} if queue else {}
 
 
 def champion_asset(watchers: list | None = None):
@@ -41,7 +55,8 @@ class RunParam:
     """One knob of a training run under its three names.
 
     `kind` says what it holds: "count" (an optional positive integer; empty keeps the
-    configured value), "switch" (a yes/no), "text", or "settings" (any dotted settings).
+    configured value), "switch" (a yes/no), "text", "address" (an optional HOST:PORT), or
+    "settings" (any dotted settings).
     """
 
     name: str  # the DAG Param, and its key in a run's conf
@@ -55,7 +70,11 @@ RUN_PARAMS: tuple[RunParam, ...] = (
     RunParam("epochs", "--epochs", "most training epochs (early stopping may end sooner)", "train.epochs"),
     RunParam("n_interests", "--interests", "interest vectors per user: interest 0 follows recent viewing, "
              "1.. are long-term tastes; 1 = single-vector model", "train.n_interests"),
-    RunParam("nproc", "--nproc", "torchrun processes", "train.nproc"),
+    RunParam("nproc", "--nproc", "torchrun processes per machine", "train.nproc"),
+    RunParam("nnodes", "--nnodes", "machines training together (the others run `prismrec train-node`)",
+             "train.nnodes"),
+    RunParam("rdzv_endpoint", "--rdzv-endpoint", "HOST:PORT where the machines of a multi-node training meet "
+             "(c10d rendezvous, on this machine)", "train.rdzv_endpoint", kind="address"),
     RunParam("max_users", "--max-users", "train on the first N users only (by id), for quick slices",
              "source.max_users"),
     RunParam("force_promote", "--force-promote",
@@ -82,6 +101,9 @@ def dag_params(*names: str) -> dict[str, Any]:
             params[param.name] = Param(False, type="boolean", description=f"{text}.")
         elif param.kind == "text":
             params[param.name] = Param(None, type=["null", "string"], maxLength=REASON_MAX, description=f"{text}.")
+        elif param.kind == "address":
+            params[param.name] = Param(None, type=["null", "string"], pattern=ADDRESS_PATTERN,
+                                       description=f"{text}; sets {param.setting}. Empty: the configured value.")
         else:
             params[param.name] = Param({}, type="object", description=f"{text}.")
     return params
@@ -113,6 +135,8 @@ def check_params(params: Mapping[str, Any]) -> None:
                               "leave it out to keep the configured value")
         if param.kind == "text":
             check_reason(value, param.flag)
+        if param.kind == "address" and not (isinstance(value, str) and re.fullmatch(ADDRESS_PATTERN, value)):
+            raise ConfigError(f"{param.setting} ({param.flag}) must be HOST:PORT, e.g. 10.0.0.5:29400, got {value!r}")
         if param.kind == "settings" and not isinstance(value, Mapping):
             raise ConfigError(f"{param.name} must be an object of dotted settings, e.g. {{\"train.lr\": 0.001}}")
     require_reason(params.get("force_promote"), params.get("reason"))

@@ -20,6 +20,7 @@ from typing import Any
 
 from tasks.config import load_config
 from tasks.contracts import require_reason
+from tasks.errors import ConfigError
 from tasks.layout import ModelFiles, RunLayout
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,10 @@ def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
     from tasks.training.launcher import launch_training
 
     config = load_config(overrides)
+    if config.train.node_rank != 0:
+        raise ConfigError(f"train.node_rank is {config.train.node_rank}, but the pipeline's train task is node 0 of a "
+                          "training: leave train.node_rank unset here, and start the other machines with "
+                          "prismrec train-node --node-rank R")
     run = RunLayout(Path(dataset["run_dir"]))
     with training_run(config, run) as (mlflow_run_id, on_epoch):
         model_dir = launch_training(config, Path(dataset["path"]), run.model.root, on_epoch=on_epoch)

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path,
                     on_epoch: Callable[[dict], None] | None = None) -> Path:
-    """Run the worker under `torchrun --nproc_per_node N`; return the model folder.
+    """Run the worker under `torchrun` (this machine's train.nproc processes, one node of
+    train.nnodes); return the model folder, which node 0 alone fills.
 
     `on_epoch` gets each epoch's record of the history (rank 0's) as soon as the epoch ends:
     the pipeline logs it to MLflow while training goes on."""
@@ -43,11 +44,9 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path,
     settings = {"train": dataclasses.asdict(config.train), "max_history": config.prepare.max_history,
                 "text_state_cache": str(config.paths.text_states)}
     files.settings.write_text(json.dumps(settings, indent=2))
-    nproc = config.train.nproc
     env = worker_env(config, dict(os.environ))
     threads = env["OMP_NUM_THREADS"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "tasks.training.worker", "--dataset", str(dataset_dir), "--out", str(files.root)]
+    command = torchrun_command(config, dataset_dir, files.root)
     log.info("launching: %s (OMP_NUM_THREADS=%s, allocator: %s)", " ".join(command[2:]), threads,
              env.get("LD_PRELOAD") or env.get("GLIBC_TUNABLES") or "system")
     limit = config.train.max_memory_gb or default_limit_gb()
@@ -66,7 +65,8 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path,
         process.wait()
     if guard.tripped is not None:
         raise TrainingError(memory_message(guard.tripped, limit, config.train.max_memory_gb is None, last_epoch))
-    if process.returncode != 0 or not files.checkpoint.exists():
+    writes_model = config.train.node_rank == 0
+    if process.returncode != 0 or (writes_model and not files.checkpoint.exists()):
         killed = any(KILLED.search(line) for line in tail)
         raise TrainingError(
             f"torchrun exited with code {process.returncode}; last output:\n" + "\n".join(tail)
@@ -77,6 +77,27 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path,
         )
     log.info("training used at most %.1f GB of memory (train.max_memory_gb = %.1f)", guard.peak_gb, limit)
     return files.root
+
+
+# The rendezvous's name: the nodes of one training meet under it at train.rdzv_endpoint.
+RDZV_ID = "prismrec-train"
+
+
+def torchrun_command(config: PipelineConfig, dataset_dir: Path, out_dir: Path) -> list[str]:
+    """The `torchrun` command line of this machine's part of a training.
+
+    One machine: `--standalone`. Several (train.nnodes > 1): a c10d rendezvous at train.rdzv_endpoint,
+    hosted by node 0 (`is_host`, so that nodes sharing a host, as in tests, agree on which one), every
+    node starting train.nproc workers; torchrun waits for all of them (rdzv timeout, 15 minutes)."""
+    t = config.train
+    if t.nnodes == 1:
+        placement = ["--standalone", f"--nproc_per_node={t.nproc}"]
+    else:
+        placement = [f"--nnodes={t.nnodes}", f"--node_rank={t.node_rank}", f"--nproc_per_node={t.nproc}",
+                     "--rdzv_backend=c10d", f"--rdzv_endpoint={t.rdzv_endpoint}", f"--rdzv_id={RDZV_ID}",
+                     f"--rdzv_conf=is_host={int(t.node_rank == 0)},join_timeout=900"]
+    return [sys.executable, "-m", "torch.distributed.run", *placement,
+            "-m", "tasks.training.worker", "--dataset", str(dataset_dir), "--out", str(out_dir)]
 
 
 def report_epoch(files: ModelFiles, epoch: int, on_epoch: Callable[[dict], None]) -> None:
@@ -103,7 +124,9 @@ def worker_env(config: PipelineConfig, environ: dict[str, str]) -> dict[str, str
     oneDNN cache, offline model loading and unbuffered output."""
     threads = config.train.threads_per_proc or max(1, (os.cpu_count() or 1) // config.train.nproc)
     env = {**ONEDNN_CACHE, **environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+           # The worker that writes the model is local rank 0 of node 0 (tasks.training.runtime).
+           "PRISMREC_NODE_RANK": str(config.train.node_rank)}
     env.update(allocator_env(config.train.allocator, env))
     return env
 

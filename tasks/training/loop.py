@@ -74,7 +74,9 @@ def build_training(spec: ModelSpec, encoder, cfg: TrainConfig, dist: Distributed
     """The network (its text tower from `encoder`'s top layers), AdamW with a gentler rate for the
     pretrained layers, the plateau schedule and the weight average."""
     net = PrismRecNet(spec, encoder).to(dist.device)
-    model = torch.nn.parallel.DistributedDataParallel(net) if dist.ddp else net  # the network has no buffers to sync
+    # The network has no buffers to sync; on a GPU each rank's replica lives on its own device.
+    device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids) if dist.ddp else net
     lm_ids = {id(p) for p in net.text_tower.parameters()}
     other = [p for p in net.parameters() if id(p) not in lm_ids]
     optimizer = torch.optim.AdamW([{"params": other, "lr": cfg.lr},
@@ -121,7 +123,7 @@ def train_step(training: Training, inputs: torch.Tensor, targets: torch.Tensor, 
     cfg, device = training.cfg, training.device
     n_items = training.net.spec.n_items
     sampled = sampled_softmax(cfg, n_items)
-    inputs, targets = inputs.to(device), targets.to(device)
+    inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)  # pinned on a GPU
     refresh = torch.unique(targets[targets > 0])  # the text tower runs for these items, with gradient
     if len(refresh) > cfg.lm_items_per_step:
         refresh = refresh[torch.as_tensor(rng.permutation(len(refresh))[: cfg.lm_items_per_step], device=device)]

@@ -18,19 +18,28 @@ import torch
 
 @dataclass(frozen=True)
 class Distributed:
-    """This process's rank among `world` processes and the device it trains on."""
+    """This process's rank among `world` processes and the device it trains on.
+
+    `node_rank` is the machine's place as configured (train.node_rank, passed as PRISMREC_NODE_RANK):
+    c10d rendezvous numbers the machines in its own order, so the global rank 0 may live on any of
+    them, while the model folder must land on node 0, where the pipeline's train task runs."""
 
     rank: int
     world: int
     device: torch.device
+    local_rank: int = 0
+    node_rank: int | None = None  # None: a single machine, where global rank 0 writes
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Distributed:
-        """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them (unset: one process)."""
+        """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them (unset: one process), and the
+        configured PRISMREC_NODE_RANK. On a GPU machine each local rank takes its own device."""
         environ = os.environ if environ is None else environ
         local_rank = int(environ.get("LOCAL_RANK", "0"))
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        return cls(rank=int(environ.get("RANK", "0")), world=int(environ.get("WORLD_SIZE", "1")), device=device)
+        node_rank = environ.get("PRISMREC_NODE_RANK")
+        return cls(rank=int(environ.get("RANK", "0")), world=int(environ.get("WORLD_SIZE", "1")), device=device,
+                   local_rank=local_rank, node_rank=int(node_rank) if node_rank else None)
 
     @property
     def ddp(self) -> bool:
@@ -38,12 +47,22 @@ class Distributed:
 
     @property
     def master(self) -> bool:
-        """Rank 0 alone logs progress and writes the model folder."""
-        return self.rank == 0
+        """The one process that logs progress and writes the model folder: local rank 0 of node 0
+        (of the only machine: global rank 0)."""
+        if self.node_rank is None:
+            return self.rank == 0
+        return self.node_rank == 0 and self.local_rank == 0
+
+    @property
+    def backend(self) -> str:
+        """nccl between GPUs, gloo between CPU processes."""
+        return "nccl" if self.device.type == "cuda" else "gloo"
 
     def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # nccl's collectives and default allocations on this rank's GPU
         if self.ddp:
-            torch.distributed.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+            torch.distributed.init_process_group(backend=self.backend)
 
     def stop(self) -> None:
         if self.ddp:
@@ -65,8 +84,8 @@ class Distributed:
         return tensor.item()
 
     def from_master(self, value: float) -> float:
-        """Rank 0's value on every rank (where the ranks must agree, e.g. on a decision made by
-        the clock)."""
+        """Global rank 0's value on every rank (where the ranks must agree, e.g. on a decision made
+        by the clock)."""
         if not self.ddp:
             return value
         tensor = torch.tensor([value], dtype=torch.float64, device=self.device)

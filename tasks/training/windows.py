@@ -32,9 +32,10 @@ def window_context(overlap: float, max_history: int) -> int:
     return min(max_history - 1, round(overlap * max_history))
 
 
-def training_batches(windows, batch_size: int, max_history: int):
+def training_batches(windows, batch_size: int, max_history: int, pin: bool = False):
     """(inputs, targets) batches [B, max_history] of `windows`, in order; a target trained in
-    another window is 0 (no loss)."""
+    another window is 0 (no loss). `pin`: in page-locked memory, so that the copy to a GPU runs
+    asynchronously."""
     from tasks.model.network import pad_left
 
     for start in range(0, len(windows), batch_size):
@@ -42,5 +43,6 @@ def training_batches(windows, batch_size: int, max_history: int):
         targets = pad_left([w[1:] for w, _ in chosen], max_history)
         for row, (_, fresh) in enumerate(chosen):
             targets[row, : max_history - fresh] = 0  # trained in another window (0: no loss)
-        yield pad_left([w[:-1] for w, _ in chosen], max_history), targets
+        inputs = pad_left([w[:-1] for w, _ in chosen], max_history)
+        yield (inputs.pin_memory(), targets.pin_memory()) if pin else (inputs, targets)
 

@@ -3,7 +3,7 @@
 Reads top to bottom: set up DDP from the environment, cache the frozen lower layers of the
 language model, train the item and user towers (softmax over the catalogue, or over sampled
 negatives), validate each epoch on NDCG@10, keep the best checkpoint, stop early or when the
-time budget runs out (rank 0 alone writes and logs). `tasks.training.launcher.launch_training`
+time budget runs out (one process, local rank 0 of node 0, writes and logs). `tasks.training.launcher.launch_training`
 starts this module under torchrun; the model folder's files are `tasks.layout.ModelFiles`.
 """
 
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     dist.start()
     logging.basicConfig(level=logging.INFO if dist.master else logging.WARNING,
                         format=f"rank{dist.rank} %(message)s", stream=sys.stdout)
+    log.info("%d process(es) on %d node(s), this one on %s%s", dist.world, cfg.nnodes, dist.device,
+             f" ({dist.backend})" if dist.ddp else "")
     torch.manual_seed(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
     rng = np.random.default_rng(cfg.seed + dist.rank)
 
@@ -108,7 +110,7 @@ def fit(training: Training, text: TextStates, sequences: Sequences, plan: EpochP
     history, best, planned, train_started = [], BestSoFar(), cfg.epochs, time.time()
     for epoch in range(1, cfg.epochs + 1):
         batches = training_batches(plan.epoch_windows(epoch, cfg.seed, cfg.batch_size, dist), cfg.batch_size,
-                                   max_history)
+                                   max_history, pin=dist.device.type == "cuda")
         report = progress_logger(epoch, planned, plan.steps, train_started) if dist.master else None
         epoch_started, lr = time.time(), training.lr
         stats = train_epoch(training, batches, text_cache, text, plan.steps, rng, report)

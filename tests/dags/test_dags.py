@@ -53,7 +53,7 @@ PARSE = textwrap.dedent("""
             "timetable": type(dag.timetable).__name__,
             "schedule_assets": repr(getattr(dag.timetable, "asset_condition", None)),
             "tasks": {t.task_id: {"upstream": sorted(t.upstream_task_ids), "retries": t.retries,
-                                  "outlets": [repr(o) for o in t.outlets]} for t in dag.tasks},
+                                  "outlets": [repr(o) for o in t.outlets], "queue": t.queue} for t in dag.tasks},
             "params": {name: dag.params.get_param(name).schema for name in dag.params},
             "param_descriptions": {name: dag.params.get_param(name).description for name in dag.params},
         }
@@ -78,6 +78,8 @@ def parsed(tmp_path_factory) -> dict:
         # Port 9 (discard) on localhost: nothing answers, so a query would raise, not hang.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://nobody:x@127.0.0.1:9/no_such_db",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
+        # A deployment with GPU workers on Celery sends training to their queue.
+        "PRISMREC_TRAIN_QUEUE": "gpu",
     }
     done = subprocess.run([sys.executable, "-c", PARSE, str(ROOT / "dags")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
@@ -120,14 +122,19 @@ def test_training_tasks_and_dependencies(parsed):
     assert tasks["extract"]["retries"] >= 1 and tasks["register"]["retries"] >= 1
     assert "prismrec_champion_moves" in tasks["register"]["outlets"][0]
     assert parsed["dags"]["recsys_training"]["timetable"] == "CronTriggerTimetable"
+    # PRISMREC_TRAIN_QUEUE=gpu: training goes to the GPU workers' queue, everything else stays on the default.
+    assert tasks["train"]["queue"] == "gpu"
+    assert {v["queue"] for t, v in tasks.items() if t != "train"} == {"default"}
 
 
 def test_training_params_are_typed_and_described(parsed):
     dag = parsed["dags"]["recsys_training"]
     params, descriptions = dag["params"], dag["param_descriptions"]
-    assert set(params) == {"epochs", "n_interests", "nproc", "max_users", "force_promote", "reason", "overrides"}
-    for name in ("epochs", "n_interests", "nproc", "max_users"):
+    assert set(params) == {"epochs", "n_interests", "nproc", "nnodes", "rdzv_endpoint", "max_users",
+                           "force_promote", "reason", "overrides"}
+    for name in ("epochs", "n_interests", "nproc", "nnodes", "max_users"):
         assert params[name]["type"] == ["null", "integer"] and params[name]["minimum"] == 1
+    assert params["rdzv_endpoint"]["type"] == ["null", "string"] and params["rdzv_endpoint"]["pattern"]
     assert params["force_promote"]["type"] == "boolean"
     assert params["overrides"]["type"] == "object"
     assert all(descriptions[name] for name in params)

@@ -83,8 +83,8 @@ def test_train_flags_become_params_and_dotted_overrides():
     )
     assert setting_arg("train.lr=0.01") == ("train.lr", "0.01")
     params = train_params(args)
-    assert params == {"epochs": 3, "n_interests": 2, "nproc": None, "max_users": 50, "force_promote": False,
-                      "reason": None, "overrides": {"train.lr": "0.01"}}
+    assert params == {"epochs": 3, "n_interests": 2, "nproc": None, "nnodes": None, "rdzv_endpoint": None,
+                      "max_users": 50, "force_promote": False, "reason": None, "overrides": {"train.lr": "0.01"}}
     assert overrides_from_params(params) == {
         "train.lr": "0.01", "train.epochs": 3, "train.n_interests": 2, "source.max_users": 50,
     }
@@ -100,14 +100,17 @@ def test_every_run_param_is_a_train_flag_and_reaches_its_setting():
             argv += [param.flag]
         elif param.kind == "text":
             argv += [param.flag, "a reason"]
+        elif param.kind == "address":
+            argv += [param.flag, "10.0.0.5:29400"]
+            counts[param.setting] = "10.0.0.5:29400"
         else:
             argv += [param.flag, "train.lr=0.01"]
     params = train_params(build_parser().parse_args(argv))
     assert set(params) == {param.name for param in RUN_PARAMS}
     overrides = overrides_from_params(params)
-    assert overrides == {"train.lr": "0.01", **counts} and len(counts) == 4
+    assert overrides == {"train.lr": "0.01", **counts} and len(counts) == 6
     config = load_config(overrides, environ={}).to_dict()  # every setting named in the table exists
-    assert all(config[key] == 3 for key in counts)
+    assert all(config[key] == value for key, value in counts.items())
 
 
 def test_a_forced_promotion_needs_a_reason_everywhere(capsys):

@@ -1,33 +1,21 @@
 """The real training entry point under torchrun: 2 processes, gloo, a few steps on real ML-100K."""
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import torch
 
 from tasks.config import load_config
-from tasks.data.extract import extract_snapshot
-from tasks.data.prepare import prepare_dataset
 from tasks.errors import ConfigError
 from tasks.layout import ModelFiles
 from tasks.model.recommender import Recommender
 from tasks.training.launcher import launch_training
 
 
-@pytest.fixture(scope="module")
-def dataset_dir(ml100k, config, tmp_path_factory):
-    root = tmp_path_factory.mktemp("training")
-    snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), root / "snapshot")
-    return prepare_dataset(config, snapshot.path, root / "dataset").path
-
-
 @pytest.mark.slow
-def test_two_process_gloo_ddp_run_trains_and_checkpoints(dataset_dir, base_overrides, tmp_path):
-    config = load_config({**base_overrides, "train.nproc": 2, "train.epochs": 2,
-                          "train.max_steps_per_epoch": 2, "train.batch_size": 16})
-    model_dir = launch_training(config, dataset_dir, tmp_path / "model")
+def test_two_process_gloo_ddp_run_trains_and_checkpoints(one_node_two_processes):
+    model_dir, config = one_node_two_processes
     files = ModelFiles(model_dir)
 
     history = json.loads(files.history.read_text())
