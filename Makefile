@@ -106,7 +106,7 @@ bench-memory: venv
 # GPU benchmark (docs/gpu.md): PrismRec on ML-1M with bench/quality.py's settings on CUDA devices
 # (nccl, bf16), printing the time to validation NDCG@10 0.20 and the final figures. A GPU host may
 # have no network and take few files: `make bench-gpu-prepare` (here) writes bench/gpu-assets/ (the
-# ML-1M split, MiniLM as fp16 safetensors, ~50 MB); `make bench-gpu` (there) trains from them.
+# ML-1M split, MiniLM as fp16 safetensors, 54 MB); `make bench-gpu` (there) trains from them.
 # GPU_PYTHON: a Python that has torch with CUDA (the host's own, e.g. python3), else the venv's.
 GPU_PYTHON ?= $(BIN)/python
 .PHONY: bench-gpu-prepare bench-gpu
