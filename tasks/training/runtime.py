@@ -75,6 +75,14 @@ class Distributed:
             torch.distributed.all_reduce(tensor)
         return tensor
 
+    def mean(self, values: list[float]) -> list[float]:
+        """Each of `values` averaged over the ranks (every rank gets the same numbers)."""
+        if not self.ddp:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return (tensor / self.world).tolist()
+
     def max(self, value: float) -> float:
         """The largest of the ranks' values."""
         if not self.ddp:

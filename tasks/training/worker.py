@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING
 
 from tasks.config import TrainConfig
 from tasks.layout import ModelFiles
-from tasks.training.records import BestSoFar, epoch_log_line, epoch_record, run_summary, stop_reason
+from tasks.training.records import (
+    BestSoFar,
+    EpochStats,
+    epoch_log_line,
+    epoch_record,
+    run_summary,
+    stop_reason,
+)
 from tasks.training.schedule import planned_epochs
 
 if TYPE_CHECKING:  # the torch-side modules load in main(), not at import
@@ -113,7 +120,7 @@ def fit(training: Training, text: TextStates, sequences: Sequences, plan: EpochP
                                    max_history, pin=dist.device.type == "cuda")
         report = progress_logger(epoch, planned, plan.steps, train_started) if dist.master else None
         epoch_started, lr = time.time(), training.lr
-        stats = train_epoch(training, batches, text_cache, text, plan.steps, rng, report)
+        stats = across_ranks(train_epoch(training, batches, text_cache, text, plan.steps, rng, report), dist)
         text_cache = text_vectors(training.net, text)
         validation = validate_epoch(training, text_cache, text, sequences, shard, max_history, dist)
         # Every rank's own peak, the largest of them recorded.
@@ -140,6 +147,13 @@ def fit(training: Training, text: TextStates, sequences: Sequences, plan: EpochP
         if stopped_by is not None:
             return history, best.ndcg, stopped_by
     return history, best.ndcg, "epochs"
+
+
+def across_ranks(stats: EpochStats, dist: Distributed) -> EpochStats:
+    """The epoch's loss, interest cosine and targets won, averaged over every rank's shard (the same
+    number of steps each), so that the history says the same whichever process writes it."""
+    mean = dist.mean([stats.loss, stats.interest_cosine, *stats.targets_won])
+    return dataclasses.replace(stats, loss=mean[0], interest_cosine=mean[1], targets_won=mean[2:])
 
 
 def save_checkpoint(files: ModelFiles, training: Training, validation: EpochValidation, record: dict,
