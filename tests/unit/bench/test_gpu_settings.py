@@ -24,3 +24,16 @@ def test_time_to_target_adds_the_epochs_up_to_the_first_that_reaches_it():
                    "time_to_target": None, "epochs_run": 1, "wall_seconds": 5.0, "stopped_by": "epochs",
                    "valid": figures, "test": figures})
     assert "not reached" in text and "test  hr@10 0.1000" in text
+
+
+def test_a_smoke_run_saves_only_the_copy_it_is_asked_for(tmp_path, monkeypatch):
+    import json
+
+    from bench import gpu_ml1m
+
+    monkeypatch.setattr(gpu_ml1m, "RESULTS", tmp_path / "results")
+    gpu_ml1m.save({"smoke": True, "figures": 1}, tmp_path / "copy")
+    assert json.loads((tmp_path / "copy" / "gpu-ml1m.json").read_text())["figures"] == 1
+    assert not (tmp_path / "results").exists()
+    gpu_ml1m.save({"smoke": False, "figures": 2}, None)
+    assert json.loads((tmp_path / "results" / "gpu-ml1m.json").read_text())["figures"] == 2
