@@ -1,14 +1,21 @@
-"""The whole platform as a user drives it: `prismrec load/train/materialize` on real ML-100K.
+"""The whole platform as a user drives it: `prismrec load/train/materialize/report` on real ML-100K.
 
-Each command runs in its own process (as from a shell), against this test run's Postgres
-and MLflow store, so Airflow is configured exactly as on a user's machine.
+Each command runs in its own process (as from a shell), against this test run's Postgres and the
+home's own MLflow store, so Airflow is configured exactly as on a user's machine. The commands
+connect as a login role with a password; when the story is over, every place PrismRec wrote to
+(the MLflow store, the run folders, the Airflow home, what each command printed, the rows in
+`reco`) is searched for that password.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import sqlite3
 import subprocess
 import sys
+import urllib.parse
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -16,28 +23,59 @@ import sqlalchemy as sa
 pytestmark = pytest.mark.slow
 
 LOGICAL_DATE = "1998-04-30"  # after the last ML-100K rating (1998-04-22)
+APP, RECO = "app_e2e", "reco_e2e"
+PRINTED: list[str] = []  # everything the commands printed, searched for the password at the end
 
 
 @pytest.fixture(scope="module")
-def e2e_env(tmp_path_factory, database_url):
+def password_role(database_url):
+    """A login role with a password on the test run's server; dropped with what it owns afterwards."""
+    role = f"prismrec_e2e_{secrets.token_hex(4)}"
+    password = f"S3cr#t-{secrets.token_hex(8)}@Pw:x"  # @, : and # must travel percent-encoded
+    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"create role {role} login superuser password :pw"), {"pw": password})
+    yield role, password
+    with admin.connect() as conn:
+        conn.execute(sa.text("select pg_terminate_backend(pid) from pg_stat_activity where usename = :r"), {"r": role})
+        conn.execute(sa.text(f"reassign owned by {role} to current_user"))
+        conn.execute(sa.text(f"drop owned by {role}"))
+        conn.execute(sa.text(f"drop role {role}"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def role_url(database_url, password_role) -> str:
+    role, password = password_role
+    url = sa.make_url(database_url).set(username=role, password=password).render_as_string(hide_password=False)
+    assert urllib.parse.quote(password, safe="") in url  # SQLAlchemy percent-encodes it, as a user must
+    return url
+
+
+@pytest.fixture(scope="module")
+def e2e_env(tmp_path_factory, role_url):
     home = tmp_path_factory.mktemp("e2e-home")
-    return {
-        **os.environ,
-        "PRISMREC_HOME": str(home),
-        "PRISMREC_DATABASE_URL": database_url,
-        "PRISMREC_DATABASE__APP_SCHEMA": "app_e2e",
-        "PRISMREC_DATABASE__RECO_SCHEMA": "reco_e2e",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "HF_HUB_OFFLINE": "1",
-    }
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PRISMREC_", "MLFLOW_", "AIRFLOW"))}
+    return {**clean, "PRISMREC_HOME": str(home), "PRISMREC_DATABASE_URL": role_url,
+            "PRISMREC_DATABASE__APP_SCHEMA": APP, "PRISMREC_DATABASE__RECO_SCHEMA": RECO, "HF_HUB_OFFLINE": "1"}
 
 
 def prismrec(env, *args, check=True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "tasks.cli", *args], env=env, capture_output=True,
                             text=True, timeout=1200, check=False)
+    PRINTED.extend([result.stdout, result.stderr])
     if check and result.returncode != 0:
         raise AssertionError(f"prismrec {' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}")
     return result
+
+
+def mlflow_client(env):
+    from mlflow import MlflowClient
+    from tasks.config import load_config
+    from tasks.registry.store import tracking_uri
+
+    uri = tracking_uri(load_config({"paths.home": env["PRISMREC_HOME"]}, environ=env))
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +85,30 @@ def e2e_engine(database_url):
     engine.dispose()
 
 
-def test_load_train_materialize_publishes_the_champion(e2e_env, e2e_engine):
+def test_materialize_before_any_training_fails_cleanly_through_airflow(e2e_env):
+    done = prismrec(e2e_env, "materialize", check=False)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("prismrec materialize: error: model 'prismrec' has no champion yet")
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    # The run really went through Airflow: the home's own metadata DB records a failed task.
+    with sqlite3.connect(Path(e2e_env["PRISMREC_HOME"]) / "airflow" / "airflow.db") as db:
+        states = db.execute("select task_id, state from task_instance where dag_id = 'recsys_materialize'").fetchall()
+    assert states == [("materialize", "failed")]
+
+
+def test_load_train_materialize_publishes_the_champion(e2e_env, e2e_engine, role_url):
     prismrec(e2e_env, "load", "movielens-100k")
-    # Two epochs of 30 steps on all of ML-100K clear the gate against popularity; whether the model
+    # One epoch of 30 steps on all of ML-100K clears the gate against popularity; whether the model
     # beats the stronger baselines is the training tests' and the quality benchmark's question.
-    train = prismrec(e2e_env, "train", "--logical-date", LOGICAL_DATE, "--epochs", "2",
-                     "--set", "train.max_steps_per_epoch=30", "--set", "gate.baselines=popularity")
+    # The URL comes as a flag this time: it must reach the tasks without landing in the stored run conf.
+    without_url = {k: v for k, v in e2e_env.items() if k != "PRISMREC_DATABASE_URL"}
+    train = prismrec(without_url, "train", "--logical-date", LOGICAL_DATE, "--epochs", "1",
+                     "--set", "train.max_steps_per_epoch=30", "--set", "gate.baselines=popularity",
+                     "--set", f"database.url={role_url}")
     assert "gate" in train.stderr.lower()
 
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=e2e_env["MLFLOW_TRACKING_URI"], registry_uri=e2e_env["MLFLOW_TRACKING_URI"])
+    client = mlflow_client(e2e_env)
     champion = client.get_model_version_by_alias("prismrec", "champion")
     challenger = client.get_model_version_by_alias("prismrec", "challenger")
     assert str(champion.version) == str(challenger.version) == "1"
@@ -75,11 +126,6 @@ def test_load_train_materialize_publishes_the_champion(e2e_env, e2e_engine):
     assert (stats[2], stats[3]) == (1, 50) and stats[0] == 50 * users
     assert stats[4] == 1 and stats[5] == "1"
     assert seen == 0  # never an item from the user's own history
-
-    # A rerun for the same champion replaces the set instead of adding to it.
-    prismrec(e2e_env, "materialize")
-    with e2e_engine.connect() as conn:
-        assert conn.execute(sa.text("select count(*) from reco_e2e.user_recommendations")).scalar() == 50 * users
 
     # The registered pyfunc (what a serving endpoint loads) lists what the table holds, and takes a
     # per-call interest balance.
@@ -110,9 +156,7 @@ def test_load_train_materialize_publishes_the_champion(e2e_env, e2e_engine):
 
 
 def test_corrupt_interactions_stop_the_run_at_the_quality_gate(e2e_env, e2e_engine):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=e2e_env["MLFLOW_TRACKING_URI"], registry_uri=e2e_env["MLFLOW_TRACKING_URI"])
+    client = mlflow_client(e2e_env)
     versions_before = len(client.search_model_versions("name='prismrec'"))
     with e2e_engine.begin() as conn:
         published_before = conn.execute(sa.text(
@@ -138,3 +182,37 @@ def test_corrupt_interactions_stop_the_run_at_the_quality_gate(e2e_env, e2e_engi
     finally:
         with e2e_engine.begin() as conn:
             conn.execute(sa.text("delete from app_e2e.interactions where user_id is null"))
+
+
+def _spellings(password: str) -> set[str]:
+    """The password as it may have been written anywhere: raw, percent-encoded, and its long parts."""
+    return {password, urllib.parse.quote(password, safe=""), password.split("@")[0], password.split("#")[1][:20]}
+
+
+def test_no_store_holds_the_database_password(e2e_env, e2e_engine, password_role):
+    """After the runs above (a promotion, a publication, a report, a refused snapshot) and a failure."""
+    role, password = password_role
+    failed = prismrec(e2e_env, "materialize", "--set", "database.app_schema=no_such_app", check=False)
+    assert failed.returncode == 1
+    assert "no_such_app.interactions" in failed.stderr and "Traceback" not in failed.stderr
+
+    home = Path(e2e_env["PRISMREC_HOME"])
+    stores = {"MLflow store": [home / "mlflow.db", home / "mlartifacts"], "run folders": [home / "runs"],
+              "Airflow home": [home / "airflow"], "quality history": [home / "quality"]}
+    assert (home / "mlflow.db").exists() and any((home / "mlartifacts").rglob("config.json"))
+    assert (home / "airflow" / "airflow.db").exists() and any((home / "runs").iterdir())
+    forms = [form.encode() for form in _spellings(password)]
+    found = []
+    for store, roots in stores.items():
+        for root in roots:
+            for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+                data = path.read_bytes()
+                found += [f"{store}: {path}" for form in forms if form in data]
+    found += [f"command output: {text[:200]}" for text in PRINTED for form in _spellings(password) if form in text]
+    with e2e_engine.connect() as conn:
+        for table in ("runs", "model_decisions"):
+            rows = conn.execute(sa.text(f"select row_to_json(t)::text from {RECO}.{table} t")).scalars().all()
+            found += [f"{RECO}.{table}" for row in rows for form in _spellings(password) if form in row]
+    assert found == []
+    config_json = next((home / "mlartifacts").rglob("config.json")).read_text()
+    assert f"{role}:***@" in config_json  # the URL is there, its password masked
