@@ -1,0 +1,242 @@
+"""The cost curve: every pipeline stage on synthetic data at 1x, 10x and 100x MovieLens-1M's events.
+
+    python -m bench.scale [--sizes 1,10,100] [--steps 30] [--url postgresql://postgres@127.0.0.1:5432/postgres]
+
+For each size, bench.synthetic's data (long-tailed popularity, sessions, item text; 100 events per
+user, the catalogue growing up to 100k items) is COPYed chunk by chunk into schema `app` of the
+database `prismrec_scale` (created on the server of `--url`, dropped at the end), then the
+pipeline's own task functions (tasks/pipeline.py) run in order: extract, quality (the GX data gate),
+prepare, train (one epoch capped at `--steps` steps through the real launcher and worker, sampled
+softmax; the full epoch is extrapolated from the measured steps/s and labelled so), then the
+trained model is registered as champion and `run_materialize` scores every user and publishes the
+top-50 into `reco`. Per stage: wall seconds and the peak memory of this process tree (summed Pss,
+sampled every 0.5 s; the Postgres server's own memory is not in it). Results are merged into
+bench/results/scale.{json,md} after each size, so an interrupted run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Self
+
+log = logging.getLogger("bench.scale")
+RESULTS = Path(__file__).resolve().parent / "results"
+DATABASE = "prismrec_scale"
+STAGES = ("extract", "quality", "prepare", "train_epoch", "score", "publish")
+# ML-1M's benchmark settings (bench/quality.py DATASET_SETTINGS), with a sampled softmax over 1024
+# negatives: the full softmax's logits grow with the catalogue, the sampled ones do not.
+TRAIN = {"prepare.max_history": 200, "train.batch_size": 16, "train.n_interests": 1, "train.dropout": 0.05,
+         "train.lm_trainable_layers": 0, "train.negatives": 1024, "train.epochs": 1}
+
+
+class PeakMemory:
+    """The largest summed Pss of this process and its children while the block runs, in MiB."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.peak_mib = interval, 0.0
+        self._done = threading.Event()
+
+    def _watch(self) -> None:
+        from tasks.training.memory import tree_bytes
+
+        while True:
+            self.peak_mib = max(self.peak_mib, tree_bytes(os.getpid()) / 2**20)
+            if self._done.wait(self.interval):
+                return
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+@contextmanager
+def measured(stages: dict, name: str, saved=lambda: None):
+    """Time the block and its peak memory into stages[name], then call `saved` (the results are
+    written after every stage, so a size cut short keeps the stages it measured)."""
+    log.info("stage %s ...", name)
+    started = time.perf_counter()
+    with PeakMemory() as memory:
+        yield
+    stages[name] = {"seconds": round(time.perf_counter() - started, 1), "peak_mib": round(memory.peak_mib)}
+    log.info("stage %s: %s", name, stages[name])
+    saved()
+
+
+def load_synthetic(engine, schema: str, spec) -> dict:
+    """Create the source tables as `prismrec load` does and COPY the generated data in chunks."""
+    import sqlalchemy as sa
+
+    from bench.synthetic import END, interaction_chunks, items_frame, users_frame
+    from tasks import db
+    from tasks.data.extract import Replay
+    from tasks.data.sources import _INDEXES, _TABLES, _csv, _record_replay
+
+    s = db.quote_ident(schema)
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"drop schema if exists {s} cascade"))
+        conn.execute(sa.text(f"create schema {s}"))
+        for table, columns in _TABLES.items():
+            ddl = ", ".join(f"{db.quote_ident(c)} {t}" for c, t in columns.items())
+            conn.execute(sa.text(f"create table {s}.{db.quote_ident(table)} ({ddl})"))
+        for table, frame in (("items", items_frame(spec)), ("users", users_frame(spec))):
+            db.copy_rows(conn, f"{s}.{table}", list(frame.columns), _csv(frame))
+        for chunk in interaction_chunks(spec):
+            db.copy_rows(conn, f"{s}.interactions", list(chunk.columns), _csv(chunk), freeze=False)
+        for index, columns in _INDEXES.items():
+            conn.execute(sa.text(f'create index {db.quote_ident(index)} on {s}."interactions" ({columns})'))
+        conn.execute(sa.text(f'analyze {s}."items", {s}."users", {s}."interactions"'))
+        _record_replay(conn, s, Replay(f"synthetic-{spec.events}", END - timedelta(seconds=1)))
+    return {"seconds": round(time.perf_counter() - started, 1)}
+
+
+def run_size(factor: int, admin_url: str, home: Path, steps: int, entry: dict, saved) -> dict:
+    """Every stage at `factor` x ML-1M's events, filled into `entry` (the size's item of `sizes`)."""
+    from bench.synthetic import END, ML1M_EVENTS, ScaleSpec
+    from tasks import db, pipeline
+    from tasks.config import load_config
+    from tasks.layout import ModelFiles
+    from tasks.registry.store import register_candidate
+
+    spec = ScaleSpec.of(factor * ML1M_EVENTS)
+    db_url = admin_url.rsplit("/", 1)[0] + f"/{DATABASE}"
+    model_name = f"prismrec_scale_{factor}x"
+    overrides = {"database.url": db_url, "paths.home": str(home), "registry.model_name": model_name,
+                 "materialize.top_k": 50, "materialize.keep_runs": 1, "train.max_steps_per_epoch": steps,
+                 "quality.volume_max_ratio": 1000.0, **TRAIN}
+    config = load_config(overrides)
+    log.info("%dx: %s", factor, spec)
+    loaded = load_synthetic(db.get_engine(config), config.database.app_schema, spec)
+    log.info("loaded %s events in %.0fs", f"{spec.events:,}", loaded["seconds"])
+    entry |= {"load_seconds": loaded["seconds"]}
+    stages = entry["stages"]
+    run_key = f"scale-{factor}x"
+    with measured(stages, "extract", saved):
+        snapshot = pipeline.run_extract(overrides, run_key, END)
+    with measured(stages, "quality", saved):
+        pipeline.run_quality(overrides, snapshot)
+    with measured(stages, "prepare", saved):
+        dataset = pipeline.run_prepare(overrides, snapshot)
+    with measured(stages, "train_epoch", saved):
+        trained = pipeline.run_train(overrides, dataset)
+    summary = json.loads(ModelFiles(Path(trained["model_dir"])).summary.read_text())
+    record = json.loads(ModelFiles(Path(trained["model_dir"])).history.read_text())[-1]
+    steps_per_s, full_steps = record["steps_per_second"], summary["full_steps_per_epoch"]
+    epoch_s = full_steps / steps_per_s
+    stages["train_epoch"] |= {
+        "measured_steps": steps, "steps_per_second": round(steps_per_s, 2), "full_steps_per_epoch": full_steps,
+        "epoch_seconds_extrapolated": round(epoch_s), "events_per_second": round(dataset["interactions"] / epoch_s),
+        "validation_seconds": round(record["validation_seconds"], 1)}
+    entry["notes"]["train_epoch"] = (
+        f"seconds is the measured wall time of the capped run ({steps} steps, text vectors, validation of "
+        f"every user, MLflow); a full epoch of {full_steps} steps is EXTRAPOLATED at {epoch_s:.0f} s")
+    register_candidate(config, model_dir=Path(trained["model_dir"]), run_dir=Path(trained["run_dir"]),
+                       evaluation={}, decision={"passed": True, "reasons": ["cost-curve benchmark"]},
+                       lineage={"run_key": run_key})
+    with measured(stages, "publish"):
+        published = pipeline.run_materialize(overrides)
+    stages["score"] = {"seconds": round(published["score_seconds"], 1), "peak_mib": stages["publish"]["peak_mib"]}
+    stages["publish"] |= {"rows": published["rows"], "write_seconds": round(published["write_seconds"], 1)}
+    entry["notes"]["score"] = ("scoring runs inside publish (materialize scores a batch of users, then COPYs it): "
+                               "seconds is its scoring share, peak_mib the whole publish's")
+    entry["dataset"] = {k: dataset[k] for k in ("users", "items", "interactions", "dropped_interactions")}
+    saved()
+    return entry
+
+
+def machine() -> dict:
+    from bench.materialize import machine as describe
+
+    info = describe()
+    info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    info["load_average_at_start"] = [round(x, 1) for x in os.getloadavg()]
+    return info
+
+
+def save(result: dict) -> None:
+    """bench/results/scale.json and the table in scale.md."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# Cost curve (bench.scale)", "",
+             f"Measured {result['generated_at']} on {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+             f"{result['machine']['memory_gib']} GiB; {result['note']}", "",
+             "| events | users | items | " + " | ".join(f"{s} s (MiB)" for s in STAGES) + " |",
+             "| ---: | ---: | ---: | " + " | ".join("---:" for _ in STAGES) + " |"]
+    for size in result["sizes"]:
+        cells = []
+        for stage in STAGES:
+            got = size["stages"].get(stage)
+            cells.append("—" if got is None or got.get("seconds") is None else f"{got['seconds']:,} ({got['peak_mib']:,})")
+        lines.append(f"| {size['events']:,} | {size['users']:,} | {size['items']:,} | " + " | ".join(cells) + " |")
+    lines += ["", "train_epoch is a capped run; the extrapolated full epoch (labelled, not measured):", ""]
+    for size in result["sizes"]:
+        t = size["stages"].get("train_epoch") or {}
+        if "epoch_seconds_extrapolated" in t:
+            lines.append(f"- {size['events']:,} events: {t['measured_steps']} steps at {t['steps_per_second']} steps/s; "
+                         f"a full epoch of {t['full_steps_per_epoch']:,} steps EXTRAPOLATES to "
+                         f"{t['epoch_seconds_extrapolated']:,} s ({t['events_per_second']:,} events/s)")
+    lines += ["", "Notes per size:", ""]
+    for size in result["sizes"]:
+        for stage, note in size.get("notes", {}).items():
+            lines.append(f"- {size['events']:,} events, {stage}: {note}")
+    (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,10,100", help="multiples of ML-1M's 1M events")
+    parser.add_argument("--steps", type=int, default=30, help="training steps measured per size")
+    parser.add_argument("--url", default=os.environ.get("SCALE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--home", default="/tmp/prismrec-scale", help="PRISMREC_HOME of the runs (removed first)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for chatty in ("alembic", "mlflow", "great_expectations"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(args.url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT")
+    home = Path(args.home)
+    shutil.rmtree(home, ignore_errors=True)
+    previous = json.loads((RESULTS / "scale.json").read_text()) if (RESULTS / "scale.json").exists() else {}
+    result = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+              "note": "the machine was shared with other work (load average above the core count) during the runs; "
+                      "seconds are wall-clock under that load",
+              "sizes": [s for s in previous.get("sizes", [])]}
+    try:
+        for factor in (int(f) for f in args.sizes.split(",")):
+            with admin.connect() as conn:
+                conn.execute(sa.text(f"drop database if exists {DATABASE} with (force)"))
+                conn.execute(sa.text(f"create database {DATABASE}"))
+            from bench.synthetic import ML1M_EVENTS, ScaleSpec
+
+            spec = ScaleSpec.of(factor * ML1M_EVENTS)
+            entry = {"factor": factor, "events": spec.events, "users": spec.users, "items": spec.items,
+                     "stages": {}, "notes": {}}
+            result["sizes"] = sorted([s for s in result["sizes"] if s["events"] != entry["events"]] + [entry],
+                                     key=lambda s: s["events"])
+            run_size(factor, args.url, home / f"{factor}x", args.steps, entry, lambda: save(result))
+    finally:
+        from tasks import db
+
+        db.dispose_engines() if hasattr(db, "dispose_engines") else None
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"drop database if exists {DATABASE} with (force)"))
+    return result
+
+
+if __name__ == "__main__":
+    main()
