@@ -104,7 +104,7 @@ def load_synthetic(engine, schema: str, spec) -> dict:
     return {"seconds": round(time.perf_counter() - started, 1)}
 
 
-def run_size(factor: int, admin_url: str, home: Path, steps: int, entry: dict, saved) -> dict:
+def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int, entry: dict, saved) -> dict:
     """Every stage at `factor` x ML-1M's events, filled into `entry` (the size's item of `sizes`)."""
     from bench.synthetic import END, ML1M_EVENTS, ScaleSpec
     from tasks import db, pipeline
@@ -113,7 +113,7 @@ def run_size(factor: int, admin_url: str, home: Path, steps: int, entry: dict, s
     from tasks.registry.store import register_candidate
 
     spec = ScaleSpec.of(factor * ML1M_EVENTS)
-    db_url = admin_url.rsplit("/", 1)[0] + f"/{DATABASE}"
+    db_url = admin_url.rsplit("/", 1)[0] + f"/{database}"
     model_name = f"prismrec_scale_{factor}x"
     overrides = {"database.url": db_url, "paths.home": str(home), "registry.model_name": model_name,
                  "materialize.top_k": 50, "materialize.keep_runs": 1, "train.max_steps_per_epoch": steps,
@@ -168,8 +168,13 @@ def machine() -> dict:
 
 
 def save(result: dict) -> None:
-    """bench/results/scale.json and the table in scale.md."""
+    """bench/results/scale.json and the table in scale.md; sizes measured by another run and not by
+    this one are kept from the file."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    on_disk = json.loads((RESULTS / "scale.json").read_text()) if (RESULTS / "scale.json").exists() else {}
+    ours = {s["events"] for s in result["sizes"]}
+    result["sizes"] = sorted(result["sizes"] + [s for s in on_disk.get("sizes", []) if s["events"] not in ours],
+                             key=lambda s: s["events"])
     (RESULTS / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Cost curve (bench.scale)", "",
              f"Measured {result['generated_at']} on {result['machine']['cpu']}, {result['machine']['cores']} cores, "
@@ -201,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", default="1,10,100", help="multiples of ML-1M's 1M events")
     parser.add_argument("--steps", type=int, default=30, help="training steps measured per size")
     parser.add_argument("--url", default=os.environ.get("SCALE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--database", default=DATABASE, help="the database created for the run and dropped after it")
     parser.add_argument("--home", default="/tmp/prismrec-scale", help="PRISMREC_HOME of the runs (removed first)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -210,7 +216,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     admin = sa.create_engine(args.url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT")
     home = Path(args.home)
-    shutil.rmtree(home, ignore_errors=True)
     previous = json.loads((RESULTS / "scale.json").read_text()) if (RESULTS / "scale.json").exists() else {}
     result = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "note": "the machine was shared with other work (load average above the core count) during the runs; "
@@ -219,8 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for factor in (int(f) for f in args.sizes.split(",")):
             with admin.connect() as conn:
-                conn.execute(sa.text(f"drop database if exists {DATABASE} with (force)"))
-                conn.execute(sa.text(f"create database {DATABASE}"))
+                conn.execute(sa.text(f"drop database if exists {args.database} with (force)"))
+                conn.execute(sa.text(f"create database {args.database}"))
             from bench.synthetic import ML1M_EVENTS, ScaleSpec
 
             spec = ScaleSpec.of(factor * ML1M_EVENTS)
@@ -228,13 +233,14 @@ def main(argv: list[str] | None = None) -> dict:
                      "stages": {}, "notes": {}}
             result["sizes"] = sorted([s for s in result["sizes"] if s["events"] != entry["events"]] + [entry],
                                      key=lambda s: s["events"])
-            run_size(factor, args.url, home / f"{factor}x", args.steps, entry, lambda: save(result))
+            shutil.rmtree(home / f"{factor}x", ignore_errors=True)
+            run_size(factor, args.url, args.database, home / f"{factor}x", args.steps, entry, lambda: save(result))
     finally:
         from tasks import db
 
         db.dispose_engines() if hasattr(db, "dispose_engines") else None
         with admin.connect() as conn:
-            conn.execute(sa.text(f"drop database if exists {DATABASE} with (force)"))
+            conn.execute(sa.text(f"drop database if exists {args.database} with (force)"))
     return result
 
 
