@@ -235,10 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      key=lambda s: s["events"])
             shutil.rmtree(home / f"{factor}x", ignore_errors=True)
             run_size(factor, args.url, args.database, home / f"{factor}x", args.steps, entry, lambda: save(result))
-    finally:
-        from tasks import db
-
-        db.dispose_engines() if hasattr(db, "dispose_engines") else None
+    finally:  # `with (force)` ends the pipeline's pooled connections to it
         with admin.connect() as conn:
             conn.execute(sa.text(f"drop database if exists {args.database} with (force)"))
     return result
