@@ -203,11 +203,14 @@ def run_dag(
     `logical_date` None gives a manual run without one (the DAG falls back to `run_after`,
     i.e. now). Raises the failed task's PrismRecError, or a PrismRecError naming the task.
     """
-    configure_airflow(config)
-    dag = _load_dag(dag_id)
-    log.info("running DAG %s in-process (logical date %s)", dag_id, logical_date or "none: now")
-    with _capture_failures(dag) as failures, contextlib.redirect_stdout(sys.stderr):
-        dag_run = dag.test(logical_date=logical_date, run_conf=conf or {})
+    from tasks import run_lock
+
+    with run_lock.hold(config or load_config(), dag_id):
+        configure_airflow(config)
+        dag = _load_dag(dag_id)
+        log.info("running DAG %s in-process (logical date %s)", dag_id, logical_date or "none: now")
+        with _capture_failures(dag) as failures, contextlib.redirect_stdout(sys.stderr):
+            dag_run = dag.test(logical_date=logical_date, run_conf=conf or {})
     result = _collect(dag_run)
     if not result.task_states:
         raise ConfigError(

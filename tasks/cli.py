@@ -246,6 +246,21 @@ def cmd_db_grant(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Erase one person from reco and keep them out of later snapshots, training and publishing."""
+    from tasks.publish.forget import forget
+    from tasks.registry.decisions import current_user
+
+    config = load_config(_overrides(args))
+    erasure = forget(config, args.user_id, args.reason, current_user())
+    removed = sum(erasure.rows_removed.values())
+    print(f"erasure {erasure.erasure_id}: removed {removed:,} rows ("
+          + ", ".join(f"{table} {n:,}" for table, n in erasure.rows_removed.items())
+          + f") from {config.database.reco_schema}; the person is kept out of later snapshots, training and "
+          "publishing" + (" (they were already on the erasure list)" if erasure.already_erased else ""))
+    return 0
+
+
 def _embedded_server_url(config: PipelineConfig) -> tuple[str, str]:
     """Start the embedded server so that it outlives this command (for psql and BI tools).
 
@@ -349,9 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
     url.add_argument("--psql", action="store_true", help="print only a psql connection URI (no password)")
     url.set_defaults(func=cmd_db_url)
     grant = db_commands.add_parser("grant", parents=[common],
-                                   help="create/refresh roles reco_reader (BI, read reco only) and reco_writer "
-                                        "(passwords from PRISMREC_READER_PASSWORD / PRISMREC_WRITER_PASSWORD)")
+                                   help="as an administrator: set up reco owned by reco_owner, and roles reco_writer "
+                                        "(the pipeline) and reco_reader (BI, read reco only); passwords from "
+                                        "PRISMREC_WRITER_PASSWORD / PRISMREC_READER_PASSWORD")
     grant.set_defaults(func=cmd_db_grant)
+
+    erase = commands.add_parser("forget", parents=[common],
+                                help="erase a person from reco and keep them out of later training and publishing")
+    erase.add_argument("user_id", type=int, metavar="USER_ID", help="app.users.user_id of the person")
+    erase.add_argument("--reason", type=reason_arg,
+                       help="why (e.g. a ticket number; never the person's name); recorded in reco.erasures")
+    erase.set_defaults(func=cmd_forget)
 
     report = commands.add_parser("report", parents=[common], help="print the report of the latest training run")
     report.add_argument("--run-dir", help="report on this run folder instead of the latest")

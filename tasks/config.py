@@ -35,6 +35,9 @@ def _default_home() -> Path:
 @dataclass(frozen=True)
 class PathsConfig:
     home: Path = field(default_factory=_default_home)
+    # Run folders that keep their raw-event snapshot and dataset (personal data): the newest N,
+    # plus the champion's own; 5 weekly runs cover a month of drift comparisons and reruns.
+    keep_runs: int = 5
 
     @property
     def embedded_pg(self) -> Path:
@@ -68,6 +71,11 @@ class DatabaseConfig:
     url: str | None = None
     app_schema: str = "app"
     reco_schema: str = "reco"
+    # Roles `prismrec db grant` sets up (tasks.publish.roles): the contract's names; another
+    # name only where a server hosts several PrismRec databases with separate roles.
+    owner_role: str = "reco_owner"  # owns `reco` (NOLOGIN): nobody runs as it
+    writer_role: str = "reco_writer"  # the pipeline
+    reader_role: str = "reco_reader"  # BI tools
 
 
 @dataclass(frozen=True)
@@ -472,6 +480,8 @@ def validate(config: PipelineConfig) -> None:
         (config.prepare.max_history >= 2, "prepare.max_history must be at least 2"),
         (0.0 <= t.window_overlap < 1.0, f"train.window_overlap must be in [0, 1), got {t.window_overlap}"),
         (config.materialize.top_k >= 1, "materialize.top_k must be at least 1"),
+        (config.paths.keep_runs >= 2, f"paths.keep_runs must be at least 2 (this run and the one drift compares "
+                                      f"with), got {config.paths.keep_runs}"),
         (config.materialize.swap_lock_timeout_ms >= 1 and config.materialize.swap_attempts >= 1,
          "materialize.swap_lock_timeout_ms and materialize.swap_attempts must be at least 1"),
         (config.source.max_users is None or config.source.max_users >= 1,
@@ -482,8 +492,10 @@ def validate(config: PipelineConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    for schema in (config.database.app_schema, config.database.reco_schema):
-        if not schema.isidentifier() or schema.lower() != schema:
+    d = config.database
+    for kind, name in (("schema", d.app_schema), ("schema", d.reco_schema), ("role", d.owner_role),
+                       ("role", d.writer_role), ("role", d.reader_role)):
+        if not name.isidentifier() or name.lower() != name:
             raise ConfigError(
-                f"schema name {schema!r} is not a plain lower-case SQL identifier; use letters, digits and _"
+                f"{kind} name {name!r} is not a plain lower-case SQL identifier; use letters, digits and _"
             )

@@ -109,6 +109,13 @@ def get_engine(config: PipelineConfig) -> Engine:
     return _engines[url]
 
 
+def ensure_schema(conn: sa.Connection, schema: str) -> None:
+    """Create `schema` if it does not exist. Only then: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the
+    database, which the schema's owner and the pipeline's role do not have."""
+    if conn.execute(sa.text("select to_regnamespace(:s)"), {"s": quote_ident(schema)}).scalar() is None:
+        conn.execute(sa.text(f"create schema if not exists {quote_ident(schema)}"))
+
+
 def table_exists(engine: Engine, schema: str, table: str) -> bool:
     return sa.inspect(engine).has_table(table, schema=schema)
 

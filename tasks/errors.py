@@ -33,6 +33,14 @@ class PublishBlockedError(PrismRecError):
     transient = True
 
 
+class RunInProgressError(PrismRecError):
+    """Another run of the same DAG holds this PrismRec home; nothing was started."""
+
+
+class SupersededError(PrismRecError):
+    """A publish finished after a newer one became current; the newer set stays, this one is dropped."""
+
+
 class SourceDataError(PrismRecError):
     """The source data (MovieLens files, the `app` schema) is missing or not what was expected."""
 

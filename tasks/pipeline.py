@@ -45,7 +45,24 @@ def run_extract(overrides: Mapping[str, Any], run_key: str, logical_date: dateti
     run = RunLayout.of(config.paths.runs, run_key_of(run_key))
     snapshot = extract_snapshot(config, logical_date, run.snapshot.root)
     log.info("snapshot of %s in %s", snapshot.counts, snapshot.path)
+    purge_raw_events(config, run.key)
     return {**snapshot.to_dict(), "run_key": run.key, "run_dir": str(run.root)}
+
+
+def purge_raw_events(config, current_run_key: str) -> list[str]:
+    """Run-folder retention (tasks.data.retention), never the current run's or the champion's own folder."""
+    from tasks.data.retention import purge_old_runs
+    from tasks.registry.store import champion_version, version_tags
+
+    protect = {current_run_key}
+    try:
+        champion = champion_version(config)
+        if champion is not None:
+            protect.add(version_tags(config, champion).get("run_key", ""))
+    except Exception:  # the registry unreachable: the champion's folder cannot be told apart, so keep all
+        log.warning("could not read the champion's run from the registry; retention skipped this time", exc_info=True)
+        return []
+    return purge_old_runs(config.paths.runs, config.paths.keep_runs, protect)
 
 
 def run_quality(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from tasks import db
 from tasks.config import PipelineConfig
 from tasks.errors import ConfigError, SourceDataError
 from tasks.layout import SnapshotFiles
+from tasks.privacy import erased_filter
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +194,10 @@ def _replace_dir(built: Path, out_dir: Path) -> None:
 
 
 def _interactions_filter(config: PipelineConfig, schema: str, as_of: datetime,
-                         window_start: datetime | None) -> tuple[str, dict[str, Any]]:
-    """The WHERE clause and parameters that pick the snapshot's interactions."""
-    where = "where occurred_at <= %(as_of)s"
+                         window_start: datetime | None, erased: str = "") -> tuple[str, dict[str, Any]]:
+    """The WHERE clause and parameters that pick the snapshot's interactions (`erased`: the condition
+    that leaves out people erased at their request)."""
+    where = "where occurred_at <= %(as_of)s" + (f" and {erased}" if erased else "")
     params: dict[str, Any] = {"as_of": as_of}
     if window_start is not None:
         where += " and occurred_at > %(window_start)s"
@@ -226,11 +228,13 @@ def extract_snapshot(config: PipelineConfig, logical_date: datetime, out_dir: Pa
                      "(the run's logical date is %s)", schema, replay.dataset, as_of.isoformat(),
                      logical_date.isoformat())
         window_start = as_of - timedelta(days=window_days) if window_days else None
-        where, params = _interactions_filter(config, schema, as_of, window_start)
+        erased = erased_filter(conn, config.database.reco_schema)
+        where, params = _interactions_filter(config, schema, as_of, window_start, erased)
         tie_break = _TIE_BREAK_COLUMN if _TIE_BREAK_COLUMN in tables["interactions"] else "item_id"
         frames = {
             "items": _copy_out(conn, _select(schema, "items", order="order by 1"), {}, _DTYPES["items"]),
-            "users": _copy_out(conn, _select(schema, "users", order="order by 1"), {}, _DTYPES["users"]),
+            "users": _copy_out(conn, _select(schema, "users", f"where {erased}" if erased else "", "order by 1"),
+                               {}, _DTYPES["users"]),
             "interactions": _copy_out(
                 conn,
                 _select(schema, "interactions", where, f"order by user_id, occurred_at, {db.quote_ident(tie_break)}"),

@@ -14,6 +14,7 @@ that needs UPDATE on `reco.publish_lock`, never an advisory lock, which any role
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -25,10 +26,20 @@ import sqlalchemy as sa
 
 from tasks import db
 from tasks.config import MaterializeConfig, PipelineConfig
-from tasks.errors import ConfigError, RegistryError, SourceDataError, first_cause, one_line
+from tasks.errors import (
+    ConfigError,
+    RegistryError,
+    SourceDataError,
+    SupersededError,
+    first_cause,
+    one_line,
+)
+from tasks.privacy import erased_filter
+from tasks.publish import owner_functions
 from tasks.publish import rows as reco_rows
 from tasks.publish import tables as reco_tables
 from tasks.publish.locks import with_lock_timeout
+from tasks.publish.schema import ensure_tables
 from tasks.redact import known_secrets, redact_text
 
 log = logging.getLogger(__name__)
@@ -80,14 +91,17 @@ def read_histories(engine: sa.Engine, config: PipelineConfig) -> pd.DataFrame:
 
     Users listed in `<app>.users` without any interaction get an empty history (and so the
     popularity fallback); `users` is optional, the interactions alone define who exists.
+    Users on the erasure list (tasks.publish.forget) are left out.
     """
     app = db.quote_ident(config.database.app_schema)
     with engine.connect() as conn:
-        events = pd.read_sql_query(
-            sa.text(f'select user_id, item_id from {app}."interactions" order by user_id, occurred_at, item_id'), conn)
+        kept = erased_filter(conn, config.database.reco_schema)  # people erased at their request are not scored
+        where = f"where {kept}" if kept else ""
+        events = pd.read_sql_query(sa.text(
+            f'select user_id, item_id from {app}."interactions" {where} order by user_id, occurred_at, item_id'), conn)
         user_ids = events["user_id"].to_numpy(np.int64)
         if db.table_exists(engine, config.database.app_schema, "users"):
-            listed = pd.read_sql_query(sa.text(f'select user_id from {app}."users"'), conn)["user_id"]
+            listed = pd.read_sql_query(sa.text(f'select user_id from {app}."users" {where}'), conn)["user_id"]
             user_ids = np.concatenate([user_ids, listed.to_numpy(np.int64)])
     users = np.unique(user_ids)
     bounds = np.searchsorted(events["user_id"].to_numpy(np.int64), users, side="left")
@@ -163,6 +177,7 @@ def _reuse(conn: sa.Connection, config: PipelineConfig, run_key: str) -> Materia
             f"select * from {runs} where run_key = :k and status = 'succeeded' and output_kept "
             "order by materialization_id desc limit 1"), {"k": run_key}).mappings().first()]
         if found[0] is not None and not found[0]["is_current"]:
+            refuse_if_superseded(conn, schema, found[0]["materialization_id"])
             reco_tables.make_current(conn, schema, found[0]["materialization_id"])
 
     with_lock_timeout(conn, config.materialize, schema, f"re-pointing the current set to run {run_key}",
@@ -178,6 +193,42 @@ def _reuse(conn: sa.Connection, config: PipelineConfig, run_key: str) -> Materia
         seconds=0.0, materialization_id=row["materialization_id"], run_key=run_key, run_id=row["run_id"],
         fallback_users=row["fallback_users"], interest_rows=row["interest_rows"],
         similar_rows=row["similar_rows"], reused=True)
+
+
+FAULT_PAUSE = "PRISMREC_FAULT_PAUSE"  # a phase name: the fault-injection tests stop a publisher there
+
+
+def fault_point(phase: str) -> None:
+    """Where the fault-injection suite (tests/integration/publish/test_faults.py) can stop a publisher:
+    with PRISMREC_FAULT_PAUSE set to `phase`, log it and wait PRISMREC_FAULT_PAUSE_S seconds (an hour:
+    until killed), then go on."""
+    if os.environ.get(FAULT_PAUSE) == phase:
+        log.warning("fault point: paused at %s (%s is set)", phase, FAULT_PAUSE)
+        time.sleep(float(os.environ.get(f"{FAULT_PAUSE}_S", "3600")))
+
+
+def refuse_if_superseded(conn: sa.Connection, schema: str, materialization_id: int) -> None:
+    """Newest wins: refuse to make a run current over a newer current set (call under the schema lock).
+
+    A run's age is its logical date (Airflow's, or the moment a run without one was triggered),
+    so a slow run started before another must not replace that one's set when it finishes later.
+    Runs without a logical date (direct calls of `materialize`) are compared by when they
+    started, and only with each other: a replayed date and a wall clock do not compare.
+    """
+    runs = f"{db.quote_ident(schema)}.runs"
+    newer = conn.execute(sa.text(
+        f"select c.materialization_id, coalesce(c.logical_date, c.generated_at) as made_for, "
+        f"coalesce(r.logical_date, r.generated_at) as mine from {runs} c, {runs} r "
+        "where c.is_current and r.materialization_id = :m and c.materialization_id <> r.materialization_id and ("
+        "(c.logical_date is not null and r.logical_date is not null and c.logical_date > r.logical_date) or "
+        "(c.logical_date is null and r.logical_date is null and c.generated_at > r.generated_at))"),
+        {"m": int(materialization_id)}).first()
+    if newer is not None:
+        raise SupersededError(
+            f"materialization {materialization_id} (for {newer.mine.isoformat()}) is older than the current set, "
+            f"materialization {newer.materialization_id} (for {newer.made_for.isoformat()}), so it was not "
+            "published: a run never replaces a newer one. The current set is untouched; to publish an older model, "
+            "move the champion alias (`prismrec rollback` or `prismrec promote VERSION`) and publish again")
 
 
 def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, str], config: PipelineConfig) -> dict:
@@ -200,6 +251,7 @@ def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, s
                                "refusing to publish")
         t1 = time.perf_counter()
         stats["rows"] += db.copy_arrow(conn, tables["user_recommendations"], recommendations, freeze=True)
+        fault_point("copy")
         stats["interest_rows"] += db.copy_arrow(conn, tables["user_interests"], interests, freeze=True)
         stats["fallback_users"] += int((recs.interest_ids[:, 0] == reco_rows.FALLBACK_INTEREST).sum())
         stats["score_seconds"] += t1 - t0
@@ -242,7 +294,7 @@ def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
         raise SourceDataError(
             f"{config.database.app_schema}.interactions is empty, so there is no one to recommend to; "
             "load data first (`prismrec load movielens-100k`); the published recommendations are unchanged")
-    reco_tables.ensure_tables(engine, schema)
+    ensure_tables(engine, schema)
     reap_dead_runs(engine, schema)
     generated_at = datetime.now(UTC)
     key = run_key or _run_key(config, version, logical_date, generated_at)
@@ -288,13 +340,19 @@ def _publish(conn: sa.Connection, recommender, users: pd.DataFrame, config: Pipe
     """The one publishing transaction: new partitions, COPY, indexes, attach, flag, run row."""
     schema = config.database.reco_schema
     with conn.begin():
-        tables = reco_tables.create_partitions(conn, schema, mid)
+        fault_point("started")
+        tables = owner_functions.create_partitions(conn, schema, mid)
         stats = _score_and_write(conn, recommender, users, tables, config)
         t0 = time.perf_counter()
-        reco_tables.index_partitions(conn, schema, mid)
+        owner_functions.index_partitions(conn, schema, mid)
+        fault_point("before_swap")
         stats["write_seconds"] += time.perf_counter() - t0
-        with_lock_timeout(conn, config.materialize, schema, f"the swap of materialization {mid}",
-                          lambda: reco_tables.swap_in(conn, schema, mid))
+        def swap() -> None:
+            reco_tables.lock_schema(conn, schema)
+            refuse_if_superseded(conn, schema, mid)
+            owner_functions.swap_in(conn, schema, mid)
+
+        with_lock_timeout(conn, config.materialize, schema, f"the swap of materialization {mid}", swap)
         conn.execute(sa.text(
             f"update {db.quote_ident(schema)}.runs set status = 'succeeded', finished_at = clock_timestamp(), users = :users, "
             "rows = :rows, interest_rows = :interest_rows, similar_rows = :similar_rows, "
@@ -331,7 +389,7 @@ def _apply_retention(engine: sa.Engine, schema: str, settings: MaterializeConfig
                 "order by finished_at desc, materialization_id desc offset :keep"), {"keep": keep_runs - 1}).scalars()
             old = list(old)
             if old:
-                reco_tables.drop_outputs(conn, schema, old)
+                owner_functions.drop_outputs(conn, schema, old)
                 log.info("retention: dropped the rows of runs %s (keeping %d)", old, keep_runs)
     except sa.exc.OperationalError as exc:  # e.g. a long BI query held the lock; the next run retries
         log.warning("retention skipped this time: %s", _describe(exc, engine))

@@ -6,7 +6,9 @@ run, so retention drops whole partitions instead of deleting rows. The view `<ou
 shows the rows of the run `reco.runs` marks `is_current`; moving that flag and attaching
 the new partitions happen in one transaction (which briefly locks `runs` so no query can be
 planned before the swap and run after it), so a query sees the old set or the new set.
-Every table, view and column carries a COMMENT so BI tools can show what it means.
+Every table, view and column carries a COMMENT so BI tools can show what it means. The
+schema's owner creates these once (tasks.publish.schema); a run's partitions are made and
+attached by the owner's functions (tasks.publish.owner_functions), never by the pipeline's role.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from tasks import db, rowlocks
 from tasks.db import quote_ident
 
-LOCK_NAMESPACE = 1347568963  # pg advisory lock class for PrismRec ("PREC"): only the schema's first setup
-SCHEMA_LOCK = "schema"  # the publish_lock row serialising DDL, swaps and retention
+LOCK_NAMESPACE = 1347568963  # pg advisory lock class for PrismRec ("PREC"): only while setting the schema up
 
 
 @dataclass(frozen=True)
@@ -132,93 +134,52 @@ def partition_table(output: Output, materialization_id: int) -> str:
 
 
 def lock_schema(conn: sa.Connection, schema: str) -> None:
-    """Transaction-scoped lock that serialises DDL, swaps and retention across publishers.
-
-    A row lock on `publish_lock`, not an advisory lock: any role may take any advisory lock, so
-    reco_reader could stall publishing forever, but a row lock needs UPDATE on the table, which
-    only the pipeline's roles have. Subject to the caller's lock_timeout.
-    """
-    conn.execute(sa.text(f"select name from {quote_ident(schema)}.publish_lock where name = :n for update"),
-                 {"n": SCHEMA_LOCK})
+    """Transaction-scoped lock that serialises DDL, swaps, retention and erasures across publishers: the
+    `schema` row of `publish_lock` (tasks.rowlocks), which reco_reader cannot take. Subject to the
+    caller's lock_timeout."""
+    rowlocks.lock(conn, schema, rowlocks.SCHEMA_LOCK)
 
 
-def _has_tables(conn: sa.Connection, schema: str) -> bool:
-    found = conn.execute(sa.text("select to_regclass(:a) is not null and to_regclass(:b) is not null"),
-                         {"a": f"{quote_ident(schema)}.runs", "b": f"{quote_ident(schema)}.publish_lock"}).scalar()
-    return bool(found)
+def create_tables(conn: sa.Connection, schema: str) -> None:
+    """Create what is missing of the schema, `publish_lock`, `runs`, the partitioned history tables and
+    the current-set views, as the current role (their owner); tasks.publish.schema adds the rest."""
+    quote_ident(schema)
+    # Only while setting up (a reader taking it then delays the setup, never a publish).
+    conn.execute(sa.text("select pg_advisory_xact_lock(:ns, :key)"), {"ns": LOCK_NAMESPACE, "key": 0})
+    db.ensure_schema(conn, schema)
+    rowlocks.create_table(conn, schema)
+    if not sa.inspect(conn).has_table("runs", schema=schema):
+        _create_runs_and_history(conn, schema)
+    _ensure_views(conn, schema)
 
 
-def ensure_tables(engine: sa.Engine, schema: str) -> None:
-    """Create the schema, `publish_lock`, `runs` and the partitioned history tables if missing (idempotent)."""
+def _create_runs_and_history(conn: sa.Connection, schema: str) -> None:
     s = quote_ident(schema)
-    with engine.begin() as conn:
-        if _has_tables(conn, schema):
-            return
-        # First setup only: nothing of the schema exists yet for another role to hold.
-        conn.execute(sa.text("select pg_advisory_xact_lock(:ns, :key)"), {"ns": LOCK_NAMESPACE, "key": 0})
-        conn.execute(sa.text(f"create schema if not exists {s}"))
-        conn.execute(sa.text(f"create table if not exists {s}.publish_lock (name text primary key)"))
-        conn.execute(sa.text(f"insert into {s}.publish_lock values (:n) on conflict do nothing"), {"n": SCHEMA_LOCK})
-        _comment(conn, "table", f"{s}.publish_lock", "Publishers lock its row to take turns at DDL, swaps and "
-                                                     "retention (needs UPDATE: readers cannot take it).")
-        _comment(conn, "column", f"{s}.publish_lock.name", "What the row guards: 'schema' (DDL, swaps, retention).")
-        if sa.inspect(conn).has_table("runs", schema=schema):
-            return
-        _comment(conn, "schema", s, "PrismRec's published recommendations, for BI tools (read-only for reco_reader).")
-        columns = ",\n".join(f"{quote_ident(n)} {t}" for n, (t, _) in _RUN_COLUMNS.items())
-        conn.execute(sa.text(f"create table {s}.runs ({columns})"))
-        conn.execute(sa.text(f"create unique index runs_one_current on {s}.runs (is_current) where is_current"))
-        conn.execute(sa.text(f"create index runs_by_key on {s}.runs (run_key, status)"))
-        _comment(conn, "table", f"{s}.runs", "One row per materialization attempt: model version, timing, rows, "
-                                             "status (running/succeeded/failed) and error.")
-        for name, (_, text) in _RUN_COLUMNS.items():
-            _comment(conn, "column", f"{s}.runs.{quote_ident(name)}", text)
-        for output in OUTPUTS:
-            table = f"{s}.{quote_ident(history_table(output))}"
-            columns = ",\n".join(f"{quote_ident(n)} {t}" for n, t, _ in output.columns)
-            key = ", ".join(quote_ident(c) for c in ("materialization_id", *output.key))
-            conn.execute(sa.text(
-                f"create table {table} (materialization_id bigint not null, {columns}, primary key ({key})) "
-                "partition by list (materialization_id)"
-            ))
-            for suffix, index_columns in output.indexes.items():
-                cols = ", ".join(quote_ident(c) for c in ("materialization_id", *index_columns))
-                conn.execute(sa.text(f"create index {quote_ident(f'{output.name}_by_{suffix}')} on {table} ({cols})"))
-            _comment(conn, "table", table, f"History of {output.name}: every kept run's rows, one partition per "
-                                           "run (join reco.runs on materialization_id). " + output.doc)
-            _comment(conn, "column", f"{table}.materialization_id", "reco.runs.materialization_id of the run.")
-            for name, _, text in output.columns:
-                _comment(conn, "column", f"{table}.{quote_ident(name)}", text)
-
-
-def create_partitions(conn: sa.Connection, schema: str, materialization_id: int) -> dict[str, str]:
-    """Standalone tables for one run's rows (attached later by `swap_in`); output name -> qualified table."""
-    s, mid = quote_ident(schema), int(materialization_id)
-    created = {}
+    _comment(conn, "schema", s, "PrismRec's published recommendations, for BI tools (read-only for reco_reader).")
+    columns = ",\n".join(f"{quote_ident(n)} {t}" for n, (t, _) in _RUN_COLUMNS.items())
+    conn.execute(sa.text(f"create table {s}.runs ({columns})"))
+    conn.execute(sa.text(f"create unique index runs_one_current on {s}.runs (is_current) where is_current"))
+    conn.execute(sa.text(f"create index runs_by_key on {s}.runs (run_key, status)"))
+    _comment(conn, "table", f"{s}.runs", "One row per materialization attempt: model version, timing, rows, "
+                                         "status (running/succeeded/failed) and error.")
+    for name, (_, text) in _RUN_COLUMNS.items():
+        _comment(conn, "column", f"{s}.runs.{quote_ident(name)}", text)
     for output in OUTPUTS:
-        table = f"{s}.{quote_ident(partition_table(output, mid))}"
-        columns = ", ".join(f"{quote_ident(n)} {t}" for n, t, _ in output.columns)
-        # Spelled out rather than LIKE <parent>, so that the long COPY phase holds no lock on the
-        # parent (retention needs it exclusively). The run id comes from the default, so COPY does
-        # not ship it 600k times; the CHECK lets ATTACH skip its validation scan.
-        conn.execute(sa.text(
-            f"create table {table} (materialization_id bigint not null default {mid} "
-            f"check (materialization_id = {mid}), {columns})"))
-        created[output.name] = table
-    return created
-
-
-def index_partitions(conn: sa.Connection, schema: str, materialization_id: int) -> None:
-    """Build each partition's indexes after COPY (faster than maintaining them row by row)."""
-    s, mid = quote_ident(schema), int(materialization_id)
-    for output in OUTPUTS:
-        table = f"{s}.{quote_ident(partition_table(output, mid))}"
+        table = f"{s}.{quote_ident(history_table(output))}"
+        columns = ",\n".join(f"{quote_ident(n)} {t}" for n, t, _ in output.columns)
         key = ", ".join(quote_ident(c) for c in ("materialization_id", *output.key))
-        conn.execute(sa.text(f"alter table {table} add primary key ({key})"))
-        for index_columns in output.indexes.values():
+        conn.execute(sa.text(
+            f"create table {table} (materialization_id bigint not null, {columns}, primary key ({key})) "
+            "partition by list (materialization_id)"
+        ))
+        for suffix, index_columns in output.indexes.items():
             cols = ", ".join(quote_ident(c) for c in ("materialization_id", *index_columns))
-            conn.execute(sa.text(f"create index on {table} ({cols})"))
-        conn.execute(sa.text(f"analyze {table}"))
+            conn.execute(sa.text(f"create index {quote_ident(f'{output.name}_by_{suffix}')} on {table} ({cols})"))
+        _comment(conn, "table", table, f"History of {output.name}: every kept run's rows, one partition per "
+                                       "run (join reco.runs on materialization_id). " + output.doc)
+        _comment(conn, "column", f"{table}.materialization_id", "reco.runs.materialization_id of the run.")
+        for name, _, text in output.columns:
+            _comment(conn, "column", f"{table}.{quote_ident(name)}", text)
 
 
 def _ensure_views(conn: sa.Connection, schema: str) -> None:
@@ -265,19 +226,6 @@ def _ensure_views(conn: sa.Connection, schema: str) -> None:
             _comment(conn, "column", f"{view}.{quote_ident(name)}", text)
 
 
-def swap_in(conn: sa.Connection, schema: str, materialization_id: int) -> None:
-    """Attach a run's partitions and make it current; call inside the publishing transaction."""
-    s, mid = quote_ident(schema), int(materialization_id)
-    lock_schema(conn, schema)
-    _ensure_views(conn, schema)
-    for output in OUTPUTS:
-        conn.execute(sa.text(
-            f"alter table {s}.{quote_ident(history_table(output))} attach partition "
-            f"{s}.{quote_ident(partition_table(output, mid))} for values in ({mid})"
-        ))
-    make_current(conn, schema, mid)
-
-
 def make_current(conn: sa.Connection, schema: str, materialization_id: int) -> None:
     """Point the current-set views at a run whose partitions are attached (same transaction as the caller's)."""
     runs = f"{quote_ident(schema)}.runs"
@@ -290,14 +238,3 @@ def make_current(conn: sa.Connection, schema: str, materialization_id: int) -> N
                  {"m": int(materialization_id)})
     conn.execute(sa.text(f"update {runs} set is_current = true, output_kept = true where materialization_id = :m"),
                  {"m": int(materialization_id)})
-
-
-def drop_outputs(conn: sa.Connection, schema: str, materialization_ids: list[int]) -> None:
-    """Drop runs' partitions (retention); parents are locked first so readers never deadlock with it."""
-    s = quote_ident(schema)
-    for output in OUTPUTS:
-        conn.execute(sa.text(f"lock table {s}.{quote_ident(history_table(output))} in access exclusive mode"))
-    for mid in materialization_ids:
-        for output in OUTPUTS:
-            conn.execute(sa.text(f"drop table if exists {s}.{quote_ident(partition_table(output, mid))}"))
-        conn.execute(sa.text(f"update {s}.runs set output_kept = false where materialization_id = :m"), {"m": mid})

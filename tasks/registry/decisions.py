@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tasks import db
+from tasks import db, rowlocks
 from tasks.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -97,14 +97,19 @@ def _literal(text: str) -> str:
 
 
 def ensure_table(conn: sa.Connection, config: PipelineConfig) -> None:
-    """Create reco.model_decisions (and its comments) if missing, on `conn`'s transaction."""
-    reco = db.quote_ident(config.database.reco_schema)
+    """Create reco.model_decisions (and its comments) if missing, on `conn`'s transaction.
+
+    Present (set up by the schema's owner), it costs one lookup and takes no lock a reader could hold.
+    """
     table = _table(config)
-    conn.execute(sa.text("select pg_advisory_xact_lock(hashtext('prismrec.model_decisions'))"))
-    conn.execute(sa.text(f"create schema if not exists {reco}"))
     exists = conn.execute(sa.text("select to_regclass(:name) is not null"),
                           {"name": f"{config.database.reco_schema}.{TABLE}"}).scalar()
     if exists:
+        return
+    conn.execute(sa.text("select pg_advisory_xact_lock(hashtext('prismrec.model_decisions'))"))  # first setup only
+    db.ensure_schema(conn, config.database.reco_schema)
+    if conn.execute(sa.text("select to_regclass(:name) is not null"),
+                    {"name": f"{config.database.reco_schema}.{TABLE}"}).scalar():
         return
     columns = ",\n  ".join(f"{db.quote_ident(name)} {sql}" for name, sql, _ in _COLUMNS)
     conn.execute(sa.text(f"create table {table} (\n  {columns},\n"
@@ -171,19 +176,24 @@ def record(config: PipelineConfig, decision: ModelDecision) -> int:
 def champion_lock(config: PipelineConfig, *, wait: bool = True) -> Iterator[bool]:
     """Hold the champion lock of the configured model while the block runs; yields whether it is held.
 
-    A Postgres advisory lock held by its own connection, not by a transaction: it spans MLflow
-    calls and several transactions, and dies with the process that holds it. `wait=False` does
-    not queue: it yields False at once when someone else holds the lock.
+    The row `champion:<model>` of reco.publish_lock, locked FOR UPDATE by a transaction kept open
+    on its own connection: it spans MLflow calls and other transactions, and dies with the
+    process that holds it. Taking it needs UPDATE on publish_lock, which reco_reader lacks (an
+    advisory lock, which any role may take, would let a reader stall every promotion).
+    `wait=False` does not queue: it yields False at once when someone else holds the lock.
     """
-    key = f"prismrec.champion:{config.registry.model_name}"
-    with db.get_engine(config).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        take = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
-        held = conn.execute(sa.text(f"select {take}(hashtext(:key))"), {"key": key}).scalar() is not False
+    schema = config.database.reco_schema
+    key = f"champion:{config.registry.model_name}"
+    engine = db.get_engine(config)
+    with engine.begin() as conn:
+        rowlocks.ensure_table(conn, schema)
+        rowlocks.add_row(conn, schema, key)
+    with engine.connect() as conn:
+        held = rowlocks.lock(conn, schema, key, wait=wait)
         try:
             yield held
         finally:
-            if held:
-                conn.execute(sa.text("select pg_advisory_unlock(hashtext(:key))"), {"key": key})
+            conn.rollback()
 
 
 def note_external_move(config: PipelineConfig, actor: str, own_run_key: str | None = None,

@@ -1,8 +1,9 @@
 """The whole platform as a user drives it: `prismrec load/train/materialize/report` on real ML-100K.
 
 Each command runs in its own process (as from a shell), against this test run's Postgres and the
-home's own MLflow store, so Airflow is configured exactly as on a user's machine. The commands
-connect as a login role with a password; when the story is over, every place PrismRec wrote to
+home's own MLflow store, so Airflow is configured exactly as on a user's machine. An administrator
+loads the data and runs `prismrec db grant`; the pipeline's commands connect as the least-privilege
+writer role that sets up, with a password. When the story is over, every place PrismRec wrote to
 (the MLflow store, the run folders, the Airflow home, what each command printed, the rows in
 `reco`) is searched for that password.
 """
@@ -28,36 +29,56 @@ PRINTED: list[str] = []  # everything the commands printed, searched for the pas
 
 
 @pytest.fixture(scope="module")
-def password_role(database_url):
-    """A login role with a password on the test run's server; dropped with what it owns afterwards."""
-    role = f"prismrec_e2e_{secrets.token_hex(4)}"
-    password = f"S3cr#t-{secrets.token_hex(8)}@Pw:x"  # @, : and # must travel percent-encoded
+def role_names(database_url):
+    """The owner, writer and reader roles `prismrec db grant` sets up, named for this test run (roles are
+    cluster-wide); dropped with what they own afterwards."""
+    suffix = secrets.token_hex(4)
+    names = {"owner": f"prismrec_owner_{suffix}", "writer": f"prismrec_writer_{suffix}",
+             "reader": f"prismrec_reader_{suffix}"}
+    yield names
     admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(sa.text(f"create role {role} login superuser password :pw"), {"pw": password})
-    yield role, password
-    with admin.connect() as conn:
-        conn.execute(sa.text("select pg_terminate_backend(pid) from pg_stat_activity where usename = :r"), {"r": role})
-        conn.execute(sa.text(f"reassign owned by {role} to current_user"))
-        conn.execute(sa.text(f"drop owned by {role}"))
-        conn.execute(sa.text(f"drop role {role}"))
+        conn.execute(sa.text(f"drop schema if exists {RECO} cascade"))
+        for role in names.values():
+            conn.execute(sa.text("select pg_terminate_backend(pid) from pg_stat_activity where usename = :r"),
+                         {"r": role})
+            conn.execute(sa.text(f"drop owned by {role}"))
+            conn.execute(sa.text(f"drop role if exists {role}"))
     admin.dispose()
 
 
 @pytest.fixture(scope="module")
-def role_url(database_url, password_role) -> str:
-    role, password = password_role
-    url = sa.make_url(database_url).set(username=role, password=password).render_as_string(hide_password=False)
+def password() -> str:
+    return f"S3cr#t-{secrets.token_hex(8)}@Pw:x"  # @, : and # must travel percent-encoded
+
+
+@pytest.fixture(scope="module")
+def role_url(database_url, role_names, password) -> str:
+    """The pipeline's URL: the writer role `db grant` makes, with a password."""
+    url = sa.make_url(database_url).set(username=role_names["writer"], password=password)
+    url = url.render_as_string(hide_password=False)
     assert urllib.parse.quote(password, safe="") in url  # SQLAlchemy percent-encodes it, as a user must
     return url
 
 
 @pytest.fixture(scope="module")
-def e2e_env(tmp_path_factory, role_url):
+def e2e_env(tmp_path_factory, role_url, role_names):
+    """What the pipeline runs with: connected as reco_writer (no superuser, no CREATE, no ownership)."""
     home = tmp_path_factory.mktemp("e2e-home")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PRISMREC_", "MLFLOW_", "AIRFLOW"))}
     return {**clean, "PRISMREC_HOME": str(home), "PRISMREC_DATABASE_URL": role_url,
-            "PRISMREC_DATABASE__APP_SCHEMA": APP, "PRISMREC_DATABASE__RECO_SCHEMA": RECO, "HF_HUB_OFFLINE": "1"}
+            "PRISMREC_DATABASE__APP_SCHEMA": APP, "PRISMREC_DATABASE__RECO_SCHEMA": RECO, "HF_HUB_OFFLINE": "1",
+            "PRISMREC_DATABASE__OWNER_ROLE": role_names["owner"], "PRISMREC_DATABASE__WRITER_ROLE": role_names["writer"],
+            "PRISMREC_DATABASE__READER_ROLE": role_names["reader"]}
+
+
+@pytest.fixture(scope="module")
+def loaded(e2e_env, database_url, password):
+    """The administrator's part: load ML-100K into `app` and set the roles up with `db grant`."""
+    admin = {**e2e_env, "PRISMREC_DATABASE_URL": database_url, "PRISMREC_WRITER_PASSWORD": password}
+    prismrec(admin, "load", "movielens-100k")
+    prismrec(admin, "db", "grant")
+    return e2e_env
 
 
 def prismrec(env, *args, check=True) -> subprocess.CompletedProcess:
@@ -85,7 +106,8 @@ def e2e_engine(database_url):
     engine.dispose()
 
 
-def test_materialize_before_any_training_fails_cleanly_through_airflow(e2e_env):
+def test_materialize_before_any_training_fails_cleanly_through_airflow(loaded):
+    e2e_env = loaded
     done = prismrec(e2e_env, "materialize", check=False)
     assert done.returncode == 1, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
@@ -97,8 +119,7 @@ def test_materialize_before_any_training_fails_cleanly_through_airflow(e2e_env):
     assert states == [("materialize", "failed")]
 
 
-def test_load_train_materialize_publishes_the_champion(e2e_env, e2e_engine, role_url):
-    prismrec(e2e_env, "load", "movielens-100k")
+def test_load_train_materialize_publishes_the_champion(loaded, e2e_env, e2e_engine, role_url):
     # One epoch of 30 steps on all of ML-100K clears the gate against popularity; whether the model
     # beats the stronger baselines is the training tests' and the quality benchmark's question.
     # The URL comes as a flag this time: it must reach the tasks without landing in the stored run conf.
@@ -189,9 +210,9 @@ def _spellings(password: str) -> set[str]:
     return {password, urllib.parse.quote(password, safe=""), password.split("@")[0], password.split("#")[1][:20]}
 
 
-def test_no_store_holds_the_database_password(e2e_env, e2e_engine, password_role):
+def test_no_store_holds_the_database_password(e2e_env, e2e_engine, role_names, password):
     """After the runs above (a promotion, a publication, a report, a refused snapshot) and a failure."""
-    role, password = password_role
+    role = role_names["writer"]
     failed = prismrec(e2e_env, "materialize", "--set", "database.app_schema=no_such_app", check=False)
     assert failed.returncode == 1
     assert "no_such_app.interactions" in failed.stderr and "Traceback" not in failed.stderr
@@ -210,6 +231,11 @@ def test_no_store_holds_the_database_password(e2e_env, e2e_engine, password_role
                 found += [f"{store}: {path}" for form in forms if form in data]
     found += [f"command output: {text[:200]}" for text in PRINTED for form in _spellings(password) if form in text]
     with e2e_engine.connect() as conn:
+        writer = conn.execute(sa.text("select rolsuper, rolcreaterole, rolcreatedb from pg_roles where rolname = :r"),
+                              {"r": role}).one()
+        owners = set(conn.execute(sa.text("select distinct pg_get_userbyid(relowner) from pg_class "
+                                          "where relnamespace = cast(:s as regnamespace)"), {"s": RECO}).scalars())
+        assert tuple(writer) == (False, False, False) and owners == {role_names["owner"]}
         for table in ("runs", "model_decisions"):
             rows = conn.execute(sa.text(f"select row_to_json(t)::text from {RECO}.{table} t")).scalars().all()
             found += [f"{RECO}.{table}" for row in rows for form in _spellings(password) if form in row]

@@ -243,17 +243,47 @@ def test_retention_keeps_the_newest_runs_and_the_current_set(mat_config, first_p
     assert history["n"].tolist() == [25, 25]
 
 
-def test_concurrent_publishers_leave_one_complete_set(mat_config, first_publication, engine):
+def test_concurrent_publishers_leave_one_complete_set_from_the_newest(mat_config, first_publication, engine):
+    """Two publishers at once: whichever swaps first, the run that started last is current, complete, and
+    the other either went first or was refused as older (never a mix, never the older one last)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from tasks.errors import SupersededError
     from tasks.publish.materialize import materialize
 
+    def publish(_):
+        try:
+            return materialize(mat_config)
+        except SupersededError as refused:
+            return refused
+
     with ThreadPoolExecutor(2) as pool:
-        summaries = list(pool.map(lambda _: materialize(mat_config), range(2)))
+        outcomes = list(pool.map(publish, range(2)))
+    published = [o for o in outcomes if not isinstance(o, SupersededError)]
+    assert published and all(o.rows == 25 for o in published)
     rows = _read(engine, f"select * from {VIEW}")
-    assert [s.rows for s in summaries] == [25, 25] and len(rows) == 25
-    assert rows["materialization_id"].nunique() == 1
-    assert rows["materialization_id"].iloc[0] in {s.materialization_id for s in summaries}
+    assert len(rows) == 25 and rows["materialization_id"].nunique() == 1
+    both = _read(engine, f"select materialization_id, status from {RECO}.runs order by generated_at desc limit 2")
+    assert rows["materialization_id"].iloc[0] == both["materialization_id"].iloc[0]  # the newest won
+    assert set(both["status"]) <= {"succeeded", "failed"}
+
+
+def test_an_older_run_never_replaces_a_newer_current_set(mat_config, first_publication, engine):
+    from tasks.errors import SupersededError
+    from tasks.publish.materialize import materialize
+
+    older, newer = (materialize(mat_config, logical_date=D1 + timedelta(days=d)) for d in (50, 60))
+    before = _read(engine, f"select * from {VIEW} order by user_id, rank")
+    assert before["materialization_id"].iloc[0] == newer.materialization_id
+    with pytest.raises(SupersededError, match="older than the current set"):
+        materialize(mat_config, logical_date=D1 + timedelta(days=30))  # a slow run that started earlier
+    pd.testing.assert_frame_equal(_read(engine, f"select * from {VIEW} order by user_id, rank"), before)
+    last = _read(engine, f"select * from {RECO}.runs order by materialization_id desc limit 1").iloc[0]
+    assert last["status"] == "failed" and "never replaces a newer one" in last["error"] and not last["output_kept"]
+    with pytest.raises(SupersededError):  # nor does a rerun of an older date whose output is still kept
+        materialize(mat_config, logical_date=D1 + timedelta(days=50))
+    pd.testing.assert_frame_equal(_read(engine, f"select * from {VIEW} order by user_id, rank"), before)
+    assert older.materialization_id != newer.materialization_id
 
 
 def test_unsafe_schema_names_are_refused(mat_config, champion):
