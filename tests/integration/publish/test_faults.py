@@ -1,0 +1,224 @@
+"""Fault injection: a publisher killed (SIGKILL) or cut off (pg_terminate_backend) at each phase, two at
+once, and bad input; after each, nothing published is lost or mixed.
+
+A publisher is a real process (`materialize` on the test run's tiny model, 30 users) stopped at a
+phase by the `PRISMREC_FAULT_PAUSE` point (tasks.publish.materialize.fault_point): right after its
+run row (`started`), after its first COPY batch (`copy`), after its indexes (`before_swap`), or
+waiting for the swap's lock behind a held lock (`swap_lock`). Every outcome is written as a row of
+the file `FAULTS_TABLE` names (default: `faults.md` in the test run's PrismRec home), the table
+docs/reliability.md shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+pytestmark = pytest.mark.slow
+
+APP, RECO, MODEL = "fault_app", "fault_reco", "fault_test"
+USERS, TOP_K = 30, 5
+D1 = datetime(2025, 1, 1, tzinfo=UTC)
+SUBPROCESS = """
+import json, logging, sys
+from datetime import datetime
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+from tasks.config import load_config
+from tasks.publish.materialize import materialize
+materialize(load_config(json.loads(sys.argv[1])), logical_date=datetime.fromisoformat(sys.argv[2]))
+"""
+OUTCOMES: list[tuple[str, str]] = []
+_dates = iter(D1 + timedelta(days=n) for n in range(1, 1000))
+
+
+@pytest.fixture(scope="module")
+def overrides(base_overrides) -> dict:
+    return {**base_overrides, "database.app_schema": APP, "database.reco_schema": RECO, "registry.model_name": MODEL,
+            "materialize.top_k": TOP_K, "materialize.batch_users": 10, "materialize.keep_runs": 2,
+            "materialize.similar_top_k": 3}
+
+
+@pytest.fixture(scope="module")
+def fault_config(overrides, base_overrides, engine, trained_model_dir, tmp_path_factory):
+    """App data for USERS users, a registered champion, and a first published set."""
+    from tasks.config import load_config
+    from tasks.model.recommender import Recommender
+    from tasks.publish.materialize import materialize
+    from tasks.registry.store import register_candidate
+
+    config = load_config(overrides)
+    items = Recommender.load(trained_model_dir).item_ids
+    rng = np.random.default_rng(11)
+    start = datetime(2000, 1, 1, tzinfo=UTC)
+    rows = [{"u": u, "i": int(i), "t": start + timedelta(days=u, hours=n)}
+            for u in range(1, USERS + 1) for n, i in enumerate(rng.choice(items, 6, replace=False))]
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"drop schema if exists {APP} cascade; create schema {APP}; "
+                             f"drop schema if exists {RECO} cascade"))
+        conn.execute(sa.text(f"create table {APP}.interactions (user_id bigint, item_id bigint, rating real, "
+                             "occurred_at timestamptz)"))
+        conn.execute(sa.text(f"insert into {APP}.interactions values (:u, :i, 4, :t)"), rows)
+    register_candidate(config, model_dir=trained_model_dir, run_dir=tmp_path_factory.mktemp("fault-run") / "run",
+                       evaluation={"candidate": {"valid": {"ndcg@10": 0.1}}},
+                       decision={"passed": True, "reasons": ["test"]}, lineage={"run_key": "faults"})
+    materialize(config, logical_date=next(_dates))
+    yield config
+    results = Path(os.environ.get("FAULTS_TABLE") or Path(base_overrides["paths.home"]) / "faults.md")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["| fault | outcome |", "| --- | --- |", *(f"| {fault} | {outcome} |" for fault, outcome in OUTCOMES)]
+    results.write_text("\n".join(lines) + "\n")
+
+
+def _published(engine) -> tuple[int, int, str]:
+    """(current run, rows, a digest of every row): what a reader sees."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f"select user_id, rank, item_id, materialization_id from {RECO}.user_recommendations "
+                                    "order by user_id, rank")).all()
+    digest = hashlib.sha256(repr(rows).encode()).hexdigest()[:12]
+    return (rows[0][3] if rows else None), len(rows), digest
+
+
+def _leftovers(engine, mid: int) -> list[str]:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("select tablename from pg_tables where schemaname = :s and tablename ~ :p"),
+                            {"s": RECO, "p": f"_m{mid}$"}).scalars().all()
+
+
+def _run(engine, mid: int):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(f"select * from {RECO}.runs where materialization_id = :m"), {"m": mid}).mappings().one()
+
+
+def _start_paused(engine, overrides, phase: str, fault: str):
+    """Start a publisher process and wait until it stops at `phase`; returns (process, run id, backend pid, blocker)."""
+    blocker = None
+    env = {**os.environ}
+    patient = dict(overrides)
+    if phase == "swap_lock":  # hold a lock ATTACH needs; readers are not blocked by it
+        blocker = engine.connect()
+        blocker.execute(sa.text(f"lock table {RECO}.user_recommendations_history in share update exclusive mode"))
+        patient["materialize.swap_lock_timeout_ms"] = 600_000
+    else:
+        env["PRISMREC_FAULT_PAUSE"] = phase
+        # Killed: it never wakes. Cut off: it wakes to a dead connection, as a real publisher would.
+        env["PRISMREC_FAULT_PAUSE_S"] = "3600" if fault == "kill" else "8"
+    process = subprocess.Popen([sys.executable, "-c", SUBPROCESS, json.dumps(patient), next(_dates).isoformat()],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        with engine.connect() as conn:
+            running = conn.execute(sa.text(
+                f"select r.materialization_id, r.backend_pid, a.wait_event_type from {RECO}.runs r "
+                "join pg_stat_activity a on a.pid = r.backend_pid where r.status = 'running'")).first()
+        waiting = phase == "swap_lock" and running is not None and running.wait_event_type == "Lock"
+        if running and (waiting or (phase != "swap_lock" and _paused(process, phase))):
+            return process, running.materialization_id, running.backend_pid, blocker
+        time.sleep(0.3)
+    output = process.communicate(timeout=30)[0] if process.poll() is not None else "still running"
+    process.kill()
+    pytest.fail(f"the publisher never reached {phase}:\n{output[-3000:]}")
+
+
+def _paused(process, phase: str) -> bool:
+    """Read the publisher's log up to its fault point's line (the point is reached once, so this blocks briefly)."""
+    for line in process.stdout:
+        if f"fault point: paused at {phase}" in line:
+            return True
+    return False
+
+
+def _wait_gone(engine, pid: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if not conn.execute(sa.text("select 1 from pg_stat_activity where pid = :p"), {"p": pid}).scalar():
+                return
+        time.sleep(0.2)
+    pytest.fail(f"backend {pid} is still there")
+
+
+FAULTS = [("started", "kill"), ("copy", "kill"), ("copy", "terminate"), ("before_swap", "kill"),
+          ("before_swap", "terminate"), ("swap_lock", "kill"), ("swap_lock", "terminate")]
+
+
+@pytest.mark.parametrize(("phase", "fault"), FAULTS)
+def test_a_publisher_killed_at_any_phase_loses_and_mixes_nothing(fault_config, overrides, engine, phase, fault):
+    from tasks.publish.materialize import materialize
+
+    before = _published(engine)
+    process, mid, pid, blocker = _start_paused(engine, overrides, phase, fault)
+    try:
+        if fault == "kill":
+            os.kill(process.pid, signal.SIGKILL)
+        else:
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("select pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        process.wait(timeout=120)
+        during = _published(engine)
+    finally:
+        if blocker is not None:
+            blocker.rollback()
+            blocker.close()
+    _wait_gone(engine, pid)
+    after = materialize(fault_config, logical_date=next(_dates))  # the next run reaps and publishes
+    killed = _run(engine, mid)
+    assert during == before  # readers saw the old set, whole, throughout
+    assert killed["status"] == "failed" and not killed["is_current"] and not killed["output_kept"]
+    assert _leftovers(engine, mid) == []
+    assert _published(engine)[:2] == (after.materialization_id, USERS * TOP_K)
+    how = "SIGKILL of the process" if fault == "kill" else "pg_terminate_backend of its connection"
+    OUTCOMES.append((f"publisher: {how} at `{phase}`",
+                     f"held: current set unchanged ({before[1]} rows, same digest); run {mid} marked failed "
+                     f"({killed['error'][:48].rstrip()}...); no tables left; next run published"))
+
+
+def test_two_publishers_at_once_leave_one_complete_set(fault_config, overrides, engine):
+    date = next(_dates)
+    processes = [subprocess.Popen([sys.executable, "-c", SUBPROCESS, json.dumps(overrides),
+                                   (date + timedelta(hours=h)).isoformat()], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for h in (0, 1)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    codes = [p.returncode for p in processes]
+    current, rows, _ = _published(engine)
+    with engine.connect() as conn:
+        newest = conn.execute(sa.text(f"select materialization_id from {RECO}.runs where logical_date = :d"),
+                              {"d": date + timedelta(hours=1)}).scalar()
+    assert codes[1] == 0, outputs[1][-2000:]
+    assert codes[0] == 0 or "SupersededError" in outputs[0], outputs[0][-2000:]
+    assert current == newest and rows == USERS * TOP_K
+    OUTCOMES.append(("two publishers at once (logical dates 1 h apart)",
+                     f"held: one complete set ({rows} rows) from the newer run; the older "
+                     + ("published first, then was replaced" if codes[0] == 0 else "was refused as superseded")))
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["train", "--max-users", "-5"], "must be at least 1"),
+    (["promote", "1", "--reason", "x" * 600], "at most 500 characters"),
+    (["forget", "not-a-number"], "invalid int value"),
+    (["forget", "1", "--set", "database.url=postgresql://u:p@ss@localhost/db"], "does not parse"),
+    (["materialize", "--set", f"database.reco_schema={RECO}; drop table x"], "lower-case SQL identifier"),
+])
+def test_bad_input_gets_one_paragraph_and_changes_nothing(fault_config, base_overrides, engine, args, expected):
+    before = _published(engine)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PRISMREC_", "MLFLOW_", "AIRFLOW"))},
+           "PRISMREC_HOME": base_overrides["paths.home"], "PRISMREC_DATABASE_URL": base_overrides["database.url"],
+           "PRISMREC_DATABASE__RECO_SCHEMA": RECO, "PRISMREC_DATABASE__APP_SCHEMA": APP, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "tasks.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode != 0 and expected in done.stderr and "Traceback" not in done.stderr
+    assert "p@ss" not in done.stderr
+    assert _published(engine) == before
+    shown = " ".join(a if len(a) < 40 else a[:20] + "..." for a in args)
+    OUTCOMES.append((f"bad input: `prismrec {shown}`", f"held: exit {done.returncode}, one paragraph "
+                     f"(\"...{expected}...\"), no traceback, nothing changed"))
