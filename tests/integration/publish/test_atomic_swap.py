@@ -1,16 +1,11 @@
-"""Publishing under concurrency and faults: readers during swaps, a killed publisher, a dropped connection.
-
-The publisher is made to stop right before its swap by holding a lock its ATTACH PARTITION
-needs (readers are not blocked by it); the test then kills the process or its connection.
+"""Publishing beside readers: one complete set during swaps, lookups that never wait long behind a
+BI report, a reader that cannot stall the publisher. Killed and cut-off publishers are
+tests/integration/publish/test_faults.py's.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,14 +17,6 @@ import sqlalchemy as sa
 APP, RECO, MODEL = "swap_app", "swap_reco", "swap_test"
 USERS, TOP_K = 40, 7
 D1 = datetime(2024, 2, 1, tzinfo=UTC)
-SUBPROCESS = """
-import json, logging, sys
-from datetime import datetime
-logging.basicConfig(level=logging.INFO)
-from tasks.config import load_config
-from tasks.publish.materialize import materialize
-materialize(load_config(json.loads(sys.argv[1])), logical_date=datetime.fromisoformat(sys.argv[2]))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -117,94 +104,6 @@ def test_readers_see_one_complete_set_during_swaps(swap_config, engine, versions
     assert reads and all(r[:4] == (expected, 1, 1, 1) for r in reads), {r for r in reads if r[:4] != (expected, 1, 1, 1)}
     assert {r[4] for r in reads} == set(versions)  # the readers really did straddle swaps
     assert _current(engine) == (published[-1].materialization_id, expected)
-
-
-def _start_blocked_publisher(engine, overrides, logical_date):
-    """Hold the lock ATTACH PARTITION needs, start a publisher process, wait until it waits right before its swap."""
-    blocker = engine.connect()
-    blocker.execute(sa.text(f"lock table {RECO}.user_recommendations_history in share update exclusive mode"))
-    patient = {**overrides, "materialize.swap_lock_timeout_ms": 600_000}  # wait at the swap until the test acts
-    process = subprocess.Popen([sys.executable, "-c", SUBPROCESS, json.dumps(patient), logical_date.isoformat()],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        with engine.connect() as conn:
-            waiting = conn.execute(sa.text(
-                f"select r.materialization_id, r.backend_pid from {RECO}.runs r join pg_stat_activity a "
-                "on a.pid = r.backend_pid where r.status = 'running' and a.wait_event_type = 'Lock'")).first()
-        if waiting:
-            return blocker, process, waiting[0], waiting[1]
-        time.sleep(0.3)
-    blocker.rollback()
-    blocker.close()
-    output = process.communicate(timeout=30)[0] if process.poll() is not None else "still running"
-    process.kill()
-    pytest.fail(f"the publisher never reached its swap:\n{output[-3000:]}")
-
-
-def _wait_until_gone(engine, pid: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with engine.connect() as conn:
-            if not conn.execute(sa.text("select 1 from pg_stat_activity where pid = :p"), {"p": pid}).scalar():
-                return
-        time.sleep(0.2)
-    pytest.fail(f"backend {pid} of the killed publisher is still there")
-
-
-def test_killed_publisher_leaves_the_current_set_and_is_marked_failed_by_the_next_run(
-        swap_config, overrides, engine, versions):
-    from tasks.publish.materialize import DEAD_RUN_ERROR, materialize
-
-    materialize(swap_config)
-    before = _current(engine)
-    blocker, process, mid, pid = _start_blocked_publisher(engine, overrides, D1)
-    try:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-        assert _current(engine) == before
-        assert _run(engine, mid)["status"] == "running"  # nobody alive to say otherwise yet
-    finally:
-        blocker.rollback()
-        blocker.close()
-    _wait_until_gone(engine, pid)
-    assert _current(engine) == before
-
-    retry = materialize(swap_config, logical_date=D1)
-    killed = _run(engine, mid)
-    assert killed["status"] == "failed" and killed["error"] == DEAD_RUN_ERROR and not killed["output_kept"]
-    assert _run(engine, retry.materialization_id)["status"] == "succeeded" and not retry.reused
-    assert _current(engine) == (retry.materialization_id, USERS * TOP_K)
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("select to_regclass(:t)"), {"t": f"{RECO}.user_recommendations_m{mid}"}).scalar() is None
-
-
-def test_dropped_connection_marks_the_run_failed_and_the_retry_succeeds(swap_config, overrides, engine, versions):
-    from tasks.publish.materialize import materialize
-
-    materialize(swap_config)
-    before = _current(engine)
-    logical_date = D1 + timedelta(days=1)
-    blocker, process, mid, pid = _start_blocked_publisher(engine, overrides, logical_date)
-    try:
-        with engine.connect() as conn:
-            assert conn.execute(sa.text("select pg_terminate_backend(:p)"), {"p": pid}).scalar()
-        output = process.communicate(timeout=120)[0]
-    finally:
-        blocker.rollback()
-        blocker.close()
-    assert process.returncode != 0 and "terminat" in output
-    failed = _run(engine, mid)
-    # The first cause is kept, not the "connection already closed" of the rollback that followed it.
-    assert failed["status"] == "failed" and failed["error"].startswith("OperationalError: "), failed["error"]
-    assert "terminating connection" in failed["error"] or "server closed the connection" in failed["error"]
-    assert "already closed" not in failed["error"]
-    assert _current(engine) == before
-
-    retry = materialize(swap_config, logical_date=logical_date)
-    assert _current(engine) == (retry.materialization_id, USERS * TOP_K)
-    again = materialize(swap_config, logical_date=logical_date)  # idempotent for the same champion and date
-    assert again.reused and again.materialization_id == retry.materialization_id
 
 
 def _publish_beside_a_long_report(swap_config, engine, report_seconds: float, **patience):

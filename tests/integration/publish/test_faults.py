@@ -175,6 +175,8 @@ def test_a_publisher_killed_at_any_phase_loses_and_mixes_nothing(fault_config, o
     killed = _run(engine, mid)
     assert during == before  # readers saw the old set, whole, throughout
     assert killed["status"] == "failed" and not killed["is_current"] and not killed["output_kept"]
+    if fault == "terminate":  # the first cause is kept, not the "connection already closed" that followed it
+        assert killed["error"].startswith("OperationalError: ") and "already closed" not in killed["error"]
     assert _leftovers(engine, mid) == []
     assert _published(engine)[:2] == (after.materialization_id, USERS * TOP_K)
     how = "SIGKILL of the process" if fault == "kill" else "pg_terminate_backend of its connection"
