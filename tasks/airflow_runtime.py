@@ -11,6 +11,11 @@ a scheduler or workers. An interactive run fails fast (task retries are turned o
 production retry delay would make the command hang for minutes), and a failed run raises the
 task's own project error (e.g. `DataQualityError`) so the CLI can print its message. A training
 run's note is the model gate's verdict, so the UI shows a refusal on a run that is green.
+
+`CeleryProfile` is the other way to run the same DAGs: Airflow as services (api-server,
+scheduler, dag-processor, triggerer, Celery workers) sharing a Postgres metadata DB and a
+broker, configured by `eval "$(python -m tasks.airflow_runtime --celery)"` (docs/live-stack.md).
+The in-process runs above never use it: they keep their private SQLite file.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import hashlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -83,6 +88,74 @@ def airflow_environment(config: PipelineConfig) -> dict[str, str]:
         "AIRFLOW__LOGGING__NAMESPACE_LEVELS": os.environ.get(
             "AIRFLOW__LOGGING__NAMESPACE_LEVELS", _QUIET_NAMESPACES
         ),
+    }
+
+
+PROFILE_ENV = {
+    "metadata_url": "PRISMREC_AIRFLOW_DATABASE_URL",
+    "broker_url": "PRISMREC_CELERY_BROKER_URL",
+    "result_backend": "PRISMREC_CELERY_RESULT_BACKEND",
+    "api_url": "PRISMREC_AIRFLOW_API_URL",
+    "queue": "PRISMREC_CELERY_QUEUE",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CeleryProfile:
+    """Airflow as services with CeleryExecutor: where the components meet (docs/live-stack.md).
+
+    Every component (api-server, scheduler, dag-processor, triggerer, `airflow celery worker`)
+    starts with the same `celery_environment`, so they share the metadata DB, the broker, the
+    queue and the API server the workers' task runners report to.
+    """
+
+    # Airflow's own Postgres database (never the one holding app and reco): the scheduler and the
+    # workers run at once, which SQLite cannot serve.
+    metadata_url: str
+    # The broker that hands queued tasks to the workers (the machine's Redis by default).
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Where Celery keeps task states; None: a `db+` URL of the metadata DB (nothing else to run).
+    result_backend: str | None = None
+    # The api-server: the UI and REST v2, and the Execution API the workers' task runners call.
+    api_url: str = "http://127.0.0.1:8080"
+    # The Celery queue every task goes to and every worker reads (a pool of GPU workers would read its own).
+    queue: str = "default"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CeleryProfile:
+        """The profile set by PRISMREC_AIRFLOW_DATABASE_URL (required) and the other PROFILE_ENV variables."""
+        env = os.environ if environ is None else environ
+        values = {field: env[name].strip() for field, name in PROFILE_ENV.items() if (env.get(name) or "").strip()}
+        if "metadata_url" not in values:
+            raise ConfigError(
+                "the Celery profile needs Airflow's own Postgres database: set PRISMREC_AIRFLOW_DATABASE_URL, "
+                "e.g. postgresql://postgres@127.0.0.1:5432/airflow (create the database first); "
+                "see docs/live-stack.md")
+        return cls(**values)
+
+    def sql_alchemy_conn(self) -> str:
+        url = self.metadata_url
+        if url.startswith(("postgres://", "postgresql://")):
+            url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+        if not url.startswith("postgresql"):
+            raise ConfigError("PRISMREC_AIRFLOW_DATABASE_URL must be a PostgreSQL URL: the Celery profile runs "
+                              "the scheduler and the workers at once, which SQLite cannot serve")
+        return url
+
+
+def celery_environment(config: PipelineConfig, profile: CeleryProfile) -> dict[str, str]:
+    """`airflow_environment` for Airflow as services: CeleryExecutor, Postgres metadata DB, the broker."""
+    conn = profile.sql_alchemy_conn()
+    return airflow_environment(config) | {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": conn,
+        "AIRFLOW__CELERY__BROKER_URL": profile.broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": profile.result_backend or "db+" + conn,
+        # One task at a time per worker: a training task takes every core of its machine; more
+        # workers (or more machines) run more tasks at once.
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": os.environ.get("AIRFLOW__CELERY__WORKER_CONCURRENCY", "1"),
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": profile.queue,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": profile.api_url.rstrip("/") + "/execution/",
     }
 
 
@@ -270,13 +343,21 @@ def _collect(dag_run) -> DagRunResult:
     )
 
 
-def _print_shell_exports() -> None:
-    """`eval "$(python -m tasks.airflow_runtime)"`: this project's Airflow settings, for `airflow` commands."""
+def _print_shell_exports(celery: bool = False) -> None:
+    """`eval "$(python -m tasks.airflow_runtime)"`: this project's Airflow settings, for `airflow` commands.
+
+    With `--celery`, the services' settings (CeleryProfile from the environment); the metadata DB
+    is then migrated by `airflow db migrate`, once, before the components start.
+    """
     import shlex
 
     config = load_config()
-    configure_airflow(config)  # the metadata DB must exist before `airflow standalone` reads it
-    for name, value in airflow_environment(config).items():
+    if celery:
+        env = celery_environment(config, CeleryProfile.from_env())
+    else:
+        configure_airflow(config)  # the metadata DB must exist before `airflow standalone` reads it
+        env = airflow_environment(config)
+    for name, value in env.items():
         if name.startswith("AIRFLOW__LOGGING__"):
             continue  # the servers keep Airflow's own logging (full task tracebacks in the UI)
         sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
@@ -284,4 +365,8 @@ def _print_shell_exports() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    _print_shell_exports()
+    try:
+        _print_shell_exports(celery="--celery" in sys.argv[1:])
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(1)
