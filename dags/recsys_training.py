@@ -47,7 +47,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import AssetAlias, dag, task
 
-from tasks.airflow_tasks import fail_fast
+from tasks.airflow_tasks import end_training_run, fail_fast, note_verdict
 from tasks.contracts import champion_asset, dag_params, overrides_from_params, train_queue
 
 CHAMPION = champion_asset()
@@ -104,14 +104,14 @@ def recsys_training():
 
         return pipeline.run_train(overrides_from_params(context["params"]), dataset)
 
-    @task
+    @task(on_failure_callback=end_training_run)  # the MLflow run train opened ends FAILED, not RUNNING
     @fail_fast
     def evaluate(dataset: dict, trained: dict, **context) -> dict:
         from tasks import pipeline
 
         return pipeline.run_evaluate(overrides_from_params(context["params"]), dataset, trained)
 
-    @task
+    @task(on_failure_callback=end_training_run)
     @fail_fast
     def gate(evaluated: dict, **context) -> dict:
         from tasks import pipeline
@@ -123,7 +123,7 @@ def recsys_training():
             user=getattr(context["dag_run"], "triggering_user_name", None),  # who forced it, if anyone
         )
 
-    @task(outlets=[CHAMPION_MOVES])
+    @task(outlets=[CHAMPION_MOVES], on_failure_callback=end_training_run)
     @fail_fast
     def register(snapshot: dict, trained: dict, evaluated: dict, decision: dict, **context) -> dict:
         from tasks import pipeline
@@ -134,6 +134,7 @@ def recsys_training():
         )
         if registered["champion_moved"]:
             context["outlet_events"][CHAMPION_MOVES].add(CHAMPION, extra={"version": registered["version"]})
+        note_verdict(context, registered.get("verdict"))  # the run's note in the UI
         return registered
 
     snapshot = extract()

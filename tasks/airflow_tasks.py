@@ -15,10 +15,13 @@ task fails, and nothing else here is heavy.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from tasks.errors import PrismRecError
+
+log = logging.getLogger(__name__)
 
 Task = TypeVar("Task", bound=Callable[..., Any])
 
@@ -52,3 +55,35 @@ def project_error(exc: BaseException | None) -> PrismRecError | None:
             return exc
         exc, seen = exc.__cause__, seen + 1
     return None
+
+
+def end_training_run(context: dict) -> None:
+    """on_failure_callback of the tasks after `train` (evaluate, gate, register): the MLflow run that
+    `train` opened ends FAILED instead of showing RUNNING forever. Runs after the last try only; a
+    fault here is logged, never raised (the task has failed already, with its own message)."""
+    try:
+        trained = context["ti"].xcom_pull(task_ids="train")
+        if trained:
+            from tasks import pipeline
+            from tasks.contracts import overrides_from_params
+
+            pipeline.fail_training_run(overrides_from_params(context["params"]), trained)
+    except Exception:  # a callback must not hide the task's own failure
+        log.warning("could not end the training's MLflow run as FAILED", exc_info=True)
+
+
+def note_verdict(context: dict, verdict: str | None) -> None:
+    """Show the model gate's verdict as the run's note in the UI (a refused gate still ends in a
+    green run), for runs the scheduler started: through the REST API of PRISMREC_AIRFLOW_API_URL
+    (tasks run on workers that must not write Airflow's metadata DB). In-process runs (`prismrec
+    train`) get their note from tasks.airflow_runtime.run_dag; a failure here is logged, not raised."""
+    from tasks.registry.champion_events import AirflowApi, set_run_note
+
+    api = AirflowApi.from_env()
+    if not verdict or api is None:
+        return
+    try:
+        if set_run_note(api, context["dag_run"].dag_id, context["run_id"], verdict):
+            log.info("run note: %s", verdict)
+    except Exception:  # the note is a courtesy; the registered version is what matters
+        log.warning("could not write the gate's verdict as the run's note on %s", api.base_url, exc_info=True)

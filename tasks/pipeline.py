@@ -124,6 +124,17 @@ def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
     return {"model_dir": str(model_dir), "run_dir": str(run.root), "epochs": epochs, "mlflow_run_id": mlflow_run_id}
 
 
+def fail_training_run(overrides: Mapping[str, Any], trained: Mapping[str, Any] | None) -> bool:
+    """A task after `train` failed for good: end the MLflow run `train` opened as FAILED (True if it
+    was still running). Nothing to do when `train` left no run (it failed itself: already FAILED)."""
+    from tasks.registry.tracking import end_failed, run_id_of
+
+    if not trained:
+        return False
+    run_id = trained.get("mlflow_run_id") or run_id_of(RunLayout(Path(trained["run_dir"])))
+    return bool(run_id) and end_failed(load_config(overrides), run_id)
+
+
 def run_evaluate(
     overrides: Mapping[str, Any], dataset: Mapping[str, Any], trained: Mapping[str, Any]
 ) -> dict[str, Any]:

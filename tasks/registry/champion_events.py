@@ -144,3 +144,16 @@ def fire_champion_changed(api: AirflowApi, version: str, source: str) -> dict[st
     log.info("asset event %s of %s (asset id %d) posted to %s", (event or {}).get("id"), CHAMPION_URI,
              ident, api.base_url)
     return event or {}
+
+
+def set_run_note(api: AirflowApi, dag_id: str, run_id: str, note: str) -> bool:
+    """Write `note` on a DAG run (PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}); False when this
+    Airflow does not know the run (an in-process `prismrec train` run, kept in its own SQLite DB)."""
+    path = f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+    try:
+        _request(api, "PATCH", path, headers=auth_headers(api), body={"note": note[:1000]})
+    except AssetEventError as exc:
+        if "HTTP 404" in str(exc):
+            return False
+        raise
+    return True

@@ -46,6 +46,17 @@ def run_id_of(run: RunLayout) -> str | None:
     return _read(run.mlflow_run).get("run_id") if run.mlflow_run.exists() else None
 
 
+def end_failed(config: PipelineConfig, run_id: str) -> bool:
+    """End the training's MLflow run FAILED when a task after `train` failed for good (evaluate,
+    gate or register), so the UI does not show it RUNNING forever; True if it was still running."""
+    client, _ = open_client(config)
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    client.set_terminated(run_id, status="FAILED")
+    log.info("MLflow run %s ended FAILED: the training run failed after train", run_id)
+    return True
+
+
 def open_run(config: PipelineConfig, run: RunLayout) -> str:
     """A new MLflow run for the training run in `run`, with its snapshot as the dataset input."""
     client, experiment_id = open_client(config)

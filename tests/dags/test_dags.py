@@ -53,7 +53,9 @@ PARSE = textwrap.dedent("""
             "timetable": type(dag.timetable).__name__,
             "schedule_assets": repr(getattr(dag.timetable, "asset_condition", None)),
             "tasks": {t.task_id: {"upstream": sorted(t.upstream_task_ids), "retries": t.retries,
-                                  "outlets": [repr(o) for o in t.outlets], "queue": t.queue} for t in dag.tasks},
+                                  "outlets": [repr(o) for o in t.outlets], "queue": t.queue,
+                                  "on_failure": [f"{c.__module__}.{c.__name__}" for c in t.on_failure_callback]}
+                      for t in dag.tasks},
             "params": {name: dag.params.get_param(name).schema for name in dag.params},
             "param_descriptions": {name: dag.params.get_param(name).description for name in dag.params},
         }
@@ -125,6 +127,9 @@ def test_training_tasks_and_dependencies(parsed):
     # PRISMREC_TRAIN_QUEUE=gpu: training goes to the GPU workers' queue, everything else stays on the default.
     assert tasks["train"]["queue"] == "gpu"
     assert {v["queue"] for t, v in tasks.items() if t != "train"} == {"default"}
+    # A task after train that fails for good ends the MLflow run train opened as FAILED.
+    ended = {t for t, v in tasks.items() if "tasks.airflow_tasks.end_training_run" in v["on_failure"]}
+    assert ended == {"evaluate", "gate", "register"}
 
 
 def test_training_params_are_typed_and_described(parsed):

@@ -26,6 +26,7 @@ from tasks.registry.champion_events import (
     asset_id,
     auth_headers,
     fire_champion_changed,
+    set_run_note,
 )
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -121,6 +122,17 @@ def test_asset_event_failures_say_what_went_wrong(live_airflow):
         asset_id(api, "prismrec://champion-old", headers)
     with pytest.raises(AssetEventError, match="cannot reach the Airflow API server at http://127.0.0.1:9"):
         fire_champion_changed(AirflowApi(base_url="http://127.0.0.1:9", timeout_s=2), "5", "cli promote")
+
+
+@pytest.mark.slow
+def test_a_run_note_for_a_run_this_airflow_does_not_know_is_skipped(live_airflow):
+    """`register` writes the gate's verdict as its run's note through REST; an in-process run
+    (`prismrec train` with PRISMREC_AIRFLOW_API_URL set) is not this Airflow's: no note, no error."""
+    url, _ = live_airflow
+    api = AirflowApi(base_url=url, username="ops", password="s3cret")
+    assert set_run_note(api, "recsys_training", "manual__2026-12-04T00:00:00+00:00", "the gate passed v1") is False
+    with pytest.raises(AssetEventError, match="HTTP 401"):
+        set_run_note(AirflowApi(base_url=url), "recsys_training", "manual__x", "note")
 
 
 MODEL, RECO = "champion_events_test", "events_reco"
