@@ -146,7 +146,11 @@ class CeleryProfile:
 def celery_environment(config: PipelineConfig, profile: CeleryProfile) -> dict[str, str]:
     """`airflow_environment` for Airflow as services: CeleryExecutor, Postgres metadata DB, the broker."""
     conn = profile.sql_alchemy_conn()
-    return airflow_environment(config) | {
+    # The services keep Airflow's own logging (full task tracebacks in the UI), not the quiet
+    # levels of an in-process run.
+    shared = {name: value for name, value in airflow_environment(config).items()
+              if not name.startswith("AIRFLOW__LOGGING__")}
+    return shared | {
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": conn,
         "AIRFLOW__CELERY__BROKER_URL": profile.broker_url,

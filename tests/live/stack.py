@@ -251,6 +251,10 @@ def live_stack(root: Path, server_url: str, *, extra_env: dict[str, str] | None 
         "PRISMREC_AIRFLOW_DATABASE_URL": profile.metadata_url,
         "PRISMREC_CELERY_BROKER_URL": profile.broker_url,
         "PRISMREC_CELERY_QUEUE": profile.queue,
+        # The workers' way back to the REST API (the run's note with the gate's verdict).
+        "PRISMREC_AIRFLOW_API_URL": airflow_url,
+        "PRISMREC_AIRFLOW_USERNAME": ADMIN[0],
+        "PRISMREC_AIRFLOW_PASSWORD": ADMIN[1],
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN[0]}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__API__PORT": str(api_port),
@@ -258,6 +262,8 @@ def live_stack(root: Path, server_url: str, *, extra_env: dict[str, str] | None 
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         # A DAG file edited during the tests is parsed again within seconds, not minutes.
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        # The MLflow server's job runner (seven huey consumers) serves GenAI evaluation jobs PrismRec never sends.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     } | (extra_env or {})
 
     airflow = [str(BIN / "airflow")]
@@ -311,7 +317,7 @@ def live_stack(root: Path, server_url: str, *, extra_env: dict[str, str] | None 
             _forget_queue(profile.queue)
 
 
-def _stop(services: list[Service], grace_s: float = 20) -> None:
+def _stop(services: list[Service], grace_s: float = 10) -> None:
     """SIGTERM every process group, then SIGKILL what is left after the grace period."""
     for service in services:
         service.signal(signal.SIGTERM)

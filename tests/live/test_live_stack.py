@@ -1,9 +1,12 @@
 """PrismRec operated through live services, as its users run them (tests/live/stack.py): the
-command line loads MovieLens-100K, the REST API v2 unpauses and triggers the DAGs, Celery workers
-run the tasks, the MLflow server keeps the run and the registry, the champion asset publishes.
+command line loads MovieLens-100K, the REST API v2 and the Airflow UI (a real headless chromium)
+unpause and trigger the DAGs, Celery workers run the tasks, the MLflow server keeps the run and
+the registry, the champion asset publishes, `prismrec promote` / `rollback` reach Airflow.
 
-The tests share one stack and build on each other in file order: the data is loaded once, and
-the training run triggered here is the one every later check reads.
+The tests share one stack and build on each other in file order. One training run goes all the
+way (triggered from the UI's form, or through REST where no chromium can be had) and every later
+check reads it; the runs that only prove a date is not doomed stop after the data gate, where a
+stale date would fail them (a person marks them failed, as in the UI).
 """
 
 from __future__ import annotations
@@ -13,15 +16,24 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from tests.live.browser import (
+    Screens,
+    browser_page,
+    ensure_chromium,
+    log_into_airflow,
+    trigger_from_the_form,
+    wait_for_text,
+)
 from tests.live.stack import ADMIN, WORKERS
 
 pytestmark = pytest.mark.slow
 
 TRAINING, PUBLISHING = "recsys_training", "recsys_materialize"
 REASON = "live stack: the first model, whatever the gate says"
-# The Params of the trigger form (tasks/contracts.py); the stack's environment already keeps training tiny.
-PARAMS = {"epochs": 1, "n_interests": 2, "force_promote": True, "reason": REASON,
-          "overrides": {"train.max_steps_per_epoch": 3}}
+# Params of the trigger form (tasks/contracts.py); the stack's environment already keeps training tiny.
+FORM_PARAMS = {"epochs": 1, "n_interests": 2, "force_promote": True, "reason": REASON}
+REST_PARAMS = {"epochs": 1, "reason": "live stack: a run with no logical date", "overrides": {"train.lr": 0.001}}
+USERS = 943  # MovieLens-100K
 
 
 def _runs_of(live, dag_id: str, run_type: str) -> list[dict]:
@@ -37,18 +49,39 @@ def _wait_for(what: str, find, live, timeout_s: float = 600):
             return found
         live.check_alive()
         assert time.monotonic() < deadline, f"no {what} within {timeout_s:.0f} s"
-        time.sleep(3)
+        time.sleep(2)
 
 
-def _assert_ran_on_the_workers(live, dag_id: str, run_id: str) -> set[str]:
-    """Every task succeeded on one of the stack's Celery workers; returns the workers used."""
-    instances = live.task_instances(dag_id, run_id)
+def _states(live, dag_id: str, run_id: str) -> dict[str, str | None]:
+    return {ti["task_id"]: ti["state"] for ti in live.task_instances(dag_id, run_id)}
+
+
+def _assert_ran_on_the_workers(live, dag_id: str, run_id: str, tasks: set[str] | None = None) -> set[str]:
+    """The tasks (all by default) succeeded on the stack's Celery workers; returns the workers used."""
+    instances = [ti for ti in live.task_instances(dag_id, run_id) if tasks is None or ti["task_id"] in tasks]
     assert instances and {ti["state"] for ti in instances} == {"success"}, \
         [(ti["task_id"], ti["state"]) for ti in instances]
     hosts = {ti["hostname"] for ti in instances}
     assert hosts <= set(WORKERS), hosts
     assert {ti["queue"] for ti in instances} == {live.env["PRISMREC_CELERY_QUEUE"]}
     return hosts
+
+
+def _passes_the_data_gate_then_stop(live, run_id: str) -> None:
+    """Wait until `extract` and `quality` of a training run succeeded (a stale 'now' fails them),
+    then mark the run failed through REST so the next run does not wait for its training."""
+    def gate_done():
+        states = _states(live, TRAINING, run_id)
+        assert "failed" not in states.values() and "upstream_failed" not in states.values(), states
+        return states.get("quality") == "success"
+
+    _wait_for(f"data gate of {run_id}", gate_done, live)
+    _assert_ran_on_the_workers(live, TRAINING, run_id, {"extract", "quality"})
+    answer = live.api("PATCH", f"/dags/{TRAINING}/dagRuns/{run_id}", json={"state": "failed"})
+    assert answer.status_code == 200, answer.text[:500]
+    live.api("PATCH", f"/dags/{TRAINING}/dagRuns/{run_id}", json={"note": "stopped by the live test after the data gate"})
+    _wait_for(f"{run_id} to stop", lambda: not ({"running", "queued", "scheduled"}
+                                                & set(_states(live, TRAINING, run_id).values())), live, 180)
 
 
 def _upstream_versions(live, run: dict) -> list[str]:
@@ -68,7 +101,8 @@ def _publication_of(live, version: str, after: str | None = None) -> dict:
     return live.wait_for_run(PUBLISHING, run["dag_run_id"])
 
 
-def _published_versions(live) -> tuple[set[str], int]:
+def _published(live) -> tuple[set[str], int]:
+    """The model versions in reco.user_recommendations and how many users have a list."""
     engine = sa.create_engine(live.database_url)
     try:
         with engine.connect() as conn:
@@ -76,6 +110,15 @@ def _published_versions(live) -> tuple[set[str], int]:
                     conn.execute(sa.text("select count(distinct user_id) from reco.user_recommendations")).scalar())
     finally:
         engine.dispose()
+
+
+def _champion(live) -> dict:
+    return live.mlflow("registered-models/alias", name="prismrec", alias="champion")["model_version"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    return ensure_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -88,22 +131,32 @@ def loaded(live):
 
 @pytest.fixture(scope="module")
 def unpaused(live, loaded):
-    """Both DAGs unpaused through REST, as a person does with the toggle in the UI."""
+    """Both DAGs unpaused through REST (the UI's toggle does the same); the scheduled run it starts."""
     for dag_id in (PUBLISHING, TRAINING):
         answer = live.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
         assert answer.status_code == 200 and answer.json()["is_paused"] is False, answer.text[:500]
+    return _wait_for("scheduled training run after unpausing", lambda: _runs_of(live, TRAINING, "scheduled"),
+                     live, timeout_s=180)
 
 
 @pytest.fixture(scope="module")
-def triggered(live, unpaused):
-    """A training run triggered through REST v2 with Params and no logical date (the UI's null)."""
-    # Airflow 3's API wants the key; the UI sends null, which means "no logical date: run now".
-    missing = live.api("POST", f"/dags/{TRAINING}/dagRuns", json={"conf": PARAMS})
-    assert missing.status_code == 422 and "logical_date" in missing.text
-    answer = live.api("POST", f"/dags/{TRAINING}/dagRuns", json={"logical_date": None, "conf": PARAMS})
-    assert answer.status_code == 200, answer.text[:1000]
-    run = answer.json()
-    return live.wait_for_run(TRAINING, run["dag_run_id"])
+def trained(live, unpaused, chromium):
+    """The one training run that goes all the way: triggered from the Airflow UI's form with Params
+    (the REST API where no chromium can be had); returns it finished, with what the UI sent."""
+    sent = None
+    if chromium is not None:
+        with browser_page(chromium) as page:
+            screens = Screens(page, live.root / "screenshots")
+            log_into_airflow(page, live.airflow_url, *ADMIN)
+            sent = trigger_from_the_form(page, live.airflow_url, TRAINING, FORM_PARAMS, screens)
+            assert sent["status"] == 200, sent
+            screens.take("triggered")
+        run_id = sent["run"]["dag_run_id"]
+    else:
+        answer = live.api("POST", f"/dags/{TRAINING}/dagRuns", json={"logical_date": None, "conf": FORM_PARAMS})
+        assert answer.status_code == 200, answer.text[:1000]
+        run_id = answer.json()["dag_run_id"]
+    return {"run": live.wait_for_run(TRAINING, run_id, timeout_s=900), "sent": sent}
 
 
 def test_the_load_records_its_replay(loaded):
@@ -113,69 +166,135 @@ def test_the_load_records_its_replay(loaded):
 
 def test_unpausing_starts_no_doomed_run(live, unpaused):
     """Unpausing a weekly DAG makes the scheduler start the latest interval's run at once; on the
-    loaded MovieLens (ratings end in 1998) that run must succeed, not fail the freshness check."""
-    scheduled = _wait_for("scheduled training run after unpausing", lambda: _runs_of(live, TRAINING, "scheduled"),
-                          live, timeout_s=120)
-    assert len(scheduled) == 1
-    run = live.wait_for_run(TRAINING, scheduled[0]["dag_run_id"])
-    assert run["state"] == "success", live.task_instances(TRAINING, run["dag_run_id"])
-    assert run["logical_date"] > "2026"  # this week's interval, read as of the replay's end
+    loaded MovieLens (ratings end in 1998) it passes the freshness check instead of failing it."""
+    assert len(unpaused) == 1 and unpaused[0]["logical_date"] > "2026"  # this week's interval
+    _passes_the_data_gate_then_stop(live, unpaused[0]["dag_run_id"])
+
+
+def test_a_rest_trigger_with_params_and_no_logical_date_passes_the_data_gate(live, unpaused):
+    # Airflow 3's API wants the key; null means "no logical date: as of when it runs".
+    missing = live.api("POST", f"/dags/{TRAINING}/dagRuns", json={"conf": REST_PARAMS})
+    assert missing.status_code == 422 and "logical_date" in missing.text
+    answer = live.api("POST", f"/dags/{TRAINING}/dagRuns", json={"logical_date": None, "conf": REST_PARAMS})
+    assert answer.status_code == 200, answer.text[:1000]
+    run = answer.json()
+    assert run["logical_date"] is None and run["triggering_user_name"] == ADMIN[0]
+    assert {key: run["conf"][key] for key in REST_PARAMS} == REST_PARAMS
+    _passes_the_data_gate_then_stop(live, run["dag_run_id"])
+
+
+def test_the_airflow_ui_triggers_training_with_params_and_shows_it_succeed(live, trained, chromium):
+    if chromium is None:
+        pytest.skip("no /usr/bin/chromium (make browser installs Debian's); the run was triggered through REST")
+    request = trained["sent"]["request"]
+    assert {key: request["conf"][key] for key in FORM_PARAMS} == FORM_PARAMS
+    run_id = trained["run"]["dag_run_id"]
+    with browser_page(chromium) as page:
+        screens = Screens(page, live.root / "screenshots")
+        log_into_airflow(page, live.airflow_url, *ADMIN)
+        page.goto(f"{live.airflow_url}/dags/{TRAINING}/runs/{run_id}")
+        wait_for_text(page, run_id, "success")
+        screens.take("training-run-succeeded")
+        page.goto(f"{live.airflow_url}/dags/{TRAINING}/runs/{run_id}/tasks/register")
+        wait_for_text(page, "register", "verdict")  # the task's log: the gate's verdict line
+        screens.take("register-task-log")
+
+
+def test_the_run_succeeded_on_the_celery_workers_with_its_params(live, trained):
+    run = trained["run"]
+    assert run["state"] == "success", _states(live, TRAINING, run["dag_run_id"])
+    assert run["run_type"] == "manual" and run["triggering_user_name"] == ADMIN[0]
+    assert {key: run["conf"][key] for key in FORM_PARAMS} == FORM_PARAMS
     _assert_ran_on_the_workers(live, TRAINING, run["dag_run_id"])
+    # The gate's verdict is the run's note, written by `register` through the REST API.
+    version = _champion(live)["version"]
+    assert (run["note"] or "").startswith(f"the gate passed v{version}: it is the champion") or \
+        f"forced it: \"{REASON}\"; v{version} is the champion" in (run["note"] or ""), run["note"]
 
 
-def test_a_rest_trigger_with_params_and_no_logical_date_succeeds_on_the_celery_workers(live, triggered):
-    assert triggered["state"] == "success", live.task_instances(TRAINING, triggered["dag_run_id"])
-    assert triggered["logical_date"] is None and triggered["run_type"] == "manual"
-    assert triggered["triggering_user_name"] == ADMIN[0]
-    assert {key: triggered["conf"][key] for key in PARAMS} == PARAMS
-    _assert_ran_on_the_workers(live, TRAINING, triggered["dag_run_id"])
-
-
-def test_the_mlflow_server_shows_the_run_and_its_version_as_champion(live, triggered):
-    champion = live.mlflow("registered-models/alias", name="prismrec", alias="champion")["model_version"]
+def test_the_mlflow_server_shows_the_run_and_its_version_as_champion(live, trained):
+    champion = _champion(live)
     tags = {tag["key"]: tag["value"] for tag in champion.get("tags", [])}
-    assert tags["airflow_run_id"] == triggered["dag_run_id"]  # the forced run's model holds @champion
+    assert tags["airflow_run_id"] == trained["run"]["dag_run_id"]  # the forced run's model holds @champion
     run = live.mlflow("runs/get", run_id=champion["run_id"])["run"]
     params = {p["key"]: p["value"] for p in run["data"].get("params", [])}
     metrics = {m["key"] for m in run["data"].get("metrics", [])}
     assert run["info"]["status"] == "FINISHED"
-    assert params["train.epochs"] == "1" and params["train.n_interests"] == "2"
-    assert params["train.max_steps_per_epoch"] == "3"
+    assert (params["train.epochs"], params["train.n_interests"], params["train.max_steps_per_epoch"]) == ("1", "2", "4")
     assert "valid_ndcg_10" in metrics and any(name.startswith("system/") for name in metrics)
 
 
-def test_the_champion_asset_event_publishes_through_recsys_materialize(live, triggered):
-    version = live.mlflow("registered-models/alias", name="prismrec", alias="champion")["model_version"]["version"]
-    run = _publication_of(live, str(version), after=triggered["run_after"])
+def test_the_champion_asset_event_publishes_through_recsys_materialize(live, trained):
+    version = str(_champion(live)["version"])
+    run = _publication_of(live, version, after=trained["run"]["run_after"])
     assert run["state"] == "success"
     _assert_ran_on_the_workers(live, PUBLISHING, run["dag_run_id"])
-    assert _published_versions(live) == ({str(version)}, 943)
+    assert _published(live) == ({version}, USERS)
 
 
-def test_cli_promote_and_rollback_reach_this_airflow(live, triggered):
-    """`prismrec promote` / `rollback` with PRISMREC_AIRFLOW_API_URL post the asset event to this
-    Airflow (login with a user's password), and its recsys_materialize publishes each move."""
-    versions = sorted(int(v["version"]) for v in
-                      live.mlflow("registered-models/get", name="prismrec")["registered_model"]["latest_versions"])
-    champion = live.mlflow("registered-models/alias", name="prismrec", alias="champion")["model_version"]["version"]
-    other = str(next(v for v in range(1, max(versions) + 1) if str(v) != str(champion)))
-    cli_env = {"PRISMREC_AIRFLOW_API_URL": live.airflow_url,
-               "PRISMREC_AIRFLOW_USERNAME": ADMIN[0], "PRISMREC_AIRFLOW_PASSWORD": ADMIN[1]}
-    before = live.get(f"/dags/{PUBLISHING}/dagRuns", order_by="-run_after", limit=1)["dag_runs"][0]["run_after"]
+CLI_REASON = "live stack: promote by hand"
 
-    promoted = live.prismrec("promote", other, "--reason", "live stack: promote by hand", env=cli_env)
-    assert promoted.returncode == 0, promoted.stderr[-3000:]
-    assert f"version {other} is the champion" in promoted.stdout
-    assert f"fired on {live.airflow_url}" in promoted.stdout, promoted.stdout + promoted.stderr
-    run = _publication_of(live, other, after=before)
-    assert run["state"] == "success" and _published_versions(live) == ({other}, 943)
 
-    rolled = live.prismrec("rollback", "--reason", "live stack: back again", env=cli_env)
-    assert rolled.returncode == 0, rolled.stderr[-3000:]
-    assert f"rolled back to version {champion}" in rolled.stdout and f"fired on {live.airflow_url}" in rolled.stdout
-    run = _publication_of(live, str(champion), after=run["run_after"])
-    assert run["state"] == "success" and _published_versions(live) == ({str(champion)}, 943)
+@pytest.fixture(scope="module")
+def cli_env(live):
+    """What a person sets so that `prismrec promote` tells this Airflow (a user's login, not a token)."""
+    return {"PRISMREC_AIRFLOW_API_URL": live.airflow_url,
+            "PRISMREC_AIRFLOW_USERNAME": ADMIN[0], "PRISMREC_AIRFLOW_PASSWORD": ADMIN[1]}
 
-    events = live.get("/assets/events", order_by="-timestamp", limit=10)["asset_events"]
-    sources = [(e["extra"].get("source"), str(e["extra"].get("version"))) for e in events if e.get("extra")]
-    assert ("cli promote", other) in sources and ("cli rollback", str(champion)) in sources
+
+@pytest.fixture(scope="module")
+def promoted(live, trained, cli_env):
+    """A second version of the same model (registered over MLflow's REST API), promoted with the CLI."""
+    first = _champion(live)
+    body = {"name": "prismrec", "source": first["source"], "run_id": first["run_id"]}
+    if first["source"].startswith("models:/"):  # MLflow 3's logged model: name it, or the source is refused
+        body["model_id"] = first["source"].removeprefix("models:/")
+    second = requests_post(live, "model-versions/create", body)["model_version"]
+    before = live.dag_runs(PUBLISHING)[-1]["run_after"]
+    done = live.prismrec("promote", str(second["version"]), "--reason", CLI_REASON, env=cli_env)
+    return {"first": str(first["version"]), "second": str(second["version"]), "done": done, "before": before}
+
+
+def requests_post(live, path: str, body: dict) -> dict:
+    import requests
+
+    answer = requests.post(f"{live.mlflow_url}/api/2.0/mlflow/{path}", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text[:500]
+    return answer.json()
+
+
+def test_cli_promote_reaches_this_airflow_and_publishes(live, promoted):
+    """`prismrec promote` with PRISMREC_AIRFLOW_API_URL posts the asset event here; its recsys_materialize publishes."""
+    done, second = promoted["done"], promoted["second"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"version {second} is the champion" in done.stdout
+    assert f"fired on {live.airflow_url}" in done.stdout, done.stdout + done.stderr
+    run = _publication_of(live, second, after=promoted["before"])
+    assert run["state"] == "success" and _published(live) == ({second}, USERS)
+
+
+def test_the_mlflow_ui_shows_champion_on_the_promoted_version(live, promoted, chromium):
+    if chromium is None:
+        pytest.skip("no /usr/bin/chromium (make browser installs Debian's)")
+    with browser_page(chromium) as page:
+        screens = Screens(page, live.root / "screenshots")
+        page.goto(f"{live.mlflow_url}/#/models/prismrec")
+        wait_for_text(page, f"Version {promoted['second']}", "champion")
+        screens.take("mlflow-model-champion")
+        rows = {version: page.get_by_role("row").filter(has_text=f"Version {version}").first.inner_text()
+                for version in (promoted["first"], promoted["second"])}
+        assert "champion" in rows[promoted["second"]] and "champion" not in rows[promoted["first"]], rows
+
+
+def test_cli_rollback_reaches_this_airflow_and_publishes(live, promoted, cli_env):
+    first = promoted["first"]
+    before = live.dag_runs(PUBLISHING)[-1]["run_after"]
+    done = live.prismrec("rollback", "--reason", "live stack: back again", env=cli_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"rolled back to version {first}" in done.stdout and f"fired on {live.airflow_url}" in done.stdout
+    run = _publication_of(live, first, after=before)
+    assert run["state"] == "success" and _published(live) == ({first}, USERS)
+
+    events = live.get("/assets/events", order_by="-timestamp", limit=20)["asset_events"]
+    sources = {((e.get("extra") or {}).get("source"), str((e.get("extra") or {}).get("version"))) for e in events}
+    assert {("cli promote", promoted["second"]), ("cli rollback", first)} <= sources
