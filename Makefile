@@ -45,8 +45,16 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# Debian's chromium for the browser tests (tests/live): Playwright launches /usr/bin/chromium and
+# downloads no browser. Installed with apt-get when missing (as root); elsewhere those tests skip.
+.PHONY: browser
+browser:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "warning: no /usr/bin/chromium; the browser tests will skip"
+
 # The whole suite against real Postgres, MLflow and Airflow (what CI runs).
-test: lint
+test: lint browser
 	$(BIN)/pytest tests -x -q
 
 # The inner loop: lint, unit tests and the DAG parse checks, no trained model (under a minute).
