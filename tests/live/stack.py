@@ -175,7 +175,7 @@ def _with_database(url: str, name: str) -> str:
 
 @contextlib.contextmanager
 def _databases(server_url: str, names: list[str]) -> Iterator[None]:
-    """Create fresh databases on the test run's Postgres server; drop them (and their sessions) after."""
+    """Create fresh databases on the test run's Postgres server; drop them (closing their connections) after."""
     admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
