@@ -67,7 +67,7 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path,
         raise TrainingError(memory_message(guard.tripped, limit, config.train.max_memory_gb is None, last_epoch))
     writes_model = config.train.node_rank == 0
     if process.returncode != 0 or (writes_model and not files.checkpoint.exists()):
-        killed = any(KILLED.search(line) for line in tail)
+        killed = process.returncode == -signal.SIGKILL or any(KILLED.search(line) for line in tail)
         raise TrainingError(
             f"torchrun exited with code {process.returncode}; last output:\n" + "\n".join(tail)
             + ("\nA training process was killed with SIGKILL, which is usually the kernel's out-of-memory killer: "

@@ -1,5 +1,5 @@
 """Fault injection: a publisher killed (SIGKILL) or cut off (pg_terminate_backend) at each phase, two at
-once, and bad input; after each, nothing published is lost or mixed.
+once, a trainer killed mid-run, and bad input; after each, nothing published is lost or mixed.
 
 A publisher is a real process (`materialize` on the test run's tiny model, 30 users) stopped at a
 phase by the `PRISMREC_FAULT_PAUSE` point (tasks.publish.materialize.fault_point): right after its
@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -224,3 +225,55 @@ def test_bad_input_gets_one_paragraph_and_changes_nothing(fault_config, base_ove
     shown = " ".join(a if len(a) < 40 else a[:20] + "..." for a in args)
     OUTCOMES.append((f"bad input: `prismrec {shown}`", f"held: exit {done.returncode}, one paragraph "
                      f"(\"...{expected}...\"), no traceback, nothing changed"))
+
+
+def _kill_trainer(out: Path, target: str, phase: str, killed: list[int]) -> None:
+    """SIGKILL the training writing into `out` (its torchrun `worker`, or `torchrun` itself) as soon as
+    it runs (`starting`) or once it has saved a checkpoint (`after_a_checkpoint`), as the kernel's
+    out-of-memory killer would."""
+    import psutil
+
+    from tasks.layout import ModelFiles
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        workers = []
+        for process in psutil.process_iter(["cmdline"]):
+            command = process.info["cmdline"] or []
+            ours = "tasks.training.worker" in command and str(out) in command
+            if ours and ("torch.distributed.run" in command) == (target == "torchrun"):
+                workers.append(process)
+        if workers and (phase == "starting" or ModelFiles(out).checkpoint.exists()):
+            for worker in workers:
+                worker.send_signal(signal.SIGKILL)
+                killed.append(worker.pid)
+            return
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("target", "phase"), [("worker", "starting"), ("worker", "after_a_checkpoint"),
+                                               ("torchrun", "after_a_checkpoint")])
+def test_a_trainer_killed_mid_run_fails_it_with_the_cause_and_hands_on_no_model(
+        fault_config, base_overrides, engine, trained_model_dir, tmp_path, target, phase):
+    from tasks.config import load_config
+    from tasks.errors import TrainingError
+    from tasks.layout import RunLayout
+    from tasks.training.launcher import launch_training
+
+    before = _published(engine)
+    config = load_config({**base_overrides, "train.nproc": 1, "train.epochs": 3, "train.max_steps_per_epoch": 4,
+                          "train.batch_size": 16, "train.patience": 5})
+    out, killed = tmp_path / "model", []
+    killer = threading.Thread(target=_kill_trainer, args=(out, target, phase, killed))
+    killer.start()
+    with pytest.raises(TrainingError) as failure:  # the train task fails: evaluate, gate and register never run
+        launch_training(config, RunLayout(trained_model_dir.parent).dataset.root, out)
+    killer.join()
+    assert killed, "the worker was never seen"
+    message = str(failure.value)
+    assert "killed with SIGKILL" in message and "train.max_memory_gb" in message
+    assert _published(engine) == before
+    who = "the torchrun worker" if target == "worker" else "torchrun itself"
+    OUTCOMES.append((f"trainer: SIGKILL of {who} at `{phase}`",
+                     "held: training fails naming SIGKILL (the out-of-memory killer's signal) and what to set; "
+                     "no model handed on, nothing registered, current set unchanged"))
