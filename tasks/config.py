@@ -315,6 +315,11 @@ class MaterializeConfig:
     swap_lock_timeout_ms: int = 1000
     # Tries of the swap (waits of 1, 2, 4 ... s between them) before the run fails, current set untouched.
     swap_attempts: int = 5
+    # New items (no training interactions, placed by their text alone) a list may take, its best
+    # ones: a text-only score ranks the users who later rate such an item far above chance but
+    # below what ratings give, so uncapped they would crowd or vanish by accident of scale
+    # (docs/experiments.md, "New items"); None lets them compete freely, 0 keeps them out.
+    max_new_items: int | None = 5
 
 
 @dataclass(frozen=True)
@@ -482,6 +487,8 @@ def validate(config: PipelineConfig) -> None:
         (config.materialize.top_k >= 1, "materialize.top_k must be at least 1"),
         (config.paths.keep_runs >= 2, f"paths.keep_runs must be at least 2 (this run and the one drift compares "
                                       f"with), got {config.paths.keep_runs}"),
+        (config.materialize.max_new_items is None or config.materialize.max_new_items >= 0,
+         "materialize.max_new_items must be >= 0 (0: no new items in the lists), or unset for no cap"),
         (config.materialize.swap_lock_timeout_ms >= 1 and config.materialize.swap_attempts >= 1,
          "materialize.swap_lock_timeout_ms and materialize.swap_attempts must be at least 1"),
         (config.source.max_users is None or config.source.max_users >= 1,

@@ -4,7 +4,7 @@ A run folder (`<PRISMREC_HOME>/runs/<run key>/`) holds the stages' outputs in th
 DAG makes them:
 
     snapshot/   items, users, interactions (Parquet), manifest, quality report, rejected rows
-    dataset/    the prepared split: sequences, items with their indices, dataset.json
+    dataset/    the prepared split: sequences, items with their indices, new items, dataset.json
     model/      checkpoint, per-epoch history, training summary, settings, item table
     evaluation.json, decision.json, registered.json, mlflow_run.json
 
@@ -59,6 +59,11 @@ class SnapshotFiles:
     def rejected_interactions(self) -> Path:
         return self.root / "rejected_interactions.parquet"
 
+    @property
+    def rejected_items(self) -> Path:
+        """Catalogue rows the tolerant item checks left out (blank text), with the reason."""
+        return self.root / "rejected_items.parquet"
+
 
 @dataclass(frozen=True)
 class DatasetFiles:
@@ -75,6 +80,12 @@ class DatasetFiles:
     def items(self) -> Path:
         """The ranking universe: item indices with their app ids and text."""
         return self.root / "items.parquet"
+
+    @property
+    def new_items(self) -> Path:
+        """Catalogue items outside the training universe (no or too few interactions), with text:
+        scored by their text alone and published as new (tasks.training.new_items)."""
+        return self.root / "new_items.parquet"
 
     @property
     def info(self) -> Path:

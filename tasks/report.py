@@ -66,6 +66,20 @@ def _metrics_table(evaluation: dict) -> list[str]:
     return lines
 
 
+def _unseen_line(evaluation: dict) -> list[str]:
+    """The truly cold slice (targets never seen in training), reported whatever its size."""
+    slices = evaluation.get("slices") or {}
+    ours = ((slices.get("candidate") or {}).get("test") or {}).get("items_unseen")
+    if not ours:
+        return []
+    line = f"   Unseen target items (test, {ours['users']} users): PrismRec HR@10 {ours['hr@10']:.4f}"
+    for name, splits in (slices.get("baselines") or {}).items():
+        theirs = ((splits or {}).get("test") or {}).get("items_unseen")
+        if theirs:
+            line += f", {name} {theirs['hr@10']:.4f}"
+    return [line]
+
+
 def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
     run = RunLayout(Path(run_dir) if run_dir else latest_run_dir(config))
     manifest = _read(run.snapshot.manifest)
@@ -87,7 +101,9 @@ def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
                    f"{manifest.get('logical_date')})")
     out.append(f"2. Data quality: {_quality_line(quality.get('summary') or {})}")
     out.append(f"3. Prepared (5-core, leave-one-out): {dataset.get('users', 0):,} users, "
-               f"{dataset.get('items', 0):,} items, {dataset.get('interactions', 0):,} interactions")
+               f"{dataset.get('items', 0):,} items, {dataset.get('interactions', 0):,} interactions"
+               + (f"; {dataset['new_items']:,} more catalogue items are new (placed by their text)"
+                  if dataset.get("new_items") else ""))
     if training:
         out.append(f"4. Fine-tuned in {training.get('train_seconds', 0):.0f}s on {training.get('world_size', 1)} "
                    f"process(es), {training.get('epochs_run', 0)} epochs, best valid NDCG@10 "
@@ -95,6 +111,7 @@ def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
     if evaluation:
         out.append("5. Full-ranking metrics (all items ranked, history masked):")
         out.extend(_metrics_table(evaluation))
+        out.extend(_unseen_line(evaluation))
     if decision:
         outcome = "PASSED" if decision.get("passed") else "REFUSED"
         out.append(f"6. Gate {outcome}:")

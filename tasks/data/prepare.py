@@ -3,6 +3,10 @@
 The filter is one pass, users then items, as RecBole does; users left with fewer than
 three interactions afterwards are dropped (leave-one-out needs a history, a validation
 target and a test target). Item index 0 is padding; items are indexed 1..n.
+
+The 5-core items are the training and evaluation universe. Every other item of the gated
+catalogue (no ratings yet, or too few) is kept beside it as a new item: training appends it to
+the model, placed by its text alone, so it is published from the first run after it appears.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ class DatasetInfo:
     items: int
     interactions: int
     dropped_interactions: int
+    new_items: int = 0  # catalogue items outside the 5-core, scored by their text alone
+
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,20 +126,38 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
     if universe["description"].isna().any():
         missing = universe.loc[universe["description"].isna(), "item_id"].head(5).tolist()
         raise SourceDataError(f"items {missing} have interactions but no row in app.items; fix the source")
+    new_items = new_catalogue_items(items, interactions, sequences.item_ids[1:])
     dataset.root.mkdir(parents=True, exist_ok=True)
     sequences.save(dataset.sequences)
     universe.to_parquet(dataset.items, index=False)
+    new_items.to_parquet(dataset.new_items, index=False)
     info = DatasetInfo(
         path=str(dataset.root),
         users=sequences.n_users,
         items=sequences.n_items,
         interactions=len(sequences.item_idx),
         dropped_interactions=len(interactions) - len(sequences.item_idx),
+        new_items=len(new_items),
     )
     dataset.info.write_text(json.dumps(info.to_dict(), indent=2))
-    log.info("prepared %d users, %d items, %d interactions (%d dropped by the 5-core filter)",
-             info.users, info.items, info.interactions, info.dropped_interactions)
+    log.info("prepared %d users, %d items, %d interactions (%d dropped by the 5-core filter); "
+             "%d more catalogue items are new, placed by their text", info.users, info.items,
+             info.interactions, info.dropped_interactions, info.new_items)
     return info
+
+
+def new_catalogue_items(items: pd.DataFrame, interactions: pd.DataFrame, trained: np.ndarray) -> pd.DataFrame:
+    """Catalogue items outside the 5-core universe `trained`, ordered by id, with how many
+    interactions each has in the snapshot (0 for a title nobody has rated yet)."""
+    counts = interactions["item_id"].value_counts()
+    new = items[~items["item_id"].isin(trained)].sort_values("item_id", kind="stable")
+    return new.assign(interactions=new["item_id"].map(counts).fillna(0).astype(np.int64)).reset_index(drop=True)
+
+
+def load_new_items(dataset_dir: Path) -> pd.DataFrame:
+    """The dataset's new items (empty for a dataset prepared before new items were kept)."""
+    path = DatasetFiles(Path(dataset_dir)).new_items
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["item_id", "title", "genres", "description"])
 
 
 def load_dataset(dataset_dir: Path) -> tuple[Sequences, pd.DataFrame]:

@@ -1,8 +1,9 @@
 """The data-quality gate: run the GX suites of `expectations/` on a Parquet snapshot.
 
 Blocking expectations fail the run on any violation. Tolerant ones (GX `mostly`) let a few
-bad interactions through the gate by leaving them out: the interactions file is rewritten
-without them, they are kept beside it (`SnapshotFiles.rejected_interactions`), and the
+bad interactions or items (blank text) through the gate by leaving them out: the file is rewritten
+without them, they are kept beside it (`SnapshotFiles.rejected_interactions`, `rejected_items`:
+a left-out item takes its interactions with it), and the
 manifest's counts and hashes are updated; the run fails only when their share passes the threshold. Row counts are
 held within a band of the baseline's: the last snapshot of the same kind (source, window, user
 slice) that passed the gate as of the same date or earlier (`quality_store`); drift against that
@@ -152,25 +153,32 @@ def check_snapshot(config: PipelineConfig, snapshot_dir: Path, logical_date: dat
     previous = history.baseline(config, source, logical_date)
     _log_baseline(previous, snapshot_dir)
     validations = _validate(config, frames, logical_date, (previous or {}).get("counts", {}))
-    failures, rejects = _dtype_failures(frames), pd.Series(dtype="str")
+    failures, rejects, item_rejects = _dtype_failures(frames), pd.Series(dtype="str"), pd.Series(dtype="str")
     for table, validation in validations.items():
         found, rejected = _assess(table, validation, frames[table], config.quality.sample_size)
         failures += found
         if table == "interactions":
             rejects = rejected
+        elif table == "items":
+            item_rejects = rejected
     results = {table: validation.to_json_dict() for table, validation in validations.items()}
     counts = {t: len(df) for t, df in frames.items()}
     drift = None
     if not any(f.blocking for f in failures):  # a snapshot that fails anyway is left as extracted
+        if len(item_rejects):
+            rejects = _with_interactions_of(item_rejects, frames, rejects)
+            _leave_out_items(snapshot_dir, frames["items"], item_rejects)
+            counts["items"] -= len(item_rejects)
         if len(rejects):
             _leave_out(snapshot_dir, frames["interactions"], rejects)
             counts["interactions"] -= len(rejects)
         drift = drift_report(snapshot_dir, _drift_baseline(previous, snapshot_dir), config, enforce=False)
+    left_out = {"interactions": len(rejects)} | ({"items": len(item_rejects)} if len(item_rejects) else {})
     report = QualityReport(
         passed=drift is not None and not drift.failed, counts=counts,
         evaluated=sum(len(r["results"]) for r in results.values()) + sum(map(len, _columns().values())),
         failures=failures, seconds=time.perf_counter() - started, report_path=report_path,
-        rejected={"interactions": len(rejects)} if drift is not None else {},
+        rejected=left_out if drift is not None else {},
         drift=drift.to_dict() if drift is not None else None,
     )
     _write_report(report, results, snapshot_dir, logical_date)
@@ -354,6 +362,32 @@ def _leave_out(snapshot_dir: Path, interactions: pd.DataFrame, rejects: pd.Serie
     history.update_manifest(snapshot_dir, kept, rejected=len(rejected))
     logger.warning("left %d interactions out of %s (kept in %s)", len(rejects), snapshot_dir,
                    files.rejected_interactions.name)
+
+
+def _with_interactions_of(item_rejects: pd.Series, frames: dict[str, pd.DataFrame], rejects: pd.Series) -> pd.Series:
+    """The interaction rejects plus every interaction of a left-out item (it has no text to place it by)."""
+    items, interactions = frames["items"], frames["interactions"]
+    reason_of = pd.Series(item_rejects.to_numpy(), index=items.loc[item_rejects.index, "item_id"].to_numpy())
+    reason_of = reason_of[~reason_of.index.duplicated()]
+    orphaned = interactions.index[interactions["item_id"].isin(reason_of.index) & ~interactions.index.isin(rejects.index)]
+    reasons = ("its item was left out: " + interactions.loc[orphaned, "item_id"].map(reason_of).astype(str))
+    return pd.concat([rejects, reasons.astype("str")]).sort_index()
+
+
+def _leave_out_items(snapshot_dir: Path, items: pd.DataFrame, rejects: pd.Series) -> None:
+    """Rewrite the catalogue without the rejected items; keep them (with a reason) beside it."""
+    files = SnapshotFiles(snapshot_dir)
+    rejected = items.loc[rejects.index].assign(reason=rejects.to_numpy())
+    if files.rejected_items.is_file():  # a re-check of a cleaned snapshot keeps the first check's rejects
+        rejected = pd.concat([pd.read_parquet(files.rejected_items), rejected], ignore_index=True)
+    kept = items.drop(index=rejects.index).reset_index(drop=True)
+    for path, frame in ((files.items, kept), (files.rejected_items, rejected)):
+        tmp = path.with_name(f".{path.name}.tmp")
+        frame.to_parquet(tmp, index=False, engine="pyarrow")
+        tmp.replace(path)
+    history.update_manifest_items(snapshot_dir, kept, rejected=len(rejected))
+    logger.warning("left %d items with blank text out of %s (kept in %s), and their interactions",
+                   len(rejects), snapshot_dir, files.rejected_items.name)
 
 
 def _write_report(report: QualityReport, results: dict[str, dict], snapshot_dir: Path, logical_date: datetime) -> None:

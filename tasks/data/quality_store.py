@@ -102,3 +102,19 @@ def update_manifest(snapshot_dir: Path, interactions: pd.DataFrame, *, rejected:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def update_manifest_items(snapshot_dir: Path, items: pd.DataFrame, *, rejected: int) -> None:
+    """Make the manifest describe the rewritten items file (count, hash, left-out items)."""
+    files = SnapshotFiles(Path(snapshot_dir))
+    path = files.manifest
+    if not path.is_file():
+        return
+    manifest = json.loads(path.read_text())
+    manifest.setdefault("counts", {})["items"] = len(items)
+    manifest.setdefault("sha256", {})[files.items.name] = file_sha256(files.items)
+    manifest["sha256"][files.rejected_items.name] = file_sha256(files.rejected_items)
+    manifest["rejected_items"] = {"items": rejected, "file": files.rejected_items.name}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

@@ -3,8 +3,9 @@
 An overall NDCG@10 can hold steady while a new model quietly gets worse for newcomers or
 for the long tail. Users are sliced by training-history length (short / medium / long) and
 by their target item: head (the most popular items that together hold `head_share` of the
-training interactions), tail (the rest) and cold (fewer than `cold_item_interactions`
-training interactions). Pure: per-user ranks in, per-slice metrics out, so the candidate,
+training interactions), tail (the rest), cold (fewer than `cold_item_interactions`
+training interactions) and unseen (none at all: the item's first interaction lies in the
+held-out part, so the model places it by its text alone, as it does a new title). Pure: per-user ranks in, per-slice metrics out, so the candidate,
 the baselines and the champion are sliced by exactly the same masks on the same split.
 """
 
@@ -67,7 +68,7 @@ def head_items(popularity: np.ndarray, share: float) -> np.ndarray:
 
 def define_slices(history_lengths: np.ndarray, targets: np.ndarray, popularity: np.ndarray,
                   config: GateConfig) -> list[Slice]:
-    """The six slices of one split, as masks over its users (same order as `targets`)."""
+    """The seven slices of one split, as masks over its users (same order as `targets`)."""
     short_max, long_min = history_cutoffs(history_lengths, config)
     head = head_items(popularity, config.head_share)
     target_counts = popularity[targets]
@@ -82,6 +83,8 @@ def define_slices(history_lengths: np.ndarray, targets: np.ndarray, popularity: 
         Slice("items_tail", ~head[targets], "target outside the head items"),
         Slice("items_cold", target_counts < config.cold_item_interactions,
               f"target with < {config.cold_item_interactions} training interactions"),
+        Slice("items_unseen", target_counts == 0,
+              "target never seen in training (first interaction held out): placed by its text alone"),
     ]
 
 

@@ -101,10 +101,14 @@ class PrismRecNet(nn.Module):
         )
 
     def item_vectors(self, text_vectors: torch.Tensor) -> torch.Tensor:
-        """[N+1, 384] pooled text vectors -> [N+1, d] item vectors (row 0 is padding)."""
+        """[N+1, 384] pooled text vectors -> [N+1, d] item vectors (row 0 is padding). Rows past
+        the id table are items added after training (tasks.training.new_items): text alone."""
         vectors = self.text_projection(text_vectors)
         if self.id_embedding is not None:
-            vectors = vectors + self.id_embedding.weight
+            ids = self.id_embedding.weight
+            if len(vectors) > len(ids):
+                return torch.cat([vectors[:len(ids)] + ids, vectors[len(ids):]])
+            vectors = vectors + ids
         return vectors
 
     def interests(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True,

@@ -2,7 +2,10 @@
 
 Used by evaluation (candidate and champion on the same split), by the MLflow pyfunc and by
 materialization. Works in app item ids, so a model can score a split whose item indexing
-differs from the one it was trained on (items it never saw score -inf). Everything is
+differs from the one it was trained on (items it does not hold score -inf). Items with no
+training interactions (new titles appended after training, tasks.training.new_items) are scored
+by their text alone and flagged new; a list takes at most `max_new_items` of them, and items
+retired from the catalogue (`restrict_to`) are never listed. Everything is
 batched tensor work, explanations included (vectorised string operations): nothing loops
 over users.
 """
@@ -24,6 +27,9 @@ from tasks.titles import display_titles
 
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
 FALLBACK_EXPLANATION = "popular overall (no viewing history yet)"
+# A pick placed by its text alone (never rated in training): "new: like A, B you watched".
+NEW_ITEM_PREFIX, NEW_ITEM_SUFFIX = "new: like ", " you watched"
+NEW_ITEM_UNEXPLAINED = "new: close to what you watch"  # ... when no watched item resembles it
 BALANCED_DEPTH = 50  # list positions that an interest balance re-orders when scoring for metrics
 
 
@@ -71,7 +77,8 @@ class Recommendations:
     scores: np.ndarray  # [U, k]
     interest_ids: np.ndarray  # [U, k] which interest picked each item (-1: popularity fallback)
     because_item_ids: np.ndarray  # [U, k, e] history items behind each pick (attended by its interest and similar to it; -1: none)
-    explanations: np.ndarray  # [U, k] "because you watched A, B"
+    explanations: np.ndarray  # [U, k] "because you watched A, B" ("new: like A, B you watched" for a new item)
+    is_new: np.ndarray | None = None  # [U, k] bool: the item had no training interactions (scored by its text alone)
 
 
 class Recommender:
@@ -80,11 +87,16 @@ class Recommender:
         self.spec = net.spec
         with torch.no_grad():
             self.item_vectors = net.item_vectors(item_text_vectors)
-            if net.id_embedding is not None and "train_interactions" in items:
+            trained = items["train_interactions"].to_numpy() if "train_interactions" in items else np.ones(len(items))
+            # No training interactions: a title added after training or rated only in the held-out part.
+            self.is_new = torch.as_tensor(np.concatenate([[False], trained == 0]))
+            if net.id_embedding is not None:
                 # An item never seen in training only ever got softmax-negative gradient on its id
-                # row, which pushes it down; such a cold item is scored by its text alone.
-                cold = torch.as_tensor(np.concatenate([[False], items["train_interactions"].to_numpy() == 0]))
-                self.item_vectors[cold] -= net.id_embedding.weight[cold]
+                # row, which pushes it down; such a cold item is scored by its text alone (items
+                # appended after training have no id row at all).
+                rows = len(net.id_embedding.weight)
+                cold = self.is_new[:rows]
+                self.item_vectors[:rows][cold] -= net.id_embedding.weight[cold]
             # Item vectors share a large common direction (every cosine is ~0.9); centred, their
             # cosines say which items resemble each other (explanations, similar items).
             real = self.item_vectors[1:]
@@ -96,6 +108,9 @@ class Recommender:
         # Users with no known history get the most popular items (flagged with interest -1).
         counts = items["train_interactions"].to_numpy() if "train_interactions" in items else np.zeros(len(items))
         self.popularity = torch.as_tensor(np.concatenate([[-np.inf], counts]), dtype=torch.float32)
+        # Items that may be listed: all, until `restrict_to` names the live catalogue.
+        self.available = torch.ones(len(self.item_ids) + 1, dtype=torch.bool)
+        self.available[0] = False
         # ComiRec's controllable aggregation strength (0: best interest alone); saved with the model,
         # so evaluation, the pyfunc and the published tables list the same items.
         self.interest_balance = float(net.spec.interest_balance)
@@ -118,6 +133,13 @@ class Recommender:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    def restrict_to(self, catalogue_item_ids: np.ndarray) -> int:
+        """List only items of the live catalogue (app item ids); items retired since training
+        leave every list. Returns how many of the model's items were retired."""
+        live = np.isin(self.item_ids, np.asarray(catalogue_item_ids, dtype=np.int64))
+        self.available = torch.as_tensor(np.concatenate([[False], live]))
+        return int((~live).sum())
+
     def to_indices(self, history: Sequence[int]) -> np.ndarray:
         """App item ids -> this model's indices, dropping items it does not know."""
         found = self.index_of.reindex(np.asarray(history, dtype=np.int64)).dropna()
@@ -138,14 +160,19 @@ class Recommender:
         above the rest (which keep their order below), so rank metrics measure the published lists."""
         indexed = [self.to_indices(h) for h in histories]
         per_interest, *_ = self.score_indices(indexed, with_attention=False)  # ranking needs no explanations
+        columns = self.index_of.reindex(item_ids).fillna(0).to_numpy(dtype=np.int64)
         scores = per_interest.amax(1)
         if self.interest_balance > 0:
-            top_scores, top_idx, *_ = self._ranked(per_interest, indexed, depth)
+            # Only the asked-for items compete for the balanced positions (a champion's new items
+            # outside the split's universe would otherwise take places no metric can see).
+            outside = torch.ones(per_interest.shape[-1], dtype=torch.bool)
+            outside[torch.as_tensor(columns)] = False
+            per_interest[:, :, outside] = float("-inf")
+            top_scores, top_idx, *_ = self._ranked(per_interest, indexed, depth, max_new=None, everything=True)
             listed = torch.isfinite(top_scores)
             floor = scores.amax(1, keepdim=True)
             order = torch.arange(top_idx.shape[1], 0, -1, dtype=scores.dtype).expand_as(top_scores)
             scores.scatter_(1, top_idx, torch.where(listed, floor + order, scores.gather(1, top_idx)))
-        columns = self.index_of.reindex(item_ids).fillna(0).to_numpy(dtype=np.int64)
         out = scores[:, torch.tensor(columns)]
         out[:, torch.as_tensor(columns == 0)] = float("-inf")
         return out
@@ -156,16 +183,22 @@ class Recommender:
         return np.where(idx > 0, self.item_ids[np.clip(idx - 1, 0, None)], -1)
 
     def _ranked(self, per_interest: torch.Tensor, indexed: Sequence[np.ndarray], top_k: int,
-                balance: float | None = None):
+                balance: float | None = None, max_new: int | None = None, everything: bool = False):
         """Top-k unseen items per user from per-interest scores [B, K, N+1] (popularity for empty
         histories): (scores, item indices, the interest behind each), each [B, k]. `balance`
-        overrides the model's interest balance. Masks the seen items in `per_interest` in place."""
+        overrides the model's interest balance; `max_new` caps the new items a list may take (the
+        best-scoring ones stay); `everything` ranks retired items too (metrics on a split).
+        Masks the seen, retired and capped items in `per_interest` in place."""
         balance = self.interest_balance if balance is None else balance
         per_interest[:, :, 0] = float("-inf")
+        if not everything:
+            per_interest[:, :, ~self.available] = float("-inf")
         lengths = np.array([len(h) for h in indexed])
         if lengths.sum():
             rows = torch.as_tensor(np.repeat(np.arange(len(indexed)), lengths))
             per_interest[rows, :, torch.as_tensor(np.concatenate(indexed))] = float("-inf")
+        if max_new is not None:
+            self._cap_new(per_interest, max_new)
         k = min(top_k, self.n_items)
         if balance > 0 and per_interest.shape[1] > 1:
             top_scores, top_idx, interest = balance_interests(*per_interest.topk(k, dim=2), balance, k)
@@ -175,16 +208,33 @@ class Recommender:
             interest = best.gather(1, top_idx)
         cold = torch.as_tensor(lengths == 0)
         if cold.any():
-            top_scores[cold], top_idx[cold] = self.popularity.topk(k)
+            popularity = self.popularity if everything else self.popularity.masked_fill(~self.available, float("-inf"))
+            top_scores[cold], top_idx[cold] = popularity.topk(k)
             interest[cold] = POPULARITY_FALLBACK
         return top_scores, top_idx, interest
 
-    def _top(self, histories: Sequence[Sequence[int]], top_k: int, balance: float | None = None):
+    def _cap_new(self, per_interest: torch.Tensor, max_new: int) -> None:
+        """Leave each user at most `max_new` new items (their best by best-interest score): a score
+        from text alone is not on the footing of one backed by ratings (docs/experiments.md)."""
+        new_columns = torch.nonzero(self.is_new).flatten()
+        if len(new_columns) <= max_new:
+            return
+        best = per_interest[:, :, new_columns].amax(1)  # [B, new]
+        if max_new == 0:
+            per_interest[:, :, new_columns] = float("-inf")
+            return
+        kept = best.topk(max_new, dim=1).indices
+        drop = torch.ones_like(best, dtype=torch.bool).scatter_(1, kept, False)
+        rows, which = drop.nonzero(as_tuple=True)
+        per_interest[rows, :, new_columns[which]] = float("-inf")
+
+    def _top(self, histories: Sequence[Sequence[int]], top_k: int, balance: float | None = None,
+             max_new: int | None = None):
         """Top-k unseen items, the interest behind each, and each interest's attention over the
         padded history."""
         indexed = [self.to_indices(h) for h in histories]
         per_interest, attention, padded = self.score_indices(indexed)
-        return *self._ranked(per_interest, indexed, top_k, balance), attention, padded
+        return *self._ranked(per_interest, indexed, top_k, balance, max_new), attention, padded
 
     def _because(self, top_idx: torch.Tensor, interest: torch.Tensor, attention: torch.Tensor,
                  padded: torch.Tensor, explain_items: int) -> torch.Tensor:
@@ -205,20 +255,27 @@ class Recommender:
         return because.masked_fill(chosen.values < 0, 0).masked_fill((interest < 0)[..., None], 0)
 
     def recommend(self, histories: Sequence[Sequence[int]], top_k: int, explain_items: int = 2,
-                  interest_balance: float | None = None) -> Recommendations:
+                  interest_balance: float | None = None, max_new_items: int | None = None) -> Recommendations:
         """Top-k unseen items per history, with the interest that picked each and why.
-        `interest_balance` overrides the model's own (balance_interests; 0: best interest only)."""
+        `interest_balance` overrides the model's own (balance_interests; 0: best interest only);
+        `max_new_items` caps the new items (no training interactions) in each list (None: no cap)."""
         if interest_balance is not None and interest_balance < 0:
             raise ValueError(f"interest_balance must be >= 0 (0: no balancing), got {interest_balance}")
-        top_scores, top_idx, interest, attention, padded = self._top(histories, top_k, interest_balance)
+        if max_new_items is not None and max_new_items < 0:
+            raise ValueError(f"max_new_items must be >= 0 (0: no new items), got {max_new_items}")
+        top_scores, top_idx, interest, attention, padded = self._top(histories, top_k, interest_balance,
+                                                                      max_new_items)
         users, k = top_idx.shape
         picked = self._because(top_idx, interest, attention, padded, explain_items)  # [B, k, e]
         titles = self.titles[picked.numpy()]  # [B, k, e]; "" where none
-        text = np.full((users, k), "because you watched ", dtype=object)
+        watched = np.full((users, k), "", dtype=object)
         for position in range(titles.shape[-1]):  # e is 2 or 3: a loop over explanation slots, not users
             part = titles[..., position]
-            separator = np.where((position > 0) & (part != ""), ", ", "")
-            text = text + separator + part
+            separator = np.where((watched != "") & (part != ""), ", ", "")
+            watched = watched + separator + part
+        is_new = self.is_new[top_idx].numpy() & (interest.numpy() >= 0)
+        new_text = np.where(watched != "", NEW_ITEM_PREFIX + watched + NEW_ITEM_SUFFIX, NEW_ITEM_UNEXPLAINED)
+        text = np.where(is_new, new_text, "because you watched " + watched)
         text = np.where(interest.numpy() < 0, FALLBACK_EXPLANATION, text)
         valid = torch.isfinite(top_scores).numpy()
         return Recommendations(
@@ -227,17 +284,20 @@ class Recommender:
             interest_ids=interest.numpy().astype(np.int64),
             because_item_ids=self._app_ids(picked),
             explanations=text,
+            is_new=is_new & valid,
         )
 
     def similar_items(self, top_k: int, batch: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Item-to-item neighbours from the item tower: (item_ids [N], similar ids [N, k], cosine [N, k])."""
-        vectors = self.item_directions[1:]
-        k = min(top_k, self.n_items - 1)
+        """Item-to-item neighbours from the item tower among the listable items (retired ones left
+        out): (item_ids [N], similar ids [N, k], cosine [N, k])."""
+        live = self.available[1:].numpy()
+        vectors, item_ids = self.item_directions[1:][torch.as_tensor(live)], self.item_ids[live]
+        k = min(top_k, len(item_ids) - 1)
         ids, sims = [], []
         for start in range(0, len(vectors), batch):
             cosine = vectors[start:start + batch] @ vectors.T
             cosine[torch.arange(len(cosine)), torch.arange(start, start + len(cosine))] = float("-inf")
             top = cosine.topk(k, dim=1)
-            ids.append(self.item_ids[top.indices.numpy()])
+            ids.append(item_ids[top.indices.numpy()])
             sims.append(top.values.numpy())
-        return self.item_ids, np.concatenate(ids), np.concatenate(sims).astype(np.float32)
+        return item_ids, np.concatenate(ids), np.concatenate(sims).astype(np.float32)

@@ -58,6 +58,7 @@ class MaterializeSummary:
     run_key: str = ""
     run_id: str | None = None  # MLflow run of the champion version
     fallback_users: int = 0
+    new_item_rows: int = 0  # recommendations of new items (no training interactions, placed by text)
     interest_rows: int = 0
     similar_rows: int = 0
     score_seconds: float = 0.0  # model forward passes + building the rows
@@ -107,6 +108,13 @@ def read_histories(engine: sa.Engine, config: PipelineConfig) -> pd.DataFrame:
     bounds = np.searchsorted(events["user_id"].to_numpy(np.int64), users, side="left")
     histories = np.split(events["item_id"].to_numpy(np.int64), bounds[1:])
     return pd.DataFrame({"user_id": users, "history": histories})
+
+
+def read_catalogue(engine: sa.Engine, config: PipelineConfig) -> np.ndarray:
+    """The ids in `<app>.items` now: an item retired from the catalogue since training is not listed."""
+    app = db.quote_ident(config.database.app_schema)
+    with engine.connect() as conn:
+        return np.asarray(conn.execute(sa.text(f'select item_id from {app}."items"')).scalars().all(), dtype=np.int64)
 
 
 def _recommender(pyfunc, version: str):
@@ -235,13 +243,14 @@ def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, s
     """Score all users batch by batch and COPY the rows; returns counts and timings."""
     top_k, batch_users = config.materialize.top_k, config.materialize.batch_users
     catalogue = reco_rows.Catalogue.from_items(recommender.items)
-    stats = {"rows": 0, "interest_rows": 0, "fallback_users": 0, "score_seconds": 0.0, "write_seconds": 0.0}
+    stats = {"rows": 0, "interest_rows": 0, "fallback_users": 0, "new_item_rows": 0, "score_seconds": 0.0,
+             "write_seconds": 0.0}
     started = time.perf_counter()
     for start in range(0, len(users), batch_users):
         batch = users.iloc[start:start + batch_users]
         histories = list(batch["history"])
         t0 = time.perf_counter()
-        recs = recommender.recommend(histories, top_k)
+        recs = recommender.recommend(histories, top_k, max_new_items=config.materialize.max_new_items)
         user_ids = batch["user_id"].to_numpy(np.int64)
         recommendations = reco_rows.recommendation_table(user_ids, recs, catalogue)
         interests = reco_rows.interest_table(user_ids, recs, catalogue, recommender.spec.n_interests)
@@ -254,6 +263,7 @@ def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, s
         fault_point("copy")
         stats["interest_rows"] += db.copy_arrow(conn, tables["user_interests"], interests, freeze=True)
         stats["fallback_users"] += int((recs.interest_ids[:, 0] == reco_rows.FALLBACK_INTEREST).sum())
+        stats["new_item_rows"] += int(recs.is_new.sum())
         stats["score_seconds"] += t1 - t0
         stats["write_seconds"] += time.perf_counter() - t1
         done, elapsed = start + len(batch), time.perf_counter() - started
@@ -290,6 +300,10 @@ def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
     mlflow_run_id = getattr(pyfunc.metadata, "run_id", None)
     engine = db.get_engine(config)
     users = read_histories(engine, config)
+    retired = recommender.restrict_to(read_catalogue(engine, config))
+    if retired:
+        log.info("%d of the champion's %d items are no longer in %s.items: left out of every list",
+                 retired, recommender.n_items, config.database.app_schema)
     if users.empty:
         raise SourceDataError(
             f"{config.database.app_schema}.interactions is empty, so there is no one to recommend to; "
@@ -330,9 +344,10 @@ def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
     summary = MaterializeSummary(
         users=len(users), model_version=version, generated_at=generated_at, seconds=time.perf_counter() - started,
         materialization_id=mid, run_key=key, run_id=mlflow_run_id, **stats)
-    log.info("published materialization %s: %d recommendations for %d users (%d on the popularity fallback), "
-             "%d interests, %d similar items from version %s in %.1fs", mid, summary.rows, summary.users,
-             summary.fallback_users, summary.interest_rows, summary.similar_rows, version, summary.seconds)
+    log.info("published materialization %s: %d recommendations for %d users (%d on the popularity fallback, "
+             "%d of new items), %d interests, %d similar items from version %s in %.1fs", mid, summary.rows,
+             summary.users, summary.fallback_users, summary.new_item_rows, summary.interest_rows,
+             summary.similar_rows, version, summary.seconds)
     return summary
 
 
@@ -357,7 +372,8 @@ def _publish(conn: sa.Connection, recommender, users: pd.DataFrame, config: Pipe
             f"update {db.quote_ident(schema)}.runs set status = 'succeeded', finished_at = clock_timestamp(), users = :users, "
             "rows = :rows, interest_rows = :interest_rows, similar_rows = :similar_rows, "
             "fallback_users = :fallback_users where materialization_id = :m"),
-            {"m": mid, "users": len(users), **{k: v for k, v in stats.items() if not k.endswith("seconds")}})
+            {"m": mid, "users": len(users),
+             **{k: v for k, v in stats.items() if not k.endswith("seconds") and k != "new_item_rows"}})
     return stats
 
 

@@ -64,7 +64,7 @@ def _join(parts: np.ndarray, separator: str) -> np.ndarray:
 
 
 def recommendation_table(user_ids: np.ndarray, recs: Recommendations, catalogue: Catalogue) -> pa.Table:
-    """One row per (user, rank): user_id, rank, item_id, title, score, interest_id, explanation."""
+    """One row per (user, rank): user_id, rank, item_id, title, score, interest_id, explanation, is_new_item."""
     users, k = recs.item_ids.shape
     valid = (recs.item_ids >= 0).reshape(-1)  # -1 only at the tail of a list, so ranks stay 1..n
     item_ids = recs.item_ids.reshape(-1)[valid]
@@ -76,7 +76,13 @@ def recommendation_table(user_ids: np.ndarray, recs: Recommendations, catalogue:
         "score": pa.array(recs.scores.reshape(-1)[valid].astype(np.float32)),
         "interest_id": pa.array(recs.interest_ids.reshape(-1)[valid].astype(np.int32)),
         "explanation": pa.array(np.asarray(recs.explanations, dtype=object).reshape(-1)[valid], pa.string()),
+        "is_new_item": pa.array(_is_new(recs).reshape(-1)[valid]),
     })
+
+
+def _is_new(recs: Recommendations) -> np.ndarray:
+    """[U, k] bool: the pick had no training interactions (a model without the flag has none)."""
+    return np.zeros(recs.item_ids.shape, bool) if recs.is_new is None else np.asarray(recs.is_new, bool)
 
 
 def interest_table(user_ids: np.ndarray, recs: Recommendations, catalogue: Catalogue, n_interests: int) -> pa.Table:

@@ -23,7 +23,7 @@ def is_set_up(conn: sa.Connection, schema: str) -> bool:
         "runs", rowlocks.TABLE, *privacy.TABLES, *(o.name for o in reco_tables.OUTPUTS), "item_exposure")]
     found = conn.execute(sa.text("select bool_and(to_regclass(n) is not null) from unnest(cast(:n as text[])) n"),
                          {"n": names}).scalar()
-    return bool(found) and owner_functions.installed(conn, schema)
+    return bool(found) and owner_functions.installed(conn, schema) and not reco_tables.missing_columns(conn, schema)
 
 
 def create_tables(conn: sa.Connection, schema: str) -> None:

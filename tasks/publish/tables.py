@@ -51,7 +51,11 @@ OUTPUTS: tuple[Output, ...] = (
             ("interest_id", "integer not null",
              "Which of the user's interest vectors picked this item: 0 = the recent interest, 1.. = "
              "long-term interests; -1 = popularity fallback."),
-            ("explanation", "text", "Human-readable reason, e.g. 'because you watched A, B'."),
+            ("explanation", "text", "Human-readable reason, e.g. 'because you watched A, B'; for a new item "
+                                    "'new: like A, B you watched'."),
+            ("is_new_item", "boolean not null default false",
+             "True for a new item: one the model never saw rated in training (added to the catalogue since, or "
+             "with too few ratings), placed by its text alone; a list holds at most materialize.max_new_items."),
         ),
         key=("user_id", "rank"),
         indexes={"item": ("item_id", "rank")},
@@ -150,6 +154,7 @@ def create_tables(conn: sa.Connection, schema: str) -> None:
     rowlocks.create_table(conn, schema)
     if not sa.inspect(conn).has_table("runs", schema=schema):
         _create_runs_and_history(conn, schema)
+    _add_new_columns(conn, schema)
     _ensure_views(conn, schema)
 
 
@@ -224,6 +229,34 @@ def _ensure_views(conn: sa.Connection, schema: str) -> None:
                            ("users_top10", "Users who get it in their top 10."),
                            ("mean_rank", "Average rank where it appears.")):
             _comment(conn, "column", f"{view}.{quote_ident(name)}", text)
+
+
+def missing_columns(conn: sa.Connection, schema: str) -> int:
+    """How many OUTPUTS columns the history tables lack (a schema set up by an older PrismRec); read from
+    the catalogue, which every role sees whatever its privileges."""
+    wanted = [(history_table(output), name) for output in OUTPUTS for name, _, _ in output.columns]
+    return conn.execute(sa.text(
+        "select count(*) from unnest(cast(:tables as text[]), cast(:names as text[])) w(t, n) "
+        "where not exists (select 1 from pg_attribute a where not a.attisdropped and a.attname = w.n "
+        "and a.attrelid = to_regclass(quote_ident(:schema) || '.' || quote_ident(w.t)))"),
+        {"schema": schema, "tables": [t for t, _ in wanted], "names": [n for _, n in wanted]}).scalar()
+
+
+def _add_new_columns(conn: sa.Connection, schema: str) -> None:
+    """Bring history tables made by an older PrismRec up to OUTPUTS: add the columns they lack (existing
+    rows get the column's default) and drop the view over them, which `_ensure_views` recreates."""
+    s = quote_ident(schema)
+    for output in OUTPUTS:
+        history = history_table(output)
+        present = set(conn.execute(sa.text(
+            "select column_name from information_schema.columns where table_schema = :schema and table_name = :name"),
+            {"schema": schema, "name": history}).scalars())
+        missing = [(n, t, d) for n, t, d in output.columns if n not in present]
+        for name, sql_type, text in missing:
+            conn.execute(sa.text(f"alter table {s}.{quote_ident(history)} add column {quote_ident(name)} {sql_type}"))
+            _comment(conn, "column", f"{s}.{quote_ident(history)}.{quote_ident(name)}", text)
+        if missing:
+            conn.execute(sa.text(f"drop view if exists {s}.{quote_ident(output.name)} cascade"))
 
 
 def make_current(conn: sa.Connection, schema: str, materialization_id: int) -> None:

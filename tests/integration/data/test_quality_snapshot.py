@@ -112,12 +112,6 @@ BLOCKING = {
                            "(0.12%), e.g. 1")]),
     "duplicate_user_id": ("users", lambda f: _set(f, 1, user_id=1),
                           ["users: expect_column_values_to_be_unique(user_id) failed for 2 of 943 rows"]),
-    "blank_title": ("items", lambda f: _set(f, 0, title="  "),
-                    [("items: expect_column_values_to_match_regex(title) failed for 1 of 1,682 rows "
-                     "(0.059%), e.g. '  ' (item_id=1)")]),
-    "null_description": ("items", lambda f: _set(f, 1, description=None),
-                         [("items: expect_column_values_to_not_be_null(description) failed for 1 of 1,682 rows "
-                          "(0.059%), e.g. null (item_id=2, title='GoldenEye')")]),
 }
 
 
@@ -192,6 +186,52 @@ def test_tolerant_defect_above_threshold_fails(qconfig, snapshot, tmp_path):
            "1 of 33 expectations failed:",
            "interactions: expect_column_values_to_be_in_set(item_id) failed for 2,000 of 100,000 rows (2%), "
            "e.g. 999999 [more than the tolerated 1%]")
+
+
+BLANK_TEXT = {
+    "blank_title": (lambda f: _set(f, 0, title="  "),
+                    ("items: expect_column_values_to_match_regex(title) failed for 1 of 1,682 rows "
+                     "(0.059%), e.g. '  ' (item_id=1) [tolerated (up to 1%): 1 rows left out of the snapshot]")),
+    "null_description": (lambda f: _set(f, 1, description=None),
+                         ("items: expect_column_values_to_not_be_null(description) failed for 1 of 1,682 rows "
+                          "(0.059%), e.g. null (item_id=2, title='GoldenEye') [tolerated")),
+}
+
+
+@pytest.mark.parametrize("kind", BLANK_TEXT)
+def test_blank_item_text_within_the_share_leaves_the_item_and_its_interactions_out(qconfig, snapshot, tmp_path,
+                                                                                   kind):
+    change, fragment = BLANK_TEXT[kind]
+    corrupted = _corrupt(snapshot, tmp_path, "items", change)
+    bad_item = int(pd.read_parquet(SnapshotFiles(corrupted).items).loc[0 if kind == "blank_title" else 1, "item_id"])
+    original = pd.read_parquet(SnapshotFiles(snapshot).interactions)
+    its_ratings = int((original["item_id"] == bad_item).sum())
+
+    report = check_snapshot(qconfig, corrupted, LOGICAL_DATE)
+
+    assert report.passed and report.rejected == {"interactions": its_ratings, "items": 1}
+    assert [f for f in report.failures if fragment in f.describe() and not f.blocking], report.failures
+    files = SnapshotFiles(corrupted)
+    items = pd.read_parquet(files.items)
+    assert len(items) == 1681 and bad_item not in set(items["item_id"])
+    assert pd.read_parquet(files.rejected_items)["item_id"].tolist() == [bad_item]
+    kept = pd.read_parquet(files.interactions)
+    assert len(kept) == 100_000 - its_ratings and bad_item not in set(kept["item_id"])
+    reasons = pd.read_parquet(files.rejected_interactions)["reason"]
+    assert len(reasons) == its_ratings and reasons.str.startswith("its item was left out: expect_column_values_to_").all()
+    manifest = json.loads(files.manifest.read_text())
+    assert manifest["counts"]["items"] == 1681 and manifest["sha256"][files.items.name] == sha256(files.items)
+
+
+def test_blank_item_text_above_the_share_stops_the_run(qconfig, snapshot, tmp_path):
+    # 2 % of the real catalogue has a blank title: more than quality.max_rejected_share (1 %).
+    corrupted = _corrupt(snapshot, tmp_path, "items", lambda f: f.assign(title=f["title"].where(f.index % 50 != 0, " ")))
+
+    message = _fails(qconfig, corrupted,
+                     "items: expect_column_values_to_match_regex(title) failed for 34 of 1,682 rows (2%)",
+                     "[more than the tolerated 1%]",
+                     "Fix the offending rows in app.items")
+    assert not SnapshotFiles(corrupted).rejected_items.exists() and message
 
 
 def test_freshness_fails_when_the_newest_event_is_too_old(base_overrides, qconfig, snapshot, tmp_path):

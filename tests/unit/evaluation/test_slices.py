@@ -54,6 +54,7 @@ def test_define_slices_masks_and_descriptions():
         "items_head": [True, False, False, False, True, False],
         "items_tail": [False, True, True, True, False, True],
         "items_cold": [False, False, True, True, False, False],
+        "items_unseen": [False, False, False, True, False, False],  # item 4: no training interaction
     }
     assert slices["history_medium"].description == "users with 3..4 training items"
     assert slices["items_head"].description == "target among the 1 most popular items (50% of training interactions)"
@@ -74,6 +75,8 @@ def test_slice_metrics_from_known_ranks():
     cold = metrics["items_cold"]  # users 2 (rank 10: no hit@10, hit@20) and 3 (rank 1)
     assert cold["users"] == 2 and cold["hr@10"] == pytest.approx(0.5) and cold["hr@20"] == pytest.approx(1.0)
     assert cold["ndcg@10"] == pytest.approx(0.5 / math.log2(3))
+    unseen = metrics["items_unseen"]  # user 3 alone, rank 1
+    assert unseen["users"] == 1 and unseen["hr@10"] == pytest.approx(1.0) and unseen["ndcg@10"] == pytest.approx(1 / math.log2(3))
     assert metrics["history_long"]["hr@20"] == pytest.approx(0.5)
     assert set(metrics["items_head"]) == {"users", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10"}
 
