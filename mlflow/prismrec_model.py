@@ -2,9 +2,11 @@
 
 Input: a DataFrame with `user_id` and `history` (the user's app item ids, oldest first).
 Output: one row per recommendation: user_id, rank (1 = best), item_id, score, interest_id,
-explanation. Params: `top_k` (default 50) and `interest_balance` (how evenly the list is shared
-out between the user's interests, ComiRec's controllable aggregation in logits; 0 = each item
-under its best interest only; negative or absent = the model's own, train.interest_balance).
+explanation, is_new_item. Params: `top_k` (default 50), `interest_balance` (how evenly the list is
+shared out between the user's interests, ComiRec's controllable aggregation in logits; 0 = each item
+under its best interest only; negative or absent = the model's own, train.interest_balance) and
+`max_new_items` (new items, placed by their text alone, a list may take; negative = no cap; absent =
+the published tables' default, materialize.max_new_items).
 The artifact `model_dir` is a model folder written by `tasks.training.worker` (tasks.layout.ModelFiles:
 the checkpoint and the item table are what scoring reads).
 """
@@ -26,8 +28,15 @@ class PrismRecPyfunc(PythonModel):
         params = params or {}
         top_k = int(params.get("top_k", 50))
         balance = float(params.get("interest_balance", -1.0))
+        if "max_new_items" in params:
+            cap = int(params["max_new_items"])
+        else:
+            from tasks.config import MaterializeConfig
+
+            cap = MaterializeConfig().max_new_items
         histories = [list(h) if h is not None else [] for h in model_input["history"]]
-        result = self.recommender.recommend(histories, top_k, interest_balance=balance if balance >= 0 else None)
+        result = self.recommender.recommend(histories, top_k, interest_balance=balance if balance >= 0 else None,
+                                            max_new_items=cap if cap is None or cap >= 0 else None)
         users, k = result.item_ids.shape
         frame = pd.DataFrame({
             "user_id": np.repeat(model_input["user_id"].to_numpy(), k),
@@ -36,6 +45,7 @@ class PrismRecPyfunc(PythonModel):
             "score": result.scores.reshape(-1),
             "interest_id": result.interest_ids.reshape(-1),
             "explanation": result.explanations.reshape(-1),
+            "is_new_item": result.is_new.reshape(-1),
         })
         return frame[frame["item_id"] >= 0].reset_index(drop=True)
 

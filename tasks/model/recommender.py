@@ -166,7 +166,7 @@ class Recommender:
             # Only the asked-for items compete for the balanced positions (a champion's new items
             # outside the split's universe would otherwise take places no metric can see).
             outside = torch.ones(per_interest.shape[-1], dtype=torch.bool)
-            outside[torch.as_tensor(columns)] = False
+            outside[torch.from_numpy(columns.copy())] = False
             per_interest[:, :, outside] = float("-inf")
             top_scores, top_idx, *_ = self._ranked(per_interest, indexed, depth, max_new=None, everything=True)
             listed = torch.isfinite(top_scores)

@@ -110,8 +110,11 @@ def read_histories(engine: sa.Engine, config: PipelineConfig) -> pd.DataFrame:
     return pd.DataFrame({"user_id": users, "history": histories})
 
 
-def read_catalogue(engine: sa.Engine, config: PipelineConfig) -> np.ndarray:
-    """The ids in `<app>.items` now: an item retired from the catalogue since training is not listed."""
+def read_catalogue(engine: sa.Engine, config: PipelineConfig) -> np.ndarray | None:
+    """The ids in `<app>.items` now (an item retired from the catalogue since training is not listed);
+    None when the source has no items relation to say which are live."""
+    if not db.table_exists(engine, config.database.app_schema, "items"):
+        return None
     app = db.quote_ident(config.database.app_schema)
     with engine.connect() as conn:
         return np.asarray(conn.execute(sa.text(f'select item_id from {app}."items"')).scalars().all(), dtype=np.int64)
@@ -300,7 +303,8 @@ def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
     mlflow_run_id = getattr(pyfunc.metadata, "run_id", None)
     engine = db.get_engine(config)
     users = read_histories(engine, config)
-    retired = recommender.restrict_to(read_catalogue(engine, config))
+    catalogue = read_catalogue(engine, config)
+    retired = recommender.restrict_to(catalogue) if catalogue is not None else 0
     if retired:
         log.info("%d of the champion's %d items are no longer in %s.items: left out of every list",
                  retired, recommender.n_items, config.database.app_schema)

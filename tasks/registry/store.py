@@ -140,6 +140,14 @@ def pip_requirements() -> list[str]:
     return pins
 
 
+def _default_max_new_items() -> int:
+    """The published tables' cap on new items per list, so a served list matches a published one."""
+    from tasks.config import MaterializeConfig
+
+    cap = MaterializeConfig().max_new_items
+    return -1 if cap is None else cap
+
+
 def _signature():
     """Input: user ids and their time-ordered item histories; output: ranked recommendations."""
     from mlflow.models import ModelSignature
@@ -151,9 +159,12 @@ def _signature():
         outputs=Schema([
             ColSpec("long", "user_id"), ColSpec("long", "rank"), ColSpec("long", "item_id"),
             ColSpec("float", "score"), ColSpec("long", "interest_id"), ColSpec("string", "explanation"),
+            ColSpec("boolean", "is_new_item"),
         ]),
-        # interest_balance < 0: the balance the model was trained with (train.interest_balance).
-        params=ParamSchema([ParamSpec("top_k", "long", 50), ParamSpec("interest_balance", "double", -1.0)]),
+        # interest_balance < 0: the balance the model was trained with (train.interest_balance);
+        # max_new_items: new items a list may take, as the published tables (materialize.max_new_items); < 0: no cap.
+        params=ParamSchema([ParamSpec("top_k", "long", 50), ParamSpec("interest_balance", "double", -1.0),
+                            ParamSpec("max_new_items", "long", _default_max_new_items())]),
     )
 
 

@@ -110,6 +110,7 @@ def test_published_lists_are_the_models_lists(first_publication, recommender, hi
         assert mine["item_id"].tolist() == expected.item_ids[position].tolist()
         assert mine["interest_id"].tolist() == expected.interest_ids[position].tolist()
         assert mine["explanation"].tolist() == list(expected.explanations[position])
+        assert mine["is_new_item"].tolist() == expected.is_new[position].tolist()
         assert mine["score"].to_numpy() == pytest.approx(expected.scores[position], rel=1e-6)
         assert not set(mine["item_id"]) & set(history)
     from tasks.titles import display_titles
@@ -284,6 +285,24 @@ def test_an_older_run_never_replaces_a_newer_current_set(mat_config, first_publi
         materialize(mat_config, logical_date=D1 + timedelta(days=50))
     pd.testing.assert_frame_equal(_read(engine, f"select * from {VIEW} order by user_id, rank"), before)
     assert older.materialization_id != newer.materialization_id
+
+
+def test_history_tables_of_an_older_version_gain_the_new_column(mat_config, first_publication, engine):
+    """A reco schema published before `is_new_item` existed: the next publication adds the column
+    (earlier rows read false) and recreates the views over it."""
+    from tasks.publish.materialize import materialize
+
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"drop view {VIEW} cascade"))
+        conn.execute(sa.text(f"alter table {RECO}.user_recommendations_history drop column is_new_item"))
+    older = _read(engine, f"select materialization_id from {RECO}.runs where is_current")["materialization_id"].item()
+    summary = materialize(mat_config)
+    rows = _read(engine, f"select * from {VIEW} order by user_id, rank")
+    assert len(rows) == summary.rows == 25 and rows["is_new_item"].dtype == bool
+    old_rows = _read(engine, f"select is_new_item from {RECO}.user_recommendations_history where materialization_id = :m",
+                     m=older)
+    assert len(old_rows) == 25 and not old_rows["is_new_item"].any()
+    assert _read(engine, f"select count(*) as n from {RECO}.item_exposure")["n"].item() > 0
 
 
 def test_unsafe_schema_names_are_refused(mat_config, champion):
