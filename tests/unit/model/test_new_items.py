@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from tasks.model.network import ModelSpec, PrismRecNet
-from tasks.model.recommender import NEW_ITEM_PREFIX, NEW_ITEM_SUFFIX, NEW_ITEM_UNEXPLAINED, Recommender
+from tasks.model.recommender import (
+    NEW_ITEM_PREFIX,
+    NEW_ITEM_SUFFIX,
+    NEW_ITEM_UNEXPLAINED,
+    Recommender,
+)
 from tasks.publish.rows import Catalogue, recommendation_table
 
 TRAINED, APPENDED = 20, 6  # items 100..119 trained (110..111 never rated in training), 120..125 appended
