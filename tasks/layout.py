@@ -88,6 +88,12 @@ class DatasetFiles:
         return self.root / "new_items.parquet"
 
     @property
+    def cold_targets(self) -> Path:
+        """(user, new item) pairs whose item was first rated in that user's held-out part: the
+        really cold evaluation (tasks.evaluation.cold)."""
+        return self.root / "cold_targets.parquet"
+
+    @property
     def info(self) -> Path:
         return self.root / "dataset.json"
 

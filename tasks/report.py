@@ -67,17 +67,21 @@ def _metrics_table(evaluation: dict) -> list[str]:
 
 
 def _unseen_line(evaluation: dict) -> list[str]:
-    """The truly cold slice (targets never seen in training), reported whatever its size."""
+    """The cold slices of the test split (targets never rated in training; new items first rated in
+    the held-out part), reported whatever their size."""
     slices = evaluation.get("slices") or {}
-    ours = ((slices.get("candidate") or {}).get("test") or {}).get("items_unseen")
-    if not ours:
-        return []
-    line = f"   Unseen target items (test, {ours['users']} users): PrismRec HR@10 {ours['hr@10']:.4f}"
-    for name, splits in (slices.get("baselines") or {}).items():
-        theirs = ((splits or {}).get("test") or {}).get("items_unseen")
-        if theirs:
-            line += f", {name} {theirs['hr@10']:.4f}"
-    return [line]
+    lines = []
+    for name, label in (("items_unseen", "targets unseen in training"), ("items_new", "new items (text alone)")):
+        models = [("PrismRec", (slices.get("candidate") or {}))]
+        if slices.get("champion"):
+            models.append((f"champion v{evaluation.get('champion_version')}", slices["champion"]))
+        found = [(who, (by_split.get("test") or {}).get(name)) for who, by_split in models]
+        found = [(who, m) for who, m in found if m]
+        if found:
+            lines.append(f"   {label}, test, {found[0][1]['users']} users: " + ", ".join(
+                f"{who} HR@10 {m['hr@10']:.4f}" + (f" (median rank {m['median_rank']:.0f})" if "median_rank" in m else "")
+                for who, m in found))
+    return lines
 
 
 def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:

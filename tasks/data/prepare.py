@@ -107,6 +107,7 @@ class DatasetInfo:
     interactions: int
     dropped_interactions: int
     new_items: int = 0  # catalogue items outside the 5-core, scored by their text alone
+    cold_targets: int = 0  # (user, new item) pairs first rated in the held-out part (tasks.evaluation.cold)
 
 
     def to_dict(self) -> dict:
@@ -127,10 +128,12 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
         missing = universe.loc[universe["description"].isna(), "item_id"].head(5).tolist()
         raise SourceDataError(f"items {missing} have interactions but no row in app.items; fix the source")
     new_items = new_catalogue_items(items, interactions, sequences.item_ids[1:])
+    cold = cold_targets(interactions, sequences, config.prepare)
     dataset.root.mkdir(parents=True, exist_ok=True)
     sequences.save(dataset.sequences)
     universe.to_parquet(dataset.items, index=False)
     new_items.to_parquet(dataset.new_items, index=False)
+    cold.to_parquet(dataset.cold_targets, index=False)
     info = DatasetInfo(
         path=str(dataset.root),
         users=sequences.n_users,
@@ -138,6 +141,7 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
         interactions=len(sequences.item_idx),
         dropped_interactions=len(interactions) - len(sequences.item_idx),
         new_items=len(new_items),
+        cold_targets=len(cold),
     )
     dataset.info.write_text(json.dumps(info.to_dict(), indent=2))
     log.info("prepared %d users, %d items, %d interactions (%d dropped by the 5-core filter); "
@@ -152,6 +156,33 @@ def new_catalogue_items(items: pd.DataFrame, interactions: pd.DataFrame, trained
     counts = interactions["item_id"].value_counts()
     new = items[~items["item_id"].isin(trained)].sort_values("item_id", kind="stable")
     return new.assign(interactions=new["item_id"].map(counts).fillna(0).astype(np.int64)).reset_index(drop=True)
+
+
+def cold_targets(interactions: pd.DataFrame, sequences: Sequences, cfg: PrepareConfig) -> pd.DataFrame:
+    """Really cold targets: (user, item) where the item is outside the 5-core universe (so unseen in
+    training) and its first interaction by anyone falls in that user's held-out part (at or after the
+    time of the user's validation target). DataFrame[user (index into sequences), item_id]."""
+    kept = five_core(interactions, cfg)
+    kept = kept[kept["user_id"].isin(sequences.user_ids)]
+    kept = kept.assign(_order=np.arange(len(kept))).sort_values(["user_id", "occurred_at", "_order"], kind="stable")
+    held_out_from = kept.groupby("user_id")["occurred_at"].nth(-2)
+    held_out_from = pd.Series(held_out_from.to_numpy(), index=kept.loc[held_out_from.index, "user_id"].to_numpy())
+    first_seen = interactions.groupby("item_id")["occurred_at"].min()
+    outside = interactions[~interactions["item_id"].isin(sequences.item_ids[1:])
+                           & interactions["user_id"].isin(sequences.user_ids)]
+    start = outside["user_id"].map(held_out_from)
+    cold = outside[(outside["occurred_at"] >= start) & (outside["item_id"].map(first_seen) >= start)]
+    cold = cold.drop_duplicates(["user_id", "item_id"])
+    users = pd.Series(np.arange(sequences.n_users), index=sequences.user_ids)
+    return pd.DataFrame({"user": users.loc[cold["user_id"]].to_numpy(np.int64),
+                         "item_id": cold["item_id"].to_numpy(np.int64)}).sort_values(["user", "item_id"],
+                                                                                     ignore_index=True)
+
+
+def load_cold_targets(dataset_dir: Path) -> pd.DataFrame:
+    """The dataset's really cold targets (empty for a dataset prepared before they were kept)."""
+    path = DatasetFiles(Path(dataset_dir)).cold_targets
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame({"user": [], "item_id": []}, dtype=np.int64)
 
 
 def load_new_items(dataset_dir: Path) -> pd.DataFrame:

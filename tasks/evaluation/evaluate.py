@@ -2,8 +2,9 @@
 same code on the same leave-one-out split, ranking every item (docs/protocol.md, LOO-full).
 
 Validation metrics select and gate; test metrics are reported once. Each model is also
-summarised per slice (tasks.evaluation.slices: history length, head/tail/cold target items) from the
-same per-user ranks, so the gate can refuse a model that regresses for one group of users.
+summarised per slice (tasks.evaluation.slices: history length, head/tail/cold/unseen target items) from the
+same per-user ranks, so the gate can refuse a model that regresses for one group of users; PrismRec
+models also on the really cold targets (tasks.evaluation.cold: new items first rated in the held-out part).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from tasks.config import PipelineConfig
 from tasks.data.prepare import Sequences, load_dataset
+from tasks.evaluation import cold
 from tasks.evaluation.metrics import SELECTION_METRIC, summarize
 from tasks.evaluation.scoring import SPLITS, Scorer, model_scorer, popularity_scorer, rank_splits
 from tasks.evaluation.slices import Slice, define_slices, item_popularity, slice_metrics
@@ -54,6 +56,34 @@ def _evaluate_with_slices(scorer: Scorer, sequences: Sequences, slices: dict[str
     return overall, {split: slice_metrics(ranked[split][0], slices[split]) for split in ranked}
 
 
+@dataclass(frozen=True)
+class _ColdSlice:
+    """The really cold targets of a dataset (tasks.evaluation.cold), added to a PrismRec model's slices."""
+
+    sequences: Sequences
+    targets: object  # DataFrame[user, item_id]
+    new_item_ids: np.ndarray
+
+    def definition(self, split: str) -> dict:
+        return {cold.SLICE: {"description": cold.DESCRIPTION, "users": len(self.targets)}}
+
+    def add(self, model_slices: dict, model_dir: Path) -> None:
+        from tasks.model.recommender import Recommender
+
+        recommender = Recommender.load(model_dir)
+        measured = cold.cold_metrics(lambda h, items: recommender.score_items(h, items), self.sequences,
+                                     self.targets, self.new_item_ids)
+        for split, metrics in measured.items():
+            model_slices[split][cold.SLICE] = metrics
+
+
+def _cold_slice(dataset_dir: Path, sequences: Sequences) -> _ColdSlice:
+    from tasks.data.prepare import load_cold_targets, load_new_items
+
+    return _ColdSlice(sequences, load_cold_targets(dataset_dir),
+                      load_new_items(dataset_dir)["item_id"].to_numpy(np.int64))
+
+
 def baseline_scorer(name: str, sequences: Sequences, items) -> Scorer:
     """A gate baseline fitted on the split's training histories; item-kNN and EASE pick their
     hyper-parameters on validation NDCG@10 (tasks.evaluation.baselines.tune), which only makes the bar higher."""
@@ -78,12 +108,17 @@ def evaluate_run(config: PipelineConfig, dataset_dir: Path, model_dir: Path,
                         for split, pieces in slices.items()},
         "candidate": candidate_slices, "baselines": {}, "champion": None,
     }
+    cold = _cold_slice(dataset_dir, sequences)
+    evaluation.slices["definitions"] = {split: {**pieces, **cold.definition(split)}
+                                        for split, pieces in evaluation.slices["definitions"].items()}
+    cold.add(evaluation.slices["candidate"], model_dir)
     for name in config.gate.baseline_names():
         evaluation.baselines[name], evaluation.slices["baselines"][name] = _evaluate_with_slices(
             baseline_scorer(name, sequences, items), sequences, slices)
     if champion_model_dir is not None:
         evaluation.champion, evaluation.slices["champion"] = _evaluate_with_slices(
             model_scorer(champion_model_dir, sequences), sequences, slices)
+        cold.add(evaluation.slices["champion"], champion_model_dir)
         evaluation.champion_version = champion_version
     evaluation.seconds = time.time() - started
     for name, result in [("candidate", evaluation.candidate), *evaluation.baselines.items(),

@@ -67,3 +67,18 @@ def test_catalogue_items_outside_the_five_core_are_kept_as_new_items():
     # 13 and 14 have one rating each (too few for the filter); 15 has none: all three are new.
     assert new["item_id"].tolist() == [13, 14, 15] and new["interactions"].tolist() == [1, 1, 0]
     assert new["title"].tolist() == ["D", "E", "F"]
+
+
+def test_cold_targets_are_new_items_first_rated_in_the_held_out_part():
+    from tasks.data.prepare import cold_targets
+
+    cfg = PrepareConfig(min_user_interactions=3, min_item_interactions=3)
+    rows = [(1, 10, 1), (1, 11, 2), (1, 12, 3), (1, 13, 4), (1, 30, 5),
+            (2, 10, 1), (2, 11, 2), (2, 12, 3), (2, 13, 4), (2, 31, 5),
+            (3, 31, 2), (3, 10, 6), (3, 11, 7), (3, 12, 8), (3, 13, 9)]
+    interactions = frame(rows)
+    sequences = build_sequences(interactions, cfg)
+    # Item 30 is rated once, by user 1 after its held-out part begins (t=3): really cold.
+    # Item 31 is first rated at t=2 by user 3, before user 2's held-out part: not cold for user 2.
+    cold = cold_targets(interactions, sequences, cfg)
+    assert cold.to_dict("list") == {"user": [0], "item_id": [30]}
