@@ -64,7 +64,8 @@ class _ColdSlice:
     targets: object  # DataFrame[user, item_id]
     new_item_ids: np.ndarray
 
-    def definition(self, split: str) -> dict:
+    def definition(self) -> dict:
+        """The slice's entry in the evaluation's definitions (the same pairs in both splits)."""
         return {cold.SLICE: {"description": cold.DESCRIPTION, "users": len(self.targets)}}
 
     def add(self, model_slices: dict, model_dir: Path) -> None:
@@ -108,17 +109,17 @@ def evaluate_run(config: PipelineConfig, dataset_dir: Path, model_dir: Path,
                         for split, pieces in slices.items()},
         "candidate": candidate_slices, "baselines": {}, "champion": None,
     }
-    cold = _cold_slice(dataset_dir, sequences)
-    evaluation.slices["definitions"] = {split: {**pieces, **cold.definition(split)}
+    really_cold = _cold_slice(dataset_dir, sequences)
+    evaluation.slices["definitions"] = {split: {**pieces, **really_cold.definition()}
                                         for split, pieces in evaluation.slices["definitions"].items()}
-    cold.add(evaluation.slices["candidate"], model_dir)
+    really_cold.add(evaluation.slices["candidate"], model_dir)
     for name in config.gate.baseline_names():
         evaluation.baselines[name], evaluation.slices["baselines"][name] = _evaluate_with_slices(
             baseline_scorer(name, sequences, items), sequences, slices)
     if champion_model_dir is not None:
         evaluation.champion, evaluation.slices["champion"] = _evaluate_with_slices(
             model_scorer(champion_model_dir, sequences), sequences, slices)
-        cold.add(evaluation.slices["champion"], champion_model_dir)
+        really_cold.add(evaluation.slices["champion"], champion_model_dir)
         evaluation.champion_version = champion_version
     evaluation.seconds = time.time() - started
     for name, result in [("candidate", evaluation.candidate), *evaluation.baselines.items(),

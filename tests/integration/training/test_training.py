@@ -45,7 +45,12 @@ def test_two_process_gloo_ddp_run_trains_and_checkpoints(one_node_two_processes)
     result = recommender.recommend([history_ids], top_k=10)
     assert result.item_ids.shape == (1, 10)
     assert not set(result.item_ids[0].tolist()) & set(history_ids)
-    assert all(text.startswith("because you watched") for text in result.explanations[0])
+    for text, new in zip(result.explanations[0], result.is_new[0], strict=True):
+        assert text.startswith("new: " if new else "because you watched")
+    # The catalogue's items outside the 5-core joined the model after training, placed by their text.
+    assert recommender.n_items == 1682 and int(recommender.is_new.sum()) >= 1682 - 1349
+    assert len(checkpoint["item_text_vectors"]) == len(checkpoint["item_ids"]) == 1682 + 1
+    assert checkpoint["spec"]["n_items"] == 1349  # the id table covers the training universe alone
 
 
 @pytest.mark.slow
