@@ -115,7 +115,7 @@ def test_gate_register_materialize_and_a_hand_moved_champion(overrides, engine, 
     assert evaluation["champion"]["valid"] == pytest.approx(evaluation["candidate"]["valid"])
     second_decision = pipeline.run_gate(overrides, evaluated)
     slice_checks = [c for c in second_decision["checks"] if c["name"].startswith("slice ")]
-    assert len(slice_checks) == 6 and all(c["passed"] for c in slice_checks)
+    assert len(slice_checks) == 8 and all(c["passed"] for c in slice_checks)  # 7 slices + items_new
     second = pipeline.run_register(overrides, snapshot=snapshot, trained=trained, evaluated=evaluated,
                                    decision=second_decision, airflow_run_id="manual__promo-2")
     assert second["version"] == "2"
