@@ -76,9 +76,6 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path,
                "\nCheck train.* settings (epochs, nproc, batch_size) and the log above.")
         )
     log.info("training used at most %.1f GB of memory (train.max_memory_gb = %.1f)", guard.peak_gb, limit)
-    from tasks.training.new_items import add_new_items
-
-    add_new_items(Path(dataset_dir), files.root)  # few items: their frozen states are not worth a cache slot
     return files.root
 
 

@@ -1,15 +1,17 @@
 """New items: catalogue titles outside the training universe join the trained model, placed by their text.
 
 Training learns on the 5-core items (docs/protocol.md). A title added to the catalogue yesterday, or
-one with too few ratings for the filter, is still an item users should be offered: after training,
-its description goes through the trained item tower (the frozen MiniLM layers, then the fine-tuned
-top layers and the projection of the chosen checkpoint) and its vector is appended to the model,
-with no id part and zero training interactions. Scoring then treats it like any item the model
-never saw in training (tasks.model.recommender: text alone), and publishing flags it as new.
+one with too few ratings for the filter, is still an item users should be offered: the training
+worker runs its description through the frozen MiniLM layers with the rest of the catalogue, and
+after training through the chosen checkpoint's fine-tuned top layers; its pooled text vector is
+appended to the model, with no id row and zero training interactions. Scoring then treats it like
+any item the model never saw in training (tasks.model.recommender: text alone), and publishing
+flags it as new. Done inside the worker, which has the language model loaded already.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -18,38 +20,30 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.data.prepare import load_new_items
 from tasks.layout import ModelFiles
+from tasks.training.text_cache import TextStates, text_vectors
 
 log = logging.getLogger(__name__)
 
 MODEL_ITEM_COLUMNS = ["idx", "item_id", "title", "genres", "train_interactions"]
 
 
-def add_new_items(dataset_dir: Path, model_dir: Path, text_state_cache: Path | None = None) -> int:
-    """Append the dataset's new items to the model in `model_dir` (checkpoint and item table);
-    returns how many were added. Idempotent: items the model already holds are skipped."""
-    from tasks.model.network import ModelSpec, PrismRecNet
-    from tasks.model.text_tower import load_language_model
-    from tasks.training.text_cache import cache_text_states, text_vectors
-
-    files = ModelFiles(Path(model_dir))
+def append_new_items(files: ModelFiles, new: pd.DataFrame, states: TextStates, net) -> int:
+    """Append `new` items (the dataset's new_items, their frozen `states`) to the model in `files`,
+    their text vectors from the checkpoint's weights (`net` gives the network's shape); returns how
+    many were added. Items the model already holds are skipped."""
     items = pd.read_parquet(files.items).sort_values("idx").reset_index(drop=True)
-    new = load_new_items(dataset_dir)
-    new = new[~new["item_id"].isin(items["item_id"])].reset_index(drop=True)
-    if new.empty:
+    fresh = ~new["item_id"].isin(items["item_id"]).to_numpy()
+    if not fresh.any():
         return 0
     checkpoint = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
-    spec = ModelSpec.from_dict(checkpoint["spec"])
-    tokenizer, encoder = load_language_model()
-    net = PrismRecNet(spec, encoder)
-    net.load_state_dict(checkpoint["state_dict"])
-    states = cache_text_states(new["description"].astype(str).tolist(), tokenizer, encoder,
-                               spec.lm_trainable_layers, spec.max_text_tokens, torch.device("cpu"),
-                               text_state_cache)
-    vectors = text_vectors(net, states)[1:]  # row 0 is the padding item
+    chosen = copy.deepcopy(net)
+    chosen.load_state_dict(checkpoint["state_dict"])
+    rows_of = torch.as_tensor(np.concatenate([[True], fresh]), device=states.states.device)  # row 0: padding
+    vectors = text_vectors(chosen, TextStates(states.states[rows_of], states.masks[rows_of]))[1:].cpu()
     cached = checkpoint["item_text_vectors"]
     checkpoint["item_text_vectors"] = torch.cat([cached, vectors.to(cached.dtype)])
+    new = new[fresh].reset_index(drop=True)
     first = int(items["idx"].max()) + 1
     rows = new.assign(idx=np.arange(first, first + len(new)), train_interactions=0)[MODEL_ITEM_COLUMNS]
     checkpoint["item_ids"] = np.concatenate([np.asarray(checkpoint["item_ids"]), rows["item_id"].to_numpy()])

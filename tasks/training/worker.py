@@ -3,7 +3,8 @@
 Reads top to bottom: set up DDP from the environment, cache the frozen lower layers of the
 language model, train the item and user towers (softmax over the catalogue, or over sampled
 negatives), validate each epoch on NDCG@10, keep the best checkpoint, stop early or when the
-time budget runs out (one process, local rank 0 of node 0, writes and logs). `tasks.training.launcher.launch_training`
+time budget runs out (one process, local rank 0 of node 0, writes and logs), then append the
+catalogue's new items, placed by their text (tasks.training.new_items). `tasks.training.launcher.launch_training`
 starts this module under torchrun; the model folder's files are `tasks.layout.ModelFiles`.
 """
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
 
-    from tasks.data.prepare import load_dataset
+    from tasks.data.prepare import load_dataset, load_new_items
     from tasks.model.layers import use_bf16
     from tasks.model.network import ModelSpec
     from tasks.model.text_tower import load_language_model
@@ -80,6 +81,12 @@ def main(argv: list[str] | None = None) -> None:
                              cfg.max_text_tokens, dist.device, cache_dir)
     log.info("frozen MiniLM states for %d items (%d tokens) ready in %.1fs",
              sequences.n_items, text.tokens, time.time() - started)
+    # The catalogue's items outside the training universe: placed by their text after training (rank 0
+    # alone writes the model; few items, so their states are not worth a cache slot).
+    new_items = load_new_items(args.dataset)
+    new_text = (cache_text_states(new_items["description"].astype(str).tolist(), tokenizer, encoder,
+                                  cfg.lm_trainable_layers, cfg.max_text_tokens, dist.device)
+                if dist.master and len(new_items) else None)
 
     histories = sequences.histories(2)
     plan = plan_epochs(histories, cfg, max_history, dist.world)
@@ -94,6 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     history, best_ndcg, stopped_by = fit(training, text, sequences, plan, max_history, dist, rng, files)
     if dist.master:
         write_outputs(files, items, histories, sequences.n_items, history)
+        if new_text is not None:
+            from tasks.training.new_items import append_new_items
+
+            append_new_items(files, new_items, new_text, training.net)
         summary = run_summary(history, best_ndcg, stopped_by, time.time() - started, dist.world, plan.full_steps)
         files.summary.write_text(json.dumps(summary, indent=2))
     dist.stop()
