@@ -5,8 +5,8 @@ or, rarely, only held-out ones), so `prepare` keeps them apart (`cold_targets`):
 and an item outside the 5-core whose first rating by anyone falls in that user's held-out part.
 Each is ranked among every item the catalogue offers that user (the 5-core items and the new
 items, history masked), from the user's split history, as the published lists would rank it.
-A model that does not hold the item (an older champion; a baseline that scores by ratings cannot
-place such an item at all, so baselines are not scored here) ranks it last.
+A model that does not hold the item (an older champion, or a baseline: it scores by ratings and
+cannot place such an item at all) ranks it last.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from tasks.config import PipelineConfig
 from tasks.data.prepare import Sequences, load_dataset
@@ -68,13 +69,22 @@ class _ColdSlice:
         """The slice's entry in the evaluation's definitions (the same pairs in both splits)."""
         return {cold.SLICE: {"description": cold.DESCRIPTION, "users": len(self.targets)}}
 
-    def add(self, model_slices: dict, model_dir: Path) -> None:
-        from tasks.model.recommender import Recommender
+    def add(self, model_slices: dict, model_dir: Path | None) -> None:
+        """Score the slice with the PrismRec model in `model_dir`; None: a baseline, which scores by
+        ratings and so cannot place an item outside the 5-core (it ranks each target last)."""
+        if model_dir is None:
+            known = torch.as_tensor(np.isin(np.concatenate([self.sequences.item_ids[1:], self.new_item_ids]),
+                                            self.sequences.item_ids[1:]))
+            row = torch.where(known, 0.0, float("-inf"))
 
-        recommender = Recommender.load(model_dir)
-        measured = cold.cold_metrics(lambda h, items: recommender.score_items(h, items), self.sequences,
-                                     self.targets, self.new_item_ids)
-        for split, metrics in measured.items():
+            def score(histories, candidates):
+                return row.expand(len(histories), -1)
+        else:
+            from tasks.model.recommender import Recommender
+
+            recommender = Recommender.load(model_dir)
+            score = recommender.score_items
+        for split, metrics in cold.cold_metrics(score, self.sequences, self.targets, self.new_item_ids).items():
             model_slices[split][cold.SLICE] = metrics
 
 
@@ -116,6 +126,7 @@ def evaluate_run(config: PipelineConfig, dataset_dir: Path, model_dir: Path,
     for name in config.gate.baseline_names():
         evaluation.baselines[name], evaluation.slices["baselines"][name] = _evaluate_with_slices(
             baseline_scorer(name, sequences, items), sequences, slices)
+        really_cold.add(evaluation.slices["baselines"][name], None)
     if champion_model_dir is not None:
         evaluation.champion, evaluation.slices["champion"] = _evaluate_with_slices(
             model_scorer(champion_model_dir, sequences), sequences, slices)

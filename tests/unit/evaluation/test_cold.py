@@ -35,3 +35,13 @@ def test_cold_metrics_per_split():
     assert metrics["valid"]["median_rank"] == 1.0
     empty = cold_metrics(score, SEQUENCES, pd.DataFrame({"user": [], "item_id": []}, dtype=np.int64), np.array([40]))
     assert empty["test"]["users"] == 0 and "median_rank" not in empty["test"]
+
+
+def test_a_baseline_ranks_every_new_item_last(tmp_path):
+    from tasks.evaluation.evaluate import _ColdSlice
+
+    slices = {"valid": {}, "test": {}}
+    _ColdSlice(SEQUENCES, pd.DataFrame({"user": [0, 1], "item_id": [40, 50]}), np.array([40, 50])).add(slices, None)
+    # After every item the baseline can score: user 0 has one unseen (30; 10 and 20 seen), so rank 2;
+    # user 1 has two (10 and 30), so rank 3.
+    assert slices["valid"]["items_new"]["users"] == 2 and slices["valid"]["items_new"]["median_rank"] == 2.5
