@@ -90,12 +90,21 @@ def prismrec(env, *args, check=True) -> subprocess.CompletedProcess:
     return result
 
 
+def home_config(env):
+    """The commands' config, with the home's own MLflow store named outright: an MLflow call made in
+    this process by another test leaves MLFLOW_TRACKING_URI in os.environ, which the default would follow."""
+    from tasks.config import load_config
+
+    home = load_config({"paths.home": env["PRISMREC_HOME"]}, environ=env)
+    return load_config({"paths.home": env["PRISMREC_HOME"],
+                        "registry.tracking_uri": f"sqlite:///{home.paths.mlflow_db}"}, environ=env)
+
+
 def mlflow_client(env):
     from mlflow import MlflowClient
-    from tasks.config import load_config
     from tasks.registry.store import tracking_uri
 
-    uri = tracking_uri(load_config({"paths.home": env["PRISMREC_HOME"]}, environ=env))
+    uri = tracking_uri(home_config(env))
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -161,11 +170,10 @@ def test_load_train_materialize_publishes_the_champion(loaded, e2e_env, e2e_engi
     # per-call interest balance.
     import pandas as pd
 
-    from tasks.config import load_config
     from tasks.publish.materialize import read_histories
     from tasks.registry.store import load_champion
 
-    config = load_config({"paths.home": e2e_env["PRISMREC_HOME"]}, environ=e2e_env)
+    config = home_config(e2e_env)
     version, model = load_champion(config)
     assert version == "1"
     users = read_histories(e2e_engine, config).head(20)
