@@ -178,7 +178,7 @@ def test_model_is_logged_with_pinned_requirements(versions):
     import mlflow
 
     model_info = mlflow.models.get_model_info("models:/registry_test/1")
-    assert [p.name for p in model_info.signature.params.params] == ["top_k", "interest_balance"]
+    assert [p.name for p in model_info.signature.params.params] == ["top_k", "interest_balance", "max_new_items"]
     client = versions["client"]
     root = client.get_model_version_download_uri("registry_test", "1")
     requirements = Path(mlflow.artifacts.download_artifacts(f"{root}/requirements.txt")).read_text().split()
