@@ -348,17 +348,24 @@ def _offending_rows(expectation: str, kwargs: dict, result: dict, frame: pd.Data
     return list(result.get("unexpected_index_list") or [])
 
 
+def _rewrite_without(frame: pd.DataFrame, rejects: pd.Series, path: Path, rejected_path: Path) -> tuple:
+    """Rewrite `path` without the rejected rows and keep them (with a reason) in `rejected_path`, adding to
+    what an earlier check of the same snapshot left out; returns (kept, all rejected)."""
+    rejected = frame.loc[rejects.index].assign(reason=rejects.to_numpy())
+    if rejected_path.is_file():  # a re-check of a cleaned snapshot must not lose the first check's rejects
+        rejected = pd.concat([pd.read_parquet(rejected_path), rejected], ignore_index=True)
+    kept = frame.drop(index=rejects.index).reset_index(drop=True)
+    for target, rows in ((path, kept), (rejected_path, rejected)):
+        tmp = target.with_name(f".{target.name}.tmp")
+        rows.to_parquet(tmp, index=False, engine="pyarrow")
+        tmp.replace(target)
+    return kept, rejected
+
+
 def _leave_out(snapshot_dir: Path, interactions: pd.DataFrame, rejects: pd.Series) -> None:
     """Rewrite the interactions without the rejected rows; keep them (with a reason) beside them."""
     files = SnapshotFiles(snapshot_dir)
-    rejected = interactions.loc[rejects.index].assign(reason=rejects.to_numpy())
-    if files.rejected_interactions.is_file():  # a re-check of a cleaned snapshot must not lose the first check's rejects
-        rejected = pd.concat([pd.read_parquet(files.rejected_interactions), rejected], ignore_index=True)
-    kept = interactions.drop(index=rejects.index).reset_index(drop=True)
-    for path, frame in ((files.interactions, kept), (files.rejected_interactions, rejected)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        frame.to_parquet(tmp, index=False, engine="pyarrow")
-        tmp.replace(path)
+    kept, rejected = _rewrite_without(interactions, rejects, files.interactions, files.rejected_interactions)
     history.update_manifest(snapshot_dir, kept, rejected=len(rejected))
     logger.warning("left %d interactions out of %s (kept in %s)", len(rejects), snapshot_dir,
                    files.rejected_interactions.name)
@@ -377,14 +384,7 @@ def _with_interactions_of(item_rejects: pd.Series, frames: dict[str, pd.DataFram
 def _leave_out_items(snapshot_dir: Path, items: pd.DataFrame, rejects: pd.Series) -> None:
     """Rewrite the catalogue without the rejected items; keep them (with a reason) beside it."""
     files = SnapshotFiles(snapshot_dir)
-    rejected = items.loc[rejects.index].assign(reason=rejects.to_numpy())
-    if files.rejected_items.is_file():  # a re-check of a cleaned snapshot keeps the first check's rejects
-        rejected = pd.concat([pd.read_parquet(files.rejected_items), rejected], ignore_index=True)
-    kept = items.drop(index=rejects.index).reset_index(drop=True)
-    for path, frame in ((files.items, kept), (files.rejected_items, rejected)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        frame.to_parquet(tmp, index=False, engine="pyarrow")
-        tmp.replace(path)
+    kept, rejected = _rewrite_without(items, rejects, files.items, files.rejected_items)
     history.update_manifest_items(snapshot_dir, kept, rejected=len(rejected))
     logger.warning("left %d items with blank text out of %s (kept in %s), and their interactions",
                    len(rejects), snapshot_dir, files.rejected_items.name)

@@ -85,36 +85,39 @@ def record_success(config: PipelineConfig, source: str, logical_date: datetime, 
         tmp.replace(path)
 
 
-def update_manifest(snapshot_dir: Path, interactions: pd.DataFrame, *, rejected: int) -> None:
-    """Make the manifest describe the rewritten interactions file (count, hash, time range, rejects)."""
+def _edit_manifest(snapshot_dir: Path, edit) -> None:
+    """Apply `edit(manifest, files)` to the snapshot's manifest, if it has one, and write it atomically."""
     files = SnapshotFiles(Path(snapshot_dir))
     path = files.manifest
     if not path.is_file():
         return
     manifest = json.loads(path.read_text())
-    manifest.setdefault("counts", {})["interactions"] = len(interactions)
-    manifest.setdefault("sha256", {})[files.interactions.name] = file_sha256(files.interactions)
-    manifest["sha256"][files.rejected_interactions.name] = file_sha256(files.rejected_interactions)
-    times = interactions["occurred_at"]
-    manifest["min_occurred_at"] = times.min().isoformat() if len(times) else None
-    manifest["max_occurred_at"] = times.max().isoformat() if len(times) else None
-    manifest["rejected"] = {"interactions": rejected, "file": files.rejected_interactions.name}
+    edit(manifest, files)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def update_manifest(snapshot_dir: Path, interactions: pd.DataFrame, *, rejected: int) -> None:
+    """Make the manifest describe the rewritten interactions file (count, hash, time range, rejects)."""
+    def edit(manifest: dict, files: SnapshotFiles) -> None:
+        manifest.setdefault("counts", {})["interactions"] = len(interactions)
+        manifest.setdefault("sha256", {})[files.interactions.name] = file_sha256(files.interactions)
+        manifest["sha256"][files.rejected_interactions.name] = file_sha256(files.rejected_interactions)
+        times = interactions["occurred_at"]
+        manifest["min_occurred_at"] = times.min().isoformat() if len(times) else None
+        manifest["max_occurred_at"] = times.max().isoformat() if len(times) else None
+        manifest["rejected"] = {"interactions": rejected, "file": files.rejected_interactions.name}
+
+    _edit_manifest(snapshot_dir, edit)
 
 
 def update_manifest_items(snapshot_dir: Path, items: pd.DataFrame, *, rejected: int) -> None:
     """Make the manifest describe the rewritten items file (count, hash, left-out items)."""
-    files = SnapshotFiles(Path(snapshot_dir))
-    path = files.manifest
-    if not path.is_file():
-        return
-    manifest = json.loads(path.read_text())
-    manifest.setdefault("counts", {})["items"] = len(items)
-    manifest.setdefault("sha256", {})[files.items.name] = file_sha256(files.items)
-    manifest["sha256"][files.rejected_items.name] = file_sha256(files.rejected_items)
-    manifest["rejected_items"] = {"items": rejected, "file": files.rejected_items.name}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    def edit(manifest: dict, files: SnapshotFiles) -> None:
+        manifest.setdefault("counts", {})["items"] = len(items)
+        manifest.setdefault("sha256", {})[files.items.name] = file_sha256(files.items)
+        manifest["sha256"][files.rejected_items.name] = file_sha256(files.rejected_items)
+        manifest["rejected_items"] = {"items": rejected, "file": files.rejected_items.name}
+
+    _edit_manifest(snapshot_dir, edit)
