@@ -18,7 +18,8 @@ from typing import Any
 
 MASK = "***"
 
-_SECRET_NAME = re.compile(r"password|passwd|secret|token|api_?key|credential", re.IGNORECASE)
+# "token" as a word of the name (api_token, AIRFLOW_API_TOKEN), not a count of tokens (train.max_text_tokens).
+_SECRET_NAME = re.compile(r"password|passwd|secret|(?<![a-z])token(?![a-z])|api_?key|credential", re.IGNORECASE)
 # scheme://userinfo@ : userinfo runs to the LAST @ of the token, so a raw @ in a password is covered too.
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^\s'\"<>]*)@")
 # Environment variables whose values are secrets or URLs that may carry one.

@@ -257,6 +257,8 @@ def test_secret_settings_never_leave_the_config_unmasked():
     assert flat["registry.tracking_uri"] == "https://ml:***@mlflow.example/"
     assert config.database.url == "postgresql://u:pa%40ss@h:5432/d"  # the live config keeps it
     assert redact_setting("airflow.api_token", "abc123") == "***" and redact_setting("train.epochs", 3) == 3
+    assert redact_setting("PRISMREC_AIRFLOW_API_TOKEN", "abc123") == "***"
+    assert redact_setting("train.max_text_tokens", 32) == 32  # a count of tokens, not a token
     assert url_password("postgresql://u:p@ss:w@h/d") == "p@ss:w"
     assert redact_text("at postgresql://u:p@ss:w@h/d now") == "at postgresql://u:***@h/d now"
     secrets = known_secrets({"PRISMREC_DATABASE_URL": "postgresql://u:p@ss:w@h/d", "PRISMREC_WRITER_PASSWORD": "wr1ter"})
