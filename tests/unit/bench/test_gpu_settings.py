@@ -37,3 +37,33 @@ def test_a_smoke_run_saves_only_the_copy_it_is_asked_for(tmp_path, monkeypatch):
     assert not (tmp_path / "results").exists()
     gpu_ml1m.save({"smoke": False, "figures": 2}, None)
     assert json.loads((tmp_path / "results" / "gpu-ml1m.json").read_text())["figures"] == 2
+
+
+def test_combine_reports_each_seed_and_the_mean_and_sd_and_refuses_other_settings(tmp_path):
+    import json
+
+    import pytest
+
+    from bench.gpu_ml1m import combine, combined_table
+
+    def run_file(seed: int, ndcg: float, seconds: float | None, **settings) -> object:
+        figures = {name: ndcg for name in ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10")}
+        result = {"smoke": False, "machine": {"device": "NVIDIA H200", "torch": "2.11", "cuda": "13.0"},
+                  "measured_at": "2026-12-04T12:00:00+00:00", "target_valid_ndcg@10": TARGET_NDCG,
+                  "settings": {"train.seed": seed, "train.batch_size": 16, "train.max_minutes": 6.0, **settings},
+                  "time_to_target": None if seconds is None else {"epoch": 8, "seconds": seconds},
+                  "wall_seconds": 200.0, "epochs_run": 20, "stopped_by": "early stopping", "valid": figures,
+                  "test": figures}
+        path = tmp_path / f"run{seed}-{len(settings)}.json"
+        path.write_text(json.dumps(result))
+        return path
+
+    files = [run_file(44, 0.20, 60.0, **{"train.max_minutes": 5.0}), run_file(42, 0.21, 70.0), run_file(43, 0.22, None)]
+    result = combine(files, note="three seeds")
+    assert [run["seed"] for run in result["runs"]] == [42, 43, 44]
+    assert result["test"]["ndcg@10"] == {"mean": 0.21, "sd": 0.01}
+    assert result["seconds_to_target"] == {"mean": 65.0, "sd": 7.0711} and result["reached_target"] == "2/3"
+    assert result["runs"][2]["resources"]["train.max_minutes"] == 5.0  # a limit, not a model setting
+    assert "| 43 | not reached |" in combined_table(result) and "0.2100 ± 0.0100" in combined_table(result)
+    with pytest.raises(SystemExit, match="differ"):
+        combine([files[1], run_file(45, 0.2, 60.0, **{"train.batch_size": 64})], note=None)
