@@ -53,9 +53,11 @@ browser:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		|| echo "warning: no /usr/bin/chromium; the browser tests will skip"
 
-# The whole suite against real Postgres, MLflow and Airflow (what CI runs).
+# The whole suite against real Postgres, MLflow and Airflow (what CI runs), on TEST_WORKERS pytest-xdist
+# workers (each with its own Postgres, MLflow store and homes; a file's tests stay on one worker).
+TEST_WORKERS ?= 2
 test: lint browser
-	$(BIN)/pytest tests -x -q
+	$(BIN)/pytest tests -x -q -n $(TEST_WORKERS) --dist loadfile
 
 # The inner loop: lint, unit tests and the DAG parse checks, no trained model (under a minute).
 test-fast: lint

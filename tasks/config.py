@@ -38,6 +38,9 @@ class PathsConfig:
     # Run folders that keep their raw-event snapshot and dataset (personal data): the newest N,
     # plus the champion's own; 5 weekly runs cover a month of drift comparisons and reruns.
     keep_runs: int = 5
+    # Derived data that any run may rebuild (the frozen MiniLM states of a catalogue); unset, the
+    # home's `cache/`. Homes or workers that train on the same catalogue can share one folder.
+    cache: Path | None = None
 
     @property
     def embedded_pg(self) -> Path:
@@ -62,7 +65,7 @@ class PathsConfig:
     @property
     def text_states(self) -> Path:
         """The frozen MiniLM layers' outputs per catalogue text (tasks.training.text_cache)."""
-        return self.home / "cache" / "text-states"
+        return (self.cache or self.home / "cache") / "text-states"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,43 @@ import sqlalchemy as sa
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several workers share the machine's cores: one thread per worker and per training process,
+    # or their OpenMP threads spin against each other.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("PRISMREC_TRAIN__THREADS_PER_PROC", "1")
+
+
+# `make test` runs on two xdist workers (`-n 2 --dist loadfile`): each worker has its own home,
+# Postgres and MLflow store (the session fixtures below), and a file's tests stay on one worker (they
+# share module fixtures, and a story runs in order; the live stack is one file). The longest files
+# are handed out first, so that no worker is left with a long tail.
+LONGEST_FIRST = ("tests/live/", "tests/e2e/", "tests/integration/training/", "tests/integration/publish/test_faults.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    root = Path(str(config.rootpath))
+
+    def rank(item) -> int:
+        path = Path(str(item.path)).relative_to(root).as_posix()
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if path.startswith(prefix)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory) -> Path:
+    """One `paths.cache` for every home, CLI and service this test run starts: the frozen MiniLM
+    states of a catalogue are computed by its first training and read by the later ones, as homes
+    that share a cache folder do (tasks/training/text_cache.py)."""
+    cache = tmp_path_factory.mktemp("shared-cache")
+    previous = os.environ.get("PRISMREC_PATHS__CACHE")
+    os.environ["PRISMREC_PATHS__CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("PRISMREC_PATHS__CACHE", None)
+    else:
+        os.environ["PRISMREC_PATHS__CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -129,21 +129,31 @@ def test_model_learns_well_above_popularity_on_real_data(dataset_dir, base_overr
 
 
 @pytest.mark.slow
-def test_weight_averaging_leaves_training_alone_and_saves_the_better_weights(dataset_dir, base_overrides, tmp_path):
+def test_weight_averaging_leaves_training_alone_and_saves_the_better_weights(dataset_dir, base_overrides, tmp_path,
+                                                                             caplog):
     """train.ema_epochs: the live weights train exactly as without it; each epoch the better of the
-    averaged and the live weights on validation is the epoch's model, and the best one is saved."""
+    averaged and the live weights on validation is the epoch's model, and the best one is saved.
+    The second run reads the frozen text states the first one stored (paths.cache)."""
+    import logging
+
     from tasks.data.prepare import load_dataset
     from tasks.evaluation.scoring import evaluate_scorer, model_scorer
 
     common = {**base_overrides, "train.nproc": 1, "train.threads_per_proc": 1, "train.epochs": 3,
               "train.max_steps_per_epoch": 3, "train.batch_size": 16, "train.lr_patience": None,
-              "train.interest_balance": 0.0}  # rank as training validation does, to re-check it below
-    plain = launch_training(load_config({**common, "train.ema_epochs": 0}), dataset_dir, tmp_path / "plain")
-    averaged = launch_training(load_config({**common, "train.ema_epochs": 0.5}), dataset_dir, tmp_path / "ema")
+              "train.interest_balance": 0.0,  # rank as training validation does, to re-check it below
+              "paths.cache": str(tmp_path / "cache")}
+    with caplog.at_level(logging.INFO, logger="tasks.training.launcher"):
+        plain = launch_training(load_config({**common, "train.ema_epochs": 0}), dataset_dir, tmp_path / "plain")
+        assert "frozen MiniLM states for" in caplog.text and "read from" not in caplog.text
+        caplog.clear()
+        averaged = launch_training(load_config({**common, "train.ema_epochs": 0.5}), dataset_dir, tmp_path / "ema")
+        assert f"frozen MiniLM states read from {tmp_path / 'cache' / 'text-states'}" in caplog.text
 
     plain_history = json.loads(ModelFiles(plain).history.read_text())
     ema_history = json.loads(ModelFiles(averaged).history.read_text())
-    # Same seed, one thread: the live weights of the averaged run are the plain run's, step for step.
+    # Same seed, one thread: the live weights of the averaged run are the plain run's, step for step
+    # (so the states read from the cache are the ones the first run computed).
     assert [r["valid_ndcg@10_live"] for r in ema_history] == [r["valid_ndcg@10"] for r in plain_history]
     assert [r["train_loss"] for r in ema_history] == [r["train_loss"] for r in plain_history]
     assert {r["weights"] for r in plain_history} == {"live"}
