@@ -10,7 +10,10 @@ same DagRun too), migrated once and remembered with a stamp file so later runs s
 a scheduler or workers. An interactive run fails fast (task retries are turned off: the
 production retry delay would make the command hang for minutes), and a failed run raises the
 task's own project error (e.g. `DataQualityError`) so the CLI can print its message. A training
-run's note is the model gate's verdict, so the UI shows a refusal on a run that is green.
+run's note is the model gate's verdict, so the UI shows a refusal on a run that is green. The
+UI shows such a run as it happened: its real start (DAG.test() starts a run "at" its logical
+date), the person who ran the command (triggered by the CLI, not "dag_test") and each task's log
+(tasks.airflow_tasks.task_log).
 
 `CeleryProfile` is the other way to run the same DAGs: Airflow as services (api-server,
 scheduler, dag-processor, triggerer, Celery workers) sharing a Postgres metadata DB and a
@@ -28,11 +31,11 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.airflow_tasks import project_error
+from tasks.airflow_tasks import TASK_LOG_FOLDER_ENV, project_error
 from tasks.config import PROJECT_ROOT, PipelineConfig, load_config
 from tasks.errors import ConfigError, PrismRecError, first_cause, one_line
 from tasks.redact import known_secrets, redact_text
@@ -286,8 +289,10 @@ def run_dag(
         configure_airflow(config)
         dag = _load_dag(dag_id)
         log.info("running DAG %s in-process (logical date %s)", dag_id, logical_date or "none: now")
-        with _capture_failures(dag) as failures, contextlib.redirect_stdout(sys.stderr):
+        started = datetime.now(UTC)
+        with _capture_failures(dag) as failures, contextlib.redirect_stdout(sys.stderr), _task_logs():
             dag_run = dag.test(logical_date=logical_date, run_conf=conf or {})
+        _show_as_cli_run(dag_run, started)
     result = _collect(dag_run)
     if not result.task_states:
         raise ConfigError(
@@ -313,6 +318,39 @@ def run_dag(
         _set_note(dag_run, verdict)
     log.info("DAG %s run %s finished: %s", dag_id, result.run_id, result.state)
     return result
+
+
+@contextlib.contextmanager
+def _task_logs() -> Iterator[None]:
+    """Tasks of this in-process run write their logs where the UI reads them (Airflow's base_log_folder)."""
+    from airflow.configuration import conf
+
+    previous = os.environ.get(TASK_LOG_FOLDER_ENV)
+    os.environ[TASK_LOG_FOLDER_ENV] = conf.get("logging", "base_log_folder")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(TASK_LOG_FOLDER_ENV, None)
+        else:
+            os.environ[TASK_LOG_FOLDER_ENV] = previous
+
+
+def _show_as_cli_run(dag_run, started: datetime) -> None:
+    """The run as the UI should show it: started when the command started it (DAG.test() uses the
+    logical date, a bar of decades for a replay), triggered from the command line by this user."""
+    import getpass
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunTriggeredByType
+
+    with create_session() as session:
+        run = session.get(DagRun, dag_run.id)
+        if run is not None:
+            run.start_date = started
+            run.triggered_by = DagRunTriggeredByType.CLI
+            run.triggering_user_name = f"{getpass.getuser()} (prismrec CLI)"
 
 
 def _set_note(dag_run, text: str) -> None:

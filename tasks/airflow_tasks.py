@@ -8,15 +8,25 @@ with max_active_runs=1, holding up the next run). Transient faults keep the task
 PrismRecError marked `transient` (Postgres did not answer) and every error that is not ours
 (a dropped connection in the middle of a query, a killed process).
 
+An in-process run (`prismrec train`, tasks.airflow_runtime.run_dag) has no task supervisor to
+write the task logs the Airflow UI shows, so there `fail_fast` also writes each task's log lines
+(the project's progress, and the failure's message) into Airflow's log folder, in the file and
+JSON-lines form the UI reads (TASK_LOG_FOLDER_ENV names the folder; services leave it unset).
+
 The DAG files import this module while Airflow parses them: Airflow is imported only when a
 task fails, and nothing else here is heavy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from tasks.errors import PrismRecError
@@ -24,6 +34,8 @@ from tasks.errors import PrismRecError
 log = logging.getLogger(__name__)
 
 Task = TypeVar("Task", bound=Callable[..., Any])
+
+TASK_LOG_FOLDER_ENV = "PRISMREC_TASK_LOG_FOLDER"  # set by in-process runs: Airflow's base_log_folder
 
 
 def fail_fast(task_function: Task) -> Task:
@@ -35,16 +47,63 @@ def fail_fast(task_function: Task) -> Task:
 
     @functools.wraps(task_function)
     def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return task_function(*args, **kwargs)
-        except PrismRecError as exc:
-            if exc.transient:
-                raise
-            from airflow.sdk.exceptions import AirflowFailException
+        with task_log(kwargs.get("ti")):
+            try:
+                return task_function(*args, **kwargs)
+            except PrismRecError as exc:
+                log.error("%s", exc)
+                if exc.transient:
+                    raise
+                from airflow.sdk.exceptions import AirflowFailException
 
-            raise AirflowFailException(str(exc)) from exc
+                raise AirflowFailException(str(exc)) from exc
 
     return run  # type: ignore[return-value]
+
+
+def task_log_path(folder: Path, ti: Any) -> Path:
+    """Where the Airflow UI reads a task try's log (Airflow's default log_filename_template)."""
+    mapped = f"map_index={ti.map_index}/" if getattr(ti, "map_index", -1) >= 0 else ""
+    return folder / f"dag_id={ti.dag_id}/run_id={ti.run_id}/task_id={ti.task_id}/{mapped}attempt={ti.try_number}.log"
+
+
+class _JsonLines(logging.Handler):
+    """Log records as the JSON lines Airflow 3's task logs hold (timestamp, level, event, logger)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.INFO)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.stream = path.open("a", encoding="utf-8")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = {"timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                    "level": record.levelname.lower(), "event": record.getMessage(), "logger": record.name}
+            self.stream.write(json.dumps(line) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError, TypeError):  # a log line must never fail the task
+            self.handleError(record)
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def task_log(ti: Any) -> Iterator[None]:
+    """In an in-process run, the task's log records also go to its Airflow log file."""
+    folder = os.environ.get(TASK_LOG_FOLDER_ENV)
+    if not folder or ti is None:
+        yield
+        return
+    handler = _JsonLines(task_log_path(Path(folder), ti))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def project_error(exc: BaseException | None) -> PrismRecError | None:

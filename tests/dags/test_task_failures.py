@@ -42,14 +42,23 @@ RUN = textwrap.dedent("""
         note = db.execute("select content from dag_run_note n join dag_run r on r.id = n.dag_run_id "
                           "where r.run_id = ?", (run.run_id,)).fetchall()
 
-    # The command line's path through the same DAG hands back the project's own error.
+    # The command line's path through the same DAG hands back the project's own error; a replay's
+    # run (a logical date in 1998) shows in the UI as started now, by this user, with its task log.
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    before = datetime.now(UTC)
     try:
-        run_dag("recsys_training", logical_date=None, conf={"force_promote": True})
+        run_dag("recsys_training", logical_date=datetime(1998, 4, 23, tzinfo=UTC), conf={"force_promote": True})
         cli = None
     except ConfigError as exc:
         cli = [type(exc).__name__, str(exc)]
+    with sqlite3.connect(home / "airflow.db") as db:
+        cli_run = db.execute("select run_id, start_date, end_date, triggered_by, triggering_user_name from dag_run "
+                             "where logical_date like '1998-04-23%'").fetchall()
+    logs = {str(p.relative_to(home / "logs")): p.read_text() for p in (home / "logs").rglob("*.log")}
     print(json.dumps({"retries": retries, "failures": failures, "tries": tries, "state": str(run.state),
-                      "cli": cli, "note": note}))
+                      "cli": cli, "note": note, "cli_run": cli_run, "before": before.isoformat(), "logs": logs}))
 """)
 
 
@@ -76,3 +85,13 @@ def test_a_config_error_fails_the_task_on_its_first_try_with_its_message(tmp_pat
     assert outcome["cli"] == ["ConfigError", message]
     # The note an in-process run leaves for the UI (a training run's gate verdict) is where the UI reads it.
     assert outcome["note"] == [["the gate refused v3: ...; the champion stays v2"]]
+
+    # The UI shows the command's run as it happened: started when the command ran (not in 1998),
+    # ended after that, triggered from the CLI by this machine's user; its failed task has a log
+    # (JSON lines, as Airflow's own) where the UI reads it, ending with the failure's message.
+    (run_id, start, end, triggered_by, user), = outcome["cli_run"]
+    assert outcome["before"][:19].replace("T", " ") <= start[:19].replace("T", " ") <= end[:19].replace("T", " ")
+    assert triggered_by == "CLI" and user.endswith("(prismrec CLI)")
+    log_lines = [json.loads(line) for line in outcome["logs"][
+        f"dag_id=recsys_training/run_id={run_id}/task_id=extract/attempt=1.log"].splitlines()]
+    assert log_lines[-1]["level"] == "error" and log_lines[-1]["event"].startswith("force_promote needs a reason")
