@@ -25,19 +25,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # `make test` runs on two xdist workers (`-n 2 --dist loadfile`): each worker has its own home,
 # Postgres and MLflow store (the session fixtures below), and a file's tests stay on one worker (they
-# share module fixtures, and a story runs in order; the live stack is one file). The longest files
-# are handed out first, so that no worker is left with a long tail.
-LONGEST_FIRST = ("tests/live/", "tests/e2e/", "tests/integration/training/", "tests/integration/publish/test_faults.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    root = Path(str(config.rootpath))
-
-    def rank(item) -> int:
-        path = Path(str(item.path)).relative_to(root).as_posix()
-        return next((i for i, prefix in enumerate(LONGEST_FIRST) if path.startswith(prefix)), len(LONGEST_FIRST))
-
-    items.sort(key=rank)
+# share module fixtures, and a story runs in order; the live stack is one file).
 
 
 @pytest.fixture(scope="session", autouse=True)
