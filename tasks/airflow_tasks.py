@@ -47,11 +47,12 @@ def fail_fast(task_function: Task) -> Task:
 
     @functools.wraps(task_function)
     def run(*args: Any, **kwargs: Any) -> Any:
-        with task_log(kwargs.get("ti")):
+        with task_log(kwargs.get("ti")) as file_log:
             try:
                 return task_function(*args, **kwargs)
             except PrismRecError as exc:
-                log.error("%s", exc)
+                if file_log is not None:  # the console gets the message once, from the CLI
+                    file_log.line("error", str(exc), log.name)
                 if exc.transient:
                     raise
                 from airflow.sdk.exceptions import AirflowFailException
@@ -77,12 +78,15 @@ class _JsonLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = {"timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
-                    "level": record.levelname.lower(), "event": record.getMessage(), "logger": record.name}
-            self.stream.write(json.dumps(line) + "\n")
-            self.stream.flush()
+            self.line(record.levelname.lower(), record.getMessage(), record.name, record.created)
         except (OSError, ValueError, TypeError):  # a log line must never fail the task
             self.handleError(record)
+
+    def line(self, level: str, event: str, logger: str, created: float | None = None) -> None:
+        stamp = datetime.fromtimestamp(created, UTC) if created is not None else datetime.now(UTC)
+        self.stream.write(json.dumps({"timestamp": stamp.isoformat(), "level": level, "event": event,
+                                      "logger": logger}) + "\n")
+        self.stream.flush()
 
     def close(self) -> None:
         self.stream.close()
@@ -90,17 +94,17 @@ class _JsonLines(logging.Handler):
 
 
 @contextlib.contextmanager
-def task_log(ti: Any) -> Iterator[None]:
-    """In an in-process run, the task's log records also go to its Airflow log file."""
+def task_log(ti: Any) -> Iterator[_JsonLines | None]:
+    """In an in-process run, the task's log records also go to its Airflow log file (yielded; None elsewhere)."""
     folder = os.environ.get(TASK_LOG_FOLDER_ENV)
     if not folder or ti is None:
-        yield
+        yield None
         return
     handler = _JsonLines(task_log_path(Path(folder), ti))
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        yield
+        yield handler
     finally:
         root.removeHandler(handler)
         handler.close()
