@@ -68,7 +68,7 @@ def _metrics_table(evaluation: dict) -> list[str]:
 
 def _unseen_line(evaluation: dict) -> list[str]:
     """The cold slices of the test split (targets never rated in training; new items first rated in
-    the held-out part), reported whatever their size."""
+    the held-out part), reported whatever their size; an empty slice says so instead of a 0.0000."""
     slices = evaluation.get("slices") or {}
     lines = []
     for name, label in (("items_unseen", "targets unseen in training"), ("items_new", "new items (text alone)")):
@@ -77,7 +77,9 @@ def _unseen_line(evaluation: dict) -> list[str]:
             models.append((f"champion v{evaluation.get('champion_version')}", slices["champion"]))
         found = [(who, (by_split.get("test") or {}).get(name)) for who, by_split in models]
         found = [(who, m) for who, m in found if m]
-        if found:
+        if found and not found[0][1]["users"]:
+            lines.append(f"   {label}, test: no such users in this split")
+        elif found:
             lines.append(f"   {label}, test, {found[0][1]['users']} users: " + ", ".join(
                 f"{who} HR@10 {m['hr@10']:.4f}" + (f" (median rank {m['median_rank']:.0f})" if "median_rank" in m else "")
                 for who, m in found))

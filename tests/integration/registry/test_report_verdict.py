@@ -46,3 +46,14 @@ def test_a_refused_first_model_is_not_sent_to_materialize(base_overrides, engine
             "so nothing is published") in report
     assert report[-1] == ("8. Published: nothing, and `prismrec materialize` has no champion to publish; to "
                           "publish v1 anyway, overrule the gate: prismrec promote 1 --reason TEXT")
+
+
+def test_the_cold_slices_are_reported_and_an_empty_one_says_so():
+    from tasks.report import _unseen_line
+
+    evaluation = {"slices": {"candidate": {"test": {
+        "items_unseen": {"users": 0, "hr@10": 0.0},
+        "items_new": {"users": 13, "hr@10": 0.0769, "median_rank": 93.0}}}}}
+    assert _unseen_line(evaluation) == [
+        "   targets unseen in training, test: no such users in this split",
+        "   new items (text alone), test, 13 users: PrismRec HR@10 0.0769 (median rank 93)"]
