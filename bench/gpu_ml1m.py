@@ -238,7 +238,8 @@ def combined_table(result: dict) -> str:
                      f" | {run['epochs_run']} | {run['stopped_by']} | {t['hr@10']:.4f} | {t['ndcg@10']:.4f}"
                      f" | {t['hr@20']:.4f} | {t['ndcg@20']:.4f} |")
     m, secs = result["test"], result["seconds_to_target"]
-    lines.append(f"| mean ± sd | {secs['mean']:.0f} ± {secs['sd'] or 0:.0f} | | | "
+    reached = f"{secs['mean']:.0f} ± {secs['sd'] or 0:.0f}" if secs else "not reached"
+    lines.append(f"| mean ± sd | {reached} | | | "
                  + " | ".join(f"{m[k]['mean']:.4f} ± {m[k]['sd'] or 0:.4f}" for k in ("hr@10", "ndcg@10", "hr@20", "ndcg@20"))
                  + " |")
     if result.get("note"):

@@ -65,5 +65,7 @@ def test_combine_reports_each_seed_and_the_mean_and_sd_and_refuses_other_setting
     assert result["seconds_to_target"] == {"mean": 65.0, "sd": 7.0711} and result["reached_target"] == "2/3"
     assert result["runs"][2]["resources"]["train.max_minutes"] == 5.0  # a limit, not a model setting
     assert "| 43 | not reached |" in combined_table(result) and "0.2100 ± 0.0100" in combined_table(result)
+    unreached = combine([files[2]], note=None)  # no run reached the target: the table says so
+    assert unreached["seconds_to_target"] is None and "| mean ± sd | not reached |" in combined_table(unreached)
     with pytest.raises(SystemExit, match="differ"):
         combine([files[1], run_file(45, 0.2, 60.0, **{"train.batch_size": 64})], note=None)
