@@ -157,6 +157,34 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def sasrec(args: argparse.Namespace) -> dict:
+    """SASRec on the same ML-1M split, from a snapshot folder (bench.cold_start snapshot) prepared here
+    with the pipeline's prepare and the ML-1M settings, one seed: the baseline's row for the seeds table."""
+    import torch
+
+    from bench.quality import DATASET_BASELINES, DATASET_SETTINGS, run_baseline
+    from tasks.config import load_config
+    from tasks.data.prepare import load_dataset, prepare_dataset
+
+    work = Path(args.work or (Path(os.environ.get("TMPDIR", "/tmp")) / f"prismrec-sasrec-{args.seed}"))
+    config = load_config({"paths.home": str(work), **DATASET_SETTINGS["ml-1m"]})
+    info = prepare_dataset(config, args.snapshot, work / "dataset")
+    sequences, items = load_dataset(work / "dataset")
+    settings = {**DATASET_BASELINES["ml-1m"]["sasrec"], "seed": args.seed}
+    if args.smoke:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        settings |= {"max_epochs": 1}
+    row = run_baseline("sasrec", sequences, items, args.budget_minutes, settings)
+    result = {"model": "sasrec", "seed": args.seed, "smoke": args.smoke, "machine": device_description(),
+              "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+              "split": {"users": info.users, "items": info.items, "interactions": info.interactions},
+              "cuda": torch.cuda.is_available(), **row}
+    print(f"sasrec seed {args.seed}: test NDCG@10 {row['ndcg@10']:.4f} HR@10 {row['hr@10']:.4f} "
+          f"(valid {row['valid']['ndcg@10']:.4f}), {row['train_seconds']:.0f} s, {row.get('epochs_run')} epochs, "
+          f"stopped by {row.get('stopped_by')}")
+    return result
+
+
 def report(result: dict) -> str:
     reached = result["time_to_target"]
     lines = [f"PrismRec on {result['dataset']} ({result['machine']})",
@@ -260,6 +288,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     train.add_argument("--set", action="append", metavar="STAGE.FIELD=VALUE", help="override a setting")
     train.add_argument("--work", help="where the run's files go (default: $TMPDIR/prismrec-gpu-ml1m)")
     train.add_argument("--copy-to", type=Path, help="also write gpu-ml1m.json into this folder")
+    base = steps.add_parser("sasrec", help="SASRec on the ML-1M split from a snapshot folder, one seed")
+    base.add_argument("--snapshot", type=Path, default=ASSETS / "snapshot-ml-1m")
+    base.add_argument("--seed", type=int, default=42)
+    base.add_argument("--budget-minutes", type=float, help="SASRec's wall-clock budget")
+    base.add_argument("--smoke", action="store_true", help="one epoch on the CPU")
+    base.add_argument("--work", help="default: $TMPDIR/prismrec-sasrec-<seed>")
+    base.add_argument("--out", type=Path, required=True, help="the row as JSON")
     together = steps.add_parser("combine", help="several seeds' gpu-ml1m.json as one table (mean ± sd)")
     together.add_argument("files", nargs="+", type=Path)
     together.add_argument("--note", help="a sentence on how the runs were made, kept with the figures")
@@ -281,6 +316,11 @@ def main(argv: list[str] | None = None) -> dict | None:
             write_dataset(args.assets / "ml-1m")
         log.info("%s: %.1f MB in all (a GPU host takes it with `carry`: docs/gpu.md)", args.assets, folder_mb(args.assets))
         return None
+    if args.step == "sasrec":
+        result = sasrec(args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+        return result
     result = run(args)
     save(result, args.copy_to)
     return result
