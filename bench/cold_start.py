@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 log = logging.getLogger("bench.cold_start")
 
@@ -51,7 +52,7 @@ COLD_SHARE = 0.10
 MIN_HISTORY = 5
 SASREC_DROPOUT = {"ml-1m": 0.1}  # bench.quality.DATASET_BASELINES
 # scores [B, C] of the candidates (app item ids) for app-id histories; -inf: the model cannot place it
-CandidateScorer = Callable[[Sequence[np.ndarray]], "torch.Tensor"]  # noqa: F821
+CandidateScorer = Callable[[Sequence[np.ndarray]], torch.Tensor]
 
 
 # --- the split -------------------------------------------------------------------------------------
@@ -75,25 +76,23 @@ def ordered(interactions: pd.DataFrame) -> pd.DataFrame:
 
 def test_cases(interactions: pd.DataFrame, cutoff: pd.Timestamp, new_titles: np.ndarray,
                min_history: int) -> pd.DataFrame:
-    """One row per case: user_id, item_id (the target), kind ("cold"/"warm"), history (app item ids,
-    oldest first: every rating strictly before the target's time)."""
-    rated = ordered(interactions)
-    is_new = rated["item_id"].isin(new_titles)
-    cold_first = rated[is_new].groupby("user_id", sort=True).head(1).assign(kind="cold")
-    after = rated[rated["occurred_at"] >= cutoff].groupby("user_id", sort=True).head(1)
-    warm_first = after[~after["item_id"].isin(new_titles)].assign(kind="warm")
-    cases = pd.concat([cold_first, warm_first], ignore_index=True)
-    by_user = {user: frame for user, frame in rated.groupby("user_id", sort=False)}
-    histories, keep = [], []
-    for user, when, kind in zip(cases["user_id"], cases["occurred_at"], cases["kind"], strict=True):
-        before = by_user[user]
-        before = before[before["occurred_at"] < when]
-        enough = len(before) >= min_history
-        if kind == "warm":  # warm cases: users the model met in training, with enough ratings before the cut-off
-            enough = int((before["occurred_at"] < cutoff).sum()) >= min_history
-        keep.append(enough)
-        histories.append(before["item_id"].to_numpy(np.int64))
-    cases = cases.assign(history=histories)[np.asarray(keep, dtype=bool)]
+    """One row per case: user_id, item_id (the target), kind, history (app item ids, oldest first:
+    every rating strictly before the target's time). Per user and kind, the first rating from the
+    cut-off on that has `min_history` ratings before it: "cold" if of a new title,
+    "warm" if of any other (the caller keeps the trained ones)."""
+    rated = ordered(interactions).reset_index(drop=True)
+    user_rank = rated.groupby("user_id").cumcount()
+    tied = rated.groupby(["user_id", "occurred_at"]).cumcount()
+    before = user_rank - tied  # ratings of the user strictly earlier in time
+    late = (rated["occurred_at"] >= cutoff) & (before >= min_history)
+    kind = np.where(rated["item_id"].isin(new_titles), "cold", "warm")
+    chosen = rated[late].assign(kind=kind[late.to_numpy()]).groupby(["user_id", "kind"], sort=True).head(1)
+    starts = rated.groupby("user_id").cumcount().to_numpy()
+    firsts = pd.Series(np.flatnonzero(starts == 0), index=rated["user_id"].to_numpy()[starts == 0])
+    items = rated["item_id"].to_numpy(np.int64)
+    histories = [items[firsts[user]:firsts[user] + before[row]]
+                 for row, user in zip(chosen.index, chosen["user_id"], strict=True)]
+    cases = chosen.assign(history=histories)
     return cases[["user_id", "item_id", "kind", "occurred_at", "history"]].reset_index(drop=True)
 
 
@@ -115,18 +114,18 @@ def write_snapshot(dataset: str, out: Path) -> Path:
     return out
 
 
-def build_split(snapshot: Path, work: Path, config, cold_share: float, min_history: int) -> dict:
-    """Cut the snapshot at the new titles' first rating, prepare the training part with the pipeline's
-    prepare, and find the test cases; returns the split's facts and paths."""
+def build_split(interactions: pd.DataFrame, items: pd.DataFrame, work: Path, config, cold_share: float,
+                min_history: int) -> dict:
+    """Cut the ratings at the new titles' first rating, prepare the part before it with the pipeline's
+    prepare, and find the test cases; returns the split's facts, dataset folder and cases."""
     from tasks.data.prepare import load_dataset, load_new_items, prepare_dataset
-    from tasks.layout import RunLayout, SnapshotFiles
+    from tasks.layout import RunLayout
 
-    files = SnapshotFiles(snapshot)
-    interactions, items = pd.read_parquet(files.interactions), pd.read_parquet(files.items)
     cutoff, new_titles = cold_cutoff(interactions, cold_share)
     run = RunLayout(work)
     run.snapshot.root.mkdir(parents=True, exist_ok=True)
-    items.to_parquet(run.snapshot.items, index=False)  # the whole catalogue: the new titles are in it, unrated
+    # The whole catalogue: the new titles are in it, with text and no ratings yet.
+    items.to_parquet(run.snapshot.items, index=False)
     interactions[interactions["occurred_at"] < cutoff].to_parquet(run.snapshot.interactions, index=False)
     prepare_dataset(config, run.snapshot.root, run.dataset.root)
     sequences, _ = load_dataset(run.dataset.root)
@@ -134,23 +133,22 @@ def build_split(snapshot: Path, work: Path, config, cold_share: float, min_histo
     universe = sequences.item_ids[1:]
     # A warm case's target must be a trained title; a cold one is new by construction.
     cases = cases[(cases["kind"] == "cold") | cases["item_id"].isin(universe)].reset_index(drop=True)
-    new_items = load_new_items(run.dataset.root)
     facts = {
         "cutoff": cutoff.isoformat(), "cold_share": cold_share, "min_history": min_history,
         "new_titles": len(new_titles), "rated_titles": int(interactions["item_id"].nunique()),
         "catalogue": len(items), "training_interactions": int((interactions["occurred_at"] < cutoff).sum()),
         "interactions": len(interactions), "universe_items": len(universe),
-        "new_items_in_model": len(new_items), "cases": {k: int(v) for k, v in cases["kind"].value_counts().items()},
+        "new_items_in_model": len(load_new_items(run.dataset.root)),
+        "cases": {k: int(v) for k, v in cases["kind"].value_counts().items()},
     }
     log.info("split at %s: %d new titles; %d of %d ratings before it; cases %s", cutoff, len(new_titles),
              facts["training_interactions"], len(interactions), facts["cases"])
-    return {"facts": facts, "dataset": run.dataset.root, "cases": cases}
+    return {"facts": facts, "dataset": run.dataset.root, "cases": cases, "cutoff": cutoff}
 
 
 # --- the models ------------------------------------------------------------------------------------
 
 def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarray) -> tuple[CandidateScorer, dict]:
-    import torch
 
     from tasks.layout import ModelFiles
     from tasks.model.recommender import Recommender
@@ -162,8 +160,17 @@ def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarra
     summary = json.loads(ModelFiles(Path(model_dir)).summary.read_text())
     recommender = Recommender.load(model_dir)
 
+    columns = recommender.index_of.reindex(candidates).fillna(0).to_numpy(np.int64)
+    unknown = torch.as_tensor(columns == 0)
+
     def score(histories: Sequence[np.ndarray]) -> torch.Tensor:
-        return recommender.score_items(list(histories), candidates)
+        """Each candidate's score under its best interest (the ranking score, before the published
+        lists' interest balancing, which would turn the top scores into ranks)."""
+        per_interest, *_ = recommender.score_indices([recommender.to_indices(h) for h in histories],
+                                                     with_attention=False)
+        scores = per_interest.amax(1)[:, torch.as_tensor(columns)]
+        scores[:, unknown] = float("-inf")
+        return scores
 
     return score, {"train_seconds": round(seconds, 1), "epochs_run": summary.get("epochs_run"),
                    "best_epoch": summary.get("best_epoch"), "stopped_by": summary.get("stopped_by"),
@@ -238,30 +245,62 @@ def sasrec_scorer(sequences, items: pd.DataFrame, candidates: np.ndarray, dropou
 
 # --- ranking and figures ---------------------------------------------------------------------------
 
-def case_ranks(score: CandidateScorer, cases: pd.DataFrame, candidates: np.ndarray,
-               exclude: np.ndarray | None = None, batch: int = 256) -> np.ndarray:
-    """0-based rank of each case's target among the candidates the user has not rated (ties count in
-    the target's favour); a target the model cannot place ranks below every placed item. `exclude`:
-    candidates taken out of the lists (their columns -inf)."""
+def score_matrix(score: CandidateScorer, cases: pd.DataFrame, batch: int = 256) -> torch.Tensor:
+    """Raw scores [cases, candidates] of each case's history."""
     import torch
 
+    blocks = [score(list(cases["history"].iloc[start:start + batch])).float()
+              for start in range(0, len(cases), batch)]
+    return torch.cat(blocks) if blocks else torch.zeros(0)
+
+
+def ranks_from(scores: torch.Tensor, cases: pd.DataFrame, candidates: np.ndarray) -> np.ndarray:
+    """0-based rank of each case's target among the candidates the user has not rated (ties count in
+    the target's favour); a target the model cannot place (-inf) ranks below every placed item."""
+    import torch
+
+    if not len(cases):
+        return np.zeros(0, dtype=np.int64)
     column = pd.Series(np.arange(len(candidates)), index=candidates)
-    dropped = torch.as_tensor(np.isin(candidates, exclude)) if exclude is not None else None
-    ranks = []
-    for start in range(0, len(cases), batch):
-        chunk = cases.iloc[start:start + batch]
-        histories = list(chunk["history"])
-        scores = score(histories).float().clone()
-        if dropped is not None:
-            scores[:, dropped] = float("-inf")
-        for row, history in enumerate(histories):
-            seen = column.reindex(history).dropna().to_numpy(np.int64)
-            scores[row, torch.as_tensor(seen)] = float("-inf")
-        target = torch.as_tensor(column.loc[chunk["item_id"]].to_numpy(np.int64))
-        mine = scores[torch.arange(len(chunk)), target]
-        listed = torch.isfinite(scores).sum(1)
-        ranks.append(torch.where(torch.isfinite(mine), (scores > mine[:, None]).sum(1), listed).numpy())
-    return np.concatenate(ranks).astype(np.int64) if ranks else np.zeros(0, dtype=np.int64)
+    scores = scores.clone()
+    for row, history in enumerate(cases["history"]):
+        seen = column.reindex(history).dropna().to_numpy(np.int64)
+        scores[row, torch.as_tensor(seen)] = float("-inf")
+    target = torch.as_tensor(column.loc[cases["item_id"]].to_numpy(np.int64))
+    mine = scores[torch.arange(len(cases)), target]
+    listed = torch.isfinite(scores).sum(1)
+    return torch.where(torch.isfinite(mine), (scores > mine[:, None]).sum(1), listed).numpy().astype(np.int64)
+
+
+# New-item score policies: a text-only score is on another scale than one backed by ratings.
+OFFSETS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)  # subtracted from new items' scores
+LIST_CAP = 5  # materialize.max_new_items: a top-50 list's new items
+
+
+def with_policy(scores: torch.Tensor, new: np.ndarray, offset: float, cap: int | None = None):
+    """Scores with `offset` taken off every new item's score and, given `cap`, only each row's `cap`
+    best new items left (the rest -inf), as tasks.model.recommender ranks a published list."""
+    import torch
+
+    out = scores.clone()
+    columns = torch.as_tensor(np.flatnonzero(new))
+    out[:, columns] -= offset
+    if cap is not None and len(columns) > cap:
+        part = out[:, columns]
+        keep = torch.zeros_like(part, dtype=torch.bool).scatter_(1, part.topk(cap, dim=1).indices, True)
+        out[:, columns] = part.masked_fill(~keep, float("-inf"))
+    return out
+
+
+def policy_curve(cold_scores, warm_scores, split: dict, candidates: np.ndarray, new: np.ndarray) -> list[dict]:
+    """Cold and warm figures for every offset of OFFSETS."""
+    curve = []
+    for offset in OFFSETS:
+        cold = figures(ranks_from(with_policy(cold_scores, new, offset), split["cold"], candidates))
+        warm = figures(ranks_from(with_policy(warm_scores, new, offset), split["warm"], candidates))
+        curve.append({"offset": offset, "cold": cold, "warm": warm,
+                      "objective": round((cold["ndcg@10"] + warm["ndcg@10"]) / 2, 5)})
+    return curve
 
 
 def figures(ranks: np.ndarray) -> dict:
@@ -288,6 +327,57 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict:
 
 # --- the run ---------------------------------------------------------------------------------------
 
+def load_split(split: dict, max_cases: int | None) -> dict:
+    """The split's data for ranking: the model's universe and new items, the candidates (the whole
+    catalogue as published: 5-core and new) and the cold and warm cases."""
+    from tasks.data.prepare import load_dataset, load_new_items
+
+    sequences, items = load_dataset(split["dataset"])
+    new_items = load_new_items(split["dataset"])
+    catalogue = pd.concat([items[["item_id", "description"]], new_items[["item_id", "description"]]],
+                          ignore_index=True)
+    cases = split["cases"]
+    if max_cases:
+        cases = cases.groupby("kind", group_keys=False).head(max_cases).reset_index(drop=True)
+    return {**split, "sequences": sequences, "items": items, "catalogue": catalogue,
+            "candidates": catalogue["item_id"].to_numpy(np.int64),
+            "new": np.r_[np.zeros(len(items), dtype=bool), np.ones(len(new_items), dtype=bool)],
+            "cold": cases[cases["kind"] == "cold"].reset_index(drop=True),
+            "warm": cases[cases["kind"] == "warm"].reset_index(drop=True)}
+
+
+def prismrec_row(config, test: dict, interactions: pd.DataFrame, items: pd.DataFrame, args, work: Path
+                 ) -> tuple[dict, np.ndarray]:
+    """PrismRec's row: the new-item offset chosen on a validation split cut the same way from the
+    ratings before the test cut-off (its own model), then the test figures with it."""
+    valid = load_split(build_split(interactions[interactions["occurred_at"] < test["cutoff"]], items,
+                                   work / "split-valid", config, args.cold_share, args.min_history), args.max_cases)
+    score, valid_info = prismrec_scorer(config, valid["dataset"], work / "valid", valid["candidates"])
+    curve = policy_curve(score_matrix(score, valid["cold"]), score_matrix(score, valid["warm"]), valid,
+                         valid["candidates"], valid["new"])
+    offset = max(curve, key=lambda point: point["objective"])["offset"]
+    log.info("new-item offset %.1f chosen on validation (cut-off %s)", offset, valid["facts"]["cutoff"])
+    score, info = prismrec_scorer(config, test["dataset"], work / "test", test["candidates"])
+    cold_scores, warm_scores = score_matrix(score, test["cold"]), score_matrix(score, test["warm"])
+    new, candidates = test["new"], test["candidates"]
+
+    def both(offset: float, cap: int | None = None) -> tuple[np.ndarray, dict]:
+        cold = ranks_from(with_policy(cold_scores, new, offset, cap), test["cold"], candidates)
+        return cold, figures(ranks_from(with_policy(warm_scores, new, offset, cap), test["warm"], candidates))
+
+    cold_ranks, warm = both(offset)
+    published_cold, published_warm = both(offset, LIST_CAP)
+    raw_cold, raw_warm = both(0.0)
+    row = {**figures(cold_ranks), "warm": warm, "new_item_offset": offset,
+           "uncalibrated": {**figures(raw_cold), "warm": raw_warm},
+           f"capped_{LIST_CAP}": {**figures(published_cold), "warm": published_warm},
+           "warm_without_new_items": both(float("inf"))[1],
+           "test_curve": policy_curve(cold_scores, warm_scores, test, candidates, new),
+           "validation": {"split": valid["facts"], "curve": curve, "best_valid_ndcg@10": valid_info["best_valid_ndcg@10"]},
+           **info}
+    return row, cold_ranks
+
+
 def run(args: argparse.Namespace) -> dict:
     from tasks.model.text_tower import MODEL_DIR_ENV
 
@@ -301,7 +391,7 @@ def run(args: argparse.Namespace) -> dict:
     from bench.gpu_ml1m import device_description
     from bench.quality import DATASET_SETTINGS
     from tasks.config import load_config
-    from tasks.data.prepare import load_dataset, load_new_items
+    from tasks.layout import SnapshotFiles
 
     work = Path(args.work or Path(os.environ.get("TMPDIR", "/tmp")) / f"prismrec-cold-{args.dataset}")
     snapshot = args.snapshot or write_snapshot(args.dataset, work / "source")
@@ -313,52 +403,44 @@ def run(args: argparse.Namespace) -> dict:
                    "prepare.max_history": 50, "train.max_text_tokens": 16}
     chosen |= dict(pair.split("=", 1) for pair in args.set or [])
     config = load_config({"paths.home": str(work), **{k: v for k, v in chosen.items() if v is not None}})
-    split = build_split(Path(snapshot), work / "split", config, args.cold_share, args.min_history)
-    sequences, items = load_dataset(split["dataset"])
-    new_items = load_new_items(split["dataset"])
-    catalogue = pd.concat([items[["item_id", "description"]], new_items[["item_id", "description"]]],
-                          ignore_index=True)
-    candidates = catalogue["item_id"].to_numpy(np.int64)
-    cases = split["cases"]
-    if args.max_cases:
-        cases = cases.groupby("kind", group_keys=False).head(args.max_cases).reset_index(drop=True)
-    cold, warm = cases[cases["kind"] == "cold"], cases[cases["kind"] == "warm"]
-    new_ids = new_items["item_id"].to_numpy(np.int64)
+    files = SnapshotFiles(Path(snapshot))
+    interactions, items = pd.read_parquet(files.interactions), pd.read_parquet(files.items)
+    test = load_split(build_split(interactions, items, work / "split", config, args.cold_share, args.min_history),
+                      args.max_cases)
+    candidates, new = test["candidates"], test["new"]
 
     rows: dict[str, dict] = {}
     cold_ranks: dict[str, np.ndarray] = {}
     for name in args.models:
         log.info("fitting %s", name)
         if name == "prismrec":
-            score, info = prismrec_scorer(config, split["dataset"], work, candidates)
-        elif name == "content":
-            score, info = content_scorer(sequences, items, catalogue, candidates)
-        elif name == "popularity":
-            score, info = popularity_scorer(sequences, candidates)
-        else:
-            score, info = sasrec_scorer(sequences, items, candidates, SASREC_DROPOUT.get(args.dataset, 0.2),
-                                        args.sasrec_seconds, args.seed)
-        if name == "prismrec":
             name = args.name
-        cold_ranks[name] = case_ranks(score, cold, candidates)
-        rows[name] = {**figures(cold_ranks[name]), "warm": figures(case_ranks(score, warm, candidates)), **info}
-        if "settings" in info:  # PrismRec: what serving new titles costs the warm cases
-            rows[name]["warm_without_new_items"] = figures(case_ranks(score, warm, candidates, exclude=new_ids))
+            rows[name], cold_ranks[name] = prismrec_row(config, test, interactions, items, args, work)
+        else:
+            if name == "content":
+                score, info = content_scorer(test["sequences"], test["items"], test["catalogue"], candidates)
+            elif name == "popularity":
+                score, info = popularity_scorer(test["sequences"], candidates)
+            else:
+                score, info = sasrec_scorer(test["sequences"], test["items"], candidates,
+                                            SASREC_DROPOUT.get(args.dataset, 0.2), args.sasrec_seconds, args.seed)
+            cold_ranks[name] = ranks_from(score_matrix(score, test["cold"]), test["cold"], candidates)
+            warm = figures(ranks_from(score_matrix(score, test["warm"]), test["warm"], candidates))
+            rows[name] = {**figures(cold_ranks[name]), "warm": warm, **info}
         log.info("%s: cold HR@10 %.4f NDCG@10 %.4f median rank %s | warm HR@10 %.4f", name, rows[name]["hr@10"],
                  rows[name]["ndcg@10"], rows[name]["median_rank"], rows[name]["warm"]["hr@10"])
-    result = {
-        "dataset": args.dataset, "smoke": args.smoke, "protocol": PROTOCOL, "split": split["facts"],
+    return {
+        "dataset": args.dataset, "smoke": args.smoke, "protocol": PROTOCOL, "split": test["facts"],
         "machine": device_description(), "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "models": rows,
+        "models": rows, "new_titles_in_candidates": int(new.sum()),
         "cold_ranks": {name: ranks.tolist() for name, ranks in cold_ranks.items()},
-        "cold_cases": cold[["user_id", "item_id"]].to_dict("list"),
+        "cold_cases": test["cold"][["user_id", "item_id"]].to_dict("list"),
     }
-    return result
 
 
 PROTOCOL = ("time split: the last 10 % of rated titles by first rating are new; training sees the ratings before "
-            "the first of them; a cold case is a user's first rating of a new title (after >= 5 ratings), a warm "
-            "case a returning user's first rating from the cut-off on, of a trained title; each ranked among the "
+            "the first of them; per user, a cold case is the first rating of a new title and a warm case the first "
+            "rating of a trained title from the cut-off on, each with >= 5 ratings before it; each ranked among the "
             "whole catalogue (5-core + new titles), history masked (bench/cold_start.py)")
 
 
@@ -398,15 +480,28 @@ def table(result: dict) -> str:
              f"{split['cases'].get('warm', 0)} warm. {result['protocol']}.", "",
              "| model | cold HR@10 | cold NDCG@10 | cold median rank | warm HR@10 | warm NDCG@10 |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for name, row in result["models"].items():
+    def line(label: str, row: dict) -> str:
         warm = row["warm"]
-        lines.append(f"| {name} | {row['hr@10']:.4f} ± {row['hr@10_se'] or 0:.4f} | {row['ndcg@10']:.4f} | "
-                     f"{row['median_rank']:.0f} | {warm['hr@10']:.4f} ± {warm['hr@10_se'] or 0:.4f} | "
-                     f"{warm['ndcg@10']:.4f} |")
-    if (without := result["models"].get("prismrec", {}).get("warm_without_new_items")):
-        lines.append(f"| prismrec, new titles left out of the lists | | | | {without['hr@10']:.4f} | "
-                     f"{without['ndcg@10']:.4f} |")
-    lines += ["", "± is the standard error over cases."]
+        cold = (f"{row['hr@10']:.4f} ± {row['hr@10_se'] or 0:.4f} | {row['ndcg@10']:.4f} | {row['median_rank']:.0f}"
+                if "hr@10" in row else " | | ")
+        return (f"| {label} | {cold} | {warm['hr@10']:.4f} ± {warm['hr@10_se'] or 0:.4f} | "
+                f"{warm['ndcg@10']:.4f} |")
+
+    notes = []
+    for name, row in result["models"].items():
+        if "new_item_offset" not in row:
+            lines.append(line(name, row))
+            continue
+        lines.append(line(f"{name} (new items -{row['new_item_offset']:g})", row))
+        lines.append(line(f"{name}, no offset", row["uncalibrated"]))
+        lines.append(line(f"{name}, offset and at most {LIST_CAP} new items a list", row[f"capped_{LIST_CAP}"]))
+        lines.append(line(f"{name}, new titles left out", {"warm": row["warm_without_new_items"]}))
+        valid = row["validation"]["split"]
+        notes.append(f"{name}'s new-item offset ({row['new_item_offset']:g}, subtracted from a new item's score) "
+                     f"was chosen on a validation split cut the same way from the ratings before the test cut-off "
+                     f"(cut-off {valid['cutoff'][:10]}, {valid['cases'].get('cold', 0)} cold and "
+                     f"{valid['cases'].get('warm', 0)} warm cases; the mean of cold and warm NDCG@10).")
+    lines += ["", "± is the standard error over cases.", *notes]
     if (pair := result["comparisons"].get("prismrec_vs_content")):
         lines.append(f"PrismRec minus the zero-shot text model on the cold cases: HR@10 "
                      f"{pair['hr@10_difference']:+.4f} ± {pair['se']:.4f} (paired), ratio {pair['hr@10_ratio']}.")

@@ -9,6 +9,7 @@
 #
 #   bench/gpu_suite.sh OUT_DIR [SECONDS]          # SECONDS: each run's limit (default 480)
 #   SMOKE=1 SNAPSHOT=DIR bench/gpu_suite.sh OUT_DIR   # the same commands, a few steps each, on the CPU
+#   SASREC_SEEDS="" bench/gpu_suite.sh OUT_DIR        # the cold-start runs alone
 set -u
 out=${1:?usage: bench/gpu_suite.sh OUT_DIR [SECONDS]}
 limit=${2:-480}
@@ -39,7 +40,7 @@ run cold-finetuned bench.cold_start run "${cold[@]}" --models prismrec --name pr
   --set train.lm_trainable_layers=1 --out "$work/results/cold-finetuned.json" --work "$work/cold-finetuned" &
 run cold-sasrec bench.cold_start run "${cold[@]}" --models sasrec \
   --out "$work/results/cold-sasrec.json" --work "$work/cold-sasrec" &
-for seed in 42 43 44; do
+for seed in ${SASREC_SEEDS-42 43 44}; do
   run "sasrec-$seed" bench.gpu_ml1m sasrec "${sasrec[@]}" --seed "$seed" \
     --out "$work/results/sasrec-$seed.json" --work "$work/sasrec-$seed" &
 done
