@@ -148,14 +148,17 @@ def build_split(interactions: pd.DataFrame, items: pd.DataFrame, work: Path, con
 
 # --- the models ------------------------------------------------------------------------------------
 
-def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarray) -> tuple[CandidateScorer, dict]:
+def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarray,
+                    reuse: bool = False) -> tuple[CandidateScorer, dict]:
 
     from tasks.layout import ModelFiles
     from tasks.model.recommender import Recommender
     from tasks.training.launcher import launch_training
 
     started = time.time()
-    model_dir = launch_training(config, dataset_dir, work / "prismrec")
+    model_dir = work / "prismrec"
+    if not (reuse and ModelFiles(model_dir).summary.exists()):
+        model_dir = launch_training(config, dataset_dir, model_dir)
     seconds = time.time() - started
     summary = json.loads(ModelFiles(Path(model_dir)).summary.read_text())
     recommender = Recommender.load(model_dir)
@@ -352,12 +355,13 @@ def prismrec_row(config, test: dict, interactions: pd.DataFrame, items: pd.DataF
     ratings before the test cut-off (its own model), then the test figures with it."""
     valid = load_split(build_split(interactions[interactions["occurred_at"] < test["cutoff"]], items,
                                    work / "split-valid", config, args.cold_share, args.min_history), args.max_cases)
-    score, valid_info = prismrec_scorer(config, valid["dataset"], work / "valid", valid["candidates"])
+    score, valid_info = prismrec_scorer(config, valid["dataset"], work / "valid", valid["candidates"],
+                                        args.reuse_models)
     curve = policy_curve(score_matrix(score, valid["cold"]), score_matrix(score, valid["warm"]), valid,
                          valid["candidates"], valid["new"])
     offset = max(curve, key=lambda point: point["objective"])["offset"]
     log.info("new-item offset %.1f chosen on validation (cut-off %s)", offset, valid["facts"]["cutoff"])
-    score, info = prismrec_scorer(config, test["dataset"], work / "test", test["candidates"])
+    score, info = prismrec_scorer(config, test["dataset"], work / "test", test["candidates"], args.reuse_models)
     cold_scores, warm_scores = score_matrix(score, test["cold"]), score_matrix(score, test["warm"])
     new, candidates = test["new"], test["candidates"]
 
@@ -530,6 +534,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     go.add_argument("--max-cases", type=int, help="at most this many cases of each kind (a quick check)")
     go.add_argument("--name", default="prismrec", help="PrismRec's row name (a variant: --name prismrec-ft --set ...)")
     go.add_argument("--smoke", action="store_true", help="a few PrismRec steps on the CPU")
+    go.add_argument("--reuse-models", action="store_true",
+                    help="score with the PrismRec models an earlier run left in --work instead of training")
     go.add_argument("--work", help="the run's files (default $TMPDIR/prismrec-cold-<dataset>)")
     go.add_argument("--out", type=Path, required=True, help="the run's JSON (bench/results via combine)")
     together = steps.add_parser("combine", help="runs of one split -> bench/results/cold-start-<dataset>.{json,md}")

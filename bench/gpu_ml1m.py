@@ -185,6 +185,21 @@ def sasrec(args: argparse.Namespace) -> dict:
     return result
 
 
+def combine_sasrec(files: list[Path]) -> dict:
+    """Several seeds' `sasrec` outputs as one file of runs (bench.quality --merge-runs reads it)."""
+    from tasks.evaluation.metrics import METRIC_NAMES
+
+    loaded = sorted((json.loads(f.read_text()) for f in files), key=lambda r: r["seed"])
+    if any(r["smoke"] for r in loaded):
+        raise SystemExit("a smoke run has no figures to combine: pass the files of full runs")
+    hyper = {k: v for k, v in loaded[0]["hyper"].items() if k != "seed"}
+    return {"model": "sasrec", "dataset": "ml-1m", "protocol": "LOO-full (docs/protocol.md)",
+            "machine": loaded[0]["machine"], "hyper": hyper,
+            "runs": [{"seed": r["seed"], "measured_at": r["measured_at"], "test": {m: r[m] for m in METRIC_NAMES},
+                      "valid": r["valid"], "train_seconds": r["train_seconds"], "epochs_run": r.get("epochs_run"),
+                      "stopped_by": r.get("stopped_by"), "seconds_to_target": None} for r in loaded]}
+
+
 def report(result: dict) -> str:
     reached = result["time_to_target"]
     lines = [f"PrismRec on {result['dataset']} ({result['machine']})",
@@ -295,11 +310,18 @@ def main(argv: list[str] | None = None) -> dict | None:
     base.add_argument("--smoke", action="store_true", help="one epoch on the CPU")
     base.add_argument("--work", help="default: $TMPDIR/prismrec-sasrec-<seed>")
     base.add_argument("--out", type=Path, required=True, help="the row as JSON")
+    sasrec_runs = steps.add_parser("combine-sasrec", help="several seeds' sasrec outputs as one file of runs")
+    sasrec_runs.add_argument("files", nargs="+", type=Path)
+    sasrec_runs.add_argument("--out", type=Path, default=RESULTS / "gpu-sasrec-ml1m.json")
     together = steps.add_parser("combine", help="several seeds' gpu-ml1m.json as one table (mean ± sd)")
     together.add_argument("files", nargs="+", type=Path)
     together.add_argument("--note", help="a sentence on how the runs were made, kept with the figures")
     together.add_argument("--out", type=Path, default=RESULTS, help="where gpu-ml1m.{json,md} go")
     args = parser.parse_args(argv)
+    if args.step == "combine-sasrec":
+        result = combine_sasrec(args.files)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
     if args.step == "combine":
         result = combine(args.files, args.note)
         args.out.mkdir(parents=True, exist_ok=True)

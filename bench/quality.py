@@ -179,12 +179,76 @@ def run_prismrec(config, dataset_dir: Path, work: Path, sequences) -> dict:
     model_dir = launch_training(config, dataset_dir, work / "prismrec")
     seconds = time.time() - started
     metrics = evaluate_scorer(model_scorer(model_dir, sequences), sequences)
-    summary = json.loads(ModelFiles(Path(model_dir)).summary.read_text())
-    return {**metrics["test"], "train_seconds": round(seconds, 1),
+    files = ModelFiles(Path(model_dir))
+    summary = json.loads(files.summary.read_text())
+    elapsed, reached = 0.0, None
+    for record in json.loads(files.history.read_text()):
+        elapsed += record["seconds"]
+        if reached is None and record["valid_ndcg@10"] >= TARGET_NDCG:
+            reached = round(elapsed, 1)
+    return {**metrics["test"], "train_seconds": round(seconds, 1), "seconds_to_target": reached,
             # prepare.max_history too: how much history the model reads is a model choice.
             "hyper": {k: v for k, v in config.to_dict().items() if k.startswith("train.") or k == "prepare.max_history"},
             "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
             "stopped_by": summary.get("stopped_by"), "valid": metrics["valid"]}
+
+
+SEEDED = ("prismrec", "sasrec")  # the trained models; --seeds runs each once per seed
+TARGET_NDCG = 0.20  # seconds_to_target: training seconds until validation NDCG@10 first reached it
+
+
+def seeded_row(runs: list[dict]) -> dict:
+    """One model's row from its runs with different seeds (flat rows with a `seed`): the metrics are
+    the means, `ndcg@10_sd` and `hr@10_sd` the sample standard deviations, each run under `runs`."""
+    from statistics import mean, stdev
+
+    from tasks.evaluation.metrics import METRIC_NAMES
+
+    def sd(values: list[float]) -> float | None:
+        return stdev(values) if len(values) > 1 else None
+
+    row: dict[str, Any] = {name: mean(r[name] for r in runs) for name in METRIC_NAMES}
+    for name in ("ndcg@10", "hr@10"):
+        row[f"{name}_sd"] = sd([r[name] for r in runs])
+    row["train_seconds"] = round(mean(r["train_seconds"] for r in runs), 1)
+    row["hyper"] = {k: v for k, v in (runs[0].get("hyper") or {}).items() if k not in ("train.seed", "seed")}
+    row["epochs_run"] = round(mean(r["epochs_run"] for r in runs if r.get("epochs_run")), 1) if any(
+        r.get("epochs_run") for r in runs) else None
+    row["stopped_by"] = ", ".join(sorted({str(r.get("stopped_by")) for r in runs}))
+    row["valid"] = {name: mean(r["valid"][name] for r in runs) for name in METRIC_NAMES}
+    row["target"] = f"validation NDCG@10 >= {TARGET_NDCG}"
+    row["runs"] = [{"seed": r["seed"], **{name: r[name] for name in METRIC_NAMES},
+                    "seconds_to_target": r.get("seconds_to_target"), "train_seconds": r["train_seconds"],
+                    "epochs_run": r.get("epochs_run"), "stopped_by": r.get("stopped_by"), "valid": r["valid"]}
+                   for r in sorted(runs, key=lambda r: r["seed"])]
+    return row
+
+
+def runs_from_file(path: Path) -> tuple[list[dict], dict]:
+    """Seed runs kept by a GPU host's benchmark (bench.gpu_ml1m combine or combine-sasrec output) as
+    flat rows for seeded_row, and the machine they ran on."""
+    data = json.loads(Path(path).read_text())
+    if "runs" not in data:
+        raise SystemExit(f"{path}: no `runs` (expected the output of bench.gpu_ml1m combine or combine-sasrec)")
+    rows = [{"seed": run["seed"], **run["test"], "valid": run["valid"],
+             "train_seconds": run.get("train_seconds", run.get("wall_seconds")), "epochs_run": run.get("epochs_run"),
+             "stopped_by": run.get("stopped_by"), "seconds_to_target": run.get("seconds_to_target"),
+             "hyper": data.get("settings") or data.get("hyper")} for run in data["runs"]]
+    return rows, data["machine"]
+
+
+def merge_runs(dataset: str, pairs: list[str]) -> dict:
+    """Replace rows of bench/results/quality-<dataset>.json by seed runs kept in files (NAME=FILE)."""
+    out_json = RESULTS / f"quality-{dataset}.json"
+    result = json.loads(out_json.read_text())
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or name not in SEEDED:
+            raise SystemExit(f"--merge-runs {pair!r}: expected NAME=FILE with NAME one of {', '.join(SEEDED)}")
+        runs, machine = runs_from_file(Path(path))
+        result["models"][name] = {**seeded_row(runs), "measured": {"machine": machine, "from": path}}
+    result["generated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return save(f"quality-{dataset}", result, markdown(result))
 
 
 def markdown(result: dict) -> str:
@@ -204,8 +268,15 @@ def markdown(result: dict) -> str:
         epochs = row.get("epochs_run")
         if epochs and row.get("stopped_by") == "time budget":
             epochs = f"{epochs} (time budget)"
-        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in METRIC_NAMES)
-                     + f" | {row['train_seconds']:.0f} | {epochs or ''} |")
+        cells = [f"{row[c]:.4f} ± {row[c + '_sd']:.4f}" if row.get(c + "_sd") is not None else f"{row[c]:.4f}"
+                 for c in METRIC_NAMES]
+        seeds = f" ({len(row['runs'])} seeds)" if row.get("runs") else ""
+        lines.append(f"| {name}{seeds} | " + " | ".join(cells) + f" | {row['train_seconds']:.0f} | {epochs or ''} |")
+    machines = {f"{n}: {row['measured']['machine'].get('device') or row['measured']['machine'].get('cpu')}"
+                for n, row in result["models"].items() if row.get("runs") and "measured" in row}
+    if machines:
+        lines += ["", "Seeded rows: mean ± sd over the seeds in `runs`, measured on " + "; ".join(sorted(machines))
+                  + " (each row's `measured` in the JSON)."]
     return "\n".join(lines) + "\n"
 
 
@@ -223,7 +294,15 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a baseline's setting instead of its default, grid or the dataset's selected value "
                              "(DATASET_BASELINES), e.g. sasrec.dropout=0.2 (repeatable)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in this process")
+    parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")],
+                        help="train PrismRec and SASRec once per seed (e.g. 42,43,44): their rows hold each run "
+                             "under `runs`, the means and the sd")
+    parser.add_argument("--merge-runs", action="append", metavar="NAME=FILE",
+                        help="replace a model's row by the seed runs kept in FILE (a GPU host's "
+                             "bench.gpu_ml1m combine / combine-sasrec output); nothing is trained")
     args = parser.parse_args(argv)
+    if args.merge_runs:
+        return merge_runs(args.dataset, args.merge_runs)
     baselines = baseline_settings(args.baseline)  # a typo fails here, before any data is loaded
     names = [n for n in (args.only or MODELS) if not (n == "prismrec" and args.skip_prismrec)]
     if idle := sorted(set(baselines) - set(names)):
@@ -260,7 +339,19 @@ def main(argv: list[str] | None = None) -> dict:
     previous = json.loads(out_json.read_text())["models"] if args.only and out_json.exists() else {}
     models = dict(previous)  # --only refreshes some rows of an earlier run, keeps the others
     for name in names:
-        if name == "prismrec":
+        if name in SEEDED and args.seeds:
+            runs = []
+            for seed in args.seeds:
+                if name == "prismrec":
+                    seeded = load_config({**settings, "database.app_schema": schema, "train.epochs": args.epochs,
+                                          "train.max_minutes": args.budget_minutes, "train.seed": seed})
+                    run = run_prismrec(seeded, dataset_dir, work / f"seed-{seed}", sequences)
+                else:
+                    run = run_baseline(name, sequences, items, args.budget_minutes,
+                                       {**baselines.get(name, {}), "seed": seed})
+                runs.append({**run, "seed": seed})
+            models[name] = seeded_row(runs)
+        elif name == "prismrec":
             models[name] = run_prismrec(config, dataset_dir, work, sequences)
         else:
             models[name] = run_baseline(name, sequences, items, args.budget_minutes, baselines.get(name))
