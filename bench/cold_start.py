@@ -74,7 +74,7 @@ def ordered(interactions: pd.DataFrame) -> pd.DataFrame:
             .sort_values(["user_id", "occurred_at", "_order"], kind="stable").drop(columns="_order"))
 
 
-def test_cases(interactions: pd.DataFrame, cutoff: pd.Timestamp, new_titles: np.ndarray,
+def split_cases(interactions: pd.DataFrame, cutoff: pd.Timestamp, new_titles: np.ndarray,
                min_history: int) -> pd.DataFrame:
     """One row per case: user_id, item_id (the target), kind, history (app item ids, oldest first:
     every rating strictly before the target's time). Per user and kind, the first rating from the
@@ -129,7 +129,7 @@ def build_split(interactions: pd.DataFrame, items: pd.DataFrame, work: Path, con
     interactions[interactions["occurred_at"] < cutoff].to_parquet(run.snapshot.interactions, index=False)
     prepare_dataset(config, run.snapshot.root, run.dataset.root)
     sequences, _ = load_dataset(run.dataset.root)
-    cases = test_cases(interactions, cutoff, new_titles, min_history)
+    cases = split_cases(interactions, cutoff, new_titles, min_history)
     universe = sequences.item_ids[1:]
     # A warm case's target must be a trained title; a cold one is new by construction.
     cases = cases[(cases["kind"] == "cold") | cases["item_id"].isin(universe)].reset_index(drop=True)
@@ -233,7 +233,7 @@ def sasrec_scorer(sequences, items: pd.DataFrame, candidates: np.ndarray, dropou
     trained = fit_sasrec(sequences, items, dropout=dropout, max_seconds=max_seconds, seed=seed)
     index = pd.Series(np.arange(1, sequences.n_items + 1), index=sequences.item_ids[1:])
     columns = index.reindex(candidates)
-    held = torch.as_tensor(columns.notna().to_numpy())
+    held = torch.from_numpy(columns.notna().to_numpy().copy())
     columns = torch.as_tensor(columns.fillna(0).to_numpy(np.int64))
 
     def score(histories: Sequence[np.ndarray]) -> torch.Tensor:
@@ -268,8 +268,8 @@ def ranks_from(scores: torch.Tensor, cases: pd.DataFrame, candidates: np.ndarray
     scores = scores.clone()
     for row, history in enumerate(cases["history"]):
         seen = column.reindex(history).dropna().to_numpy(np.int64)
-        scores[row, torch.as_tensor(seen)] = float("-inf")
-    target = torch.as_tensor(column.loc[cases["item_id"]].to_numpy(np.int64))
+        scores[row, torch.from_numpy(seen.copy())] = float("-inf")
+    target = torch.from_numpy(column.loc[cases["item_id"]].to_numpy(np.int64).copy())
     mine = scores[torch.arange(len(cases)), target]
     listed = torch.isfinite(scores).sum(1)
     return torch.where(torch.isfinite(mine), (scores > mine[:, None]).sum(1), listed).numpy().astype(np.int64)
@@ -464,6 +464,9 @@ def combine(results: list[dict]) -> dict:
     comparisons = {}
     if "prismrec" in ranks and "content" in ranks:
         comparisons["prismrec_vs_content"] = paired(ranks["prismrec"], ranks["content"])
+    if "prismrec" in models and "content" in models and models["content"]["hr@10"] > 0:
+        comparisons["prismrec_no_offset_vs_content_hr@10_ratio"] = round(
+            models["prismrec"]["uncalibrated"]["hr@10"] / models["content"]["hr@10"], 3)
     if "prismrec" in models:
         warm = models["prismrec"]
         comparisons["prismrec_warm_cost_of_new_items"] = {
@@ -509,6 +512,10 @@ def table(result: dict) -> str:
     if (pair := result["comparisons"].get("prismrec_vs_content")):
         lines.append(f"PrismRec minus the zero-shot text model on the cold cases: HR@10 "
                      f"{pair['hr@10_difference']:+.4f} ± {pair['se']:.4f} (paired), ratio {pair['hr@10_ratio']}.")
+    if (ratio := result["comparisons"].get("prismrec_no_offset_vs_content_hr@10_ratio")):
+        lines.append(f"With no offset, PrismRec's cold HR@10 is {ratio}x the zero-shot text model's.")
+    lines.append(f"A capped row's median rank counts a target left out of the list (not among the user's {LIST_CAP} "
+                 "best new items) as ranked last.")
     machines = sorted({f"{m['device']} (torch {m['torch']})" for m in result["machines"].values()})
     lines.append("Measured on " + ", ".join(machines) + ".")
     return "\n".join(lines) + "\n"
