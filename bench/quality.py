@@ -251,6 +251,18 @@ def merge_runs(dataset: str, pairs: list[str]) -> dict:
     return save(f"quality-{dataset}", result, markdown(result))
 
 
+def to_target(row: dict) -> str:
+    """Training seconds to validation NDCG@10 TARGET_NDCG: the mean ± sd over the seeds that reached it."""
+    from statistics import mean, stdev
+
+    times = [r["seconds_to_target"] for r in row.get("runs", [row]) if r.get("seconds_to_target") is not None]
+    if not times:
+        return ""
+    spread = f" ± {stdev(times):.0f}" if len(times) > 1 else ""
+    of = f" ({len(times)}/{len(row['runs'])})" if row.get("runs") and len(times) < len(row["runs"]) else ""
+    return f"{mean(times):.0f}{spread}{of}"
+
+
 def markdown(result: dict) -> str:
     from tasks.evaluation.metrics import METRIC_NAMES
 
@@ -261,8 +273,9 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, torch threads {m['torch_threads']}, "
         f"GPU: {m['gpu'] or 'none'}. Generated {result['generated_at']}.",
         "",
-        "| model | " + " | ".join(c.upper().replace("COVERAGE", "Coverage") for c in METRIC_NAMES) + " | train s | epochs |",
-        "| --- | " + " | ".join("---:" for _ in METRIC_NAMES) + " | ---: | ---: |",
+        "| model | " + " | ".join(c.upper().replace("COVERAGE", "Coverage") for c in METRIC_NAMES) + " | train s | epochs |"
+        + (f" s to valid {TARGET_NDCG:.2f} |" if (timed := any(to_target(r) for r in result["models"].values())) else ""),
+        "| --- | " + " | ".join("---:" for _ in METRIC_NAMES) + " | ---: | ---: |" + (" ---: |" if timed else ""),
     ]
     for name, row in result["models"].items():
         epochs = row.get("epochs_run")
@@ -271,7 +284,8 @@ def markdown(result: dict) -> str:
         cells = [f"{row[c]:.4f} ± {row[c + '_sd']:.4f}" if row.get(c + "_sd") is not None else f"{row[c]:.4f}"
                  for c in METRIC_NAMES]
         seeds = f" ({len(row['runs'])} seeds)" if row.get("runs") else ""
-        lines.append(f"| {name}{seeds} | " + " | ".join(cells) + f" | {row['train_seconds']:.0f} | {epochs or ''} |")
+        lines.append(f"| {name}{seeds} | " + " | ".join(cells) + f" | {row['train_seconds']:.0f} | {epochs or ''} |"
+                     + (f" {to_target(row)} |" if timed else ""))
     machines = {f"{n}: {row['measured']['machine'].get('device') or row['measured']['machine'].get('cpu')}"
                 for n, row in result["models"].items() if row.get("runs") and "measured" in row}
     if machines:

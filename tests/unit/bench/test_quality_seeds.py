@@ -1,0 +1,47 @@
+"""Quality rows from several seeds (bench.quality --seeds / --merge-runs): means, sd and the runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.quality import markdown, runs_from_file, seeded_row
+from tasks.evaluation.metrics import METRIC_NAMES
+
+
+def run(seed: int, ndcg: float, to_target: float | None) -> dict:
+    metrics = {name: 0.1 for name in METRIC_NAMES} | {"ndcg@10": ndcg, "hr@10": 2 * ndcg}
+    return {**metrics, "seed": seed, "valid": dict(metrics), "train_seconds": 100.0 + seed, "epochs_run": 20,
+            "stopped_by": "early stopping", "seconds_to_target": to_target, "hyper": {"train.seed": seed, "train.dim": 64}}
+
+
+def test_a_seeded_row_holds_the_means_the_sd_and_every_run():
+    row = seeded_row([run(44, 0.20, None), run(42, 0.22, 60.0), run(43, 0.21, 80.0)])
+    assert row["ndcg@10"] == pytest.approx(0.21)
+    assert row["ndcg@10_sd"] == pytest.approx(0.01)
+    assert row["hr@10"] == pytest.approx(0.42) and row["hr@10_sd"] == pytest.approx(0.02)
+    assert [r["seed"] for r in row["runs"]] == [42, 43, 44]
+    assert [r["seconds_to_target"] for r in row["runs"]] == [60.0, 80.0, None]
+    assert row["hyper"] == {"train.dim": 64}  # the seed is not a setting of the row
+    table = markdown({"dataset": "ml-1m", "generated_at": "now", "machine": {
+        "cpu": "cpu", "cores": 2, "ram_gib": 1, "torch_threads": 2, "gpu": None}, "models": {"prismrec": row}})
+    assert "| prismrec (3 seeds) | " in table and "0.2100 ± 0.0100" in table
+    assert table.splitlines()[4].endswith("| s to valid 0.20 |")
+    assert table.splitlines()[6].endswith("| 70 ± 14 (2/3) |")
+
+
+def test_seed_runs_kept_by_a_gpu_host_read_as_rows(tmp_path):
+    metrics = {name: 0.3 for name in METRIC_NAMES}
+    gpu = {"machine": {"device": "NVIDIA H200"}, "settings": {"train.dim": 128},
+           "runs": [{"seed": 42, "test": metrics, "valid": metrics, "wall_seconds": 190.0, "epochs_run": 21,
+                     "stopped_by": "early stopping", "seconds_to_target": 67.5}]}
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(gpu))
+    rows, machine = runs_from_file(path)
+    assert machine == {"device": "NVIDIA H200"}
+    assert rows[0]["train_seconds"] == 190.0 and rows[0]["seconds_to_target"] == 67.5
+    assert rows[0]["ndcg@10"] == 0.3 and rows[0]["hyper"] == {"train.dim": 128}
+    path.write_text(json.dumps({"machine": {}}))
+    with pytest.raises(SystemExit, match="no `runs`"):
+        runs_from_file(path)
