@@ -28,12 +28,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # share module fixtures, and a story runs in order; the live stack is one file).
 
 
+def run_root(tmp_path_factory) -> Path:
+    """A folder that every xdist worker of this test run shares (each worker's base temp is a folder
+    of it), or the base temp itself without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory) -> Path:
-    """One `paths.cache` for every home, CLI and service this test run starts: the frozen MiniLM
-    states of a catalogue are computed by its first training and read by the later ones, as homes
-    that share a cache folder do (tasks/training/text_cache.py)."""
-    cache = tmp_path_factory.mktemp("shared-cache")
+    """One `paths.cache` for every home, CLI and service this test run starts, on every worker: the
+    frozen MiniLM states of a catalogue are computed by its first training and read by the later ones,
+    as homes that share a cache folder do (tasks/training/text_cache.py writes each file atomically)."""
+    cache = run_root(tmp_path_factory) / "shared-cache"
+    cache.mkdir(exist_ok=True)
     previous = os.environ.get("PRISMREC_PATHS__CACHE")
     os.environ["PRISMREC_PATHS__CACHE"] = str(cache)
     yield cache
@@ -103,17 +111,27 @@ def ml100k(config):
 
 @pytest.fixture(scope="session")
 def trained_model_dir(ml100k, config, base_overrides, tmp_path_factory) -> Path:
-    """A tiny real PrismRec model (1 epoch, 2 steps under torchrun) on the test run's ML-100K, shared by tests."""
+    """A tiny real PrismRec model (1 epoch, 2 steps under torchrun) on the test run's ML-100K, shared by
+    tests. The first worker to need it trains it (every worker's database holds the same ML-100K); each
+    worker gets its own copy of the run folder, so a test may change its copy."""
+    import shutil
     from datetime import datetime
+
+    from filelock import FileLock
 
     from tasks.config import load_config
     from tasks.data.extract import extract_snapshot
     from tasks.data.prepare import prepare_dataset
-    from tasks.layout import RunLayout
+    from tasks.layout import ModelFiles, RunLayout
     from tasks.training.launcher import launch_training
 
-    run = RunLayout(tmp_path_factory.mktemp("trained-model"))
-    snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), run.snapshot.root)
-    dataset = prepare_dataset(config, snapshot.path, run.dataset.root)
-    tiny = load_config({**base_overrides, "train.epochs": 1, "train.max_steps_per_epoch": 2, "train.nproc": 1})
-    return launch_training(tiny, Path(dataset.path), run.model.root)
+    shared = RunLayout(run_root(tmp_path_factory) / "trained-model")
+    with FileLock(f"{shared.root}.lock"):
+        if not ModelFiles(shared.model.root).summary.exists():
+            snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), shared.snapshot.root)
+            dataset = prepare_dataset(config, snapshot.path, shared.dataset.root)
+            tiny = load_config({**base_overrides, "train.epochs": 1, "train.max_steps_per_epoch": 2, "train.nproc": 1})
+            launch_training(tiny, Path(dataset.path), shared.model.root)
+        mine = RunLayout(tmp_path_factory.mktemp("trained-model"))
+        shutil.copytree(shared.root, mine.root, dirs_exist_ok=True)
+    return mine.model.root

@@ -113,7 +113,7 @@ def _start_paused(engine, overrides, phase: str, fault: str):
     else:
         env["PRISMREC_FAULT_PAUSE"] = phase
         # Killed: it never wakes. Cut off: it wakes to a dead connection, as a real publisher would.
-        env["PRISMREC_FAULT_PAUSE_S"] = "3600" if fault == "kill" else "8"
+        env["PRISMREC_FAULT_PAUSE_S"] = "3600" if fault == "kill" else "3"
     process = subprocess.Popen([sys.executable, "-c", SUBPROCESS, json.dumps(patient), next(_dates).isoformat()],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 300
