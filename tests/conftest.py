@@ -112,26 +112,18 @@ def ml100k(config):
 @pytest.fixture(scope="session")
 def trained_model_dir(ml100k, config, base_overrides, tmp_path_factory) -> Path:
     """A tiny real PrismRec model (1 epoch, 2 steps under torchrun) on the test run's ML-100K, shared by
-    tests. The first worker to need it trains it (every worker's database holds the same ML-100K); each
-    worker gets its own copy of the run folder, so a test may change its copy."""
-    import shutil
+    tests. Each xdist worker trains its own: both workers want it at the start of a run, and one waiting
+    for the other's single-threaded training would leave a core idle."""
     from datetime import datetime
-
-    from filelock import FileLock
 
     from tasks.config import load_config
     from tasks.data.extract import extract_snapshot
     from tasks.data.prepare import prepare_dataset
-    from tasks.layout import ModelFiles, RunLayout
+    from tasks.layout import RunLayout
     from tasks.training.launcher import launch_training
 
-    shared = RunLayout(run_root(tmp_path_factory) / "trained-model")
-    with FileLock(f"{shared.root}.lock"):
-        if not ModelFiles(shared.model.root).summary.exists():
-            snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), shared.snapshot.root)
-            dataset = prepare_dataset(config, snapshot.path, shared.dataset.root)
-            tiny = load_config({**base_overrides, "train.epochs": 1, "train.max_steps_per_epoch": 2, "train.nproc": 1})
-            launch_training(tiny, Path(dataset.path), shared.model.root)
-        mine = RunLayout(tmp_path_factory.mktemp("trained-model"))
-        shutil.copytree(shared.root, mine.root, dirs_exist_ok=True)
-    return mine.model.root
+    run = RunLayout(tmp_path_factory.mktemp("trained-model"))
+    snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), run.snapshot.root)
+    dataset = prepare_dataset(config, snapshot.path, run.dataset.root)
+    tiny = load_config({**base_overrides, "train.epochs": 1, "train.max_steps_per_epoch": 2, "train.nproc": 1})
+    return launch_training(tiny, Path(dataset.path), run.model.root)
