@@ -9,8 +9,8 @@ among the whole catalogue the product would publish from (5-core items and new i
 - **cold**: a user's first rating of a new title, after at least `--min-history` earlier ratings; the
   history is every rating before it (the user may have joined after the cut-off: histories are read
   at scoring time, as the published lists read them).
-- **warm**: a user with `--min-history` ratings before the cut-off whose first rating from the cut-off on
-  is of a trained (5-core) title; the history again is everything before it.
+- **warm**: a user's first rating of a trained (5-core) title from the cut-off on, again after at least
+  `--min-history` earlier ratings, with everything before it as the history.
 
 Models: PrismRec (the pipeline's training, the dataset's benchmark settings), the zero-shot text model
 (MiniLM embeddings, bench.baselines.fit_content, its decay chosen on validation), popularity and SASRec
@@ -50,7 +50,6 @@ ASSETS = Path(__file__).resolve().parent / "gpu-assets"
 MODELS = ("prismrec", "content", "popularity", "sasrec")
 COLD_SHARE = 0.10
 MIN_HISTORY = 5
-SASREC_DROPOUT = {"ml-1m": 0.1}  # bench.quality.DATASET_BASELINES
 # scores [B, C] of the candidates (app item ids) for app-id histories; -inf: the model cannot place it
 CandidateScorer = Callable[[Sequence[np.ndarray]], torch.Tensor]
 
@@ -150,7 +149,8 @@ def build_split(interactions: pd.DataFrame, items: pd.DataFrame, work: Path, con
 
 def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarray,
                     reuse: bool = False) -> tuple[CandidateScorer, dict]:
-
+    """A PrismRec model trained on the split (or, with `reuse`, the one an earlier run left in `work`)."""
+    from bench.quality import model_settings
     from tasks.layout import ModelFiles
     from tasks.model.recommender import Recommender
     from tasks.training.launcher import launch_training
@@ -178,16 +178,13 @@ def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarra
     return score, {"train_seconds": round(seconds, 1), "epochs_run": summary.get("epochs_run"),
                    "best_epoch": summary.get("best_epoch"), "stopped_by": summary.get("stopped_by"),
                    "best_valid_ndcg@10": summary.get("best_valid_ndcg@10"),
-                   "settings": {k: v for k, v in config.to_dict().items()
-                                if k.startswith("train.") or k == "prepare.max_history"}}
+                   "settings": model_settings(config)}
 
 
 def content_scorer(sequences, items: pd.DataFrame, catalogue: pd.DataFrame, candidates: np.ndarray
                    ) -> tuple[CandidateScorer, dict]:
     """Zero-shot text: MiniLM vectors of every candidate; the history's decayed mean, the decay chosen
     on the training part's validation targets (as bench.quality chooses it)."""
-    import torch
-
     from bench.baselines import GRIDS, fit_content, item_text_vectors
     from tasks.evaluation.baselines import search
 
@@ -213,8 +210,6 @@ def content_scorer(sequences, items: pd.DataFrame, catalogue: pd.DataFrame, cand
 
 def popularity_scorer(sequences, candidates: np.ndarray) -> tuple[CandidateScorer, dict]:
     """Ratings before the cut-off per title; a title with none cannot be placed (-inf)."""
-    import torch
-
     counts = np.bincount(sequences.item_idx, minlength=sequences.n_items + 1)
     row = torch.full((len(candidates),), float("-inf"))
     index = pd.Series(np.arange(1, sequences.n_items + 1), index=sequences.item_ids[1:]).reindex(candidates)
@@ -225,8 +220,6 @@ def popularity_scorer(sequences, candidates: np.ndarray) -> tuple[CandidateScore
 
 def sasrec_scorer(sequences, items: pd.DataFrame, candidates: np.ndarray, dropout: float,
                   max_seconds: float | None, seed: int) -> tuple[CandidateScorer, dict]:
-    import torch
-
     from bench.baselines import fit_sasrec
 
     started = time.time()
@@ -250,29 +243,19 @@ def sasrec_scorer(sequences, items: pd.DataFrame, candidates: np.ndarray, dropou
 
 def score_matrix(score: CandidateScorer, cases: pd.DataFrame, batch: int = 256) -> torch.Tensor:
     """Raw scores [cases, candidates] of each case's history."""
-    import torch
-
     blocks = [score(list(cases["history"].iloc[start:start + batch])).float()
               for start in range(0, len(cases), batch)]
     return torch.cat(blocks) if blocks else torch.zeros(0)
 
 
 def ranks_from(scores: torch.Tensor, cases: pd.DataFrame, candidates: np.ndarray) -> np.ndarray:
-    """0-based rank of each case's target among the candidates the user has not rated (ties count in
-    the target's favour); a target the model cannot place (-inf) ranks below every placed item."""
-    import torch
+    """0-based rank of each case's target among the candidates the user has not rated
+    (tasks.evaluation.cold.target_ranks, as the gate's cold slice ranks)."""
+    from tasks.evaluation.cold import target_ranks
 
     if not len(cases):
         return np.zeros(0, dtype=np.int64)
-    column = pd.Series(np.arange(len(candidates)), index=candidates)
-    scores = scores.clone()
-    for row, history in enumerate(cases["history"]):
-        seen = column.reindex(history).dropna().to_numpy(np.int64)
-        scores[row, torch.from_numpy(seen.copy())] = float("-inf")
-    target = torch.from_numpy(column.loc[cases["item_id"]].to_numpy(np.int64).copy())
-    mine = scores[torch.arange(len(cases)), target]
-    listed = torch.isfinite(scores).sum(1)
-    return torch.where(torch.isfinite(mine), (scores > mine[:, None]).sum(1), listed).numpy().astype(np.int64)
+    return target_ranks(scores, list(cases["history"]), candidates, cases["item_id"].to_numpy())
 
 
 # New-item score policies: a text-only score is on another scale than one backed by ratings.
@@ -283,8 +266,6 @@ LIST_CAP = 5  # materialize.max_new_items: a top-50 list's new items
 def with_policy(scores: torch.Tensor, new: np.ndarray, offset: float, cap: int | None = None):
     """Scores with `offset` taken off every new item's score and, given `cap`, only each row's `cap`
     best new items left (the rest -inf), as tasks.model.recommender ranks a published list."""
-    import torch
-
     out = scores.clone()
     columns = torch.as_tensor(np.flatnonzero(new))
     out[:, columns] -= offset
@@ -307,16 +288,18 @@ def policy_curve(cold_scores, warm_scores, split: dict, candidates: np.ndarray, 
 
 
 def figures(ranks: np.ndarray) -> dict:
-    """HR@10, NDCG@10 (with standard errors over users), median rank (1 = top) and the user count."""
-    hits = (ranks < 10).astype(np.float64)
-    gains = np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
+    """HR@10, NDCG@10 (tasks.evaluation.metrics, with standard errors over users), median rank (1 = top)
+    and the user count."""
+    from tasks.evaluation.metrics import hit_rate, ndcg
+
     n = len(ranks)
 
     def se(values: np.ndarray) -> float | None:
         return round(float(values.std(ddof=1) / math.sqrt(n)), 5) if n > 1 else None
 
-    return {"users": n, "hr@10": round(float(hits.mean()), 5) if n else 0.0, "hr@10_se": se(hits),
-            "ndcg@10": round(float(gains.mean()), 5) if n else 0.0, "ndcg@10_se": se(gains),
+    gains = np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)  # ndcg's per-user terms, for the error
+    return {"users": n, "hr@10": round(hit_rate(ranks, 10), 5), "hr@10_se": se((ranks < 10).astype(np.float64)),
+            "ndcg@10": round(ndcg(ranks, 10), 5), "ndcg@10_se": se(gains),
             "median_rank": float(np.median(ranks) + 1) if n else None}
 
 
@@ -383,30 +366,17 @@ def prismrec_row(config, test: dict, interactions: pd.DataFrame, items: pd.DataF
 
 
 def run(args: argparse.Namespace) -> dict:
-    from tasks.model.text_tower import MODEL_DIR_ENV
-
-    text_model = args.assets / "minilm"
-    if (text_model / "model.safetensors").exists():
-        os.environ[MODEL_DIR_ENV] = str(text_model)
-    if args.smoke:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    import torch
-
-    from bench.gpu_ml1m import device_description
-    from bench.quality import DATASET_SETTINGS
+    from bench.gpu_ml1m import device_description, settings, use_carried_text_model
+    from bench.quality import DATASET_BASELINES
     from tasks.config import load_config
     from tasks.layout import SnapshotFiles
 
+    use_carried_text_model(args.assets, args.smoke)
     work = Path(args.work or Path(os.environ.get("TMPDIR", "/tmp")) / f"prismrec-cold-{args.dataset}")
     snapshot = args.snapshot or write_snapshot(args.dataset, work / "source")
-    gpus = torch.cuda.device_count()
-    chosen = {**DATASET_SETTINGS.get(args.dataset, {}), "train.patience": 3,
-              "train.nproc": max(gpus, 1) if gpus else None, "train.precision": "bf16" if gpus else "auto"}
-    if args.smoke:
-        chosen |= {"train.epochs": 1, "train.max_steps_per_epoch": 3, "train.nproc": 1,
-                   "prepare.max_history": 50, "train.max_text_tokens": 16}
-    chosen |= dict(pair.split("=", 1) for pair in args.set or [])
-    config = load_config({"paths.home": str(work), **{k: v for k, v in chosen.items() if v is not None}})
+    chosen = settings(args.smoke, torch.cuda.device_count(), dict(pair.split("=", 1) for pair in args.set or []),
+                      dataset=args.dataset, max_minutes=None)
+    config = load_config({"paths.home": str(work), **chosen})
     files = SnapshotFiles(Path(snapshot))
     interactions, items = pd.read_parquet(files.interactions), pd.read_parquet(files.items)
     test = load_split(build_split(interactions, items, work / "split", config, args.cold_share, args.min_history),
@@ -427,7 +397,7 @@ def run(args: argparse.Namespace) -> dict:
                 score, info = popularity_scorer(test["sequences"], candidates)
             else:
                 score, info = sasrec_scorer(test["sequences"], test["items"], candidates,
-                                            SASREC_DROPOUT.get(args.dataset, 0.2), args.sasrec_seconds, args.seed)
+                                            DATASET_BASELINES.get(args.dataset, {}).get("sasrec", {}).get("dropout", 0.2), args.sasrec_seconds, args.seed)
             cold_ranks[name] = ranks_from(score_matrix(score, test["cold"]), test["cold"], candidates)
             warm = figures(ranks_from(score_matrix(score, test["warm"]), test["warm"], candidates))
             rows[name] = {**figures(cold_ranks[name]), "warm": warm, **info}
@@ -521,6 +491,20 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def model_list(text: str) -> list[str]:
+    names = [name for name in text.split(",") if name]
+    if not names or set(names) - set(MODELS):
+        raise argparse.ArgumentTypeError(f"expected names from {','.join(MODELS)}, got {text!r}")
+    return names
+
+
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a share between 0 and 1, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     steps = parser.add_subparsers(dest="step", required=True)
@@ -531,10 +515,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     go.add_argument("--dataset", choices=("ml-100k", "ml-1m"), default="ml-1m")
     go.add_argument("--snapshot", type=Path, help="a snapshot folder (default: make one through the pipeline)")
     go.add_argument("--assets", type=Path, default=ASSETS, help="where minilm/ (fp16) may lie")
-    go.add_argument("--models", type=lambda text: text.split(","), default=list(MODELS),
-                    help="comma-separated, from " + ",".join(MODELS))
+    go.add_argument("--models", type=model_list, default=list(MODELS), help="comma-separated, from " + ",".join(MODELS))
     go.add_argument("--set", action="append", metavar="STAGE.FIELD=VALUE", help="a PrismRec setting")
-    go.add_argument("--cold-share", type=float, default=COLD_SHARE)
+    go.add_argument("--cold-share", type=share, default=COLD_SHARE, help="share of rated titles that are new (0-1)")
     go.add_argument("--min-history", type=int, default=MIN_HISTORY)
     go.add_argument("--sasrec-seconds", type=float, default=None, help="SASRec's wall-clock budget")
     go.add_argument("--seed", type=int, default=42, help="SASRec's seed")

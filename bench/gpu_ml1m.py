@@ -72,20 +72,38 @@ def folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
 
 
-def settings(smoke: bool, gpus: int, extra: dict[str, str]) -> dict:
-    """The training's settings: bench/quality.py's ML-1M ones; on GPUs one process each and bf16;
-    --smoke a few steps of one process, with shorter histories and texts (the same code, a third of
-    the CPU time)."""
+def settings(smoke: bool, gpus: int, extra: dict[str, str], dataset: str = "ml-1m",
+             max_minutes: float | None = 8.0) -> dict:
+    """The training's settings: bench/quality.py's ones for `dataset`; on GPUs one process each and
+    bf16, at most `max_minutes` of training (8: within one 10-minute command, start-up and scoring
+    included; None: the configured budget); --smoke a few steps of one process, with shorter
+    histories and texts (the same code, a third of the CPU time)."""
     from bench.quality import DATASET_SETTINGS
 
-    chosen = {**DATASET_SETTINGS["ml-1m"], "train.patience": 3}
+    chosen = {**DATASET_SETTINGS.get(dataset, {}), "train.patience": 3}
     if smoke:
         chosen |= {"train.epochs": 1, "train.max_steps_per_epoch": 3, "train.nproc": 1,
                    "prepare.max_history": 50, "train.max_text_tokens": 16}
     else:
-        chosen |= {"train.nproc": max(gpus, 1), "train.precision": "bf16" if gpus else "auto",
-                   "train.max_minutes": 8.0}  # within one 10-minute command, start-up and scoring included
+        chosen |= {"train.nproc": max(gpus, 1), "train.precision": "bf16" if gpus else "auto"}
+        if max_minutes is not None:
+            chosen["train.max_minutes"] = max_minutes
     return chosen | extra
+
+
+def use_carried_text_model(assets: Path, smoke: bool) -> None:
+    """Point the text tower at the fp16 MiniLM in `assets/minilm` when it is there (a GPU host without
+    the package); --smoke also hides CUDA, so the CPU path runs whatever the host has."""
+    from tasks.model.text_tower import MODEL_DIR_ENV
+
+    text_model = assets / "minilm"
+    if (text_model / "model.safetensors").exists():
+        os.environ[MODEL_DIR_ENV] = str(text_model)
+    elif not smoke:
+        log.warning("no %s: the text tower loads the installed package (run prepare first on a host without it)",
+                    text_model)
+    if smoke:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def time_to_target(history: list[dict], target: float) -> dict | None:
@@ -108,18 +126,11 @@ def device_description() -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from tasks.model.text_tower import MODEL_DIR_ENV
 
-    text_model = args.assets / "minilm"
-    if (text_model / "model.safetensors").exists():
-        os.environ[MODEL_DIR_ENV] = str(text_model)
-    elif not args.smoke:
-        log.warning("no %s: the text tower loads the installed package (run prepare first on a host without it)",
-                    text_model)
-    if args.smoke:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path, whatever the host has
+    use_carried_text_model(args.assets, args.smoke)
     import torch
 
+    from bench.quality import model_settings
     from tasks.config import load_config
     from tasks.data.prepare import load_dataset
     from tasks.evaluation.scoring import evaluate_scorer, model_scorer
@@ -134,8 +145,7 @@ def run(args: argparse.Namespace) -> dict:
     extra = dict(pair.split("=", 1) for pair in args.set or [])
     work = Path(args.work or (Path(os.environ.get("TMPDIR", "/tmp")) / "prismrec-gpu-ml1m"))
     config = load_config({"paths.home": str(work), **settings(args.smoke, gpus, extra)})
-    log.info("training on %s with %s", device_description(), {k: v for k, v in config.to_dict().items()
-                                                              if k.startswith("train.") or k == "prepare.max_history"})
+    log.info("training on %s with %s", device_description(), model_settings(config))
     started = time.time()
     model_dir = launch_training(config, dataset, work / "model")
     wall = time.time() - started
@@ -147,7 +157,7 @@ def run(args: argparse.Namespace) -> dict:
         "dataset": str(dataset), "smoke": args.smoke, "machine": device_description(),
         "text_model": str(pretrained_path()),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "settings": {k: v for k, v in config.to_dict().items() if k.startswith("train.") or k == "prepare.max_history"},
+        "settings": model_settings(config),
         "target_valid_ndcg@10": TARGET_NDCG, "time_to_target": time_to_target(history, TARGET_NDCG),
         "wall_seconds": round(wall, 1), "epochs_run": summary["epochs_run"], "stopped_by": summary["stopped_by"],
         "steps_per_second": [round(r["steps_per_second"], 2) for r in history],

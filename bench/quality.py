@@ -24,6 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.gpu_ml1m import (
+    TARGET_NDCG,  # seconds_to_target: training seconds until validation NDCG@10 reached it
+)
+
 log = logging.getLogger("bench.quality")
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -170,6 +174,12 @@ def run_baseline(name: str, sequences, items, budget_minutes: float | None = Non
     return row
 
 
+def model_settings(config) -> dict[str, Any]:
+    """A PrismRec run's model choices as recorded with its figures: the train.* settings and
+    prepare.max_history (how much history the model reads is a model choice too)."""
+    return {k: v for k, v in config.to_dict().items() if k.startswith("train.") or k == "prepare.max_history"}
+
+
 def run_prismrec(config, dataset_dir: Path, work: Path, sequences) -> dict:
     from tasks.evaluation.scoring import evaluate_scorer, model_scorer
     from tasks.layout import ModelFiles
@@ -179,22 +189,18 @@ def run_prismrec(config, dataset_dir: Path, work: Path, sequences) -> dict:
     model_dir = launch_training(config, dataset_dir, work / "prismrec")
     seconds = time.time() - started
     metrics = evaluate_scorer(model_scorer(model_dir, sequences), sequences)
+    from bench.gpu_ml1m import time_to_target
+
     files = ModelFiles(Path(model_dir))
     summary = json.loads(files.summary.read_text())
-    elapsed, reached = 0.0, None
-    for record in json.loads(files.history.read_text()):
-        elapsed += record["seconds"]
-        if reached is None and record["valid_ndcg@10"] >= TARGET_NDCG:
-            reached = round(elapsed, 1)
-    return {**metrics["test"], "train_seconds": round(seconds, 1), "seconds_to_target": reached,
-            # prepare.max_history too: how much history the model reads is a model choice.
-            "hyper": {k: v for k, v in config.to_dict().items() if k.startswith("train.") or k == "prepare.max_history"},
+    reached = time_to_target(json.loads(files.history.read_text()), TARGET_NDCG)
+    return {**metrics["test"], "train_seconds": round(seconds, 1),
+            "seconds_to_target": reached["seconds"] if reached else None, "hyper": model_settings(config),
             "epochs_run": summary.get("epochs_run"), "best_epoch": summary.get("best_epoch"),
             "stopped_by": summary.get("stopped_by"), "valid": metrics["valid"]}
 
 
 SEEDED = ("prismrec", "sasrec")  # the trained models; --seeds runs each once per seed
-TARGET_NDCG = 0.20  # seconds_to_target: training seconds until validation NDCG@10 first reached it
 
 
 def seeded_row(runs: list[dict]) -> dict:
@@ -227,7 +233,11 @@ def seeded_row(runs: list[dict]) -> dict:
 def runs_from_file(path: Path) -> tuple[list[dict], dict]:
     """Seed runs kept by a GPU host's benchmark (bench.gpu_ml1m combine or combine-sasrec output) as
     flat rows for seeded_row, and the machine they ran on."""
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"--merge-runs: cannot read {path} ({error}); pass the JSON that bench.gpu_ml1m combine "
+                         "or combine-sasrec wrote") from None
     if "runs" not in data:
         raise SystemExit(f"{path}: no `runs` (expected the output of bench.gpu_ml1m combine or combine-sasrec)")
     rows = [{"seed": run["seed"], **run["test"], "valid": run["valid"],
@@ -294,6 +304,13 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_list(text: str) -> list[int]:
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, e.g. 42,43,44; got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-100k")
@@ -308,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a baseline's setting instead of its default, grid or the dataset's selected value "
                              "(DATASET_BASELINES), e.g. sasrec.dropout=0.2 (repeatable)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in this process")
-    parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")],
+    parser.add_argument("--seeds", type=seed_list,
                         help="train PrismRec and SASRec once per seed (e.g. 42,43,44): their rows hold each run "
                              "under `runs`, the means and the sd")
     parser.add_argument("--merge-runs", action="append", metavar="NAME=FILE",
@@ -340,8 +357,9 @@ def main(argv: list[str] | None = None) -> dict:
     if settings:
         log.info("%s settings selected on validation, where the environment sets none (--pipeline-defaults "
                  "to drop): %s", args.dataset, settings)
-    config = load_config({**settings, "database.app_schema": schema, "train.epochs": args.epochs,
-                          "train.max_minutes": args.budget_minutes})
+    overrides = {**settings, "database.app_schema": schema, "train.epochs": args.epochs,
+                 "train.max_minutes": args.budget_minutes}
+    config = load_config(overrides)
     from bench.allocator import reexec_under_allocator
 
     reexec_under_allocator(config.train.allocator, "bench.quality", argv)  # the baselines' race is fair
@@ -357,8 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
             runs = []
             for seed in args.seeds:
                 if name == "prismrec":
-                    seeded = load_config({**settings, "database.app_schema": schema, "train.epochs": args.epochs,
-                                          "train.max_minutes": args.budget_minutes, "train.seed": seed})
+                    seeded = load_config({**overrides, "train.seed": seed})
                     run = run_prismrec(seeded, dataset_dir, work / f"seed-{seed}", sequences)
                 else:
                     run = run_baseline(name, sequences, items, args.budget_minutes,

@@ -37,11 +37,19 @@ def cold_ranks(score: ItemScorer, sequences: Sequences, targets: pd.DataFrame, n
         return np.zeros(0, dtype=np.int64)
     histories = sequences.histories(holdout)
     app_histories = [sequences.item_ids[histories[u]] for u in targets["user"]]
-    scores = score(app_histories, candidates).clone()
-    for row, history in enumerate(app_histories):
-        scores[row, torch.as_tensor(np.isin(candidates, history))] = float("-inf")
-    column = pd.Series(np.arange(len(candidates)), index=candidates).loc[targets["item_id"]].to_numpy().copy()
-    mine = scores[torch.arange(len(column)), torch.as_tensor(column)]
+    return target_ranks(score(app_histories, candidates), app_histories, candidates, targets["item_id"].to_numpy())
+
+
+def target_ranks(scores: torch.Tensor, histories: Sequence[np.ndarray], candidates: np.ndarray,
+                 targets: np.ndarray) -> np.ndarray:
+    """0-based rank of each row's target (app item id) among the candidates its history does not hold,
+    from scores [B, C] over `candidates`; ties count in the target's favour, and a target the model
+    cannot place (-inf) ranks below every item it placed."""
+    scores = scores.clone()
+    for row, history in enumerate(histories):
+        scores[row, torch.from_numpy(np.isin(candidates, history))] = float("-inf")
+    column = pd.Series(np.arange(len(candidates)), index=candidates).loc[targets].to_numpy().copy()
+    mine = scores[torch.arange(len(column)), torch.from_numpy(column)]
     listed = torch.isfinite(scores).sum(1)
     ranks = torch.where(torch.isfinite(mine), (scores > mine[:, None]).sum(1), listed)
     return ranks.numpy().astype(np.int64)
