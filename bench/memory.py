@@ -20,6 +20,14 @@ epochs writes bench/results/memory-short.{json,md} instead and says so above its
 that the benchmark works, not how memory behaves over 40 epochs. --max-steps caps the steps of
 every epoch (N) or of one dataset's (ml-1m=64): 40 full ML-1M epochs with their validations take
 about three hours on 2 cores. The table shows each run's steps an epoch out of the full count.
+
+On a GPU host (no Postgres there; docs/gpu.md), one dataset from a prepared split, on every GPU in bf16,
+its row written to a file and added to memory.json back here:
+
+    python -m bench.memory --datasets ml-1m --dataset-dir bench/gpu-assets/ml-1m --gpu --out ROW.json
+    python -m bench.memory --add-run ROW.json
+
+A GPU run records the device memory torch held too (`peak_gpu_mib`, each epoch's max_memory_reserved).
 """
 
 from __future__ import annotations
@@ -32,9 +40,10 @@ import statistics
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Self
 
-from bench.quality import DATASETS, dataset_settings, machine, prepare, save
+from bench.quality import DATASETS, RESULTS, dataset_settings, machine, prepare, save
 from tasks.training.launcher import EPOCH_LINE
 from tasks.training.memory import command_line, descendants, status_mib
 
@@ -113,20 +122,29 @@ class WorkerMemory(logging.Handler):
         return out
 
 
-def run(dataset: str, epochs: int, max_steps: int | None, interval: float) -> dict:
+def run(dataset: str, epochs: int, max_steps: int | None, interval: float, dataset_dir: Path | None = None,
+        gpu: bool = False) -> dict:
+    """One training run of `epochs` epochs on `dataset` (prepared through the pipeline unless
+    `dataset_dir` is a prepared split), on the CPU or, with `gpu`, on every CUDA device in bf16."""
+    from bench.gpu_ml1m import device_description
     from bench.step_time import resolved
     from tasks.config import load_config
     from tasks.layout import ModelFiles
     from tasks.training.launcher import launch_training
 
     settings = dataset_settings(dataset)
+    device = device_description()
+    if gpu and "gpus" not in device:
+        raise SystemExit("--gpu: torch sees no CUDA device here")
+    placement = {"train.nproc": device["gpus"], "train.precision": "bf16"} if gpu else {}
     # "none", not None (which load_config skips): no time budget and no cap unless --max-steps,
     # whatever the environment says.
     bench = {"train.epochs": epochs, "train.patience": epochs, "train.max_minutes": "none",
              "train.max_steps_per_epoch": max_steps if max_steps is not None else "none"}
-    config = load_config({**settings, "database.app_schema": "bench_" + dataset.replace("-", ""), **bench})
+    config = load_config({**settings, **placement, "database.app_schema": "bench_" + dataset.replace("-", ""),
+                          **bench})
     work = config.paths.home / "bench" / dataset
-    dataset_dir = prepare(config, dataset, work)
+    dataset_dir = dataset_dir or prepare(config, dataset, work)
     model = ModelFiles(work / "memory")
     log.info("%s: %d epochs%s, %s", dataset, epochs, f" of at most {max_steps} steps" if max_steps else "",
              f"settings {settings}" if settings else "the pipeline's defaults")
@@ -145,10 +163,15 @@ def run(dataset: str, epochs: int, max_steps: int | None, interval: float) -> di
     rates = [record["steps_per_second"] for record in history if "steps_per_second" in record]
     second, last = (peaks[1], peaks[-1]) if len(peaks) > 1 else (None, None)
     full_steps = summary["full_steps_per_epoch"]
+    gpu_peaks = [record.get("peak_gpu_mib") for record in history]
+    on_gpu = {"peak_gpu_mib": {str(e): (gpu_peaks[e - 1] if e <= len(gpu_peaks) else None) for e in REPORTED},
+              "peak_gpu_mib_per_epoch": gpu_peaks} if gpu and all(p is not None for p in gpu_peaks) else {}
     return {
         "dataset": dataset,
         "settings": "bench.quality DATASET_SETTINGS" if settings else "pipeline defaults",
-        "setting_values": settings,
+        "device": (f"{device['gpus']} x {device['device']}, bf16" if gpu else "CPU"),
+        "machine": machine() | {"torch": device["torch"]},
+        "setting_values": settings | placement,
         "bench_overrides": bench,
         "allocator": f"{config.train.allocator} ({resolved(config.train.allocator)})",
         "epochs_run": len(history),
@@ -163,7 +186,8 @@ def run(dataset: str, epochs: int, max_steps: int | None, interval: float) -> di
         "flat": last <= second * (1 + FLAT) if second else None,
         "steps_per_second": round(statistics.median(rates), 3) if rates else None,
         "seconds": round(seconds, 1),
-    }
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    } | on_gpu
 
 
 def step_caps(text: str) -> dict[str, int]:
@@ -188,7 +212,15 @@ def main(argv: list[str] | None = None) -> dict:
                         help="at most this many steps an epoch (train.max_steps_per_epoch): N for every dataset, "
                              "or DATASET=N[,DATASET=N]")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between resident-memory samples")
+    parser.add_argument("--dataset-dir", type=Path, help="a prepared split of the one dataset in --datasets "
+                        "(e.g. bench/gpu-assets/ml-1m), instead of loading it through the pipeline")
+    parser.add_argument("--gpu", action="store_true", help="train on every CUDA device, bf16 (a GPU host)")
+    parser.add_argument("--out", type=Path, help="write the result as JSON here instead of bench/results/memory.*")
+    parser.add_argument("--add-run", type=Path, metavar="FILE",
+                        help="no training: add the runs of FILE (an --out of a GPU host) to bench/results/memory.json")
     args = parser.parse_args(argv)
+    if args.add_run:
+        return add_runs(args.add_run)
     datasets = [name.strip() for name in args.datasets.split(",") if name.strip()]
     unknown = sorted(set(datasets) - set(DATASETS))
     if unknown or not datasets:
@@ -196,13 +228,20 @@ def main(argv: list[str] | None = None) -> dict:
                          + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     if args.epochs < 1 or any(cap < 1 for cap in args.max_steps.values()) or args.interval <= 0:
         raise SystemExit("--epochs and --max-steps must be at least 1, --interval positive")
+    if args.dataset_dir and (len(datasets) != 1 or not (args.dataset_dir / "dataset.json").exists()):
+        raise SystemExit(f"--dataset-dir {args.dataset_dir}: needs one dataset in --datasets and a prepared split "
+                         "there (dataset.json; python -m bench.gpu_ml1m prepare writes one)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.gpu:
+        from bench.gpu_ml1m import ASSETS, use_carried_text_model
+
+        use_carried_text_model(ASSETS, smoke=False)
     short = args.epochs < FULL_EPOCHS
     if short:
         log.info("a short run (--epochs %d): results go to bench/results/memory-short.{json,md}", args.epochs)
     caps = {dataset: args.max_steps.get(dataset, args.max_steps.get("*")) for dataset in datasets}
-    runs = [run(dataset, args.epochs, caps[dataset], args.interval) for dataset in datasets]
+    runs = [run(dataset, args.epochs, caps[dataset], args.interval, args.dataset_dir, args.gpu) for dataset in datasets]
     result = {
         "runs": runs,
         "epochs": args.epochs,
@@ -212,23 +251,48 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(markdown(result))
+        return result
     return save("memory-short" if short else "memory", result, markdown(result))
+
+
+def add_runs(path: Path) -> dict:
+    """Add the runs of an --out file to bench/results/memory.json; a run of the same dataset, settings
+    and device is replaced. Runs of fewer epochs than memory.json's are refused."""
+    try:
+        added = json.loads(path.read_text())
+        runs = added["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"--add-run {path}: not a bench.memory result ({error})") from None
+    if added.get("short") or added.get("epochs") != FULL_EPOCHS:
+        raise SystemExit(f"--add-run {path}: a run of {added.get('epochs')} epochs; memory.json holds "
+                         f"{FULL_EPOCHS}-epoch runs")
+    result = json.loads((RESULTS / "memory.json").read_text())
+
+    def key(row: dict) -> tuple:
+        return row["dataset"], row["settings"], row.get("device", "CPU")
+
+    replaced = {key(r) for r in runs}
+    result["runs"] = [r for r in result["runs"] if key(r) not in replaced] + runs
+    result["max_steps_per_epoch"] = result.get("max_steps_per_epoch", {}) | added.get("max_steps_per_epoch", {})
+    return save("memory", result, markdown(result))
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    title = f"# Training memory: peak resident MiB by epoch ({result['epochs']} epochs, early stopping off)"
-    lines = [title, ""]
+    lines = [f"# Training memory: peak resident MiB by epoch ({result['epochs']} epochs, early stopping off)", ""]
     if result["short"]:
         lines += [f"**Short run** (--epochs {result['epochs']}): it shows that the benchmark works, "
                   f"not how memory behaves over {FULL_EPOCHS} epochs.", ""]
-    for dataset, cap in result["max_steps_per_epoch"].items():
-        lines += [f"{dataset}: each epoch capped at {cap} training steps (--max-steps), validation in full.", ""]
     lines += [f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, GPU: {m['gpu'] or 'none'}. "
-              f"Date {result['date']}. Goal: {result['goal']}.", "",
-              "| dataset | settings | allocator | steps/epoch | "
+              f"Date {result['date']}. Goal: {result['goal']}. A steps/epoch of \"N of M\" ran N of the epoch's "
+              "M training steps (--max-steps), validation in full.", "",
+              "| dataset | settings | device | allocator | steps/epoch | "
               + " | ".join(f"epoch {e}" for e in REPORTED) + " | last vs epoch 2 | steps/s |",
-              "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in REPORTED) + " | ---: | ---: |"]
+              "| --- | --- | --- | --- | ---: | " + " | ".join("---:" for _ in REPORTED) + " | ---: | ---: |"]
+    notes = []
     for r in result["runs"]:
         peaks = [f"{r['peak_mib'][str(e)]:,.0f}" if r["peak_mib"][str(e)] is not None else "–" for e in REPORTED]
         steps = str(r["steps_per_epoch"]) + (f" of {r['full_steps_per_epoch']}"
@@ -236,10 +300,21 @@ def markdown(result: dict) -> str:
         growth = (f"{r['last_vs_epoch_2']:+.1%} (epoch {r['epochs_run']})" if r["last_vs_epoch_2"] is not None
                   else "–")
         rate = f"{r['steps_per_second']:.2f}" if r["steps_per_second"] is not None else "–"
-        lines.append(f"| {r['dataset']} | {r['settings']} | {r['allocator']} | {steps} | " + " | ".join(peaks)
-                     + f" | {growth} | {rate} |")
+        lines.append(f"| {r['dataset']} | {r['settings']} | {r.get('device', 'CPU')} | {r['allocator']} | {steps} | "
+                     + " | ".join(peaks) + f" | {growth} | {rate} |")
+        if (own := r.get("machine")) and own != m:
+            notes.append(f"- {r['dataset']} on {r.get('device', 'CPU')}: measured on {own['cpu']}, {own['cores']} "
+                         f"cores, {own['ram_gib']} GiB RAM (torch {own.get('torch', '?')}), {r.get('measured_at', '')}"
+                         .rstrip(", "))
+        if gpu := r.get("peak_gpu_mib"):
+            notes.append(f"- {r['dataset']} on {r['device']}: device memory held by torch (max_memory_reserved) "
+                         "after epochs " + " / ".join(map(str, REPORTED)) + ": "
+                         + " / ".join(f"{gpu[str(e)]:,.0f}" if gpu[str(e)] is not None else "–" for e in REPORTED)
+                         + " MiB")
     lines += ["", "Peak: the run's resident high-water mark (VmHWM) up to the end of the epoch, from "
               + "; ".join(sorted({r["peak_source"] for r in result["runs"]})) + "."]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 

@@ -63,9 +63,11 @@ class BestSoFar:
 
 
 def epoch_record(epoch: int, stats: EpochStats, live: ValidationTotals, averaged: ValidationTotals | None,
-                 lr: float, steps: int, seconds: float, peak_rss_mib: float) -> dict:
+                 lr: float, steps: int, seconds: float, peak_rss_mib: float,
+                 peak_gpu_mib: float | None = None) -> dict:
     """The epoch's entry in the run's history. `seconds` is the whole epoch (steps, refreshing the text
-    vectors, validating); `lr` the rate its steps ran at."""
+    vectors, validating); `lr` the rate its steps ran at; the peaks are the largest rank's resident
+    memory and, on GPUs, device memory held by torch."""
     weights = choose_weights(live, averaged)
     chosen = live if weights == LIVE else averaged
     record = {"epoch": epoch, "train_loss": stats.loss, "valid_ndcg@10": chosen.ndcg,
@@ -79,6 +81,8 @@ def epoch_record(epoch: int, stats: EpochStats, live: ValidationTotals, averaged
         record["valid_ndcg@10_averaged"] = averaged.ndcg
         record["valid_ndcg@10_live"] = live.ndcg
     record["peak_rss_mib"] = round(peak_rss_mib, 1)
+    if peak_gpu_mib is not None:
+        record["peak_gpu_mib"] = round(peak_gpu_mib, 1)
     return record
 
 
@@ -91,7 +95,8 @@ def epoch_log_line(record: dict, improved: bool, total_seconds: float) -> str:
             f"targets won by interest 0-{len(won) - 1}: {' / '.join(f'{share:.2f}' for share in won)}, "
             f"valid NDCG@10 {record['valid_ndcg@10']:.4f}{candidates}, HR@10 {record['valid_hr@10']:.4f}"
             f"{' (best, saved)' if improved else ''} ({record['seconds']:.1f}s, total {total_seconds:.0f}s, "
-            f"peak RSS {record['peak_rss_mib']:,.0f} MiB)")
+            f"peak RSS {record['peak_rss_mib']:,.0f} MiB"
+            + (f", GPU {record['peak_gpu_mib']:,.0f} MiB" if "peak_gpu_mib" in record else "") + ")")
 
 
 def stop_reason(epoch: int, stale: int, patience: int, planned: int, cap: int) -> str | None:

@@ -101,6 +101,14 @@ class Distributed:
         return tensor.item()
 
 
+def peak_gpu_mib(device: torch.device) -> float | None:
+    """The most memory torch's caching allocator has held on a CUDA `device` so far, in MiB (what
+    the device must have free); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_reserved(device) / 2**20
+
+
 def peak_rss_mib() -> float:
     """The peak resident memory of this process so far, in MiB (Linux: VmHWM)."""
     try:

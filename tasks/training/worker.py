@@ -117,7 +117,7 @@ def fit(training: Training, text: TextStates, sequences: Sequences, plan: EpochP
     import numpy as np
 
     from tasks.training.loop import progress_logger, train_epoch, validate_epoch
-    from tasks.training.runtime import peak_rss_mib
+    from tasks.training.runtime import peak_gpu_mib, peak_rss_mib
     from tasks.training.text_cache import text_vectors
     from tasks.training.windows import training_batches
 
@@ -135,9 +135,9 @@ def fit(training: Training, text: TextStates, sequences: Sequences, plan: EpochP
         text_cache = text_vectors(training.net, text)
         validation = validate_epoch(training, text_cache, text, sequences, shard, max_history, dist)
         # Every rank's own peak, the largest of them recorded.
-        peak = dist.max(peak_rss_mib())
+        peak, gpu = dist.max(peak_rss_mib()), peak_gpu_mib(dist.device)
         record = epoch_record(epoch, stats, validation.live, validation.averaged, lr, plan.steps,
-                              time.time() - epoch_started, peak)
+                              time.time() - epoch_started, peak, None if gpu is None else dist.max(gpu))
         history.append(record)
         if training.plateau is not None:
             training.plateau.step(record["valid_ndcg@10"])

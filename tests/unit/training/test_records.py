@@ -49,6 +49,15 @@ def test_epoch_log_line_names_the_candidates_the_best_and_the_peak_memory():
     plain = epoch_record(1, STATS, LIVE, None, lr=2e-3, steps=20, seconds=10.0, peak_rss_mib=100.0)
     line = epoch_log_line(plain, improved=False, total_seconds=10.0)
     assert "valid NDCG@10 0.1000, HR@10 0.2000 (10.0s" in line and "saved" not in line
+    assert "GPU" not in line and "peak_gpu_mib" not in plain
+
+
+def test_a_gpu_epoch_records_and_logs_the_device_memory_too():
+    record = epoch_record(2, STATS, LIVE, None, lr=1e-3, steps=20, seconds=10.0, peak_rss_mib=2400.0,
+                          peak_gpu_mib=1234.56)
+    assert record["peak_gpu_mib"] == 1234.6
+    assert epoch_log_line(record, improved=False, total_seconds=20.0).endswith(
+        "(10.0s, total 20s, peak RSS 2,400 MiB, GPU 1,235 MiB)")
 
 
 def test_best_so_far_counts_the_epochs_without_improvement():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from tasks.training.runtime import Distributed, peak_rss_mib
+from tasks.training.runtime import Distributed, peak_gpu_mib, peak_rss_mib
 
 
 def test_distributed_reads_torchrun_environment_and_runs_alone_without_it():
@@ -28,3 +28,10 @@ def test_peak_rss_is_at_least_what_the_process_holds_now():
         assert peak_rss_mib() >= resident / 1024 >= 64
     assert peak_rss_mib() >= before
     del block
+
+
+def test_device_memory_is_only_read_on_a_gpu():
+    assert peak_gpu_mib(torch.device("cpu")) is None
+    if torch.cuda.is_available():  # a GPU host: what torch's allocator holds, at least one block
+        block = torch.ones(2**20, device="cuda")
+        assert peak_gpu_mib(block.device) >= 4

@@ -1,0 +1,64 @@
+"""bench.memory's table and the adding of a GPU host's run to memory.json (no training here)."""
+
+import json
+
+import pytest
+
+from bench import memory, quality
+
+MACHINE = {"cpu": "AMD EPYC", "cores": 2, "ram_gib": 23.5, "gpu": None}
+
+
+def row(dataset: str, device: str = "CPU", peaks=(1000.0, 1100.0, 1105.0, 1110.0), **extra) -> dict:
+    return {"dataset": dataset, "settings": "bench.quality DATASET_SETTINGS", "device": device,
+            "allocator": "auto (jemalloc)", "epochs_run": 40, "steps_per_epoch": 640, "full_steps_per_epoch": 640,
+            "peak_mib": dict(zip(("1", "2", "10", "40"), peaks, strict=True)), "peak_source": "history.json peak_rss_mib",
+            "last_vs_epoch_2": round(peaks[-1] / peaks[1] - 1, 4), "steps_per_second": 80.0, **extra}
+
+
+def result(runs: list[dict], epochs: int = 40) -> dict:
+    return {"runs": runs, "epochs": epochs, "max_steps_per_epoch": {}, "short": epochs < 40, "goal": "flat",
+            "machine": MACHINE, "date": "2026-12-04T00:00:00+00:00"}
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "RESULTS", tmp_path)
+    monkeypatch.setattr(quality, "RESULTS", tmp_path)
+    (tmp_path / "memory.json").write_text(json.dumps(result([row("ml-100k"), row("ml-1m")])))
+    return tmp_path
+
+
+def test_a_gpu_run_is_added_beside_the_cpu_rows_and_replaces_its_own_older_row(results, tmp_path):
+    gpu = row("ml-1m", "1 x NVIDIA H200, bf16", peaks=(2400.0, 2410.0, 2412.0, 2413.0),
+              machine={"cpu": "Intel Xeon", "cores": 16, "ram_gib": 128.0, "gpu": "NVIDIA H200", "torch": "2.11"},
+              peak_gpu_mib={"1": 900.0, "2": 950.0, "10": 950.0, "40": 950.0})
+    added = tmp_path / "row.json"
+    added.write_text(json.dumps(result([gpu])))
+    memory.main(["--add-run", str(added)])
+    memory.main(["--add-run", str(added)])  # again: replaced, not doubled
+    saved = json.loads((results / "memory.json").read_text())
+    assert [(r["dataset"], r["device"]) for r in saved["runs"]] == [
+        ("ml-100k", "CPU"), ("ml-1m", "CPU"), ("ml-1m", "1 x NVIDIA H200, bf16")]
+    table = (results / "memory.md").read_text()
+    assert "| ml-1m | bench.quality DATASET_SETTINGS | 1 x NVIDIA H200, bf16 | auto (jemalloc) | 640 |" in table
+    assert "measured on Intel Xeon, 16 cores" in table and "950 / 950 / 950 MiB" in table
+
+
+def test_a_short_or_unreadable_run_is_refused_and_memory_json_stays(results, tmp_path):
+    before = (results / "memory.json").read_text()
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps(result([row("ml-1m")], epochs=3)))
+    with pytest.raises(SystemExit, match="a run of 3 epochs"):
+        memory.main(["--add-run", str(short)])
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match="not a bench.memory result"):
+        memory.main(["--add-run", str(tmp_path / "bad.json")])
+    assert (results / "memory.json").read_text() == before
+
+
+def test_a_dataset_folder_needs_one_dataset_and_a_prepared_split(tmp_path):
+    with pytest.raises(SystemExit, match="needs one dataset"):
+        memory.main(["--datasets", "ml-100k,ml-1m", "--dataset-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="prepared split"):
+        memory.main(["--datasets", "ml-1m", "--dataset-dir", str(tmp_path)])
