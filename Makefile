@@ -21,10 +21,13 @@ export TOKENIZERS_PARALLELISM := false
 
 venv: $(STAMP)
 
+# --compile-bytecode: every process (each CLI call, training worker, Airflow service) then reads
+# .pyc files instead of compiling torch, transformers and the rest from source, which it does on
+# each start where PYTHONDONTWRITEBYTECODE is set or site-packages is read-only (~2-5 s a process).
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip install --python $(BIN)/python $(WHEEL_SOURCES) -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(WHEEL_SOURCES) -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	@touch $@
 

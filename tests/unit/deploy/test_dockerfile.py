@@ -69,3 +69,13 @@ def test_the_image_builds_from_a_local_wheelhouse():
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
     assert "!docker/wheels/**" in ignore and "!docker/bin/**" in ignore
     assert (DOCKER / "wheels" / "README.md").exists()  # the default folder is there in a fresh clone
+
+
+def test_dependencies_are_installed_as_bytecode():
+    """The image's runtime user cannot write into /opt/venv, and a shell with PYTHONDONTWRITEBYTECODE
+    writes no cache either: without .pyc files from the install, every process (a CLI call, a training
+    worker, an Airflow service) compiles torch, transformers, Airflow and MLflow from source again."""
+    build = " ".join(stages()["build"])
+    assert re.search(r"uv pip install [^;]*--compile-bytecode[^;]*-r /tmp/runtime\.lock", build)
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"uv pip install [^\n]*--compile-bytecode[^\n]*-r requirements\.lock", make)
