@@ -39,10 +39,11 @@ TRAIN = {"prepare.max_history": 200, "train.batch_size": 16, "train.n_interests"
 
 
 class PeakMemory:
-    """The largest summed Pss of this process and its children while the block runs, in MiB."""
+    """The largest summed Pss of this process and its children while the block runs, in MiB, and
+    the largest 1-minute load average seen meanwhile (other work on the machine slows every stage)."""
 
     def __init__(self, interval: float = 0.5):
-        self.interval, self.peak_mib = interval, 0.0
+        self.interval, self.peak_mib, self.load_max = interval, 0.0, 0.0
         self._done = threading.Event()
 
     def _watch(self) -> None:
@@ -50,6 +51,7 @@ class PeakMemory:
 
         while True:
             self.peak_mib = max(self.peak_mib, tree_bytes(os.getpid()) / 2**20)
+            self.load_max = max(self.load_max, os.getloadavg()[0])
             if self._done.wait(self.interval):
                 return
 
@@ -71,7 +73,8 @@ def measured(stages: dict, name: str, saved=lambda: None):
     started = time.perf_counter()
     with PeakMemory() as memory:
         yield
-    stages[name] = {"seconds": round(time.perf_counter() - started, 1), "peak_mib": round(memory.peak_mib)}
+    stages[name] = {"seconds": round(time.perf_counter() - started, 1), "peak_mib": round(memory.peak_mib),
+                    "load_average_max": round(memory.load_max, 1)}
     log.info("stage %s: %s", name, stages[name])
     saved()
 
@@ -196,6 +199,10 @@ def save(result: dict) -> None:
                          f"{t['epoch_seconds_extrapolated']:,} s ({t['events_per_second']:,} events/s)")
     lines += ["", "Notes per size:", ""]
     for size in result["sizes"]:
+        loads = [got["load_average_max"] for got in size["stages"].values() if "load_average_max" in got]
+        if loads:
+            lines.append(f"- {size['events']:,} events: measured from {size.get('measured_at', '?')}; 1-minute load "
+                         f"average up to {max(loads)} during its stages ({result['machine']['cores']} cores)")
         for stage, note in size.get("notes", {}).items():
             lines.append(f"- {size['events']:,} events, {stage}: {note}")
     (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
@@ -218,8 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     home = Path(args.home)
     previous = json.loads((RESULTS / "scale.json").read_text()) if (RESULTS / "scale.json").exists() else {}
     result = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-              "note": "the machine was shared with other work (load average above the core count) during the runs; "
-                      "seconds are wall-clock under that load",
+              "note": "seconds are wall-clock; each stage's largest 1-minute load average is in scale.json "
+                      "(load_average_max; above the core count, other work shared the machine)",
               "sizes": [s for s in previous.get("sizes", [])]}
     try:
         for factor in (int(f) for f in args.sizes.split(",")):
@@ -230,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
 
             spec = ScaleSpec.of(factor * ML1M_EVENTS)
             entry = {"factor": factor, "events": spec.events, "users": spec.users, "items": spec.items,
-                     "stages": {}, "notes": {}}
+                     "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "stages": {}, "notes": {}}
             result["sizes"] = sorted([s for s in result["sizes"] if s["events"] != entry["events"]] + [entry],
                                      key=lambda s: s["events"])
             shutil.rmtree(home / f"{factor}x", ignore_errors=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 
@@ -39,3 +41,10 @@ class Toy(mlflow.pyfunc.PythonModel):
 
 mlflow.models.set_model(Toy())
 '''
+
+
+def shared_cache_env() -> dict[str, str]:
+    """The test run's shared `paths.cache` (tests/conftest.py, shared_cache) for a subprocess environment
+    built without PRISMREC_* variables: its trainings read the frozen MiniLM states the run has computed."""
+    cache = os.environ.get("PRISMREC_PATHS__CACHE")
+    return {"PRISMREC_PATHS__CACHE": cache} if cache else {}

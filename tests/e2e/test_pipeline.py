@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.builders import shared_cache_env
+
 pytestmark = pytest.mark.slow
 
 LOGICAL_DATE = "1998-04-30"  # after the last ML-100K rating (1998-04-22)
@@ -66,7 +68,7 @@ def e2e_env(tmp_path_factory, role_url, role_names):
     """What the pipeline runs with: connected as reco_writer (no superuser, no CREATE, no ownership)."""
     home = tmp_path_factory.mktemp("e2e-home")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PRISMREC_", "MLFLOW_", "AIRFLOW"))}
-    return {**clean, "PRISMREC_HOME": str(home), "PRISMREC_DATABASE_URL": role_url,
+    return {**clean, **shared_cache_env(), "PRISMREC_HOME": str(home), "PRISMREC_DATABASE_URL": role_url,
             "PRISMREC_DATABASE__APP_SCHEMA": APP, "PRISMREC_DATABASE__RECO_SCHEMA": RECO, "HF_HUB_OFFLINE": "1",
             "PRISMREC_DATABASE__OWNER_ROLE": role_names["owner"], "PRISMREC_DATABASE__WRITER_ROLE": role_names["writer"],
             "PRISMREC_DATABASE__READER_ROLE": role_names["reader"]}

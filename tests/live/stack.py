@@ -35,6 +35,8 @@ from pathlib import Path
 import requests
 import sqlalchemy as sa
 
+from tests.builders import shared_cache_env
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -240,7 +242,7 @@ def live_stack(root: Path, server_url: str, *, extra_env: dict[str, str] | None 
                             api_url=airflow_url, queue=prefix)
     config = load_config({"paths.home": str(home)}, environ={})
     kept = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PRISMREC_", "MLFLOW_"))}
-    env = kept | celery_environment(config, profile) | TINY_TRAINING | {
+    env = kept | shared_cache_env() | celery_environment(config, profile) | TINY_TRAINING | {
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(ROOT),
         "HF_HUB_OFFLINE": "1",
