@@ -199,7 +199,7 @@ def save(result: dict) -> None:
                          f"{t['epoch_seconds_extrapolated']:,} s ({t['events_per_second']:,} events/s)")
     lines += ["", "Notes per size:", ""]
     for size in result["sizes"]:
-        loads = [got["load_average_max"] for got in size["stages"].values() if "load_average_max" in got]
+        loads = [got["load_average_max"] for got in size["stages"].values() if got and "load_average_max" in got]
         if loads:
             lines.append(f"- {size['events']:,} events: measured from {size.get('measured_at', '?')}; 1-minute load "
                          f"average up to {max(loads)} during its stages ({result['machine']['cores']} cores)")

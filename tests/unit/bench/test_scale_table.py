@@ -1,0 +1,26 @@
+"""bench.scale's results: sizes measured by this run next to sizes kept from an earlier one (stages not
+run are None), with each measured size's load average."""
+
+import json
+
+from bench import scale
+
+MACHINE = {"cpu": "AMD EPYC", "cores": 2, "memory_gib": 23.5}
+
+
+def test_measured_and_kept_sizes_share_one_table_and_the_load_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(scale, "RESULTS", tmp_path)
+    kept = {"events": 100, "users": 10, "items": 5, "stages": dict.fromkeys(scale.STAGES),
+            "notes": {"all": "not run"}}
+    (tmp_path / "scale.json").write_text(json.dumps({"sizes": [kept]}))
+    measured = {"events": 10, "users": 1, "items": 2, "measured_at": "2026-12-04T18:00:00+00:00", "notes": {},
+                "stages": {"extract": {"seconds": 1.5, "peak_mib": 300, "load_average_max": 2.6}}}
+    result = {"generated_at": "2026-12-04T18:00:00+00:00", "machine": MACHINE, "note": "seconds are wall-clock",
+              "sizes": [measured]}
+    scale.save(result)
+    saved = json.loads((tmp_path / "scale.json").read_text())
+    assert [s["events"] for s in saved["sizes"]] == [10, 100]
+    table = (tmp_path / "scale.md").read_text()
+    assert "| 10 | 1 | 2 | 1.5 (300) | — |" in table and "| 100 | 10 | 5 | — |" in table
+    assert "- 10 events: measured from 2026-12-04T18:00:00+00:00; 1-minute load average up to 2.6" in table
+    assert "- 100 events, all: not run" in table
