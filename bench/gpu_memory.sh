@@ -10,6 +10,7 @@
 #
 #   bench/gpu_memory.sh OUT_DIR [SECONDS [VARIANT ...]]     # SECONDS: each run's limit (default 570)
 #   SMOKE=1 bench/gpu_memory.sh OUT_DIR 300 d2=train.dropout=0.2   # a few steps of each on the CPU
+#   MEMORY=0 bench/gpu_memory.sh OUT_DIR 280 ...                    # the variants alone
 set -u
 out=${1:?usage: bench/gpu_memory.sh OUT_DIR [SECONDS [NAME=K=V[,K=V] ...]]}
 limit=${2:-570}
@@ -33,7 +34,9 @@ run() {  # name, module and arguments: the run's log and exit status
   echo "$name: exit $?" >> "$work/results/status.txt"
 }
 
-run memory-ml1m bench.memory "${memory[@]}" --out "$work/results/memory-ml1m.json" &
+if [ "${MEMORY:-1}" != 0 ]; then
+  run memory-ml1m bench.memory "${memory[@]}" --out "$work/results/memory-ml1m.json" &
+fi
 for spec in "$@"; do
   name=${spec%%=*}
   sets=()
