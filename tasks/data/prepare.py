@@ -76,17 +76,25 @@ def five_core(interactions: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
     return kept[user_counts >= MIN_SEQUENCE]
 
 
-def build_sequences(interactions: pd.DataFrame, cfg: PrepareConfig) -> Sequences:
-    """Filter, then order each user's interactions by time (ties keep the source order)."""
+def ordered_core(interactions: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
+    """The 5-core filter's interactions ordered by user, then time; ties keep the source order. One
+    lexsort over integer keys (pandas' multi-key sort factorizes each column first, ~10x slower at 10M rows)."""
     kept = five_core(interactions, cfg)
+    times = kept["occurred_at"].array
+    times = times.asi8 if hasattr(times, "asi8") else np.asarray(times, dtype=np.int64)  # datetimes: their int64
+    order = np.lexsort((np.arange(len(kept)), times, kept["user_id"].to_numpy(np.int64)))
+    return kept.iloc[order]
+
+
+def build_sequences(interactions: pd.DataFrame, cfg: PrepareConfig, kept: pd.DataFrame | None = None) -> Sequences:
+    """Filter, then order each user's interactions by time (ties keep the source order); `kept`:
+    `ordered_core(interactions, cfg)` when the caller has it already."""
+    kept = ordered_core(interactions, cfg) if kept is None else kept
     if kept.empty:
         raise SourceDataError(
             "no user has enough interactions after the 5-core filter; "
             "load more data or lower prepare.min_user_interactions / prepare.min_item_interactions"
         )
-    kept = kept.assign(_order=np.arange(len(kept))).sort_values(
-        ["user_id", "occurred_at", "_order"], kind="stable"
-    )
     item_ids = np.sort(kept["item_id"].unique())
     item_idx = np.searchsorted(item_ids, kept["item_id"].to_numpy()) + 1
     user_ids, counts = np.unique(kept["user_id"].to_numpy(), return_counts=True)
@@ -119,7 +127,8 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
     snapshot, dataset = SnapshotFiles(Path(snapshot_dir)), DatasetFiles(Path(out_dir))
     interactions = pd.read_parquet(snapshot.interactions, columns=["user_id", "item_id", "occurred_at"])
     items = pd.read_parquet(snapshot.items)
-    sequences = build_sequences(interactions, config.prepare)
+    kept = ordered_core(interactions, config.prepare)
+    sequences = build_sequences(interactions, config.prepare, kept)
     universe = (
         pd.DataFrame({"idx": np.arange(1, sequences.n_items + 1), "item_id": sequences.item_ids[1:]})
         .merge(items, on="item_id", how="left")
@@ -128,7 +137,7 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
         missing = universe.loc[universe["description"].isna(), "item_id"].head(5).tolist()
         raise SourceDataError(f"items {missing} have interactions but no row in app.items; fix the source")
     new_items = new_catalogue_items(items, interactions, sequences.item_ids[1:])
-    cold = cold_targets(interactions, sequences, config.prepare)
+    cold = cold_targets(interactions, sequences, config.prepare, kept)
     dataset.root.mkdir(parents=True, exist_ok=True)
     sequences.save(dataset.sequences)
     universe.to_parquet(dataset.items, index=False)
@@ -158,15 +167,15 @@ def new_catalogue_items(items: pd.DataFrame, interactions: pd.DataFrame, trained
     return new.assign(interactions=new["item_id"].map(counts).fillna(0).astype(np.int64)).reset_index(drop=True)
 
 
-def cold_targets(interactions: pd.DataFrame, sequences: Sequences, cfg: PrepareConfig) -> pd.DataFrame:
+def cold_targets(interactions: pd.DataFrame, sequences: Sequences, cfg: PrepareConfig,
+                 kept: pd.DataFrame | None = None) -> pd.DataFrame:
     """Really cold targets: (user, item) where the item is outside the 5-core universe (so unseen in
     training) and its first interaction by anyone falls in that user's held-out part (at or after the
-    time of the user's validation target). DataFrame[user (index into sequences), item_id]."""
-    kept = five_core(interactions, cfg)
-    kept = kept[kept["user_id"].isin(sequences.user_ids)]
-    kept = kept.assign(_order=np.arange(len(kept))).sort_values(["user_id", "occurred_at", "_order"], kind="stable")
-    held_out_from = kept.groupby("user_id")["occurred_at"].nth(-2)
-    held_out_from = pd.Series(held_out_from.to_numpy(), index=kept.loc[held_out_from.index, "user_id"].to_numpy())
+    time of the user's validation target). DataFrame[user (index into sequences), item_id]. `kept`:
+    `ordered_core(interactions, cfg)`, the rows `sequences` was built from, when the caller has it."""
+    kept = ordered_core(interactions, cfg) if kept is None else kept
+    # The rows are ordered by user as `sequences` is: each user's validation target is their second-to-last.
+    held_out_from = kept["occurred_at"].iloc[sequences.indptr[1:] - 2].set_axis(sequences.user_ids)
     first_seen = interactions.groupby("item_id")["occurred_at"].min()
     outside = interactions[~interactions["item_id"].isin(sequences.item_ids[1:])
                            & interactions["user_id"].isin(sequences.user_ids)]
