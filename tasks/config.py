@@ -208,6 +208,11 @@ class TrainConfig:
     # Warm the average up (tasks.training.schedule.ema_decay) so that early on it follows the
     # fast-improving weights instead of lagging them by ema_epochs.
     ema_warmup: bool = True
+    # Users each epoch validates on (early stopping, the plateau schedule, averaged-or-live): None all
+    # of them, else a fixed random sample of this many, the same every epoch. With ~100k users and
+    # more, validating everyone twice an epoch costs more than the epoch's steps; the evaluate task
+    # still scores every user.
+    validation_users: int | None = None
     # Wall-clock budget: training stops before an epoch that would overrun it (measured on the
     # epochs so far, validation included); the best epoch is kept.
     max_minutes: float | None = None
@@ -468,6 +473,8 @@ def validate(config: PipelineConfig) -> None:
         (t.ema_epochs >= 0, f"train.ema_epochs must be >= 0 (0: no weight averaging), got {t.ema_epochs}"),
         (t.negatives >= 0, "train.negatives must be >= 0 (0: full softmax over the catalogue)"),
         (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be positive (or unset)"),
+        (t.validation_users is None or t.validation_users >= 1,
+         f"train.validation_users must be at least 1 (or unset for every user), got {t.validation_users}"),
         (t.max_memory_gb is None or t.max_memory_gb > 0,
          f"train.max_memory_gb must be positive (or unset for 75 % of the machine's memory), got {t.max_memory_gb}"),
         (0 <= t.lr_floor < 1, "train.lr_floor must be in [0, 1): the share of the start rates the schedule never goes below"),

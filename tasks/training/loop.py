@@ -165,6 +165,14 @@ def progress_logger(epoch: int, planned: int, steps: int, train_started: float) 
     return report
 
 
+def validation_users(n_users: int, limit: int | None, seed: int) -> np.ndarray:
+    """The users each epoch validates on: all, or a sorted random sample of `limit` (train.validation_users)
+    drawn from `seed`, so every epoch and every rank sees the same users."""
+    if limit is None or limit >= n_users:
+        return np.arange(n_users)
+    return np.sort(np.random.default_rng(seed).choice(n_users, size=limit, replace=False))
+
+
 def validate(net: PrismRecNet, text_cache: torch.Tensor, sequences, users, max_history: int, device: torch.device,
              batch_size: int = 512) -> torch.Tensor:
     """(sum of NDCG@10, sum of HR@10, count) on the validation targets of `users`, as a float64

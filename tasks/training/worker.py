@@ -116,13 +116,16 @@ def fit(training: Training, text: TextStates, sequences: Sequences, plan: EpochP
     Returns the epochs' records, the best validation NDCG@10 and why the run stopped."""
     import numpy as np
 
-    from tasks.training.loop import progress_logger, train_epoch, validate_epoch
+    from tasks.training.loop import progress_logger, train_epoch, validate_epoch, validation_users
     from tasks.training.runtime import peak_gpu_mib, peak_rss_mib
     from tasks.training.text_cache import text_vectors
     from tasks.training.windows import training_batches
 
     cfg = training.cfg
-    shard = np.array_split(np.arange(sequences.n_users), dist.world)[dist.rank]  # this rank's validation users
+    users = validation_users(sequences.n_users, cfg.validation_users, cfg.seed)
+    if len(users) < sequences.n_users:
+        log.info("validating each epoch on %d of %d users (train.validation_users)", len(users), sequences.n_users)
+    shard = np.array_split(users, dist.world)[dist.rank]  # this rank's validation users
     budget = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
     text_cache = text_vectors(training.net, text)
     history, best, planned, train_started = [], BestSoFar(), cfg.epochs, time.time()

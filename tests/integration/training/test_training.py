@@ -60,11 +60,17 @@ def test_two_process_gloo_ddp_run_trains_and_checkpoints(one_node_two_processes)
 
 
 @pytest.mark.slow
-def test_a_budget_no_epoch_fits_in_stops_every_rank_after_epoch_1(dataset_dir, base_overrides, tmp_path):
-    """Rank 0's clock decides for both ranks, and the epoch that ran is kept."""
+def test_a_budget_no_epoch_fits_in_stops_every_rank_after_epoch_1(dataset_dir, base_overrides, tmp_path, caplog):
+    """Rank 0's clock decides for both ranks, and the epoch that ran is kept. The ranks validate on a
+    sample of the users (train.validation_users), shared out between them."""
+    import logging
+
     config = load_config({**base_overrides, "train.nproc": 2, "train.epochs": 3, "train.max_steps_per_epoch": 2,
-                          "train.batch_size": 16, "train.lr": 1e-3, "train.max_minutes": 0.001})
-    files = ModelFiles(launch_training(config, dataset_dir, tmp_path / "model"))
+                          "train.batch_size": 16, "train.lr": 1e-3, "train.max_minutes": 0.001,
+                          "train.validation_users": 300})
+    with caplog.at_level(logging.INFO, logger="tasks.training.launcher"):
+        files = ModelFiles(launch_training(config, dataset_dir, tmp_path / "model"))
+    assert "validating each epoch on 300 of 943 users (train.validation_users)" in caplog.text
 
     history = json.loads(files.history.read_text())
     summary = json.loads(files.summary.read_text())
