@@ -275,8 +275,7 @@ def add_runs(path: Path) -> dict:
         return row["dataset"], row["settings"], row.get("device", "CPU")
 
     replaced = {key(r) for r in runs}
-    result["runs"] = [r for r in result["runs"] if key(r) not in replaced] + runs
-    result["max_steps_per_epoch"] = result.get("max_steps_per_epoch", {}) | added.get("max_steps_per_epoch", {})
+    result["runs"] = [r for r in result["runs"] if key(r) not in replaced] + runs  # each row says its own steps
     return save("memory", result, markdown(result))
 
 
@@ -302,7 +301,7 @@ def markdown(result: dict) -> str:
         rate = f"{r['steps_per_second']:.2f}" if r["steps_per_second"] is not None else "–"
         lines.append(f"| {r['dataset']} | {r['settings']} | {r.get('device', 'CPU')} | {r['allocator']} | {steps} | "
                      + " | ".join(peaks) + f" | {growth} | {rate} |")
-        if (own := r.get("machine")) and own != m:
+        if (own := r.get("machine")) and any(own.get(k) != m.get(k) for k in ("cpu", "cores", "ram_gib", "gpu")):
             notes.append(f"- {r['dataset']} on {r.get('device', 'CPU')}: measured on {own['cpu']}, {own['cores']} "
                          f"cores, {own['ram_gib']} GiB RAM (torch {own.get('torch', '?')}), {r.get('measured_at', '')}"
                          .rstrip(", "))

@@ -1,4 +1,5 @@
-"""Hand-made inputs shared by tests: small split sequences, item tables, and a registrable toy model."""
+"""Hand-made inputs shared by tests: small split sequences, item tables, a registrable toy model, and the
+environment that lets a test's subprocesses share the run's text-state cache."""
 
 from __future__ import annotations
 

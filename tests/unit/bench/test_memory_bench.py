@@ -62,3 +62,10 @@ def test_a_dataset_folder_needs_one_dataset_and_a_prepared_split(tmp_path):
         memory.main(["--datasets", "ml-100k,ml-1m", "--dataset-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="prepared split"):
         memory.main(["--datasets", "ml-1m", "--dataset-dir", str(tmp_path)])
+
+
+def test_a_row_measured_on_the_table_machine_gets_no_machine_note():
+    same = row("ml-100k", machine=MACHINE | {"torch": "2.13.0"})
+    other = row("ml-1m", machine=MACHINE | {"cpu": "Intel Xeon"})
+    table = memory.markdown(result([same, other]))
+    assert "ml-100k on CPU: measured on" not in table and "ml-1m on CPU: measured on Intel Xeon" in table
