@@ -312,8 +312,11 @@ class RegistryConfig:
 @dataclass(frozen=True)
 class MaterializeConfig:
     top_k: int = 50
-    # Users scored per forward pass.
+    # Users scored per forward pass, at most; fewer where their score tensor (users x interests x
+    # catalogue items, float32) would pass score_memory_mb: a catalogue that grows then costs time,
+    # not memory (throughput is flat from ~64 users a batch up).
     batch_users: int = 1024
+    score_memory_mb: int = 512
     # Materializations whose output stays in reco's history tables (the current one always does).
     keep_runs: int = 7
     # Neighbours per item in reco.similar_items (a "more like this" row needs ~10-20).
@@ -495,6 +498,10 @@ def validate(config: PipelineConfig) -> None:
         (config.prepare.max_history >= 2, "prepare.max_history must be at least 2"),
         (0.0 <= t.window_overlap < 1.0, f"train.window_overlap must be in [0, 1), got {t.window_overlap}"),
         (config.materialize.top_k >= 1, "materialize.top_k must be at least 1"),
+        (min(config.materialize.keep_runs, config.materialize.similar_top_k, config.materialize.batch_users,
+             config.materialize.score_memory_mb) >= 1,
+         "materialize.keep_runs, materialize.similar_top_k, materialize.batch_users and "
+         "materialize.score_memory_mb must be at least 1"),
         (config.paths.keep_runs >= 2, f"paths.keep_runs must be at least 2 (this run and the one drift compares "
                                       f"with), got {config.paths.keep_runs}"),
         (config.materialize.max_new_items is None or config.materialize.max_new_items >= 0,

@@ -105,6 +105,8 @@ class Recommender:
         self.items = items.reset_index(drop=True)
         self.titles = np.concatenate([[""], display_titles(items["title"])]).astype(object)
         self.index_of = pd.Series(np.arange(1, len(self.item_ids) + 1), index=self.item_ids)
+        self._id_order = np.argsort(self.item_ids, kind="stable")  # for histories_to_indices
+        self._sorted_ids = self.item_ids[self._id_order].astype(np.int64)
         # Users with no known history get the most popular items (flagged with interest -1).
         counts = items["train_interactions"].to_numpy() if "train_interactions" in items else np.zeros(len(items))
         self.popularity = torch.as_tensor(np.concatenate([[-np.inf], counts]), dtype=torch.float32)
@@ -133,6 +135,12 @@ class Recommender:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    def users_per_batch(self, memory_mb: float, most: int) -> int:
+        """Users whose score tensor [users, interests, items + 1] of float32 fits in memory_mb (at
+        least 1, at most `most`): scoring holds one such tensor and a copy of it at a time."""
+        per_user = 4 * self.spec.n_interests * (self.n_items + 1)
+        return max(1, min(most, int(memory_mb * 2**20 // per_user)))
+
     def restrict_to(self, catalogue_item_ids: np.ndarray) -> int:
         """List only items of the live catalogue (app item ids); items retired since training
         leave every list. Returns how many of the model's items were retired."""
@@ -142,8 +150,17 @@ class Recommender:
 
     def to_indices(self, history: Sequence[int]) -> np.ndarray:
         """App item ids -> this model's indices, dropping items it does not know."""
-        found = self.index_of.reindex(np.asarray(history, dtype=np.int64)).dropna()
-        return found.to_numpy(dtype=np.int64)
+        return self.histories_to_indices([history])[0]
+
+    def histories_to_indices(self, histories: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """to_indices for many histories at once: one sorted lookup for all their items."""
+        if not len(histories):
+            return []
+        lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+        flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories] or [np.zeros(0, np.int64)])
+        where = np.searchsorted(self._sorted_ids, flat).clip(max=len(self._sorted_ids) - 1)
+        indices = np.where(self._sorted_ids[where] == flat, self._id_order[where] + 1, 0)
+        return [part[part > 0] for part in np.split(indices, np.cumsum(lengths)[:-1])]
 
     def score_indices(self, histories: Sequence[np.ndarray], with_attention: bool = True):
         """Histories in model indices -> (every item's score under every interest [B, K, N+1],
@@ -158,7 +175,7 @@ class Recommender:
         do; unknown items get -inf. Each item scores under its best interest; with an interest
         balance, the first `depth` unseen items are re-ordered as `recommend` lists them and lifted
         above the rest (which keep their order below), so rank metrics measure the published lists."""
-        indexed = [self.to_indices(h) for h in histories]
+        indexed = self.histories_to_indices(histories)
         per_interest, *_ = self.score_indices(indexed, with_attention=False)  # ranking needs no explanations
         columns = self.index_of.reindex(item_ids).fillna(0).to_numpy(dtype=np.int64)
         scores = per_interest.amax(1)
@@ -190,9 +207,10 @@ class Recommender:
         best-scoring ones stay); `everything` ranks retired items too (metrics on a split).
         Masks the seen, retired and capped items in `per_interest` in place."""
         balance = self.interest_balance if balance is None else balance
-        per_interest[:, :, 0] = float("-inf")
-        if not everything:
-            per_interest[:, :, ~self.available] = float("-inf")
+        # Only the unlistable columns are written (index 0 and retired items): a boolean mask over
+        # [B, K, N+1] would pass over the whole score tensor.
+        unlisted = torch.tensor([0]) if everything else torch.nonzero(~self.available).flatten()
+        per_interest.index_fill_(2, unlisted, float("-inf"))
         lengths = np.array([len(h) for h in indexed])
         if lengths.sum():
             rows = torch.as_tensor(np.repeat(np.arange(len(indexed)), lengths))
@@ -232,7 +250,7 @@ class Recommender:
              max_new: int | None = None):
         """Top-k unseen items, the interest behind each, and each interest's attention over the
         padded history."""
-        indexed = [self.to_indices(h) for h in histories]
+        indexed = self.histories_to_indices(histories)
         per_interest, attention, padded = self.score_indices(indexed)
         return *self._ranked(per_interest, indexed, top_k, balance, max_new), attention, padded
 
@@ -287,12 +305,15 @@ class Recommender:
             is_new=is_new & valid,
         )
 
-    def similar_items(self, top_k: int, batch: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def similar_items(self, top_k: int, memory_mb: float = 512,
+                      most: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Item-to-item neighbours from the item tower among the listable items (retired ones left
-        out): (item_ids [N], similar ids [N, k], cosine [N, k])."""
+        out): (item_ids [N], similar ids [N, k], cosine [N, k]). Items go in blocks of at most
+        `most` whose cosine rows [block, N] of float32 fit in memory_mb."""
         live = self.available[1:].numpy()
         vectors, item_ids = self.item_directions[1:][torch.as_tensor(live)], self.item_ids[live]
         k = min(top_k, len(item_ids) - 1)
+        batch = max(1, min(most, int(memory_mb * 2**20 // (4 * max(len(item_ids), 1)))))
         ids, sims = [], []
         for start in range(0, len(vectors), batch):
             cosine = vectors[start:start + batch] @ vectors.T

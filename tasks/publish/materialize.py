@@ -27,7 +27,6 @@ import sqlalchemy as sa
 from tasks import db
 from tasks.config import MaterializeConfig, PipelineConfig
 from tasks.errors import (
-    ConfigError,
     RegistryError,
     SourceDataError,
     SupersededError,
@@ -244,7 +243,12 @@ def refuse_if_superseded(conn: sa.Connection, schema: str, materialization_id: i
 
 def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, str], config: PipelineConfig) -> dict:
     """Score all users batch by batch and COPY the rows; returns counts and timings."""
-    top_k, batch_users = config.materialize.top_k, config.materialize.batch_users
+    top_k, settings = config.materialize.top_k, config.materialize
+    batch_users = recommender.users_per_batch(settings.score_memory_mb, settings.batch_users)
+    if batch_users < settings.batch_users:
+        log.info("scoring %d users a batch (materialize.batch_users %d): %d interests x %d items fit "
+                 "materialize.score_memory_mb = %d", batch_users, settings.batch_users,
+                 recommender.spec.n_interests, recommender.n_items, settings.score_memory_mb)
     catalogue = reco_rows.Catalogue.from_items(recommender.items)
     stats = {"rows": 0, "interest_rows": 0, "fallback_users": 0, "new_item_rows": 0, "score_seconds": 0.0,
              "write_seconds": 0.0}
@@ -273,7 +277,8 @@ def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, s
         log.info("published %d/%d users (%.0f users/s, ETA %.0fs)", done, len(users), done / elapsed,
                  (len(users) - done) * elapsed / done)
     t0 = time.perf_counter()
-    similar = reco_rows.similar_table(*recommender.similar_items(config.materialize.similar_top_k), catalogue)
+    neighbours = recommender.similar_items(settings.similar_top_k, settings.score_memory_mb)
+    similar = reco_rows.similar_table(*neighbours, catalogue)
     t1 = time.perf_counter()
     stats["similar_rows"] = db.copy_arrow(conn, tables["similar_items"], similar, freeze=True)
     stats["score_seconds"] += t1 - t0
@@ -292,9 +297,6 @@ def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
     from tasks.registry.store import load_champion
 
     settings = config.materialize
-    if settings.keep_runs < 1 or settings.similar_top_k < 1 or settings.batch_users < 1:
-        raise ConfigError("materialize.keep_runs, materialize.similar_top_k and materialize.batch_users "
-                          "must be at least 1")
     started = time.perf_counter()
     schema = config.database.reco_schema
     db.quote_ident(schema)

@@ -1,0 +1,49 @@
+"""Scoring in bounded pieces: how many users a batch holds for a catalogue's size, the one-pass lookup
+of histories, and that neither the batch size nor the block size changes what is listed."""
+
+import numpy as np
+import pytest
+
+from tasks.config import ConfigError, load_config
+from tests.unit.model.test_interest_balance import HISTORIES, small_recommender
+
+
+def test_histories_map_to_model_indices_in_order_dropping_unknown_items():
+    recommender = small_recommender(0.0)  # app ids 100..129 -> indices 1..30
+    got = recommender.histories_to_indices([[129, 7, 100, 100, 115], [], [5, 6], [101]])
+    assert [h.tolist() for h in got] == [[30, 1, 1, 16], [], [], [2]]
+    assert recommender.histories_to_indices([]) == []
+    assert recommender.to_indices([103, 999]).tolist() == [4]
+
+
+def test_users_per_batch_keeps_the_score_tensor_under_the_budget():
+    recommender = small_recommender(0.0, n_items=30, k=3)
+    per_user = 4 * 3 * 31  # float32 x interests x (items + padding)
+    assert recommender.users_per_batch(1, most=10_000) == 2**20 // per_user == 2818
+    assert recommender.users_per_batch(1, most=100) == 100  # the configured batch caps it
+    assert recommender.users_per_batch(1e-9, most=100) == 1  # never empty
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_small_batches_list_what_one_batch_lists(batch):
+    recommender = small_recommender(2.0)
+    whole = recommender.recommend(HISTORIES, 10, max_new_items=2)
+    parts = [recommender.recommend(HISTORIES[start:start + batch], 10, max_new_items=2)
+             for start in range(0, len(HISTORIES), batch)]
+    for field in ("item_ids", "interest_ids", "because_item_ids", "explanations"):
+        assert np.array_equal(np.concatenate([getattr(p, field) for p in parts]), getattr(whole, field)), field
+    assert np.allclose(np.concatenate([p.scores for p in parts]), whole.scores)
+
+
+def test_similar_items_in_small_blocks_match_one_block():
+    recommender = small_recommender(0.0, n_items=30)
+    one_block = recommender.similar_items(5, memory_mb=1)
+    blocks_of_eight = recommender.similar_items(5, memory_mb=8 * 4 * 30 / 2**20)
+    assert np.array_equal(one_block[0], blocks_of_eight[0]) and np.array_equal(one_block[1], blocks_of_eight[1])
+    assert np.allclose(one_block[2], blocks_of_eight[2], atol=1e-6)  # matmul blocks round apart
+
+
+def test_a_score_budget_below_one_mb_is_refused():
+    assert load_config({"materialize.score_memory_mb": 64}).materialize.score_memory_mb == 64
+    with pytest.raises(ConfigError, match="materialize.score_memory_mb must be at least 1"):
+        load_config({"materialize.score_memory_mb": 0})
