@@ -103,6 +103,12 @@ bench-step-time: venv
 bench-materialize: venv
 	$(BIN)/python -m bench.materialize
 
+# Scoring as the catalogue grows: users/s and peak memory of the top-50 lists and the item
+# neighbours at 3.7k, 37k and 100k items (random weights; SCORING_ITEMS=3706,37060 for others).
+.PHONY: bench-scoring
+bench-scoring: venv
+	$(BIN)/python -m bench.scoring $(if $(SCORING_ITEMS),--items $(SCORING_ITEMS))
+
 # Cost curve: every stage (extract, data gate, prepare, a capped training epoch, scoring, publishing)
 # on synthetic data at 1x, 10x, 100x ML-1M's events in database prismrec_scale (created on
 # SCALE_URL's server, dropped at the end); writes bench/results/scale.{json,md}. Not part of `make test`.
