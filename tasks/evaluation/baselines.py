@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from tasks.data.prepare import Sequences
+from tasks.errors import ConfigError
 from tasks.evaluation.metrics import SELECTION_METRIC, evaluate_scores
 from tasks.evaluation.scoring import SPLITS, Scorer, popularity_scorer, scored_batches
 
@@ -86,14 +87,36 @@ def fit_itemknn(sequences: Sequences, items: pd.DataFrame, neighbours: int = 100
 # ------------------------------------------------------------------ EASE^R
 
 
+# Peak bytes per items x items cell of fitting EASE while the best fit so far is kept: the float64
+# Gram matrix and its inverse (the weights are computed in place), then the float32 copy, beside
+# the float32 weights of the best fit of the grid so far.
+EASE_PEAK_BYTES_PER_CELL = 20
+
+
 def ease_weights(matrix: sp.spmatrix, l2: float) -> np.ndarray:
-    """EASE^R closed form (Steck 2019): P = (XᵀX + λI)⁻¹, B = I - P·diag(1/diag(P)), diag(B) = 0."""
+    """EASE^R closed form (Steck 2019): P = (XᵀX + λI)⁻¹, B = I - P·diag(1/diag(P)), diag(B) = 0.
+    Two items x items float64 matrices at a time: the Gram matrix is dropped once inverted, and B
+    is computed in P's memory."""
     gram = (matrix.T @ matrix).toarray().astype(np.float64)
     gram[np.diag_indices_from(gram)] += l2
     precision = np.linalg.inv(gram)
-    weights = -precision / np.diag(precision)[None, :]
-    np.fill_diagonal(weights, 0.0)
-    return weights
+    del gram
+    precision /= -np.diag(precision).copy()[None, :]
+    np.fill_diagonal(precision, 0.0)
+    return precision
+
+
+def check_ease_fits(names: Sequence[str], n_items: int, memory_bytes: float, machine_bytes: float) -> None:
+    """Refuse a gate with EASE on a catalogue whose items x items solve cannot fit in `memory_bytes`
+    (asked before training, so that hours of it are not lost to an out-of-memory kill in evaluate)."""
+    need = EASE_PEAK_BYTES_PER_CELL * (n_items + 1) ** 2
+    if "ease" in names and need > memory_bytes:
+        raise ConfigError(
+            f"gate.baselines includes ease, whose closed form needs ~{need / 1e9:.1f} GB for this run's "
+            f"{n_items:,} items (items x items matrices in float64), more than the {memory_bytes / 1e9:.1f} GB "
+            f"a task may use on this machine ({machine_bytes / 1e9:.1f} GB): leave it out (e.g. "
+            f"gate.baselines=popularity,itemknn) or run the pipeline on a machine with more memory. "
+            "Nothing was trained, registered or published")
 
 
 def fit_ease(sequences: Sequences, items: pd.DataFrame, l2: float = 500.0) -> Scorer:
