@@ -58,9 +58,13 @@ browser:
 
 # The whole suite against real Postgres, MLflow and Airflow (what CI runs), on TEST_WORKERS pytest-xdist
 # workers (each with its own Postgres, MLflow store and homes; a file's tests stay on one worker).
+# The suite's temporary folders (each worker's embedded Postgres, MLflow store and homes) are one
+# folder per checkout, emptied when a run starts: in pytest's numbered folders, a pytest run started
+# beside it (`make test-fast`, say) would delete all but the three newest, a running suite's Postgres too.
 TEST_WORKERS ?= 2
+TEST_TMP ?= /tmp/prismrec-test-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 test: lint browser
-	$(BIN)/pytest tests -x -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest tests -x -q -n $(TEST_WORKERS) --dist loadfile --basetemp=$(TEST_TMP)
 
 # The inner loop: lint, unit tests and the DAG parse checks, no trained model (under a minute).
 test-fast: lint
