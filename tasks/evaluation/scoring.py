@@ -15,6 +15,7 @@ import torch
 
 from tasks.data.prepare import Sequences
 from tasks.evaluation.metrics import rank_batches, summarize
+from tasks.model.network import SCORE_MEMORY_MB
 
 SPLITS = {"valid": 2, "test": 1}  # split -> items held out of the input history
 
@@ -61,13 +62,14 @@ def model_scorer(model_dir: Path, sequences: Sequences) -> Scorer:
     return recommender_scorer(Recommender.load(model_dir), sequences)
 
 
-def recommender_scorer(recommender, sequences: Sequences) -> Scorer:
+def recommender_scorer(recommender, sequences: Sequences, memory_mb: float = SCORE_MEMORY_MB) -> Scorer:
     """A loaded tasks.model.recommender.Recommender as a scorer of the split's items."""
     universe = sequences.item_ids[1:]
 
     def score(histories: Sequence[np.ndarray]) -> torch.Tensor:
-        app_histories = [sequences.item_ids[h] for h in histories]
-        scores = recommender.score_items(app_histories, universe)
+        step = recommender.users_per_batch(memory_mb, max(len(histories), 1))
+        scores = torch.cat([recommender.score_items([sequences.item_ids[h] for h in histories[start:start + step]],
+                                                    universe) for start in range(0, len(histories), step)])
         return torch.cat([torch.full((len(histories), 1), float("-inf")), scores], dim=1)
 
     return score

@@ -21,6 +21,18 @@ from tasks.model.text_tower import TEXT_DIM, TextTower
 LOGIT_SCALE = 20.0
 
 
+# A PrismRec model's scores of every item under every interest, [users, interests, items + 1] in
+# float32, are computed for at most this many MB of users at a time in the gate's scoring and in
+# training's validation (materialize.score_memory_mb bounds publishing): a larger catalogue costs
+# time, not memory.
+SCORE_MEMORY_MB = 512
+
+
+def users_within(memory_mb: float, n_interests: int, n_items: int, most: int) -> int:
+    """Users whose scores [users, interests, items + 1] in float32 fit in memory_mb: at least 1, at most `most`."""
+    return max(1, min(most, int(memory_mb * 2**20 // (4 * n_interests * (n_items + 1)))))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild the network; saved inside every checkpoint."""

@@ -22,7 +22,7 @@ import torch
 
 from tasks.errors import RegistryError
 from tasks.layout import ModelFiles
-from tasks.model.network import ModelSpec, PrismRecNet, pad_left
+from tasks.model.network import ModelSpec, PrismRecNet, pad_left, users_within
 from tasks.titles import display_titles
 
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
@@ -138,8 +138,7 @@ class Recommender:
     def users_per_batch(self, memory_mb: float, most: int) -> int:
         """Users whose score tensor [users, interests, items + 1] of float32 fits in memory_mb (at
         least 1, at most `most`): scoring holds one such tensor and a copy of it at a time."""
-        per_user = 4 * self.spec.n_interests * (self.n_items + 1)
-        return max(1, min(most, int(memory_mb * 2**20 // per_user)))
+        return users_within(memory_mb, self.spec.n_interests, self.n_items, most)
 
     def restrict_to(self, catalogue_item_ids: np.ndarray) -> int:
         """List only items of the live catalogue (app item ids); items retired since training

@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from tasks.config import TrainConfig
-from tasks.model.network import ModelSpec, PrismRecNet, pad_left, softmax_cross_entropy
+from tasks.model.network import (
+    SCORE_MEMORY_MB,
+    ModelSpec,
+    PrismRecNet,
+    pad_left,
+    softmax_cross_entropy,
+    users_within,
+)
 from tasks.training.records import LIVE, EpochStats, ValidationTotals, choose_weights
 from tasks.training.runtime import Distributed
 from tasks.training.schedule import ema_multi_avg_fn, plateau_scheduler
@@ -176,8 +183,11 @@ def validation_users(n_users: int, limit: int | None, seed: int) -> np.ndarray:
 def validate(net: PrismRecNet, text_cache: torch.Tensor, sequences, users, max_history: int, device: torch.device,
              batch_size: int = 512) -> torch.Tensor:
     """(sum of NDCG@10, sum of HR@10, count) on the validation targets of `users`, as a float64
-    tensor on `device` (nccl reduces GPU tensors only)."""
+    tensor on `device` (nccl reduces GPU tensors only). At most `batch_size` users a pass, fewer
+    where their scores would pass tasks.model.network.SCORE_MEMORY_MB (a large catalogue)."""
     from tasks.evaluation.metrics import mask_history, rank_targets
+
+    batch_size = users_within(SCORE_MEMORY_MB, net.spec.n_interests, len(text_cache) - 1, batch_size)
 
     net.eval()
     histories = sequences.histories(2)

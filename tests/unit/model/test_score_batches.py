@@ -47,3 +47,26 @@ def test_a_score_budget_below_one_mb_is_refused():
     assert load_config({"materialize.score_memory_mb": 64}).materialize.score_memory_mb == 64
     with pytest.raises(ConfigError, match="materialize.score_memory_mb must be at least 1"):
         load_config({"materialize.score_memory_mb": 0})
+
+
+def test_the_evaluation_scorer_scores_in_pieces_under_its_budget():
+    """recommender_scorer (the gate's and the benchmarks' scorer) splits a block of users into pieces
+    whose scores fit its memory budget; the pieces score what one block does."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tasks.evaluation.scoring import recommender_scorer
+
+    recommender = small_recommender(2.0)
+    split = SimpleNamespace(item_ids=np.concatenate([[0], recommender.item_ids]))  # index i -> app id
+    histories = [recommender.to_indices(h) for h in HISTORIES[:3]]
+    calls = []
+    score_items = recommender.score_items
+    recommender.score_items = lambda users, items: calls.append(len(users)) or score_items(users, items)
+    whole = recommender_scorer(recommender, split)(histories)
+    one_user = 4 * 3 * 31 / 2**20  # the score tensor of one user, in MB
+    pieces = recommender_scorer(recommender, split, memory_mb=2 * one_user)(histories)
+    assert calls == [3, 2, 1]  # one block, then pieces of two users
+    assert whole.shape == pieces.shape == (3, 31) and torch.isinf(whole[:, 0]).all()
+    assert torch.allclose(whole, pieces)
