@@ -118,8 +118,8 @@ def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
         raise ConfigError(f"train.node_rank is {config.train.node_rank}, but the pipeline's train task is node 0 of a "
                           "training: leave train.node_rank unset here, and start the other machines with "
                           "prismrec train-node --node-rank R")
-    check_ease_fits(config.gate.baseline_names(), dataset["items"], DEFAULT_SHARE * machine_memory_bytes(),
-                    machine_memory_bytes())
+    machine = machine_memory_bytes()
+    check_ease_fits(config.gate.baseline_names(), dataset["items"], DEFAULT_SHARE * machine, machine)
     run = RunLayout(Path(dataset["run_dir"]))
     with training_run(config, run) as (mlflow_run_id, on_epoch):
         model_dir = launch_training(config, Path(dataset["path"]), run.model.root, on_epoch=on_epoch)

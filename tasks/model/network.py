@@ -28,9 +28,10 @@ LOGIT_SCALE = 20.0
 SCORE_MEMORY_MB = 512
 
 
-def users_within(memory_mb: float, n_interests: int, n_items: int, most: int) -> int:
-    """Users whose scores [users, interests, items + 1] in float32 fit in memory_mb: at least 1, at most `most`."""
-    return max(1, min(most, int(memory_mb * 2**20 // (4 * n_interests * (n_items + 1)))))
+def rows_within(memory_mb: float, floats_per_row: int, most: int) -> int:
+    """Rows of `floats_per_row` float32 values (a user's [interests, items + 1] scores, an item's cosine
+    row) that fit in memory_mb: at least 1, at most `most`."""
+    return max(1, min(most, int(memory_mb * 2**20 // (4 * max(floats_per_row, 1)))))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 
 from tasks.errors import RegistryError
 from tasks.layout import ModelFiles
-from tasks.model.network import ModelSpec, PrismRecNet, pad_left, users_within
+from tasks.model.network import SCORE_MEMORY_MB, ModelSpec, PrismRecNet, pad_left, rows_within
 from tasks.titles import display_titles
 
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
@@ -138,7 +138,7 @@ class Recommender:
     def users_per_batch(self, memory_mb: float, most: int) -> int:
         """Users whose score tensor [users, interests, items + 1] of float32 fits in memory_mb (at
         least 1, at most `most`): scoring holds one such tensor and a copy of it at a time."""
-        return users_within(memory_mb, self.spec.n_interests, self.n_items, most)
+        return rows_within(memory_mb, self.spec.n_interests * (self.n_items + 1), most)
 
     def restrict_to(self, catalogue_item_ids: np.ndarray) -> int:
         """List only items of the live catalogue (app item ids); items retired since training
@@ -156,7 +156,7 @@ class Recommender:
         if not len(histories):
             return []
         lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
-        flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories] or [np.zeros(0, np.int64)])
+        flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
         where = np.searchsorted(self._sorted_ids, flat).clip(max=len(self._sorted_ids) - 1)
         indices = np.where(self._sorted_ids[where] == flat, self._id_order[where] + 1, 0)
         return [part[part > 0] for part in np.split(indices, np.cumsum(lengths)[:-1])]
@@ -304,7 +304,7 @@ class Recommender:
             is_new=is_new & valid,
         )
 
-    def similar_items(self, top_k: int, memory_mb: float = 512,
+    def similar_items(self, top_k: int, memory_mb: float = SCORE_MEMORY_MB,
                       most: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Item-to-item neighbours from the item tower among the listable items (retired ones left
         out): (item_ids [N], similar ids [N, k], cosine [N, k]). Items go in blocks of at most
@@ -312,7 +312,7 @@ class Recommender:
         live = self.available[1:].numpy()
         vectors, item_ids = self.item_directions[1:][torch.as_tensor(live)], self.item_ids[live]
         k = min(top_k, len(item_ids) - 1)
-        batch = max(1, min(most, int(memory_mb * 2**20 // (4 * max(len(item_ids), 1)))))
+        batch = rows_within(memory_mb, len(item_ids), most)
         ids, sims = [], []
         for start in range(0, len(vectors), batch):
             cosine = vectors[start:start + batch] @ vectors.T

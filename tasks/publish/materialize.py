@@ -243,7 +243,8 @@ def refuse_if_superseded(conn: sa.Connection, schema: str, materialization_id: i
 
 def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, str], config: PipelineConfig) -> dict:
     """Score all users batch by batch and COPY the rows; returns counts and timings."""
-    top_k, settings = config.materialize.top_k, config.materialize
+    settings = config.materialize
+    top_k = settings.top_k
     batch_users = recommender.users_per_batch(settings.score_memory_mb, settings.batch_users)
     if batch_users < settings.batch_users:
         log.info("scoring %d users a batch (materialize.batch_users %d): %d interests x %d items fit "

@@ -22,8 +22,8 @@ from tasks.model.network import (
     ModelSpec,
     PrismRecNet,
     pad_left,
+    rows_within,
     softmax_cross_entropy,
-    users_within,
 )
 from tasks.training.records import LIVE, EpochStats, ValidationTotals, choose_weights
 from tasks.training.runtime import Distributed
@@ -187,7 +187,7 @@ def validate(net: PrismRecNet, text_cache: torch.Tensor, sequences, users, max_h
     where their scores would pass tasks.model.network.SCORE_MEMORY_MB (a large catalogue)."""
     from tasks.evaluation.metrics import mask_history, rank_targets
 
-    batch_size = users_within(SCORE_MEMORY_MB, net.spec.n_interests, len(text_cache) - 1, batch_size)
+    batch_size = rows_within(SCORE_MEMORY_MB, net.spec.n_interests * len(text_cache), batch_size)  # [K, N+1] a user
 
     net.eval()
     histories = sequences.histories(2)
