@@ -108,7 +108,7 @@ def run_prepare(overrides: Mapping[str, Any], snapshot: Mapping[str, Any]) -> di
 def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
     """Fine-tune under torchrun into `<run folder>/model`, in an MLflow run opened now (epoch curves
     and system metrics while it trains); returns the model folder, epochs run and the MLflow run id."""
-    from tasks.evaluation.baselines import check_ease_fits
+    from tasks.evaluation.baselines import check_baselines_fit
     from tasks.registry.tracking import training_run
     from tasks.training.launcher import launch_training
     from tasks.training.memory import DEFAULT_SHARE, machine_memory_bytes
@@ -119,7 +119,7 @@ def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
                           "training: leave train.node_rank unset here, and start the other machines with "
                           "prismrec train-node --node-rank R")
     machine = machine_memory_bytes()
-    check_ease_fits(config.gate.baseline_names(), dataset["items"], DEFAULT_SHARE * machine, machine)
+    check_baselines_fit(config.gate.baseline_names(), dataset["items"], DEFAULT_SHARE * machine, machine)
     run = RunLayout(Path(dataset["run_dir"]))
     with training_run(config, run) as (mlflow_run_id, on_epoch):
         model_dir = launch_training(config, Path(dataset["path"]), run.model.root, on_epoch=on_epoch)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.linalg
 import scipy.sparse as sp
 import torch
 
@@ -65,18 +66,22 @@ def fit_popularity(sequences: Sequences, items: pd.DataFrame) -> Scorer:
 def fit_itemknn(sequences: Sequences, items: pd.DataFrame, neighbours: int = 100, shrink: float = 10.0) -> Scorer:
     """Item-item cosine CF: sim(i, j) = |U_i ∩ U_j| / (sqrt(|U_i| |U_j|) + shrink), top-k per item.
 
-    A user's score for item j is the sum of j's similarities to the history items.
+    A user's score for item j is the sum of j's similarities to the history items. One float32
+    items x items matrix: the co-occurrence counts become the similarities in place, a block of
+    rows at a time.
     """
-    matrix = interaction_matrix(sequences.histories(2), sequences.n_items)
-    co = (matrix.T @ matrix).toarray().astype(np.float32)
-    counts = np.diag(co).copy()
-    sim = co / (np.sqrt(np.outer(counts, counts)) + shrink + 1e-9)
+    sim = cooccurrence(interaction_matrix(sequences.histories(2), sequences.n_items), np.float32)
+    counts = np.diag(sim).copy()
+    for rows in row_blocks(sim.shape[0], sim.shape[1]):
+        sim[rows] /= np.sqrt(counts[rows, None] * counts[None, :]) + shrink + 1e-9
     np.fill_diagonal(sim, 0.0)
     sim = torch.from_numpy(sim)
     if neighbours < sim.shape[0]:
         # Keep each history item's k most similar items (its neighbourhood), zero the rest.
-        top = sim.topk(neighbours, dim=1)
-        sim = torch.zeros_like(sim).scatter_(1, top.indices, top.values)
+        for rows in row_blocks(sim.shape[0], sim.shape[1]):
+            block = sim[rows]
+            top = block.topk(neighbours, dim=1)
+            block.zero_().scatter_(1, top.indices, top.values)
 
     def score(histories: Sequence[np.ndarray]) -> torch.Tensor:
         return _dense_rows(histories, sequences.n_items) @ sim
@@ -87,35 +92,58 @@ def fit_itemknn(sequences: Sequences, items: pd.DataFrame, neighbours: int = 100
 # ------------------------------------------------------------------ EASE^R
 
 
-# Peak bytes per items x items cell of fitting EASE while the best fit so far is kept: the float64
-# Gram matrix and its inverse (the weights are computed in place), then the float32 copy, beside
-# the float32 weights of the best fit of the grid so far.
-EASE_PEAK_BYTES_PER_CELL = 20
+# Peak bytes per items x items cell while a baseline's grid is searched (the best fit so far kept,
+# 4 bytes a cell): item-kNN's one float32 matrix; EASE's float64 Gram matrix, inverted in place,
+# beside the float32 copy of its weights. Measured in tests/unit/evaluation/test_baseline_memory.py.
+PEAK_BYTES_PER_CELL = {"itemknn": 8, "ease": 16}
+BLOCK_BYTES = 64 << 20  # the temporaries of one block of rows or columns, at most
+BLOCKS = 16  # and at most this share of the matrix
+
+
+def row_blocks(rows: int, width: int, bytes_per_cell: int = 8) -> list[slice]:
+    """Slices of `rows` whose [block, width] temporaries hold at most BLOCK_BYTES and 1/BLOCKS of the rows."""
+    step = max(1, min(-(-rows // BLOCKS), BLOCK_BYTES // (bytes_per_cell * max(width, 1))))
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def cooccurrence(matrix: sp.csr_matrix, dtype: type) -> np.ndarray:
+    """XᵀX as a dense items x items array of `dtype`, a block of columns at a time: the sparse product
+    of a whole catalogue (~8 bytes a co-occurring pair) is never held beside it."""
+    n = matrix.shape[1]
+    out = np.empty((n, n), dtype=dtype)
+    transposed, columns = matrix.T.tocsr(), matrix.tocsc()
+    for block in row_blocks(n, n, 12):
+        out[:, block] = (transposed @ columns[:, block]).toarray()
+    return out
 
 
 def ease_weights(matrix: sp.spmatrix, l2: float) -> np.ndarray:
     """EASE^R closed form (Steck 2019): P = (XᵀX + λI)⁻¹, B = I - P·diag(1/diag(P)), diag(B) = 0.
-    Two items x items float64 matrices at a time: the Gram matrix is dropped once inverted, and B
-    is computed in P's memory."""
-    gram = (matrix.T @ matrix).toarray().astype(np.float64)
+    One items x items float64 matrix: the Gram matrix is inverted in its own memory (LAPACK getrf
+    and getri; it is symmetric, so its transpose is the Fortran-ordered matrix LAPACK overwrites)
+    and B is computed there too."""
+    gram = cooccurrence(matrix, np.float64)
     gram[np.diag_indices_from(gram)] += l2
-    precision = np.linalg.inv(gram)
+    precision = scipy.linalg.inv(gram.T, overwrite_a=True, check_finite=False).T
     del gram
     precision /= -np.diag(precision).copy()[None, :]
     np.fill_diagonal(precision, 0.0)
     return precision
 
 
-def check_ease_fits(names: Sequence[str], n_items: int, memory_bytes: float, machine_bytes: float) -> None:
-    """Refuse a gate with EASE on a catalogue whose items x items solve cannot fit in `memory_bytes`
+def check_baselines_fit(names: Sequence[str], n_items: int, memory_bytes: float, machine_bytes: float) -> None:
+    """Refuse a gate whose items x items baselines cannot fit in `memory_bytes` for this catalogue
     (asked before training, so that hours of it are not lost to an out-of-memory kill in evaluate)."""
-    need = EASE_PEAK_BYTES_PER_CELL * (n_items + 1) ** 2
-    if "ease" in names and need > memory_bytes:
+    need = {name: PEAK_BYTES_PER_CELL[name] * (n_items + 1) ** 2 for name in names if name in PEAK_BYTES_PER_CELL}
+    too_large = [name for name, size in need.items() if size > memory_bytes]
+    if too_large:
+        kept = ",".join(name for name in names if name not in too_large) or "popularity"
+        sizes = " and ".join(f"{name} ~{need[name] / 1e9:.1f} GB" for name in too_large)
         raise ConfigError(
-            f"gate.baselines includes ease, whose closed form needs ~{need / 1e9:.1f} GB for this run's "
-            f"{n_items:,} items (items x items matrices in float64), more than the {memory_bytes / 1e9:.1f} GB "
-            f"a task may use on this machine ({machine_bytes / 1e9:.1f} GB): leave it out (e.g. "
-            f"gate.baselines=popularity,itemknn) or run the pipeline on a machine with more memory. "
+            f"gate.baselines includes {', '.join(too_large)}, whose items x items matrices need more memory for "
+            f"this run's {n_items:,} items ({sizes}) than the {memory_bytes / 1e9:.1f} GB a task may use on this "
+            f"machine ({machine_bytes / 1e9:.1f} GB): leave {'it' if len(too_large) == 1 else 'them'} out "
+            f"(e.g. gate.baselines={kept}) or run the pipeline on a machine with more memory. "
             "Nothing was trained, registered or published")
 
 
