@@ -7,6 +7,8 @@ shared out between the user's interests, ComiRec's controllable aggregation in l
 under its best interest only; negative or absent = the model's own, train.interest_balance) and
 `max_new_items` (new items, placed by their text alone, a list may take; negative = no cap; absent =
 the published tables' default, materialize.max_new_items).
+A request is scored a batch of users at a time, each batch's scores [users, interests, items] within
+materialize.score_memory_mb (its default), so that a large request cannot take the server's memory.
 The artifact `model_dir` is a model folder written by `tasks.training.worker` (tasks.layout.ModelFiles:
 the checkpoint and the item table are what scoring reads).
 """
@@ -19,6 +21,8 @@ import mlflow
 
 
 class PrismRecPyfunc(PythonModel):
+    score_memory_mb: float | None = None  # None: materialize.score_memory_mb's default
+
     def load_context(self, context):
         from tasks.model.recommender import Recommender
 
@@ -35,11 +39,27 @@ class PrismRecPyfunc(PythonModel):
 
             cap = MaterializeConfig().max_new_items
         histories = [list(h) if h is not None else [] for h in model_input["history"]]
-        result = self.recommender.recommend(histories, top_k, interest_balance=balance if balance >= 0 else None,
-                                            max_new_items=cap if cap is None or cap >= 0 else None)
+        user_ids = model_input["user_id"].to_numpy()
+        step = self.recommender.users_per_batch(self._score_memory_mb(), most=max(len(histories), 1))
+        frames = [self._listed(user_ids[start:start + step], histories[start:start + step], top_k,
+                               balance if balance >= 0 else None, cap if cap is None or cap >= 0 else None)
+                  for start in range(0, max(len(histories), 1), step)]
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def _score_memory_mb(self) -> float:
+        if self.score_memory_mb is not None:
+            return self.score_memory_mb
+        from tasks.config import MaterializeConfig
+
+        return MaterializeConfig().score_memory_mb
+
+    def _listed(self, user_ids: np.ndarray, histories: list, top_k: int, balance: float | None,
+                cap: int | None) -> pd.DataFrame:
+        """One batch's lists, a row per recommendation."""
+        result = self.recommender.recommend(histories, top_k, interest_balance=balance, max_new_items=cap)
         users, k = result.item_ids.shape
         frame = pd.DataFrame({
-            "user_id": np.repeat(model_input["user_id"].to_numpy(), k),
+            "user_id": np.repeat(user_ids, k),
             "rank": np.tile(np.arange(1, k + 1), users),
             "item_id": result.item_ids.reshape(-1),
             "score": result.scores.reshape(-1),
@@ -48,6 +68,5 @@ class PrismRecPyfunc(PythonModel):
             "is_new_item": result.is_new.reshape(-1),
         })
         return frame[frame["item_id"] >= 0].reset_index(drop=True)
-
 
 mlflow.models.set_model(PrismRecPyfunc())

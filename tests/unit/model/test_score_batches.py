@@ -70,3 +70,29 @@ def test_the_evaluation_scorer_scores_in_pieces_under_its_budget():
     assert calls == [3, 2, 1]  # one block, then pieces of two users
     assert whole.shape == pieces.shape == (3, 31) and torch.isinf(whole[:, 0]).all()
     assert torch.allclose(whole, pieces)
+
+
+def test_the_served_model_scores_a_large_request_in_batches_that_list_what_one_batch_lists():
+    """The registered pyfunc (mlflow/prismrec_model.py) splits a request under its score budget."""
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location(
+        "prismrec_model", Path(__file__).parents[3] / "mlflow" / "prismrec_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    served = module.PrismRecPyfunc()
+    served.recommender = small_recommender(2.0)
+    request = pd.DataFrame({"user_id": [11, 12, 13, 14], "history": HISTORIES})
+    whole = served.predict(None, request, {"top_k": 5})
+    served.score_memory_mb = 1.5 * 4 * 3 * 31 / 2**20  # one user's scores [3 interests, 31 items] fit, two do not
+    assert served.recommender.users_per_batch(served.score_memory_mb, most=4) == 1
+    batches, recommend = [], served.recommender.recommend
+    served.recommender.recommend = lambda histories, *args, **kwargs: (batches.append(len(histories)),
+                                                                       recommend(histories, *args, **kwargs))[1]
+    batched = served.predict(None, request, {"top_k": 5})
+    assert batches == [1, 1, 1, 1]
+    pd.testing.assert_frame_equal(batched, whole)
+    assert sorted(whole["user_id"].unique()) == [11, 12, 13, 14] and len(whole) == 4 * 5
