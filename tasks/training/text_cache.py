@@ -58,16 +58,25 @@ def frozen_states(texts: list[str], tokenizer, encoder, n_trainable: int, max_to
     if path is not None and path.exists():
         try:
             stored = torch.load(path, weights_only=True)
-            os.utime(path)  # most recently used: kept longest
-            log.info("frozen MiniLM states read from %s", path)
-            return stored["states"], stored["masks"]
+            states, masks = stored["states"], stored["masks"]
         except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as error:  # torn or foreign: compute afresh
             log.warning("ignoring the unreadable text-state cache %s (%s)", path, error)
+        else:
+            log.info("frozen MiniLM states read from %s", path)
+            try:
+                os.utime(path)  # most recently used: kept longest
+            except OSError:  # a cache shared read-only: read, not kept fresh
+                pass
+            return states, masks
     states, masks = encode_frozen(texts, tokenizer, encoder, n_trainable, max_tokens)
     longest = int(masks.sum(1).max())  # drop all-padding token columns: they cost time and change nothing
     states, masks = states[:, :longest].contiguous(), masks[:, :longest].contiguous()
     if path is not None:
-        store(path, states, masks)
+        try:
+            store(path, states, masks)
+        except OSError as error:  # a cache is a saving, never a reason to fail a training
+            log.warning("could not keep the frozen MiniLM states in %s (%s): training goes on without the cache; "
+                        "point paths.cache at a writable folder to keep them for the next training", cache_dir, error)
     return states, masks
 
 

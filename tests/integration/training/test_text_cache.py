@@ -52,3 +52,13 @@ def test_a_torn_file_is_computed_again(minilm, tmp_path):
     states, masks = frozen_states(TEXTS, tokenizer, encoder, 1, 32, tmp_path)
     assert states.shape[0] == len(TEXTS) == masks.shape[0]
     assert torch.load(tmp_path / f"{cache_key(TEXTS, 1, 32)}.pt", weights_only=True)["states"].shape == states.shape
+
+
+def test_a_cache_folder_that_cannot_be_written_warns_and_training_goes_on(minilm, tmp_path, caplog):
+    tokenizer, encoder = minilm
+    blocked = tmp_path / "a-file"
+    blocked.write_text("paths.cache points below a file")
+    states, masks = frozen_states(TEXTS, tokenizer, encoder, 1, 32, blocked / "text-states")
+    plain = frozen_states(TEXTS, tokenizer, encoder, 1, 32, None)
+    assert torch.equal(states, plain[0]) and torch.equal(masks, plain[1])
+    assert "could not keep the frozen MiniLM states in" in caplog.text and "paths.cache" in caplog.text
