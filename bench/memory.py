@@ -18,8 +18,9 @@ Goal (issue 31): flat after the first epoch, the epoch-40 peak within 10 % of ep
 under 4 GB for ML-100K-sized data. Writes bench/results/memory.{json,md}. A run of fewer than 40
 epochs writes bench/results/memory-short.{json,md} instead and says so above its table: it shows
 that the benchmark works, not how memory behaves over 40 epochs. --max-steps caps the steps of
-every epoch (N) or of one dataset's (ml-1m=64): 40 full ML-1M epochs with their validations take
-about three hours on 2 cores. The table shows each run's steps an epoch out of the full count.
+every epoch (N) or of one dataset's (ml-1m=64): 40 full ML-1M epochs with their validations took
+76 min on 2 AVX512-BF16 cores (over two hours on AVX2 ones, from their step rate). The table shows
+each run's steps an epoch out of the full count.
 
 On a GPU host (no Postgres there; docs/gpu.md), one dataset from a prepared split, on every GPU in bf16,
 its row written to a file and added to memory.json back here:
@@ -260,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def add_runs(path: Path) -> dict:
     """Add the runs of an --out file to bench/results/memory.json; a run of the same dataset, settings
-    and device is replaced. Runs of fewer epochs than memory.json's are refused."""
+    and device is replaced (a CPU run at full epochs replaces a capped one). Runs of fewer epochs than
+    memory.json's are refused; the file's step caps are the rows' own."""
     try:
         added = json.loads(path.read_text())
         runs = added["runs"]
@@ -276,6 +278,8 @@ def add_runs(path: Path) -> dict:
 
     replaced = {key(r) for r in runs}
     result["runs"] = [r for r in result["runs"] if key(r) not in replaced] + runs  # each row says its own steps
+    result["max_steps_per_epoch"] = {r["dataset"]: r["steps_per_epoch"] for r in result["runs"]
+                                     if r["steps_per_epoch"] < r["full_steps_per_epoch"]}
     return save("memory", result, markdown(result))
 
 
@@ -305,6 +309,8 @@ def markdown(result: dict) -> str:
             notes.append(f"- {r['dataset']} on {r.get('device', 'CPU')}: measured on {own['cpu']}, {own['cores']} "
                          f"cores, {own['ram_gib']} GiB RAM (torch {own.get('torch', '?')}), {r.get('measured_at', '')}"
                          .rstrip(", "))
+        elif (at := r.get("measured_at")) and at[:10] != result["date"][:10]:
+            notes.append(f"- {r['dataset']} on {r.get('device', 'CPU')}: measured {at} on a machine of the same kind")
         if gpu := r.get("peak_gpu_mib"):
             notes.append(f"- {r['dataset']} on {r['device']}: device memory held by torch (max_memory_reserved) "
                          "after epochs " + " / ".join(map(str, REPORTED)) + ": "

@@ -45,6 +45,23 @@ def test_a_gpu_run_is_added_beside_the_cpu_rows_and_replaces_its_own_older_row(r
     assert "measured on Intel Xeon, 16 cores" in table and "950 / 950 / 950 MiB" in table
 
 
+def test_a_full_epoch_cpu_run_replaces_the_capped_one_and_its_cap(results, tmp_path):
+    capped = result([row("ml-100k"), row("ml-1m", steps_per_epoch=64)])
+    capped["max_steps_per_epoch"] = {"ml-1m": 64}
+    (results / "memory.json").write_text(json.dumps(capped))
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps(result([row("ml-1m", peaks=(2240.0, 2241.0, 2281.0, 2281.0), machine=MACHINE,
+                                           measured_at="2026-12-05T00:09:08+00:00")])))
+    memory.main(["--add-run", str(full)])
+    saved = json.loads((results / "memory.json").read_text())
+    assert [(r["dataset"], r["steps_per_epoch"]) for r in saved["runs"]] == [("ml-100k", 640), ("ml-1m", 640)]
+    assert saved["max_steps_per_epoch"] == {}
+    assert "| ml-1m | bench.quality DATASET_SETTINGS | CPU | auto (jemalloc) | 640 | 2,240 | 2,241 | 2,281 | 2,281 | +1.8% (epoch 40)" \
+        in (results / "memory.md").read_text()
+    assert "- ml-1m on CPU: measured 2026-12-05T00:09:08+00:00 on a machine of the same kind" \
+        in (results / "memory.md").read_text()
+
+
 def test_a_short_or_unreadable_run_is_refused_and_memory_json_stays(results, tmp_path):
     before = (results / "memory.json").read_text()
     short = tmp_path / "short.json"
