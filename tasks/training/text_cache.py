@@ -7,6 +7,7 @@ items it refreshes. The pooled vectors of every item are recomputed at each epoc
 The frozen states depend only on the texts, the model's weights, how many layers are frozen and
 the token cap, so they are kept on disk (`<PRISMREC_HOME>/cache/text-states/`, keyed by a hash of
 all four): a weekly retraining on an unchanged catalogue reads them instead of running the encoder.
+The training items and the new items (placed by their text after training) are two entries.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tasks.model.text_tower import encode_frozen, model_identity, pretrained_pat
 log = logging.getLogger(__name__)
 
 BATCH = 512  # items per forward pass when every item's vector is recomputed
-KEEP = 3  # cached catalogues kept on disk, the most recently used ones
+KEEP = 8  # entries kept on disk, the most recently used: a training stores two (its items, its new items)
 
 
 @dataclass(frozen=True)

@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     log.info("frozen MiniLM states for %d items (%d tokens) ready in %.1fs",
              sequences.n_items, text.tokens, time.time() - started)
     # The catalogue's items outside the training universe: placed by their text after training (rank 0
-    # alone writes the model; few items, so their states are not worth a cache slot).
+    # alone writes the model). Their states are cached too: a growing catalogue has many of them.
     new_items = load_new_items(args.dataset)
     new_text = (cache_text_states(new_items["description"].astype(str).tolist(), tokenizer, encoder,
-                                  cfg.lm_trainable_layers, cfg.max_text_tokens, dist.device)
+                                  cfg.lm_trainable_layers, cfg.max_text_tokens, dist.device, cache_dir)
                 if dist.master and len(new_items) else None)
 
     histories = sequences.histories(2)

@@ -158,9 +158,11 @@ def test_weight_averaging_leaves_training_alone_and_saves_the_better_weights(dat
     with caplog.at_level(logging.INFO, logger="tasks.training.launcher"):
         plain = launch_training(load_config({**common, "train.ema_epochs": 0}), dataset_dir, tmp_path / "plain")
         assert "frozen MiniLM states for" in caplog.text and "read from" not in caplog.text
+        stored = sorted((tmp_path / "cache" / "text-states").glob("*.pt"))
+        assert len(stored) == 2  # the training items' states and the new items'
         caplog.clear()
         averaged = launch_training(load_config({**common, "train.ema_epochs": 0.5}), dataset_dir, tmp_path / "ema")
-        assert f"frozen MiniLM states read from {tmp_path / 'cache' / 'text-states'}" in caplog.text
+        assert all(f"frozen MiniLM states read from {path}" in caplog.text for path in stored)
 
     plain_history = json.loads(ModelFiles(plain).history.read_text())
     ema_history = json.loads(ModelFiles(averaged).history.read_text())
