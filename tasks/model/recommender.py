@@ -178,7 +178,7 @@ class Recommender:
         per_interest, *_ = self.score_indices(indexed, with_attention=False)  # ranking needs no explanations
         columns = self.index_of.reindex(item_ids).fillna(0).to_numpy(dtype=np.int64)
         scores = per_interest.amax(1)
-        if self.interest_balance > 0:
+        if self.interest_balance > 0 and per_interest.shape[1] > 1:  # one interest: balancing changes no order
             # Only the asked-for items compete for the balanced positions (a champion's new items
             # outside the split's universe would otherwise take places no metric can see).
             outside = torch.ones(per_interest.shape[-1], dtype=torch.bool)

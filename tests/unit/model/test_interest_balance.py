@@ -131,6 +131,16 @@ def test_no_balance_keeps_the_best_interest_ranking():
         assert result.item_ids[user].tolist() == recommender.item_ids[np.argsort(-scores, kind="stable")[:10]].tolist()
 
 
+def test_one_interest_scores_rank_like_its_balanced_lists_without_re_ranking(monkeypatch):
+    recommender = small_recommender(2.0, k=1)
+    result = recommender.recommend(HISTORIES[:3], 10)
+    monkeypatch.setattr(recommender, "_ranked", lambda *args, **kwargs: pytest.fail("re-ranked one interest"))
+    for user, history in enumerate(HISTORIES[:3]):
+        scores = recommender.score_items([history], recommender.item_ids)[0].numpy()
+        scores[np.isin(recommender.item_ids, history)] = -np.inf
+        assert result.item_ids[user].tolist() == recommender.item_ids[np.argsort(-scores, kind="stable")[:10]].tolist()
+
+
 def test_balance_is_saved_with_the_model_and_checked_in_the_config():
     assert dataclasses.asdict(small_recommender(0.7).spec)["interest_balance"] == 0.7
     assert load_config({"train.interest_balance": 0.5}).train.interest_balance == 0.5
