@@ -29,29 +29,20 @@ class PrismRecPyfunc(PythonModel):
         self.recommender = Recommender.load(context.artifacts["model_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        params = params or {}
+        from tasks.config import MaterializeConfig
+
+        params, defaults = params or {}, MaterializeConfig()
         top_k = int(params.get("top_k", 50))
         balance = float(params.get("interest_balance", -1.0))
-        if "max_new_items" in params:
-            cap = int(params["max_new_items"])
-        else:
-            from tasks.config import MaterializeConfig
-
-            cap = MaterializeConfig().max_new_items
+        cap = int(params["max_new_items"]) if "max_new_items" in params else defaults.max_new_items
         histories = [list(h) if h is not None else [] for h in model_input["history"]]
         user_ids = model_input["user_id"].to_numpy()
-        step = self.recommender.users_per_batch(self._score_memory_mb(), most=max(len(histories), 1))
+        budget = self.score_memory_mb if self.score_memory_mb is not None else defaults.score_memory_mb
+        step = self.recommender.users_per_batch(budget, most=max(len(histories), 1))
         frames = [self._listed(user_ids[start:start + step], histories[start:start + step], top_k,
                                balance if balance >= 0 else None, cap if cap is None or cap >= 0 else None)
                   for start in range(0, max(len(histories), 1), step)]
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-
-    def _score_memory_mb(self) -> float:
-        if self.score_memory_mb is not None:
-            return self.score_memory_mb
-        from tasks.config import MaterializeConfig
-
-        return MaterializeConfig().score_memory_mb
 
     def _listed(self, user_ids: np.ndarray, histories: list, top_k: int, balance: float | None,
                 cap: int | None) -> pd.DataFrame:
@@ -68,5 +59,6 @@ class PrismRecPyfunc(PythonModel):
             "is_new_item": result.is_new.reshape(-1),
         })
         return frame[frame["item_id"] >= 0].reset_index(drop=True)
+
 
 mlflow.models.set_model(PrismRecPyfunc())

@@ -260,8 +260,9 @@ class GateConfig:
     # The selection metric (tasks.evaluation.metrics.SELECTION_METRIC), on the validation split.
     metric: str = "ndcg@10"
     # Baselines scored on the run's split (comma-separated, from popularity, itemknn, ease); the
-    # candidate must beat the best of them. EASE inverts an items x items matrix (~20 bytes a cell at
-    # its peak: 20k items need 8 GB); `train` refuses a catalogue whose solve cannot fit, before training.
+    # candidate must beat the best of them. EASE and item-kNN hold items x items matrices (16 and 8
+    # bytes a cell at their peak: EASE needs 6.4 GB at 20k items); `train` refuses, before training,
+    # a catalogue whose baselines cannot fit (tasks.evaluation.baselines.check_baselines_fit).
     baselines: str = "popularity,ease"
     # Absolute floor on validation/test NDCG@10; 0 means only the comparisons decide.
     min_metric: float = 0.0

@@ -97,8 +97,12 @@ def store(path: Path, states: torch.Tensor, masks: torch.Tensor) -> None:
     """Write atomically (ranks of one run may race: both write the same bytes), then keep the KEEP newest."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
-    torch.save({"states": states, "masks": masks}, partial)
-    os.replace(partial, path)
+    try:
+        torch.save({"states": states, "masks": masks}, partial)
+        os.replace(partial, path)
+    except OSError:  # a full disk, say: leave no half-written file behind
+        partial.unlink(missing_ok=True)
+        raise
     for old in sorted(path.parent.glob("*.pt"), key=lambda f: f.stat().st_mtime, reverse=True)[KEEP:]:
         old.unlink(missing_ok=True)
 

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -58,7 +59,8 @@ def grid_peak(name: str) -> float:
         second = BASELINES["{name}"](sequences, None, **hyper)
         print(json.dumps((status("VmHWM") - base) / ({ITEMS} + 1) ** 2))
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                          cwd=Path(__file__).parents[3])  # the repository root: `tests` and `tasks` import from there
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
