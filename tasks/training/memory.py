@@ -9,7 +9,9 @@ kernel's out-of-memory killer ending it with nothing in the log.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +63,16 @@ def descendants(root: int) -> list[int]:
     return sorted(found)
 
 
+def started_at(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot, /proc's field 22): with the pid, names one process even
+    after the pid is reused. None once it has ended or is a zombie (ended, not yet reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
 def command_line(pid: int) -> str:
     """The command line of `pid` ('' once it has ended)."""
     try:
@@ -96,12 +108,17 @@ def tree_bytes(root: int) -> int:
 class MemoryGuard:
     """While a training run goes on: reads its process tree's memory every `interval` seconds and
     calls `stop` once it passes `limit_gb` (then `tripped` holds the GB reached). `peak_gb` is the
-    largest reading."""
+    largest reading.
+
+    If the root (torchrun) ends while processes it started live on (the kernel's out-of-memory killer
+    took torchrun, say), the guard kills them: orphaned, a worker would train to its last epoch, holding
+    its memory and the task's log open, for a run that has already failed. `orphans_stopped` lists them."""
 
     def __init__(self, root: int, limit_gb: float, stop: Callable[[], None], interval: float = 2.0):
         self.root, self.limit_gb, self._stop_run, self.interval = root, limit_gb, stop, interval
         self.peak_gb = 0.0
         self.tripped: float | None = None
+        self.orphans_stopped: list[int] = []
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="training memory guard", daemon=True)
 
@@ -114,7 +131,12 @@ class MemoryGuard:
         self._thread.join()
 
     def _watch(self) -> None:
+        below: dict[int, str] = {}  # the root's descendants at the last reading, with their start times
         while not self._done.wait(self.interval):
+            if started_at(self.root) is None:
+                self._stop_orphans(below)
+                return
+            below = {pid: start for pid in descendants(self.root) if (start := started_at(pid)) is not None}
             used = tree_bytes(self.root) / GB
             self.peak_gb = max(self.peak_gb, used)
             if used > self.limit_gb and self.tripped is None:
@@ -122,3 +144,16 @@ class MemoryGuard:
                 log.error("training holds %.1f GB, over train.max_memory_gb = %.1f: stopping it", used, self.limit_gb)
                 self._stop_run()
                 return
+
+    def _stop_orphans(self, below: dict[int, str]) -> None:
+        alive = [pid for pid, start in below.items() if started_at(pid) == start]
+        if not alive:
+            return
+        log.error("torchrun ended while %d of its processes still ran (pids %s): stopping them",
+                  len(alive), ", ".join(map(str, alive)))
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
+            self.orphans_stopped.append(pid)

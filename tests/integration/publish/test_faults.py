@@ -227,22 +227,31 @@ def test_bad_input_gets_one_paragraph_and_changes_nothing(fault_config, base_ove
                      f"(\"...{expected}...\"), no traceback, nothing changed"))
 
 
+def _trainers(out: Path, target: str | None) -> list:
+    """The live processes of the training writing into `out`: its torchrun workers (`worker`), torchrun
+    itself (`torchrun`), or both (None)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        command = process.info["cmdline"] or []
+        if "tasks.training.worker" not in command or str(out) not in command:
+            continue
+        if process.info["status"] != psutil.STATUS_ZOMBIE and (
+                target is None or ("torch.distributed.run" in command) == (target == "torchrun")):
+            found.append(process)
+    return found
+
+
 def _kill_trainer(out: Path, target: str, phase: str, killed: list[int]) -> None:
     """SIGKILL the training writing into `out` (its torchrun `worker`, or `torchrun` itself) as soon as
     it runs (`starting`) or once it has saved a checkpoint (`after_a_checkpoint`), as the kernel's
     out-of-memory killer would."""
-    import psutil
-
     from tasks.layout import ModelFiles
 
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        workers = []
-        for process in psutil.process_iter(["cmdline"]):
-            command = process.info["cmdline"] or []
-            ours = "tasks.training.worker" in command and str(out) in command
-            if ours and ("torch.distributed.run" in command) == (target == "torchrun"):
-                workers.append(process)
+        workers = _trainers(out, target)
         if workers and (phase == "starting" or ModelFiles(out).checkpoint.exists()):
             for worker in workers:
                 worker.send_signal(signal.SIGKILL)
@@ -270,6 +279,7 @@ def test_a_trainer_killed_mid_run_fails_it_with_the_cause_and_hands_on_no_model(
         launch_training(config, RunLayout(trained_model_dir.parent).dataset.root, out)
     killer.join()
     assert killed, "the worker was never seen"
+    assert _trainers(out, target=None) == []  # torchrun killed: its orphaned worker was stopped, not left training
     message = str(failure.value)
     assert "killed with SIGKILL" in message and "train.max_memory_gb" in message
     assert _published(engine) == before

@@ -11,6 +11,7 @@ from tasks.training.memory import (
     default_limit_gb,
     descendants,
     machine_memory_bytes,
+    started_at,
     tree_bytes,
 )
 
@@ -51,6 +52,26 @@ def test_the_guard_stops_a_tree_over_its_limit_and_leaves_one_under_it_alone():
         assert stopped == [True] and tight.tripped > 0.4
     finally:
         stop_holder(process)
+
+
+def test_a_root_killed_under_the_guard_leaves_no_orphan_running():
+    """torchrun killed (by the out-of-memory killer, say): the worker it started must not train on alone."""
+    process = start_holder()
+    child = descendants(process.pid)[0]
+    try:
+        with MemoryGuard(process.pid, limit_gb=5.0, stop=lambda: None, interval=0.1) as guard:
+            subprocess.run(["sleep", "0.3"], check=True)  # a few readings of the whole tree
+            assert started_at(child) is not None and not guard.orphans_stopped
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            for _ in range(50):
+                if started_at(child) is None:
+                    break
+                subprocess.run(["sleep", "0.1"], check=True)
+        assert guard.orphans_stopped == [child] and started_at(child) is None
+    finally:
+        if started_at(child) is not None:
+            os.kill(child, signal.SIGKILL)
 
 
 def test_the_default_limit_is_three_quarters_of_the_machine():
