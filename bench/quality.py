@@ -1,7 +1,7 @@
 """Quality benchmark: every baseline and PrismRec on the LOO-full split of a MovieLens release.
 
     python -m bench.quality --dataset ml-100k|ml-1m [--skip-prismrec] [--only NAME] [--epochs N]
-                            [--pipeline-defaults] [--baseline NAME.KEY=VALUE ...]
+                            [--pipeline-defaults] [--baseline NAME.KEY=VALUE ...] [--results NAME]
 
 The data goes through the real pipeline functions (load into the benchmark's own Postgres
 schema, extract a snapshot, prepare), PrismRec is trained with `launch_training` (the code the
@@ -328,6 +328,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=seed_list,
                         help="train PrismRec and SASRec once per seed (e.g. 42,43,44): their rows hold each run "
                              "under `runs`, the means and the sd")
+    parser.add_argument("--results", metavar="NAME",
+                        help="write bench/results/NAME.{json,md} (default: quality-DATASET), e.g. to keep a run on "
+                             "another machine or budget beside the main table")
     parser.add_argument("--merge-runs", action="append", metavar="NAME=FILE",
                         help="replace a model's row by the seed runs kept in FILE (a GPU host's "
                              "bench.gpu_ml1m combine / combine-sasrec output); nothing is trained")
@@ -367,7 +370,8 @@ def main(argv: list[str] | None = None) -> dict:
     dataset_dir = prepare(config, args.dataset, work)
     sequences, items = load_dataset(dataset_dir)
 
-    out_json = RESULTS / f"quality-{args.dataset}.json"
+    stem = args.results or f"quality-{args.dataset}"
+    out_json = RESULTS / f"{stem}.json"
     previous = json.loads(out_json.read_text())["models"] if args.only and out_json.exists() else {}
     models = dict(previous)  # --only refreshes some rows of an earlier run, keeps the others
     for name in names:
@@ -400,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "models": {n: models[n] for n in MODELS if n in models},
     }
-    return save(f"quality-{args.dataset}", result, markdown(result))
+    return save(stem, result, markdown(result))
 
 
 def save(stem: str, result: dict, table: str) -> dict:
