@@ -125,5 +125,7 @@ def trained_model_dir(ml100k, config, base_overrides, tmp_path_factory) -> Path:
     run = RunLayout(tmp_path_factory.mktemp("trained-model"))
     snapshot = extract_snapshot(config, datetime(1998, 5, 1, tzinfo=UTC), run.snapshot.root)
     dataset = prepare_dataset(config, snapshot.path, run.dataset.root)
-    tiny = load_config({**base_overrides, "train.epochs": 1, "train.max_steps_per_epoch": 2, "train.nproc": 1})
+    # No weight averaging: one validation an epoch instead of two (the averaging is test_training's).
+    tiny = load_config({**base_overrides, "train.epochs": 1, "train.max_steps_per_epoch": 2, "train.nproc": 1,
+                        "train.ema_epochs": 0})
     return launch_training(tiny, Path(dataset.path), run.model.root)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tasks.model.recommender import Recommendations
 from tasks.titles import display_titles
+
+if TYPE_CHECKING:  # the model (torch) loads only where a champion is scored, not where a run is refused
+    from tasks.model.recommender import Recommendations
 
 FALLBACK_INTEREST = -1  # interest_id of popularity fallback rows (users with no usable history)
 FALLBACK_LABEL = "popular overall (no usable viewing history yet)"

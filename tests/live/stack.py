@@ -50,6 +50,7 @@ TINY_TRAINING = {
     "PRISMREC_TRAIN__EPOCHS": "1",
     "PRISMREC_TRAIN__MAX_STEPS_PER_EPOCH": "4",
     "PRISMREC_TRAIN__NPROC": "1",
+    "PRISMREC_TRAIN__EMA_EPOCHS": "0",  # one validation an epoch, not two (the averaging is test_training's)
     "PRISMREC_GATE__BASELINES": "popularity",
     "PRISMREC_MATERIALIZE__TOP_K": "10",
     "PRISMREC_MATERIALIZE__SIMILAR_TOP_K": "5",

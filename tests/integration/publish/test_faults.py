@@ -1,7 +1,8 @@
 """Fault injection: a publisher killed (SIGKILL) or cut off (pg_terminate_backend) at each phase, two at
 once, a trainer killed mid-run, and bad input; after each, nothing published is lost or mixed.
 
-A publisher is a real process (`materialize` on the test run's tiny model, 30 users) stopped at a
+A publisher is a real process (`materialize` on the test run's tiny model, 30 users), forked from a
+process that has already imported what a publisher loads (torch, MLflow, pandas), and stopped at a
 phase by the `PRISMREC_FAULT_PAUSE` point (tasks.publish.materialize.fault_point): right after its
 run row (`started`), after its first COPY batch (`copy`), after its indexes (`before_swap`), or
 waiting for the swap's lock behind a held lock (`swap_lock`). Every outcome is written as a row of
@@ -31,13 +32,56 @@ pytestmark = pytest.mark.slow
 APP, RECO, MODEL = "fault_app", "fault_reco", "fault_test"
 USERS, TOP_K = 30, 5
 D1 = datetime(2025, 1, 1, tzinfo=UTC)
-SUBPROCESS = """
-import json, logging, sys
+# The fork server: one process imports a publisher's modules once, then forks a publisher for each request
+# line ({"overrides", "date", "env", "log"}) and answers with its pid. A publisher writes its log to the file
+# `log`; when it ends, the server writes its exit status (Popen's convention: -N for signal N) to `log`.exit.
+FORK_SERVER = """
+import json, logging, os, signal, sys, traceback
 from datetime import datetime
-logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+import mlflow, torch  # noqa: F401  (what a publisher would otherwise import itself, ~4 s)
 from tasks.config import load_config
+from tasks.model.recommender import Recommender  # noqa: F401
 from tasks.publish.materialize import materialize
-materialize(load_config(json.loads(sys.argv[1])), logical_date=datetime.fromisoformat(sys.argv[2]))
+logs = {}
+
+def reap(*_):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        path = logs.pop(pid)
+        with open(path + ".part", "w") as out:
+            out.write(str(code))
+        os.replace(path + ".part", path + ".exit")
+
+signal.signal(signal.SIGCHLD, reap)
+for line in sys.stdin:
+    request = json.loads(line)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])  # the child's entry is in `logs` before it ends
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+        os.environ.update(request["env"])
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True)
+        code = 0
+        try:
+            materialize(load_config(request["overrides"]), logical_date=datetime.fromisoformat(request["date"]))
+        except BaseException:
+            traceback.print_exc(file=sys.stdout)
+            code = 1
+        sys.stdout.flush()
+        os._exit(code)
+    logs[pid] = request["log"]
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+    print(pid, flush=True)
 """
 OUTCOMES: list[tuple[str, str]] = []
 _dates = iter(D1 + timedelta(days=n) for n in range(1, 1000))
@@ -48,6 +92,52 @@ def overrides(base_overrides) -> dict:
     return {**base_overrides, "database.app_schema": APP, "database.reco_schema": RECO, "registry.model_name": MODEL,
             "materialize.top_k": TOP_K, "materialize.batch_users": 10, "materialize.keep_runs": 2,
             "materialize.similar_top_k": 3}
+
+
+class Publisher:
+    """A publisher process forked by the fork server, used as a Popen: pid, poll, wait, its output."""
+
+    def __init__(self, pid: int, log: Path):
+        self.pid, self.log, self.returncode = pid, log, None
+
+    def poll(self) -> int | None:
+        done = self.log.with_name(self.log.name + ".exit")
+        if self.returncode is None and done.exists():
+            self.returncode = int(done.read_text())
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"publisher {self.pid}", timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def publishers(tmp_path_factory):
+    """start(overrides, logical_date, env) -> a running Publisher."""
+    server = subprocess.Popen([sys.executable, "-c", FORK_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    logs = tmp_path_factory.mktemp("publishers")
+    count = iter(range(1, 1000))
+
+    def start(overrides: dict, logical_date: datetime, env: dict[str, str] | None = None) -> Publisher:
+        log = logs / f"publisher-{next(count)}.log"
+        server.stdin.write(json.dumps({"overrides": overrides, "date": logical_date.isoformat(),
+                                       "env": env or {}, "log": str(log)}) + "\n")
+        server.stdin.flush()
+        answer = server.stdout.readline()
+        assert answer.strip().isdigit(), f"the fork server answered {answer!r} (exit {server.poll()})"
+        return Publisher(int(answer), log)
+
+    yield start
+    server.stdin.close()
+    server.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +191,10 @@ def _run(engine, mid: int):
         return conn.execute(sa.text(f"select * from {RECO}.runs where materialization_id = :m"), {"m": mid}).mappings().one()
 
 
-def _start_paused(engine, overrides, phase: str, fault: str):
+def _start_paused(publishers, engine, overrides, phase: str, fault: str):
     """Start a publisher process and wait until it stops at `phase`; returns (process, run id, backend pid, blocker)."""
     blocker = None
-    env = {**os.environ}
+    env = {}
     patient = dict(overrides)
     if phase == "swap_lock":  # hold a lock ATTACH needs; readers are not blocked by it
         blocker = engine.connect()
@@ -114,8 +204,7 @@ def _start_paused(engine, overrides, phase: str, fault: str):
         env["PRISMREC_FAULT_PAUSE"] = phase
         # Killed: it never wakes. Cut off: it wakes to a dead connection, as a real publisher would.
         env["PRISMREC_FAULT_PAUSE_S"] = "3600" if fault == "kill" else "3"
-    process = subprocess.Popen([sys.executable, "-c", SUBPROCESS, json.dumps(patient), next(_dates).isoformat()],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process = publishers(patient, next(_dates), env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         with engine.connect() as conn:
@@ -126,17 +215,13 @@ def _start_paused(engine, overrides, phase: str, fault: str):
         if running and (waiting or (phase != "swap_lock" and _paused(process, phase))):
             return process, running.materialization_id, running.backend_pid, blocker
         time.sleep(0.3)
-    output = process.communicate(timeout=30)[0] if process.poll() is not None else "still running"
-    process.kill()
-    pytest.fail(f"the publisher never reached {phase}:\n{output[-3000:]}")
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+    pytest.fail(f"the publisher never reached {phase}:\n{process.output()[-3000:]}")
 
 
-def _paused(process, phase: str) -> bool:
-    """Read the publisher's log up to its fault point's line (the point is reached once, so this blocks briefly)."""
-    for line in process.stdout:
-        if f"fault point: paused at {phase}" in line:
-            return True
-    return False
+def _paused(process: Publisher, phase: str) -> bool:
+    return f"fault point: paused at {phase}" in process.output()
 
 
 def _wait_gone(engine, pid: int) -> None:
@@ -154,11 +239,12 @@ FAULTS = [("started", "kill"), ("copy", "kill"), ("copy", "terminate"), ("before
 
 
 @pytest.mark.parametrize(("phase", "fault"), FAULTS)
-def test_a_publisher_killed_at_any_phase_loses_and_mixes_nothing(fault_config, overrides, engine, phase, fault):
+def test_a_publisher_killed_at_any_phase_loses_and_mixes_nothing(fault_config, overrides, engine, publishers, phase,
+                                                                  fault):
     from tasks.publish.materialize import materialize
 
     before = _published(engine)
-    process, mid, pid, blocker = _start_paused(engine, overrides, phase, fault)
+    process, mid, pid, blocker = _start_paused(publishers, engine, overrides, phase, fault)
     try:
         if fault == "kill":
             os.kill(process.pid, signal.SIGKILL)
@@ -186,13 +272,11 @@ def test_a_publisher_killed_at_any_phase_loses_and_mixes_nothing(fault_config, o
                      f"({killed['error'][:48].rstrip()}...); no tables left; next run published"))
 
 
-def test_two_publishers_at_once_leave_one_complete_set(fault_config, overrides, engine):
+def test_two_publishers_at_once_leave_one_complete_set(fault_config, overrides, engine, publishers):
     date = next(_dates)
-    processes = [subprocess.Popen([sys.executable, "-c", SUBPROCESS, json.dumps(overrides),
-                                   (date + timedelta(hours=h)).isoformat()], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for h in (0, 1)]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    codes = [p.returncode for p in processes]
+    processes = [publishers(overrides, date + timedelta(hours=h)) for h in (0, 1)]
+    codes = [p.wait(timeout=600) for p in processes]
+    outputs = [p.output() for p in processes]
     current, rows, _ = _published(engine)
     with engine.connect() as conn:
         newest = conn.execute(sa.text(f"select materialization_id from {RECO}.runs where logical_date = :d"),
@@ -284,6 +368,7 @@ def test_a_trainer_killed_mid_run_fails_it_with_the_cause_and_hands_on_no_model(
     assert "killed with SIGKILL" in message and "train.max_memory_gb" in message
     assert _published(engine) == before
     who = "the torchrun worker" if target == "worker" else "torchrun itself"
+    orphan = "" if target == "worker" else "its orphaned worker stopped by the launcher's guard, not left training; "
     OUTCOMES.append((f"trainer: SIGKILL of {who} at `{phase}`",
-                     "held: training fails naming SIGKILL (the out-of-memory killer's signal) and what to set; "
-                     "no model handed on, nothing registered, current set unchanged"))
+                     f"held: {orphan}training fails naming SIGKILL (the out-of-memory killer's signal) and what to "
+                     "set; no model handed on, nothing registered, current set unchanged"))

@@ -132,8 +132,9 @@ def test_prismrec_moving_the_champion_is_never_taken_for_a_person(base_overrides
 
 @pytest.fixture
 def airflow_home(tmp_path) -> tuple[Path, dict[str, str]]:
-    """A fresh Airflow metadata DB holding this project's DAGs, recsys_materialize unpaused (its
-    watcher only runs then), as the dag-processor of `make airflow-ui` or docker/ leaves it."""
+    """A fresh Airflow metadata DB holding this project's DAGs, unpaused (recsys_materialize's watcher
+    only runs then: here created unpaused, where a user unpauses it), as the dag-processor of
+    `make airflow-ui` or docker/ leaves it."""
     home = tmp_path / "airflow"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PRISMREC_"))} | {
@@ -141,6 +142,7 @@ def airflow_home(tmp_path) -> tuple[Path, dict[str, str]]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
     }
 
     def airflow(*args: str) -> None:
@@ -149,8 +151,6 @@ def airflow_home(tmp_path) -> tuple[Path, dict[str, str]]:
         assert done.returncode == 0, f"airflow {' '.join(args)}: {done.stderr[-3000:]}"
 
     airflow("db", "migrate")
-    airflow("dags", "reserialize")
-    airflow("dags", "unpause", "recsys_materialize")
     airflow("dags", "reserialize")  # the watchers of an unpaused DAG's assets become triggers
     return home, env
 
