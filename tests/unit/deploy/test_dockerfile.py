@@ -79,3 +79,10 @@ def test_dependencies_are_installed_as_bytecode():
     assert re.search(r"uv pip install [^;]*--compile-bytecode[^;]*-r /tmp/runtime\.lock", build)
     make = (ROOT / "Makefile").read_text()
     assert re.search(r"uv pip install [^\n]*--compile-bytecode[^\n]*-r requirements\.lock", make)
+    # The project's own modules too: in the image, and before `make test` and `make demo` start processes.
+    own = ("tasks", "expectations", "dags", "mlflow")
+    assert re.search(r"compileall -q " + " ".join(own), build)
+    assert re.search(r"COMPILE_OWN = \$\(BIN\)/python -m compileall -q -j 0 " + " ".join(own), make)
+    for target in ("demo", "test"):
+        recipe = re.search(rf"^{target}:[^\n]*\n((?:\t[^\n]*\n)+)", make, re.MULTILINE).group(1)
+        assert recipe.lstrip().startswith("@$(COMPILE_OWN)"), (target, recipe)
