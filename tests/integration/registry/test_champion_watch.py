@@ -202,11 +202,12 @@ def test_a_move_in_the_mlflow_registry_is_published_once(
     moved = ("external", "mlflow-ui move detected", ACTOR, first, second)
     assert _decisions(engine, RECO, MODEL) == [*on_record, moved]
 
-    # What the scheduler then runs: recsys_materialize (here in-process, as `prismrec materialize`).
-    cli = env | {"PRISMREC_HOME": str(tmp_path / "cli-home"), "PRISMREC_MATERIALIZE__TOP_K": "5"}
-    done = subprocess.run([sys.executable, "-m", "tasks.cli", "materialize"], env=cli, cwd=ROOT,
-                          capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # What the scheduler then runs: recsys_materialize's task, here called in this process (the same DAG
+    # through `prismrec materialize` and through Celery workers: the e2e story and the live stack).
+    from tasks.pipeline import run_materialize
+
+    run_materialize(base_overrides | {"registry.model_name": MODEL, "database.reco_schema": RECO,
+                                      "materialize.top_k": 5}, airflow_run_id="asset_triggered__watch")
     with engine.connect() as conn:
         published = set(conn.execute(sa.text(f"select distinct model_version from {RECO}.user_recommendations"))
                         .scalars())
