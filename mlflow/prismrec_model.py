@@ -8,7 +8,9 @@ under its best interest only; negative or absent = the model's own, train.intere
 `max_new_items` (new items, placed by their text alone, a list may take; negative = no cap; absent =
 the published tables' default, materialize.max_new_items).
 A request is scored a batch of users at a time, each batch's scores [users, interests, items] within
-materialize.score_memory_mb (its default), so that a large request cannot take the server's memory.
+materialize.score_memory_mb, so that a large request cannot take the server's memory. Both defaults are the
+serving process's own settings: PRISMREC_MATERIALIZE__SCORE_MEMORY_MB and PRISMREC_MATERIALIZE__MAX_NEW_ITEMS
+in its environment, else the pipeline's defaults.
 The artifact `model_dir` is a model folder written by `tasks.training.worker` (tasks.layout.ModelFiles:
 the checkpoint and the item table are what scoring reads).
 """
@@ -21,7 +23,7 @@ import mlflow
 
 
 class PrismRecPyfunc(PythonModel):
-    score_memory_mb: float | None = None  # None: materialize.score_memory_mb's default
+    score_memory_mb: float | None = None  # None: materialize.score_memory_mb of the serving environment
 
     def load_context(self, context):
         from tasks.model.recommender import Recommender
@@ -29,9 +31,9 @@ class PrismRecPyfunc(PythonModel):
         self.recommender = Recommender.load(context.artifacts["model_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from tasks.config import MaterializeConfig
+        from tasks.config import load_config
 
-        params, defaults = params or {}, MaterializeConfig()
+        params, defaults = params or {}, load_config().materialize  # this process's environment, else defaults
         top_k = int(params.get("top_k", 50))
         balance = float(params.get("interest_balance", -1.0))
         cap = int(params["max_new_items"]) if "max_new_items" in params else defaults.max_new_items

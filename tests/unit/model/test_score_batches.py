@@ -96,3 +96,31 @@ def test_the_served_model_scores_a_large_request_in_batches_that_list_what_one_b
     assert batches == [1, 1, 1, 1]
     pd.testing.assert_frame_equal(batched, whole)
     assert sorted(whole["user_id"].unique()) == [11, 12, 13, 14] and len(whole) == 4 * 5
+
+
+def test_the_served_model_takes_its_budget_and_new_item_cap_from_the_serving_environment(monkeypatch):
+    """`mlflow models serve` in a container with less memory: PRISMREC_MATERIALIZE__* there set the defaults."""
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location(
+        "prismrec_model", Path(__file__).parents[3] / "mlflow" / "prismrec_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    served = module.PrismRecPyfunc()
+    served.recommender = small_recommender(2.0)
+    budgets, caps = [], []
+    per_batch, recommend = served.recommender.users_per_batch, served.recommender.recommend
+    served.recommender.users_per_batch = lambda budget, most: (budgets.append(budget), per_batch(budget, most))[1]
+    served.recommender.recommend = lambda histories, top_k, **kwargs: (
+        caps.append(kwargs["max_new_items"]), recommend(histories, top_k, **kwargs))[1]
+    request = pd.DataFrame({"user_id": [11, 12, 13, 14], "history": HISTORIES})
+    monkeypatch.setenv("PRISMREC_MATERIALIZE__SCORE_MEMORY_MB", "7")
+    monkeypatch.setenv("PRISMREC_MATERIALIZE__MAX_NEW_ITEMS", "2")
+    served.predict(None, request, {"top_k": 5})
+    assert budgets == [7] and caps == [2]
+    monkeypatch.setenv("PRISMREC_MATERIALIZE__SCORE_MEMORY_MB", "0")
+    with pytest.raises(ConfigError, match="materialize.score_memory_mb must be at least 1"):
+        served.predict(None, request, {"top_k": 5})
