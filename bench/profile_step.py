@@ -1,6 +1,6 @@
 """Where a training step's time goes: torch's profiler over real steps of the pipeline's training.
 
-    python -m bench.profile_step [--dataset ml-1m] [--steps 30] [--warmup 10] [--set train.KEY=VALUE ...]
+    python -m bench.profile_step [--dataset ml-1m] [--steps 30] [--warmup 10] [--set stage.KEY=VALUE ...]
 
 Builds what `tasks.training.worker` builds (one process, the dataset's selected settings of
 bench.quality over the pipeline defaults, the frozen MiniLM states from the cache) on the quality
@@ -16,6 +16,8 @@ import logging
 import os
 import time
 
+from tasks.cli import setting_arg  # `stage.field=value`, refused with an example otherwise
+
 log = logging.getLogger("bench.profile_step")
 
 
@@ -24,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="ml-1m")
     parser.add_argument("--steps", type=int, default=30, help="profiled steps")
     parser.add_argument("--warmup", type=int, default=10, help="steps before the profiled ones")
-    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="train.KEY=VALUE")
+    parser.add_argument("--set", dest="settings", action="append", default=[], type=setting_arg,
+                        metavar="stage.KEY=VALUE", help="a setting over the dataset's selected ones (repeatable)")
     parser.add_argument("--rows", type=int, default=25, help="operators shown")
     parser.add_argument("--shapes", action="store_true", help="one row per operator and input shapes")
     args = parser.parse_args(argv)
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.training.windows import training_batches
 
     overrides = {**dataset_settings(args.dataset), "database.app_schema": "bench_" + args.dataset.replace("-", "")}
-    overrides.update(dict(pair.split("=", 1) for pair in args.settings))
+    overrides.update(dict(args.settings))
     config = load_config(overrides)
     cfg, max_history = config.train, config.prepare.max_history
     work = config.paths.home / "bench" / args.dataset

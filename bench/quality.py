@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -335,6 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="replace a model's row by the seed runs kept in FILE (a GPU host's "
                              "bench.gpu_ml1m combine / combine-sasrec output); nothing is trained")
     args = parser.parse_args(argv)
+    if args.results is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.results):
+        parser.error(f"--results {args.results!r}: a file name without a folder or suffix, e.g. quality-ml-1m-cpu")
     if args.merge_runs:
         return merge_runs(args.dataset, args.merge_runs)
     baselines = baseline_settings(args.baseline)  # a typo fails here, before any data is loaded

@@ -137,7 +137,7 @@ class MemoryGuard:
                 self._stop_orphans(below)
                 return
             below = {pid: start for pid in descendants(self.root) if (start := started_at(pid)) is not None}
-            used = tree_bytes(self.root) / GB
+            used = sum(pss_bytes(pid) for pid in [self.root, *below]) / GB  # tree_bytes, from this one /proc scan
             self.peak_gb = max(self.peak_gb, used)
             if used > self.limit_gb and self.tripped is None:
                 self.tripped = used

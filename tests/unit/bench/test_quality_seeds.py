@@ -45,3 +45,11 @@ def test_seed_runs_kept_by_a_gpu_host_read_as_rows(tmp_path):
     path.write_text(json.dumps({"machine": {}}))
     with pytest.raises(SystemExit, match="no `runs`"):
         runs_from_file(path)
+
+
+def test_a_results_name_with_a_folder_is_refused_before_any_work(capsys):
+    from bench import quality
+
+    with pytest.raises(SystemExit):
+        quality.main(["--results", "../elsewhere"])
+    assert "a file name without a folder or suffix" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 of histories, and that neither the batch size nor the block size changes what is listed."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tasks.config import ConfigError, load_config
@@ -72,12 +73,10 @@ def test_the_evaluation_scorer_scores_in_pieces_under_its_budget():
     assert torch.allclose(whole, pieces)
 
 
-def test_the_served_model_scores_a_large_request_in_batches_that_list_what_one_batch_lists():
-    """The registered pyfunc (mlflow/prismrec_model.py) splits a request under its score budget."""
+def served_model():
+    """The registered pyfunc (mlflow/prismrec_model.py, loaded as MLflow loads models-from-code) around a small model."""
     import importlib.util
     from pathlib import Path
-
-    import pandas as pd
 
     spec = importlib.util.spec_from_file_location(
         "prismrec_model", Path(__file__).parents[3] / "mlflow" / "prismrec_model.py")
@@ -85,6 +84,12 @@ def test_the_served_model_scores_a_large_request_in_batches_that_list_what_one_b
     spec.loader.exec_module(module)
     served = module.PrismRecPyfunc()
     served.recommender = small_recommender(2.0)
+    return served
+
+
+def test_the_served_model_scores_a_large_request_in_batches_that_list_what_one_batch_lists():
+    """The registered pyfunc (mlflow/prismrec_model.py) splits a request under its score budget."""
+    served = served_model()
     request = pd.DataFrame({"user_id": [11, 12, 13, 14], "history": HISTORIES})
     whole = served.predict(None, request, {"top_k": 5})
     served.score_memory_mb = 1.5 * 4 * 3 * 31 / 2**20  # one user's scores [3 interests, 31 items] fit, two do not
@@ -100,17 +105,7 @@ def test_the_served_model_scores_a_large_request_in_batches_that_list_what_one_b
 
 def test_the_served_model_takes_its_budget_and_new_item_cap_from_the_serving_environment(monkeypatch):
     """`mlflow models serve` in a container with less memory: PRISMREC_MATERIALIZE__* there set the defaults."""
-    import importlib.util
-    from pathlib import Path
-
-    import pandas as pd
-
-    spec = importlib.util.spec_from_file_location(
-        "prismrec_model", Path(__file__).parents[3] / "mlflow" / "prismrec_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    served = module.PrismRecPyfunc()
-    served.recommender = small_recommender(2.0)
+    served = served_model()
     budgets, caps = [], []
     per_batch, recommend = served.recommender.users_per_batch, served.recommender.recommend
     served.recommender.users_per_batch = lambda budget, most: (budgets.append(budget), per_batch(budget, most))[1]
