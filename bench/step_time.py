@@ -1,13 +1,16 @@
 """Training speed, before and after a change: steps per second and validation time of real training runs.
 
-    python -m bench.step_time [--dataset ml-1m] [--steps 150] [--allocators auto] [--label NAME] [--fresh]
+    python -m bench.step_time [--dataset ml-1m] [--steps 150] [--repeats 3] [--allocators auto] [--label NAME]
+                              [--fresh]
 
 Each row is a real `launch_training` run (the DAG's code, under torchrun) on the quality
 benchmark's split, cut to `--steps` training steps and one validation (of the live weights and of
 their average), for two settings: the pipeline defaults, and the dataset's selected settings of
 bench.quality (what its time-to-target column measures). The rates come from the run's own training
 history (`steps_per_second`, `validation_seconds`); a full epoch's time is estimated from them and the
-steps an uncut epoch has (the training summary's `full_steps_per_epoch`).
+steps an uncut epoch has (the training summary's `full_steps_per_epoch`). Each row runs `--repeats`
+times, one setting after the other, and keeps the median rates: the same run on a 2-core virtual
+machine varies by ~10 % between processes.
 
 A run is kept under its label (default: the checkout's commit, `+` when it has uncommitted changes) in
 bench/results/step-time.json, beside the runs measured before it: measure, change the step, measure
@@ -21,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,8 +59,8 @@ def checkout_label() -> str:
     return commit + ("+" if dirty else "")
 
 
-def measure(dataset: str, steps: int, allocators: list[str]) -> list[dict]:
-    """One capped training run per setting and allocator; their rows."""
+def measure(dataset: str, steps: int, allocators: list[str], repeats: int) -> list[dict]:
+    """`repeats` capped training runs per setting and allocator, in turns; a row each, with the median rates."""
     from tasks.config import load_config
     from tasks.layout import ModelFiles
     from tasks.training.launcher import launch_training
@@ -66,23 +70,32 @@ def measure(dataset: str, steps: int, allocators: list[str]) -> list[dict]:
     config = load_config(base)
     work = config.paths.home / "bench" / dataset
     dataset_dir = prepare(config, dataset, work)
-    rows = []
-    for name, settings in SETTINGS.items():
-        settings = DATASET_SETTINGS.get(dataset, {}) if settings is None else settings
-        for allocator in allocators:
+    cases = [(name, allocator, DATASET_SETTINGS.get(dataset, {}) if settings is None else settings)
+             for name, settings in SETTINGS.items() for allocator in allocators]
+    records: dict[tuple[str, str], list[dict]] = {}
+    for repeat in range(repeats):
+        for name, allocator, settings in cases:
             config = load_config({**base, **settings, "train.allocator": allocator})
             model = ModelFiles(work / f"step-time-{name.split()[0]}-{allocator}")
             launch_training(config, dataset_dir, model.root)
             record = json.loads(model.history.read_text())[0]
-            full = json.loads(model.summary.read_text())["full_steps_per_epoch"]
-            t = config.train
-            rows.append({"setting": name, "max_history": config.prepare.max_history, "batch_size": t.batch_size,
-                         "n_interests": t.n_interests, "lm_trainable_layers": t.lm_trainable_layers,
-                         "allocator": allocator, "resolved": resolved(allocator),
-                         "steps_per_second": record["steps_per_second"],
-                         "validation_seconds": record["validation_seconds"], "steps_per_epoch": full,
-                         "epoch_seconds": full / record["steps_per_second"] + record["validation_seconds"]})
-            log.info("%s", rows[-1])
+            record["full_steps_per_epoch"] = json.loads(model.summary.read_text())["full_steps_per_epoch"]
+            records.setdefault((name, allocator), []).append(record)
+            log.info("%s, %s, run %d: %.2f steps/s, validation %.1f s", name, allocator, repeat + 1,
+                     record["steps_per_second"], record["validation_seconds"])
+    rows = []
+    for name, allocator, settings in cases:
+        config, runs = load_config({**base, **settings}), records[(name, allocator)]
+        rate = statistics.median(r["steps_per_second"] for r in runs)
+        validation = statistics.median(r["validation_seconds"] for r in runs)
+        full, t = runs[0]["full_steps_per_epoch"], config.train
+        rows.append({"setting": name, "max_history": config.prepare.max_history, "batch_size": t.batch_size,
+                     "n_interests": t.n_interests, "lm_trainable_layers": t.lm_trainable_layers,
+                     "allocator": allocator, "resolved": resolved(allocator), "steps_per_second": rate,
+                     "validation_seconds": validation, "steps_per_epoch": full,
+                     "epoch_seconds": full / rate + validation,
+                     "runs": [{"steps_per_second": r["steps_per_second"],
+                               "validation_seconds": r["validation_seconds"]} for r in runs]})
     return rows
 
 
@@ -98,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-1m")
     parser.add_argument("--steps", type=int, default=150, help="training steps per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row (the median is kept)")
     parser.add_argument("--allocators", default="auto", help="train.allocator values, comma-separated")
     parser.add_argument("--label", default=None, help="name of this run (default: the checkout's commit)")
     parser.add_argument("--fresh", action="store_true", help="drop the runs kept in step-time.json")
@@ -111,9 +125,18 @@ def main(argv: list[str] | None = None) -> dict:
     previous = None if args.fresh or not path.exists() else json.loads(path.read_text())
     run = {"label": args.label or checkout_label(), "machine": machine(),
            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-           "rows": measure(args.dataset, args.steps, args.allocators.split(","))}
+           "rows": measure(args.dataset, args.steps, args.allocators.split(","), args.repeats)}
     result = merge(previous, run, args.dataset, args.steps)
     return save("step-time", result, markdown(result))
+
+
+def spread(row: dict, key: str) -> str:
+    """" (lowest-highest)" of a row's runs, when it has several."""
+    values = [r[key] for r in row.get("runs", [])]
+    if len(values) < 2:
+        return ""
+    digits = 1 if key == "validation_seconds" else 2
+    return f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def markdown(result: dict) -> str:
@@ -138,10 +161,12 @@ def markdown(result: dict) -> str:
             speedup = (f"{first['epoch_seconds'] / row['epoch_seconds']:.2f}x vs `{first_run['label']}`"
                        if run is latest and first_run is not latest else "")
             lines.append(f"| {setting} | `{run['label']}` ({run['generated_at'][:10]}) | "
-                         f"{match['steps_per_second']:.2f} | {match['validation_seconds']:.1f} | "
+                         f"{match['steps_per_second']:.2f}{spread(match, 'steps_per_second')} | "
+                         f"{match['validation_seconds']:.1f}{spread(match, 'validation_seconds')} | "
                          f"{match['epoch_seconds']:.0f} | {speedup} |")
             setting = " |  |  |  | "
-    lines += ["", "speed-up: the first kept run's estimated epoch time over the latest's (same CPU)."]
+    lines += ["", "Rates are the median of the row's runs (lowest-highest in brackets); speed-up: the first kept "
+              "run's estimated epoch time over the latest's (same CPU)."]
     if other:
         lines.append("Kept from other CPUs (not compared): " + "; ".join(
             f"`{r['label']}` on {r['machine']['cpu']} ({r['generated_at'][:10]})" for r in other) + ".")
