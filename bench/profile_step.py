@@ -1,11 +1,14 @@
 """Where a training step's time goes: torch's profiler over real steps of the pipeline's training.
 
-    python -m bench.profile_step [--dataset ml-1m] [--steps 30] [--warmup 10] [--set stage.KEY=VALUE ...]
+    python -m bench.profile_step [--dataset ml-1m] [--steps 30] [--warmup 10] [--validation]
+                                 [--set stage.KEY=VALUE ...]
 
 Builds what `tasks.training.worker` builds (one process, the dataset's selected settings of
 bench.quality over the pipeline defaults, the frozen MiniLM states from the cache) on the quality
 benchmark's split, runs `--warmup` steps, then `--steps` steps under `torch.profiler`, and prints
-the operators by their own CPU time, and the step's forward, backward and optimizer shares.
+the operators by their own CPU time, and the step's forward, backward and optimizer shares. With
+`--validation` it profiles one epoch-end validation instead (the live weights and their average,
+over every validation user), after the warm-up steps.
 Nothing is written; `make bench-step-time` measures steps per second before and after a change.
 """
 
@@ -28,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=10, help="steps before the profiled ones")
     parser.add_argument("--set", dest="settings", action="append", default=[], type=setting_arg,
                         metavar="stage.KEY=VALUE", help="a setting over the dataset's selected ones (repeatable)")
+    parser.add_argument("--validation", action="store_true", help="profile an epoch-end validation, not steps")
     parser.add_argument("--rows", type=int, default=25, help="operators shown")
     parser.add_argument("--shapes", action="store_true", help="one row per operator and input shapes")
     args = parser.parse_args(argv)
@@ -44,7 +48,13 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.model.layers import use_bf16
     from tasks.model.network import ModelSpec
     from tasks.model.text_tower import load_language_model
-    from tasks.training.loop import build_training, plan_epochs, train_step
+    from tasks.training.loop import (
+        build_training,
+        plan_epochs,
+        train_step,
+        validate_epoch,
+        validation_users,
+    )
     from tasks.training.runtime import Distributed
     from tasks.training.text_cache import cache_text_states, text_vectors
     from tasks.training.windows import training_batches
@@ -78,14 +88,20 @@ def main(argv: list[str] | None = None) -> None:
         _, _, _, text_cache = train_step(training, inputs, targets, text_cache, text, rng)
     started = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
-        for _ in range(args.steps):
-            inputs, targets = next(batches)
-            with record_function("step"):
-                _, _, _, text_cache = train_step(training, inputs, targets, text_cache, text, rng)
-    seconds = (time.perf_counter() - started) / args.steps
+        if args.validation:
+            users = validation_users(sequences.n_users, cfg.validation_users, cfg.seed)
+            with record_function("validation"):
+                validate_epoch(training, text_cache, text, sequences, users, max_history, dist)
+        else:
+            for _ in range(args.steps):
+                inputs, targets = next(batches)
+                with record_function("step"):
+                    _, _, _, text_cache = train_step(training, inputs, targets, text_cache, text, rng)
+    seconds = time.perf_counter() - started
+    what = (f"{seconds:.1f} s for a validation of {len(users)} users" if args.validation
+            else f"{seconds / args.steps * 1000:.0f} ms a step ({args.steps} steps)")
     print(f"\n{args.dataset}, {cfg.batch_size} windows of {max_history}, K={cfg.n_interests}, "
-          f"{'bf16' if bf16 else 'fp32'} matmuls, {torch.get_num_threads()} threads: "
-          f"{seconds * 1000:.0f} ms a step under the profiler ({args.steps} steps)\n")
+          f"{'bf16' if bf16 else 'fp32'} matmuls, {torch.get_num_threads()} threads: {what} under the profiler\n")
     print(prof.key_averages(group_by_input_shape=args.shapes).table(sort_by="self_cpu_time_total",
                                                                     row_limit=args.rows, max_name_column_width=40,
                                                                     max_shapes_column_width=70))
