@@ -207,22 +207,27 @@ class PrismRecNet(nn.Module):
         return torch.einsum("...kd,nd->...kn", self._unit_interests(interests), nn.functional.normalize(items, dim=-1))
 
     @torch.no_grad()
-    def interest_scores(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True):
+    def interest_scores(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True,
+                        bf16: bool = False):
         """Inference for the state after the last history item: every item's score under every
         interest [B, K, N+1], the interests [B, K, d] and their attention over the history [B, K, L]
-        (None without with_attention: ranking alone, e.g. validation, skips it)."""
-        interests, attention = self.interests(histories, items, with_attention=with_attention, last_only=True)
-        last = interests[:, -1]
-        return self.match(last, items), last, (attention[:, -1] if attention is not None else None)
+        (None without with_attention: ranking alone, e.g. validation, skips it). With bf16 the user
+        tower runs under bf16 autocast, as training's steps do, and the scores are still float32
+        cosines of its interests (bf16 scores, 8 significant bits, would tie across a catalogue)."""
+        with torch.autocast(histories.device.type, dtype=torch.bfloat16, enabled=bf16):
+            interests, attention = self.interests(histories, items, with_attention=with_attention, last_only=True)
+        last = interests[:, -1].float()
+        return self.match(last, items), last, (attention[:, -1].float() if attention is not None else None)
 
     @torch.no_grad()
-    def score_last(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True):
-        """Inference for the state after the last history item.
+    def score_last(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True,
+                   bf16: bool = False):
+        """Inference for the state after the last history item (`bf16`: see interest_scores).
 
         Returns scores [B, N+1] (best interest per item), best interest [B, N+1], the
         interests [B, K, d] and their attention over the history [B, K, L].
         """
-        per_interest, last, last_attention = self.interest_scores(histories, items, with_attention)
+        per_interest, last, last_attention = self.interest_scores(histories, items, with_attention, bf16)
         scores, best = per_interest.max(1)
         return scores, best, last, last_attention
 
@@ -244,6 +249,10 @@ class BestInterestScore(torch.autograd.Function):
     def forward(ctx, interests: torch.Tensor, items: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         with torch.autocast(items.device.type, enabled=False):
             a, b = interests.to(dtype), items.to(dtype)
+            if a.shape[1] == 1:  # one interest: its scores are the best (no [P, N] copy to take the max)
+                ctx.save_for_backward(a, b)
+                ctx.dtypes = interests.dtype, items.dtype
+                return a[:, 0] @ b.T
             scores = a.transpose(0, 1) @ b.T  # [K, P, N]
             best = scores.amax(0)
         ctx.save_for_backward(a, b, scores, best)
@@ -252,7 +261,7 @@ class BestInterestScore(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        a, b, scores, best = ctx.saved_tensors
+        a, b, *winners = ctx.saved_tensors  # scores [K, P, N] and their max, for K > 1
         grad = grad.to(a.dtype)
         k_count = a.shape[1]
         grad_a = torch.empty(a.shape, dtype=torch.float32, device=a.device)
@@ -260,7 +269,7 @@ class BestInterestScore(torch.autograd.Function):
         unclaimed = None
         if k_count > 1:
             bits = _BITS[a.dtype]
-            scores, best, grad_bits = scores.view(bits), best.view(bits), grad.view(bits)
+            scores, best, grad_bits = winners[0].view(bits), winners[1].view(bits), grad.view(bits)
         with torch.autocast(b.device.type, enabled=False):
             for k in range(k_count):
                 if k_count == 1:

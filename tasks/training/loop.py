@@ -181,10 +181,12 @@ def validation_users(n_users: int, limit: int | None, seed: int) -> np.ndarray:
 
 
 def validate(net: PrismRecNet, text_cache: torch.Tensor, sequences, users, max_history: int, device: torch.device,
-             batch_size: int = 512) -> torch.Tensor:
+             batch_size: int = 512, bf16: bool = False) -> torch.Tensor:
     """(sum of NDCG@10, sum of HR@10, count) on the validation targets of `users`, as a float64
     tensor on `device` (nccl reduces GPU tensors only). At most `batch_size` users a pass, fewer
-    where their scores would pass tasks.model.network.SCORE_MEMORY_MB (a large catalogue)."""
+    where their scores would pass tasks.model.network.SCORE_MEMORY_MB (a large catalogue). `bf16`:
+    the user tower in bf16, as the training steps run it (float32 scores; the gate's evaluation and
+    publishing stay float32 throughout)."""
     from tasks.evaluation.metrics import mask_history, rank_targets
 
     batch_size = rows_within(SCORE_MEMORY_MB, net.spec.n_interests * len(text_cache), batch_size)  # [K, N+1] a user
@@ -198,7 +200,8 @@ def validate(net: PrismRecNet, text_cache: torch.Tensor, sequences, users, max_h
         for start in range(0, len(users), batch_size):
             chosen = users[start:start + batch_size]
             batch_hist = [histories[u] for u in chosen]
-            scores, *_ = net.score_last(pad_left(batch_hist, max_history).to(device), items, with_attention=False)
+            scores, *_ = net.score_last(pad_left(batch_hist, max_history).to(device), items, with_attention=False,
+                                        bf16=bf16)
             target = torch.as_tensor(targets[chosen], dtype=torch.long, device=device)
             ranks, _ = rank_targets(mask_history(scores.float(), batch_hist, target), target)
             ranks = torch.as_tensor(ranks, dtype=torch.float64, device=device)
@@ -238,8 +241,9 @@ def validate_epoch(training: Training, live_cache: torch.Tensor, text: TextState
     if training.ema is not None:
         averaged_cache = text_vectors(training.ema.module, text)
         averaged = dist.sum(validate(training.ema.module, averaged_cache, sequences, users, max_history,
-                                     training.device))
-    live = dist.sum(validate(training.net, live_cache, sequences, users, max_history, training.device))
+                                     training.device, bf16=training.bf16))
+    live = dist.sum(validate(training.net, live_cache, sequences, users, max_history, training.device,
+                             bf16=training.bf16))
     return EpochValidation(live=ValidationTotals(*live.tolist()),
                            averaged=ValidationTotals(*averaged.tolist()) if averaged is not None else None,
                            live_cache=live_cache, averaged_cache=averaged_cache)

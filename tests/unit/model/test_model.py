@@ -65,6 +65,20 @@ def test_long_term_interests_differ_and_overlap_is_measured():
     assert torch.allclose(ranked, scores) and torch.equal(ranked_best, best) and torch.allclose(ranked_last, last)
 
 
+def test_a_bf16_user_tower_still_gives_float32_scores_close_to_float32_inference():
+    torch.manual_seed(0)
+    net = PrismRecNet(spec(k=3, length=12)).eval()
+    items = net.item_vectors(torch.randn(21, 384))
+    histories = pad_left([np.arange(1, 12), np.array([6, 7, 9]), np.array([20, 3, 3, 5])], 12)
+    exact, exact_best, exact_last, _ = net.score_last(histories, items)
+    scores, best, last, attention = net.score_last(histories, items, bf16=True)
+    assert scores.dtype == last.dtype == attention.dtype == torch.float32
+    # bf16 scores would hold 8 significant bits and tie; these differ as the interests do (~1e-2), no more
+    assert len(scores[0].unique()) == 21
+    assert torch.allclose(scores, exact, atol=0.1 * net.logit_scale / 20) and not torch.equal(scores, exact)
+    assert torch.allclose(last, exact_last, atol=5e-2, rtol=5e-2)
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_best_interest_score_matches_autograd_amax(k):
     torch.manual_seed(0)
