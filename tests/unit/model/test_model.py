@@ -70,8 +70,8 @@ def test_a_bf16_user_tower_still_gives_float32_scores_close_to_float32_inference
     net = PrismRecNet(spec(k=3, length=12)).eval()
     items = net.item_vectors(torch.randn(21, 384))
     histories = pad_left([np.arange(1, 12), np.array([6, 7, 9]), np.array([20, 3, 3, 5])], 12)
-    exact, exact_best, exact_last, _ = net.score_last(histories, items)
-    scores, best, last, attention = net.score_last(histories, items, bf16=True)
+    exact, _, exact_last, _ = net.score_last(histories, items)
+    scores, _, last, attention = net.score_last(histories, items, bf16=True)
     assert scores.dtype == last.dtype == attention.dtype == torch.float32
     # bf16 scores would hold 8 significant bits and tie; these differ as the interests do (~1e-2), no more
     assert len(scores[0].unique()) == 21
