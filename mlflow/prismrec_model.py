@@ -28,12 +28,19 @@ class PrismRecPyfunc(PythonModel):
     def load_context(self, context):
         from tasks.model.recommender import Recommender
 
+        self.read_settings()
         self.recommender = Recommender.load(context.artifacts["model_dir"])
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def read_settings(self) -> None:
+        """The serving process's materialize settings (its environment, else the defaults), read once at
+        load: a bad value stops the server from starting, with the setting named, instead of failing
+        every request."""
         from tasks.config import load_config
 
-        params, defaults = params or {}, load_config().materialize  # this process's environment, else defaults
+        self.materialize = load_config().materialize
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        params, defaults = params or {}, self.materialize
         top_k = int(params.get("top_k", 50))
         balance = float(params.get("interest_balance", -1.0))
         cap = int(params["max_new_items"]) if "max_new_items" in params else defaults.max_new_items

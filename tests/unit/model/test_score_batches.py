@@ -83,6 +83,7 @@ def served_model():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     served = module.PrismRecPyfunc()
+    served.read_settings()  # what load_context does before it loads the model
     served.recommender = small_recommender(2.0)
     return served
 
@@ -104,7 +105,10 @@ def test_the_served_model_scores_a_large_request_in_batches_that_list_what_one_b
 
 
 def test_the_served_model_takes_its_budget_and_new_item_cap_from_the_serving_environment(monkeypatch):
-    """`mlflow models serve` in a container with less memory: PRISMREC_MATERIALIZE__* there set the defaults."""
+    """`mlflow models serve` in a container with less memory: PRISMREC_MATERIALIZE__* there set the defaults,
+    read when the model loads; a bad value stops the load with the setting named."""
+    monkeypatch.setenv("PRISMREC_MATERIALIZE__SCORE_MEMORY_MB", "7")
+    monkeypatch.setenv("PRISMREC_MATERIALIZE__MAX_NEW_ITEMS", "2")
     served = served_model()
     budgets, caps = [], []
     per_batch, recommend = served.recommender.users_per_batch, served.recommender.recommend
@@ -112,10 +116,10 @@ def test_the_served_model_takes_its_budget_and_new_item_cap_from_the_serving_env
     served.recommender.recommend = lambda histories, top_k, **kwargs: (
         caps.append(kwargs["max_new_items"]), recommend(histories, top_k, **kwargs))[1]
     request = pd.DataFrame({"user_id": [11, 12, 13, 14], "history": HISTORIES})
-    monkeypatch.setenv("PRISMREC_MATERIALIZE__SCORE_MEMORY_MB", "7")
-    monkeypatch.setenv("PRISMREC_MATERIALIZE__MAX_NEW_ITEMS", "2")
     served.predict(None, request, {"top_k": 5})
     assert budgets == [7] and caps == [2]
     monkeypatch.setenv("PRISMREC_MATERIALIZE__SCORE_MEMORY_MB", "0")
+    served.predict(None, request, {"top_k": 5})  # read at load: a change later does not reach a loaded model
+    assert budgets == [7, 7]
     with pytest.raises(ConfigError, match="materialize.score_memory_mb must be at least 1"):
-        served.predict(None, request, {"top_k": 5})
+        served_model()
