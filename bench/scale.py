@@ -1,6 +1,7 @@
 """The cost curve: every pipeline stage on synthetic data at 1x, 10x and 100x MovieLens-1M's events.
 
-    python -m bench.scale [--sizes 1,10,100] [--steps 30] [--url postgresql://postgres@127.0.0.1:5432/postgres]
+    python -m bench.scale [--sizes 1,10,100] [--steps 30] [--until STAGE]
+                          [--url postgresql://postgres@127.0.0.1:5432/postgres]
 
 For each size, bench.synthetic's data (long-tailed popularity, sessions, item text; 100 events per
 user, the catalogue growing up to 100k items) is COPYed chunk by chunk into schema `app` of the
@@ -11,7 +12,9 @@ softmax; the full epoch is extrapolated from the measured steps/s and labelled s
 trained model is registered as champion and `run_materialize` scores every user and publishes the
 top-50 into `reco`. Per stage: wall seconds and the peak memory of this process tree (summed Pss,
 sampled every 0.5 s; the Postgres server's own memory is not in it). Results are merged into
-bench/results/scale.{json,md} after each size, so an interrupted run keeps what it measured.
+bench/results/scale.{json,md} after each stage, so an interrupted run keeps what it measured.
+`--until prepare` stops a size after its data stages (a stage not run keeps no figure, and the size says
+so in its notes).
 """
 
 from __future__ import annotations
@@ -107,8 +110,9 @@ def load_synthetic(engine, schema: str, spec) -> dict:
     return {"seconds": round(time.perf_counter() - started, 1)}
 
 
-def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int, entry: dict, saved) -> dict:
-    """Every stage at `factor` x ML-1M's events, filled into `entry` (the size's item of `sizes`)."""
+def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int, entry: dict, saved,
+             until: str = "publish") -> dict:
+    """Every stage at `factor` x ML-1M's events up to `until`, filled into `entry` (the size's item of `sizes`)."""
     from bench.synthetic import END, ML1M_EVENTS, ScaleSpec
     from tasks import db, pipeline
     from tasks.config import load_config
@@ -136,6 +140,11 @@ def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int,
         pipeline.run_quality(overrides, snapshot)
     with measured(stages, "prepare", saved):
         dataset = pipeline.run_prepare(overrides, snapshot)
+    entry["dataset"] = {k: dataset[k] for k in ("users", "items", "interactions", "dropped_interactions")}
+    if until == "prepare":
+        entry["notes"]["train_epoch, score, publish"] = "not run (--until prepare)"
+        saved()
+        return entry
     with measured(stages, "train_epoch", saved):
         trained = pipeline.run_train(overrides, dataset)
     summary = json.loads(ModelFiles(Path(trained["model_dir"])).summary.read_text())
@@ -158,7 +167,6 @@ def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int,
     stages["publish"] |= {"rows": published["rows"], "write_seconds": round(published["write_seconds"], 1)}
     entry["notes"]["score"] = ("scoring runs inside publish (materialize scores a batch of users, then COPYs it): "
                                "seconds is its scoring share, peak_mib the whole publish's")
-    entry["dataset"] = {k: dataset[k] for k in ("users", "items", "interactions", "dropped_interactions")}
     saved()
     return entry
 
@@ -217,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--url", default=os.environ.get("SCALE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--database", default=DATABASE, help="the database created for the run and dropped after it")
     parser.add_argument("--home", default="/tmp/prismrec-scale", help="PRISMREC_HOME of the runs (removed first)")
+    parser.add_argument("--until", choices=("prepare", "publish"), default="publish",
+                        help="the last stage run for each size (prepare: the data stages only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for chatty in ("alembic", "mlflow", "great_expectations"):
@@ -243,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["sizes"] = sorted([s for s in result["sizes"] if s["events"] != entry["events"]] + [entry],
                                      key=lambda s: s["events"])
             shutil.rmtree(home / f"{factor}x", ignore_errors=True)
-            run_size(factor, args.url, args.database, home / f"{factor}x", args.steps, entry, lambda: save(result))
+            run_size(factor, args.url, args.database, home / f"{factor}x", args.steps, entry, lambda: save(result),
+                     args.until)
     finally:  # `with (force)` ends the pipeline's pooled connections to it
         with admin.connect() as conn:
             conn.execute(sa.text(f"drop database if exists {args.database} with (force)"))

@@ -66,45 +66,111 @@ class Sequences:
             return cls(**{k: data[k] for k in ("user_ids", "indptr", "item_idx", "item_ids")})
 
 
+@dataclass(frozen=True)
+class Events:
+    """Interactions as three int64 columns in source order (the snapshot's: by user, then time): user
+    and item ids, and times as integers. Prepare works on these, not on a DataFrame: at 100M events a
+    column is 800 MB, and each pandas filter or reorder would copy all of them."""
+
+    user_id: np.ndarray
+    item_id: np.ndarray
+    time: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+    @classmethod
+    def from_frame(cls, interactions: pd.DataFrame) -> Events:
+        times = interactions["occurred_at"].array
+        times = times.asi8 if hasattr(times, "asi8") else np.asarray(times, dtype=np.int64)  # datetimes: their int64
+        return cls(interactions["user_id"].to_numpy(np.int64), interactions["item_id"].to_numpy(np.int64),
+                   np.asarray(times, dtype=np.int64))
+
+    @classmethod
+    def read(cls, path: Path) -> Events:
+        """The snapshot's interactions file, column by column (no DataFrame in between)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["user_id", "item_id", "occurred_at"])
+        columns = [table.column(name).cast(pa.int64()).to_numpy() for name in ("user_id", "item_id", "occurred_at")]
+        return cls(*columns)
+
+
+@dataclass(frozen=True)
+class Core:
+    """The 5-core filter's result: `rows` of Events kept, ordered by user, then time (ties keep the
+    source order), and the codes that index users and items (pandas.factorize, in order of appearance)."""
+
+    rows: np.ndarray  # int64 row numbers into Events
+    user_code: np.ndarray  # [events] code of each row's user
+    item_code: np.ndarray  # [events] code of each row's item
+    user_ids: np.ndarray  # [codes] the id of each user code
+    item_ids: np.ndarray  # [codes] the id of each item code
+
+
+def _smallest_int(n: int):
+    return np.int32 if n < 2**31 else np.int64
+
+
+def core(events: Events, cfg: PrepareConfig) -> Core:
+    """One pass: drop users with too few interactions, then items, then too-short users; order the rest."""
+    user_code, user_ids = pd.factorize(events.user_id)
+    user_code = user_code.astype(_smallest_int(len(user_ids)), copy=False)
+    item_code, item_ids = pd.factorize(events.item_id)
+    item_code = item_code.astype(_smallest_int(len(item_ids)), copy=False)
+    keep = (np.bincount(user_code, minlength=len(user_ids)) >= cfg.min_user_interactions)[user_code]
+    item_counts = np.bincount(item_code[keep], minlength=len(item_ids))
+    keep &= (item_counts >= cfg.min_item_interactions)[item_code]
+    user_counts = np.bincount(user_code[keep], minlength=len(user_ids))
+    keep &= (user_counts >= MIN_SEQUENCE)[user_code]
+    rows = np.flatnonzero(keep)
+    del keep
+    if not _user_time_ordered(events.user_id[rows], events.time[rows]):
+        # one lexsort over integer keys; the row numbers break ties in source order
+        rows = rows[np.lexsort((rows, events.time[rows], events.user_id[rows]))]
+    return Core(rows, user_code, item_code, np.asarray(user_ids, dtype=np.int64), np.asarray(item_ids, dtype=np.int64))
+
+
+def _user_time_ordered(users: np.ndarray, times: np.ndarray) -> bool:
+    """Whether rows already run by user, then time (a snapshot is extracted in that order)."""
+    if len(users) < 2:
+        return True
+    same = users[1:] == users[:-1]
+    return bool(np.all(users[1:] >= users[:-1]) and np.all(~same | (times[1:] >= times[:-1])))
+
+
 def five_core(interactions: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
-    """One pass: drop users with too few interactions, then items, then too-short users."""
-    user_counts = interactions["user_id"].map(interactions["user_id"].value_counts())
-    kept = interactions[user_counts >= cfg.min_user_interactions]
-    item_counts = kept["item_id"].map(kept["item_id"].value_counts())
-    kept = kept[item_counts >= cfg.min_item_interactions]
-    user_counts = kept["user_id"].map(kept["user_id"].value_counts())
-    return kept[user_counts >= MIN_SEQUENCE]
+    """The rows of `interactions` the 5-core filter keeps, ordered by user, then time."""
+    return interactions.iloc[core(Events.from_frame(interactions), cfg).rows]
 
 
-def ordered_core(interactions: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
-    """The 5-core filter's interactions ordered by user, then time; ties keep the source order. One
-    lexsort over integer keys (pandas' multi-key sort factorizes each column first, ~10x slower at 10M rows)."""
-    kept = five_core(interactions, cfg)
-    times = kept["occurred_at"].array
-    times = times.asi8 if hasattr(times, "asi8") else np.asarray(times, dtype=np.int64)  # datetimes: their int64
-    order = np.lexsort((np.arange(len(kept)), times, kept["user_id"].to_numpy(np.int64)))
-    return kept.iloc[order]
-
-
-def build_sequences(interactions: pd.DataFrame, cfg: PrepareConfig, kept: pd.DataFrame | None = None) -> Sequences:
-    """Filter, then order each user's interactions by time (ties keep the source order); `kept`:
-    `ordered_core(interactions, cfg)` when the caller has it already."""
-    kept = ordered_core(interactions, cfg) if kept is None else kept
-    if kept.empty:
+def _sequences(events: Events, kept: Core) -> Sequences:
+    """The CSR sequences of the kept rows (item indices 1..n in order of item id)."""
+    if not len(kept.rows):
         raise SourceDataError(
             "no user has enough interactions after the 5-core filter; "
             "load more data or lower prepare.min_user_interactions / prepare.min_item_interactions"
         )
-    item_ids = np.sort(kept["item_id"].unique())
-    item_idx = np.searchsorted(item_ids, kept["item_id"].to_numpy()) + 1
-    user_ids, counts = np.unique(kept["user_id"].to_numpy(), return_counts=True)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
+    codes = kept.item_code[kept.rows]
+    present = np.flatnonzero(np.bincount(codes, minlength=len(kept.item_ids)))
+    present = present[np.argsort(kept.item_ids[present], kind="stable")]  # item codes in order of id
+    index_of_code = np.zeros(len(kept.item_ids), dtype=np.int64)
+    index_of_code[present] = np.arange(1, len(present) + 1)
+    users = events.user_id[kept.rows]
+    starts = np.flatnonzero(np.concatenate([[True], users[1:] != users[:-1]]))
     return Sequences(
-        user_ids=user_ids.astype(np.int64),
-        indptr=indptr.astype(np.int64),
-        item_idx=item_idx.astype(np.int64),
-        item_ids=np.concatenate([[-1], item_ids]).astype(np.int64),
+        user_ids=users[starts],
+        indptr=np.append(starts, len(users)).astype(np.int64),
+        item_idx=index_of_code[codes],
+        item_ids=np.concatenate([[-1], kept.item_ids[present]]).astype(np.int64),
     )
+
+
+def build_sequences(interactions: pd.DataFrame, cfg: PrepareConfig) -> Sequences:
+    """Filter, then order each user's interactions by time (ties keep the source order)."""
+    events = Events.from_frame(interactions)
+    return _sequences(events, core(events, cfg))
 
 
 @dataclass(frozen=True)
@@ -125,10 +191,10 @@ class DatasetInfo:
 def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -> DatasetInfo:
     """Snapshot Parquet -> the dataset folder: sequences, the ranking universe (items) and its info."""
     snapshot, dataset = SnapshotFiles(Path(snapshot_dir)), DatasetFiles(Path(out_dir))
-    interactions = pd.read_parquet(snapshot.interactions, columns=["user_id", "item_id", "occurred_at"])
+    events = Events.read(snapshot.interactions)
     items = pd.read_parquet(snapshot.items)
-    kept = ordered_core(interactions, config.prepare)
-    sequences = build_sequences(interactions, config.prepare, kept)
+    kept = core(events, config.prepare)
+    sequences = _sequences(events, kept)
     universe = (
         pd.DataFrame({"idx": np.arange(1, sequences.n_items + 1), "item_id": sequences.item_ids[1:]})
         .merge(items, on="item_id", how="left")
@@ -136,8 +202,9 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
     if universe["description"].isna().any():
         missing = universe.loc[universe["description"].isna(), "item_id"].head(5).tolist()
         raise SourceDataError(f"items {missing} have interactions but no row in app.items; fix the source")
-    new_items = new_catalogue_items(items, interactions, sequences.item_ids[1:])
-    cold = cold_targets(interactions, sequences, config.prepare, kept)
+    counts = pd.Series(np.bincount(kept.item_code, minlength=len(kept.item_ids)), index=kept.item_ids)
+    new_items = _new_items(items, counts, sequences.item_ids[1:])
+    cold = _cold_targets(events, sequences, kept)
     dataset.root.mkdir(parents=True, exist_ok=True)
     sequences.save(dataset.sequences)
     universe.to_parquet(dataset.items, index=False)
@@ -148,7 +215,7 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
         users=sequences.n_users,
         items=sequences.n_items,
         interactions=len(sequences.item_idx),
-        dropped_interactions=len(interactions) - len(sequences.item_idx),
+        dropped_interactions=len(events) - len(sequences.item_idx),
         new_items=len(new_items),
         cold_targets=len(cold),
     )
@@ -162,30 +229,38 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
 def new_catalogue_items(items: pd.DataFrame, interactions: pd.DataFrame, trained: np.ndarray) -> pd.DataFrame:
     """Catalogue items outside the 5-core universe `trained`, ordered by id, with how many
     interactions each has in the snapshot (0 for a title nobody has rated yet)."""
-    counts = interactions["item_id"].value_counts()
+    return _new_items(items, interactions["item_id"].value_counts(), trained)
+
+
+def _new_items(items: pd.DataFrame, counts: pd.Series, trained: np.ndarray) -> pd.DataFrame:
+    """`new_catalogue_items` from each item id's interaction count."""
     new = items[~items["item_id"].isin(trained)].sort_values("item_id", kind="stable")
     return new.assign(interactions=new["item_id"].map(counts).fillna(0).astype(np.int64)).reset_index(drop=True)
 
 
-def cold_targets(interactions: pd.DataFrame, sequences: Sequences, cfg: PrepareConfig,
-                 kept: pd.DataFrame | None = None) -> pd.DataFrame:
+def cold_targets(interactions: pd.DataFrame, sequences: Sequences, cfg: PrepareConfig) -> pd.DataFrame:
     """Really cold targets: (user, item) where the item is outside the 5-core universe (so unseen in
     training) and its first interaction by anyone falls in that user's held-out part (at or after the
-    time of the user's validation target). DataFrame[user (index into sequences), item_id]. `kept`:
-    `ordered_core(interactions, cfg)`, the rows `sequences` was built from, when the caller has it."""
-    kept = ordered_core(interactions, cfg) if kept is None else kept
-    # The rows are ordered by user as `sequences` is: each user's validation target is their second-to-last.
-    held_out_from = kept["occurred_at"].iloc[sequences.indptr[1:] - 2].set_axis(sequences.user_ids)
-    first_seen = interactions.groupby("item_id")["occurred_at"].min()
-    outside = interactions[~interactions["item_id"].isin(sequences.item_ids[1:])
-                           & interactions["user_id"].isin(sequences.user_ids)]
-    start = outside["user_id"].map(held_out_from)
-    cold = outside[(outside["occurred_at"] >= start) & (outside["item_id"].map(first_seen) >= start)]
-    cold = cold.drop_duplicates(["user_id", "item_id"])
-    users = pd.Series(np.arange(sequences.n_users), index=sequences.user_ids)
-    return pd.DataFrame({"user": users.loc[cold["user_id"]].to_numpy(np.int64),
-                         "item_id": cold["item_id"].to_numpy(np.int64)}).sort_values(["user", "item_id"],
-                                                                                     ignore_index=True)
+    time of the user's validation target). DataFrame[user (index into sequences), item_id]."""
+    events = Events.from_frame(interactions)
+    return _cold_targets(events, sequences, core(events, cfg))
+
+
+def _cold_targets(events: Events, sequences: Sequences, kept: Core) -> pd.DataFrame:
+    """`cold_targets` over Events and their 5-core."""
+    # Each user's validation target is their second-to-last kept row (rows run by user as `sequences` do).
+    held_out_from = events.time[kept.rows[sequences.indptr[1:] - 2]]  # [U]
+    user_index = np.full(len(kept.user_ids), -1, dtype=np.int64)  # user code -> index into sequences
+    user_index[kept.user_code[kept.rows[sequences.indptr[:-1]]]] = np.arange(sequences.n_users)
+    in_universe = np.isin(kept.item_ids, sequences.item_ids[1:])  # per item code
+    first_seen = pd.Series(events.time).groupby(kept.item_code).min().to_numpy()  # per item code (0..n-1)
+    candidates = np.flatnonzero(~in_universe[kept.item_code] & (user_index[kept.user_code] >= 0))
+    user = user_index[kept.user_code[candidates]]
+    item_code = kept.item_code[candidates]
+    start = held_out_from[user]
+    cold = (events.time[candidates] >= start) & (first_seen[item_code] >= start)
+    pairs = pd.DataFrame({"user": user[cold], "item_id": kept.item_ids[item_code[cold]]})
+    return pairs.drop_duplicates().sort_values(["user", "item_id"], ignore_index=True).astype(np.int64)
 
 
 def load_cold_targets(dataset_dir: Path) -> pd.DataFrame:
