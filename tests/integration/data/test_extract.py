@@ -114,6 +114,51 @@ def test_user_tables_with_extra_columns_and_no_load_order(ml100k, base_overrides
     assert manifest["interactions_order"] == ["user_id", "occurred_at", "item_id"]
 
 
+def test_interactions_stream_in_blocks_and_a_null_key_reads_back_nullable(ml100k, base_overrides, engine,
+                                                                           tmp_path, monkeypatch):
+    """The interactions go CSV -> Parquet a block at a time; a null key (a defect the data gate reports)
+    comes back as a nullable Int64 column, as a whole-table read gives it."""
+    import pyarrow.csv as pacsv
+
+    from tasks.data import extract
+
+    with engine.begin() as conn:
+        user, item = conn.execute(sa.text("select user_id, item_id from app.interactions where occurred_at <= :t "
+                                          "order by occurred_at, user_id, item_id limit 1"), {"t": MIDDLE}).one()
+        conn.execute(sa.text("drop schema if exists app_nulls cascade; create schema app_nulls"))
+        conn.execute(sa.text("create view app_nulls.items as select * from app.items"))
+        conn.execute(sa.text("create view app_nulls.users as select * from app.users"))
+        conn.execute(sa.text(
+            f"create view app_nulls.interactions as select user_id, case when user_id = {user} and item_id = {item} "
+            "then null else item_id end as item_id, rating, occurred_at from app.interactions"))
+    monkeypatch.setattr(extract, "STREAM_BLOCK_BYTES", 256 << 10)  # 256 KiB: several blocks for ML-100K
+    blocks, open_csv = [], pacsv.open_csv
+
+    def counted(*args, **kwargs):
+        for batch in open_csv(*args, **kwargs):
+            blocks.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(pacsv, "open_csv", counted)
+    snap = extract_snapshot(load_config({**base_overrides, "database.app_schema": "app_nulls"}), MIDDLE,
+                            tmp_path / "snap")
+    path = SnapshotFiles(snap.path).interactions
+    assert len(blocks) > 3 and sum(blocks) == snap.counts["interactions"]
+    assert sorted(p.name for p in snap.path.iterdir()) == [
+        "interactions.parquet", "items.parquet", "manifest.json", "users.parquet"]  # no CSV or copy left
+    interactions = pd.read_parquet(path)
+    assert len(interactions) == snap.counts["interactions"] == count_up_to(engine, MIDDLE)
+    assert interactions.dtypes.astype(str).to_dict() == {
+        "user_id": "int64", "item_id": "Int64", "rating": "float64", "occurred_at": "datetime64[us, UTC]"}
+    assert interactions["item_id"].isna().sum() == 1
+    assert interactions.loc[interactions["item_id"].isna(), "user_id"].tolist() == [user]
+    assert snap.min_occurred_at == interactions["occurred_at"].min().isoformat()
+    assert snap.max_occurred_at == interactions["occurred_at"].max().isoformat()
+    with pytest.raises(DataQualityError, match=r"expect_column_values_to_not_be_null\(item_id\) failed for 1 of"):
+        check_snapshot(load_config({**base_overrides, "database.app_schema": "app_nulls"}), snap.path, snap.as_of,
+                       record=False)
+
+
 def test_a_run_as_of_now_reads_the_replay_as_of_its_last_rating(ml100k, config, tmp_path):
     # What a run triggered from the Airflow form, the REST API or the schedule asks for: today.
     now = datetime.now(UTC)
