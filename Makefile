@@ -123,11 +123,13 @@ bench-scoring: venv
 # Cost curve: every stage (extract, data gate, prepare, a capped training epoch, scoring, publishing)
 # on synthetic data at 1x, 10x, 100x ML-1M's events in database prismrec_scale (created on
 # SCALE_URL's server, dropped at the end); writes bench/results/scale.{json,md}. Not part of `make test`.
+# SCALE_UNTIL=prepare runs the data stages only (what one machine does at 100x).
 SCALE_SIZES ?= 1,10,100
 SCALE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+SCALE_UNTIL ?=
 .PHONY: bench-scale
 bench-scale: venv
-	nice -n 10 $(BIN)/python -m bench.scale --sizes $(SCALE_SIZES) --url $(SCALE_URL)
+	nice -n 10 $(BIN)/python -m bench.scale --sizes $(SCALE_SIZES) --url $(SCALE_URL) $(if $(SCALE_UNTIL),--until $(SCALE_UNTIL))
 
 # Decoupled interests on ML-100K: K=1 vs K=4 ablation, disentanglement figures, cold-start items
 # vs id-only SASRec and popularity; writes bench/results/interests-ml-100k.{json,md}.

@@ -142,7 +142,6 @@ def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int,
         dataset = pipeline.run_prepare(overrides, snapshot)
     entry["dataset"] = {k: dataset[k] for k in ("users", "items", "interactions", "dropped_interactions")}
     if until == "prepare":
-        entry["notes"]["train_epoch, score, publish"] = "not run (--until prepare)"
         saved()
         return entry
     with measured(stages, "train_epoch", saved):
@@ -169,6 +168,27 @@ def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int,
                                "seconds is its scoring share, peak_mib the whole publish's")
     saved()
     return entry
+
+
+LATER_STAGES = ("train_epoch", "score", "publish")
+NOTE = ("seconds are wall-clock; each stage's largest 1-minute load average is in scale.json (load_average_max; "
+        "above the core count, other work shared the machine); MiB is the benchmark process's peak, which runs the "
+        "stages one after the other, so what a stage leaves in the heap counts in the next one's peak (Airflow runs "
+        "each task in a process of its own)")
+
+
+def keep_later_stages(entry: dict, sizes: list[dict]) -> dict:
+    """A size measured `--until prepare` keeps the training, scoring and publishing figures of its
+    earlier run (with their date and notes); without one, the size says they were not run."""
+    earlier = next((s for s in sizes if s["events"] == entry["events"]), None)
+    kept = {k: v for k, v in (earlier or {}).get("stages", {}).items() if k in LATER_STAGES and v}
+    if not kept:
+        entry["notes"]["train_epoch, score, publish"] = "not run (--until prepare)"
+        return entry
+    notes = {k: v for k, v in earlier.get("notes", {}).items() if k in LATER_STAGES}
+    notes["train_epoch, score, publish"] = (f"measured {earlier.get('measured_at', '?')}; this size's data stages "
+                                            "were measured again since (--until prepare)")
+    return entry | {"stages": kept, "notes": notes}
 
 
 def machine() -> dict:
@@ -237,8 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     home = Path(args.home)
     previous = json.loads((RESULTS / "scale.json").read_text()) if (RESULTS / "scale.json").exists() else {}
     result = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-              "note": "seconds are wall-clock; each stage's largest 1-minute load average is in scale.json "
-                      "(load_average_max; above the core count, other work shared the machine)",
+              "note": NOTE,
               "sizes": [s for s in previous.get("sizes", [])]}
     try:
         for factor in (int(f) for f in args.sizes.split(",")):
@@ -250,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
             spec = ScaleSpec.of(factor * ML1M_EVENTS)
             entry = {"factor": factor, "events": spec.events, "users": spec.users, "items": spec.items,
                      "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "stages": {}, "notes": {}}
+            if args.until == "prepare":
+                entry = keep_later_stages(entry, result["sizes"])
             result["sizes"] = sorted([s for s in result["sizes"] if s["events"] != entry["events"]] + [entry],
                                      key=lambda s: s["events"])
             shutil.rmtree(home / f"{factor}x", ignore_errors=True)

@@ -24,3 +24,18 @@ def test_measured_and_kept_sizes_share_one_table_and_the_load_is_reported(tmp_pa
     assert "| 10 | 1 | 2 | 1.5 (300) | — |" in table and "| 100 | 10 | 5 | — |" in table
     assert "- 10 events: measured from 2026-12-04T18:00:00+00:00; 1-minute load average up to 2.6" in table
     assert "- 100 events, all: not run" in table
+
+
+def test_a_size_measured_again_until_prepare_keeps_its_later_stages():
+    from bench.scale import keep_later_stages
+
+    earlier = {"events": 10, "measured_at": "2026-12-04T18:54:25+00:00",
+               "stages": {"extract": {"seconds": 11.4, "peak_mib": 1757}, "train_epoch": {"seconds": 608, "peak_mib": 8232},
+                          "score": {"seconds": 296, "peak_mib": 3929}, "publish": {"seconds": 337, "peak_mib": 3929}},
+               "notes": {"train_epoch": "capped", "score": "inside publish"}}
+    fresh = {"events": 10, "measured_at": "2026-12-05T05:32:25+00:00", "stages": {}, "notes": {}}
+    kept = keep_later_stages(fresh, [earlier])
+    assert set(kept["stages"]) == {"train_epoch", "score", "publish"}  # the data stages are measured anew
+    assert kept["notes"]["train_epoch"] == "capped" and "2026-12-04" in kept["notes"]["train_epoch, score, publish"]
+    new_size = keep_later_stages({"events": 100, "stages": {}, "notes": {}}, [earlier])
+    assert new_size["stages"] == {} and new_size["notes"] == {"train_epoch, score, publish": "not run (--until prepare)"}
