@@ -29,6 +29,7 @@ import logging
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,7 +193,9 @@ def _interactions_schema(nullable: frozenset[str] = frozenset()):
 
     dtypes = {**_DTYPES["interactions"], "occurred_at": "datetime64[us, UTC]"}
     empty = pd.DataFrame({c: pd.Series(dtype="Int64" if c in nullable else d) for c, d in dtypes.items()})
-    return pa.Schema.from_pandas(empty, preserve_index=False)
+    with warnings.catch_warnings():  # pyarrow reads a tz-aware column's Series.values, deprecated by pandas 3.1
+        warnings.filterwarnings("ignore", message="Series.values returning an ndarray that drops timezone")
+        return pa.Schema.from_pandas(empty, preserve_index=False)
 
 
 def _csv_to_parquet(csv_path: Path, path: Path) -> tuple[int, pd.Timestamp | None, pd.Timestamp | None]:
