@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import queue
 import shutil
 import threading
 import time
@@ -47,16 +48,21 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.5):
         self.interval, self.peak_mib, self.load_max = interval, 0.0, 0.0
+        self.root: int | None = None  # None: this process; else the process whose tree is measured
         self._done = threading.Event()
 
     def _watch(self) -> None:
         from tasks.training.memory import tree_bytes
 
         while True:
-            self.peak_mib = max(self.peak_mib, tree_bytes(os.getpid()) / 2**20)
+            root = self.root
+            if root is not None or not self.child_only:
+                self.peak_mib = max(self.peak_mib, tree_bytes(root or os.getpid()) / 2**20)
             self.load_max = max(self.load_max, os.getloadavg()[0])
             if self._done.wait(self.interval):
                 return
+
+    child_only = False  # measure only the tree of `root`, once it is set (a stage in a process of its own)
 
     def __enter__(self) -> Self:
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -75,11 +81,46 @@ def measured(stages: dict, name: str, saved=lambda: None):
     log.info("stage %s ...", name)
     started = time.perf_counter()
     with PeakMemory() as memory:
-        yield
+        yield memory
     stages[name] = {"seconds": round(time.perf_counter() - started, 1), "peak_mib": round(memory.peak_mib),
                     "load_average_max": round(memory.load_max, 1)}
     log.info("stage %s: %s", name, stages[name])
     saved()
+
+
+def _stage_child(function: str, args: tuple, results) -> None:
+    """A stage's process: run tasks.pipeline.<function>(*args) and send back its result (or its error)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from tasks import pipeline
+
+    try:
+        results.put(("ok", getattr(pipeline, function)(*args)))
+    except BaseException as error:  # noqa: BLE001 - sent to the parent, which raises it
+        results.put(("error", f"{type(error).__name__}: {error}"))
+
+
+def in_own_process(memory: PeakMemory, function: str, *args):
+    """tasks.pipeline.<function>(*args) in a fresh process, as an Airflow task runs it, with `memory`
+    measuring that process alone (a spawned interpreter: nothing of this process's heap)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_stage_child, args=(function, args, results))
+    memory.child_only = True
+    child.start()
+    memory.root = child.pid
+    while True:
+        try:
+            status, value = results.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not child.is_alive():  # killed (the kernel's out-of-memory killer, say) before it answered
+                raise RuntimeError(f"stage {function} died with exit code {child.exitcode}") from None
+    child.join()
+    if status != "ok":
+        raise RuntimeError(f"stage {function} failed: {value}")
+    return value
 
 
 def load_synthetic(engine, schema: str, spec) -> dict:
@@ -134,12 +175,13 @@ def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int,
     entry |= {"load_seconds": loaded["seconds"]}
     stages = entry["stages"]
     run_key = f"scale-{factor}x"
-    with measured(stages, "extract", saved):
-        snapshot = pipeline.run_extract(overrides, run_key, END)
-    with measured(stages, "quality", saved):
-        pipeline.run_quality(overrides, snapshot)
-    with measured(stages, "prepare", saved):
-        dataset = pipeline.run_prepare(overrides, snapshot)
+    # The data stages run in processes of their own, as Airflow tasks do: each peak is that stage's alone.
+    with measured(stages, "extract", saved) as memory:
+        snapshot = in_own_process(memory, "run_extract", overrides, run_key, END)
+    with measured(stages, "quality", saved) as memory:
+        in_own_process(memory, "run_quality", overrides, snapshot)
+    with measured(stages, "prepare", saved) as memory:
+        dataset = in_own_process(memory, "run_prepare", overrides, snapshot)
     entry["dataset"] = {k: dataset[k] for k in ("users", "items", "interactions", "dropped_interactions")}
     if until == "prepare":
         saved()
@@ -172,9 +214,9 @@ def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int,
 
 LATER_STAGES = ("train_epoch", "score", "publish")
 NOTE = ("seconds are wall-clock; each stage's largest 1-minute load average is in scale.json (load_average_max; "
-        "above the core count, other work shared the machine); MiB is the benchmark process's peak, which runs the "
-        "stages one after the other, so what a stage leaves in the heap counts in the next one's peak (Airflow runs "
-        "each task in a process of its own)")
+        "above the core count, other work shared the machine); MiB is a stage's peak: extract, quality and prepare "
+        "each run in a process of their own, as Airflow tasks do (their seconds include its start); train_epoch, score "
+        "and publish are the benchmark's process (with torchrun's tree while training)")
 
 
 def keep_later_stages(entry: dict, sizes: list[dict]) -> dict:

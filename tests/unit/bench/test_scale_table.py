@@ -39,3 +39,13 @@ def test_a_size_measured_again_until_prepare_keeps_its_later_stages():
     assert kept["notes"]["train_epoch"] == "capped" and "2026-12-04" in kept["notes"]["train_epoch, score, publish"]
     new_size = keep_later_stages({"events": 100, "stages": {}, "notes": {}}, [earlier])
     assert new_size["stages"] == {} and new_size["notes"] == {"train_epoch, score, publish": "not run (--until prepare)"}
+
+
+def test_a_stage_in_its_own_process_reports_its_error_and_is_measured_alone():
+    import pytest
+
+    from bench.scale import PeakMemory, in_own_process
+
+    with PeakMemory(interval=0.05) as memory, pytest.raises(RuntimeError, match="stage no_such_stage failed: Attr"):
+        in_own_process(memory, "no_such_stage")
+    assert memory.child_only and memory.root not in (None, __import__("os").getpid())
