@@ -49,6 +49,7 @@ class PeakMemory:
     def __init__(self, interval: float = 0.5):
         self.interval, self.peak_mib, self.load_max = interval, 0.0, 0.0
         self.root: int | None = None  # None: this process; else the process whose tree is measured
+        self.child_only = False  # measure nothing until `root` is set (a stage in a process of its own)
         self._done = threading.Event()
 
     def _watch(self) -> None:
@@ -61,8 +62,6 @@ class PeakMemory:
             self.load_max = max(self.load_max, os.getloadavg()[0])
             if self._done.wait(self.interval):
                 return
-
-    child_only = False  # measure only the tree of `root`, once it is set (a stage in a process of its own)
 
     def __enter__(self) -> Self:
         self._thread = threading.Thread(target=self._watch, daemon=True)

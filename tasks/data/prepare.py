@@ -140,13 +140,8 @@ def _user_time_ordered(users: np.ndarray, times: np.ndarray) -> bool:
     return bool(np.all(users[1:] >= users[:-1]) and np.all(~same | (times[1:] >= times[:-1])))
 
 
-def five_core(interactions: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
-    """The rows of `interactions` the 5-core filter keeps, ordered by user, then time."""
-    return interactions.iloc[core(Events.from_frame(interactions), cfg).rows]
-
-
-def _sequences(events: Events, kept: Core) -> Sequences:
-    """The CSR sequences of the kept rows (item indices 1..n in order of item id)."""
+def build_sequences(events: Events, kept: Core) -> Sequences:
+    """The CSR sequences of the 5-core's rows `kept` (item indices 1..n in order of item id)."""
     if not len(kept.rows):
         raise SourceDataError(
             "no user has enough interactions after the 5-core filter; "
@@ -165,12 +160,6 @@ def _sequences(events: Events, kept: Core) -> Sequences:
         item_idx=index_of_code[codes],
         item_ids=np.concatenate([[-1], kept.item_ids[present]]).astype(np.int64),
     )
-
-
-def build_sequences(interactions: pd.DataFrame, cfg: PrepareConfig) -> Sequences:
-    """Filter, then order each user's interactions by time (ties keep the source order)."""
-    events = Events.from_frame(interactions)
-    return _sequences(events, core(events, cfg))
 
 
 @dataclass(frozen=True)
@@ -194,7 +183,7 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
     events = Events.read(snapshot.interactions)
     items = pd.read_parquet(snapshot.items)
     kept = core(events, config.prepare)
-    sequences = _sequences(events, kept)
+    sequences = build_sequences(events, kept)
     universe = (
         pd.DataFrame({"idx": np.arange(1, sequences.n_items + 1), "item_id": sequences.item_ids[1:]})
         .merge(items, on="item_id", how="left")
@@ -203,8 +192,8 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
         missing = universe.loc[universe["description"].isna(), "item_id"].head(5).tolist()
         raise SourceDataError(f"items {missing} have interactions but no row in app.items; fix the source")
     counts = pd.Series(np.bincount(kept.item_code, minlength=len(kept.item_ids)), index=kept.item_ids)
-    new_items = _new_items(items, counts, sequences.item_ids[1:])
-    cold = _cold_targets(events, sequences, kept)
+    new_items = new_catalogue_items(items, counts, sequences.item_ids[1:])
+    cold = cold_targets(events, sequences, kept)
     dataset.root.mkdir(parents=True, exist_ok=True)
     sequences.save(dataset.sequences)
     universe.to_parquet(dataset.items, index=False)
@@ -226,28 +215,18 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
     return info
 
 
-def new_catalogue_items(items: pd.DataFrame, interactions: pd.DataFrame, trained: np.ndarray) -> pd.DataFrame:
+def new_catalogue_items(items: pd.DataFrame, counts: pd.Series, trained: np.ndarray) -> pd.DataFrame:
     """Catalogue items outside the 5-core universe `trained`, ordered by id, with how many
-    interactions each has in the snapshot (0 for a title nobody has rated yet)."""
-    return _new_items(items, interactions["item_id"].value_counts(), trained)
-
-
-def _new_items(items: pd.DataFrame, counts: pd.Series, trained: np.ndarray) -> pd.DataFrame:
-    """`new_catalogue_items` from each item id's interaction count."""
+    interactions each has in the snapshot (`counts`, by item id; 0 for a title nobody has rated yet)."""
     new = items[~items["item_id"].isin(trained)].sort_values("item_id", kind="stable")
     return new.assign(interactions=new["item_id"].map(counts).fillna(0).astype(np.int64)).reset_index(drop=True)
 
 
-def cold_targets(interactions: pd.DataFrame, sequences: Sequences, cfg: PrepareConfig) -> pd.DataFrame:
+def cold_targets(events: Events, sequences: Sequences, kept: Core) -> pd.DataFrame:
     """Really cold targets: (user, item) where the item is outside the 5-core universe (so unseen in
     training) and its first interaction by anyone falls in that user's held-out part (at or after the
-    time of the user's validation target). DataFrame[user (index into sequences), item_id]."""
-    events = Events.from_frame(interactions)
-    return _cold_targets(events, sequences, core(events, cfg))
-
-
-def _cold_targets(events: Events, sequences: Sequences, kept: Core) -> pd.DataFrame:
-    """`cold_targets` over Events and their 5-core."""
+    time of the user's validation target). DataFrame[user (index into sequences), item_id]. `sequences`
+    are built from `kept`, the 5-core of `events`."""
     # Each user's validation target is their second-to-last kept row (rows run by user as `sequences` do).
     held_out_from = events.time[kept.rows[sequences.indptr[1:] - 2]]  # [U]
     user_index = np.full(len(kept.user_ids), -1, dtype=np.int64)  # user code -> index into sequences

@@ -247,16 +247,15 @@ class BestInterestScore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, interests: torch.Tensor, items: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        ctx.dtypes = interests.dtype, items.dtype
         with torch.autocast(items.device.type, enabled=False):
             a, b = interests.to(dtype), items.to(dtype)
             if a.shape[1] == 1:  # one interest: its scores are the best (no [P, N] copy to take the max)
                 ctx.save_for_backward(a, b)
-                ctx.dtypes = interests.dtype, items.dtype
                 return a[:, 0] @ b.T
             scores = a.transpose(0, 1) @ b.T  # [K, P, N]
             best = scores.amax(0)
         ctx.save_for_backward(a, b, scores, best)
-        ctx.dtypes = interests.dtype, items.dtype
         return best
 
     @staticmethod

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from tasks.config import PrepareConfig
-from tasks.data.prepare import build_sequences, five_core
+from tasks.data.prepare import Events, build_sequences, cold_targets, core, new_catalogue_items
 from tasks.errors import SourceDataError
 
 
@@ -14,22 +14,30 @@ def frame(rows):
         occurred_at=lambda f: pd.to_datetime(f["occurred_at"], unit="s", utc=True))
 
 
+def sequences_of(interactions: pd.DataFrame, cfg: PrepareConfig):
+    """(events, their 5-core, its sequences), as prepare_dataset builds them."""
+    events = Events.from_frame(interactions)
+    kept = core(events, cfg)
+    return events, kept, build_sequences(events, kept)
+
+
 def test_five_core_is_one_pass_users_then_items():
     cfg = PrepareConfig(min_user_interactions=3, min_item_interactions=2)
     rows = [(1, 10, 1), (1, 11, 2), (1, 12, 3), (1, 14, 4),
             (2, 10, 1), (2, 11, 2), (2, 12, 3), (2, 13, 4),
             (3, 14, 1), (3, 10, 2)]  # user 3 has too few: dropped before items are counted
-    kept = five_core(frame(rows), cfg)
-    assert set(kept["user_id"]) == {1, 2}
+    events = Events.from_frame(frame(rows))
+    kept = core(events, cfg)
+    assert set(events.user_id[kept.rows]) == {1, 2}
     # Item 14 would have 2 interactions counting user 3; users go first, so it has 1 and goes.
-    assert set(kept["item_id"]) == {10, 11, 12}
+    assert set(events.item_id[kept.rows]) == {10, 11, 12}
 
 
 def test_sequences_are_time_ordered_with_ties_in_source_order_and_split_leave_one_out():
     cfg = PrepareConfig(min_user_interactions=1, min_item_interactions=1)
     rows = [(7, 30, 5), (7, 10, 1), (7, 20, 3), (7, 40, 3), (7, 50, 9),  # 20 and 40 tie at t=3
             (8, 10, 2), (8, 30, 1), (8, 20, 4)]
-    seqs = build_sequences(frame(rows), cfg)
+    *_, seqs = sequences_of(frame(rows), cfg)
     assert seqs.user_ids.tolist() == [7, 8]
     assert seqs.item_ids.tolist() == [-1, 10, 20, 30, 40, 50]  # index 0 is padding
     as_ids = [seqs.item_ids[seqs.sequence(u)].tolist() for u in range(2)]
@@ -42,7 +50,7 @@ def test_sequences_are_time_ordered_with_ties_in_source_order_and_split_leave_on
 
 def test_sequences_survive_save_and_load(tmp_path):
     cfg = PrepareConfig(min_user_interactions=1, min_item_interactions=1)
-    seqs = build_sequences(frame([(1, 5, 1), (1, 6, 2), (1, 7, 3)]), cfg)
+    *_, seqs = sequences_of(frame([(1, 5, 1), (1, 6, 2), (1, 7, 3)]), cfg)
     seqs.save(tmp_path / "s.npz")
     loaded = type(seqs).load(tmp_path / "s.npz")
     assert np.array_equal(loaded.item_idx, seqs.item_idx) and np.array_equal(loaded.indptr, seqs.indptr)
@@ -50,35 +58,31 @@ def test_sequences_survive_save_and_load(tmp_path):
 
 def test_nothing_left_after_filtering_is_a_clear_error():
     with pytest.raises(SourceDataError, match="5-core"):
-        build_sequences(frame([(1, 5, 1), (1, 6, 2)]), PrepareConfig())
+        sequences_of(frame([(1, 5, 1), (1, 6, 2)]), PrepareConfig())
 
 
 def test_catalogue_items_outside_the_five_core_are_kept_as_new_items():
-    from tasks.data.prepare import new_catalogue_items
-
     cfg = PrepareConfig(min_user_interactions=3, min_item_interactions=2)
     rows = [(1, 10, 1), (1, 11, 2), (1, 12, 3), (1, 14, 4),
             (2, 10, 1), (2, 11, 2), (2, 12, 3), (2, 13, 4)]
     interactions = frame(rows)
     items = pd.DataFrame({"item_id": [15, 14, 13, 12, 11, 10], "title": list("FEDCBA"),
                           "genres": "", "description": [f"text {i}" for i in range(6)]})
-    trained = build_sequences(interactions, cfg).item_ids[1:]
-    new = new_catalogue_items(items, interactions, trained)
+    trained = sequences_of(interactions, cfg)[2].item_ids[1:]
+    new = new_catalogue_items(items, interactions["item_id"].value_counts(), trained)
     # 13 and 14 have one rating each (too few for the filter); 15 has none: all three are new.
     assert new["item_id"].tolist() == [13, 14, 15] and new["interactions"].tolist() == [1, 1, 0]
     assert new["title"].tolist() == ["D", "E", "F"]
 
 
 def test_cold_targets_are_new_items_first_rated_in_the_held_out_part():
-    from tasks.data.prepare import cold_targets
-
     cfg = PrepareConfig(min_user_interactions=3, min_item_interactions=3)
     rows = [(1, 10, 1), (1, 11, 2), (1, 12, 3), (1, 13, 4), (1, 30, 5),
             (2, 10, 1), (2, 11, 2), (2, 12, 3), (2, 13, 4), (2, 31, 5),
             (3, 31, 2), (3, 10, 6), (3, 11, 7), (3, 12, 8), (3, 13, 9)]
     interactions = frame(rows)
-    sequences = build_sequences(interactions, cfg)
+    events, kept, sequences = sequences_of(interactions, cfg)
     # Item 30 is rated once, by user 1 after its held-out part begins (t=3): really cold.
     # Item 31 is first rated at t=2 by user 3, before user 2's held-out part: not cold for user 2.
-    cold = cold_targets(interactions, sequences, cfg)
+    cold = cold_targets(events, sequences, kept)
     assert cold.to_dict("list") == {"user": [0], "item_id": [30]}
