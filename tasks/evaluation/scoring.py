@@ -31,7 +31,11 @@ def rank_splits(scorer: Scorer, sequences: Sequences) -> dict[str, tuple[np.ndar
     for split, holdout in SPLITS.items():
         histories = sequences.histories(holdout)
         targets = sequences.targets(split)
-        results[split] = rank_batches(scored_batches(scorer, histories, targets))
+        # Scored longest history first (a batch pads to its own longest, pad_history), reported in user order.
+        order = np.argsort([-len(h) for h in histories], kind="stable")
+        ranks, top10 = rank_batches(scored_batches(scorer, [histories[i] for i in order], targets[order]))
+        results[split] = np.empty_like(ranks), np.empty_like(top10)
+        results[split][0][order], results[split][1][order] = ranks, top10
     return results
 
 

@@ -73,7 +73,10 @@ class InterestExtractor(nn.Module):
         With last_only (inference) only the last position is pooled: L becomes 1 in both.
         """
         _, length, dim = history.shape
-        positions = torch.arange(length, device=history.device)
+        # Positions count back from the newest item: a history padded to fewer than max_len places
+        # (tasks.model.network.pad_history) gets the same positions, and so the same outputs.
+        most = self.positions.num_embeddings
+        positions = torch.arange(most - length, most, device=history.device)
         x = self.dropout(history * math.sqrt(dim) + self.positions(positions))
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=history.device), 1)
         # Left padding: a padded position may only see itself (a fully masked row would be NaN);

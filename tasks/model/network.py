@@ -320,6 +320,19 @@ def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return SoftmaxCrossEntropy.apply(logits, labels)
 
 
+PAD_MULTIPLE = 8  # pad_history rounds its length up to this (fewer distinct shapes, aligned kernels)
+
+
+def pad_history(sequences, max_history: int) -> torch.Tensor:
+    """Histories -> [B, L] left-padded to the longest of them rounded up to PAD_MULTIPLE, at most
+    max_history (its latest items). Inference sees only the newest L places, and positions count
+    back from the newest item, so the outputs are those of padding to max_history; a batch of
+    users of similar history lengths (sort them first) skips the padding's work."""
+    longest = max((len(s) for s in sequences), default=1)
+    length = min(max_history, -(-max(longest, 1) // PAD_MULTIPLE) * PAD_MULTIPLE)
+    return pad_left(sequences, length)
+
+
 def pad_left(sequences, length: int) -> torch.Tensor:
     """Histories (arrays of item indices) -> [B, length] left-padded with 0, keeping the latest items."""
     batch = np.zeros((len(sequences), length), dtype=np.int64)

@@ -22,7 +22,7 @@ import torch
 
 from tasks.errors import RegistryError
 from tasks.layout import ModelFiles
-from tasks.model.network import SCORE_MEMORY_MB, ModelSpec, PrismRecNet, pad_left, rows_within
+from tasks.model.network import SCORE_MEMORY_MB, ModelSpec, PrismRecNet, pad_history, rows_within
 from tasks.titles import display_titles
 
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
@@ -164,7 +164,7 @@ class Recommender:
     def score_indices(self, histories: Sequence[np.ndarray], with_attention: bool = True):
         """Histories in model indices -> (every item's score under every interest [B, K, N+1],
         attention [B, K, L] (None without with_attention: scores alone), padded histories [B, L])."""
-        padded = pad_left(histories, self.spec.max_history)
+        padded = pad_history(histories, self.spec.max_history)
         per_interest, _, attention = self.net.interest_scores(padded, self.item_vectors, with_attention)
         return per_interest, attention, padded
 

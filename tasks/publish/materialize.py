@@ -251,6 +251,8 @@ def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, s
                  "materialize.score_memory_mb = %d", batch_users, settings.batch_users,
                  recommender.spec.n_interests, recommender.n_items, settings.score_memory_mb)
     catalogue = reco_rows.Catalogue.from_items(recommender.items)
+    # Longest histories first: a batch of similar lengths pads only to its own longest (pad_history).
+    users = users.iloc[np.argsort(-users["history"].map(len).to_numpy(), kind="stable")]
     stats = {"rows": 0, "interest_rows": 0, "fallback_users": 0, "new_item_rows": 0, "score_seconds": 0.0,
              "write_seconds": 0.0}
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from tasks.model.network import (
     SCORE_MEMORY_MB,
     ModelSpec,
     PrismRecNet,
-    pad_left,
+    pad_history,
     rows_within,
     softmax_cross_entropy,
 )
@@ -194,13 +194,15 @@ def validate(net: PrismRecNet, text_cache: torch.Tensor, sequences, users, max_h
     net.eval()
     histories = sequences.histories(2)
     targets = sequences.targets("valid")
+    # Longest first, so each pass pads only to its own longest history (pad_history); the totals are sums.
+    users = np.asarray(users)[np.argsort([-len(histories[u]) for u in users], kind="stable")]
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     with torch.no_grad():
         items = net.item_vectors(text_cache)
         for start in range(0, len(users), batch_size):
             chosen = users[start:start + batch_size]
             batch_hist = [histories[u] for u in chosen]
-            scores, *_ = net.score_last(pad_left(batch_hist, max_history).to(device), items, with_attention=False,
+            scores, *_ = net.score_last(pad_history(batch_hist, max_history).to(device), items, with_attention=False,
                                         bf16=bf16)
             target = torch.as_tensor(targets[chosen], dtype=torch.long, device=device)
             ranks, _ = rank_targets(mask_history(scores.float(), batch_hist, target), target)

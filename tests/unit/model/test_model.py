@@ -13,6 +13,7 @@ from tasks.model.network import (
     BestInterestScore,
     ModelSpec,
     PrismRecNet,
+    pad_history,
     pad_left,
     softmax_cross_entropy,
 )
@@ -191,6 +192,22 @@ def test_best_interest_score_gives_a_tie_to_one_interest():
     # Each item's gradient goes to one interest (the first), never to both.
     assert interests.grad[0, 1].abs().sum() == 0 and interests.grad[0, 0].abs().sum() > 0
     assert torch.allclose(items.grad, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_padding_to_the_longest_history_scores_as_padding_to_max_history(k):
+    torch.manual_seed(0)
+    net = PrismRecNet(dataclasses.replace(spec(k=k), max_history=40)).eval()
+    items = net.item_vectors(torch.randn(21, 384))
+    histories = [np.array([3, 1, 4, 1, 5, 9, 2, 6, 5]), np.array([7]), np.array([2, 7, 1, 8])]
+    short = pad_history(histories, 40)
+    assert short.shape == (3, 16)  # the longest (9) rounded up to a multiple of 8, not 40
+    assert pad_history([np.arange(1, 60)], 40).shape == (1, 40)  # never past max_history
+    full_scores, _, full_attention = net.interest_scores(pad_left(histories, 40), items)
+    scores, _, attention = net.interest_scores(short, items)
+    assert torch.allclose(scores, full_scores, atol=1e-5)
+    assert torch.allclose(attention, full_attention[..., -16:], atol=1e-6)
+    assert full_attention[..., :-16].abs().max() == 0  # the extra padding was never attended
 
 
 @pytest.mark.parametrize("k", [1, 4])
