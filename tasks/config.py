@@ -310,6 +310,9 @@ class RegistryConfig:
     tracking_uri: str | None = None
 
 
+RETRIEVALS = ("auto", "exact", "index")  # materialize.retrieval
+
+
 @dataclass(frozen=True)
 class MaterializeConfig:
     top_k: int = 50
@@ -332,6 +335,20 @@ class MaterializeConfig:
     # below what ratings give, so uncapped they would crowd or vanish by accident of scale
     # (docs/experiments.md, "New items"); None lets them compete freely, 0 keeps them out.
     max_new_items: int | None = 5
+    # How each user's list is drawn from the catalogue: "exact" ranks every item; "index" ranks the
+    # candidates an inverted-file index retrieves for each interest (tasks.model.retrieval:
+    # approximate, far cheaper on a large catalogue); "auto" uses the index from index_min_items
+    # listable items up. A run with the index measures its recall against exact ranking on
+    # recall_sample_users users and records it (reco.runs.retrieval_recall).
+    retrieval: str = "auto"
+    index_min_items: int = 20_000
+    # Cells of the index (None: ~4 sqrt(items)) and cells each interest's query visits: more probes,
+    # higher recall, slower.
+    index_lists: int | None = None
+    index_probes: int = 32
+    # Items each interest retrieves (at least top_k); their union is ranked with exact scores.
+    index_candidates: int = 200
+    recall_sample_users: int = 1000
 
 
 @dataclass(frozen=True)
@@ -509,6 +526,13 @@ def validate(config: PipelineConfig) -> None:
          "materialize.max_new_items must be >= 0 (0: no new items in the lists), or unset for no cap"),
         (config.materialize.swap_lock_timeout_ms >= 1 and config.materialize.swap_attempts >= 1,
          "materialize.swap_lock_timeout_ms and materialize.swap_attempts must be at least 1"),
+        (config.materialize.retrieval in RETRIEVALS,
+         f"materialize.retrieval must be one of {', '.join(RETRIEVALS)}, got {config.materialize.retrieval!r}"),
+        (min(config.materialize.index_min_items, config.materialize.index_probes,
+             config.materialize.index_candidates, config.materialize.index_lists or 1) >= 1
+         and config.materialize.recall_sample_users >= 0,
+         "materialize.index_min_items, index_lists, index_probes and index_candidates must be at least 1, "
+         "materialize.recall_sample_users at least 0"),
         (config.source.max_users is None or config.source.max_users >= 1,
          f"source.max_users (--max-users) must be at least 1, or unset for every user; got {config.source.max_users}"),
         (config.extract.window_days is None or config.extract.window_days > 0,

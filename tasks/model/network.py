@@ -214,10 +214,20 @@ class PrismRecNet(nn.Module):
         (None without with_attention: ranking alone, e.g. validation, skips it). With bf16 the user
         tower runs under bf16 autocast, as training's steps do, and the scores are still float32
         cosines of its interests (bf16 scores, 8 significant bits, would tie across a catalogue)."""
+        last, attention = self.last_interests(histories, items, with_attention, bf16)
+        return self.match(last, items), last, attention
+
+    @torch.no_grad()
+    def last_interests(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True,
+                       bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The interests after the last history item [B, K, d] (float32) and their attention [B, K, L]."""
         with torch.autocast(histories.device.type, dtype=torch.bfloat16, enabled=bf16):
             interests, attention = self.interests(histories, items, with_attention=with_attention, last_only=True)
-        last = interests[:, -1].float()
-        return self.match(last, items), last, (attention[:, -1].float() if attention is not None else None)
+        return interests[:, -1].float(), (attention[:, -1].float() if attention is not None else None)
+
+    def query_vectors(self, interests: torch.Tensor) -> torch.Tensor:
+        """Interests [..., K, d] as the vectors whose dot product with unit item vectors is match()'s score."""
+        return self._unit_interests(interests)
 
     @torch.no_grad()
     def score_last(self, histories: torch.Tensor, items: torch.Tensor, with_attention: bool = True,

@@ -79,6 +79,7 @@ class Recommendations:
     because_item_ids: np.ndarray  # [U, k, e] history items behind each pick (attended by its interest and similar to it; -1: none)
     explanations: np.ndarray  # [U, k] "because you watched A, B" ("new: like A, B you watched" for a new item)
     is_new: np.ndarray | None = None  # [U, k] bool: the item had no training interactions (scored by its text alone)
+    exact_rescored_users: int = 0  # with a candidate index: users too short of candidates, ranked exactly
 
 
 class Recommender:
@@ -101,6 +102,8 @@ class Recommender:
             # cosines say which items resemble each other (explanations, similar items).
             real = self.item_vectors[1:]
             self.item_directions = torch.nn.functional.normalize(self.item_vectors - real.mean(0), dim=-1)
+            # What an interest's score is the dot product with (candidate retrieval rescoring).
+            self.unit_items = torch.nn.functional.normalize(self.item_vectors, dim=-1)
         self.item_ids = items["item_id"].to_numpy()  # position i -> index i + 1
         self.items = items.reset_index(drop=True)
         self.titles = np.concatenate([[""], display_titles(items["title"])]).astype(object)
@@ -199,36 +202,93 @@ class Recommender:
         return np.where(idx > 0, self.item_ids[np.clip(idx - 1, 0, None)], -1)
 
     def _ranked(self, per_interest: torch.Tensor, indexed: Sequence[np.ndarray], top_k: int,
-                balance: float | None = None, max_new: int | None = None, everything: bool = False):
+                balance: float | None = None, max_new: int | None = None, everything: bool = False,
+                columns: torch.Tensor | None = None):
         """Top-k unseen items per user from per-interest scores [B, K, N+1] (popularity for empty
         histories): (scores, item indices, the interest behind each), each [B, k]. `balance`
         overrides the model's interest balance; `max_new` caps the new items a list may take (the
         best-scoring ones stay); `everything` ranks retired items too (metrics on a split).
-        Masks the seen, retired and capped items in `per_interest` in place."""
+        With `columns` [B, M] the scores [B, K, M] are of those items alone (retrieved candidates;
+        index 0: none). Masks the seen, retired and capped items in `per_interest` in place."""
         balance = self.interest_balance if balance is None else balance
-        # Only the unlistable columns are written (index 0 and retired items): a boolean mask over
-        # [B, K, N+1] would pass over the whole score tensor.
-        unlisted = torch.tensor([0]) if everything else torch.nonzero(~self.available).flatten()
-        per_interest.index_fill_(2, unlisted, float("-inf"))
         lengths = np.array([len(h) for h in indexed])
-        if lengths.sum():
-            rows = torch.as_tensor(np.repeat(np.arange(len(indexed)), lengths))
-            per_interest[rows, :, torch.as_tensor(np.concatenate(indexed))] = float("-inf")
-        if max_new is not None:
-            self._cap_new(per_interest, max_new)
-        k = min(top_k, self.n_items)
+        if columns is not None:
+            self._mask_candidates(per_interest, indexed, lengths, columns, max_new)
+        else:
+            # Only the unlistable columns are written (index 0 and retired items): a boolean mask over
+            # [B, K, N+1] would pass over the whole score tensor.
+            unlisted = torch.tensor([0]) if everything else torch.nonzero(~self.available).flatten()
+            per_interest.index_fill_(2, unlisted, float("-inf"))
+            if lengths.sum():
+                rows = torch.as_tensor(np.repeat(np.arange(len(indexed)), lengths))
+                per_interest[rows, :, torch.as_tensor(np.concatenate(indexed))] = float("-inf")
+            if max_new is not None:
+                self._cap_new(per_interest, max_new)
+        k = min(top_k, self.n_items, per_interest.shape[2])
         if balance > 0 and per_interest.shape[1] > 1:
-            top_scores, top_idx, interest = balance_interests(*per_interest.topk(k, dim=2), balance, k)
+            scores, positions = per_interest.topk(k, dim=2)
+            items = positions if columns is None else columns.gather(1, positions.flatten(1)).view_as(positions)
+            top_scores, top_idx, interest = balance_interests(scores, items, balance, k)
         else:
             scores, best = per_interest.max(1)
-            top_scores, top_idx = scores.topk(k, dim=1)
-            interest = best.gather(1, top_idx)
+            top_scores, positions = scores.topk(k, dim=1)
+            interest = best.gather(1, positions)
+            top_idx = positions if columns is None else columns.gather(1, positions)
         cold = torch.as_tensor(lengths == 0)
         if cold.any():
             popularity = self.popularity if everything else self.popularity.masked_fill(~self.available, float("-inf"))
             top_scores[cold], top_idx[cold] = popularity.topk(k)
             interest[cold] = POPULARITY_FALLBACK
         return top_scores, top_idx, interest
+
+    def _mask_candidates(self, per_interest: torch.Tensor, indexed: Sequence[np.ndarray], lengths: np.ndarray,
+                         columns: torch.Tensor, max_new: int | None) -> None:
+        """_ranked's masking for scores [B, K, M] of candidate items `columns` [B, M]: none (0),
+        retired and seen items out, then at most `max_new` new items, each user's best."""
+        out = (columns == 0) | ~self.available[columns]
+        if lengths.sum():
+            width = self.n_items + 1
+            seen = np.repeat(np.arange(len(indexed), dtype=np.int64), lengths) * width + np.concatenate(indexed)
+            keys = np.arange(len(indexed), dtype=np.int64)[:, None] * width + columns.numpy()
+            out |= torch.from_numpy(np.isin(keys, seen))
+        per_interest.masked_fill_(out[:, None], float("-inf"))
+        if max_new is None:
+            return
+        new = self.is_new[columns] & ~out
+        if max_new > 0:
+            best = per_interest.amax(1).masked_fill(~new, float("-inf"))
+            new.scatter_(1, best.topk(min(max_new, best.shape[1]), dim=1).indices, False)  # the best stay
+        per_interest.masked_fill_(new[:, None], float("-inf"))
+
+    def candidate_index(self, lists: int | None = None, probes: int = 32):
+        """An inverted-file index over the listable items (tasks.model.retrieval) for `recommend(index=)`;
+        build it after `restrict_to`."""
+        from tasks.model.retrieval import ItemIndex
+
+        return ItemIndex(self.unit_items, self.available, lists, probes)
+
+    def _top_candidates(self, indexed: list[np.ndarray], top_k: int, balance: float | None, max_new: int | None,
+                        index, candidates: int):
+        """_top from retrieved candidates: each interest's `candidates` best items by the index,
+        their union ranked with exact scores. Users left with fewer than top_k listable candidates
+        (most of them already seen) are ranked against the whole catalogue instead."""
+        padded = pad_history(indexed, self.spec.max_history)
+        last, attention = self.net.last_interests(padded, self.item_vectors)
+        queries = self.net.query_vectors(last)  # [B, K, d]: score = query . unit item
+        users, _, dim = queries.shape
+        found = index.search(queries.reshape(-1, dim), max(candidates, top_k)).view(users, -1)
+        found = found.sort(dim=1).values
+        found[:, 1:].masked_fill_(found[:, 1:] == found[:, :-1], 0)  # an item two interests retrieved, once
+        per_interest = torch.einsum("bkd,bmd->bkm", queries, self.unit_items[found])
+        top_scores, top_idx, interest = self._ranked(per_interest, indexed, top_k, balance, max_new, columns=found)
+        short = torch.nonzero(~torch.isfinite(top_scores[:, -1]) & (padded[:, -1] > 0)).flatten()
+        if len(short):
+            rows = [indexed[i] for i in short.tolist()]
+            exact, _, _ = self.score_indices(rows, with_attention=False)
+            again = self._ranked(exact, rows, top_k, balance, max_new)
+            for ranked, redone in zip((top_scores, top_idx, interest), again, strict=True):
+                ranked[short] = redone
+        return top_scores, top_idx, interest, attention, padded, len(short)
 
     def _cap_new(self, per_interest: torch.Tensor, max_new: int) -> None:
         """Leave each user at most `max_new` new items (their best by best-interest score): a score
@@ -246,12 +306,22 @@ class Recommender:
         per_interest[rows, :, new_columns[which]] = float("-inf")
 
     def _top(self, histories: Sequence[Sequence[int]], top_k: int, balance: float | None = None,
-             max_new: int | None = None):
+             max_new: int | None = None, index=None, candidates: int = 0):
         """Top-k unseen items, the interest behind each, and each interest's attention over the
-        padded history."""
+        padded history, and how many users were ranked against the whole catalogue after all
+        (0 without `index`; with it, _top_candidates)."""
         indexed = self.histories_to_indices(histories)
+        if index is not None:
+            return self._top_candidates(indexed, top_k, balance, max_new, index, candidates)
         per_interest, attention, padded = self.score_indices(indexed)
-        return *self._ranked(per_interest, indexed, top_k, balance, max_new), attention, padded
+        return *self._ranked(per_interest, indexed, top_k, balance, max_new), attention, padded, 0
+
+    def top_item_ids(self, histories: Sequence[Sequence[int]], top_k: int, max_new_items: int | None = None,
+                     index=None, candidates: int = 0) -> np.ndarray:
+        """The app item ids `recommend` would list [B, top_k] (-1: none), without explanations."""
+        top_scores, top_idx, *_ = self._top(histories, top_k, max_new=max_new_items, index=index,
+                                            candidates=candidates)
+        return np.where(torch.isfinite(top_scores).numpy(), self._app_ids(top_idx), -1)
 
     def _because(self, top_idx: torch.Tensor, interest: torch.Tensor, attention: torch.Tensor,
                  padded: torch.Tensor, explain_items: int) -> torch.Tensor:
@@ -272,16 +342,19 @@ class Recommender:
         return because.masked_fill(chosen.values < 0, 0).masked_fill((interest < 0)[..., None], 0)
 
     def recommend(self, histories: Sequence[Sequence[int]], top_k: int, explain_items: int = 2,
-                  interest_balance: float | None = None, max_new_items: int | None = None) -> Recommendations:
+                  interest_balance: float | None = None, max_new_items: int | None = None,
+                  index=None, candidates: int = 0) -> Recommendations:
         """Top-k unseen items per history, with the interest that picked each and why.
         `interest_balance` overrides the model's own (balance_interests; 0: best interest only);
-        `max_new_items` caps the new items (no training interactions) in each list (None: no cap)."""
+        `max_new_items` caps the new items (no training interactions) in each list (None: no cap);
+        `index` (candidate_index) ranks each interest's `candidates` retrieved items instead of the
+        whole catalogue."""
         if interest_balance is not None and interest_balance < 0:
             raise ValueError(f"interest_balance must be >= 0 (0: no balancing), got {interest_balance}")
         if max_new_items is not None and max_new_items < 0:
             raise ValueError(f"max_new_items must be >= 0 (0: no new items), got {max_new_items}")
-        top_scores, top_idx, interest, attention, padded = self._top(histories, top_k, interest_balance,
-                                                                      max_new_items)
+        top_scores, top_idx, interest, attention, padded, rescored = self._top(
+            histories, top_k, interest_balance, max_new_items, index, candidates)
         users, k = top_idx.shape
         picked = self._because(top_idx, interest, attention, padded, explain_items)  # [B, k, e]
         titles = self.titles[picked.numpy()]  # [B, k, e]; "" where none
@@ -302,6 +375,7 @@ class Recommender:
             because_item_ids=self._app_ids(picked),
             explanations=text,
             is_new=is_new & valid,
+            exact_rescored_users=rescored,
         )
 
     def similar_items(self, top_k: int, memory_mb: float = SCORE_MEMORY_MB,

@@ -60,6 +60,9 @@ class MaterializeSummary:
     new_item_rows: int = 0  # recommendations of new items (no training interactions, placed by text)
     interest_rows: int = 0
     similar_rows: int = 0
+    retrieval: str = "exact"  # how lists were drawn from the catalogue (materialize.retrieval)
+    retrieval_recall: float | None = None  # the candidate index's recall against exact ranking, on a sample
+    exact_rescored_users: int = 0  # users the index left short of top_k listable candidates, ranked exactly
     score_seconds: float = 0.0  # model forward passes + building the rows
     write_seconds: float = 0.0  # CSV encoding, COPY and index builds of the three outputs
     reused: bool = False  # True when a succeeded run with the same key was republished instead
@@ -202,7 +205,8 @@ def _reuse(conn: sa.Connection, config: PipelineConfig, run_key: str) -> Materia
         rows=row["rows"], users=row["users"], model_version=row["model_version"], generated_at=row["generated_at"],
         seconds=0.0, materialization_id=row["materialization_id"], run_key=run_key, run_id=row["run_id"],
         fallback_users=row["fallback_users"], interest_rows=row["interest_rows"],
-        similar_rows=row["similar_rows"], reused=True)
+        similar_rows=row["similar_rows"], retrieval=row["retrieval"] or "exact",
+        retrieval_recall=row["retrieval_recall"], reused=True)
 
 
 FAULT_PAUSE = "PRISMREC_FAULT_PAUSE"  # a phase name: the fault-injection tests stop a publisher there
@@ -241,10 +245,50 @@ def refuse_if_superseded(conn: sa.Connection, schema: str, materialization_id: i
             "move the champion alias (`prismrec rollback` or `prismrec promote VERSION`) and publish again")
 
 
+def candidate_index(recommender, settings: MaterializeConfig):
+    """The inverted-file index lists are drawn from (tasks.model.retrieval), or None to rank every item:
+    materialize.retrieval "index", or "auto" on a catalogue of index_min_items listable items or more."""
+    listable = int(recommender.available.sum())
+    if settings.retrieval == "exact" or (settings.retrieval == "auto" and listable < settings.index_min_items):
+        return None
+    return recommender.candidate_index(settings.index_lists, settings.index_probes)
+
+
+def retrieval_recall(recommender, users: pd.DataFrame, index, settings: MaterializeConfig) -> float:
+    """The share of the items exact ranking lists that the index's lists hold too, over up to
+    recall_sample_users users with a history (a fixed random sample): what approximation costs."""
+    with_history = np.flatnonzero(users["history"].map(len).to_numpy() > 0)
+    chosen = np.random.default_rng(0).choice(with_history, size=min(settings.recall_sample_users,
+                                                                    len(with_history)), replace=False)
+    histories = list(users["history"].iloc[np.sort(chosen)])
+    found = listed = 0
+    for start in range(0, len(histories), 256):
+        part = histories[start:start + 256]
+        exact = recommender.top_item_ids(part, settings.top_k, settings.max_new_items)
+        approx = recommender.top_item_ids(part, settings.top_k, settings.max_new_items, index=index,
+                                          candidates=settings.index_candidates)
+        for mine, truth in zip(approx, exact, strict=True):
+            truth = truth[truth >= 0]
+            found += len(np.intersect1d(mine, truth))
+            listed += len(truth)
+    return found / listed if listed else 1.0
+
+
 def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, str], config: PipelineConfig) -> dict:
     """Score all users batch by batch and COPY the rows; returns counts and timings."""
     settings = config.materialize
     top_k = settings.top_k
+    t0 = time.perf_counter()
+    index = candidate_index(recommender, settings)
+    stats = {"retrieval": "exact", "retrieval_recall": None, "exact_rescored_users": 0}
+    if index is not None:
+        stats["retrieval"] = (f"index: {index.lists} lists, {index.probes} probed, "
+                              f"{settings.index_candidates} candidates an interest")
+        if settings.recall_sample_users:
+            stats["retrieval_recall"] = round(retrieval_recall(recommender, users, index, settings), 4)
+            log.info("candidate index (%s): recall %.4f against exact ranking on a sample of %d users",
+                     stats["retrieval"], stats["retrieval_recall"], settings.recall_sample_users)
+    index_seconds = time.perf_counter() - t0
     batch_users = recommender.users_per_batch(settings.score_memory_mb, settings.batch_users)
     if batch_users < settings.batch_users:
         log.info("scoring %d users a batch (materialize.batch_users %d): %d interests x %d items fit "
@@ -253,14 +297,15 @@ def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, s
     catalogue = reco_rows.Catalogue.from_items(recommender.items)
     # Longest histories first: a batch of similar lengths pads only to its own longest (pad_history).
     users = users.iloc[np.argsort(-users["history"].map(len).to_numpy(), kind="stable")]
-    stats = {"rows": 0, "interest_rows": 0, "fallback_users": 0, "new_item_rows": 0, "score_seconds": 0.0,
-             "write_seconds": 0.0}
+    stats |= {"rows": 0, "interest_rows": 0, "fallback_users": 0, "new_item_rows": 0,
+              "score_seconds": index_seconds, "write_seconds": 0.0}
     started = time.perf_counter()
     for start in range(0, len(users), batch_users):
         batch = users.iloc[start:start + batch_users]
         histories = list(batch["history"])
         t0 = time.perf_counter()
-        recs = recommender.recommend(histories, top_k, max_new_items=config.materialize.max_new_items)
+        recs = recommender.recommend(histories, top_k, max_new_items=config.materialize.max_new_items,
+                                     index=index, candidates=settings.index_candidates)
         user_ids = batch["user_id"].to_numpy(np.int64)
         recommendations = reco_rows.recommendation_table(user_ids, recs, catalogue)
         interests = reco_rows.interest_table(user_ids, recs, catalogue, recommender.spec.n_interests)
@@ -274,6 +319,7 @@ def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, s
         stats["interest_rows"] += db.copy_arrow(conn, tables["user_interests"], interests, freeze=True)
         stats["fallback_users"] += int((recs.interest_ids[:, 0] == reco_rows.FALLBACK_INTEREST).sum())
         stats["new_item_rows"] += int(recs.is_new.sum())
+        stats["exact_rescored_users"] += recs.exact_rescored_users
         stats["score_seconds"] += t1 - t0
         stats["write_seconds"] += time.perf_counter() - t1
         done, elapsed = start + len(batch), time.perf_counter() - started
@@ -354,9 +400,10 @@ def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
         users=len(users), model_version=version, generated_at=generated_at, seconds=time.perf_counter() - started,
         materialization_id=mid, run_key=key, run_id=mlflow_run_id, **stats)
     log.info("published materialization %s: %d recommendations for %d users (%d on the popularity fallback, "
-             "%d of new items), %d interests, %d similar items from version %s in %.1fs", mid, summary.rows,
-             summary.users, summary.fallback_users, summary.new_item_rows, summary.interest_rows,
-             summary.similar_rows, version, summary.seconds)
+             "%d of new items), %d interests, %d similar items from version %s in %.1fs (retrieval: %s%s)", mid,
+             summary.rows, summary.users, summary.fallback_users, summary.new_item_rows, summary.interest_rows,
+             summary.similar_rows, version, summary.seconds, summary.retrieval,
+             "" if summary.retrieval_recall is None else f", recall {summary.retrieval_recall:.4f}")
     return summary
 
 
@@ -380,9 +427,10 @@ def _publish(conn: sa.Connection, recommender, users: pd.DataFrame, config: Pipe
         conn.execute(sa.text(
             f"update {db.quote_ident(schema)}.runs set status = 'succeeded', finished_at = clock_timestamp(), users = :users, "
             "rows = :rows, interest_rows = :interest_rows, similar_rows = :similar_rows, "
-            "fallback_users = :fallback_users where materialization_id = :m"),
-            {"m": mid, "users": len(users),
-             **{k: v for k, v in stats.items() if not k.endswith("seconds") and k != "new_item_rows"}})
+            "fallback_users = :fallback_users, retrieval = :retrieval, retrieval_recall = :retrieval_recall "
+            "where materialization_id = :m"),
+            {"m": mid, "users": len(users), **{k: stats[k] for k in (
+                "rows", "interest_rows", "similar_rows", "fallback_users", "retrieval", "retrieval_recall")}})
     return stats
 
 

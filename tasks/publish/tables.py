@@ -116,6 +116,10 @@ _RUN_COLUMNS = {
     "rows": ("bigint", "Rows in user_recommendations for this run."),
     "interest_rows": ("bigint", "Rows in user_interests for this run."),
     "similar_rows": ("bigint", "Rows in similar_items for this run."),
+    "retrieval": ("text", "How lists were drawn from the catalogue: exact (every item ranked) or the candidate "
+                          "index's settings (lists, probes, candidates per interest)."),
+    "retrieval_recall": ("real", "With the candidate index: the share of exact ranking's items it listed, "
+                                 "measured on a sample of users (1 = the same lists)."),
     "backend_pid": ("integer", "Postgres backend of the publishing session (to terminate a stuck run)."),
     "error": ("text", "Why the run failed (never contains credentials)."),
 }
@@ -235,6 +239,7 @@ def missing_columns(conn: sa.Connection, schema: str) -> int:
     """How many OUTPUTS columns the history tables lack (a schema set up by an older PrismRec); read from
     the catalogue, which every role sees whatever its privileges."""
     wanted = [(history_table(output), name) for output in OUTPUTS for name, _, _ in output.columns]
+    wanted += [("runs", name) for name in _RUN_COLUMNS]
     return conn.execute(sa.text(
         "select count(*) from unnest(cast(:tables as text[]), cast(:names as text[])) w(t, n) "
         "where not exists (select 1 from pg_attribute a where not a.attisdropped and a.attname = w.n "
@@ -243,9 +248,16 @@ def missing_columns(conn: sa.Connection, schema: str) -> int:
 
 
 def _add_new_columns(conn: sa.Connection, schema: str) -> None:
-    """Bring history tables made by an older PrismRec up to OUTPUTS: add the columns they lack (existing
-    rows get the column's default) and drop the view over them, which `_ensure_views` recreates."""
+    """Bring `runs` and the history tables made by an older PrismRec up to date: add the columns they lack
+    (existing rows get the column's default) and drop the view over them, which `_ensure_views` recreates."""
     s = quote_ident(schema)
+    present = set(conn.execute(sa.text(
+        "select column_name from information_schema.columns where table_schema = :schema and table_name = 'runs'"),
+        {"schema": schema}).scalars())
+    for name, (sql_type, text) in _RUN_COLUMNS.items():
+        if name not in present:  # nullable, no key: an older run reads null
+            conn.execute(sa.text(f"alter table {s}.runs add column {quote_ident(name)} {sql_type}"))
+            _comment(conn, "column", f"{s}.runs.{quote_ident(name)}", text)
     for output in OUTPUTS:
         history = history_table(output)
         present = set(conn.execute(sa.text(

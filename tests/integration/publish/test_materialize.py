@@ -191,6 +191,8 @@ def test_runs_row_records_the_publication(first_publication, engine, champion):
     assert run["status"] == "succeeded" and run["is_current"] and run["output_kept"]
     assert (run["model_version"], run["run_id"], run["rows"], run["users"]) == (champion["version"], champion["run_id"], 25, 5)
     assert run["logical_date"] == pd.Timestamp(D1) and run["finished_at"] >= run["started_at"] and run["error"] is None
+    # A catalogue this small is ranked whole ("auto" uses the candidate index from 20,000 items).
+    assert run["retrieval"] == "exact" and run["retrieval_recall"] is None and summary.retrieval == "exact"
 
 
 def test_rerun_for_the_same_champion_and_date_is_idempotent(mat_config, first_publication, engine):
@@ -295,6 +297,7 @@ def test_history_tables_of_an_older_version_gain_the_new_column(mat_config, firs
     with engine.begin() as conn:
         conn.execute(sa.text(f"drop view {VIEW} cascade"))
         conn.execute(sa.text(f"alter table {RECO}.user_recommendations_history drop column is_new_item"))
+        conn.execute(sa.text(f"alter table {RECO}.runs drop column retrieval, drop column retrieval_recall"))
     older = _read(engine, f"select materialization_id from {RECO}.runs where is_current")["materialization_id"].item()
     summary = materialize(mat_config)
     rows = _read(engine, f"select * from {VIEW} order by user_id, rank")
@@ -302,7 +305,33 @@ def test_history_tables_of_an_older_version_gain_the_new_column(mat_config, firs
     old_rows = _read(engine, f"select is_new_item from {RECO}.user_recommendations_history where materialization_id = :m",
                      m=older)
     assert len(old_rows) == 25 and not old_rows["is_new_item"].any()
+    runs = _read(engine, f"select materialization_id, retrieval from {RECO}.runs order by materialization_id")
+    assert runs["retrieval"].iloc[-1] == "exact" and runs["retrieval"].iloc[:-1].isna().all()
     assert _read(engine, f"select count(*) as n from {RECO}.item_exposure")["n"].item() > 0
+
+
+@pytest.mark.parametrize("probes", [1000, 1])
+def test_lists_from_the_candidate_index_record_their_recall(mat_config, first_publication, engine, recommender,
+                                                            histories, probes):
+    """materialize.retrieval = index: every cell visited lists exactly what exact ranking lists
+    (recall 1); one cell of many lists less of it, and the run says how much."""
+    from tasks.publish.materialize import materialize
+
+    config = dataclasses.replace(mat_config, materialize=dataclasses.replace(
+        mat_config.materialize, retrieval="index", index_probes=probes, index_candidates=recommender.n_items))
+    summary = materialize(config)
+    run = _read(engine, f"select * from {RECO}.runs where materialization_id = :m", m=summary.materialization_id).iloc[0]
+    assert run["retrieval"] == summary.retrieval and run["retrieval"].startswith("index: ")
+    assert run["retrieval_recall"] == pytest.approx(summary.retrieval_recall, abs=1e-6)
+    rows = _read(engine, f"select * from {VIEW} order by user_id, rank")
+    expected = recommender.recommend(list(histories.values()), 5)
+    same = all(rows[rows["user_id"] == user]["item_id"].tolist() == expected.item_ids[position].tolist()
+               for position, user in enumerate(histories))
+    if probes == 1000:
+        assert summary.retrieval_recall == 1.0 and same
+    else:
+        assert 0.0 < summary.retrieval_recall < 1.0 and not same
+    assert len(rows) == 25 and not rows.groupby("user_id")["item_id"].apply(lambda s: s.duplicated().any()).any()
 
 
 def test_unsafe_schema_names_are_refused(mat_config, champion):
