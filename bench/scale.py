@@ -203,10 +203,14 @@ def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int,
                        lineage={"run_key": run_key})
     with measured(stages, "publish"):
         published = pipeline.run_materialize(overrides)
-    stages["score"] = {"seconds": round(published["score_seconds"], 1), "peak_mib": stages["publish"]["peak_mib"]}
+    stages["score"] = {"seconds": round(published["score_seconds"], 1), "peak_mib": stages["publish"]["peak_mib"],
+                       **{k: published[k] for k in ("retrieval", "retrieval_recall", "exact_rescored_users")}}
     stages["publish"] |= {"rows": published["rows"], "write_seconds": round(published["write_seconds"], 1)}
+    recall = published["retrieval_recall"]
     entry["notes"]["score"] = ("scoring runs inside publish (materialize scores a batch of users, then COPYs it): "
-                               "seconds is its scoring share, peak_mib the whole publish's")
+                               "seconds is its scoring share, peak_mib the whole publish's; retrieval "
+                               f"{published['retrieval']}" + ("" if recall is None else f", recall {recall:.4f} "
+                               "against exact ranking on a sample of users"))
     saved()
     return entry
 

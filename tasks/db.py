@@ -129,7 +129,8 @@ def copy_rows(conn: sa.Connection, qualified_table: str, columns: Iterable[str],
     raw = conn.connection.driver_connection
     with raw.cursor() as cursor:
         options = "FORMAT csv, FREEZE" if freeze else "FORMAT csv"
-        cursor.copy_expert(f"COPY {qualified_table} ({cols}) FROM STDIN WITH ({options})", buffer)
+        # 1 MiB reads: the driver releases the GIL while it sends each, so scoring can go on meanwhile.
+        cursor.copy_expert(f"COPY {qualified_table} ({cols}) FROM STDIN WITH ({options})", buffer, size=1 << 20)
 
 def copy_arrow(conn: sa.Connection, qualified_table: str, table, *, freeze: bool = False) -> int:
     """COPY a pyarrow Table (columns by name) on `conn`'s transaction; returns rows written.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,7 +64,8 @@ class MaterializeSummary:
     retrieval: str = "exact"  # how lists were drawn from the catalogue (materialize.retrieval)
     retrieval_recall: float | None = None  # the candidate index's recall against exact ranking, on a sample
     exact_rescored_users: int = 0  # users the index left short of top_k listable candidates, ranked exactly
-    score_seconds: float = 0.0  # model forward passes + building the rows
+    # The two overlap: a batch's rows are written while the next batch is scored.
+    score_seconds: float = 0.0  # model forward passes + building the rows (and the index, if any)
     write_seconds: float = 0.0  # CSV encoding, COPY and index builds of the three outputs
     reused: bool = False  # True when a succeeded run with the same key was republished instead
 
@@ -300,31 +302,44 @@ def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, s
     stats |= {"rows": 0, "interest_rows": 0, "fallback_users": 0, "new_item_rows": 0,
               "score_seconds": index_seconds, "write_seconds": 0.0}
     started = time.perf_counter()
-    for start in range(0, len(users), batch_users):
-        batch = users.iloc[start:start + batch_users]
-        histories = list(batch["history"])
+
+    def write(recommendations, interests, done: int) -> None:
+        """COPY one batch's rows (on the writer thread, while the next batch is scored)."""
         t0 = time.perf_counter()
-        recs = recommender.recommend(histories, top_k, max_new_items=config.materialize.max_new_items,
-                                     index=index, candidates=settings.index_candidates)
-        user_ids = batch["user_id"].to_numpy(np.int64)
-        recommendations = reco_rows.recommendation_table(user_ids, recs, catalogue)
-        interests = reco_rows.interest_table(user_ids, recs, catalogue, recommender.spec.n_interests)
-        leaks = reco_rows.seen_items_recommended(histories, recs)
-        if leaks:
-            raise RuntimeError(f"the champion recommended {leaks} item(s) already in users' histories; "
-                               "refusing to publish")
-        t1 = time.perf_counter()
         stats["rows"] += db.copy_arrow(conn, tables["user_recommendations"], recommendations, freeze=True)
         fault_point("copy")
         stats["interest_rows"] += db.copy_arrow(conn, tables["user_interests"], interests, freeze=True)
-        stats["fallback_users"] += int((recs.interest_ids[:, 0] == reco_rows.FALLBACK_INTEREST).sum())
-        stats["new_item_rows"] += int(recs.is_new.sum())
-        stats["exact_rescored_users"] += recs.exact_rescored_users
-        stats["score_seconds"] += t1 - t0
-        stats["write_seconds"] += time.perf_counter() - t1
-        done, elapsed = start + len(batch), time.perf_counter() - started
+        stats["write_seconds"] += time.perf_counter() - t0
+        elapsed = time.perf_counter() - started
         log.info("published %d/%d users (%.0f users/s, ETA %.0fs)", done, len(users), done / elapsed,
                  (len(users) - done) * elapsed / done)
+
+    # One batch is written while the next is scored: Postgres ingests the rows on its own core. At
+    # most one COPY is in flight, and the connection is used by one thread at a time.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reco-copy") as writer:
+        pending = None
+        for start in range(0, len(users), batch_users):
+            batch = users.iloc[start:start + batch_users]
+            histories = list(batch["history"])
+            t0 = time.perf_counter()
+            recs = recommender.recommend(histories, top_k, max_new_items=config.materialize.max_new_items,
+                                         index=index, candidates=settings.index_candidates)
+            user_ids = batch["user_id"].to_numpy(np.int64)
+            recommendations = reco_rows.recommendation_table(user_ids, recs, catalogue)
+            interests = reco_rows.interest_table(user_ids, recs, catalogue, recommender.spec.n_interests)
+            leaks = reco_rows.seen_items_recommended(histories, recs)
+            if leaks:
+                raise RuntimeError(f"the champion recommended {leaks} item(s) already in users' histories; "
+                                   "refusing to publish")
+            stats["fallback_users"] += int((recs.interest_ids[:, 0] == reco_rows.FALLBACK_INTEREST).sum())
+            stats["new_item_rows"] += int(recs.is_new.sum())
+            stats["exact_rescored_users"] += recs.exact_rescored_users
+            stats["score_seconds"] += time.perf_counter() - t0
+            if pending is not None:
+                pending.result()  # the previous batch's COPY (its error, if any, stops the run here)
+            pending = writer.submit(write, recommendations, interests, start + len(batch))
+        if pending is not None:
+            pending.result()
     t0 = time.perf_counter()
     neighbours = recommender.similar_items(settings.similar_top_k, settings.score_memory_mb)
     similar = reco_rows.similar_table(*neighbours, catalogue)
