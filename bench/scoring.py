@@ -1,5 +1,6 @@
-"""Scoring as the catalogue grows: users/s and peak memory of `Recommender.recommend` and
-`similar_items`, the two parts of publishing that grow with the number of items.
+"""Scoring as the catalogue grows: users/s and peak memory of `Recommender.recommend` (ranking the
+whole catalogue, and from the candidate index) and `similar_items`, the parts of publishing that
+grow with the number of items.
 
     python -m bench.scoring [--items 3706,37060,100000] [--users 3072]
 
@@ -45,20 +46,33 @@ def measure(n_items: int, n_users: int) -> dict:
                           "train_interactions": rng.zipf(1.5, n_items).clip(0, 10_000) * (rng.random(n_items) > 0.01)})
     recommender = Recommender(PrismRecNet(spec, encoder=None), torch.randn(n_items + 1, 384), items)
     histories = [rng.integers(10, n_items + 10, size=rng.integers(5, 121)) for _ in range(n_users)]
+    histories.sort(key=len, reverse=True)  # materialize scores the longest histories first (pad_history)
     settings = config.materialize
     batch = recommender.users_per_batch(settings.score_memory_mb, settings.batch_users)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    recommender.recommend(histories[:64], settings.top_k, max_new_items=settings.max_new_items)  # warm-up
-    started = time.perf_counter()
-    for start in range(0, n_users, batch):
-        recommender.recommend(histories[start:start + batch], settings.top_k, max_new_items=settings.max_new_items)
-    seconds = time.perf_counter() - started
+
+    def users_per_second(**retrieval) -> float:
+        recommender.recommend(histories[:64], settings.top_k, max_new_items=settings.max_new_items,
+                              **retrieval)  # warm-up
+        started = time.perf_counter()
+        for start in range(0, n_users, batch):
+            recommender.recommend(histories[start:start + batch], settings.top_k,
+                                  max_new_items=settings.max_new_items, **retrieval)
+        return n_users / (time.perf_counter() - started)
+
+    exact = users_per_second()
     scoring_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    index = recommender.candidate_index(settings.index_lists, settings.index_probes)
+    index_seconds = time.perf_counter() - started
+    from_index = users_per_second(index=index, candidates=settings.index_candidates)
     started = time.perf_counter()
     recommender.similar_items(settings.similar_top_k, settings.score_memory_mb)
     similar_seconds = time.perf_counter() - started
     return {"items": n_items, "users": n_users, "batch_users": batch, "interests": spec.n_interests,
-            "dim": spec.dim, "users_per_second": round(n_users / seconds, 1),
+            "dim": spec.dim, "users_per_second": round(exact, 1),
+            "index": {"lists": index.lists, "probes": index.probes, "candidates": settings.index_candidates,
+                      "build_seconds": round(index_seconds, 1), "users_per_second": round(from_index, 1)},
             "model_mib": round(before), "scoring_peak_mib": round(scoring_peak),
             "similar_items_seconds": round(similar_seconds, 1),
             "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
@@ -70,13 +84,21 @@ def markdown(result: dict) -> str:
         "# Scoring as the catalogue grows (random weights, the pipeline's default model settings)", "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
         f"({machine['torch_threads']} threads). Date {result['date']}. Histories of 5-120 random items; "
-        "top-50 lists with explanations, as `materialize` builds them.", "",
-        "| items | users | users a batch | users/s | memory before scoring (MiB) | peak while scoring (MiB) "
-        "| similar items (s) | peak (MiB) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "top-50 lists with explanations, as `materialize` builds them, longest histories first. Users/s "
+        "ranking the whole catalogue (exact) and ranking each interest's candidates from the inverted-file "
+        "index (materialize.retrieval; its lists and probes, and the seconds to build it). Random weights "
+        "say what the index costs, not what it misses: recall is measured on a trained model at every "
+        "publish (reco.runs.retrieval_recall; bench/results/scale.md).", "",
+        "| items | users | users a batch | users/s exact | users/s index | index lists / probes (build s) "
+        "| memory before scoring (MiB) | peak while scoring (MiB) | similar items (s) | peak (MiB) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in result["sizes"]:
+        index = row.get("index")
+        from_index = f"{index['users_per_second']:,.0f}" if index else "—"
+        index_shape = f"{index['lists']:,} / {index['probes']} ({index['build_seconds']})" if index else "—"
         lines.append(f"| {row['items']:,} | {row['users']:,} | {row['batch_users']:,} | {row['users_per_second']:,.0f} "
+                     f"| {from_index} | {index_shape} "
                      f"| {row['model_mib']:,} | {row['scoring_peak_mib']:,} | {row['similar_items_seconds']} "
                      f"| {row['peak_mib']:,} |")
     return "\n".join(lines) + "\n"
