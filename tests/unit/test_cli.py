@@ -263,3 +263,18 @@ def test_secret_settings_never_leave_the_config_unmasked():
     assert redact_text("at postgresql://u:p@ss:w@h/d now") == "at postgresql://u:***@h/d now"
     secrets = known_secrets({"PRISMREC_DATABASE_URL": "postgresql://u:p@ss:w@h/d", "PRISMREC_WRITER_PASSWORD": "wr1ter"})
     assert redact_text("p@ss:w, p%40ss%3Aw and wr1ter", secrets) == "***, *** and ***"
+
+
+def test_a_publication_from_the_candidate_index_says_its_recall(capsys):
+    from tasks.cli import _print_published
+
+    config = load_config({})
+    _print_published({"rows": 5_001_000, "users": 100_020, "model_version": "3", "retrieval": "exact",
+                      "retrieval_recall": None}, config)
+    exact = capsys.readouterr().out
+    assert exact.startswith("published 5,001,000 recommendations for 100,020 users from model version 3")
+    assert "recall" not in exact
+    _print_published({"rows": 50, "users": 1, "model_version": "3", "retrieval_recall": 0.9469,
+                      "retrieval": "index: 770 lists, 32 probed, 200 candidates an interest"}, config)
+    assert ("drawn from the candidate index (770 lists, 32 probed, 200 candidates an interest): recall 0.947"
+            in capsys.readouterr().out)
