@@ -264,8 +264,9 @@ def retrieval_recall(recommender, users: pd.DataFrame, index, settings: Material
                                                                     len(with_history)), replace=False)
     histories = list(users["history"].iloc[np.sort(chosen)])
     found = listed = 0
-    for start in range(0, len(histories), 256):
-        part = histories[start:start + 256]
+    step = recommender.users_per_batch(settings.score_memory_mb, settings.batch_users)  # exact ranking's batch
+    for start in range(0, len(histories), step):
+        part = histories[start:start + step]
         exact = recommender.top_item_ids(part, settings.top_k, settings.max_new_items)
         approx = recommender.top_item_ids(part, settings.top_k, settings.max_new_items, index=index,
                                           candidates=settings.index_candidates)
