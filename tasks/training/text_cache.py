@@ -33,7 +33,8 @@ KEEP = 8  # entries kept on disk, the most recently used: a training stores two 
 @dataclass(frozen=True)
 class TextStates:
     """Frozen hidden states [N+1, T, 384] and token masks [N+1, T] of every item's text; row 0 is
-    the padding item, T the longest text's tokens."""
+    the padding item, T the longest text's tokens (1 with no layer to fine-tune: pooled vectors,
+    tasks.model.text_tower.encode_frozen)."""
 
     states: torch.Tensor
     masks: torch.Tensor
@@ -49,7 +50,8 @@ def cache_text_states(texts: list[str], tokenizer, encoder, n_trainable: int, ma
     earlier run stored in `cache_dir` for the same inputs; keep the states on `device`."""
     states, masks = frozen_states(texts, tokenizer, encoder, n_trainable, max_tokens, cache_dir)
     pad_state, pad_mask = torch.zeros(1, *states.shape[1:]), torch.ones(1, masks.shape[1], dtype=masks.dtype)
-    return TextStates(states=torch.cat([pad_state, states]).to(device), masks=torch.cat([pad_mask, masks]).to(device))
+    states = torch.cat([pad_state, states])  # the one copy (the frozen states are the largest thing a training holds)
+    return TextStates(states=states.to(device), masks=torch.cat([pad_mask, masks]).to(device))
 
 
 def frozen_states(texts: list[str], tokenizer, encoder, n_trainable: int, max_tokens: int,
@@ -69,9 +71,7 @@ def frozen_states(texts: list[str], tokenizer, encoder, n_trainable: int, max_to
             except OSError:  # a cache shared read-only: read, not kept fresh
                 pass
             return states, masks
-    states, masks = encode_frozen(texts, tokenizer, encoder, n_trainable, max_tokens)
-    longest = int(masks.sum(1).max())  # drop all-padding token columns: they cost time and change nothing
-    states, masks = states[:, :longest].contiguous(), masks[:, :longest].contiguous()
+    states, masks = encode_frozen(texts, tokenizer, encoder, n_trainable, max_tokens)  # T: the longest text's
     if path is not None:
         try:
             store(path, states, masks)

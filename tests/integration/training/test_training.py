@@ -195,7 +195,8 @@ def test_packed_text_tower_computes_what_the_padded_minilm_layers_do(dataset_dir
     texts = pd.read_parquet(DatasetFiles(Path(dataset_dir)).items)["description"].tolist()[:40]
     tokenizer, encoder = load_language_model()
     states, masks = encode_frozen(texts, tokenizer, encoder, 2, 32)
-    assert 0 < masks.float().mean() < 0.75  # padding is most of the grid: what packing skips
+    assert masks.shape[1] == int(masks.sum(1).max()) <= 32  # padded to the longest text, not the cap
+    assert 0 < masks.float().mean() < 0.75  # padding is still most of the grid: what packing skips
     tower = TextTower(encoder, 2).eval()
     packed = tower(states, masks)
     packed.square().sum().backward()
@@ -210,11 +211,17 @@ def test_packed_text_tower_computes_what_the_padded_minilm_layers_do(dataset_dir
     padded.square().sum().backward()
     assert torch.allclose(packed, padded, atol=1e-5)
     assert torch.allclose(packed_grad, tower.layers[0].attention.self.query.weight.grad, atol=1e-4)
-    # And the whole pretrained encoder, run on the texts directly, agrees with frozen cache + tower.
+    # And the whole pretrained encoder, run on the texts padded to the cap, agrees with frozen cache + tower.
     tokens = tokenizer(texts, padding="max_length", max_length=32, truncation=True, return_tensors="pt")
     with torch.no_grad():
         direct = encoder(**tokens).last_hidden_state
-    assert torch.allclose(packed.detach(), (direct * weights).sum(1) / weights.sum(1), atol=1e-5)
+    weights = tokens["attention_mask"].unsqueeze(-1).float()
+    direct = (direct * weights).sum(1) / weights.sum(1)
+    assert torch.allclose(packed.detach(), direct, atol=1e-5)
+    # With no layer to fine-tune, the cache holds each item's pooled vector as one token: the same vectors.
+    pooled, ones = encode_frozen(texts, tokenizer, encoder, 0, 32)
+    assert pooled.shape == (40, 1, 384) and bool((ones == 1).all())
+    assert torch.allclose(TextTower(encoder, 0)(pooled, ones), direct, atol=1e-5)
 
 
 # Training across machines: two `torchrun` launchers as two nodes on loopback (c10d rendezvous, one
