@@ -64,9 +64,11 @@ def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 
 @torch.no_grad()
 def encode_frozen(texts: list[str], tokenizer, encoder, n_trainable: int, max_tokens: int,
-                  batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                  batch_size: int = 256, padding_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Run embeddings + the frozen lower layers once: ([N, T, 384] hidden states, [N, T] mask), T the
-    longest text's tokens (at most max_tokens; padding never changes a real token's state).
+    longest text's tokens (at most max_tokens; padding never changes a real token's state). With
+    `padding_row`, row 0 is the padding item (zero states, one real token) and texts start at row 1,
+    as training indexes items: the states are written once, never copied to add it.
 
     With no layer to fine-tune (n_trainable 0) the text tower only mean-pools these states, so each
     item's pooled vector is kept instead, as one token: [N, 1, 384] and a mask of ones, which pool to
@@ -77,7 +79,9 @@ def encode_frozen(texts: list[str], tokenizer, encoder, n_trainable: int, max_to
     frozen_layers = encoder.encoder.layer[: len(encoder.encoder.layer) - n_trainable]
     pool = TextTower(encoder, 0) if n_trainable == 0 else None
     width = 1 if pool is not None else tokens["input_ids"].shape[1]
-    states = torch.empty((len(texts), width, TEXT_DIM))  # filled batch by batch: no list of parts to concatenate
+    first = int(padding_row)
+    states = torch.empty((first + len(texts), width, TEXT_DIM))  # filled batch by batch: no parts to concatenate
+    states[:first] = 0.0
     for start in range(0, len(texts), batch_size):
         ids = tokens["input_ids"][start:start + batch_size]
         mask = tokens["attention_mask"][start:start + batch_size]
@@ -85,8 +89,10 @@ def encode_frozen(texts: list[str], tokenizer, encoder, n_trainable: int, max_to
         extended = additive_mask(mask, hidden.dtype)
         for layer in frozen_layers:
             hidden = layer(hidden, extended)
-        states[start:start + len(ids)] = hidden if pool is None else pool(hidden, mask)[:, None]
+        states[first + start:first + start + len(ids)] = hidden if pool is None else pool(hidden, mask)[:, None]
     masks = tokens["attention_mask"] if pool is None else torch.ones((len(texts), 1), dtype=torch.long)
+    if padding_row:
+        masks = torch.cat([torch.ones((1, masks.shape[1]), dtype=masks.dtype), masks])
     return states, masks
 
 

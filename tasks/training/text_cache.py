@@ -49,18 +49,17 @@ def cache_text_states(texts: list[str], tokenizer, encoder, n_trainable: int, ma
     """Run the encoder's frozen layers over `texts` (item 1..N) once, on the CPU, or read what an
     earlier run stored in `cache_dir` for the same inputs; keep the states on `device`."""
     states, masks = frozen_states(texts, tokenizer, encoder, n_trainable, max_tokens, cache_dir)
-    pad_state, pad_mask = torch.zeros(1, *states.shape[1:]), torch.ones(1, masks.shape[1], dtype=masks.dtype)
-    states = torch.cat([pad_state, states])  # the one copy (the frozen states are the largest thing a training holds)
-    return TextStates(states=states.to(device), masks=torch.cat([pad_mask, masks]).to(device))
+    return TextStates(states=states.to(device), masks=masks.to(device))
 
 
 def frozen_states(texts: list[str], tokenizer, encoder, n_trainable: int, max_tokens: int,
                   cache_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen layers' states [N, T, 384] and masks [N, T] of `texts`, T the longest text's tokens."""
+    """The frozen layers' states [N+1, T, 384] and masks [N+1, T] of `texts` (row 0: the padding
+    item), T the longest text's tokens. A stored entry is mapped from its file, not read into memory."""
     path = cache_dir / f"{cache_key(texts, n_trainable, max_tokens)}.pt" if cache_dir else None
     if path is not None and path.exists():
         try:
-            stored = torch.load(path, weights_only=True)
+            stored = torch.load(path, weights_only=True, mmap=True)
             states, masks = stored["states"], stored["masks"]
         except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as error:  # torn or foreign: compute afresh
             log.warning("ignoring the unreadable text-state cache %s (%s)", path, error)
@@ -71,7 +70,7 @@ def frozen_states(texts: list[str], tokenizer, encoder, n_trainable: int, max_to
             except OSError:  # a cache shared read-only: read, not kept fresh
                 pass
             return states, masks
-    states, masks = encode_frozen(texts, tokenizer, encoder, n_trainable, max_tokens)  # T: the longest text's
+    states, masks = encode_frozen(texts, tokenizer, encoder, n_trainable, max_tokens, padding_row=True)
     if path is not None:
         try:
             store(path, states, masks)
@@ -85,7 +84,7 @@ def cache_key(texts: list[str], n_trainable: int, max_tokens: int) -> str:
     """A hash of everything the frozen states depend on: the texts, the weights, the frozen layers' count, the token cap."""
     weights = sorted((f.name, f.stat().st_size) for f in pretrained_path().iterdir() if f.is_file())
     identity = {"model": model_identity(), "files": weights, "torch": torch.__version__,
-                "trainable_layers": n_trainable, "max_tokens": max_tokens}
+                "trainable_layers": n_trainable, "max_tokens": max_tokens, "layout": "padding row, longest text"}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     for text in texts:
         digest.update(text.encode())

@@ -50,7 +50,8 @@ def test_a_torn_file_is_computed_again(minilm, tmp_path):
     tokenizer, encoder = minilm
     (tmp_path / f"{cache_key(TEXTS, 1, 32)}.pt").write_bytes(b"not a tensor file")
     states, masks = frozen_states(TEXTS, tokenizer, encoder, 1, 32, tmp_path)
-    assert states.shape[0] == len(TEXTS) == masks.shape[0]
+    assert states.shape[0] == len(TEXTS) + 1 == masks.shape[0]  # row 0: the padding item
+    assert not states[0].any() and bool((masks[0] == 1).all())
     assert torch.load(tmp_path / f"{cache_key(TEXTS, 1, 32)}.pt", weights_only=True)["states"].shape == states.shape
 
 
