@@ -160,17 +160,10 @@ def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int,
     from bench.synthetic import END, ML1M_EVENTS, ScaleSpec
     from tasks import db, pipeline
     from tasks.config import load_config
-    from tasks.layout import ModelFiles
     from tasks.registry.store import register_candidate
 
     spec = ScaleSpec.of(factor * ML1M_EVENTS)
-    db_url = admin_url.rsplit("/", 1)[0] + f"/{database}"
-    model_name = f"prismrec_scale_{factor}x"
-    overrides = {"database.url": db_url, "paths.home": str(home), "registry.model_name": model_name,
-                 "materialize.top_k": 50, "materialize.keep_runs": 1, "train.max_steps_per_epoch": steps,
-                 "quality.volume_max_ratio": 1000.0,
-                 # The model gate is not a stage here; EASE's items x items solve would refuse 37k items.
-                 "gate.baselines": "popularity", **TRAIN}
+    overrides = size_overrides(factor, admin_url, database, home, steps)
     config = load_config(overrides)
     log.info("%dx: %s", factor, spec)
     loaded = load_synthetic(db.get_engine(config), config.database.app_schema, spec)
@@ -191,11 +184,23 @@ def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int,
         return entry
     with measured(stages, "train_epoch", saved):
         trained = pipeline.run_train(overrides, dataset)
-    summary = json.loads(ModelFiles(Path(trained["model_dir"])).summary.read_text())
-    record = json.loads(ModelFiles(Path(trained["model_dir"])).history.read_text())[-1]
+    training_figures(entry, Path(trained["model_dir"]), steps)
+    register_candidate(config, model_dir=Path(trained["model_dir"]), run_dir=Path(trained["run_dir"]),
+                       evaluation={}, decision={"passed": True, "reasons": ["cost-curve benchmark"]},
+                       lineage={"run_key": run_key})
+    return measure_publish(entry, overrides, saved)
+
+
+def training_figures(entry: dict, model_dir: Path, steps: int) -> None:
+    """The capped run's throughput from its model folder, and the full epoch extrapolated (labelled so)."""
+    from tasks.layout import ModelFiles
+
+    summary = json.loads(ModelFiles(model_dir).summary.read_text())
+    record = json.loads(ModelFiles(model_dir).history.read_text())[-1]
     steps_per_s, full_steps = record["steps_per_second"], summary["full_steps_per_epoch"]
     epoch_s = full_steps / steps_per_s
-    stages["train_epoch"] |= {
+    dataset = entry["dataset"]
+    entry["stages"]["train_epoch"] |= {
         "measured_steps": steps, "steps_per_second": round(steps_per_s, 2), "full_steps_per_epoch": full_steps,
         "epoch_seconds_extrapolated": round(epoch_s), "events_per_second": round(dataset["interactions"] / epoch_s),
         "validation_seconds": round(record["validation_seconds"], 1)}
@@ -203,9 +208,22 @@ def run_size(factor: int, admin_url: str, database: str, home: Path, steps: int,
         f"seconds is the measured wall time of the capped run ({steps} steps, text vectors, validation of "
         f"{min(dataset['users'], VALIDATION_USERS):,} users, MLflow); a full epoch of {full_steps} steps is "
         f"EXTRAPOLATED at {epoch_s:.0f} s")
-    register_candidate(config, model_dir=Path(trained["model_dir"]), run_dir=Path(trained["run_dir"]),
-                       evaluation={}, decision={"passed": True, "reasons": ["cost-curve benchmark"]},
-                       lineage={"run_key": run_key})
+
+
+def size_overrides(factor: int, admin_url: str, database: str, home: Path, steps: int) -> dict:
+    """The pipeline settings every stage of a size runs with."""
+    return {"database.url": admin_url.rsplit("/", 1)[0] + f"/{database}", "paths.home": str(home),
+            "registry.model_name": f"prismrec_scale_{factor}x", "materialize.top_k": 50,
+            "materialize.keep_runs": 1, "train.max_steps_per_epoch": steps, "quality.volume_max_ratio": 1000.0,
+            # The model gate is not a stage here; EASE's items x items solve would refuse 37k items.
+            "gate.baselines": "popularity", **TRAIN}
+
+
+def measure_publish(entry: dict, overrides: dict, saved) -> dict:
+    """Publish every user's top-50 from the size's champion: the score and publish stages."""
+    from tasks import pipeline
+
+    stages = entry["stages"]
     with measured(stages, "publish"):
         published = pipeline.run_materialize(overrides)
     stages["score"] = {"seconds": round(published["score_seconds"], 1), "peak_mib": stages["publish"]["peak_mib"],
@@ -297,6 +315,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--home", default="/tmp/prismrec-scale", help="PRISMREC_HOME of the runs (removed first)")
     parser.add_argument("--until", choices=("prepare", "publish"), default="publish",
                         help="the last stage run for each size (prepare: the data stages only)")
+    parser.add_argument("--from", dest="start", choices=("load", "publish"), default="load",
+                        help="publish: measure publishing again on the database and home an earlier run of "
+                             "the size left (--keep-database, or a run stopped after training)")
+    parser.add_argument("--keep-database", action="store_true", help="leave the database for a later --from publish")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for chatty in ("alembic", "mlflow", "great_expectations"):
@@ -309,6 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "note": NOTE,
               "sizes": [s for s in previous.get("sizes", [])]}
+    if args.start == "publish":
+        return publish_again(args, result, admin, home)
     try:
         for factor in (int(f) for f in args.sizes.split(",")):
             with admin.connect() as conn:
@@ -327,8 +351,32 @@ def main(argv: list[str] | None = None) -> dict:
             run_size(factor, args.url, args.database, home / f"{factor}x", args.steps, entry, lambda: save(result),
                      args.until)
     finally:  # `with (force)` ends the pipeline's pooled connections to it
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"drop database if exists {args.database} with (force)"))
+        if not args.keep_database:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f"drop database if exists {args.database} with (force)"))
+    return result
+
+
+def publish_again(args, result: dict, admin, home: Path) -> dict:
+    """--from publish: the score and publish stages of each size again, on what an earlier run left
+    (its database, its home's champion and its figures for the stages before)."""
+    import sqlalchemy as sa
+
+    with admin.connect() as conn:
+        exists = conn.execute(sa.text("select 1 from pg_database where datname = :d"), {"d": args.database}).scalar()
+    for factor in (int(f) for f in args.sizes.split(",")):
+        entry = next((s for s in result["sizes"] if s.get("factor") == factor and s["stages"].get("train_epoch")),
+                     None)
+        if not exists or entry is None or not (home / f"{factor}x" / "mlflow.db").exists():
+            raise SystemExit(f"--from publish needs what an earlier run of {factor}x left: the database "
+                             f"{args.database}, {home / f'{factor}x'} and its training figures in scale.json; "
+                             "run the size with --keep-database first")
+        if "steps_per_second" not in entry["stages"]["train_epoch"]:  # a run stopped before it wrote them
+            training_figures(entry, home / f"{factor}x" / "runs" / f"scale-{factor}x" / "model", args.steps)
+        entry["notes"]["score, publish"] = (f"measured again {datetime.now(UTC).isoformat(timespec='seconds')} "
+                                            "(--from publish) on the data and model of the run above")
+        measure_publish(entry, size_overrides(factor, args.url, args.database, home / f"{factor}x", args.steps),
+                        lambda: save(result))
     return result
 
 

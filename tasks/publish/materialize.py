@@ -101,16 +101,18 @@ def read_histories(engine: sa.Engine, config: PipelineConfig) -> pd.DataFrame:
     app = db.quote_ident(config.database.app_schema)
     with engine.connect() as conn:
         kept = erased_filter(conn, config.database.reco_schema)  # people erased at their request are not scored
-        where = f"where {kept}" if kept else ""
-        events = pd.read_sql_query(sa.text(
-            f'select user_id, item_id from {app}."interactions" {where} order by user_id, occurred_at, item_id'), conn)
-        user_ids = events["user_id"].to_numpy(np.int64)
+        known = ["user_id is not null", *([kept] if kept else [])]
+        events = db.copy_out_int64(conn, (
+            f'select user_id, item_id from {app}."interactions" where {" and ".join(known)} and item_id is not null '
+            "order by user_id, occurred_at, item_id"), ("user_id", "item_id"))
+        user_ids = events["user_id"]
         if db.table_exists(engine, config.database.app_schema, "users"):
-            listed = pd.read_sql_query(sa.text(f'select user_id from {app}."users" {where}'), conn)["user_id"]
-            user_ids = np.concatenate([user_ids, listed.to_numpy(np.int64)])
+            listed = db.copy_out_int64(conn, f'select user_id from {app}."users" where {" and ".join(known)}',
+                                       ("user_id",))["user_id"]
+            user_ids = np.concatenate([user_ids, listed])
     users = np.unique(user_ids)
-    bounds = np.searchsorted(events["user_id"].to_numpy(np.int64), users, side="left")
-    histories = np.split(events["item_id"].to_numpy(np.int64), bounds[1:])
+    bounds = np.searchsorted(events["user_id"], users, side="left")
+    histories = np.split(events["item_id"], bounds[1:])
     return pd.DataFrame({"user_id": users, "history": histories})
 
 
