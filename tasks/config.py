@@ -348,7 +348,10 @@ class MaterializeConfig:
     index_probes: int = 32
     # Items each interest retrieves (at least top_k); their union is ranked with exact scores.
     index_candidates: int = 200
+    # Users whose lists are ranked both ways to measure the index's recall; below index_min_recall
+    # the index probes twice the cells until it is reached (0: measure, never probe more).
     recall_sample_users: int = 1000
+    index_min_recall: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -533,6 +536,8 @@ def validate(config: PipelineConfig) -> None:
          and config.materialize.recall_sample_users >= 0,
          "materialize.index_min_items, index_lists, index_probes and index_candidates must be at least 1, "
          "materialize.recall_sample_users at least 0"),
+        (0.0 <= config.materialize.index_min_recall <= 1.0,
+         f"materialize.index_min_recall must be between 0 and 1, got {config.materialize.index_min_recall}"),
         (config.source.max_users is None or config.source.max_users >= 1,
          f"source.max_users (--max-users) must be at least 1, or unset for every user; got {config.source.max_users}"),
         (config.extract.window_days is None or config.extract.window_days > 0,

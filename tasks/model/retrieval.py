@@ -55,6 +55,10 @@ class ItemIndex:
         log.info("indexed %d items in %d lists (%d probed a query) in %.1fs", self.items, self.lists, self.probes,
                  self.build_seconds)
 
+    def probe(self, probes: int) -> None:
+        """Visit `probes` cells a query from now on (at most every cell)."""
+        self.probes = self.index.nprobe = max(1, min(probes, self.lists))
+
     def search(self, queries: torch.Tensor, k: int) -> torch.Tensor:
         """Queries [Q, d] -> the indices of their `k` best items by inner product [Q, k], best
         first (0 where a query's probed cells hold fewer than k items)."""

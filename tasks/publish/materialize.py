@@ -258,25 +258,32 @@ def candidate_index(recommender, settings: MaterializeConfig):
     return recommender.candidate_index(settings.index_lists, settings.index_probes)
 
 
-def retrieval_recall(recommender, users: pd.DataFrame, index, settings: MaterializeConfig) -> float:
-    """The share of the items exact ranking lists that the index's lists hold too, over up to
-    recall_sample_users users with a history (a fixed random sample): what approximation costs."""
+def tune_recall(recommender, users: pd.DataFrame, index, settings: MaterializeConfig) -> float:
+    """The index's recall: the share of the items exact ranking lists that its lists hold too, over
+    up to recall_sample_users users with a history (a fixed random sample). Below
+    materialize.index_min_recall, the index probes twice the cells and measures again, until the
+    recall is reached or every cell is probed (exact, up to candidates per interest): the catalogue
+    and the model decide how many cells a recall needs, and this finds it for each publication."""
     with_history = np.flatnonzero(users["history"].map(len).to_numpy() > 0)
     chosen = np.random.default_rng(0).choice(with_history, size=min(settings.recall_sample_users,
                                                                     len(with_history)), replace=False)
     histories = list(users["history"].iloc[np.sort(chosen)])
-    found = listed = 0
     step = recommender.users_per_batch(settings.score_memory_mb, settings.batch_users)  # exact ranking's batch
-    for start in range(0, len(histories), step):
-        part = histories[start:start + step]
-        exact = recommender.top_item_ids(part, settings.top_k, settings.max_new_items)
-        approx = recommender.top_item_ids(part, settings.top_k, settings.max_new_items, index=index,
-                                          candidates=settings.index_candidates)
-        for mine, truth in zip(approx, exact, strict=True):
-            truth = truth[truth >= 0]
-            found += len(np.intersect1d(mine, truth))
-            listed += len(truth)
-    return found / listed if listed else 1.0
+    parts = [histories[start:start + step] for start in range(0, len(histories), step)]
+    truths = [truth[truth >= 0] for part in parts
+              for truth in recommender.top_item_ids(part, settings.top_k, settings.max_new_items)]
+    listed = sum(len(truth) for truth in truths)
+    while True:
+        lists = (recommender.top_item_ids(part, settings.top_k, settings.max_new_items, index=index,
+                                          candidates=settings.index_candidates) for part in parts)
+        mine = (row for rows in lists for row in rows)
+        found = sum(len(np.intersect1d(row, truth)) for row, truth in zip(mine, truths, strict=True))
+        recall = found / listed if listed else 1.0
+        log.info("candidate index: %d of %d cells probed, recall %.4f against exact ranking on %d users",
+                 index.probes, index.lists, recall, len(histories))
+        if recall >= settings.index_min_recall or index.probes >= index.lists:
+            return recall
+        index.probe(min(index.lists, 2 * index.probes))
 
 
 def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, str], config: PipelineConfig) -> dict:
@@ -287,12 +294,10 @@ def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, s
     index = candidate_index(recommender, settings)
     stats = {"retrieval": "exact", "retrieval_recall": None, "exact_rescored_users": 0}
     if index is not None:
+        if settings.recall_sample_users:
+            stats["retrieval_recall"] = round(tune_recall(recommender, users, index, settings), 4)
         stats["retrieval"] = (f"index: {index.lists} lists, {index.probes} probed, "
                               f"{settings.index_candidates} candidates an interest")
-        if settings.recall_sample_users:
-            stats["retrieval_recall"] = round(retrieval_recall(recommender, users, index, settings), 4)
-            log.info("candidate index (%s): recall %.4f against exact ranking on a sample of %d users",
-                     stats["retrieval"], stats["retrieval_recall"], settings.recall_sample_users)
     index_seconds = time.perf_counter() - t0
     batch_users = recommender.users_per_batch(settings.score_memory_mb, settings.batch_users)
     if batch_users < settings.batch_users:

@@ -310,15 +310,17 @@ def test_history_tables_of_an_older_version_gain_the_new_column(mat_config, firs
     assert _read(engine, f"select count(*) as n from {RECO}.item_exposure")["n"].item() > 0
 
 
-@pytest.mark.parametrize("probes", [1000, 1])
+@pytest.mark.parametrize("probes, min_recall", [(1000, 0.9), (1, 0.0), (1, 1.0)])
 def test_lists_from_the_candidate_index_record_their_recall(mat_config, first_publication, engine, recommender,
-                                                            histories, probes):
+                                                            histories, probes, min_recall):
     """materialize.retrieval = index: every cell visited lists exactly what exact ranking lists
-    (recall 1); one cell of many lists less of it, and the run says how much."""
+    (recall 1); one cell of many lists less of it, and the run says how much; asked for a recall,
+    the index probes more cells until the sample reaches it."""
     from tasks.publish.materialize import materialize
 
     config = dataclasses.replace(mat_config, materialize=dataclasses.replace(
-        mat_config.materialize, retrieval="index", index_probes=probes, index_candidates=recommender.n_items))
+        mat_config.materialize, retrieval="index", index_probes=probes, index_candidates=recommender.n_items,
+        index_min_recall=min_recall))
     summary = materialize(config)
     run = _read(engine, f"select * from {RECO}.runs where materialization_id = :m", m=summary.materialization_id).iloc[0]
     assert run["retrieval"] == summary.retrieval and run["retrieval"].startswith("index: ")
@@ -327,10 +329,12 @@ def test_lists_from_the_candidate_index_record_their_recall(mat_config, first_pu
     expected = recommender.recommend(list(histories.values()), 5)
     same = all(rows[rows["user_id"] == user]["item_id"].tolist() == expected.item_ids[position].tolist()
                for position, user in enumerate(histories))
-    if probes == 1000:
-        assert summary.retrieval_recall == 1.0 and same
+    probed = int(summary.retrieval.split(" lists, ")[1].split(" probed")[0])
+    if min_recall == 0.0:
+        assert 0.0 < summary.retrieval_recall < 1.0 and not same and probed == 1
     else:
-        assert 0.0 < summary.retrieval_recall < 1.0 and not same
+        assert summary.retrieval_recall == 1.0 and same
+        assert probed > 1  # tuned up from one cell (or capped at every cell)
     assert len(rows) == 25 and not rows.groupby("user_id")["item_id"].apply(lambda s: s.duplicated().any()).any()
 
 

@@ -84,5 +84,9 @@ def test_cells_follow_the_catalogue_size_and_never_starve():
     index = ItemIndex(model.unit_items, model.available, lists=1000, probes=64)
     assert index.lists == N_ITEMS // MIN_POINTS_PER_LIST and index.probes == index.lists
     assert index.items == N_ITEMS
+    index.probe(2)
+    assert index.probes == index.index.nprobe == 2
+    index.probe(0)
+    assert index.probes == 1
     found = index.search(model.net.query_vectors(torch.randn(3, 16)), 5)
     assert found.shape == (3, 5) and (found > 0).all() and (found <= N_ITEMS).all()
