@@ -123,13 +123,17 @@ bench-scoring: venv
 # Cost curve: every stage (extract, data gate, prepare, a capped training epoch, scoring, publishing)
 # on synthetic data at 1x, 10x, 100x ML-1M's events in database prismrec_scale (created on
 # SCALE_URL's server, dropped at the end); writes bench/results/scale.{json,md}. Not part of `make test`.
-# SCALE_UNTIL=prepare runs the data stages only (what one machine does at 100x).
+# SCALE_UNTIL=prepare runs the data stages only; SCALE_FROM=publish measures publishing again on the
+# database and model a run with SCALE_KEEP=1 (--keep-database) left.
 SCALE_SIZES ?= 1,10,100
 SCALE_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 SCALE_UNTIL ?=
+SCALE_FROM ?=
+SCALE_KEEP ?=
 .PHONY: bench-scale
 bench-scale: venv
-	nice -n 10 $(BIN)/python -m bench.scale --sizes $(SCALE_SIZES) --url $(SCALE_URL) $(if $(SCALE_UNTIL),--until $(SCALE_UNTIL))
+	nice -n 10 $(BIN)/python -m bench.scale --sizes $(SCALE_SIZES) --url $(SCALE_URL) $(if $(SCALE_UNTIL),--until $(SCALE_UNTIL)) \
+		$(if $(SCALE_FROM),--from $(SCALE_FROM)) $(if $(SCALE_KEEP),--keep-database)
 
 # Decoupled interests on ML-100K: K=1 vs K=4 ablation, disentanglement figures, cold-start items
 # vs id-only SASRec and popularity; writes bench/results/interests-ml-100k.{json,md}.

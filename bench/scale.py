@@ -1,6 +1,6 @@
 """The cost curve: every pipeline stage on synthetic data at 1x, 10x and 100x MovieLens-1M's events.
 
-    python -m bench.scale [--sizes 1,10,100] [--steps 30] [--until STAGE]
+    python -m bench.scale [--sizes 1,10,100] [--steps 30] [--until STAGE] [--from publish] [--keep-database]
                           [--url postgresql://postgres@127.0.0.1:5432/postgres]
 
 For each size, bench.synthetic's data (long-tailed popularity, sessions, item text; 100 events per
@@ -14,7 +14,9 @@ top-50 into `reco`. Per stage: wall seconds and the peak memory of this process 
 sampled every 0.5 s; the Postgres server's own memory is not in it). Results are merged into
 bench/results/scale.{json,md} after each stage, so an interrupted run keeps what it measured.
 `--until prepare` stops a size after its data stages (a stage not run keeps no figure, and the size says
-so in its notes).
+so in its notes). `--keep-database` leaves the database in place, and `--from publish` then measures
+the score and publish stages again on it and the size's champion (a publishing change, re-measured
+without loading, extracting and training again).
 """
 
 from __future__ import annotations
