@@ -49,3 +49,15 @@ def test_a_stage_in_its_own_process_reports_its_error_and_is_measured_alone():
     with PeakMemory(interval=0.05) as memory, pytest.raises(RuntimeError, match="stage no_such_stage failed: Attr"):
         in_own_process(memory, "no_such_stage")
     assert memory.child_only and memory.root not in (None, __import__("os").getpid())
+
+
+def test_publishing_again_needs_what_an_earlier_run_left(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setattr(scale, "RESULTS", tmp_path)
+    (tmp_path / "scale.json").write_text(json.dumps({"sizes": [
+        {"factor": 7, "events": 7, "users": 1, "items": 1, "stages": {"extract": {"seconds": 1.0}}, "notes": {}}]}))
+    with pytest.raises(SystemExit, match="--from publish needs what an earlier run of 7x left.*--keep-database"):
+        scale.main(["--sizes", "7", "--from", "publish", "--database", "prismrec_scale_absent",
+                    "--home", str(tmp_path / "home")])
+    assert json.loads((tmp_path / "scale.json").read_text())["sizes"][0]["stages"] == {"extract": {"seconds": 1.0}}
