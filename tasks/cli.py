@@ -142,7 +142,7 @@ def _print_published(summary: dict[str, Any], config: PipelineConfig) -> None:
     if summary.get("retrieval_recall") is not None:  # lists drawn from the candidate index: say what it missed
         print(f"  drawn from the candidate index ({summary['retrieval'].removeprefix('index: ')}): recall "
               f"{summary['retrieval_recall']:.3f} against exact ranking on a sample of users "
-              "(more materialize.index_probes: higher, slower)")
+              "(materialize.index_min_recall sets the floor; higher probes more cells, slower)")
 
 
 def _announce_champion(args: argparse.Namespace, config: PipelineConfig, version: str, action: str) -> int:
