@@ -133,6 +133,15 @@ def copy_rows(conn: sa.Connection, qualified_table: str, columns: Iterable[str],
         # 1 MiB reads: the driver releases the GIL while it sends each, so scoring can go on meanwhile.
         cursor.copy_expert(f"COPY {qualified_table} ({cols}) FROM STDIN WITH ({options})", buffer, size=1 << 20)
 
+
+def copy_query_to_file(conn: sa.Connection, query: str, path: Path, *, header: bool = False) -> None:
+    """Run `query` (parameters already bound) through COPY ... TO STDOUT into a CSV file at `path`."""
+    raw = conn.connection.driver_connection
+    options = "FORMAT csv, HEADER" if header else "FORMAT csv"
+    with raw.cursor() as cursor, path.open("wb") as out:
+        cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH ({options})", out, size=1 << 20)
+
+
 def copy_out_int64(conn: sa.Connection, query: str, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The integer columns of `query` (never null) as int64 arrays, by name. The rows leave Postgres
     through COPY ... TO STDOUT into a temporary CSV file that pyarrow parses 64 MB at a time: memory
@@ -143,12 +152,10 @@ def copy_out_int64(conn: sa.Connection, query: str, columns: tuple[str, ...]) ->
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    raw = conn.connection.driver_connection
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
     with tempfile.TemporaryDirectory(prefix="prismrec-copy-") as folder:
         path = Path(folder) / "rows.csv"
-        with raw.cursor() as cursor, path.open("wb") as out:
-            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)", out, size=1 << 20)
+        copy_query_to_file(conn, query, path)
         reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(column_names=list(columns), block_size=64 << 20),
                                 convert_options=pacsv.ConvertOptions(column_types={c: pa.int64() for c in columns}))
         for batch in reader:

@@ -180,10 +180,9 @@ STREAM_BLOCK_BYTES = 64 << 20
 
 def _copy_to_file(conn: sa.Connection, query: str, params: dict[str, Any], path: Path) -> None:
     """Run `query` through COPY ... TO STDOUT into a CSV file with a header."""
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cursor, path.open("wb") as out:
+    with conn.connection.driver_connection.cursor() as cursor:
         bound = cursor.mogrify(query, params).decode("utf-8")
-        cursor.copy_expert(f"COPY ({bound}) TO STDOUT WITH (FORMAT csv, HEADER)", out)
+    db.copy_query_to_file(conn, bound, path, header=True)
 
 
 def _interactions_schema(nullable: frozenset[str] = frozenset()):

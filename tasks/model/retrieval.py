@@ -1,7 +1,8 @@
 """Candidates from a large catalogue: an inverted-file index over the unit item vectors.
 
 Ranking a user against the whole catalogue costs interests x items x d multiply-adds and a top-k
-over every item; at 100k items that, not the user tower, is most of publishing's time. An
+over every item; at 100k items and four interests that is about half of scoring's time, the user
+tower the rest (bench/results/scoring.md). An
 inverted-file index (faiss's IndexIVFFlat, inner product) clusters the unit item vectors into
 `lists` cells by k-means; a query visits the `probes` cells whose centroids it matches best and
 scores their items exactly. Each interest retrieves its best `candidates` items, and the
@@ -49,7 +50,7 @@ class ItemIndex:
         self.index.cp.seed = seed
         self.index.train(vectors)
         self.index.add_with_ids(vectors, ids)
-        self.probes = self.index.nprobe = min(probes, self.lists)
+        self.probe(probes)
         self.items = len(ids)
         self.build_seconds = time.perf_counter() - started
         log.info("indexed %d items in %d lists (%d probed a query) in %.1fs", self.items, self.lists, self.probes,

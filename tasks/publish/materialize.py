@@ -101,13 +101,13 @@ def read_histories(engine: sa.Engine, config: PipelineConfig) -> pd.DataFrame:
     app = db.quote_ident(config.database.app_schema)
     with engine.connect() as conn:
         kept = erased_filter(conn, config.database.reco_schema)  # people erased at their request are not scored
-        known = ["user_id is not null", *([kept] if kept else [])]
+        known = " and ".join(["user_id is not null", *([kept] if kept else [])])
         events = db.copy_out_int64(conn, (
-            f'select user_id, item_id from {app}."interactions" where {" and ".join(known)} and item_id is not null '
+            f'select user_id, item_id from {app}."interactions" where {known} and item_id is not null '
             "order by user_id, occurred_at, item_id"), ("user_id", "item_id"))
         user_ids = events["user_id"]
         if db.table_exists(engine, config.database.app_schema, "users"):
-            listed = db.copy_out_int64(conn, f'select user_id from {app}."users" where {" and ".join(known)}',
+            listed = db.copy_out_int64(conn, f'select user_id from {app}."users" where {known}',
                                        ("user_id",))["user_id"]
             user_ids = np.concatenate([user_ids, listed])
     users = np.unique(user_ids)
