@@ -99,7 +99,7 @@ class SASRec(nn.Module):
         allowed = causal & (real[:, None, :] | torch.eye(length, dtype=torch.bool, device=sequence.device))
         top = len(self.blocks.layers) - 1
         for i, layer in enumerate(self.blocks.layers):  # nn.TransformerEncoderLayer's forward, with the cheap dropout
-            hidden = encoder_layer(layer, hidden, allowed[:, None], last_only=last_only and i == top)
+            hidden, _ = encoder_layer(layer, hidden, allowed[:, None], last_only=last_only and i == top)
         return self.norm(hidden)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

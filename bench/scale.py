@@ -12,7 +12,8 @@ softmax; the full epoch is extrapolated from the measured steps/s and labelled s
 trained model is registered as champion and `run_materialize` scores every user and publishes the
 top-50 into `reco`. Per stage: wall seconds and the peak memory of this process tree (summed Pss,
 sampled every 0.5 s; the Postgres server's own memory is not in it). Results are merged into
-bench/results/scale.{json,md} after each stage, so an interrupted run keeps what it measured.
+bench/results/scale.{json,md} (`--results NAME`: NAME.{json,md}, for another machine) after each stage,
+so an interrupted run keeps what it measured.
 `--until prepare` stops a size after its data stages (a stage not run keeps no figure, and the size says
 so in its notes). `--keep-database` leaves the database in place, and `--from publish` then measures
 the score and publish stages again on it and the size's champion (a publishing change, re-measured
@@ -271,14 +272,15 @@ def machine() -> dict:
 
 
 def save(result: dict) -> None:
-    """bench/results/scale.json and the table in scale.md; sizes measured by another run and not by
-    this one are kept from the file."""
+    """bench/results/<name>.json and the table in <name>.md (name: --results, "scale" unless given);
+    sizes measured by another run and not by this one are kept from the file."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    on_disk = json.loads((RESULTS / "scale.json").read_text()) if (RESULTS / "scale.json").exists() else {}
+    path = RESULTS / f"{result.get('results', 'scale')}.json"
+    on_disk = json.loads(path.read_text()) if path.exists() else {}
     ours = {s["events"] for s in result["sizes"]}
     result["sizes"] = sorted(result["sizes"] + [s for s in on_disk.get("sizes", []) if s["events"] not in ours],
                              key=lambda s: s["events"])
-    (RESULTS / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Cost curve (bench.scale)", "",
              f"Measured {result['generated_at']} on {result['machine']['cpu']}, {result['machine']['cores']} cores, "
              f"{result['machine']['memory_gib']} GiB; {result['note']}", "",
@@ -305,7 +307,7 @@ def save(result: dict) -> None:
                          f"average up to {max(loads)} during its stages ({result['machine']['cores']} cores)")
         for stage, note in size.get("notes", {}).items():
             lines.append(f"- {size['events']:,} events, {stage}: {note}")
-    (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -321,6 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="publish: measure publishing again on the database and home an earlier run of "
                              "the size left (--keep-database, or a run stopped after training)")
     parser.add_argument("--keep-database", action="store_true", help="leave the database for a later --from publish")
+    parser.add_argument("--results", default="scale",
+                        help="bench/results/<results>.{json,md}: another name keeps a different machine's curve apart")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for chatty in ("alembic", "mlflow", "great_expectations"):
@@ -329,8 +333,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     admin = sa.create_engine(args.url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT")
     home = Path(args.home)
-    previous = json.loads((RESULTS / "scale.json").read_text()) if (RESULTS / "scale.json").exists() else {}
-    result = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+    path = RESULTS / f"{args.results}.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    result = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "results": args.results,
               "note": NOTE,
               "sizes": [s for s in previous.get("sizes", [])]}
     if args.start == "publish":

@@ -29,7 +29,7 @@ class PrismRecPyfunc(PythonModel):
         from tasks.model.recommender import Recommender
 
         self.read_settings()
-        self.recommender = Recommender.load(context.artifacts["model_dir"])
+        self.recommender = Recommender.load(context.artifacts["model_dir"], self.precision)
 
     def read_settings(self) -> None:
         """The serving process's materialize settings (its environment, else the defaults), read once at
@@ -37,7 +37,8 @@ class PrismRecPyfunc(PythonModel):
         every request."""
         from tasks.config import load_config
 
-        self.materialize = load_config().materialize
+        config = load_config()
+        self.materialize, self.precision = config.materialize, config.train.precision
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params, defaults = params or {}, self.materialize

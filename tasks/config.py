@@ -349,7 +349,7 @@ class MaterializeConfig:
     # Items each interest retrieves (at least top_k); their union is ranked with exact scores.
     index_candidates: int = 200
     # Users whose lists are ranked both ways to measure the index's recall; below index_min_recall
-    # the index probes twice the cells until it is reached (0: measure, never probe more).
+    # the index probes half as many cells again until it is reached (0: measure, never probe more).
     recall_sample_users: int = 1000
     index_min_recall: float = 0.9
 

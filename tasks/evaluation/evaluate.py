@@ -64,6 +64,7 @@ class _ColdSlice:
     sequences: Sequences
     targets: object  # DataFrame[user, item_id]
     new_item_ids: np.ndarray
+    precision: str = "auto"  # train.precision: the user tower's, as publishing runs it
 
     def definition(self) -> dict:
         """The slice's entry in the evaluation's definitions (the same pairs in both splits)."""
@@ -82,17 +83,17 @@ class _ColdSlice:
         else:
             from tasks.model.recommender import Recommender
 
-            recommender = Recommender.load(model_dir)
+            recommender = Recommender.load(model_dir, self.precision)
             score = recommender.score_items
         for split, metrics in cold.cold_metrics(score, self.sequences, self.targets, self.new_item_ids).items():
             model_slices[split][cold.SLICE] = metrics
 
 
-def _cold_slice(dataset_dir: Path, sequences: Sequences) -> _ColdSlice:
+def _cold_slice(dataset_dir: Path, sequences: Sequences, precision: str) -> _ColdSlice:
     from tasks.data.prepare import load_cold_targets, load_new_items
 
     return _ColdSlice(sequences, load_cold_targets(dataset_dir),
-                      load_new_items(dataset_dir)["item_id"].to_numpy(np.int64))
+                      load_new_items(dataset_dir)["item_id"].to_numpy(np.int64), precision)
 
 
 def baseline_scorer(name: str, sequences: Sequences, items) -> Scorer:
@@ -112,14 +113,14 @@ def evaluate_run(config: PipelineConfig, dataset_dir: Path, model_dir: Path,
     started = time.time()
     sequences, items = load_dataset(dataset_dir)
     slices = split_slices(sequences, config)
-    candidate, candidate_slices = _evaluate_with_slices(model_scorer(model_dir, sequences), sequences, slices)
+    candidate, candidate_slices = _evaluate_with_slices(model_scorer(model_dir, sequences, config.train.precision), sequences, slices)
     evaluation = Evaluation(candidate=candidate)
     evaluation.slices = {
         "definitions": {split: {s.name: {"description": s.description, "users": int(s.mask.sum())} for s in pieces}
                         for split, pieces in slices.items()},
         "candidate": candidate_slices, "baselines": {}, "champion": None,
     }
-    really_cold = _cold_slice(dataset_dir, sequences)
+    really_cold = _cold_slice(dataset_dir, sequences, config.train.precision)
     evaluation.slices["definitions"] = {split: {**pieces, **really_cold.definition()}
                                         for split, pieces in evaluation.slices["definitions"].items()}
     really_cold.add(evaluation.slices["candidate"], model_dir)
@@ -129,7 +130,7 @@ def evaluate_run(config: PipelineConfig, dataset_dir: Path, model_dir: Path,
         really_cold.add(evaluation.slices["baselines"][name], None)
     if champion_model_dir is not None:
         evaluation.champion, evaluation.slices["champion"] = _evaluate_with_slices(
-            model_scorer(champion_model_dir, sequences), sequences, slices)
+            model_scorer(champion_model_dir, sequences, config.train.precision), sequences, slices)
         really_cold.add(evaluation.slices["champion"], champion_model_dir)
         evaluation.champion_version = champion_version
     evaluation.seconds = time.time() - started

@@ -59,11 +59,12 @@ def popularity_scorer(sequences: Sequences) -> Scorer:
     return lambda histories: scores.expand(len(histories), -1)
 
 
-def model_scorer(model_dir: Path, sequences: Sequences) -> Scorer:
-    """A trained PrismRec model (candidate or champion) scoring the split's items by app item id."""
+def model_scorer(model_dir: Path, sequences: Sequences, precision: str = "auto") -> Scorer:
+    """A trained PrismRec model (candidate or champion) scoring the split's items by app item id, its
+    user tower in train.precision's `precision` (as publishing runs it)."""
     from tasks.model.recommender import Recommender
 
-    return recommender_scorer(Recommender.load(model_dir), sequences)
+    return recommender_scorer(Recommender.load(model_dir, precision), sequences)
 
 
 def recommender_scorer(recommender, sequences: Sequences, memory_mb: float = SCORE_MEMORY_MB) -> Scorer:

@@ -57,39 +57,72 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+def additive_mask(blocked: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The additive form (0 / -inf) of a boolean mask `blocked` (True: may not attend), which
+    scaled_dot_product_attention would make of a boolean one on every call: made once, for a pass
+    whose every layer reads the same mask."""
+    return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
+
+
+def _apply_mask(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Scores with a boolean mask (True: may attend) or an additive one (additive_mask) applied, in place."""
+    if allowed.dtype == torch.bool:
+        return scores.masked_fill_(~allowed, float("-inf"))
+    return scores.add_(allowed)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, p: float, scale: float
               ) -> torch.Tensor:
-    """Softmax attention [B, H, L, hd] with a boolean mask (True: may attend; broadcast over heads)
-    and dropout p on the attention probabilities."""
+    """Softmax attention [B, H, L, hd] with a mask broadcast over heads, boolean (True: may attend) or
+    additive (additive_mask), and dropout p on the attention probabilities."""
     if p <= 0.0 or q.device.type != "cpu":
+        if allowed.dtype != torch.bool and allowed.dtype != q.dtype:
+            allowed = allowed.to(q.dtype)  # under autocast q is bf16, and the mask must match it
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=scale)
     scores = q @ k.transpose(-1, -2)  # a new tensor, and its product's backward does not read it: edit in place
-    scores.mul_(scale).masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+    if allowed.dtype == torch.bool:
+        scores.mul_(scale).masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+    else:
+        scores.mul_(scale).add_(allowed)
     # In v's dtype: under bf16 the CPU kernels still accumulate in fp32 and round once, as a fp32 softmax
     # cast to bf16 does, without the two casts of [B, H, L, L] each way (~25 % of the attention's time).
     return dropout(scores.softmax(-1), p) @ v
 
 
-def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False
-                  ) -> torch.Tensor:
+def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False,
+                  weights: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """nn.TransformerEncoderLayer's forward (batch_first, norm_first) for x [B, L, d] and a mask
-    `allowed` [B, 1, L, L] or [L, L] (True: position i may attend to j). With last_only the last
-    position's output alone, [B, 1, d]: its query over every key, its feed-forward pass (inference
-    reads nothing else from a model's top layer)."""
+    `allowed` [B, 1, L, L] or [L, L] (True: position i may attend to j; or additive_mask's form).
+    With last_only the last position's output alone, [B, 1, d]: its query over every key, its
+    feed-forward pass (inference reads nothing else from a model's top layer). With `weights` > 0 also the self-attention
+    probabilities of the last `weights` queries averaged over heads, [B, weights, L], what
+    nn.MultiheadAttention's need_weights returns, from the same projections (else None)."""
     if not (layer.norm_first and layer.self_attn.batch_first):
         raise ValueError("encoder_layer implements the pre-LN, batch-first layer only")
     p = layer.dropout.p if layer.training else 0.0
     mha = layer.self_attn
     batch, length, dim = x.shape
     heads = mha.num_heads
-    q, k, v = F.linear(layer.norm1(x), mha.in_proj_weight, mha.in_proj_bias).view(
-        batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    scale = 1.0 / math.sqrt(dim // heads)
+    normed = layer.norm1(x)
+    if last_only and weights <= 1:  # the keys and values of every position, the query of the last alone
+        weight, bias = mha.in_proj_weight, mha.in_proj_bias
+        q = F.linear(normed[:, -1:], weight[:dim], bias[:dim]).view(batch, 1, heads, dim // heads).transpose(1, 2)
+        k, v = F.linear(normed, weight[dim:], bias[dim:]).view(
+            batch, length, 2, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    else:
+        q, k, v = F.linear(normed, mha.in_proj_weight, mha.in_proj_bias).view(
+            batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    averaged = None
+    if weights:
+        scores = (q[:, :, -weights:] @ k.transpose(-1, -2)).mul_(scale)
+        averaged = _apply_mask(scores, allowed[..., -weights:, :]).softmax(-1).mean(1)
     if last_only:
-        q, x, allowed, length = q[:, :, -1:], x[:, -1:], allowed[..., -1:, :], 1
-    context = attention(q, k, v, allowed, p, 1.0 / math.sqrt(dim // heads))
+        q, x, allowed, length = q[:, :, -1:], x[:, -1:], allowed[..., -1:, :], 1  # q: a view where it is one already
+    context = attention(q, k, v, allowed, p, scale)
     x = x + dropout(mha.out_proj(context.transpose(1, 2).reshape(batch, length, dim)), p)
     hidden = dropout(layer.activation(layer.linear1(layer.norm2(x))), p)
-    return x + dropout(layer.linear2(hidden), p)
+    return x + dropout(layer.linear2(hidden), p), averaged
 
 
 def use_bf16(precision: str, device) -> bool:

@@ -83,8 +83,11 @@ class Recommendations:
 
 
 class Recommender:
-    def __init__(self, net: PrismRecNet, item_text_vectors: torch.Tensor, items: pd.DataFrame):
+    def __init__(self, net: PrismRecNet, item_text_vectors: torch.Tensor, items: pd.DataFrame, bf16: bool = False):
         self.net = net.eval()
+        # The user tower under bf16 autocast (scores stay float32 cosines): the gate's evaluation and
+        # publishing both rank through a Recommender, so the lists the gate measured are the ones published.
+        self.bf16 = bf16
         self.spec = net.spec
         with torch.no_grad():
             self.item_vectors = net.item_vectors(item_text_vectors)
@@ -121,8 +124,12 @@ class Recommender:
         self.interest_balance = float(net.spec.interest_balance)
 
     @classmethod
-    def load(cls, model_dir: Path) -> Recommender:
-        """The model a training run left in `model_dir` (tasks.layout.ModelFiles), ready to score."""
+    def load(cls, model_dir: Path, precision: str = "auto") -> Recommender:
+        """The model a training run left in `model_dir` (tasks.layout.ModelFiles), ready to score.
+        `precision` is train.precision's: "auto" runs the user tower in bf16 where the CPU does bf16
+        natively (as training's validation does), "bf16" or "fp32" force one."""
+        from tasks.model.layers import use_bf16
+
         files = ModelFiles(Path(model_dir))
         if not files.checkpoint.exists():
             raise RegistryError(f"{files.root} holds no {files.checkpoint.name}; it is not a PrismRec model folder")
@@ -132,7 +139,7 @@ class Recommender:
         state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("text_tower.")}
         net.load_state_dict(state)
         items = pd.read_parquet(files.items).sort_values("idx")
-        return cls(net, checkpoint["item_text_vectors"], items)
+        return cls(net, checkpoint["item_text_vectors"], items, bf16=use_bf16(precision, torch.device("cpu")))
 
     @property
     def n_items(self) -> int:
@@ -168,7 +175,7 @@ class Recommender:
         """Histories in model indices -> (every item's score under every interest [B, K, N+1],
         attention [B, K, L] (None without with_attention: scores alone), padded histories [B, L])."""
         padded = pad_history(histories, self.spec.max_history)
-        per_interest, _, attention = self.net.interest_scores(padded, self.item_vectors, with_attention)
+        per_interest, _, attention = self.net.interest_scores(padded, self.item_vectors, with_attention, self.bf16)
         return per_interest, attention, padded
 
     def score_items(self, histories: Sequence[Sequence[int]], item_ids: np.ndarray,
@@ -273,7 +280,7 @@ class Recommender:
         their union ranked with exact scores. Users left with fewer than top_k listable candidates
         (most of them already seen) are ranked against the whole catalogue instead."""
         padded = pad_history(indexed, self.spec.max_history)
-        last, attention = self.net.last_interests(padded, self.item_vectors)
+        last, attention = self.net.last_interests(padded, self.item_vectors, bf16=self.bf16)
         queries = self.net.query_vectors(last)  # [B, K, d]: score = query . unit item
         users, _, dim = queries.shape
         found = index.search(queries.reshape(-1, dim), max(candidates, top_k)).view(users, -1)

@@ -186,7 +186,7 @@ def validate(net: PrismRecNet, text_cache: torch.Tensor, sequences, users, max_h
     tensor on `device` (nccl reduces GPU tensors only). At most `batch_size` users a pass, fewer
     where their scores would pass tasks.model.network.SCORE_MEMORY_MB (a large catalogue). `bf16`:
     the user tower in bf16, as the training steps run it (float32 scores; the gate's evaluation and
-    publishing stay float32 throughout)."""
+    publishing resolve train.precision the same way, tasks.model.recommender.Recommender.load)."""
     from tasks.evaluation.metrics import mask_history, rank_targets
 
     batch_size = rows_within(SCORE_MEMORY_MB, net.spec.n_interests * len(text_cache), batch_size)  # [K, N+1] a user

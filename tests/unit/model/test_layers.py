@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tasks.model.layers import Dropout, attention, dropout, encoder_layer
+from tasks.model.layers import Dropout, additive_mask, attention, dropout, encoder_layer
 
 
 def test_dropout_drops_the_asked_share_and_keeps_the_mean():
@@ -62,18 +62,38 @@ def test_encoder_layer_computes_what_the_torch_layer_does(activation, training):
     x = torch.randn(3, 7, 16)
     allowed = _mask(3, 7)
     expected = layer(x, src_mask=(~allowed).repeat_interleave(2, 0))
-    assert torch.allclose(encoder_layer(layer, x, allowed[:, None]), expected, atol=1e-5)
+    assert torch.allclose(encoder_layer(layer, x, allowed[:, None])[0], expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("additive", [False, True])
 @pytest.mark.parametrize("shared_mask", [False, True])
-def test_encoder_layer_last_only_is_the_last_position_of_the_full_pass(shared_mask):
+def test_encoder_layer_last_only_is_the_last_position_of_the_full_pass(shared_mask, additive):
     torch.manual_seed(2)
     layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.3, batch_first=True, norm_first=True).eval()
     x = torch.randn(3, 7, 16)
     allowed = torch.ones(7, 7, dtype=torch.bool).tril() if shared_mask else _mask(3, 7)[:, None]
-    last = encoder_layer(layer, x, allowed, last_only=True)
-    assert last.shape == (3, 1, 16)
-    assert torch.allclose(last, encoder_layer(layer, x, allowed)[:, -1:], atol=1e-5)
+    mask = additive_mask(~allowed) if additive else allowed  # the same mask, in the form inference passes
+    last, weights = encoder_layer(layer, x, mask, last_only=True)
+    assert last.shape == (3, 1, 16) and weights is None
+    assert torch.allclose(last, encoder_layer(layer, x, allowed)[0][:, -1:], atol=1e-5)
+
+
+@pytest.mark.parametrize("last_only", [False, True])
+@pytest.mark.parametrize("rows", [1, 7])
+def test_encoder_layer_weights_are_what_multihead_attention_returns(last_only, rows):
+    torch.manual_seed(3)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.3, batch_first=True, norm_first=True).eval()
+    x = torch.randn(3, 7, 16)
+    allowed = _mask(3, 7)
+    normed = layer.norm1(x)
+    _, expected = layer.self_attn(normed[:, -rows:], normed, normed, need_weights=True, average_attn_weights=True,
+                                  attn_mask=(~allowed[:, -rows:]).repeat_interleave(2, 0))
+    out, weights = encoder_layer(layer, x, allowed[:, None], last_only=last_only, weights=rows)
+    assert weights.shape == (3, rows, 7)
+    assert torch.allclose(weights, expected, atol=1e-6)
+    _, from_additive = encoder_layer(layer, x, additive_mask(~allowed[:, None]), last_only=last_only, weights=rows)
+    assert torch.allclose(from_additive, expected, atol=1e-6)
+    assert torch.equal(out, encoder_layer(layer, x, allowed[:, None], last_only=last_only)[0])  # weights change nothing
 
 
 def test_attention_dropout_is_unbiased_against_plain_attention():
