@@ -217,7 +217,8 @@ class TrainConfig:
     # epochs so far, validation included); the best epoch is kept.
     max_minutes: float | None = None
     # Matmul precision: "auto" = bf16 autocast on a GPU and on CPUs with native bf16 (AVX512-BF16,
-    # AMX), fp32 elsewhere; "bf16" or "fp32" force one.
+    # AMX), fp32 elsewhere; "bf16" or "fp32" force one. The user tower ranks in it too, resolved on the
+    # ranking machine: validation, the gate's evaluation, publishing and the pyfunc (Recommender.load).
     precision: str = "auto"
     # Memory allocator of the training processes (CPU; tasks.training.launcher.allocator_env):
     # glibc's malloc fragments over a long run (resident memory grows epoch after epoch) and

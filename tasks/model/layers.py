@@ -94,9 +94,10 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: t
     """nn.TransformerEncoderLayer's forward (batch_first, norm_first) for x [B, L, d] and a mask
     `allowed` [B, 1, L, L] or [L, L] (True: position i may attend to j; or additive_mask's form).
     With last_only the last position's output alone, [B, 1, d]: its query over every key, its
-    feed-forward pass (inference reads nothing else from a model's top layer). With `weights` > 0 also the self-attention
-    probabilities of the last `weights` queries averaged over heads, [B, weights, L], what
-    nn.MultiheadAttention's need_weights returns, from the same projections (else None)."""
+    feed-forward pass (inference reads nothing else from a model's top layer). With `weights` > 0
+    also the self-attention probabilities of the last `weights` queries averaged over heads,
+    [B, weights, L], what nn.MultiheadAttention's need_weights returns, from the same projections
+    (else None)."""
     if not (layer.norm_first and layer.self_attn.batch_first):
         raise ValueError("encoder_layer implements the pre-LN, batch-first layer only")
     p = layer.dropout.p if layer.training else 0.0

@@ -81,7 +81,7 @@ def test_candidates_running_out_leave_empty_slots():
     assert torch.isfinite(got_scores).tolist() == [[True, False, False]]
 
 
-def small_recommender(balance: float, n_items: int = 30, k: int = 3) -> Recommender:
+def small_recommender(balance: float, n_items: int = 30, k: int = 3, bf16: bool = False) -> Recommender:
     torch.manual_seed(0)
     spec = ModelSpec(n_items=n_items, max_history=8, dim=16, n_interests=k, user_layers=1, user_heads=2,
                      dropout=0.0, lm_trainable_layers=0, max_text_tokens=8, use_id_embedding=True,
@@ -91,7 +91,7 @@ def small_recommender(balance: float, n_items: int = 30, k: int = 3) -> Recommen
         net.id_embedding.weight.normal_(std=1.0)  # distinct items, so interests disagree
     items = pd.DataFrame({"item_id": np.arange(100, 100 + n_items), "title": [f"Film {i}" for i in range(n_items)],
                           "train_interactions": np.arange(n_items) + 1})
-    return Recommender(net, torch.randn(n_items + 1, 384), items)
+    return Recommender(net, torch.randn(n_items + 1, 384), items, bf16=bf16)
 
 
 HISTORIES = [[100, 105, 111, 117], [103], [120, 121, 122, 123, 124, 125, 126], []]
@@ -122,8 +122,10 @@ def test_balance_shares_out_the_list_and_scores_rank_like_the_list():
     assert (after.interest_ids[3] == -1).all()
 
 
-def test_no_balance_keeps_the_best_interest_ranking():
-    recommender = small_recommender(0.0)
+@pytest.mark.parametrize("bf16", [False, True])
+def test_no_balance_keeps_the_best_interest_ranking(bf16):
+    """What the gate's evaluation ranks (score_items) is what publishing lists (recommend), in either precision."""
+    recommender = small_recommender(0.0, bf16=bf16)
     result = recommender.recommend(HISTORIES[:3], 10)
     for user, history in enumerate(HISTORIES[:3]):
         scores = recommender.score_items([history], recommender.item_ids)[0].numpy()
@@ -157,3 +159,13 @@ def test_a_call_can_override_the_models_balance():
                           plain.recommend(HISTORIES, 10).item_ids)
     with pytest.raises(ValueError, match="interest_balance must be >= 0"):
         plain.recommend(HISTORIES, 10, interest_balance=-0.5)
+
+
+def test_the_user_tower_ranks_in_bf16_with_float32_scores_near_the_float32_ones():
+    full, half = small_recommender(0.0), small_recommender(0.0, bf16=True)
+    indexed = [full.to_indices(h) for h in HISTORIES[:3]]
+    exact, _, _ = full.score_indices(indexed)
+    rounded, _, _ = half.score_indices(indexed)
+    assert rounded.dtype == exact.dtype == torch.float32
+    assert not torch.equal(rounded, exact)  # the flag reaches the tower
+    assert torch.allclose(rounded, exact, atol=0.25)  # scaled cosines in [-20, 20]: a bf16 tower moves them a little

@@ -109,7 +109,9 @@ def test_the_served_model_takes_its_budget_and_new_item_cap_from_the_serving_env
     read when the model loads; a bad value stops the load with the setting named."""
     monkeypatch.setenv("PRISMREC_MATERIALIZE__SCORE_MEMORY_MB", "7")
     monkeypatch.setenv("PRISMREC_MATERIALIZE__MAX_NEW_ITEMS", "2")
+    monkeypatch.setenv("PRISMREC_TRAIN__PRECISION", "fp32")
     served = served_model()
+    assert served.precision == "fp32"  # what load_context passes to Recommender.load
     budgets, caps = [], []
     per_batch, recommend = served.recommender.users_per_batch, served.recommender.recommend
     served.recommender.users_per_batch = lambda budget, most: (budgets.append(budget), per_batch(budget, most))[1]
