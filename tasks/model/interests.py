@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from tasks.model.layers import Dropout, additive_mask, encoder_layer
+from tasks.model.layers import Dropout, encoder_layer, padded_causal_mask
 
 
 class InterestExtractor(nn.Module):
@@ -45,18 +45,21 @@ class InterestExtractor(nn.Module):
                 self.long_out.bias.zero_()
         self.dropout = Dropout(dropout)
 
-    def _context(self, x: torch.Tensor, blocked: torch.Tensor, with_attention: bool, last_attention: bool = False,
-                 last_state: bool = False):
-        """Run the causal transformer (blocked [B, L, L]: True where i may not see j); optionally
-        return the last layer's self-attention [B, L, L]. last_attention / last_state: the last
-        position's alone ([B, 1, L] / [B, 1, d]), so the top layer skips the other queries."""
+    def _context(self, x: torch.Tensor, causal: torch.Tensor, pad: torch.Tensor, with_attention: bool,
+                 last_attention: bool = False, last_state: bool = False):
+        """Run the causal transformer (causal [L, L]: True where i may not see j; pad [B, L]: True
+        at padding, which no real position sees); optionally return the last layer's self-attention
+        [B, L, L]. last_attention / last_state: the last position's alone ([B, 1, L] / [B, 1, d]),
+        so the top layer skips the other queries."""
         layers = self.context.layers
         if self.training:
-            allowed = ~blocked[:, None]  # [B, 1, L, L], the same for every head
+            # Left padding: a padded position may only see itself (a fully masked row would be NaN).
+            diagonal = torch.eye(len(causal), dtype=torch.bool, device=x.device)
+            allowed = ~(causal[None] | (pad[:, None, :] & ~diagonal[None]))[:, None]  # [B, 1, L, L], every head
         else:  # additive, made once in the attention's dtype rather than by every layer's (~10 % of inference)
             device = x.device.type
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-            allowed = additive_mask(blocked[:, None], dtype)
+            allowed = padded_causal_mask(causal, pad, dtype)
         for layer in layers[:-1]:
             x, _ = encoder_layer(layer, x, allowed)
         rows = (1 if last_attention else x.shape[1]) if with_attention else 0
@@ -78,14 +81,10 @@ class InterestExtractor(nn.Module):
         positions = torch.arange(most - length, most, device=history.device)
         x = self.dropout(history * math.sqrt(dim) + self.positions(positions))
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=history.device), 1)
-        # Left padding: a padded position may only see itself (a fully masked row would be NaN);
-        # real positions never see padding.
-        diagonal = torch.eye(length, dtype=torch.bool, device=history.device)
-        blocked_context = causal[None] | (pad[:, None, :] & ~diagonal[None])  # [B, L, L]
         # At inference (last_only) the top layer computes the last position alone where nothing else
         # is read: its attention always, its state when there are no long-term interests (their keys
         # are the states at every position).
-        state, recent_attention = self._context(x, blocked_context, with_attention, last_attention=last_only,
+        state, recent_attention = self._context(x, causal, pad, with_attention, last_attention=last_only,
                                                 last_state=last_only and self.interest_queries is None)
         state = self.norm(state)
         if last_only:

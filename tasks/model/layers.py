@@ -64,6 +64,18 @@ def additive_mask(blocked: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
     return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
 
 
+def padded_causal_mask(causal: torch.Tensor, pad: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """additive_mask of a left-padded causal pass, [B, 1, L, L], built by broadcasting rather than
+    from a boolean [B, L, L]: position i sees j <= i (`causal` [L, L] True above the diagonal), no
+    real position sees padding (`pad` [B, L]), and a padded position sees itself alone (a row with
+    nothing to see would be NaN)."""
+    upper = torch.zeros(causal.shape, dtype=dtype, device=causal.device).masked_fill_(causal, float("-inf"))
+    keys = torch.zeros(pad.shape, dtype=dtype, device=pad.device).masked_fill_(pad, float("-inf"))
+    mask = upper[None] + keys[:, None, :]
+    mask.diagonal(dim1=1, dim2=2).masked_fill_(pad, 0.0)
+    return mask[:, None]
+
+
 def _apply_mask(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """Scores with a boolean mask (True: may attend) or an additive one (additive_mask) applied, in place."""
     if allowed.dtype == torch.bool:

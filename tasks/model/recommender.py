@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn import functional as F
 
 from tasks.errors import RegistryError
 from tasks.layout import ModelFiles
@@ -336,14 +337,15 @@ class Recommender:
         attends to: cosine(history item, pick) x (0.9 + 0.1 x relative attention).
         [B, k, e] model indices (0 = none)."""
         length = padded.shape[1]
-        weight = attention.gather(1, interest.clamp(min=0)[..., None].expand(-1, -1, length))  # [B, k, L]
-        history = self.item_directions[padded]  # [B, L, d]
-        picks = self.item_directions[top_idx]  # [B, k, d]
         # Similarity to the pick leads; the interest's attention (scaled to its max) breaks near-ties
-        # towards the items that interest is about.
-        focus = 0.9 + 0.1 * weight / weight.amax(-1, keepdim=True).clamp(min=1e-9)
-        weight = focus * torch.einsum("bkd,bld->bkl", picks, history).clamp(min=0.0)
-        weight = weight.masked_fill((padded == 0)[:, None, :], -1.0)
+        # towards the items that interest is about. Worked out per interest [B, K, L], then per pick,
+        # and in place: [B, k, L] is top_k x a history per user, the largest tensor of a batch's explanations.
+        focus = (attention * 0.1).div_(attention.amax(-1, keepdim=True).clamp(min=1e-9)).add_(0.9)
+        focus = focus.gather(1, interest.clamp(min=0)[..., None].expand(-1, -1, length))  # [B, k, L]
+        history = F.embedding(padded, self.item_directions)  # [B, L, d] (a row gather, faster than indexing)
+        picks = F.embedding(top_idx, self.item_directions)  # [B, k, d]
+        weight = torch.bmm(picks, history.transpose(1, 2)).clamp_(min=0.0).mul_(focus)
+        weight.masked_fill_((padded == 0)[:, None, :], -1.0)
         chosen = weight.topk(min(explain_items, length), dim=-1)
         because = padded.gather(1, chosen.indices.flatten(1)).view(chosen.indices.shape)
         return because.masked_fill(chosen.values < 0, 0).masked_fill((interest < 0)[..., None], 0)

@@ -5,7 +5,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tasks.model.layers import Dropout, additive_mask, attention, dropout, encoder_layer
+from tasks.model.layers import (
+    Dropout,
+    additive_mask,
+    attention,
+    dropout,
+    encoder_layer,
+    padded_causal_mask,
+)
 
 
 def test_dropout_drops_the_asked_share_and_keeps_the_mean():
@@ -112,3 +119,14 @@ def test_encoder_layer_refuses_a_post_ln_layer():
     layer = nn.TransformerEncoderLayer(8, 2, batch_first=True, norm_first=False)
     with pytest.raises(ValueError, match="pre-LN"):
         encoder_layer(layer, torch.randn(1, 3, 8), torch.ones(3, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_padded_causal_mask_is_the_boolean_one_made_additive(dtype):
+    """Inference's mask, built by broadcasting, blocks what training's boolean mask blocks: later
+    positions, and padding except a padded position's own (left padding of 0, 3 and 6 places)."""
+    length = 6
+    pad = torch.arange(length)[None, :] < torch.tensor([[0], [3], [6]])
+    causal = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
+    blocked = causal[None] | (pad[:, None, :] & ~torch.eye(length, dtype=torch.bool)[None])
+    assert torch.equal(padded_causal_mask(causal, pad, dtype), additive_mask(blocked[:, None], dtype))
