@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from tasks.errors import RegistryError
 from tasks.layout import ModelFiles
 from tasks.model.network import SCORE_MEMORY_MB, ModelSpec, PrismRecNet, pad_history, rows_within
+from tasks.model.sets import history_keys, in_sorted, pair_keys
 from tasks.titles import display_titles
 
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
@@ -256,9 +257,8 @@ class Recommender:
         out = (columns == 0) | ~self.available[columns]
         if lengths.sum():
             width = self.n_items + 1
-            seen = np.repeat(np.arange(len(indexed), dtype=np.int64), lengths) * width + np.concatenate(indexed)
-            keys = np.arange(len(indexed), dtype=np.int64)[:, None] * width + columns.numpy()
-            out |= torch.from_numpy(np.isin(keys, seen))
+            keys = pair_keys(np.arange(len(indexed))[:, None], columns.numpy(), width)
+            out |= torch.from_numpy(in_sorted(keys, history_keys(indexed, width)))
         per_interest.masked_fill_(out[:, None], float("-inf"))
         if max_new is None:
             return

@@ -148,11 +148,12 @@ def similar_table(item_ids: np.ndarray, similar_ids: np.ndarray, cosine: np.ndar
 
 def seen_items_recommended(histories: Sequence[np.ndarray], recs: Recommendations) -> int:
     """How many recommended items are already in the user's history (must be 0 to publish)."""
-    lengths = np.fromiter((len(h) for h in histories), np.int64, len(histories))
-    if not lengths.sum():
+    from tasks.model.sets import history_keys, in_sorted, pair_keys
+
+    histories = [np.asarray(h, dtype=np.int64) for h in histories]
+    if not sum(len(h) for h in histories):
         return 0
     span = int(max(np.max(np.concatenate(histories)), recs.item_ids.max(), 0)) + 2
-    seen = np.repeat(np.arange(len(histories)), lengths) * span + np.concatenate(histories)
     shown = recs.item_ids >= 0
-    offered = (np.arange(len(histories))[:, None] * span + recs.item_ids)[shown]
-    return int(np.isin(offered, seen).sum())
+    offered = pair_keys(np.arange(len(histories))[:, None], recs.item_ids, span)[shown]
+    return int(in_sorted(offered, history_keys(histories, span)).sum())
