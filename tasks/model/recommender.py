@@ -287,7 +287,7 @@ class Recommender:
         found = index.search(queries.reshape(-1, dim), max(candidates, top_k)).view(users, -1)
         found = found.sort(dim=1).values
         found[:, 1:].masked_fill_(found[:, 1:] == found[:, :-1], 0)  # an item two interests retrieved, once
-        per_interest = torch.einsum("bkd,bmd->bkm", queries, self.unit_items[found])
+        per_interest = torch.einsum("bkd,bmd->bkm", queries, F.embedding(found, self.unit_items))  # a row gather
         top_scores, top_idx, interest = self._ranked(per_interest, indexed, top_k, balance, max_new, columns=found)
         short = torch.nonzero(~torch.isfinite(top_scores[:, -1]) & (padded[:, -1] > 0)).flatten()
         if len(short):
