@@ -34,6 +34,7 @@ def measure(n_items: int, n_users: int) -> dict:
     import torch
 
     from tasks.config import load_config
+    from tasks.model.layers import use_bf16
     from tasks.model.network import ModelSpec, PrismRecNet
     from tasks.model.recommender import Recommender
 
@@ -44,7 +45,9 @@ def measure(n_items: int, n_users: int) -> dict:
     items = pd.DataFrame({"item_id": np.arange(10, n_items + 10), "title": [f"Item {i}" for i in range(n_items)],
                           # long-tailed popularity, 1 % of the catalogue new (no training interactions)
                           "train_interactions": rng.zipf(1.5, n_items).clip(0, 10_000) * (rng.random(n_items) > 0.01)})
-    recommender = Recommender(PrismRecNet(spec, encoder=None), torch.randn(n_items + 1, 384), items)
+    # The user tower in train.precision, as the pipeline's Recommender.load resolves it on this machine.
+    bf16 = use_bf16(config.train.precision, torch.device("cpu"))
+    recommender = Recommender(PrismRecNet(spec, encoder=None), torch.randn(n_items + 1, 384), items, bf16=bf16)
     histories = [rng.integers(10, n_items + 10, size=rng.integers(5, 121)) for _ in range(n_users)]
     histories.sort(key=len, reverse=True)  # materialize scores the longest histories first (pad_history)
     settings = config.materialize
@@ -70,6 +73,7 @@ def measure(n_items: int, n_users: int) -> dict:
     recommender.similar_items(settings.similar_top_k, settings.score_memory_mb)
     similar_seconds = time.perf_counter() - started
     return {"items": n_items, "users": n_users, "batch_users": batch, "interests": spec.n_interests,
+            "precision": "bf16" if bf16 else "fp32",
             "dim": spec.dim, "users_per_second": round(exact, 1),
             "index": {"lists": index.lists, "probes": index.probes, "candidates": settings.index_candidates,
                       "build_seconds": round(index_seconds, 1), "users_per_second": round(from_index, 1)},
@@ -83,7 +87,9 @@ def markdown(result: dict) -> str:
     lines = [
         "# Scoring as the catalogue grows (random weights, the pipeline's default model settings)", "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
-        f"({machine['torch_threads']} threads). Date {result['date']}. Histories of 5-120 random items; "
+        f"({machine['torch_threads']} threads). Date {result['date']}. User tower in "
+        f"{', '.join(sorted({row.get('precision', 'fp32') for row in result['sizes']}))} (train.precision, as "
+        "publishing resolves it on this machine). Histories of 5-120 random items; "
         "top-50 lists with explanations, as `materialize` builds them, longest histories first. Users/s "
         "ranking the whole catalogue (exact) and ranking each interest's candidates from the inverted-file "
         "index (materialize.retrieval; its lists and probes, and the seconds to build it). Random weights "
