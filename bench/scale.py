@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -326,6 +327,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results", default="scale",
                         help="bench/results/<results>.{json,md}: another name keeps a different machine's curve apart")
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.results):
+        parser.error(f"--results {args.results!r}: a file name in bench/results (letters, digits, '.', '_', '-'), "
+                     "e.g. scale-xeon-amx")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for chatty in ("alembic", "mlflow", "great_expectations"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -27,7 +27,6 @@ class InterestExtractor(nn.Module):
 
     def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float):
         super().__init__()
-        self.n_heads = n_heads
         self.positions = nn.Embedding(max_len, dim)
         layer = nn.TransformerEncoderLayer(
             dim, n_heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True, norm_first=True,

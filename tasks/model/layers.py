@@ -57,16 +57,10 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-def additive_mask(blocked: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The additive form (0 / -inf) of a boolean mask `blocked` (True: may not attend), which
-    scaled_dot_product_attention would make of a boolean one on every call: made once, for a pass
-    whose every layer reads the same mask."""
-    return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
-
-
 def padded_causal_mask(causal: torch.Tensor, pad: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """additive_mask of a left-padded causal pass, [B, 1, L, L], built by broadcasting rather than
-    from a boolean [B, L, L]: position i sees j <= i (`causal` [L, L] True above the diagonal), no
+    """The additive mask (0 / -inf) of a left-padded causal pass, [B, 1, L, L], which
+    scaled_dot_product_attention would otherwise make of a boolean one in every layer: made once a
+    pass, by broadcasting rather than from a boolean [B, L, L]. Position i sees j <= i (`causal` [L, L] True above the diagonal), no
     real position sees padding (`pad` [B, L]), and a padded position sees itself alone (a row with
     nothing to see would be NaN)."""
     upper = torch.zeros(causal.shape, dtype=dtype, device=causal.device).masked_fill_(causal, float("-inf"))
@@ -77,7 +71,7 @@ def padded_causal_mask(causal: torch.Tensor, pad: torch.Tensor, dtype: torch.dty
 
 
 def _apply_mask(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Scores with a boolean mask (True: may attend) or an additive one (additive_mask) applied, in place."""
+    """Scores with a boolean mask (True: may attend) or an additive one (0 / -inf) applied, in place."""
     if allowed.dtype == torch.bool:
         return scores.masked_fill_(~allowed, float("-inf"))
     return scores.add_(allowed)
@@ -86,7 +80,7 @@ def _apply_mask(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, p: float, scale: float
               ) -> torch.Tensor:
     """Softmax attention [B, H, L, hd] with a mask broadcast over heads, boolean (True: may attend) or
-    additive (additive_mask), and dropout p on the attention probabilities."""
+    additive (0 / -inf, padded_causal_mask), and dropout p on the attention probabilities."""
     if p <= 0.0 or q.device.type != "cpu":
         if allowed.dtype != torch.bool and allowed.dtype != q.dtype:
             allowed = allowed.to(q.dtype)  # under autocast q is bf16, and the mask must match it
@@ -104,7 +98,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.
 def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False,
                   weights: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """nn.TransformerEncoderLayer's forward (batch_first, norm_first) for x [B, L, d] and a mask
-    `allowed` [B, 1, L, L] or [L, L] (True: position i may attend to j; or additive_mask's form).
+    `allowed` [B, 1, L, L] or [L, L] (True: position i may attend to j; or additive, 0 / -inf).
     With last_only the last position's output alone, [B, 1, d]: its query over every key, its
     feed-forward pass (inference reads nothing else from a model's top layer). With `weights` > 0
     also the self-attention probabilities of the last `weights` queries averaged over heads,

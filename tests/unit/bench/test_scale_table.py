@@ -61,3 +61,11 @@ def test_publishing_again_needs_what_an_earlier_run_left(tmp_path, monkeypatch):
         scale.main(["--sizes", "7", "--from", "publish", "--database", "prismrec_scale_absent",
                     "--home", str(tmp_path / "home")])
     assert json.loads((tmp_path / "scale.json").read_text())["sizes"][0]["stages"] == {"extract": {"seconds": 1.0}}
+
+
+def test_a_results_name_that_is_not_a_plain_file_name_is_refused(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        scale.main(["--results", "../elsewhere"])
+    assert "a file name in bench/results" in capsys.readouterr().err

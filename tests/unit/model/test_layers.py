@@ -7,7 +7,6 @@ from torch.nn import functional as F
 
 from tasks.model.layers import (
     Dropout,
-    additive_mask,
     attention,
     dropout,
     encoder_layer,
@@ -49,6 +48,12 @@ def test_dropout_is_the_identity_in_eval_and_passes_the_mask_to_the_gradient():
 def test_dropout_keeps_bf16():
     out = dropout(torch.ones(100, dtype=torch.bfloat16), 0.5)
     assert out.dtype == torch.bfloat16
+
+
+def additive_mask(blocked: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The additive form (0 / -inf) of a boolean mask `blocked` (True: may not attend): the reference
+    for the masks inference builds."""
+    return torch.zeros(blocked.shape, dtype=dtype).masked_fill_(blocked, float("-inf"))
 
 
 def _mask(batch: int, length: int) -> torch.Tensor:
