@@ -353,6 +353,13 @@ class MaterializeConfig:
     # the index probes half as many cells again until it is reached (0: measure, never probe more).
     recall_sample_users: int = 1000
     index_min_recall: float = 0.9
+    # Publications of score_process_min_users users or more are scored in this many child processes
+    # (tasks.publish.scoring), each started under train.allocator's malloc with its share of the cores:
+    # glibc's re-faults the user tower's activations batch after batch. On 2 cores two processes of one
+    # thread each beat one of two threads (docs/experiments.md); each holds up to ~1.5 GB. 0 scores in
+    # the task's own process.
+    score_processes: int = 2
+    score_process_min_users: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -537,6 +544,9 @@ def validate(config: PipelineConfig) -> None:
          and config.materialize.recall_sample_users >= 0,
          "materialize.index_min_items, index_lists, index_probes and index_candidates must be at least 1, "
          "materialize.recall_sample_users at least 0"),
+        (config.materialize.score_processes >= 0 and config.materialize.score_process_min_users >= 0,
+         "materialize.score_processes (0: score in the task's own process) and "
+         "materialize.score_process_min_users must be at least 0"),
         (0.0 <= config.materialize.index_min_recall <= 1.0,
          f"materialize.index_min_recall must be between 0 and 1, got {config.materialize.index_min_recall}"),
         (config.source.max_users is None or config.source.max_users >= 1,

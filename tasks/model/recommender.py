@@ -124,6 +124,7 @@ class Recommender:
         # ComiRec's controllable aggregation strength (0: best interest alone); saved with the model,
         # so evaluation, the pyfunc and the published tables list the same items.
         self.interest_balance = float(net.spec.interest_balance)
+        self.model_dir: Path | None = None  # the model folder it was loaded from (Recommender.load)
 
     @classmethod
     def load(cls, model_dir: Path, precision: str = "auto") -> Recommender:
@@ -141,7 +142,9 @@ class Recommender:
         state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("text_tower.")}
         net.load_state_dict(state)
         items = pd.read_parquet(files.items).sort_values("idx")
-        return cls(net, checkpoint["item_text_vectors"], items, bf16=use_bf16(precision, torch.device("cpu")))
+        recommender = cls(net, checkpoint["item_text_vectors"], items, bf16=use_bf16(precision, torch.device("cpu")))
+        recommender.model_dir = files.root  # where a scoring process loads the same model from
+        return recommender
 
     @property
     def n_items(self) -> int:

@@ -56,6 +56,19 @@ class ItemIndex:
         log.info("indexed %d items in %d lists (%d probed a query) in %.1fs", self.items, self.lists, self.probes,
                  self.build_seconds)
 
+    def __getstate__(self) -> dict:
+        """Picklable (faiss's own serialisation): a scoring process receives the index publishing built and tuned."""
+        import faiss
+
+        return {**self.__dict__, "index": faiss.serialize_index(self.index)}
+
+    def __setstate__(self, state: dict) -> None:
+        import faiss
+
+        self.__dict__.update(state)
+        self.index = faiss.deserialize_index(state["index"])
+        self.probe(state["probes"])
+
     def probe(self, probes: int) -> None:
         """Visit `probes` cells a query from now on (at most every cell)."""
         self.probes = self.index.nprobe = max(1, min(probes, self.lists))

@@ -13,8 +13,9 @@ that needs UPDATE on `reco.publish_lock`, never an advisory lock, which any role
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -38,8 +39,10 @@ from tasks.privacy import erased_filter
 from tasks.publish import owner_functions
 from tasks.publish import rows as reco_rows
 from tasks.publish import tables as reco_tables
+from tasks.publish.faults import fault_point
 from tasks.publish.locks import with_lock_timeout
 from tasks.publish.schema import ensure_tables
+from tasks.publish.scoring import ScoredBatch, ScoringProcesses, score_here
 from tasks.redact import known_secrets, redact_text
 
 log = logging.getLogger(__name__)
@@ -213,18 +216,6 @@ def _reuse(conn: sa.Connection, config: PipelineConfig, run_key: str) -> Materia
         retrieval_recall=row["retrieval_recall"], reused=True)
 
 
-FAULT_PAUSE = "PRISMREC_FAULT_PAUSE"  # a phase name: the fault-injection tests stop a publisher there
-
-
-def fault_point(phase: str) -> None:
-    """Where the fault-injection suite (tests/integration/publish/test_faults.py) can stop a publisher:
-    with PRISMREC_FAULT_PAUSE set to `phase`, log it and wait PRISMREC_FAULT_PAUSE_S seconds (an hour:
-    until killed), then go on."""
-    if os.environ.get(FAULT_PAUSE) == phase:
-        log.warning("fault point: paused at %s (%s is set)", phase, FAULT_PAUSE)
-        time.sleep(float(os.environ.get(f"{FAULT_PAUSE}_S", "3600")))
-
-
 def refuse_if_superseded(conn: sa.Connection, schema: str, materialization_id: int) -> None:
     """Newest wins: refuse to make a run current over a newer current set (call under the schema lock).
 
@@ -288,10 +279,17 @@ def tune_recall(recommender, users: pd.DataFrame, index, settings: MaterializeCo
         index.probe(min(index.lists, -(-3 * index.probes // 2)))
 
 
+def score_processes(recommender, users: int, settings: MaterializeConfig) -> int:
+    """Child scoring processes for this run (tasks.publish.scoring), 0 to score in this process: from
+    materialize.score_process_min_users users up, for a model loaded from its folder."""
+    if not settings.score_processes or users < settings.score_process_min_users or recommender.model_dir is None:
+        return 0
+    return settings.score_processes
+
+
 def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, str], config: PipelineConfig) -> dict:
     """Score all users batch by batch and COPY the rows; returns counts and timings."""
     settings = config.materialize
-    top_k = settings.top_k
     t0 = time.perf_counter()
     index = candidate_index(recommender, settings)
     stats = {"retrieval": "exact", "retrieval_recall": None, "exact_rescored_users": 0}
@@ -311,47 +309,51 @@ def _score_and_write(conn, recommender, users: pd.DataFrame, tables: dict[str, s
     catalogue = reco_rows.Catalogue.from_items(recommender.items)
     # Longest histories first: a batch of similar lengths pads only to its own longest (pad_history).
     users = users.iloc[np.argsort(-users["history"].map(len).to_numpy(), kind="stable")]
+    user_ids, histories = users["user_id"].to_numpy(np.int64), list(users["history"])
     stats |= {"rows": 0, "interest_rows": 0, "fallback_users": 0, "new_item_rows": 0,
               "score_seconds": index_seconds, "write_seconds": 0.0}
+    processes = score_processes(recommender, len(users), settings)
     started = time.perf_counter()
+    done = 0
 
-    def write(recommendations, interests, done: int) -> None:
+    def write(batch: ScoredBatch) -> None:
         """COPY one batch's rows (on the writer thread, while the next batch is scored)."""
+        nonlocal done
         t0 = time.perf_counter()
-        stats["rows"] += db.copy_arrow(conn, tables["user_recommendations"], recommendations, freeze=True)
-        fault_point("copy")
-        stats["interest_rows"] += db.copy_arrow(conn, tables["user_interests"], interests, freeze=True)
+        for table, key in (("user_recommendations", "rows"), ("user_interests", "interest_rows")):
+            columns, csv, rows = batch.csv[table]
+            db.copy_rows(conn, tables[table], columns, io.BytesIO(csv), freeze=True)
+            stats[key] += rows
+            fault_point("copy")
         stats["write_seconds"] += time.perf_counter() - t0
+        done += batch.users
         elapsed = time.perf_counter() - started
         log.info("published %d/%d users (%.0f users/s, ETA %.0fs)", done, len(users), done / elapsed,
                  (len(users) - done) * elapsed / done)
 
-    # One batch is written while the next is scored: Postgres ingests the rows on its own core. At
-    # most one COPY is in flight, and the connection is used by one thread at a time.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reco-copy") as writer:
+    with contextlib.ExitStack() as stack:
+        if processes:
+            batches = stack.enter_context(ScoringProcesses(
+                recommender, user_ids, histories, settings, batch_users, processes, config.train.allocator, index))
+        else:
+            batches = score_here(recommender, catalogue, user_ids, histories, settings, batch_users, index)
+        # One batch is written while the next is scored: Postgres ingests the rows on its own core. At
+        # most one COPY is in flight, and the connection is used by one thread at a time.
+        writer = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="reco-copy"))
         pending = None
-        for start in range(0, len(users), batch_users):
-            batch = users.iloc[start:start + batch_users]
-            histories = list(batch["history"])
-            t0 = time.perf_counter()
-            recs = recommender.recommend(histories, top_k, max_new_items=config.materialize.max_new_items,
-                                         index=index, candidates=settings.index_candidates)
-            user_ids = batch["user_id"].to_numpy(np.int64)
-            recommendations = reco_rows.recommendation_table(user_ids, recs, catalogue)
-            interests = reco_rows.interest_table(user_ids, recs, catalogue, recommender.spec.n_interests)
-            leaks = reco_rows.seen_items_recommended(histories, recs)
-            if leaks:
-                raise RuntimeError(f"the champion recommended {leaks} item(s) already in users' histories; "
-                                   "refusing to publish")
-            stats["fallback_users"] += int((recs.interest_ids[:, 0] == reco_rows.FALLBACK_INTEREST).sum())
-            stats["new_item_rows"] += int(recs.is_new.sum())
-            stats["exact_rescored_users"] += recs.exact_rescored_users
-            stats["score_seconds"] += time.perf_counter() - t0
+        for batch in batches:
+            stats["fallback_users"] += batch.fallback_users
+            stats["new_item_rows"] += batch.new_item_rows
+            stats["exact_rescored_users"] += batch.exact_rescored_users
+            if not processes:
+                stats["score_seconds"] += batch.seconds
             if pending is not None:
                 pending.result()  # the previous batch's COPY (its error, if any, stops the run here)
-            pending = writer.submit(write, recommendations, interests, start + len(batch))
+            pending = writer.submit(write, batch)
         if pending is not None:
             pending.result()
+        if processes:  # the children's wall time, start-up included (their batches overlap)
+            stats["score_seconds"] += time.perf_counter() - started
     t0 = time.perf_counter()
     neighbours = recommender.similar_items(settings.similar_top_k, settings.score_memory_mb)
     similar = reco_rows.similar_table(*neighbours, catalogue)

@@ -3,7 +3,7 @@ once, a trainer killed mid-run, and bad input; after each, nothing published is 
 
 A publisher is a real process (`materialize` on the test run's tiny model, 30 users), forked from a
 process that has already imported what a publisher loads (torch, MLflow, pandas), and stopped at a
-phase by the `PRISMREC_FAULT_PAUSE` point (tasks.publish.materialize.fault_point): right after its
+phase by the `PRISMREC_FAULT_PAUSE` point (tasks.publish.faults.fault_point): right after its
 run row (`started`), after its first COPY batch (`copy`), after its indexes (`before_swap`), or
 waiting for the swap's lock behind a held lock (`swap_lock`). Every outcome is written as a row of
 the file `FAULTS_TABLE` names (default: `faults.md` in the test run's PrismRec home), the table
@@ -202,6 +202,8 @@ def _start_paused(publishers, engine, overrides, phase: str, fault: str):
         patient["materialize.swap_lock_timeout_ms"] = 600_000
     else:
         env["PRISMREC_FAULT_PAUSE"] = phase
+        if phase == "score":  # the point is in the scoring processes, which only large runs start
+            patient["materialize.score_process_min_users"] = 0
         # Killed: it never wakes. Cut off: it wakes to a dead connection, as a real publisher would.
         env["PRISMREC_FAULT_PAUSE_S"] = "3600" if fault == "kill" else "3"
     process = publishers(patient, next(_dates), env)
@@ -234,7 +236,20 @@ def _wait_gone(engine, pid: int) -> None:
     pytest.fail(f"backend {pid} is still there")
 
 
-FAULTS = [("started", "kill"), ("copy", "kill"), ("copy", "terminate"), ("before_swap", "kill"),
+def _state(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a live process (Linux /proc), None once it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in "ZX" else (fields[0], int(fields[1]))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").glob("[0-9]*") if (_state(int(p.name)) or ("", 0))[1] == pid]
+
+
+FAULTS = [("started", "kill"), ("score", "kill"), ("copy", "kill"), ("copy", "terminate"), ("before_swap", "kill"),
           ("before_swap", "terminate"), ("swap_lock", "kill"), ("swap_lock", "terminate")]
 
 
@@ -245,6 +260,8 @@ def test_a_publisher_killed_at_any_phase_loses_and_mixes_nothing(fault_config, o
 
     before = _published(engine)
     process, mid, pid, blocker = _start_paused(publishers, engine, overrides, phase, fault)
+    scorers = _children(process.pid)
+    assert (len(scorers) == 2) == (phase == "score")  # materialize.score_processes: 2 by default
     try:
         if fault == "kill":
             os.kill(process.pid, signal.SIGKILL)
@@ -258,6 +275,10 @@ def test_a_publisher_killed_at_any_phase_loses_and_mixes_nothing(fault_config, o
             blocker.rollback()
             blocker.close()
     _wait_gone(engine, pid)
+    deadline = time.monotonic() + 30
+    while any(map(_state, scorers)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # its scoring processes die with it (PR_SET_PDEATHSIG), not score on for no one
+    assert not [child for child in scorers if _state(child)]
     after = materialize(fault_config, logical_date=next(_dates))  # the next run reaps and publishes
     killed = _run(engine, mid)
     assert during == before  # readers saw the old set, whole, throughout
@@ -269,7 +290,8 @@ def test_a_publisher_killed_at_any_phase_loses_and_mixes_nothing(fault_config, o
     how = "SIGKILL of the process" if fault == "kill" else "pg_terminate_backend of its connection"
     OUTCOMES.append((f"publisher: {how} at `{phase}`",
                      f"held: current set unchanged ({before[1]} rows, same digest); run {mid} marked failed "
-                     f"({killed['error'][:48].rstrip()}...); no tables left; next run published"))
+                     f"({killed['error'][:48].rstrip()}...); no tables left; next run published"
+                     + (f"; its {len(scorers)} scoring processes died with it" if scorers else "")))
 
 
 def test_two_publishers_at_once_leave_one_complete_set(fault_config, overrides, engine, publishers):

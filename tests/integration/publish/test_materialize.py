@@ -7,6 +7,8 @@ histories, so the tests pin the plumbing (ids, ranks, titles, flags, lineage) ex
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -336,6 +338,53 @@ def test_lists_from_the_candidate_index_record_their_recall(mat_config, first_pu
         assert summary.retrieval_recall == 1.0 and same
         assert probed > 1  # tuned up from one cell (or capped at every cell)
     assert len(rows) == 25 and not rows.groupby("user_id")["item_id"].apply(lambda s: s.duplicated().any()).any()
+
+
+@pytest.mark.parametrize("processes, retrieval", [(1, "exact"), (2, "index")])
+def test_child_scoring_processes_publish_the_same_rows(mat_config, first_publication, engine, processes, retrieval,
+                                                      caplog):
+    """Scored in child processes under jemalloc/mimalloc (batches dealt out between them, the tuned
+    index handed over), a publication holds exactly the rows scoring in the task's process gives."""
+    from tasks.publish.materialize import materialize
+
+    def publish(score_processes: int) -> tuple:
+        config = dataclasses.replace(mat_config, materialize=dataclasses.replace(
+            mat_config.materialize, score_processes=score_processes, score_process_min_users=0, batch_users=2,
+            retrieval=retrieval, index_probes=2, index_min_recall=0.0))
+        summary = materialize(config)
+        columns = "user_id, rank, item_id, title, score, interest_id, explanation, is_new_item, is_fallback"
+        return (summary, _read(engine, f"select {columns} from {VIEW} order by user_id, rank"),
+                _read(engine, f"select user_id, interest_id, weight, label from {RECO}.user_interests "
+                              "order by user_id, interest_id"))
+
+    here, rows_here, interests_here = publish(0)
+    with caplog.at_level(logging.INFO, logger="tasks.publish.scoring"):
+        children, rows, interests = publish(processes)
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring in ")]
+    assert started and started[0].startswith(f"scoring in {processes} process(es)")
+    shares = sorted(int(m.group(1)) for r in caplog.records
+                    if (m := re.search(r"^scorer \d+: .* scoring (\d+) batches", r.getMessage())))
+    assert shares == ([3] if processes == 1 else [1, 2])  # 5 users, 2 a batch: 3 batches, dealt out in turn
+    assert children.materialization_id != here.materialization_id and len(rows) == 25
+    pd.testing.assert_frame_equal(rows, rows_here)
+    pd.testing.assert_frame_equal(interests, interests_here)
+    assert (children.rows, children.interest_rows, children.fallback_users, children.retrieval) == (
+        here.rows, here.interest_rows, here.fallback_users, here.retrieval)
+
+
+def test_a_failing_scoring_process_publishes_nothing(mat_config, first_publication, engine, monkeypatch):
+    from tasks.publish.materialize import materialize
+    from tasks.publish.scoring import ScoringError
+
+    before = _read(engine, f"select * from {VIEW} order by user_id, rank")
+    monkeypatch.setenv("PRISMREC_FAULT_SCORING_EXIT", "3")  # the child exits with status 3 before scoring
+    config = dataclasses.replace(mat_config, materialize=dataclasses.replace(
+        mat_config.materialize, score_processes=1, score_process_min_users=0))
+    with pytest.raises(ScoringError, match="scoring process 0 failed .exit status 3.*nothing was published"):
+        materialize(config)
+    pd.testing.assert_frame_equal(_read(engine, f"select * from {VIEW} order by user_id, rank"), before)
+    failed = _read(engine, f"select status, error from {RECO}.runs order by materialization_id desc limit 1").iloc[0]
+    assert failed["status"] == "failed" and "exit status 3" in failed["error"]
 
 
 def test_unsafe_schema_names_are_refused(mat_config, champion):

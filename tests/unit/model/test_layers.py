@@ -105,7 +105,10 @@ def test_encoder_layer_weights_are_what_multihead_attention_returns(last_only, r
     assert torch.allclose(weights, expected, atol=1e-6)
     _, from_additive = encoder_layer(layer, x, additive_mask(~allowed[:, None]), last_only=last_only, weights=rows)
     assert torch.allclose(from_additive, expected, atol=1e-6)
-    assert torch.equal(out, encoder_layer(layer, x, allowed[:, None], last_only=last_only)[0])  # weights change nothing
+    # Weights change nothing: bit for bit where both calls project alike; with the weights of several
+    # queries a last-position layer projects every query, and a GEMM of another shape may round differently.
+    alone = encoder_layer(layer, x, allowed[:, None], last_only=last_only)[0]
+    assert torch.equal(out, alone) if not (last_only and rows > 1) else torch.allclose(out, alone, atol=1e-6)
 
 
 def test_attention_dropout_is_unbiased_against_plain_attention():

@@ -90,3 +90,16 @@ def test_cells_follow_the_catalogue_size_and_never_starve():
     assert index.probes == 1
     found = index.search(model.net.query_vectors(torch.randn(3, 16)), 5)
     assert found.shape == (3, 5) and (found > 0).all() and (found <= N_ITEMS).all()
+
+
+def test_a_pickled_index_searches_as_the_original_with_its_probes():
+    """Publishing hands its tuned index to the scoring processes pickled (faiss's serialisation)."""
+    import pickle
+
+    model = recommender(0.0)
+    index = ItemIndex(model.unit_items, model.available, lists=8, probes=2)
+    index.probe(3)
+    copy = pickle.loads(pickle.dumps(index))
+    assert (copy.lists, copy.probes, copy.index.nprobe, copy.items) == (8, 3, 3, N_ITEMS)
+    queries = model.net.query_vectors(torch.randn(6, 16))
+    assert torch.equal(copy.search(queries, 20), index.search(queries, 20))
