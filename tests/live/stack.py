@@ -54,6 +54,8 @@ TINY_TRAINING = {
     "PRISMREC_GATE__BASELINES": "popularity",
     "PRISMREC_MATERIALIZE__TOP_K": "10",
     "PRISMREC_MATERIALIZE__SIMILAR_TOP_K": "5",
+    # Every publication scores in child processes, as a large one does (from 20,000 users by default).
+    "PRISMREC_MATERIALIZE__SCORE_PROCESS_MIN_USERS": "0",
 }
 
 
@@ -125,9 +127,9 @@ class LiveStack:
             self._token = answer.json()["access_token"]
         return self._token
 
-    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+    def api(self, method: str, path: str, headers: dict | None = None, **kwargs) -> requests.Response:
         return requests.request(method, f"{self.airflow_url}/api/v2{path}", timeout=60,
-                                headers={"Authorization": f"Bearer {self.token()}"}, **kwargs)
+                                headers={"Authorization": f"Bearer {self.token()}", **(headers or {})}, **kwargs)
 
     def get(self, path: str, **params) -> dict:
         answer = self.api("GET", path, params=params)
@@ -150,6 +152,16 @@ class LiveStack:
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str) -> str:
+        """The text of a task instance's log (its last try) as the UI shows it."""
+        instance = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+        answer = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
+                                 f"{instance['try_number']}", params={"full_content": True},
+                          headers={"Accept": "application/json"})
+        assert answer.status_code == 200, f"log of {task_id}: {answer.status_code} {answer.text[:500]}"
+        content = answer.json()["content"]
+        return "\n".join(line.get("event", "") if isinstance(line, dict) else str(line) for line in content)
 
     # --- MLflow REST API ------------------------------------------------------------------------
     def mlflow(self, path: str, **params) -> dict:

@@ -246,6 +246,9 @@ def test_the_champion_asset_event_publishes_through_recsys_materialize(live, tra
     assert run["state"] == "success"
     _assert_ran_on_the_workers(live, PUBLISHING, run["dag_run_id"])
     assert _published(live) == ({version}, USERS)
+    # Scored in two child processes the Celery task started (stack.TINY_TRAINING: from 0 users up).
+    log = live.task_log(PUBLISHING, run["dag_run_id"], "materialize")
+    assert "scoring in 2 process(es)" in log and "scorer 1: loaded the model and 943 users" in log, log[-3000:]
 
 
 CLI_REASON = "live stack: promote by hand"
