@@ -399,11 +399,20 @@ class Recommender:
         vectors, item_ids = self.item_directions[1:][torch.as_tensor(live)], self.item_ids[live]
         k = min(top_k, len(item_ids) - 1)
         batch = rows_within(memory_mb, len(item_ids), most)
+        # With bf16 (self.bf16: the CPU does it natively) the items x items product, ~80 % of the time,
+        # runs in bf16 to find 2k candidates a row, which are then ranked by their float32 cosines: the
+        # same neighbours and scores unless a true neighbour falls below 2k in bf16 (tested).
+        shortlist = min(2 * k, len(item_ids) - 1) if self.bf16 else k
+        rows = vectors.bfloat16() if self.bf16 else vectors
         ids, sims = [], []
         for start in range(0, len(vectors), batch):
-            cosine = vectors[start:start + batch] @ vectors.T
+            cosine = rows[start:start + batch] @ rows.T
             cosine[torch.arange(len(cosine)), torch.arange(start, start + len(cosine))] = float("-inf")
-            top = cosine.topk(k, dim=1)
+            top = cosine.topk(shortlist, dim=1)
+            if self.bf16:  # float32 cosines of the shortlist, best k first
+                exact = torch.einsum("bd,bmd->bm", vectors[start:start + batch], F.embedding(top.indices, vectors))
+                best = exact.topk(k, dim=1)
+                top = torch.return_types.topk((best.values, top.indices.gather(1, best.indices)))
             ids.append(item_ids[top.indices.numpy()])
-            sims.append(top.values.numpy())
+            sims.append(top.values.float().numpy())
         return item_ids, np.concatenate(ids), np.concatenate(sims).astype(np.float32)

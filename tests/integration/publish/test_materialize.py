@@ -102,6 +102,26 @@ def test_read_histories_are_time_ordered_and_include_users_without_events(mat_co
     assert {u: h.tolist() for u, h in zip(users["user_id"], users["history"])} == histories
 
 
+def test_integer_columns_of_any_width_leave_postgres_in_binary(engine):
+    """copy_out_int64 reads COPY's binary format: smallint, integer and bigint alike, in query order;
+    a null is refused by name rather than misread."""
+    from tasks import db
+
+    with engine.begin() as conn:
+        conn.execute(sa.text("drop table if exists pub_widths; create table pub_widths (s smallint, i integer, b bigint)"))
+        conn.execute(sa.text("insert into pub_widths values (1, -2, 3000000000), (-4, 70000, -5), (7, 8, 9)"))
+        got = db.copy_out_int64(conn, "select s, i, b from pub_widths order by s", ("s", "i", "b"))
+        assert {c: v.tolist() for c, v in got.items()} == {"s": [-4, 1, 7], "i": [70000, -2, 8],
+                                                             "b": [-5, 3000000000, 9]}
+        assert all(v.dtype == np.int64 for v in got.values())
+        empty = db.copy_out_int64(conn, "select s from pub_widths where false", ("s",))
+        assert empty["s"].dtype == np.int64 and empty["s"].size == 0
+        conn.execute(sa.text("insert into pub_widths values (10, null, 11)"))
+        with pytest.raises(ValueError, match="a null"):
+            db.copy_out_int64(conn, "select s, i, b from pub_widths order by s", ("s", "i", "b"))
+        conn.execute(sa.text("drop table pub_widths"))
+
+
 def test_published_lists_are_the_models_lists(first_publication, recommender, histories, champion):
     summary, rows = first_publication
     expected = recommender.recommend(list(histories.values()), 5)

@@ -125,3 +125,17 @@ def test_the_served_model_takes_its_budget_and_new_item_cap_from_the_serving_env
     assert budgets == [7, 7]
     with pytest.raises(ConfigError, match="materialize.score_memory_mb must be at least 1"):
         served_model()
+
+
+def test_similar_items_shortlisted_in_bf16_are_the_float32_neighbours():
+    """On a CPU with native bf16 the items x items product runs in bf16 to shortlist 2k neighbours a
+    row, ranked by float32 cosines: the lists and scores of float32 throughout, bar near-ties."""
+    recommender = small_recommender(0.0, n_items=300)
+    exact = recommender.similar_items(10, memory_mb=1)
+    recommender.bf16 = True
+    shortlisted = recommender.similar_items(10, memory_mb=0.05)  # blocks too
+    assert np.array_equal(shortlisted[0], exact[0])
+    same = (shortlisted[1] == exact[1]).all(1)
+    assert same.mean() >= 0.98, same.mean()
+    assert np.allclose(shortlisted[2][same], exact[2][same], atol=1e-6)  # float32 cosines, not bf16's
+    assert (np.diff(shortlisted[2], axis=1) <= 1e-7).all()  # best first
