@@ -234,8 +234,10 @@ def measure_publish(entry: dict, overrides: dict, saved) -> dict:
                        **{k: published[k] for k in ("retrieval", "retrieval_recall", "exact_rescored_users")}}
     stages["publish"] |= {"rows": published["rows"], "write_seconds": round(published["write_seconds"], 1)}
     recall = published["retrieval_recall"]
-    entry["notes"]["score"] = ("scoring runs inside publish (materialize scores a batch of users, then COPYs it): "
-                               "seconds is its scoring share, peak_mib the whole publish's; retrieval "
+    entry["notes"]["score"] = ("scoring runs inside publish, which COPYs each batch's rows while the next is scored: "
+                               "seconds is scoring's share (with scoring processes, the wall time until their last "
+                               "batch), plus the index and similar items, peak_mib the whole publish's process tree; "
+                               "retrieval "
                                f"{published['retrieval']}" + ("" if recall is None else f", recall {recall:.4f} "
                                "against exact ranking on a sample of users"))
     saved()
