@@ -145,10 +145,20 @@ class ScoringProcesses:
 
     def __init__(self, recommender, user_ids: np.ndarray, histories: Sequence[np.ndarray],
                  settings: MaterializeConfig, batch_users: int, processes: int, allocator: str, index=None):
-        from tasks.training.launcher import allocator_env
-
         self.processes = max(1, int(processes))
         self.scratch = tempfile.TemporaryDirectory(prefix="prismrec-score-")
+        self.children: list[subprocess.Popen] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        try:
+            self._start(recommender, user_ids, histories, settings, batch_users, allocator, index)
+        except BaseException:
+            self.close()  # no child or scratch file outlives a failed start
+            raise
+
+    def _start(self, recommender, user_ids, histories, settings, batch_users, allocator, index) -> None:
+        from tasks.training.launcher import allocator_env
+
         folder = Path(self.scratch.name)
         write_users(folder / "users.arrow", user_ids, histories)
         job = Job(model_dir=str(recommender.model_dir), precision="bf16" if recommender.bf16 else "fp32",
@@ -158,15 +168,12 @@ class ScoringProcesses:
         (folder / "job.pickle").write_bytes(pickle.dumps(job, protocol=5))
         env = {**os.environ, **allocator_env(allocator, dict(os.environ)),
                "OMP_NUM_THREADS": str(job.threads), "PRISMREC_SCORING_PARENT": str(os.getpid())}
-        self.batches = len(batch_bounds(len(user_ids), batch_users))
         self._results: queue.Queue = queue.Queue(maxsize=2 * self.processes)
-        self._stop = threading.Event()
         self._tails: list[list[str]] = [[] for _ in range(self.processes)]
-        self.children = [subprocess.Popen(
-            [sys.executable, "-m", "tasks.publish.scoring", str(folder / "job.pickle"), str(part)],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for part in range(self.processes)]
-        self._threads = []
+        for part in range(self.processes):
+            self.children.append(subprocess.Popen(
+                [sys.executable, "-m", "tasks.publish.scoring", str(folder / "job.pickle"), str(part)],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         for part, child in enumerate(self.children):
             for target in (self._receive, self._relay):
                 thread = threading.Thread(target=target, args=(part, child), daemon=True,
