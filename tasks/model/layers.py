@@ -134,6 +134,8 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: t
 
 def use_bf16(precision: str, device) -> bool:
     """bf16 autocast on a GPU, and on CPUs whose instruction set does bf16 natively (else it is slower)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32 (train.precision), got {precision!r}")
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":

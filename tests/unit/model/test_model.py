@@ -26,6 +26,8 @@ def spec(k: int = 3, length: int = 6) -> ModelSpec:
 
 def test_bf16_setting_is_respected():
     assert use_bf16("bf16", torch.device("cpu")) and not use_bf16("fp32", torch.device("cpu"))
+    with pytest.raises(ValueError, match="precision must be auto, bf16 or fp32"):
+        use_bf16("fp16", torch.device("cpu"))  # e.g. Recommender.load(path, "fp16"): refused, not float32 silently
 
 
 @pytest.mark.parametrize("k", [1, 4])
