@@ -356,8 +356,7 @@ class MaterializeConfig:
     # Publications of score_process_min_users users or more are scored in this many child processes
     # (tasks.publish.scoring), each started under train.allocator's malloc with its share of the cores:
     # glibc's re-faults the user tower's activations batch after batch. On 2 cores two processes of one
-    # thread each beat one of two threads (docs/experiments.md); each holds up to ~1.5 GB. 0 scores in
-    # the task's own process.
+    # thread each beat one of two threads (docs/experiments.md). 0 scores in the task's own process.
     score_processes: int = 2
     score_process_min_users: int = 20_000
 
