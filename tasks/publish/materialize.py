@@ -42,7 +42,7 @@ from tasks.publish import tables as reco_tables
 from tasks.publish.faults import fault_point
 from tasks.publish.locks import with_lock_timeout
 from tasks.publish.schema import ensure_tables
-from tasks.publish.scoring import ScoredBatch, ScoringProcesses, score_here
+from tasks.publish.scoring import ScoredBatch, ScoringProcesses, remove_orphaned_scratch, score_here
 from tasks.redact import known_secrets, redact_text
 
 log = logging.getLogger(__name__)
@@ -394,6 +394,7 @@ def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
             "load data first (`prismrec load movielens-100k`); the published recommendations are unchanged")
     ensure_tables(engine, schema)
     reap_dead_runs(engine, schema)
+    remove_orphaned_scratch()  # the users files of scoring processes whose publisher died
     generated_at = datetime.now(UTC)
     key = run_key or _run_key(config, version, logical_date, generated_at)
     runs = f"{db.quote_ident(schema)}.runs"

@@ -25,6 +25,7 @@ import logging
 import os
 import pickle
 import queue
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,13 +141,31 @@ def read_users(path: str) -> tuple[np.ndarray, list[np.ndarray]]:
     return table.column("user_id").to_numpy(), [values[a:b] for a, b in itertools.pairwise(offsets)]
 
 
+SCRATCH_PREFIX = "prismrec-score-"  # + the publishing process's pid
+
+
+def remove_orphaned_scratch(folder: Path | None = None) -> list[Path]:
+    """Remove the scratch folders (users files: ~1 GB at 1M users) of publishing processes that died
+    without cleaning up (a SIGKILL, say); returns them."""
+    removed = []
+    for path in Path(folder or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = path.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d scratch folder(s) of publishing processes that died: %s", len(removed),
+                 ", ".join(map(str, removed)))
+    return removed
+
+
 class ScoringProcesses:
     """`processes` child scoring processes; iterate to receive their batches as they come."""
 
     def __init__(self, recommender, user_ids: np.ndarray, histories: Sequence[np.ndarray],
                  settings: MaterializeConfig, batch_users: int, processes: int, allocator: str, index=None):
         self.processes = max(1, int(processes))
-        self.scratch = tempfile.TemporaryDirectory(prefix="prismrec-score-")
+        self.scratch = tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
         self.children: list[subprocess.Popen] = []
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -262,6 +263,8 @@ def test_a_publisher_killed_at_any_phase_loses_and_mixes_nothing(fault_config, o
     process, mid, pid, blocker = _start_paused(publishers, engine, overrides, phase, fault)
     scorers = _children(process.pid)
     assert (len(scorers) == 2) == (phase == "score")  # materialize.score_processes: 2 by default
+    scratch = list(Path(tempfile.gettempdir()).glob(f"prismrec-score-{process.pid}-*"))  # their users file
+    assert len(scratch) == (phase == "score")
     try:
         if fault == "kill":
             os.kill(process.pid, signal.SIGKILL)
@@ -280,6 +283,7 @@ def test_a_publisher_killed_at_any_phase_loses_and_mixes_nothing(fault_config, o
         time.sleep(0.1)  # its scoring processes die with it (PR_SET_PDEATHSIG), not score on for no one
     assert not [child for child in scorers if _state(child)]
     after = materialize(fault_config, logical_date=next(_dates))  # the next run reaps and publishes
+    assert not any(folder.exists() for folder in scratch)  # and removes the dead publisher's scratch folder
     killed = _run(engine, mid)
     assert during == before  # readers saw the old set, whole, throughout
     assert killed["status"] == "failed" and not killed["is_current"] and not killed["output_kept"]

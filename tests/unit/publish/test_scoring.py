@@ -49,3 +49,18 @@ def test_a_negative_process_count_is_refused_with_the_setting_named():
     with pytest.raises(ConfigError, match="materialize.score_processes"):
         load_config({"materialize.score_processes": -1}, environ={})
     assert load_config({"materialize.score_processes": "0"}, environ={}).materialize.score_processes == 0
+
+
+def test_scratch_folders_of_dead_publishers_are_removed_and_live_ones_kept(tmp_path):
+    import os
+
+    from tasks.publish.scoring import SCRATCH_PREFIX, remove_orphaned_scratch
+
+    dead_pid = 2**22 + 7  # above Linux's pid_max default: no such process
+    dead, alive = tmp_path / f"{SCRATCH_PREFIX}{dead_pid}-abc", tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{SCRATCH_PREFIX}not-a-pid"
+    for folder in (dead, alive, other):
+        folder.mkdir()
+        (folder / "users.arrow").write_bytes(b"x")
+    assert remove_orphaned_scratch(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists() and other.exists()
