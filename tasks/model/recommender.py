@@ -408,11 +408,11 @@ class Recommender:
         for start in range(0, len(vectors), batch):
             cosine = rows[start:start + batch] @ rows.T
             cosine[torch.arange(len(cosine)), torch.arange(start, start + len(cosine))] = float("-inf")
-            top = cosine.topk(shortlist, dim=1)
+            values, indices = cosine.topk(shortlist, dim=1)
             if self.bf16:  # float32 cosines of the shortlist, best k first
-                exact = torch.einsum("bd,bmd->bm", vectors[start:start + batch], F.embedding(top.indices, vectors))
-                best = exact.topk(k, dim=1)
-                top = torch.return_types.topk((best.values, top.indices.gather(1, best.indices)))
-            ids.append(item_ids[top.indices.numpy()])
-            sims.append(top.values.float().numpy())
+                exact = torch.einsum("bd,bmd->bm", vectors[start:start + batch], F.embedding(indices, vectors))
+                values, best = exact.topk(k, dim=1)
+                indices = indices.gather(1, best)
+            ids.append(item_ids[indices.numpy()])
+            sims.append(values.float().numpy())
         return item_ids, np.concatenate(ids), np.concatenate(sims).astype(np.float32)

@@ -19,7 +19,6 @@ parent relays into its own log. A refusal (an item already seen, say) is sent as
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import os
@@ -40,13 +39,11 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.config import MaterializeConfig
+from tasks.db import arrow_csv
 from tasks.publish import rows as reco_rows
 from tasks.publish.faults import fault_point
 
 log = logging.getLogger(__name__)
-
-TABLES = ("user_recommendations", "user_interests")
-
 
 class ScoringError(RuntimeError):
     """Scoring refused to publish, or a scoring process failed; nothing of the run is visible."""
@@ -65,12 +62,7 @@ class ScoredBatch:
 
 
 def as_csv(table: pa.Table) -> tuple[list[str], bytes, int]:
-    """An Arrow table as COPY's CSV (pyarrow's writer: several times faster than pandas')."""
-    import pyarrow.csv as pacsv
-
-    buffer = io.BytesIO()
-    pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False))
-    return table.column_names, buffer.getvalue(), table.num_rows
+    return table.column_names, arrow_csv(table), table.num_rows
 
 
 def score_batch(recommender, catalogue: reco_rows.Catalogue, user_ids: np.ndarray, histories: Sequence[np.ndarray],
@@ -99,9 +91,10 @@ def batch_bounds(users: int, batch_users: int) -> list[tuple[int, int]]:
 
 
 def score_here(recommender, catalogue, user_ids: np.ndarray, histories: Sequence[np.ndarray],
-               settings: MaterializeConfig, batch_users: int, index=None) -> Iterator[ScoredBatch]:
-    """Every batch, in this process, in order."""
-    for start, stop in batch_bounds(len(user_ids), batch_users):
+               settings: MaterializeConfig, batch_users: int, index=None, part: int = 0,
+               parts: int = 1) -> Iterator[ScoredBatch]:
+    """The batches part, part + parts, ... (all of them by default), in this process, in order."""
+    for start, stop in batch_bounds(len(user_ids), batch_users)[part::parts]:
         yield score_batch(recommender, catalogue, user_ids[start:stop], histories[start:stop], settings, index)
 
 
@@ -315,14 +308,12 @@ def child_main(job_path: str, part: int) -> int:
     recommender.restrict_to(job.listable_item_ids)
     catalogue = reco_rows.Catalogue.from_items(recommender.items)
     user_ids, histories = read_users(job.users_file)
-    bounds = batch_bounds(len(user_ids), job.batch_users)[part::job.processes]
     log.info("loaded the model and %d users in %.1fs; scoring %d batches", len(user_ids),
-             time.perf_counter() - started, len(bounds))
+             time.perf_counter() - started, len(batch_bounds(len(user_ids), job.batch_users)[part::job.processes]))
     fault_point("score")  # (tests/integration/publish/test_faults.py: a publisher killed while it scores)
     try:
-        for start, stop in bounds:
-            batch = score_batch(recommender, catalogue, user_ids[start:stop], histories[start:stop], job.settings,
-                                job.index)
+        for batch in score_here(recommender, catalogue, user_ids, histories, job.settings, job.batch_users,
+                                job.index, part, job.processes):
             pickle.dump(batch, out, protocol=5)
             out.flush()
     except ScoringError as refused:

@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from tasks.publish.scoring import SCRATCH_PREFIX
+
 pytestmark = pytest.mark.slow
 
 APP, RECO, MODEL = "fault_app", "fault_reco", "fault_test"
@@ -263,7 +265,7 @@ def test_a_publisher_killed_at_any_phase_loses_and_mixes_nothing(fault_config, o
     process, mid, pid, blocker = _start_paused(publishers, engine, overrides, phase, fault)
     scorers = _children(process.pid)
     assert (len(scorers) == 2) == (phase == "score")  # materialize.score_processes: 2 by default
-    scratch = list(Path(tempfile.gettempdir()).glob(f"prismrec-score-{process.pid}-*"))  # their users file
+    scratch = list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}{process.pid}-*"))  # their users file
     assert len(scratch) == (phase == "score")
     try:
         if fault == "kill":
