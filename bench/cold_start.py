@@ -261,6 +261,7 @@ def ranks_from(scores: torch.Tensor, cases: pd.DataFrame, candidates: np.ndarray
 # New-item score policies: a text-only score is on another scale than one backed by ratings.
 OFFSETS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)  # subtracted from new items' scores
 LIST_CAP = 5  # materialize.max_new_items: a top-50 list's new items
+HEAD_CAPS = (1, 2, 3)  # the head's frontier with fewer new items a list
 
 
 def with_policy(scores: torch.Tensor, new: np.ndarray, offset: float, cap: int | None = None):
@@ -274,6 +275,113 @@ def with_policy(scores: torch.Tensor, new: np.ndarray, offset: float, cap: int |
         keep = torch.zeros_like(part, dtype=torch.bool).scatter_(1, part.topk(cap, dim=1).indices, True)
         out[:, columns] = part.masked_fill(~keep, float("-inf"))
     return out
+
+
+# --- the new-item head ----------------------------------------------------------------------------
+# A new item's score, from its text, says which users it suits but not how many will watch it, nor how
+# it compares with a score backed by ratings. The head re-scores new items only, from that score and
+# what the catalogue knew at the cut-off: how recent a release the title is (years behind the newest
+# trained title), how many ratings it had gathered while in the catalogue (1-4: available and hardly
+# watched; 0: just added), and how much of the user's recent history is recent releases. It is fitted
+# on the validation split's cases (softmax over the whole catalogue, trained items' scores fixed), so
+# its weights come from an earlier model and an earlier cut-off, as the offset's choice does.
+RECENT_YEARS = 1  # a title at most this many years behind the newest trained title is a recent release
+USER_WINDOW = 20  # the user's latest ratings the recent-release share is taken over
+AGE_BUCKETS = ((0, 0), (1, 1), (2, 3), (4, 6))  # years behind; older or unknown: the baseline
+RATING_BUCKETS = (0, 1, 2)  # ratings before the cut-off of a new item; 3-4: the baseline
+HEAD_STEPS, HEAD_LR = 300, 0.05
+
+
+def catalogue_ages(split: dict) -> pd.Series:
+    """Years each candidate (app item id) is behind the newest trained title (NaN: no year)."""
+    years = split["catalogue"].set_index("item_id")["year"].astype("float64")
+    newest = years.reindex(split["items"]["item_id"]).max()
+    return (newest - years).clip(lower=0)
+
+
+def item_features(split: dict) -> torch.Tensor:
+    """[candidates, F] features of every candidate (only new ones are used): age and rating buckets."""
+    ages = catalogue_ages(split).reindex(split["candidates"]).to_numpy()
+    ratings = split["catalogue"].set_index("item_id")["interactions"].reindex(split["candidates"]).to_numpy()
+    columns = [(ages >= low) & (ages <= high) for low, high in AGE_BUCKETS]
+    columns += [ratings == count for count in RATING_BUCKETS]
+    return torch.as_tensor(np.stack(columns, axis=1), dtype=torch.float32)
+
+
+def recent_release_share(split: dict, cases: pd.DataFrame) -> torch.Tensor:
+    """[cases] share of each history's latest USER_WINDOW ratings that are recent releases."""
+    recent = catalogue_ages(split) <= RECENT_YEARS
+    return torch.tensor([float(recent.reindex(history[-USER_WINDOW:]).fillna(False).astype(bool).mean())
+                         if len(history) else 0.0 for history in cases["history"]], dtype=torch.float32)
+
+
+class NewItemHead(torch.nn.Module):
+    """New items' scores: scale * score + bias + item features' weights + the user's recent-release
+    share (alone and with a recent-release item); trained items keep theirs. Starts as the identity."""
+
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+        self.item = torch.nn.Parameter(torch.zeros(n_features))
+        self.user = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, scores: torch.Tensor, new: np.ndarray, features: torch.Tensor, share: torch.Tensor,
+                recent: torch.Tensor) -> torch.Tensor:
+        columns = torch.as_tensor(np.flatnonzero(new))
+        lifted = (self.scale * scores[:, columns] + self.bias + (features[columns] @ self.item)[None, :]
+                  + share[:, None] * (self.user[0] + self.user[1] * recent[columns].float())[None, :])
+        return scores.index_copy(1, columns, lifted)
+
+    def weights(self) -> dict:
+        names = [f"age_{low}-{high}" for low, high in AGE_BUCKETS] + [f"ratings_{c}" for c in RATING_BUCKETS]
+        return {"scale": round(float(self.scale), 4), "bias": round(float(self.bias), 4),
+                **{name: round(float(w), 4) for name, w in zip(names, self.item, strict=True)},
+                "user_recent_share": round(float(self.user[0]), 4),
+                "user_recent_share_x_recent_item": round(float(self.user[1]), 4)}
+
+
+def head_inputs(split: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item features, recent-release flags) of the split's candidates."""
+    recent = torch.from_numpy((catalogue_ages(split).reindex(split["candidates"]) <= RECENT_YEARS).to_numpy().copy())
+    return item_features(split), recent
+
+
+def history_masks(cases: pd.DataFrame, candidates: np.ndarray) -> torch.Tensor:
+    """[cases, candidates] True where the candidate is in the case's history (never a target)."""
+    return torch.stack([torch.from_numpy(np.isin(candidates, history)) for history in cases["history"]]) \
+        if len(cases) else torch.zeros((0, len(candidates)), dtype=torch.bool)
+
+
+def fit_head(scored: dict[str, torch.Tensor], split: dict) -> NewItemHead:
+    """The head that maximises the likelihood of the split's cold and warm targets (each kind's
+    cases weighted alike, as the benchmark's objective weighs them) over the whole catalogue."""
+    features, recent = head_inputs(split)
+    head = NewItemHead(features.shape[1])
+    column = pd.Series(np.arange(len(split["candidates"])), index=split["candidates"])
+    prepared = []
+    for kind in ("cold", "warm"):
+        cases = split[kind]
+        if len(cases):
+            prepared.append((scored[kind], history_masks(cases, split["candidates"]),
+                             torch.as_tensor(column.loc[cases["item_id"]].to_numpy()),
+                             recent_release_share(split, cases)))
+    optimiser = torch.optim.Adam(head.parameters(), lr=HEAD_LR)
+    with torch.enable_grad():
+        for _ in range(HEAD_STEPS):
+            loss = sum(torch.nn.functional.cross_entropy(
+                head(scores, split["new"], features, share, recent).masked_fill(masks, float("-inf")), targets)
+                for scores, masks, targets, share in prepared) / len(prepared)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return head.requires_grad_(False)
+
+
+def apply_head(head: NewItemHead, scores: torch.Tensor, split: dict, cases: pd.DataFrame) -> torch.Tensor:
+    features, recent = head_inputs(split)
+    with torch.no_grad():
+        return head(scores, split["new"], features, recent_release_share(split, cases), recent)
 
 
 def policy_curve(cold_scores, warm_scores, split: dict, candidates: np.ndarray, new: np.ndarray) -> list[dict]:
@@ -320,8 +428,9 @@ def load_split(split: dict, max_cases: int | None) -> dict:
 
     sequences, items = load_dataset(split["dataset"])
     new_items = load_new_items(split["dataset"])
-    catalogue = pd.concat([items[["item_id", "description"]], new_items[["item_id", "description"]]],
-                          ignore_index=True)
+    # A trained item's ratings are not counted (NaN): only new items' few ratings are a head feature.
+    catalogue = pd.concat([items[["item_id", "description", "year"]].assign(interactions=np.nan),
+                           new_items[["item_id", "description", "year", "interactions"]]], ignore_index=True)
     cases = split["cases"]
     if max_cases:
         cases = cases.groupby("kind", group_keys=False).head(max_cases).reset_index(drop=True)
@@ -334,35 +443,48 @@ def load_split(split: dict, max_cases: int | None) -> dict:
 
 def prismrec_row(config, test: dict, interactions: pd.DataFrame, items: pd.DataFrame, args, work: Path
                  ) -> tuple[dict, np.ndarray]:
-    """PrismRec's row: the new-item offset chosen on a validation split cut the same way from the
-    ratings before the test cut-off (its own model), then the test figures with it."""
+    """PrismRec's row. A validation split cut the same way from the ratings before the test cut-off
+    (with its own model) fits the new-item head and chooses the offset taken off the head's scores
+    (and, for comparison, the offset alone, the policy without a head); then the test figures."""
     valid = load_split(build_split(interactions[interactions["occurred_at"] < test["cutoff"]], items,
                                    work / "split-valid", config, args.cold_share, args.min_history), args.max_cases)
     score, valid_info = prismrec_scorer(config, valid["dataset"], work / "valid", valid["candidates"],
                                         args.reuse_models)
-    curve = policy_curve(score_matrix(score, valid["cold"]), score_matrix(score, valid["warm"]), valid,
-                         valid["candidates"], valid["new"])
+    raw_valid = {kind: score_matrix(score, valid[kind]) for kind in ("cold", "warm")}
+    alone_curve = policy_curve(raw_valid["cold"], raw_valid["warm"], valid, valid["candidates"], valid["new"])
+    offset_alone = max(alone_curve, key=lambda point: point["objective"])["offset"]
+    head = fit_head(raw_valid, valid)
+    headed_valid = {kind: apply_head(head, raw_valid[kind], valid, valid[kind]) for kind in ("cold", "warm")}
+    curve = policy_curve(headed_valid["cold"], headed_valid["warm"], valid, valid["candidates"], valid["new"])
     offset = max(curve, key=lambda point: point["objective"])["offset"]
-    log.info("new-item offset %.1f chosen on validation (cut-off %s)", offset, valid["facts"]["cutoff"])
+    log.info("new-item head fitted on validation (cut-off %s): %s; offset %.1f on top of it (%.1f without it)",
+             valid["facts"]["cutoff"], head.weights(), offset, offset_alone)
     score, info = prismrec_scorer(config, test["dataset"], work / "test", test["candidates"], args.reuse_models)
-    cold_scores, warm_scores = score_matrix(score, test["cold"]), score_matrix(score, test["warm"])
+    raw = {kind: score_matrix(score, test[kind]) for kind in ("cold", "warm")}
+    headed = {kind: apply_head(head, raw[kind], test, test[kind]) for kind in ("cold", "warm")}
     new, candidates = test["new"], test["candidates"]
 
-    def both(offset: float, cap: int | None = None) -> tuple[np.ndarray, dict]:
-        cold = ranks_from(with_policy(cold_scores, new, offset, cap), test["cold"], candidates)
-        return cold, figures(ranks_from(with_policy(warm_scores, new, offset, cap), test["warm"], candidates))
+    def both(scores: dict, offset: float, cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(ranks_from(with_policy(scores[kind], new, offset, cap), test[kind], candidates)
+                     for kind in ("cold", "warm"))
 
-    cold_ranks, warm = both(offset)
-    published_cold, published_warm = both(offset, LIST_CAP)
-    raw_cold, raw_warm = both(0.0)
-    row = {**figures(cold_ranks), "warm": warm, "new_item_offset": offset,
-           "uncalibrated": {**figures(raw_cold), "warm": raw_warm},
-           f"capped_{LIST_CAP}": {**figures(published_cold), "warm": published_warm},
-           "warm_without_new_items": both(float("inf"))[1],
-           "test_curve": policy_curve(cold_scores, warm_scores, test, candidates, new),
-           "validation": {"split": valid["facts"], "curve": curve, "best_valid_ndcg@10": valid_info["best_valid_ndcg@10"]},
+    def row_of(ranks: tuple[np.ndarray, np.ndarray]) -> dict:
+        return {**figures(ranks[0]), "warm": figures(ranks[1])}
+
+    chosen, without_new = both(headed, offset), both(raw, float("inf"))
+    row = {**row_of(chosen), "new_item_offset": offset, "head": head.weights(),
+           "without_head": {**row_of(both(raw, offset_alone)), "new_item_offset": offset_alone},
+           "uncalibrated": row_of(both(raw, 0.0)),
+           f"capped_{LIST_CAP}": row_of(both(headed, offset, LIST_CAP)),
+           "warm_without_new_items": figures(without_new[1]),
+           "warm_cost_of_new_items": paired(chosen[1], without_new[1]),
+           "test_curve": policy_curve(headed["cold"], headed["warm"], test, candidates, new),
+           # The head with at most `cap` new items among each list's candidates (so in its top 10).
+           "cap_curve": [{"cap": cap, **row_of(both(headed, offset, cap))} for cap in HEAD_CAPS],
+           "validation": {"split": valid["facts"], "curve": curve, "curve_without_head": alone_curve,
+                          "best_valid_ndcg@10": valid_info["best_valid_ndcg@10"]},
            **info}
-    return row, cold_ranks
+    return row, chosen[0]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -441,6 +563,7 @@ def combine(results: list[dict]) -> dict:
         warm = models["prismrec"]
         comparisons["prismrec_warm_cost_of_new_items"] = {
             "hr@10": round(warm["warm"]["hr@10"] - warm["warm_without_new_items"]["hr@10"], 5),
+            "hr@10_se": (warm.get("warm_cost_of_new_items") or {}).get("se"),
             "ndcg@10": round(warm["warm"]["ndcg@10"] - warm["warm_without_new_items"]["ndcg@10"], 5)}
     return {"dataset": first["dataset"], "protocol": first["protocol"], "split": first["split"],
             "machines": machines, "models": {n: models[n] for n in [*MODELS, *sorted(set(models) - set(MODELS))]
@@ -469,15 +592,23 @@ def table(result: dict) -> str:
         if "new_item_offset" not in row:
             lines.append(line(name, row))
             continue
-        lines.append(line(f"{name} (new items -{row['new_item_offset']:g})", row))
-        lines.append(line(f"{name}, no offset", row["uncalibrated"]))
+        if "head" in row:
+            lines.append(line(f"{name}, new-item head, offset {row['new_item_offset']:g}", row))
+            lines.append(line(f"{name}, no head, offset {row['without_head']['new_item_offset']:g}",
+                              row["without_head"]))
+        else:
+            lines.append(line(f"{name} (new items -{row['new_item_offset']:g})", row))
+        lines.append(line(f"{name}, no head, no offset", row["uncalibrated"]))
         lines.append(line(f"{name}, offset and at most {LIST_CAP} new items a list", row[f"capped_{LIST_CAP}"]))
         lines.append(line(f"{name}, new titles left out", {"warm": row["warm_without_new_items"]}))
         valid = row["validation"]["split"]
-        notes.append(f"{name}'s new-item offset ({row['new_item_offset']:g}, subtracted from a new item's score) "
-                     f"was chosen on a validation split cut the same way from the ratings before the test cut-off "
-                     f"(cut-off {valid['cutoff'][:10]}, {valid['cases'].get('cold', 0)} cold and "
-                     f"{valid['cases'].get('warm', 0)} warm cases; the mean of cold and warm NDCG@10).")
+        notes.append(f"{name}'s new-item {'head and ' if 'head' in row else ''}offset (subtracted from a new "
+                     f"item's score) were chosen on a validation split cut the same way from the ratings before the "
+                     f"test cut-off (cut-off {valid['cutoff'][:10]}, {valid['cases'].get('cold', 0)} cold and "
+                     f"{valid['cases'].get('warm', 0)} warm cases; the offset by the mean of cold and warm NDCG@10).")
+        if (cost := row.get("warm_cost_of_new_items")) and cost.get("se") is not None:
+            notes.append(f"Serving new items changes {name}'s warm HR@10 by {cost['hr@10_difference']:+.4f} "
+                         f"± {cost['se']:.4f} (paired, against the same model with new titles left out).")
     lines += ["", "± is the standard error over cases.", *notes]
     if (pair := result["comparisons"].get("prismrec_vs_content")):
         lines.append(f"PrismRec minus the zero-shot text model on the cold cases: HR@10 "

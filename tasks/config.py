@@ -182,6 +182,10 @@ class TrainConfig:
     seed: int = 42
     # Fuse a learned id embedding for items seen in training (cold items fall back to text).
     use_id_embedding: bool = True
+    # New items (no training interactions) get the id row their text predicts: a ridge regression from
+    # text vectors to the trained items' id rows, fitted after training with this penalty ("none": text
+    # alone). Strong penalties lean on the mean row; 100 fitted best on a validation split (docs/experiments.md).
+    new_item_id_penalty: float | None = 100.0
     # Cap on steps per epoch, for quick slices and tests; None trains on everything.
     max_steps_per_epoch: int | None = None
     # Every interaction is a training target: histories longer than prepare.max_history are cut
@@ -525,6 +529,8 @@ def validate(config: PipelineConfig) -> None:
         (t.batch_size >= 1 and t.lr > 0 and t.lm_lr >= 0, "train.batch_size, train.lr must be positive"),
         (config.prepare.max_history >= 2, "prepare.max_history must be at least 2"),
         (0.0 <= t.window_overlap < 1.0, f"train.window_overlap must be in [0, 1), got {t.window_overlap}"),
+        (t.new_item_id_penalty is None or t.new_item_id_penalty >= 0,
+         f"train.new_item_id_penalty must be >= 0 (or unset: new items by their text alone), got {t.new_item_id_penalty}"),
         (config.materialize.top_k >= 1, "materialize.top_k must be at least 1"),
         (min(config.materialize.keep_runs, config.materialize.similar_top_k, config.materialize.batch_users,
              config.materialize.score_memory_mb) >= 1,

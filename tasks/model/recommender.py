@@ -4,7 +4,8 @@ Used by evaluation (candidate and champion on the same split), by the MLflow pyf
 materialization. Works in app item ids, so a model can score a split whose item indexing
 differs from the one it was trained on (items it does not hold score -inf). Items with no
 training interactions (new titles appended after training, tasks.training.new_items) are scored
-by their text alone and flagged new; a list takes at most `max_new_items` of them, and items
+by their text (and the id row the model's text-to-id map predicts from it, tasks.model.new_item_ids)
+and flagged new; a list takes at most `max_new_items` of them, and items
 retired from the catalogue (`restrict_to`) are never listed. Everything is
 batched tensor work, explanations included (vectorised string operations): nothing loops
 over users.
@@ -24,6 +25,7 @@ from torch.nn import functional as F
 from tasks.errors import RegistryError
 from tasks.layout import ModelFiles
 from tasks.model.network import SCORE_MEMORY_MB, ModelSpec, PrismRecNet, pad_history, rows_within
+from tasks.model.new_item_ids import predict_id_rows
 from tasks.model.sets import history_keys, in_sorted, pair_keys
 from tasks.titles import display_titles
 
@@ -85,7 +87,8 @@ class Recommendations:
 
 
 class Recommender:
-    def __init__(self, net: PrismRecNet, item_text_vectors: torch.Tensor, items: pd.DataFrame, bf16: bool = False):
+    def __init__(self, net: PrismRecNet, item_text_vectors: torch.Tensor, items: pd.DataFrame, bf16: bool = False,
+                 id_from_text: torch.Tensor | None = None):
         self.net = net.eval()
         # The user tower under bf16 autocast (scores stay float32 cosines): the gate's evaluation and
         # publishing both rank through a Recommender, so the lists the gate measured are the ones published.
@@ -103,6 +106,11 @@ class Recommender:
                 rows = len(net.id_embedding.weight)
                 cold = self.is_new[:rows]
                 self.item_vectors[:rows][cold] -= net.id_embedding.weight[cold]
+            if id_from_text is not None:
+                # ... and given the model's map from text to id rows (tasks.model.new_item_ids), with
+                # the id row its text predicts.
+                new_rows = torch.nonzero(self.is_new).flatten()
+                self.item_vectors[new_rows] += predict_id_rows(item_text_vectors[new_rows].float(), id_from_text)
             # Item vectors share a large common direction (every cosine is ~0.9); centred, their
             # cosines say which items resemble each other (explanations, similar items).
             real = self.item_vectors[1:]
@@ -142,7 +150,8 @@ class Recommender:
         state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("text_tower.")}
         net.load_state_dict(state)
         items = pd.read_parquet(files.items).sort_values("idx")
-        recommender = cls(net, checkpoint["item_text_vectors"], items, bf16=use_bf16(precision, torch.device("cpu")))
+        recommender = cls(net, checkpoint["item_text_vectors"], items, bf16=use_bf16(precision, torch.device("cpu")),
+                          id_from_text=checkpoint.get("id_from_text"))
         recommender.model_dir = files.root  # where a scoring process loads the same model from
         return recommender
 

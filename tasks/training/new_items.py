@@ -5,7 +5,8 @@ one with too few ratings for the filter, is still an item users should be offere
 worker runs its description through the frozen MiniLM layers with the rest of the catalogue, and
 after training through the chosen checkpoint's fine-tuned top layers; its pooled text vector is
 appended to the model, with no id row and zero training interactions. Scoring then treats it like
-any item the model never saw in training (tasks.model.recommender: text alone), and publishing
+any item the model never saw in training (tasks.model.recommender: its text, plus the id row that
+`add_id_from_text`'s map, fitted on the trained items, predicts from that text), and publishing
 flags it as new. Done inside the worker, which has the language model loaded already.
 """
 
@@ -53,6 +54,30 @@ def append_new_items(files: ModelFiles, new: pd.DataFrame, states: TextStates, n
     log.info("added %d new items to the model, placed by their text (%d had a few interactions, "
              "too few for the 5-core filter)", len(rows), int((new["interactions"] > 0).sum()))
     return len(rows)
+
+
+def add_id_from_text(files: ModelFiles, penalty: float) -> bool:
+    """Fit the map from text vectors to id rows on the trained items of the model in `files`
+    (tasks.model.new_item_ids) and keep it in the checkpoint (`id_from_text`), for the Recommender to
+    give every new item the id row its text predicts. False (nothing written) when the model has no
+    id rows or no trained items."""
+    from tasks.model.new_item_ids import fit_id_from_text
+
+    checkpoint = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
+    id_rows = checkpoint["state_dict"].get("id_embedding.weight")
+    if id_rows is None:
+        return False
+    items = pd.read_parquet(files.items)
+    trained = items[(items["train_interactions"] > 0) & (items["idx"] < len(id_rows))]["idx"].to_numpy(np.int64)
+    if not len(trained):
+        return False
+    rows = torch.from_numpy(trained.copy())
+    checkpoint["id_from_text"] = fit_id_from_text(checkpoint["item_text_vectors"][rows].float(),
+                                                  id_rows[rows].float(), penalty)
+    _replace(files.checkpoint, lambda path: torch.save(checkpoint, path))
+    log.info("fitted the map from text to id rows on %d trained items (ridge penalty %g): new items get "
+             "the id row their text predicts", len(trained), penalty)
+    return True
 
 
 def _replace(path: Path, write) -> None:

@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> None:
             from tasks.training.new_items import append_new_items
 
             append_new_items(files, new_items, new_text, training.net)
+        if cfg.new_item_id_penalty is not None:
+            from tasks.training.new_items import add_id_from_text
+
+            add_id_from_text(files, cfg.new_item_id_penalty)
         summary = run_summary(history, best_ndcg, stopped_by, time.time() - started, dist.world, plan.full_steps)
         files.summary.write_text(json.dumps(summary, indent=2))
     dist.stop()

@@ -14,6 +14,7 @@ import torch
 from tasks.config import load_config
 from tasks.errors import ConfigError
 from tasks.layout import ModelFiles
+from tasks.model.new_item_ids import predict_id_rows
 from tasks.model.recommender import Recommender
 from tasks.training.launcher import launch_training
 from tests.integration.training.conftest import TWO_PROCESSES
@@ -57,6 +58,14 @@ def test_two_process_gloo_ddp_run_trains_and_checkpoints(one_node_two_processes)
     assert recommender.n_items == 1682 and int(recommender.is_new.sum()) >= 1682 - 1349
     assert len(checkpoint["item_text_vectors"]) == len(checkpoint["item_ids"]) == 1682 + 1
     assert checkpoint["spec"]["n_items"] == 1349  # the id table covers the training universe alone
+    # ... and each got the id row its text predicts, from the map fitted on the trained items.
+    weights = checkpoint["id_from_text"]
+    assert weights.shape == (384 + 1, config.train.dim)
+    new_rows = torch.nonzero(recommender.is_new).flatten()
+    with torch.no_grad():
+        text = checkpoint["item_text_vectors"][new_rows].float()
+        expected = recommender.net.text_projection(text) + predict_id_rows(text, weights)
+    assert torch.allclose(recommender.item_vectors[new_rows], expected, atol=1e-5)
 
 
 @pytest.mark.slow
