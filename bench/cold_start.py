@@ -12,7 +12,9 @@ among the whole catalogue the product would publish from (5-core items and new i
 - **warm**: a user's first rating of a trained (5-core) title from the cut-off on, again after at least
   `--min-history` earlier ratings, with everything before it as the history.
 
-Models: PrismRec (the pipeline's training, the dataset's benchmark settings), the zero-shot text model
+Models: PrismRec (the pipeline's training, the dataset's benchmark settings, and its new-item head
+fitted as the train task fits it with `train.new_item_head`: tasks.training.rehearsal, whose rehearsal
+is a validation split cut the same way from the training part), the zero-shot text model
 (MiniLM embeddings, bench.baselines.fit_content, its decay chosen on validation), popularity and SASRec
 (bench.baselines.fit_sasrec). Popularity and SASRec score by ratings and cannot place a title they have
 never seen: they rank it last. PrismRec's warm cases are ranked twice, with and without the new titles
@@ -43,6 +45,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tasks.training.rehearsal import cold_cutoff, split_cases
+
 log = logging.getLogger("bench.cold_start")
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,45 +59,6 @@ CandidateScorer = Callable[[Sequence[np.ndarray]], torch.Tensor]
 
 
 # --- the split -------------------------------------------------------------------------------------
-
-def cold_cutoff(interactions: pd.DataFrame, cold_share: float) -> tuple[pd.Timestamp, np.ndarray]:
-    """(cut-off, new titles): the last `cold_share` of rated titles by first rating; every title first
-    rated at or after the first of them is new."""
-    first = interactions.groupby("item_id")["occurred_at"].min().sort_values(kind="stable")
-    if not 0 < cold_share < 1:
-        raise ValueError(f"cold_share must be between 0 and 1, got {cold_share}")
-    count = max(1, math.ceil(cold_share * len(first)))
-    cutoff = first.iloc[-count]
-    return cutoff, np.sort(first[first >= cutoff].index.to_numpy())
-
-
-def ordered(interactions: pd.DataFrame) -> pd.DataFrame:
-    """Ratings by user and time, ties in the snapshot's row order (as prepare orders them)."""
-    return (interactions.assign(_order=np.arange(len(interactions)))
-            .sort_values(["user_id", "occurred_at", "_order"], kind="stable").drop(columns="_order"))
-
-
-def split_cases(interactions: pd.DataFrame, cutoff: pd.Timestamp, new_titles: np.ndarray,
-               min_history: int) -> pd.DataFrame:
-    """One row per case: user_id, item_id (the target), kind, history (app item ids, oldest first:
-    every rating strictly before the target's time). Per user and kind, the first rating from the
-    cut-off on that has `min_history` ratings before it: "cold" if of a new title,
-    "warm" if of any other (the caller keeps the trained ones)."""
-    rated = ordered(interactions).reset_index(drop=True)
-    user_rank = rated.groupby("user_id").cumcount()
-    tied = rated.groupby(["user_id", "occurred_at"]).cumcount()
-    before = user_rank - tied  # ratings of the user strictly earlier in time
-    late = (rated["occurred_at"] >= cutoff) & (before >= min_history)
-    kind = np.where(rated["item_id"].isin(new_titles), "cold", "warm")
-    chosen = rated[late].assign(kind=kind[late.to_numpy()]).groupby(["user_id", "kind"], sort=True).head(1)
-    starts = rated.groupby("user_id").cumcount().to_numpy()
-    firsts = pd.Series(np.flatnonzero(starts == 0), index=rated["user_id"].to_numpy()[starts == 0])
-    items = rated["item_id"].to_numpy(np.int64)
-    histories = [items[firsts[user]:firsts[user] + before[row]]
-                 for row, user in zip(chosen.index, chosen["user_id"], strict=True)]
-    cases = chosen.assign(history=histories)
-    return cases[["user_id", "item_id", "kind", "occurred_at", "history"]].reset_index(drop=True)
-
 
 def write_snapshot(dataset: str, out: Path) -> Path:
     """The release through the pipeline's load and extract (bench.quality's schema and logical date)."""
@@ -142,43 +107,52 @@ def build_split(interactions: pd.DataFrame, items: pd.DataFrame, work: Path, con
     }
     log.info("split at %s: %d new titles; %d of %d ratings before it; cases %s", cutoff, len(new_titles),
              facts["training_interactions"], len(interactions), facts["cases"])
-    return {"facts": facts, "dataset": run.dataset.root, "cases": cases, "cutoff": cutoff}
+    return {"facts": facts, "dataset": run.dataset.root, "snapshot": run.snapshot.root, "cases": cases,
+            "cutoff": cutoff}
 
 
 # --- the models ------------------------------------------------------------------------------------
 
-def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarray,
-                    reuse: bool = False) -> tuple[CandidateScorer, dict]:
-    """A PrismRec model trained on the split (or, with `reuse`, the one an earlier run left in `work`)."""
+def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarray, reuse: bool = False,
+                    snapshot: Path | None = None) -> tuple[CandidateScorer, dict, object]:
+    """A PrismRec model trained on the split (or, with `reuse`, the one an earlier run left in `work`),
+    its new-item head fitted as the pipeline's train task fits it (tasks.training.rehearsal) on the split's
+    `snapshot`; the scorer, the training's facts and the Recommender (its `head` may be set to None)."""
     from bench.quality import model_settings
     from tasks.layout import ModelFiles
     from tasks.model.recommender import Recommender
     from tasks.training.launcher import launch_training
+    from tasks.training.rehearsal import fit_new_item_head
 
     started = time.time()
     model_dir = work / "prismrec"
     if not (reuse and ModelFiles(model_dir).summary.exists()):
         model_dir = launch_training(config, dataset_dir, model_dir)
     seconds = time.time() - started
+    if snapshot is not None and not (reuse and ModelFiles(Path(model_dir)).new_item_head.exists()):
+        fit_new_item_head(config, snapshot, work / "rehearsal", model_dir)
+    head_seconds = time.time() - started - seconds
     summary = json.loads(ModelFiles(Path(model_dir)).summary.read_text())
     recommender = Recommender.load(model_dir)
 
     columns = recommender.index_of.reindex(candidates).fillna(0).to_numpy(np.int64)
-    unknown = torch.as_tensor(columns == 0)
+    unknown = torch.from_numpy(columns == 0)
+    columns = torch.from_numpy(columns)
 
     def score(histories: Sequence[np.ndarray]) -> torch.Tensor:
         """Each candidate's score under its best interest (the ranking score, before the published
         lists' interest balancing, which would turn the top scores into ranks)."""
         per_interest, *_ = recommender.score_indices([recommender.to_indices(h) for h in histories],
                                                      with_attention=False)
-        scores = per_interest.amax(1)[:, torch.as_tensor(columns)]
+        scores = per_interest.amax(1)[:, columns]
         scores[:, unknown] = float("-inf")
         return scores
 
-    return score, {"train_seconds": round(seconds, 1), "epochs_run": summary.get("epochs_run"),
+    return score, {"train_seconds": round(seconds, 1), "head_seconds": round(head_seconds, 1),
+                   "epochs_run": summary.get("epochs_run"),
                    "best_epoch": summary.get("best_epoch"), "stopped_by": summary.get("stopped_by"),
                    "best_valid_ndcg@10": summary.get("best_valid_ndcg@10"),
-                   "settings": model_settings(config)}
+                   "settings": model_settings(config)}, recommender
 
 
 def content_scorer(sequences, items: pd.DataFrame, catalogue: pd.DataFrame, candidates: np.ndarray
@@ -261,7 +235,7 @@ def ranks_from(scores: torch.Tensor, cases: pd.DataFrame, candidates: np.ndarray
 # New-item score policies: a text-only score is on another scale than one backed by ratings.
 OFFSETS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)  # subtracted from new items' scores
 LIST_CAP = 5  # materialize.max_new_items: a top-50 list's new items
-HEAD_CAPS = (1, 2, 3)  # the head's frontier with fewer new items a list
+CAPS = (1, 2, 3)  # the frontier with fewer new items a list
 
 
 def with_policy(scores: torch.Tensor, new: np.ndarray, offset: float, cap: int | None = None):
@@ -275,113 +249,6 @@ def with_policy(scores: torch.Tensor, new: np.ndarray, offset: float, cap: int |
         keep = torch.zeros_like(part, dtype=torch.bool).scatter_(1, part.topk(cap, dim=1).indices, True)
         out[:, columns] = part.masked_fill(~keep, float("-inf"))
     return out
-
-
-# --- the new-item head ----------------------------------------------------------------------------
-# A new item's score, from its text, says which users it suits but not how many will watch it, nor how
-# it compares with a score backed by ratings. The head re-scores new items only, from that score and
-# what the catalogue knew at the cut-off: how recent a release the title is (years behind the newest
-# trained title), how many ratings it had gathered while in the catalogue (1-4: available and hardly
-# watched; 0: just added), and how much of the user's recent history is recent releases. It is fitted
-# on the validation split's cases (softmax over the whole catalogue, trained items' scores fixed), so
-# its weights come from an earlier model and an earlier cut-off, as the offset's choice does.
-RECENT_YEARS = 1  # a title at most this many years behind the newest trained title is a recent release
-USER_WINDOW = 20  # the user's latest ratings the recent-release share is taken over
-AGE_BUCKETS = ((0, 0), (1, 1), (2, 3), (4, 6))  # years behind; older or unknown: the baseline
-RATING_BUCKETS = (0, 1, 2)  # ratings before the cut-off of a new item; 3-4: the baseline
-HEAD_STEPS, HEAD_LR = 300, 0.05
-
-
-def catalogue_ages(split: dict) -> pd.Series:
-    """Years each candidate (app item id) is behind the newest trained title (NaN: no year)."""
-    years = split["catalogue"].set_index("item_id")["year"].astype("float64")
-    newest = years.reindex(split["items"]["item_id"]).max()
-    return (newest - years).clip(lower=0)
-
-
-def item_features(split: dict) -> torch.Tensor:
-    """[candidates, F] features of every candidate (only new ones are used): age and rating buckets."""
-    ages = catalogue_ages(split).reindex(split["candidates"]).to_numpy()
-    ratings = split["catalogue"].set_index("item_id")["interactions"].reindex(split["candidates"]).to_numpy()
-    columns = [(ages >= low) & (ages <= high) for low, high in AGE_BUCKETS]
-    columns += [ratings == count for count in RATING_BUCKETS]
-    return torch.as_tensor(np.stack(columns, axis=1), dtype=torch.float32)
-
-
-def recent_release_share(split: dict, cases: pd.DataFrame) -> torch.Tensor:
-    """[cases] share of each history's latest USER_WINDOW ratings that are recent releases."""
-    recent = catalogue_ages(split) <= RECENT_YEARS
-    return torch.tensor([float(recent.reindex(history[-USER_WINDOW:]).fillna(False).astype(bool).mean())
-                         if len(history) else 0.0 for history in cases["history"]], dtype=torch.float32)
-
-
-class NewItemHead(torch.nn.Module):
-    """New items' scores: scale * score + bias + item features' weights + the user's recent-release
-    share (alone and with a recent-release item); trained items keep theirs. Starts as the identity."""
-
-    def __init__(self, n_features: int):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(()))
-        self.bias = torch.nn.Parameter(torch.zeros(()))
-        self.item = torch.nn.Parameter(torch.zeros(n_features))
-        self.user = torch.nn.Parameter(torch.zeros(2))
-
-    def forward(self, scores: torch.Tensor, new: np.ndarray, features: torch.Tensor, share: torch.Tensor,
-                recent: torch.Tensor) -> torch.Tensor:
-        columns = torch.as_tensor(np.flatnonzero(new))
-        lifted = (self.scale * scores[:, columns] + self.bias + (features[columns] @ self.item)[None, :]
-                  + share[:, None] * (self.user[0] + self.user[1] * recent[columns].float())[None, :])
-        return scores.index_copy(1, columns, lifted)
-
-    def weights(self) -> dict:
-        names = [f"age_{low}-{high}" for low, high in AGE_BUCKETS] + [f"ratings_{c}" for c in RATING_BUCKETS]
-        return {"scale": round(float(self.scale), 4), "bias": round(float(self.bias), 4),
-                **{name: round(float(w), 4) for name, w in zip(names, self.item, strict=True)},
-                "user_recent_share": round(float(self.user[0]), 4),
-                "user_recent_share_x_recent_item": round(float(self.user[1]), 4)}
-
-
-def head_inputs(split: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(item features, recent-release flags) of the split's candidates."""
-    recent = torch.from_numpy((catalogue_ages(split).reindex(split["candidates"]) <= RECENT_YEARS).to_numpy().copy())
-    return item_features(split), recent
-
-
-def history_masks(cases: pd.DataFrame, candidates: np.ndarray) -> torch.Tensor:
-    """[cases, candidates] True where the candidate is in the case's history (never a target)."""
-    return torch.stack([torch.from_numpy(np.isin(candidates, history)) for history in cases["history"]]) \
-        if len(cases) else torch.zeros((0, len(candidates)), dtype=torch.bool)
-
-
-def fit_head(scored: dict[str, torch.Tensor], split: dict) -> NewItemHead:
-    """The head that maximises the likelihood of the split's cold and warm targets (each kind's
-    cases weighted alike, as the benchmark's objective weighs them) over the whole catalogue."""
-    features, recent = head_inputs(split)
-    head = NewItemHead(features.shape[1])
-    column = pd.Series(np.arange(len(split["candidates"])), index=split["candidates"])
-    prepared = []
-    for kind in ("cold", "warm"):
-        cases = split[kind]
-        if len(cases):
-            prepared.append((scored[kind], history_masks(cases, split["candidates"]),
-                             torch.as_tensor(column.loc[cases["item_id"]].to_numpy()),
-                             recent_release_share(split, cases)))
-    optimiser = torch.optim.Adam(head.parameters(), lr=HEAD_LR)
-    with torch.enable_grad():
-        for _ in range(HEAD_STEPS):
-            loss = sum(torch.nn.functional.cross_entropy(
-                head(scores, split["new"], features, share, recent).masked_fill(masks, float("-inf")), targets)
-                for scores, masks, targets, share in prepared) / len(prepared)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    return head.requires_grad_(False)
-
-
-def apply_head(head: NewItemHead, scores: torch.Tensor, split: dict, cases: pd.DataFrame) -> torch.Tensor:
-    features, recent = head_inputs(split)
-    with torch.no_grad():
-        return head(scores, split["new"], features, recent_release_share(split, cases), recent)
 
 
 def policy_curve(cold_scores, warm_scores, split: dict, candidates: np.ndarray, new: np.ndarray) -> list[dict]:
@@ -428,9 +295,8 @@ def load_split(split: dict, max_cases: int | None) -> dict:
 
     sequences, items = load_dataset(split["dataset"])
     new_items = load_new_items(split["dataset"])
-    # A trained item's ratings are not counted (NaN): only new items' few ratings are a head feature.
-    catalogue = pd.concat([items[["item_id", "description", "year"]].assign(interactions=np.nan),
-                           new_items[["item_id", "description", "year", "interactions"]]], ignore_index=True)
+    catalogue = pd.concat([items[["item_id", "description"]], new_items[["item_id", "description"]]],
+                          ignore_index=True)
     cases = split["cases"]
     if max_cases:
         cases = cases.groupby("kind", group_keys=False).head(max_cases).reset_index(drop=True)
@@ -441,48 +307,38 @@ def load_split(split: dict, max_cases: int | None) -> dict:
             "warm": cases[cases["kind"] == "warm"].reset_index(drop=True)}
 
 
-def prismrec_row(config, test: dict, interactions: pd.DataFrame, items: pd.DataFrame, args, work: Path
-                 ) -> tuple[dict, np.ndarray]:
-    """PrismRec's row. A validation split cut the same way from the ratings before the test cut-off
-    (with its own model) fits the new-item head and chooses the offset taken off the head's scores
-    (and, for comparison, the offset alone, the policy without a head); then the test figures."""
-    valid = load_split(build_split(interactions[interactions["occurred_at"] < test["cutoff"]], items,
-                                   work / "split-valid", config, args.cold_share, args.min_history), args.max_cases)
-    score, valid_info = prismrec_scorer(config, valid["dataset"], work / "valid", valid["candidates"],
-                                        args.reuse_models)
-    raw_valid = {kind: score_matrix(score, valid[kind]) for kind in ("cold", "warm")}
-    alone_curve = policy_curve(raw_valid["cold"], raw_valid["warm"], valid, valid["candidates"], valid["new"])
-    offset_alone = max(alone_curve, key=lambda point: point["objective"])["offset"]
-    head = fit_head(raw_valid, valid)
-    headed_valid = {kind: apply_head(head, raw_valid[kind], valid, valid[kind]) for kind in ("cold", "warm")}
-    curve = policy_curve(headed_valid["cold"], headed_valid["warm"], valid, valid["candidates"], valid["new"])
-    offset = max(curve, key=lambda point: point["objective"])["offset"]
-    log.info("new-item head fitted on validation (cut-off %s): %s; offset %.1f on top of it (%.1f without it)",
-             valid["facts"]["cutoff"], head.weights(), offset, offset_alone)
-    score, info = prismrec_scorer(config, test["dataset"], work / "test", test["candidates"], args.reuse_models)
+def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray]:
+    """PrismRec's row, as the pipeline publishes: the model, its new-item head fitted by the train task's
+    rehearsal (a model trained on the ratings before the last titles of the training part appeared, which
+    is a validation split cut the same way), at most `max_new_items` new items a list; beside it the same
+    model without the head, capped or not, and with the new titles left out."""
+    score, info, recommender = prismrec_scorer(config, test["dataset"], work / "test", test["candidates"],
+                                               args.reuse_models, snapshot=test["snapshot"])
+    headed = {kind: score_matrix(score, test[kind]) for kind in ("cold", "warm")}
+    head, recommender.head = recommender.head, None
     raw = {kind: score_matrix(score, test[kind]) for kind in ("cold", "warm")}
-    headed = {kind: apply_head(head, raw[kind], test, test[kind]) for kind in ("cold", "warm")}
+    recommender.head = head
     new, candidates = test["new"], test["candidates"]
 
-    def both(scores: dict, offset: float, cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def both(scores: dict, offset: float = 0.0, cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         return tuple(ranks_from(with_policy(scores[kind], new, offset, cap), test[kind], candidates)
                      for kind in ("cold", "warm"))
 
     def row_of(ranks: tuple[np.ndarray, np.ndarray]) -> dict:
         return {**figures(ranks[0]), "warm": figures(ranks[1])}
 
-    chosen, without_new = both(headed, offset), both(raw, float("inf"))
-    row = {**row_of(chosen), "new_item_offset": offset, "head": head.weights(),
-           "without_head": {**row_of(both(raw, offset_alone)), "new_item_offset": offset_alone},
-           "uncalibrated": row_of(both(raw, 0.0)),
-           f"capped_{LIST_CAP}": row_of(both(headed, offset, LIST_CAP)),
+    chosen, without_new = both(headed), both(raw, float("inf"))
+    head_file = json.loads(Path(recommender.model_dir, "new_item_head.json").read_text())
+    row = {**row_of(chosen), "head": {k: v for k, v in head_file.items() if k != "fitted_on"},
+           "without_head": row_of(both(raw)),
+           f"capped_{LIST_CAP}": row_of(both(headed, cap=LIST_CAP)),
+           f"without_head_capped_{LIST_CAP}": row_of(both(raw, cap=LIST_CAP)),
            "warm_without_new_items": figures(without_new[1]),
            "warm_cost_of_new_items": paired(chosen[1], without_new[1]),
            "test_curve": policy_curve(headed["cold"], headed["warm"], test, candidates, new),
-           # The head with at most `cap` new items among each list's candidates (so in its top 10).
-           "cap_curve": [{"cap": cap, **row_of(both(headed, offset, cap))} for cap in HEAD_CAPS],
-           "validation": {"split": valid["facts"], "curve": curve, "curve_without_head": alone_curve,
-                          "best_valid_ndcg@10": valid_info["best_valid_ndcg@10"]},
+           # At most `cap` new items among each list's candidates (so in its top 10).
+           "cap_curve": [{"cap": cap, **row_of(both(headed, cap=cap))} for cap in CAPS],
+           "validation": head_file["fitted_on"],
            **info}
     return row, chosen[0]
 
@@ -511,7 +367,7 @@ def run(args: argparse.Namespace) -> dict:
         log.info("fitting %s", name)
         if name == "prismrec":
             name = args.name
-            rows[name], cold_ranks[name] = prismrec_row(config, test, interactions, items, args, work)
+            rows[name], cold_ranks[name] = prismrec_row(config, test, args, work)
         else:
             if name == "content":
                 score, info = content_scorer(test["sequences"], test["items"], test["catalogue"], candidates)
@@ -557,8 +413,8 @@ def combine(results: list[dict]) -> dict:
     if "prismrec" in ranks and "content" in ranks:
         comparisons["prismrec_vs_content"] = paired(ranks["prismrec"], ranks["content"])
     if "prismrec" in models and "content" in models and models["content"]["hr@10"] > 0:
-        comparisons["prismrec_no_offset_vs_content_hr@10_ratio"] = round(
-            models["prismrec"]["uncalibrated"]["hr@10"] / models["content"]["hr@10"], 3)
+        comparisons["prismrec_no_head_vs_content_hr@10_ratio"] = round(
+            models["prismrec"]["without_head"]["hr@10"] / models["content"]["hr@10"], 3)
     if "prismrec" in models:
         warm = models["prismrec"]
         comparisons["prismrec_warm_cost_of_new_items"] = {
@@ -589,37 +445,46 @@ def table(result: dict) -> str:
 
     notes = []
     for name, row in result["models"].items():
-        if "new_item_offset" not in row:
+        if "head" not in row:
             lines.append(line(name, row))
             continue
-        if "head" in row:
-            lines.append(line(f"{name}, new-item head, offset {row['new_item_offset']:g}", row))
-            lines.append(line(f"{name}, no head, offset {row['without_head']['new_item_offset']:g}",
-                              row["without_head"]))
-        else:
-            lines.append(line(f"{name} (new items -{row['new_item_offset']:g})", row))
-        lines.append(line(f"{name}, no head, no offset", row["uncalibrated"]))
-        lines.append(line(f"{name}, offset and at most {LIST_CAP} new items a list", row[f"capped_{LIST_CAP}"]))
+        lines.append(line(f"{name}, new-item head", row))
+        for point in row.get("cap_curve", []):
+            lines.append(line(f"{name}, new-item head, at most {point['cap']} new item{'s' * (point['cap'] > 1)} a list",
+                              point))
+        lines.append(line(f"{name}, new-item head, at most {LIST_CAP} new items a list (as published)",
+                          row[f"capped_{LIST_CAP}"]))
+        lines.append(line(f"{name}, no head", row["without_head"]))
+        lines.append(line(f"{name}, no head, at most {LIST_CAP} new items a list",
+                          row[f"without_head_capped_{LIST_CAP}"]))
         lines.append(line(f"{name}, new titles left out", {"warm": row["warm_without_new_items"]}))
-        valid = row["validation"]["split"]
-        notes.append(f"{name}'s new-item {'head and ' if 'head' in row else ''}offset (subtracted from a new "
-                     f"item's score) were chosen on a validation split cut the same way from the ratings before the "
-                     f"test cut-off (cut-off {valid['cutoff'][:10]}, {valid['cases'].get('cold', 0)} cold and "
-                     f"{valid['cases'].get('warm', 0)} warm cases; the offset by the mean of cold and warm NDCG@10).")
+        valid = row["validation"]
+        notes.append(f"{name}'s new-item head was fitted as the pipeline's train task fits it "
+                     f"(train.new_item_head): on a rehearsal model trained on the ratings before the last "
+                     f"{valid['share']:.0%} of the training part's titles appeared (cut-off {valid['cutoff'][:10]}; "
+                     f"{valid['cases'].get('cold', 0)} cold and {valid['cases'].get('warm', 0)} warm cases), "
+                     f"{valid['seconds']:.0f} s. Weights: {json.dumps(rounded(row['head']))}.")
         if (cost := row.get("warm_cost_of_new_items")) and cost.get("se") is not None:
-            notes.append(f"Serving new items changes {name}'s warm HR@10 by {cost['hr@10_difference']:+.4f} "
-                         f"± {cost['se']:.4f} (paired, against the same model with new titles left out).")
+            notes.append(f"Serving new items through the head changes {name}'s warm HR@10 by "
+                         f"{cost['hr@10_difference']:+.4f} ± {cost['se']:.4f} (paired, against the same model "
+                         "with new titles left out).")
     lines += ["", "± is the standard error over cases.", *notes]
     if (pair := result["comparisons"].get("prismrec_vs_content")):
         lines.append(f"PrismRec minus the zero-shot text model on the cold cases: HR@10 "
                      f"{pair['hr@10_difference']:+.4f} ± {pair['se']:.4f} (paired), ratio {pair['hr@10_ratio']}.")
-    if (ratio := result["comparisons"].get("prismrec_no_offset_vs_content_hr@10_ratio")):
-        lines.append(f"With no offset, PrismRec's cold HR@10 is {ratio}x the zero-shot text model's.")
+    if (ratio := result["comparisons"].get("prismrec_no_head_vs_content_hr@10_ratio")):
+        lines.append(f"Without the head, PrismRec's cold HR@10 is {ratio}x the zero-shot text model's.")
     lines.append(f"A capped row's median rank counts a target left out of the list (not among the user's {LIST_CAP} "
                  "best new items) as ranked last.")
     machines = sorted({f"{m['device']} (torch {m['torch']})" for m in result["machines"].values()})
     lines.append("Measured on " + ", ".join(machines) + ".")
     return "\n".join(lines) + "\n"
+
+
+def rounded(weights: dict) -> dict:
+    """The head's weights to 3 decimals, for reading."""
+    return {k: rounded(v) if isinstance(v, dict) else round(v, 3) if isinstance(v, float) else v
+            for k, v in weights.items()}
 
 
 def model_list(text: str) -> list[str]:

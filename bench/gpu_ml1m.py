@@ -120,7 +120,10 @@ def device_description() -> dict:
     import torch
 
     if not torch.cuda.is_available():
-        return {"device": "cpu", "torch": torch.__version__}
+        from bench.materialize import machine
+
+        cpu = machine()
+        return {"device": f"{cpu['cpu']}, {cpu['cores']} cores", "torch": torch.__version__}
     return {"device": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(), "torch": torch.__version__,
             "cuda": torch.version.cuda}
 

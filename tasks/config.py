@@ -186,6 +186,12 @@ class TrainConfig:
     # text vectors to the trained items' id rows, fitted after training with this penalty ("none": text
     # alone). Strong penalties lean on the mean row; 100 fitted best on a validation split (docs/experiments.md).
     new_item_id_penalty: float | None = 100.0
+    # Fit the new-item head (tasks.model.new_item_head: how new items' scores compete with trained ones,
+    # from their recency, their few interactions and the user's taste for recent releases) on a rehearsal
+    # of day one (tasks.training.rehearsal): a second training on the interactions before the last
+    # `new_item_head_share` of titles appeared. Off by default: that training can be nearly as long.
+    new_item_head: bool = False
+    new_item_head_share: float = 0.1
     # Cap on steps per epoch, for quick slices and tests; None trains on everything.
     max_steps_per_epoch: int | None = None
     # Every interaction is a training target: histories longer than prepare.max_history are cut
@@ -529,6 +535,9 @@ def validate(config: PipelineConfig) -> None:
         (t.batch_size >= 1 and t.lr > 0 and t.lm_lr >= 0, "train.batch_size, train.lr must be positive"),
         (config.prepare.max_history >= 2, "prepare.max_history must be at least 2"),
         (0.0 <= t.window_overlap < 1.0, f"train.window_overlap must be in [0, 1), got {t.window_overlap}"),
+        (0 < t.new_item_head_share < 1,
+         f"train.new_item_head_share must be between 0 and 1 (the share of titles that are new in the rehearsal), "
+         f"got {t.new_item_head_share}"),
         (t.new_item_id_penalty is None or t.new_item_id_penalty >= 0,
          f"train.new_item_id_penalty must be >= 0 (or unset: new items by their text alone), got {t.new_item_id_penalty}"),
         (config.materialize.top_k >= 1, "materialize.top_k must be at least 1"),

@@ -124,6 +124,11 @@ class ModelFiles:
         return self.root / "train_config.json"
 
     @property
+    def new_item_head(self) -> Path:
+        """How new items' scores compete with trained ones (tasks.model.new_item_head), when fitted."""
+        return self.root / "new_item_head.json"
+
+    @property
     def items(self) -> Path:
         """The model's item table (index, id, title, genres, training interactions)."""
         return self.root / "items.parquet"

@@ -123,6 +123,10 @@ def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
     run = RunLayout(Path(dataset["run_dir"]))
     with training_run(config, run) as (mlflow_run_id, on_epoch):
         model_dir = launch_training(config, Path(dataset["path"]), run.model.root, on_epoch=on_epoch)
+        if config.train.new_item_head:
+            from tasks.training.rehearsal import fit_new_item_head
+
+            fit_new_item_head(config, run.snapshot.root, run.root / "rehearsal", model_dir)
     history = ModelFiles(Path(model_dir)).history
     epochs = len(json.loads(history.read_text())) if history.exists() else None
     return {"model_dir": str(model_dir), "run_dir": str(run.root), "epochs": epochs, "mlflow_run_id": mlflow_run_id}

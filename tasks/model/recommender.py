@@ -25,6 +25,14 @@ from torch.nn import functional as F
 from tasks.errors import RegistryError
 from tasks.layout import ModelFiles
 from tasks.model.network import SCORE_MEMORY_MB, ModelSpec, PrismRecNet, pad_history, rows_within
+from tasks.model.new_item_head import (
+    RECENT_YEARS,
+    NewItemHead,
+    item_ages,
+    item_features,
+    load_head,
+    recent_share,
+)
 from tasks.model.new_item_ids import predict_id_rows
 from tasks.model.sets import history_keys, in_sorted, pair_keys
 from tasks.titles import display_titles
@@ -35,6 +43,9 @@ FALLBACK_EXPLANATION = "popular overall (no viewing history yet)"
 NEW_ITEM_PREFIX, NEW_ITEM_SUFFIX = "new: like ", " you watched"
 NEW_ITEM_UNEXPLAINED = "new: close to what you watch"  # ... when no watched item resembles it
 BALANCED_DEPTH = 50  # list positions that an interest balance re-orders when scoring for metrics
+# With a new-item head and at most this many new items, every new item is a candidate of every list
+# the candidate index ranks (the index retrieves by the score before the head); more are left to the index.
+HEAD_CANDIDATES = 4096
 
 
 def balance_interests(scores: torch.Tensor, items: torch.Tensor, penalty: float, depth: int):
@@ -117,6 +128,18 @@ class Recommender:
             self.item_directions = torch.nn.functional.normalize(self.item_vectors - real.mean(0), dim=-1)
             # What an interest's score is the dot product with (candidate retrieval rescoring).
             self.unit_items = torch.nn.functional.normalize(self.item_vectors, dim=-1)
+        # The new-item head's inputs (tasks.model.new_item_head), where the model's item table has years;
+        # `head` is set by `load` when training fitted one.
+        self.head: NewItemHead | None = None
+        self.new_rows = torch.nonzero(self.is_new).flatten()
+        trained_rows = ~self.is_new[1:].numpy()
+        years = items["year"] if "year" in items else pd.Series(np.nan, index=items.index)
+        ages = np.concatenate([[np.nan], item_ages(years, trained_rows)])
+        interactions = items["interactions"] if "interactions" in items else pd.Series(np.nan, index=items.index)
+        self.item_recent = torch.from_numpy(np.nan_to_num(ages, nan=np.inf) <= RECENT_YEARS)
+        self.item_recent[0] = False
+        counts = pd.to_numeric(interactions, errors="coerce").astype("float64").to_numpy()
+        self.item_features = item_features(ages, np.concatenate([[np.nan], counts]))
         self.item_ids = items["item_id"].to_numpy()  # position i -> index i + 1
         self.items = items.reset_index(drop=True)
         self.titles = np.concatenate([[""], display_titles(items["title"])]).astype(object)
@@ -153,6 +176,7 @@ class Recommender:
         recommender = cls(net, checkpoint["item_text_vectors"], items, bf16=use_bf16(precision, torch.device("cpu")),
                           id_from_text=checkpoint.get("id_from_text"))
         recommender.model_dir = files.root  # where a scoring process loads the same model from
+        recommender.head = load_head(files.new_item_head)
         return recommender
 
     @property
@@ -190,6 +214,10 @@ class Recommender:
         attention [B, K, L] (None without with_attention: scores alone), padded histories [B, L])."""
         padded = pad_history(histories, self.spec.max_history)
         per_interest, _, attention = self.net.interest_scores(padded, self.item_vectors, with_attention, self.bf16)
+        if self.head is not None and len(self.new_rows):
+            rows = self.new_rows
+            per_interest[:, :, rows] = self.head.lift(per_interest[:, :, rows], self.item_features[rows],
+                                                      self.item_recent[rows], recent_share(padded, self.item_recent))
         return per_interest, attention, padded
 
     def score_items(self, histories: Sequence[Sequence[int]], item_ids: np.ndarray,
@@ -297,9 +325,18 @@ class Recommender:
         queries = self.net.query_vectors(last)  # [B, K, d]: score = query . unit item
         users, _, dim = queries.shape
         found = index.search(queries.reshape(-1, dim), max(candidates, top_k)).view(users, -1)
+        lifted = self.head is not None and len(self.new_rows) > 0
+        if lifted and len(self.new_rows) <= HEAD_CANDIDATES:
+            # The head moves new items by more than their retrieval score says: every one is a candidate.
+            found = torch.cat([found, self.new_rows.expand(users, -1)], dim=1)
         found = found.sort(dim=1).values
         found[:, 1:].masked_fill_(found[:, 1:] == found[:, :-1], 0)  # an item two interests retrieved, once
         per_interest = torch.einsum("bkd,bmd->bkm", queries, F.embedding(found, self.unit_items))  # a row gather
+        if lifted:
+            new = self.is_new[found]
+            moved = self.head.lift(per_interest, self.item_features[found], self.item_recent[found],
+                                   recent_share(padded, self.item_recent))
+            per_interest = torch.where(new[:, None], moved, per_interest)
         top_scores, top_idx, interest = self._ranked(per_interest, indexed, top_k, balance, max_new, columns=found)
         short = torch.nonzero(~torch.isfinite(top_scores[:, -1]) & (padded[:, -1] > 0)).flatten()
         if len(short):

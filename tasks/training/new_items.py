@@ -26,7 +26,8 @@ from tasks.training.text_cache import TextStates, text_vectors
 
 log = logging.getLogger(__name__)
 
-MODEL_ITEM_COLUMNS = ["idx", "item_id", "title", "genres", "train_interactions"]
+# `year` and `interactions` (in the snapshot; a new item's few) feed the new-item head (tasks.model.new_item_head).
+MODEL_ITEM_COLUMNS = ["idx", "item_id", "title", "genres", "year", "interactions", "train_interactions"]
 
 
 def append_new_items(files: ModelFiles, new: pd.DataFrame, states: TextStates, net) -> int:
@@ -49,7 +50,7 @@ def append_new_items(files: ModelFiles, new: pd.DataFrame, states: TextStates, n
     rows = new.assign(idx=np.arange(first, first + len(new)), train_interactions=0)[MODEL_ITEM_COLUMNS]
     checkpoint["item_ids"] = np.concatenate([np.asarray(checkpoint["item_ids"]), rows["item_id"].to_numpy()])
     _replace(files.checkpoint, lambda path: torch.save(checkpoint, path))
-    _replace(files.items, lambda path: pd.concat([items[MODEL_ITEM_COLUMNS], rows], ignore_index=True)
+    _replace(files.items, lambda path: pd.concat([items.reindex(columns=MODEL_ITEM_COLUMNS), rows], ignore_index=True)
              .to_parquet(path, index=False))
     log.info("added %d new items to the model, placed by their text (%d had a few interactions, "
              "too few for the 5-core filter)", len(rows), int((new["interactions"] > 0).sum()))

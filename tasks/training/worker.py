@@ -192,9 +192,11 @@ def write_outputs(files: ModelFiles, items: pd.DataFrame, histories: list[np.nda
     the per-epoch history."""
     import numpy as np
 
+    from tasks.training.new_items import MODEL_ITEM_COLUMNS
+
     popularity = np.bincount(np.concatenate(histories), minlength=n_items + 1)[1:]
-    items.assign(train_interactions=popularity)[["idx", "item_id", "title", "genres", "train_interactions"]] \
-        .to_parquet(files.items, index=False)
+    items.assign(train_interactions=popularity, interactions=popularity) \
+        .reindex(columns=MODEL_ITEM_COLUMNS).to_parquet(files.items, index=False)
     files.history.write_text(json.dumps(history, indent=2))
 
 

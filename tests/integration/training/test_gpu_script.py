@@ -37,7 +37,7 @@ def test_the_gpu_script_runs_on_the_cpu_from_fp16_weights(dataset_dir, tmp_path,
     before = results.stat().st_mtime if results.exists() else None
     result = gpu_ml1m.main(["run", "--smoke", "--assets", str(tmp_path / "assets"), "--dataset", str(dataset_dir),
                             "--work", str(tmp_path / "work")])
-    assert result["smoke"] and result["machine"]["device"] == "cpu"
+    assert result["smoke"] and result["machine"]["device"].endswith(" cores")  # the CPU model, no GPU
     assert result["text_model"] == str(folder.resolve())
     assert result["settings"]["train.n_interests"] == 1 and result["settings"]["train.lm_trainable_layers"] == 0
     assert result["epochs_run"] == 1

@@ -69,6 +69,38 @@ def test_two_process_gloo_ddp_run_trains_and_checkpoints(one_node_two_processes)
 
 
 @pytest.mark.slow
+def test_the_rehearsal_fits_a_new_item_head_that_the_model_then_scores_new_items_through(
+        one_node_two_processes, dataset_dir, base_overrides, tmp_path):
+    """train.new_item_head: a rehearsal model trained on the ML-100K ratings before its last titles
+    appeared ranks its cold and warm cases; the head fitted on them is saved with the run's model, and
+    the model's new items are scored through it (trained items as before)."""
+    import shutil
+
+    from tasks.training.rehearsal import fit_new_item_head
+
+    trained, _ = one_node_two_processes
+    model_dir = shutil.copytree(trained, tmp_path / "model")  # the shared fixture's folder stays as it is
+    config = load_config({**base_overrides, "train.epochs": 1, "train.max_steps_per_epoch": 2, "train.batch_size": 16,
+                          "train.nproc": 1, "train.new_item_head": True})
+    before = Recommender.load(model_dir)
+    facts = fit_new_item_head(config, Path(dataset_dir).parent / "snapshot", tmp_path / "rehearsal", model_dir)
+    assert facts["new_titles"] >= 100 and facts["cases"]["cold"] > 50 and facts["cases"]["warm"] > 50
+    assert ModelFiles(tmp_path / "rehearsal" / "model").checkpoint.exists()  # the rehearsal model, apart
+    saved = json.loads(ModelFiles(model_dir).new_item_head.read_text())
+    assert saved["fitted_on"] == facts and saved["scale"] > 0
+    assert any(weight != 0 for weight in saved["items"].values())  # it learned something from the cases
+
+    after = Recommender.load(model_dir)
+    assert before.head is None and after.head is not None
+    users = [after.item_ids[i:i + 8] for i in range(0, 400, 40)]
+    plain, lifted = (model.score_indices(model.histories_to_indices(users), with_attention=False)[0]
+                     for model in (before, after))
+    trained_rows = ~after.is_new
+    assert torch.equal(lifted[:, :, trained_rows], plain[:, :, trained_rows])
+    assert not torch.allclose(lifted[:, :, after.new_rows], plain[:, :, after.new_rows])
+
+
+@pytest.mark.slow
 def test_a_budget_no_epoch_fits_in_stops_every_rank_after_epoch_1(dataset_dir, base_overrides, tmp_path, caplog):
     """Rank 0's clock decides for both ranks, and the epoch that ran is kept. The ranks validate on a
     sample of the users (train.validation_users), shared out between them."""

@@ -1,0 +1,156 @@
+"""Day one, rehearsed: fit the new-item head on how an earlier model would have served new titles.
+
+The titles that entered the catalogue last (the last `train.new_item_head_share` of the snapshot's
+interacted titles, by first interaction) set a cut-off. A rehearsal model is trained, with the run's
+own settings, on the interactions before it; the catalogue it places is the whole snapshot's, so those
+titles are new to it, placed by their text. Two kinds of case, each a user's first interaction from
+the cut-off on, after at least `MIN_HISTORY` earlier ones: **cold**, of a new title, and **warm**, of
+a title the rehearsal model trained on. The head (tasks.model.new_item_head) is fitted on the rehearsal
+model's scores of both and saved with the run's model, whose own new items it then re-scores. The same
+procedure is the cold-start benchmark's validation split (bench/cold_start.py).
+
+The rehearsal costs a second training on the part of the data before the cut-off: with titles added
+steadily over time that is most of it, so `train.new_item_head` is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tasks.config import PipelineConfig
+from tasks.errors import TrainingError
+from tasks.layout import ModelFiles, SnapshotFiles
+
+log = logging.getLogger(__name__)
+
+MIN_HISTORY = 5
+MAX_CASES = 2000  # of each kind (a seeded sample beyond it): the head has 11 weights
+MIN_REHEARSAL_SHARE = 0.05  # of the interactions, before the cut-off: less is too little to train on
+
+
+def cold_cutoff(interactions: pd.DataFrame, share: float) -> tuple[pd.Timestamp, np.ndarray]:
+    """(cut-off, new titles): the last `share` of rated titles by first rating; every title first
+    rated at or after the first of them is new."""
+    first = interactions.groupby("item_id")["occurred_at"].min().sort_values(kind="stable")
+    if not 0 < share < 1:
+        raise ValueError(f"share must be between 0 and 1, got {share}")
+    count = max(1, math.ceil(share * len(first)))
+    cutoff = first.iloc[-count]
+    return cutoff, np.sort(first[first >= cutoff].index.to_numpy())
+
+
+def ordered(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Ratings by user and time, ties in the snapshot's row order (as prepare orders them)."""
+    return (interactions.assign(_order=np.arange(len(interactions)))
+            .sort_values(["user_id", "occurred_at", "_order"], kind="stable").drop(columns="_order"))
+
+
+def split_cases(interactions: pd.DataFrame, cutoff: pd.Timestamp, new_titles: np.ndarray,
+               min_history: int) -> pd.DataFrame:
+    """One row per case: user_id, item_id (the target), kind, history (app item ids, oldest first:
+    every rating strictly before the target's time). Per user and kind, the first rating from the
+    cut-off on that has `min_history` ratings before it: "cold" if of a new title,
+    "warm" if of any other (the caller keeps the trained ones)."""
+    rated = ordered(interactions).reset_index(drop=True)
+    user_rank = rated.groupby("user_id").cumcount()
+    tied = rated.groupby(["user_id", "occurred_at"]).cumcount()
+    before = user_rank - tied  # ratings of the user strictly earlier in time
+    late = (rated["occurred_at"] >= cutoff) & (before >= min_history)
+    kind = np.where(rated["item_id"].isin(new_titles), "cold", "warm")
+    chosen = rated[late].assign(kind=kind[late.to_numpy()]).groupby(["user_id", "kind"], sort=True).head(1)
+    starts = rated.groupby("user_id").cumcount().to_numpy()
+    firsts = pd.Series(np.flatnonzero(starts == 0), index=rated["user_id"].to_numpy()[starts == 0])
+    items = rated["item_id"].to_numpy(np.int64)
+    histories = [items[firsts[user]:firsts[user] + before[row]]
+                 for row, user in zip(chosen.index, chosen["user_id"], strict=True)]
+    cases = chosen.assign(history=histories)
+    return cases[["user_id", "item_id", "kind", "occurred_at", "history"]].reset_index(drop=True)
+
+
+def rehearsal_cases(interactions: pd.DataFrame, cutoff: pd.Timestamp, new_titles: np.ndarray,
+                    trained: np.ndarray, min_history: int = MIN_HISTORY, max_cases: int | None = MAX_CASES,
+                    seed: int = 0) -> dict[str, pd.DataFrame]:
+    """{"cold": cases, "warm": cases} (split_cases), warm ones of `trained` titles alone; at most
+    `max_cases` of each kind, a seeded sample."""
+    cases = split_cases(interactions, cutoff, new_titles, min_history)
+    out = {"cold": cases[cases["kind"] == "cold"],
+           "warm": cases[(cases["kind"] == "warm") & cases["item_id"].isin(trained)]}
+    if max_cases is not None:
+        out = {kind: frame.sample(n=min(len(frame), max_cases), random_state=seed).sort_index()
+               for kind, frame in out.items()}
+    return {kind: frame.reset_index(drop=True) for kind, frame in out.items()}
+
+
+def head_cases(recommender, cases: pd.DataFrame, batch: int = 256):
+    """tasks.model.new_item_head.Cases of `cases` over every item the model holds (column i: index i + 1)."""
+    from tasks.model.new_item_head import Cases, recent_share
+
+    known = cases[cases["item_id"].isin(recommender.item_ids)].reset_index(drop=True)
+    scores, shares = [], []
+    for start in range(0, len(known), batch):
+        indexed = recommender.histories_to_indices(list(known["history"].iloc[start:start + batch]))
+        per_interest, _, padded = recommender.score_indices(indexed, with_attention=False)
+        scores.append(per_interest.amax(1)[:, 1:])
+        shares.append(recent_share(padded, recommender.item_recent))
+    if not scores:
+        return Cases(torch.zeros((0, recommender.n_items)), torch.zeros((0, recommender.n_items), dtype=torch.bool),
+                     torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    seen = torch.stack([torch.from_numpy(np.isin(recommender.item_ids, history)) for history in known["history"]])
+    targets = torch.as_tensor(recommender.index_of.loc[known["item_id"]].to_numpy() - 1)
+    return Cases(torch.cat(scores), seen, targets, torch.cat(shares))
+
+
+def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, model_dir: Path) -> dict:
+    """Rehearse day one on the snapshot in `snapshot_dir` (files under `work`), fit the new-item head
+    and save it into `model_dir`; returns the rehearsal's facts (also saved with the head)."""
+    from tasks.data.prepare import load_dataset, prepare_dataset
+    from tasks.model.new_item_head import NewItemHead, fit_head, save_head
+    from tasks.model.recommender import Recommender
+    from tasks.training.launcher import launch_training
+
+    started = time.time()
+    snapshot = SnapshotFiles(Path(snapshot_dir))
+    interactions = pd.read_parquet(snapshot.interactions, columns=["user_id", "item_id", "occurred_at"])
+    cutoff, new_titles = cold_cutoff(interactions, config.train.new_item_head_share)
+    before = int((interactions["occurred_at"] < cutoff).sum())
+    if before < MIN_REHEARSAL_SHARE * len(interactions):
+        raise TrainingError(
+            f"train.new_item_head: only {before:,} of {len(interactions):,} interactions come before the last "
+            f"{config.train.new_item_head_share:.0%} of titles first appeared ({cutoff}), too few to rehearse day one "
+            "on (titles that all appear at once leave nothing before them). Turn train.new_item_head off, or lower "
+            "train.new_item_head_share so that the cut-off falls later. Nothing was registered or published.")
+    rehearsal = SnapshotFiles(Path(work) / "snapshot")
+    rehearsal.root.mkdir(parents=True, exist_ok=True)
+    # The whole catalogue, and the interactions before the cut-off: the new titles are there, unrated.
+    pd.read_parquet(snapshot.items).to_parquet(rehearsal.items, index=False)
+    interactions[interactions["occurred_at"] < cutoff].to_parquet(rehearsal.interactions, index=False)
+    log.info("rehearsing day one: %d titles first interacted with from %s on are new; training on the %d "
+             "interactions before it", len(new_titles), cutoff, before)
+    prepare_dataset(config, rehearsal.root, Path(work) / "dataset")
+    sequences, _ = load_dataset(Path(work) / "dataset")
+    rehearsed = launch_training(config, Path(work) / "dataset", Path(work) / "model")
+    recommender = Recommender.load(rehearsed, config.train.precision)
+    cases = rehearsal_cases(interactions, cutoff, new_titles, sequences.item_ids[1:], seed=config.train.seed)
+    with torch.no_grad():
+        kinds = {kind: head_cases(recommender, frame) for kind, frame in cases.items()}
+    if all(len(k.targets) for k in kinds.values()):
+        head = fit_head(list(kinds.values()), recommender.is_new[1:], recommender.item_features[1:],
+                        recommender.item_recent[1:])
+    else:
+        log.warning("the rehearsal has %s cases: the new-item head stays the identity (new items scored as without it)",
+                    {kind: len(k.targets) for kind, k in kinds.items()})
+        head = NewItemHead().requires_grad_(False)
+    facts = {"cutoff": cutoff.isoformat(), "share": config.train.new_item_head_share,
+             "new_titles": len(new_titles), "cases": {kind: len(k.targets) for kind, k in kinds.items()},
+             "rehearsal_items": recommender.n_items, "seconds": round(time.time() - started, 1)}
+    save_head(head, ModelFiles(Path(model_dir)).new_item_head, facts)
+    log.info("new-item head fitted on the rehearsal (%s): %s", json.dumps(facts), json.dumps(head.to_dict()))
+    return facts
