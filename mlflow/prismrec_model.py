@@ -5,7 +5,7 @@ Output: one row per recommendation: user_id, rank (1 = best), item_id, score, in
 explanation, is_new_item. Params: `top_k` (default 50), `interest_balance` (how evenly the list is
 shared out between the user's interests, ComiRec's controllable aggregation in logits; 0 = each item
 under its best interest only; negative or absent = the model's own, train.interest_balance) and
-`max_new_items` (new items, placed by their text alone, a list may take; negative = no cap; absent =
+`max_new_items` (new items, placed by their text, a list may take; negative = no cap; absent =
 the published tables' default, materialize.max_new_items).
 A request is scored a batch of users at a time, each batch's scores [users, interests, items] within
 materialize.score_memory_mb, so that a large request cannot take the server's memory. Both defaults are the

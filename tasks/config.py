@@ -341,7 +341,7 @@ class MaterializeConfig:
     swap_lock_timeout_ms: int = 1000
     # Tries of the swap (waits of 1, 2, 4 ... s between them) before the run fails, current set untouched.
     swap_attempts: int = 5
-    # New items (no training interactions, placed by their text alone) a list may take, its best
+    # New items (no training interactions, placed by their text) a list may take, its best
     # ones: a text-only score ranks the users who later rate such an item far above chance but
     # below what ratings give, so uncapped they would crowd or vanish by accident of scale
     # (docs/experiments.md, "New items"); None lets them compete freely, 0 keeps them out.

@@ -71,7 +71,7 @@ def _unseen_line(evaluation: dict) -> list[str]:
     the held-out part), reported whatever their size; an empty slice says so instead of a 0.0000."""
     slices = evaluation.get("slices") or {}
     lines = []
-    for name, label in (("items_unseen", "targets unseen in training"), ("items_new", "new items (text alone)")):
+    for name, label in (("items_unseen", "targets unseen in training"), ("items_new", "new items (placed by their text)")):
         models = [("PrismRec", (slices.get("candidate") or {}))]
         if slices.get("champion"):
             models.append((f"champion v{evaluation.get('champion_version')}", slices["champion"]))

@@ -6,7 +6,7 @@ target and a test target). Item index 0 is padding; items are indexed 1..n.
 
 The 5-core items are the training and evaluation universe. Every other item of the gated
 catalogue (no ratings yet, or too few) is kept beside it as a new item: training appends it to
-the model, placed by its text alone, so it is published from the first run after it appears.
+the model, placed by its text, so it is published from the first run after it appears.
 """
 
 from __future__ import annotations

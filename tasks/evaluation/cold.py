@@ -22,7 +22,7 @@ from tasks.evaluation.metrics import ranking_metrics
 from tasks.evaluation.scoring import SPLITS
 
 SLICE = "items_new"
-DESCRIPTION = "a new item (outside the 5-core, first rated by anyone in this user's held-out part): text alone"
+DESCRIPTION = "a new item (outside the 5-core, first rated by anyone in this user's held-out part): placed by its text"
 
 # app item ids of histories, app item ids of candidates -> scores [B, C] (-inf: not held)
 ItemScorer = Callable[[Sequence[np.ndarray], np.ndarray], torch.Tensor]

@@ -84,7 +84,7 @@ def define_slices(history_lengths: np.ndarray, targets: np.ndarray, popularity: 
         Slice("items_cold", target_counts < config.cold_item_interactions,
               f"target with < {config.cold_item_interactions} training interactions"),
         Slice("items_unseen", target_counts == 0,
-              "target never seen in training (first interaction held out): placed by its text alone"),
+              "target never seen in training (first interaction held out): placed by its text"),
     ]
 
 

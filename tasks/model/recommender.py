@@ -39,7 +39,7 @@ from tasks.titles import display_titles
 
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
 FALLBACK_EXPLANATION = "popular overall (no viewing history yet)"
-# A pick placed by its text alone (never rated in training): "new: like A, B you watched".
+# A pick placed by its text (never rated in training): "new: like A, B you watched".
 NEW_ITEM_PREFIX, NEW_ITEM_SUFFIX = "new: like ", " you watched"
 NEW_ITEM_UNEXPLAINED = "new: close to what you watch"  # ... when no watched item resembles it
 BALANCED_DEPTH = 50  # list positions that an interest balance re-orders when scoring for metrics
@@ -93,7 +93,7 @@ class Recommendations:
     interest_ids: np.ndarray  # [U, k] which interest picked each item (-1: popularity fallback)
     because_item_ids: np.ndarray  # [U, k, e] history items behind each pick (attended by its interest and similar to it; -1: none)
     explanations: np.ndarray  # [U, k] "because you watched A, B" ("new: like A, B you watched" for a new item)
-    is_new: np.ndarray | None = None  # [U, k] bool: the item had no training interactions (scored by its text alone)
+    is_new: np.ndarray | None = None  # [U, k] bool: the item had no training interactions (scored by its text)
     exact_rescored_users: int = 0  # with a candidate index: users too short of candidates, ranked exactly
 
 

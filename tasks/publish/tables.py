@@ -55,7 +55,7 @@ OUTPUTS: tuple[Output, ...] = (
                                     "'new: like A, B you watched'."),
             ("is_new_item", "boolean not null default false",
              "True for a new item: one the model never saw rated in training (added to the catalogue since, or "
-             "with too few ratings), placed by its text alone; a list holds at most materialize.max_new_items."),
+             "with too few ratings), placed by its text; a list holds at most materialize.max_new_items."),
         ),
         key=("user_id", "rank"),
         indexes={"item": ("item_id", "rank")},

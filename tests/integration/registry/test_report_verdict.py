@@ -56,4 +56,4 @@ def test_the_cold_slices_are_reported_and_an_empty_one_says_so():
         "items_new": {"users": 13, "hr@10": 0.0769, "median_rank": 93.0}}}}}
     assert _unseen_line(evaluation) == [
         "   targets unseen in training, test: no such users in this split",
-        "   new items (text alone), test, 13 users: PrismRec HR@10 0.0769 (median rank 93)"]
+        "   new items (placed by their text), test, 13 users: PrismRec HR@10 0.0769 (median rank 93)"]
