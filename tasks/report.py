@@ -86,6 +86,19 @@ def _unseen_line(evaluation: dict) -> list[str]:
     return lines
 
 
+def _head_line(head: dict) -> list[str]:
+    """The new-item head (train.new_item_head), when the run fitted one: its rehearsal and its main weights."""
+    fitted = head.get("fitted_on")
+    if not fitted:
+        return []
+    cases = fitted.get("cases", {})
+    items = head.get("items", {})
+    return [f"   new-item head fitted on a rehearsal (titles from {str(fitted.get('cutoff', '?'))[:10]} on new; "
+            f"{cases.get('cold', 0):,} cold and {cases.get('warm', 0):,} warm cases, {fitted.get('seconds', 0):.0f}s): "
+            f"score x{head.get('scale', 1):.2f}, just added {items.get('interactions_0', 0):+.2f}, "
+            f"newest year {items.get('age_0-0', 0):+.2f}"]
+
+
 def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
     run = RunLayout(Path(run_dir) if run_dir else latest_run_dir(config))
     manifest = _read(run.snapshot.manifest)
@@ -114,6 +127,7 @@ def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
         out.append(f"4. Fine-tuned in {training.get('train_seconds', 0):.0f}s on {training.get('world_size', 1)} "
                    f"process(es), {training.get('epochs_run', 0)} epochs, best valid NDCG@10 "
                    f"{training.get('best_valid_ndcg@10', 0):.4f}")
+        out.extend(_head_line(_read(run.model.new_item_head)))
     if evaluation:
         out.append("5. Full-ranking metrics (all items ranked, history masked):")
         out.extend(_metrics_table(evaluation))

@@ -57,3 +57,14 @@ def test_the_cold_slices_are_reported_and_an_empty_one_says_so():
     assert _unseen_line(evaluation) == [
         "   targets unseen in training, test: no such users in this split",
         "   new items (placed by their text), test, 13 users: PrismRec HR@10 0.0769 (median rank 93)"]
+
+
+def test_a_fitted_new_item_head_is_reported_and_none_says_nothing():
+    from tasks.report import _head_line
+
+    assert _head_line({}) == []
+    head = {"scale": 0.5076, "items": {"interactions_0": 3.216, "age_0-0": 0.657},
+            "fitted_on": {"cutoff": "2000-06-06T21:58:09+00:00", "cases": {"cold": 692, "warm": 1090}, "seconds": 181.1}}
+    assert _head_line(head) == [
+        "   new-item head fitted on a rehearsal (titles from 2000-06-06 on new; 692 cold and 1,090 warm cases, 181s): "
+        "score x0.51, just added +3.22, newest year +0.66"]
