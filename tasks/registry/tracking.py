@@ -205,6 +205,7 @@ def log_story(config: PipelineConfig, run_id: str, run: RunLayout, *, evaluation
         ("slices", lambda: client.log_figure(run_id, plots.slices(evaluation), "plots/slices.png")),
         ("data-quality report", lambda: _log_quality_report(client, run_id, run.snapshot)),
         ("sample recommendations", lambda: _log_samples(client, run_id, run.snapshot, Path(model_dir))),
+        ("new-item head", lambda: _log_head(client, run_id, Path(model_dir))),
     ]
     for what, part in parts:
         try:
@@ -220,6 +221,20 @@ def _log_quality_report(client, run_id: str, snapshot: SnapshotFiles) -> None:
         report = _read(snapshot.quality_report)
         client.log_text(run_id, render(report, f"Data quality: {snapshot.root.parent.name}"),
                         "data_quality/report.html")
+
+
+def _log_head(client, run_id: str, model_dir: Path) -> None:
+    """The new-item head (train.new_item_head), when training fitted one: its file, and its rehearsal as params."""
+    head = _read(ModelFiles(model_dir).new_item_head)
+    if not head:
+        return
+    client.log_dict(run_id, head, "new_item_head.json")
+    fitted = head.get("fitted_on", {})
+    params = {"new_item_head.cutoff": fitted.get("cutoff"), "new_item_head.share": fitted.get("share"),
+              "new_item_head.cases": json.dumps(fitted.get("cases", {})),
+              "new_item_head.rehearsal_seconds": fitted.get("seconds")}
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
 
 
 def _log_samples(client, run_id: str, snapshot: SnapshotFiles, model_dir: Path) -> None:

@@ -13,14 +13,15 @@ MODEL = "story_test"
 
 @pytest.fixture(scope="module")
 def story(ml100k, base_overrides):
-    """The pipeline's own functions on ML-100K: 2 epochs of 2 steps, the run looked at before and after register."""
+    """The pipeline's own functions on ML-100K: 2 epochs of 2 steps (and the new-item head's rehearsal, as
+    small), the run looked at before and after register."""
     from mlflow import MlflowClient
     from tasks import pipeline
     from tasks.config import load_config
     from tasks.registry.store import tracking_uri
 
     overrides = {**base_overrides, "train.epochs": 2, "train.max_steps_per_epoch": 2, "train.nproc": 1,
-                 "train.patience": 5, "registry.model_name": MODEL}
+                 "train.patience": 5, "registry.model_name": MODEL, "train.new_item_head": True}
     config = load_config(overrides)
     client = MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config))
     snapshot = pipeline.run_extract(overrides, "manual__story", datetime(1998, 5, 1, tzinfo=UTC))
@@ -101,3 +102,22 @@ def test_the_version_has_a_model_card_and_few_tags(story):
     assert "ease (baseline)" in version.description and "prismrec promote" in version.description
     assert len(version.tags) <= 8
     assert {"run_key", "gate_passed", "data_as_of", "git_commit", "last_decision_by"} <= set(version.tags)
+
+
+def test_the_new_item_head_the_train_task_fitted_is_in_the_run_and_in_the_registered_model(story):
+    """train.new_item_head through the pipeline's train task: the head is saved with the model, told in the
+    run (file and the rehearsal as params), and packaged in the version the registry serves."""
+    from mlflow.pyfunc import load_model
+
+    client, run_id = story["client"], story["run_id"]
+    saved = json.loads((Path(story["trained"]["model_dir"]) / "new_item_head.json").read_text())
+    assert saved["fitted_on"]["cases"]["cold"] > 0 and saved["fitted_on"]["cases"]["warm"] > 0
+    assert (Path(story["trained"]["run_dir"]) / "rehearsal" / "model" / "model.pt").exists()
+    logged = json.loads(Path(client.download_artifacts(run_id, "new_item_head.json")).read_text())
+    assert logged == saved
+    params = client.get_run(run_id).data.params
+    assert params["new_item_head.cutoff"] == saved["fitted_on"]["cutoff"]
+    assert json.loads(params["new_item_head.cases"]) == saved["fitted_on"]["cases"]
+    served = load_model(f"models:/{MODEL}/{story['registered']['version']}").unwrap_python_model()
+    assert served.recommender.head is not None
+    assert served.recommender.head.to_dict()["scale"] == pytest.approx(saved["scale"])
