@@ -135,7 +135,7 @@ def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarra
     summary = json.loads(ModelFiles(Path(model_dir)).summary.read_text())
     recommender = Recommender.load(model_dir)
 
-    columns = recommender.index_of.reindex(candidates).fillna(0).to_numpy(np.int64)
+    columns = recommender.index_of.reindex(candidates).fillna(0).to_numpy(np.int64).copy()  # writable, for torch
     unknown = torch.from_numpy(columns == 0)
     columns = torch.from_numpy(columns)
 
