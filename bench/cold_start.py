@@ -312,6 +312,8 @@ def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray
     rehearsal (a model trained on the ratings before the last titles of the training part appeared, which
     is a validation split cut the same way), at most `max_new_items` new items a list; beside it the same
     model without the head, capped or not, and with the new titles left out."""
+    from tasks.layout import ModelFiles
+
     score, info, recommender = prismrec_scorer(config, test["dataset"], work / "test", test["candidates"],
                                                args.reuse_models, snapshot=test["snapshot"])
     headed = {kind: score_matrix(score, test[kind]) for kind in ("cold", "warm")}
@@ -328,7 +330,7 @@ def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray
         return {**figures(ranks[0]), "warm": figures(ranks[1])}
 
     chosen, without_new = both(headed), both(raw, float("inf"))
-    head_file = json.loads(Path(recommender.model_dir, "new_item_head.json").read_text())
+    head_file = json.loads(ModelFiles(recommender.model_dir).new_item_head.read_text())
     row = {**row_of(chosen), "head": {k: v for k, v in head_file.items() if k != "fitted_on"},
            "without_head": row_of(both(raw)),
            f"capped_{LIST_CAP}": row_of(both(headed, cap=LIST_CAP)),

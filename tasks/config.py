@@ -539,7 +539,7 @@ def validate(config: PipelineConfig) -> None:
          f"train.new_item_head_share must be between 0 and 1 (the share of titles that are new in the rehearsal), "
          f"got {t.new_item_head_share}"),
         (t.new_item_id_penalty is None or t.new_item_id_penalty >= 0,
-         f"train.new_item_id_penalty must be >= 0 (or unset: new items by their text alone), got {t.new_item_id_penalty}"),
+         f"train.new_item_id_penalty must be >= 0 (or none: new items by their text alone), got {t.new_item_id_penalty}"),
         (config.materialize.top_k >= 1, "materialize.top_k must be at least 1"),
         (min(config.materialize.keep_runs, config.materialize.similar_top_k, config.materialize.batch_users,
              config.materialize.score_memory_mb) >= 1,

@@ -117,11 +117,12 @@ class Recommender:
                 rows = len(net.id_embedding.weight)
                 cold = self.is_new[:rows]
                 self.item_vectors[:rows][cold] -= net.id_embedding.weight[cold]
+            self.new_rows = torch.nonzero(self.is_new).flatten()
             if id_from_text is not None:
                 # ... and given the model's map from text to id rows (tasks.model.new_item_ids), with
                 # the id row its text predicts.
-                new_rows = torch.nonzero(self.is_new).flatten()
-                self.item_vectors[new_rows] += predict_id_rows(item_text_vectors[new_rows].float(), id_from_text)
+                self.item_vectors[self.new_rows] += predict_id_rows(item_text_vectors[self.new_rows].float(),
+                                                                    id_from_text)
             # Item vectors share a large common direction (every cosine is ~0.9); centred, their
             # cosines say which items resemble each other (explanations, similar items).
             real = self.item_vectors[1:]
@@ -131,7 +132,6 @@ class Recommender:
         # The new-item head's inputs (tasks.model.new_item_head), where the model's item table has years;
         # `head` is set by `load` when training fitted one.
         self.head: NewItemHead | None = None
-        self.new_rows = torch.nonzero(self.is_new).flatten()
         trained_rows = ~self.is_new[1:].numpy()
         years = items["year"] if "year" in items else pd.Series(np.nan, index=items.index)
         ages = np.concatenate([[np.nan], item_ages(years, trained_rows)])

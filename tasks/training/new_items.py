@@ -30,15 +30,29 @@ log = logging.getLogger(__name__)
 MODEL_ITEM_COLUMNS = ["idx", "item_id", "title", "genres", "year", "interactions", "train_interactions"]
 
 
-def append_new_items(files: ModelFiles, new: pd.DataFrame, states: TextStates, net) -> int:
-    """Append `new` items (the dataset's new_items, their frozen `states`) to the model in `files`,
-    their text vectors from the checkpoint's weights (`net` gives the network's shape); returns how
-    many were added. Items the model already holds are skipped."""
+def finish_model(files: ModelFiles, new: pd.DataFrame | None, states: TextStates | None, net,
+                 id_penalty: float | None) -> None:
+    """After training, with one read and one write of the checkpoint: append the `new` items (the dataset's
+    new_items, their frozen `states`; None: none) and, given `id_penalty`, fit the text-to-id map."""
+    checkpoint = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
     items = pd.read_parquet(files.items).sort_values("idx").reset_index(drop=True)
+    appended = append_new_items(checkpoint, items, new, states, net) if new is not None and len(new) else None
+    fitted = id_penalty is not None and add_id_from_text(checkpoint, appended if appended is not None else items,
+                                                         id_penalty)
+    if appended is not None or fitted:
+        _replace(files.checkpoint, lambda path: torch.save(checkpoint, path))
+    if appended is not None:
+        _replace(files.items, lambda path: appended.to_parquet(path, index=False))
+
+
+def append_new_items(checkpoint: dict, items: pd.DataFrame, new: pd.DataFrame, states: TextStates, net
+                     ) -> pd.DataFrame | None:
+    """Append `new` items (their frozen `states`) to `checkpoint` (in place), their text vectors from its
+    weights (`net` gives the network's shape); returns the model's item table with them, or None when
+    the model holds them all already."""
     fresh = ~new["item_id"].isin(items["item_id"]).to_numpy()
     if not fresh.any():
-        return 0
-    checkpoint = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
+        return None
     chosen = copy.deepcopy(net)
     chosen.load_state_dict(checkpoint["state_dict"])
     rows_of = torch.as_tensor(np.concatenate([[True], fresh]), device=states.states.device)  # row 0: padding
@@ -49,33 +63,26 @@ def append_new_items(files: ModelFiles, new: pd.DataFrame, states: TextStates, n
     first = int(items["idx"].max()) + 1
     rows = new.assign(idx=np.arange(first, first + len(new)), train_interactions=0)[MODEL_ITEM_COLUMNS]
     checkpoint["item_ids"] = np.concatenate([np.asarray(checkpoint["item_ids"]), rows["item_id"].to_numpy()])
-    _replace(files.checkpoint, lambda path: torch.save(checkpoint, path))
-    _replace(files.items, lambda path: pd.concat([items.reindex(columns=MODEL_ITEM_COLUMNS), rows], ignore_index=True)
-             .to_parquet(path, index=False))
     log.info("added %d new items to the model, placed by their text (%d had a few interactions, "
              "too few for the 5-core filter)", len(rows), int((new["interactions"] > 0).sum()))
-    return len(rows)
+    return pd.concat([items.reindex(columns=MODEL_ITEM_COLUMNS), rows], ignore_index=True)
 
 
-def add_id_from_text(files: ModelFiles, penalty: float) -> bool:
-    """Fit the map from text vectors to id rows on the trained items of the model in `files`
-    (tasks.model.new_item_ids) and keep it in the checkpoint (`id_from_text`), for the Recommender to
-    give every new item the id row its text predicts. False (nothing written) when the model has no
-    id rows or no trained items."""
+def add_id_from_text(checkpoint: dict, items: pd.DataFrame, penalty: float) -> bool:
+    """Fit the map from text vectors to id rows on the model's trained items (tasks.model.new_item_ids)
+    and keep it in `checkpoint` (`id_from_text`), for the Recommender to give every new item the id row
+    its text predicts. False (nothing changed) when the model has no id rows or no trained items."""
     from tasks.model.new_item_ids import fit_id_from_text
 
-    checkpoint = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
     id_rows = checkpoint["state_dict"].get("id_embedding.weight")
     if id_rows is None:
         return False
-    items = pd.read_parquet(files.items)
     trained = items[(items["train_interactions"] > 0) & (items["idx"] < len(id_rows))]["idx"].to_numpy(np.int64)
     if not len(trained):
         return False
     rows = torch.from_numpy(trained.copy())
     checkpoint["id_from_text"] = fit_id_from_text(checkpoint["item_text_vectors"][rows].float(),
                                                   id_rows[rows].float(), penalty)
-    _replace(files.checkpoint, lambda path: torch.save(checkpoint, path))
     log.info("fitted the map from text to id rows on %d trained items (ridge penalty %g): new items get "
              "the id row their text predicts", len(trained), penalty)
     return True

@@ -101,14 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     history, best_ndcg, stopped_by = fit(training, text, sequences, plan, max_history, dist, rng, files)
     if dist.master:
         write_outputs(files, items, histories, sequences.n_items, history)
-        if new_text is not None:
-            from tasks.training.new_items import append_new_items
+        from tasks.training.new_items import finish_model
 
-            append_new_items(files, new_items, new_text, training.net)
-        if cfg.new_item_id_penalty is not None:
-            from tasks.training.new_items import add_id_from_text
-
-            add_id_from_text(files, cfg.new_item_id_penalty)
+        finish_model(files, new_items if new_text is not None else None, new_text, training.net,
+                     cfg.new_item_id_penalty)
         summary = run_summary(history, best_ndcg, stopped_by, time.time() - started, dist.world, plan.full_steps)
         files.summary.write_text(json.dumps(summary, indent=2))
     dist.stop()
