@@ -120,7 +120,7 @@ def device_description() -> dict:
     import torch
 
     if not torch.cuda.is_available():
-        from bench.materialize import machine
+        from bench.machine import machine
 
         cpu = machine()
         return {"device": f"{cpu['cpu']}, {cpu['cores']} cores", "torch": torch.__version__}

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from bench.machine import machine
 
 log = logging.getLogger("bench.materialize")
 
@@ -27,22 +27,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 APP, RECO, MODEL = "bench_app", "bench_reco", "prismrec_bench"
 ML1M_RATINGS = 1_000_209
 LOGICAL_DATE = datetime(2003, 3, 1, tzinfo=UTC)  # after ML-1M's last rating
-
-
-def machine() -> dict:
-    """What the numbers were measured on."""
-    import torch
-
-    info = {"cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
 
 
 def ensure_ml1m(config) -> None:

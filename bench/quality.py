@@ -17,7 +17,6 @@ import inspect
 import json
 import logging
 import os
-import platform
 import re
 import time
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from typing import Any
 from bench.gpu_ml1m import (
     TARGET_NDCG,  # seconds_to_target: training seconds until validation NDCG@10 reached it
 )
+from bench.machine import machine
 
 log = logging.getLogger("bench.quality")
 
@@ -57,33 +57,6 @@ DATASET_BASELINES = {
 MODELS = ("popularity", "itemknn", "content", "ease", "sasrec", "prismrec")
 PROTOCOL = ("LOO-full (docs/protocol.md): 5-core filter (one pass, users then items), time-ordered "
             "leave-one-out, all items ranked, history masked; selection on validation NDCG@10, test reported")
-
-
-def machine() -> dict:
-    """What the numbers were measured on, read from the running machine."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    ram_gib = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                ram_gib = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": ram_gib,
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 def prepare(config, dataset: str, work: Path) -> Path:

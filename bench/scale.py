@@ -266,7 +266,7 @@ def keep_later_stages(entry: dict, sizes: list[dict]) -> dict:
 
 
 def machine() -> dict:
-    from bench.materialize import machine as describe
+    from bench.machine import machine as describe
 
     info = describe()
     info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
