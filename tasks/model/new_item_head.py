@@ -105,31 +105,57 @@ class NewItemHead(torch.nn.Module):
 
 @dataclass
 class Cases:
-    """One kind of rehearsal case: best-interest scores [B, C] over the candidates, the history mask
-    [B, C] (True: seen, never a target), the target columns [B] and the users' recent shares [B]."""
+    """One kind of rehearsal case, reduced to what the head can change. The head re-scores new items
+    alone, so each case keeps its new candidates' best-interest scores [B, M] and history mask [B, M]
+    (True: seen, never a target), and folds every trained candidate into one number, `trained` [B]: the
+    log-sum-exp of the unseen trained candidates' scores. `targets` [B] is the target's column among
+    the new candidates, or -1 for a trained target, whose score is `target_scores` [B]; `share` [B] the
+    users' recent shares. The softmax over the whole catalogue is exactly the one over these, in
+    memory of the new candidates alone (tasks.training.rehearsal builds them in batches)."""
 
     scores: torch.Tensor
     seen: torch.Tensor
+    trained: torch.Tensor
     targets: torch.Tensor
+    target_scores: torch.Tensor
     share: torch.Tensor
 
+    @classmethod
+    def of(cls, scores: torch.Tensor, seen: torch.Tensor, targets: torch.Tensor, share: torch.Tensor,
+           new: torch.Tensor) -> Cases:
+        """Cases of scores and history masks [B, C] over all candidates, targets [B] (candidate columns);
+        `new` [C] marks the candidates the head re-scores."""
+        columns = torch.nonzero(new).flatten()
+        position = torch.full((len(new),), -1, dtype=torch.long)
+        position[columns] = torch.arange(len(columns))
+        trained = scores[:, ~new].masked_fill(seen[:, ~new], float("-inf")).logsumexp(1)
+        return cls(scores[:, columns], seen[:, columns], trained, position[targets],
+                   scores.gather(1, targets[:, None])[:, 0], share)
 
-def fit_head(kinds: Sequence[Cases], new: torch.Tensor, features: torch.Tensor, recent: torch.Tensor) -> NewItemHead:
+    @classmethod
+    def join(cls, parts: Sequence[Cases]) -> Cases:
+        return cls(*(torch.cat([getattr(part, name) for part in parts]) for name in cls.__dataclass_fields__))
+
+    def loss(self, head: NewItemHead, features: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the targets over the whole catalogue with the new candidates lifted
+        (`features` [M, F], `recent` [M] theirs)."""
+        lifted = head.lift(self.scores, features, recent, self.share).masked_fill(self.seen, float("-inf"))
+        normaliser = torch.cat([self.trained[:, None], lifted], 1).logsumexp(1)
+        picked = lifted.gather(1, self.targets.clamp(min=0)[:, None])[:, 0]
+        return (normaliser - torch.where(self.targets >= 0, picked, self.target_scores)).mean()
+
+
+def fit_head(kinds: Sequence[Cases], features: torch.Tensor, recent: torch.Tensor) -> NewItemHead:
     """The head maximising the likelihood of each kind's targets (kinds weighted alike) over all
-    candidates; `new` [C] marks the candidates it re-scores, `features` [C, F] and `recent` [C] theirs."""
+    candidates; `features` [M, F] and `recent` [M] are those of the new candidates the cases hold."""
     head = NewItemHead()
     kinds = [kind for kind in kinds if len(kind.targets)]
-    if not kinds or not bool(new.any()):
+    if not kinds or not len(features):
         return head.requires_grad_(False)
-    columns = torch.nonzero(new).flatten()
     optimiser = torch.optim.Adam(head.parameters(), lr=LEARNING_RATE)
     with torch.enable_grad():
         for _ in range(STEPS):
-            loss = 0.0
-            for kind in kinds:
-                lifted = head.lift(kind.scores[:, columns], features[columns], recent[columns], kind.share)
-                logits = kind.scores.index_copy(1, columns, lifted).masked_fill(kind.seen, float("-inf"))
-                loss = loss + torch.nn.functional.cross_entropy(logits, kind.targets) / len(kinds)
+            loss = sum(kind.loss(head, features, recent) for kind in kinds) / len(kinds)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

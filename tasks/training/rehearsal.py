@@ -28,11 +28,15 @@ import torch
 from tasks.config import PipelineConfig
 from tasks.errors import TrainingError
 from tasks.layout import ModelFiles, SnapshotFiles
+from tasks.model.network import rows_within
 
 log = logging.getLogger(__name__)
 
 MIN_HISTORY = 5
 MAX_CASES = 2000  # of each kind (a seeded sample beyond it): the head has 11 weights
+# The fit keeps each kind's cases x new items scores: fewer cases where the new items are many
+# (2,000 up to ~16k new items), and the rehearsal's scores are taken in batches of about this size.
+CASES_MEMORY_MB = 128
 MIN_REHEARSAL_SHARE = 0.05  # of the interactions, before the cut-off: less is too little to train on
 
 
@@ -89,23 +93,25 @@ def rehearsal_cases(interactions: pd.DataFrame, cutoff: pd.Timestamp, new_titles
     return {kind: frame.reset_index(drop=True) for kind, frame in out.items()}
 
 
-def head_cases(recommender, cases: pd.DataFrame, batch: int = 256):
-    """tasks.model.new_item_head.Cases of `cases` over every item the model holds (column i: index i + 1)."""
+def head_cases(recommender, cases: pd.DataFrame):
+    """tasks.model.new_item_head.Cases of `cases` over every item the model holds (candidate i: index
+    i + 1), built a batch at a time: what stays is the new items' columns, not the catalogue's."""
     from tasks.model.new_item_head import Cases, recent_share
 
     known = cases[cases["item_id"].isin(recommender.item_ids)].reset_index(drop=True)
-    scores, shares = [], []
+    new = recommender.is_new[1:]
+    batch = rows_within(CASES_MEMORY_MB, recommender.spec.n_interests * (len(new) + 1), 256)
+    parts = [Cases.of(torch.zeros((0, len(new))), torch.zeros((0, len(new)), dtype=torch.bool),
+                      torch.zeros(0, dtype=torch.long), torch.zeros(0), new)]
     for start in range(0, len(known), batch):
-        indexed = recommender.histories_to_indices(list(known["history"].iloc[start:start + batch]))
+        chunk = known.iloc[start:start + batch]
+        indexed = recommender.histories_to_indices(list(chunk["history"]))
         per_interest, _, padded = recommender.score_indices(indexed, with_attention=False)
-        scores.append(per_interest.amax(1)[:, 1:])
-        shares.append(recent_share(padded, recommender.item_recent))
-    if not scores:
-        return Cases(torch.zeros((0, recommender.n_items)), torch.zeros((0, recommender.n_items), dtype=torch.bool),
-                     torch.zeros(0, dtype=torch.long), torch.zeros(0))
-    seen = torch.stack([torch.from_numpy(np.isin(recommender.item_ids, history)) for history in known["history"]])
-    targets = torch.as_tensor(recommender.index_of.loc[known["item_id"]].to_numpy() - 1)
-    return Cases(torch.cat(scores), seen, targets, torch.cat(shares))
+        seen = torch.stack([torch.from_numpy(np.isin(recommender.item_ids, history)) for history in chunk["history"]])
+        targets = torch.as_tensor(recommender.index_of.loc[chunk["item_id"]].to_numpy() - 1)
+        parts.append(Cases.of(per_interest.amax(1)[:, 1:].float(), seen, targets,
+                              recent_share(padded, recommender.item_recent), new))
+    return Cases.join(parts)
 
 
 def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, model_dir: Path) -> dict:
@@ -138,12 +144,14 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
     sequences, _ = load_dataset(Path(work) / "dataset")
     rehearsed = launch_training(config, Path(work) / "dataset", Path(work) / "model")
     recommender = Recommender.load(rehearsed, config.train.precision)
-    cases = rehearsal_cases(interactions, cutoff, new_titles, sequences.item_ids[1:], seed=config.train.seed)
+    most = rows_within(CASES_MEMORY_MB, len(recommender.new_rows), MAX_CASES)
+    cases = rehearsal_cases(interactions, cutoff, new_titles, sequences.item_ids[1:], max_cases=most,
+                            seed=config.train.seed)
     with torch.no_grad():
         kinds = {kind: head_cases(recommender, frame) for kind, frame in cases.items()}
     if all(len(k.targets) for k in kinds.values()):
-        head = fit_head(list(kinds.values()), recommender.is_new[1:], recommender.item_features[1:],
-                        recommender.item_recent[1:])
+        new = recommender.new_rows
+        head = fit_head(list(kinds.values()), recommender.item_features[new], recommender.item_recent[new])
     else:
         log.warning("the rehearsal has %s cases: the new-item head stays the identity (new items scored as without it)",
                     {kind: len(k.targets) for kind, k in kinds.items()})

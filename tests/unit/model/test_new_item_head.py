@@ -59,18 +59,46 @@ def test_the_fit_lifts_the_new_item_the_cases_watch_and_leaves_trained_items_alo
     scores = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.5, 0.4, 0.3]] * 4)
     seen = torch.zeros_like(scores, dtype=torch.bool)
     new = torch.tensor([False] * 4 + [True] * 3)
-    features = item_features(np.array([5, 5, 5, 5, 0, 10, np.nan]), np.array([9, 9, 9, 9, 0, 2, 0]))
-    recent = torch.tensor([False] * 4 + [True, False, False])
-    cold = Cases(scores, seen, torch.full((4,), 4), torch.full((4,), 0.5))
-    warm = Cases(scores, seen, torch.tensor([0, 0, 1, 0]), torch.full((4,), 0.5))
-    head = fit_head([cold, warm], new, features, recent)
-    lifted = head.lift(scores[:, 4:], features[4:], recent[4:], cold.share)
+    features = item_features(np.array([5, 5, 5, 5, 0, 10, np.nan]), np.array([9, 9, 9, 9, 0, 2, 0]))[4:]
+    recent = torch.tensor([True, False, False])
+    share = torch.full((4,), 0.5)
+    cold = Cases.of(scores, seen, torch.full((4,), 4), share, new)
+    warm = Cases.of(scores, seen, torch.tensor([0, 0, 1, 0]), share, new)
+    head = fit_head([cold, warm], features, recent)
+    lifted = head.lift(scores[:, 4:], features, recent, share)
     assert (lifted[:, 0] > scores[:, 1]).all()  # the recent release now outranks the second trained item
     assert (lifted[:, 0] > lifted[:, 1]).all() and (lifted[:, 0] > lifted[:, 2]).all()
     weights = head.to_dict()
     assert weights["items"]["age_0-0"] > 0 and weights["scale"] > 0
     # Nothing to fit on: the identity.
-    assert fit_head([], new, features, recent).to_dict()["bias"] == 0.0
+    assert fit_head([], features, recent).to_dict()["bias"] == 0.0
+
+
+def test_the_cases_loss_is_the_cross_entropy_over_the_whole_catalogue():
+    """Folding the trained candidates into one log-sum-exp changes nothing: the same loss as the
+    softmax over every candidate with the new ones lifted, history masked, trained and new targets."""
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(6, 9, generator=generator) * 3
+    new = torch.tensor([False, True, False, False, True, True, False, True, False])
+    seen = torch.zeros(6, 9, dtype=torch.bool)
+    seen[0, 1] = seen[1, 0] = seen[2, [2, 4]] = True
+    targets = torch.tensor([4, 7, 0, 1, 8, 5])  # new, new, trained, new, trained, new
+    share = torch.rand(6, generator=generator)
+    features = item_features(np.array([0, 1, 3, 9]), np.array([0, 1, 2, 0]))
+    recent = torch.tensor([True, False, True, False])
+    head = NewItemHead()
+    with torch.no_grad():
+        head.scale.fill_(1.7)
+        head.bias.fill_(-0.4)
+        head.item.copy_(torch.linspace(-1, 1, 7))
+        head.user.copy_(torch.tensor([0.3, 0.9]))
+    cases = Cases.join([Cases.of(scores[:4], seen[:4], targets[:4], share[:4], new),
+                        Cases.of(scores[4:], seen[4:], targets[4:], share[4:], new)])
+    full = scores.clone()
+    full[:, new] = head.lift(scores[:, new], features, recent, share)
+    expected = torch.nn.functional.cross_entropy(full.masked_fill(seen, float("-inf")), targets)
+    assert torch.allclose(cases.loss(head, features, recent), expected, atol=1e-6)
+    assert cases.scores.shape == (6, 4) and cases.targets.tolist() == [1, 3, -1, 0, -1, 2]
 
 
 def recommender(with_head: bool) -> Recommender:
