@@ -152,6 +152,8 @@ class TrainConfig:
     # Layers of the causal transformer that contextualises the history before interest extraction.
     user_layers: int = 2
     user_heads: int = 2
+    # The transformer's feed-forward width, as a multiple of train.dim.
+    user_ffn: int = 2
     dropout: float = 0.2
     # Items whose text rows are recomputed with gradient each step (batch targets first).
     lm_items_per_step: int = 64
@@ -531,6 +533,8 @@ def validate(config: PipelineConfig) -> None:
          f"got {t.rdzv_endpoint!r}"),
         (0 <= t.lm_trainable_layers <= 6, "train.lm_trainable_layers must be between 0 and 6 (MiniLM has 6)"),
         (t.dim % t.user_heads == 0, "train.dim must be divisible by train.user_heads"),
+        (t.user_ffn >= 1, f"train.user_ffn (the feed-forward width as a multiple of train.dim) must be at least 1, "
+         f"got {t.user_ffn}"),
         (0.0 <= t.dropout < 1.0, "train.dropout must be in [0, 1)"),
         (t.batch_size >= 1 and t.lr > 0 and t.lm_lr >= 0, "train.batch_size, train.lr must be positive"),
         (config.prepare.max_history >= 2, "prepare.max_history must be at least 2"),

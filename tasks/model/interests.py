@@ -25,11 +25,12 @@ from tasks.model.layers import Dropout, encoder_layer, padded_causal_mask
 class InterestExtractor(nn.Module):
     """A history of item vectors -> the recent interest and K-1 long-term ones after each position."""
 
-    def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float):
+    def __init__(self, dim: int, n_interests: int, max_len: int, n_layers: int, n_heads: int, dropout: float,
+                 ffn: int = 2):
         super().__init__()
         self.positions = nn.Embedding(max_len, dim)
         layer = nn.TransformerEncoderLayer(
-            dim, n_heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True, norm_first=True,
+            dim, n_heads, dim_feedforward=ffn * dim, dropout=dropout, batch_first=True, norm_first=True,
         )
         self.context = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)

@@ -53,6 +53,8 @@ class ModelSpec:
     # Inference only: ComiRec's controllable aggregation (tasks.model.recommender.balance_interests);
     # 0 ranks every item by its best interest alone.
     interest_balance: float = 0.0
+    # The user transformer's feed-forward width, as a multiple of dim (older checkpoints: 2).
+    user_ffn: int = 2
 
     @classmethod
     def from_config(cls, train: TrainConfig, n_items: int, max_history: int) -> ModelSpec:
@@ -61,7 +63,7 @@ class ModelSpec:
                    user_layers=train.user_layers, user_heads=train.user_heads, dropout=train.dropout,
                    lm_trainable_layers=train.lm_trainable_layers, max_text_tokens=train.max_text_tokens,
                    use_id_embedding=train.use_id_embedding, logit_scale=train.logit_scale,
-                   interest_balance=train.interest_balance)
+                   interest_balance=train.interest_balance, user_ffn=train.user_ffn)
 
     @classmethod
     def from_dict(cls, saved: dict) -> ModelSpec:
@@ -111,6 +113,7 @@ class PrismRecNet(nn.Module):
         self.logit_scale = spec.logit_scale
         self.users = InterestExtractor(
             spec.dim, spec.n_interests, spec.max_history, spec.user_layers, spec.user_heads, spec.dropout,
+            spec.user_ffn,
         )
 
     def item_vectors(self, text_vectors: torch.Tensor) -> torch.Tensor:

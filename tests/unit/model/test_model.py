@@ -246,12 +246,22 @@ def test_spec_from_config_takes_the_network_settings_and_round_trips():
     from tasks.config import load_config
 
     train = load_config({"train.n_interests": 3, "train.dim": 32, "train.logit_scale": 10.0,
-                         "train.interest_balance": 0.5, "train.lm_trainable_layers": 0}).train
+                         "train.interest_balance": 0.5, "train.lm_trainable_layers": 0, "train.user_ffn": 4}).train
     built = ModelSpec.from_config(train, n_items=20, max_history=6)
     assert (built.n_items, built.max_history, built.n_interests, built.dim) == (20, 6, 3, 32)
     assert (built.logit_scale, built.interest_balance, built.lm_trainable_layers) == (10.0, 0.5, 0)
     assert (built.user_layers, built.user_heads, built.dropout) == (train.user_layers, train.user_heads, train.dropout)
     assert ModelSpec.from_dict(built.to_dict()) == built
+    assert PrismRecNet(built).users.context.layers[0].linear1.out_features == 4 * 32  # the feed-forward width
+    older = {key: value for key, value in built.to_dict().items() if key != "user_ffn"}
+    assert ModelSpec.from_dict(older).user_ffn == 2  # a checkpoint from before the setting: the width it had
+
+
+def test_a_feed_forward_width_below_one_is_refused():
+    from tasks.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.user_ffn"):
+        load_config({"train.user_ffn": 0})
 
 
 def test_spec_of_an_older_checkpoint_loads_when_its_removed_options_were_neutral():
