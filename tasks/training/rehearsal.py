@@ -100,7 +100,7 @@ def head_cases(recommender, cases: pd.DataFrame):
 
     known = cases[cases["item_id"].isin(recommender.item_ids)].reset_index(drop=True)
     new = recommender.is_new[1:]
-    batch = rows_within(CASES_MEMORY_MB, recommender.spec.n_interests * (len(new) + 1), 256)
+    batch = recommender.users_per_batch(CASES_MEMORY_MB, 256)
     parts = [Cases.of(torch.zeros((0, len(new))), torch.zeros((0, len(new)), dtype=torch.bool),
                       torch.zeros(0, dtype=torch.long), torch.zeros(0), new)]
     for start in range(0, len(known), batch):
