@@ -15,7 +15,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.config import PipelineConfig
@@ -50,19 +52,27 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path,
     log.info("launching: %s (OMP_NUM_THREADS=%s, allocator: %s)", " ".join(command[2:]), threads,
              env.get("LD_PRELOAD") or env.get("GLIBC_TUNABLES") or "system")
     limit = config.train.max_memory_gb or default_limit_gb()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
     last_epoch = None
-    with MemoryGuard(process.pid, limit, stop=lambda: stop_tree(process)) as guard:
-        for line in process.stdout:  # stream into this task's log so progress shows in Airflow
-            line = line.rstrip()
-            tail = (tail + [line])[-30:]
-            log.info("[torchrun] %s", line)
-            if match := EPOCH_LINE.search(line):
-                last_epoch = int(match.group(1))
-                if on_epoch is not None:
-                    report_epoch(files, last_epoch, on_epoch)
-        process.wait()
+    with sigterm_exits():
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            with MemoryGuard(process.pid, limit, stop=lambda: stop_tree(process)) as guard:
+                for line in process.stdout:  # stream into this task's log so progress shows in Airflow
+                    line = line.rstrip()
+                    tail = (tail + [line])[-30:]
+                    log.info("[torchrun] %s", line)
+                    if match := EPOCH_LINE.search(line):
+                        last_epoch = int(match.group(1))
+                        if on_epoch is not None:
+                            report_epoch(files, last_epoch, on_epoch)
+                process.wait()
+        finally:
+            if process.poll() is None:
+                # Interrupted (Ctrl-C, a `kill`, Airflow stopping the task): torchrun and its workers
+                # must not train on alone, holding the cores and memory.
+                log.warning("training interrupted: stopping torchrun and its workers")
+                stop_tree(process)
     if guard.tripped is not None:
         raise TrainingError(memory_message(guard.tripped, limit, config.train.max_memory_gb is None, last_epoch))
     writes_model = config.train.node_rank == 0
@@ -77,6 +87,26 @@ def launch_training(config: PipelineConfig, dataset_dir: Path, out_dir: Path,
         )
     log.info("training used at most %.1f GB of memory (train.max_memory_gb = %.1f)", guard.peak_gb, limit)
     return files.root
+
+
+@contextmanager
+def sigterm_exits():
+    """For the launch's duration, SIGTERM raises SystemExit where nothing else handles it (a `kill` of
+    `prismrec train` or of a benchmark), so that the launch stops its workers before the process ends.
+    A handler already installed (Airflow's task runner has one) is left as it is."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def exit_on_term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # The rendezvous's name: the nodes of one training meet under it at train.rdzv_endpoint.

@@ -4,7 +4,10 @@ one-node run the first test checks (a file's tests share one pytest worker and i
 
 import json
 import math
+import signal
 import socket
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from tasks.layout import ModelFiles
 from tasks.model.new_item_ids import predict_id_rows
 from tasks.model.recommender import Recommender
 from tasks.training.launcher import launch_training
+from tasks.training.memory import descendants, started_at
 from tests.integration.training.conftest import TWO_PROCESSES
 
 
@@ -147,6 +151,43 @@ def test_the_memory_guard_stops_a_run_over_max_memory_gb_with_a_message(dataset_
     assert not ModelFiles(tmp_path / "model").checkpoint.exists()
     with pytest.raises(ConfigError, match="train.max_memory_gb must be positive"):
         load_config({**base_overrides, "train.max_memory_gb": 0})
+
+
+# A process that launches training and logs as `prismrec train` does.
+LAUNCH = """
+import json, logging, sys
+from pathlib import Path
+from tasks.config import load_config
+from tasks.training.launcher import launch_training
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+launch_training(load_config(json.loads(sys.argv[1])), Path(sys.argv[2]), Path(sys.argv[3]))
+"""
+
+
+def test_a_launch_stopped_with_sigterm_stops_torchrun_and_its_workers(dataset_dir, base_overrides, tmp_path):
+    """`kill` of a training in progress (a `prismrec train` or a benchmark): torchrun and its worker stop
+    with it instead of training on alone, and no model is left."""
+    overrides = {**base_overrides, "train.epochs": 5, "train.nproc": 1}
+    process = subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(overrides), str(dataset_dir),
+                                str(tmp_path / "model")], stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[3])
+    training: list[int] = []
+    try:
+        for line in process.stderr:
+            if "epoch 1/5 step" in line:  # the worker is training
+                break
+        training = descendants(process.pid)
+        assert len(training) >= 2, training  # torchrun and its worker
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=60)[1]
+        assert process.returncode == 128 + signal.SIGTERM, rest
+        assert "training interrupted: stopping torchrun and its workers" in rest
+        assert [pid for pid in training if started_at(pid) is not None] == []
+        assert not ModelFiles(tmp_path / "model").checkpoint.exists()
+    finally:
+        for pid in [*training, *descendants(process.pid), process.pid]:
+            if started_at(pid) is not None:
+                subprocess.run(["kill", "-9", str(pid)], check=False)
 
 
 @pytest.mark.slow
