@@ -142,10 +142,10 @@ bench-interests: venv
 	$(BIN)/python -m bench.interests
 
 # Cold start on ML-1M (bench/cold_start.py): a time split whose last 10 % of titles to appear are new;
-# PrismRec (its new-item head fitted on the train task's rehearsal, train.new_item_head), the zero-shot
-# text model, popularity and SASRec on each user's first rating of a new title and of a trained one; writes
-# bench/results/cold-start-ml-1m.{json,md}. On 2 CPU cores PrismRec's training and rehearsal take ~10
-# minutes, SASRec 15.
+# PrismRec (its new-item head fitted on the train task's rehearsal, train.new_item_head, and on the other
+# rehearsal for comparison), the zero-shot text model, popularity and SASRec on each user's first rating of a
+# new title and of a trained one; writes bench/results/cold-start-ml-1m.{json,md}. On 2 CPU cores PrismRec's
+# training takes ~10-25 minutes, the retrained rehearsal a third of that, SASRec 15.
 BENCH_TMP ?= /tmp/prismrec-bench
 .PHONY: bench-cold-start
 bench-cold-start: venv

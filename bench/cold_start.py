@@ -13,8 +13,9 @@ among the whole catalogue the product would publish from (5-core items and new i
   `--min-history` earlier ratings, with everything before it as the history.
 
 Models: PrismRec (the pipeline's training, the dataset's benchmark settings, and its new-item head
-fitted as the train task fits it with `train.new_item_head`: tasks.training.rehearsal, whose rehearsal
-is a validation split cut the same way from the training part), the zero-shot text model
+fitted as the train task fits it with `train.new_item_head`: tasks.training.rehearsal, at a cut-off
+cut the same way from the training part; the head of the other `train.new_item_head_rehearsal` is
+fitted beside it for comparison unless `--no-compare-rehearsals`), the zero-shot text model
 (MiniLM embeddings, bench.baselines.fit_content, its decay chosen on validation), popularity and SASRec
 (bench.baselines.fit_sasrec). Popularity and SASRec score by ratings and cannot place a title they have
 never seen: they rank it last. PrismRec's warm cases are ranked twice, with and without the new titles
@@ -38,6 +39,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -312,7 +314,10 @@ def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray
     rehearsal (a model trained on the ratings before the last titles of the training part appeared, which
     is a validation split cut the same way), at most `max_new_items` new items a list; beside it the same
     model without the head, capped or not, and with the new titles left out."""
+    from tasks.config import REHEARSALS
     from tasks.layout import ModelFiles
+    from tasks.model.new_item_head import load_head
+    from tasks.training.rehearsal import fit_new_item_head
 
     score, info, recommender = prismrec_scorer(config, test["dataset"], work / "test", test["candidates"],
                                                args.reuse_models, snapshot=test["snapshot"])
@@ -331,6 +336,22 @@ def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray
 
     chosen, without_new = both(headed), both(raw, float("inf"))
     head_file = json.loads(ModelFiles(recommender.model_dir).new_item_head.read_text())
+    others = {}
+    for other in (r for r in REHEARSALS if r != config.train.new_item_head_rehearsal and args.compare_rehearsals):
+        # The same model's head fitted on the other rehearsal, for comparison ("retrain" trains a second model).
+        path = work / "test" / "heads" / f"{other}.json"
+        if not (args.reuse_models and path.exists()):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fit_new_item_head(replace(config, train=replace(config.train, new_item_head_rehearsal=other)),
+                              test["snapshot"], work / "test" / f"rehearsal-{other}", recommender.model_dir, path)
+        recommender.head = load_head(path)
+        scores = {kind: score_matrix(score, test[kind]) for kind in ("cold", "warm")}
+        recommender.head = head
+        fitted = json.loads(path.read_text())
+        others[other] = {**row_of(both(scores)), f"capped_{LIST_CAP}": row_of(both(scores, cap=LIST_CAP)),
+                         "cap_curve": [{"cap": cap, **row_of(both(scores, cap=cap))} for cap in CAPS],
+                         "head": {k: v for k, v in fitted.items() if k != "fitted_on"},
+                         "validation": fitted["fitted_on"]}
     row = {**row_of(chosen), "head": {k: v for k, v in head_file.items() if k != "fitted_on"},
            "without_head": row_of(both(raw)),
            f"capped_{LIST_CAP}": row_of(both(headed, cap=LIST_CAP)),
@@ -341,6 +362,7 @@ def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray
            # At most `cap` new items among each list's candidates (so in its top 10).
            "cap_curve": [{"cap": cap, **row_of(both(headed, cap=cap))} for cap in CAPS],
            "validation": head_file["fitted_on"],
+           "other_rehearsals": others,
            **info}
     return row, chosen[0]
 
@@ -460,12 +482,22 @@ def table(result: dict) -> str:
         lines.append(line(f"{name}, no head, at most {LIST_CAP} new items a list",
                           row[f"without_head_capped_{LIST_CAP}"]))
         lines.append(line(f"{name}, new titles left out", {"warm": row["warm_without_new_items"]}))
-        valid = row["validation"]
-        notes.append(f"{name}'s new-item head was fitted as the pipeline's train task fits it "
-                     f"(train.new_item_head): on a rehearsal model trained on the ratings before the last "
-                     f"{valid['share']:.0%} of the training part's titles appeared (cut-off {valid['cutoff'][:10]}; "
-                     f"{valid['cases'].get('cold', 0)} cold and {valid['cases'].get('warm', 0)} warm cases), "
-                     f"{valid['seconds']:.0f} s. Weights: {json.dumps(rounded(row['head']))}.")
+        for rehearsal, other in row.get("other_rehearsals", {}).items():
+            lines.append(line(f"{name}, head on the {rehearsal!r} rehearsal", other))
+            for point in other["cap_curve"]:
+                lines.append(line(f"{name}, head on the {rehearsal!r} rehearsal, at most {point['cap']} new "
+                                  f"item{'s' * (point['cap'] > 1)} a list", point))
+            lines.append(line(f"{name}, head on the {rehearsal!r} rehearsal, at most {LIST_CAP} new items a list",
+                              other[f"capped_{LIST_CAP}"]))
+        for label, fitted in [("the new-item head", row), *((f"the {r!r} rehearsal's head", o)
+                                                            for r, o in row.get("other_rehearsals", {}).items())]:
+            valid = fitted["validation"]
+            how = REHEARSAL_TEXT.get(valid.get("rehearsal", "retrain"), "")
+            notes.append(f"{name}'s {label} was fitted as the pipeline's train task fits it (train.new_item_head, "
+                         f"rehearsal {valid.get('rehearsal', 'retrain')!r}: {how}) at the cut-off where the last "
+                         f"{valid['share']:.0%} of the training part's titles appeared ({valid['cutoff'][:10]}; "
+                         f"{valid['cases'].get('cold', 0)} cold and {valid['cases'].get('warm', 0)} warm cases), "
+                         f"{valid['seconds']:.0f} s. Weights: {json.dumps(rounded(fitted['head']))}.")
         if (cost := row.get("warm_cost_of_new_items")) and cost.get("se") is not None:
             notes.append(f"Serving new items through the head changes {name}'s warm HR@10 by "
                          f"{cost['hr@10_difference']:+.4f} ± {cost['se']:.4f} (paired, against the same model "
@@ -481,6 +513,11 @@ def table(result: dict) -> str:
     machines = sorted({f"{m['device']} (torch {m['torch']})" for m in result["machines"].values()})
     lines.append("Measured on " + ", ".join(machines) + ".")
     return "\n".join(lines) + "\n"
+
+
+REHEARSAL_TEXT = {"model": "the model itself, with the titles outside the 5-core of the ratings before the cut-off "
+                            "made new again",
+                  "retrain": "a second model trained on the ratings before the cut-off"}
 
 
 def rounded(weights: dict) -> dict:
@@ -522,6 +559,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     go.add_argument("--max-cases", type=int, help="at most this many cases of each kind (a quick check)")
     go.add_argument("--name", default="prismrec", help="PrismRec's row name (a variant: --name prismrec-ft --set ...)")
     go.add_argument("--smoke", action="store_true", help="a few PrismRec steps on the CPU")
+    go.add_argument("--no-compare-rehearsals", dest="compare_rehearsals", action="store_false",
+                    help="fit the new-item head on the configured rehearsal only (by default also on the other: "
+                         "'retrain' trains a second model)")
     go.add_argument("--reuse-models", action="store_true",
                     help="score with the PrismRec models an earlier run left in --work instead of training")
     go.add_argument("--work", help="the run's files (default $TMPDIR/prismrec-cold-<dataset>)")

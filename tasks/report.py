@@ -93,7 +93,12 @@ def _head_line(head: dict) -> list[str]:
         return []
     cases = fitted.get("cases", {})
     items = head.get("items", {})
-    return [f"   new-item head fitted on a rehearsal (titles from {str(fitted.get('cutoff', '?'))[:10]} on new; "
+    since = str(fitted.get("cutoff", "?"))[:10]
+    if fitted.get("skipped"):
+        return [f"   new-item head not fitted ({fitted['skipped']}, titles from {since} on new): new items scored "
+                "by their text alone"]
+    on = {"model": "the run's model", "retrain": "a retrained model"}.get(fitted.get("rehearsal", "retrain"), "?")
+    return [f"   new-item head fitted on a rehearsal with {on} (titles from {since} on new; "
             f"{cases.get('cold', 0):,} cold and {cases.get('warm', 0):,} warm cases, {fitted.get('seconds', 0):.0f}s): "
             f"score x{head.get('scale', 1):.2f}, just added {items.get('interactions_0', 0):+.2f}, "
             f"newest year {items.get('age_0-0', 0):+.2f}"]

@@ -132,16 +132,10 @@ class Recommender:
         # The new-item head's inputs (tasks.model.new_item_head), where the model's item table has years;
         # `head` is set by `load` when training fitted one.
         self.head: NewItemHead | None = None
-        trained_rows = ~self.is_new[1:].numpy()
-        years = items["year"] if "year" in items else pd.Series(np.nan, index=items.index)
-        ages = np.concatenate([[np.nan], item_ages(years, trained_rows)])
-        interactions = items["interactions"] if "interactions" in items else pd.Series(np.nan, index=items.index)
-        self.item_recent = torch.from_numpy(np.nan_to_num(ages, nan=np.inf) <= RECENT_YEARS)
-        self.item_recent[0] = False
-        counts = pd.to_numeric(interactions, errors="coerce").astype("float64").to_numpy()
-        self.item_features = item_features(ages, np.concatenate([[np.nan], counts]))
         self.item_ids = items["item_id"].to_numpy()  # position i -> index i + 1
         self.items = items.reset_index(drop=True)
+        interactions = items["interactions"] if "interactions" in items else pd.Series(np.nan, index=items.index)
+        self._head_inputs(pd.to_numeric(interactions, errors="coerce").astype("float64").to_numpy())
         self.titles = np.concatenate([[""], display_titles(items["title"])]).astype(object)
         self.index_of = pd.Series(np.arange(1, len(self.item_ids) + 1), index=self.item_ids)
         self._id_order = np.argsort(self.item_ids, kind="stable")  # for histories_to_indices
@@ -156,6 +150,46 @@ class Recommender:
         # so evaluation, the pyfunc and the published tables list the same items.
         self.interest_balance = float(net.spec.interest_balance)
         self.model_dir: Path | None = None  # the model folder it was loaded from (Recommender.load)
+
+    def _head_inputs(self, interactions: np.ndarray) -> None:
+        """The head's item inputs: each item's age behind the newest trained item (recent or not) and its
+        `interactions` so far [N] (NaN: unknown)."""
+        years = self.items["year"] if "year" in self.items else pd.Series(np.nan, index=self.items.index)
+        ages = np.concatenate([[np.nan], item_ages(years, ~self.is_new[1:].numpy())])
+        self.item_recent = torch.from_numpy(np.nan_to_num(ages, nan=np.inf) <= RECENT_YEARS)
+        self.item_recent[0] = False
+        self.item_features = item_features(ages, np.concatenate([[np.nan], interactions]))
+
+    def as_of(self, trained_ids: np.ndarray, interactions: np.ndarray, text_vectors: torch.Tensor,
+              id_penalty: float | None) -> Recommender:
+        """This model as day one at an earlier cut-off would have scored (in place; returns it): only the
+        trained items among `trained_ids` (app ids: that day's training universe) stay trained; every
+        other item is new, its vector its projected text (`text_vectors` [N+1, text_dim], the model's)
+        plus the id row that a map fitted on the items still trained predicts (tasks.model.new_item_ids;
+        `id_penalty` None: text alone), its head inputs that day's (`interactions` [N] so far). The new-item
+        head's rehearsal on the run's own model (tasks.training.rehearsal)."""
+        from tasks.model.new_item_ids import fit_id_from_text, predict_id_rows
+
+        trained = np.isin(self.item_ids, trained_ids) & ~self.is_new[1:].numpy()
+        if not trained.any():
+            raise ValueError("none of the model's trained items is among trained_ids: nothing to place new items by")
+        rows = torch.from_numpy(np.flatnonzero(trained) + 1)
+        self.is_new = torch.as_tensor(np.concatenate([[False], ~trained]))
+        self.new_rows = torch.nonzero(self.is_new).flatten()
+        with torch.no_grad():
+            text = text_vectors.float()
+            placed = self.net.text_projection(text[self.new_rows].to(self.item_vectors.dtype))
+            if self.net.id_embedding is not None and id_penalty is not None:
+                weights = fit_id_from_text(text[rows], self.net.id_embedding.weight[rows].float(), id_penalty)
+                placed += predict_id_rows(text[self.new_rows], weights).to(placed.dtype)
+            self.item_vectors[self.new_rows] = placed
+            real = self.item_vectors[1:]
+            self.item_directions = torch.nn.functional.normalize(self.item_vectors - real.mean(0), dim=-1)
+            self.unit_items = torch.nn.functional.normalize(self.item_vectors, dim=-1)
+        self._head_inputs(np.asarray(interactions, dtype=np.float64))
+        self.popularity = torch.as_tensor(np.concatenate([[-np.inf], np.where(trained, interactions, 0)]),
+                                          dtype=torch.float32)
+        return self
 
     @classmethod
     def load(cls, model_dir: Path, precision: str = "auto") -> Recommender:

@@ -232,6 +232,7 @@ def _log_head(client, run_id: str, model_dir: Path) -> None:
     fitted = head.get("fitted_on", {})
     params = {"new_item_head.cutoff": fitted.get("cutoff"), "new_item_head.share": fitted.get("share"),
               "new_item_head.cases": json.dumps(fitted.get("cases", {})),
+              "new_item_head.rehearsal": fitted.get("rehearsal", "retrain"),
               "new_item_head.rehearsal_seconds": fitted.get("seconds")}
     for key, value in params.items():
         client.log_param(run_id, key, value)

@@ -1,16 +1,20 @@
 """Day one, rehearsed: fit the new-item head on how an earlier model would have served new titles.
 
 The titles that entered the catalogue last (the last `train.new_item_head_share` of the snapshot's
-interacted titles, by first interaction) set a cut-off. A rehearsal model is trained, with the run's
-own settings, on the interactions before it; the catalogue it places is the whole snapshot's, so those
-titles are new to it, placed by their text. Two kinds of case, each a user's first interaction from
-the cut-off on, after at least `MIN_HISTORY` earlier ones: **cold**, of a new title, and **warm**, of
-a title the rehearsal model trained on. The head (tasks.model.new_item_head) is fitted on the rehearsal
-model's scores of both and saved with the run's model, whose own new items it then re-scores. The same
-procedure is the cold-start benchmark's validation split (bench/cold_start.py).
+interacted titles, by first interaction) set a cut-off. Two kinds of case, each a user's first
+interaction from the cut-off on, after at least `MIN_HISTORY` earlier ones: **cold**, of a title new
+at the cut-off, and **warm**, of a title trained on by then. A model of day one ranks them, and the
+head (tasks.model.new_item_head) is fitted on its scores of both and saved with the run's model, whose
+own new items it then re-scores. That model is, by `train.new_item_head_rehearsal`:
 
-The rehearsal costs a second training on the part of the data before the cut-off: with titles added
-steadily over time that is most of it, so `train.new_item_head` is off unless asked for.
+- "model" (the default): the run's own model as of the cut-off (Recommender.as_of): every title
+  outside the 5-core of the interactions before it is new again, placed by its text and the id row
+  predicted from it, with that day's interaction counts. No second training (seconds on ML-1M); the
+  model has learned from those titles' later ratings through its user tower and text projection,
+  which the head's weights barely show (docs/experiments.md, "A rehearsal on the run's own model").
+- "retrain": a second model trained, with the run's settings, on the interactions before the cut-off
+  (the cold-start benchmark's validation split, bench/cold_start.py). With titles added steadily
+  over time that is most of the data: nearly a second training.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ MAX_CASES = 2000  # of each kind (a seeded sample beyond it): the head has 11 we
 # The fit keeps each kind's cases x new items scores: fewer cases where the new items are many
 # (2,000 up to ~16k new items), and the rehearsal's scores are taken in batches of about this size.
 CASES_MEMORY_MB = 128
+MIN_CASES = 20  # of each kind: fewer leave the head the identity (11 weights fitted on a handful would be noise)
 MIN_REHEARSAL_SHARE = 0.05  # of the interactions, before the cut-off: less is too little to train on
 
 
@@ -114,9 +119,23 @@ def head_cases(recommender, cases: pd.DataFrame):
     return Cases.join(parts)
 
 
-def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, model_dir: Path) -> dict:
+def model_as_of(config: PipelineConfig, model_dir: Path, before: pd.DataFrame, universe: np.ndarray):
+    """The run's own model as day one at the cut-off would have scored (Recommender.as_of): the items
+    outside `universe` (the 5-core of the interactions `before` it) new again, placed by their text."""
+    from tasks.model.recommender import Recommender
+
+    recommender = Recommender.load(model_dir, config.train.precision)
+    recommender.head = None
+    checkpoint = torch.load(ModelFiles(Path(model_dir)).checkpoint, map_location="cpu", weights_only=False)
+    so_far = before["item_id"].value_counts().reindex(recommender.item_ids, fill_value=0).to_numpy(np.float64)
+    return recommender.as_of(universe, so_far, checkpoint["item_text_vectors"], config.train.new_item_id_penalty)
+
+
+def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, model_dir: Path,
+                      head_file: Path | None = None) -> dict:
     """Rehearse day one on the snapshot in `snapshot_dir` (files under `work`), fit the new-item head
-    and save it into `model_dir`; returns the rehearsal's facts (also saved with the head)."""
+    and save it into `model_dir` (or `head_file`: a comparison's); returns the rehearsal's facts (also
+    saved with the head)."""
     from tasks.data.prepare import load_dataset, prepare_dataset
     from tasks.model.new_item_head import NewItemHead, fit_head, save_head
     from tasks.model.recommender import Recommender
@@ -127,7 +146,20 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
     interactions = pd.read_parquet(snapshot.interactions, columns=["user_id", "item_id", "occurred_at"])
     cutoff, new_titles = cold_cutoff(interactions, config.train.new_item_head_share)
     before = int((interactions["occurred_at"] < cutoff).sum())
-    if before < MIN_REHEARSAL_SHARE * len(interactions):
+    retrain = config.train.new_item_head_rehearsal == "retrain"
+    facts = {"cutoff": cutoff.isoformat(), "share": config.train.new_item_head_share,
+             "rehearsal": config.train.new_item_head_rehearsal, "new_titles": len(new_titles)}
+    if not retrain and before < MIN_REHEARSAL_SHARE * len(interactions):
+        # The default rehearsal: data with no history before its last titles is no reason to stop a run.
+        log.warning("the new-item head stays the identity (new items scored as without it): only %d of %d "
+                    "interactions come before the last %.0f%% of titles first appeared (%s), too few to rehearse "
+                    "day one on; a lower train.new_item_head_share moves the cut-off later", before,
+                    len(interactions), 100 * config.train.new_item_head_share, cutoff)
+        facts |= {"cases": {"cold": 0, "warm": 0}, "skipped": "too few interactions before the cut-off",
+                  "seconds": round(time.time() - started, 1)}
+        save_head(NewItemHead().requires_grad_(False), head_file or ModelFiles(Path(model_dir)).new_item_head, facts)
+        return facts
+    if retrain and before < MIN_REHEARSAL_SHARE * len(interactions):
         raise TrainingError(
             f"train.new_item_head: only {before:,} of {len(interactions):,} interactions come before the last "
             f"{config.train.new_item_head_share:.0%} of titles first appeared ({cutoff}), too few to rehearse day one "
@@ -138,27 +170,31 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
     # The whole catalogue, and the interactions before the cut-off: the new titles are there, unrated.
     pd.read_parquet(snapshot.items).to_parquet(rehearsal.items, index=False)
     interactions[interactions["occurred_at"] < cutoff].to_parquet(rehearsal.interactions, index=False)
-    log.info("rehearsing day one: %d titles first interacted with from %s on are new; training on the %d "
-             "interactions before it", len(new_titles), cutoff, before)
+    log.info("rehearsing day one: %d titles first interacted with from %s on are new; %s the %d interactions "
+             "before it", len(new_titles), cutoff,
+             "training on" if retrain else "the run's model, with the titles outside the 5-core of", before)
     prepare_dataset(config, rehearsal.root, Path(work) / "dataset")
     sequences, _ = load_dataset(Path(work) / "dataset")
-    rehearsed = launch_training(config, Path(work) / "dataset", Path(work) / "model")
-    recommender = Recommender.load(rehearsed, config.train.precision)
+    if retrain:
+        rehearsed = launch_training(config, Path(work) / "dataset", Path(work) / "model")
+        recommender = Recommender.load(rehearsed, config.train.precision)
+    else:
+        recommender = model_as_of(config, model_dir, interactions[interactions["occurred_at"] < cutoff],
+                                  sequences.item_ids[1:])
     most = rows_within(CASES_MEMORY_MB, len(recommender.new_rows), MAX_CASES)
     cases = rehearsal_cases(interactions, cutoff, new_titles, sequences.item_ids[1:], max_cases=most,
                             seed=config.train.seed)
     with torch.no_grad():
         kinds = {kind: head_cases(recommender, frame) for kind, frame in cases.items()}
-    if all(len(k.targets) for k in kinds.values()):
+    if all(len(k.targets) >= MIN_CASES for k in kinds.values()):
         new = recommender.new_rows
         head = fit_head(list(kinds.values()), recommender.item_features[new], recommender.item_recent[new])
     else:
-        log.warning("the rehearsal has %s cases: the new-item head stays the identity (new items scored as without it)",
-                    {kind: len(k.targets) for kind, k in kinds.items()})
+        log.warning("the rehearsal has %s cases (fewer than %d of a kind): the new-item head stays the identity "
+                    "(new items scored as without it)", {kind: len(k.targets) for kind, k in kinds.items()}, MIN_CASES)
         head = NewItemHead().requires_grad_(False)
-    facts = {"cutoff": cutoff.isoformat(), "share": config.train.new_item_head_share,
-             "new_titles": len(new_titles), "cases": {kind: len(k.targets) for kind, k in kinds.items()},
-             "rehearsal_items": recommender.n_items, "seconds": round(time.time() - started, 1)}
-    save_head(head, ModelFiles(Path(model_dir)).new_item_head, facts)
+    facts |= {"cases": {kind: len(k.targets) for kind, k in kinds.items()},
+              "rehearsal_items": recommender.n_items, "seconds": round(time.time() - started, 1)}
+    save_head(head, head_file or ModelFiles(Path(model_dir)).new_item_head, facts)
     log.info("new-item head fitted on the rehearsal (%s): %s", json.dumps(facts), json.dumps(head.to_dict()))
     return facts

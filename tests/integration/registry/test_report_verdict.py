@@ -65,6 +65,14 @@ def test_a_fitted_new_item_head_is_reported_and_none_says_nothing():
     assert _head_line({}) == []
     head = {"scale": 0.5076, "items": {"interactions_0": 3.216, "age_0-0": 0.657},
             "fitted_on": {"cutoff": "2000-06-06T21:58:09+00:00", "cases": {"cold": 692, "warm": 1090}, "seconds": 181.1}}
-    assert _head_line(head) == [
-        "   new-item head fitted on a rehearsal (titles from 2000-06-06 on new; 692 cold and 1,090 warm cases, 181s): "
-        "score x0.51, just added +3.22, newest year +0.66"]
+    assert _head_line(head) == [  # fitted before the rehearsal was named: a retrained model
+        "   new-item head fitted on a rehearsal with a retrained model (titles from 2000-06-06 on new; 692 cold and "
+        "1,090 warm cases, 181s): score x0.51, just added +3.22, newest year +0.66"]
+    head["fitted_on"] |= {"rehearsal": "model", "seconds": 18.9}
+    assert _head_line(head)[0].startswith("   new-item head fitted on a rehearsal with the run's model (titles from "
+                                          "2000-06-06 on new; 692 cold and 1,090 warm cases, 19s)")
+    skipped = {"fitted_on": {"cutoff": "2000-01-01T00:00:00+00:00", "rehearsal": "model",
+                             "skipped": "too few interactions before the cut-off"}}
+    assert _head_line(skipped) == [
+        "   new-item head not fitted (too few interactions before the cut-off, titles from 2000-01-01 on new): "
+        "new items scored by their text alone"]

@@ -21,7 +21,7 @@ def story(ml100k, base_overrides):
     from tasks.registry.store import tracking_uri
 
     overrides = {**base_overrides, "train.epochs": 2, "train.max_steps_per_epoch": 2, "train.nproc": 1,
-                 "train.patience": 5, "registry.model_name": MODEL, "train.new_item_head": True}
+                 "train.patience": 5, "registry.model_name": MODEL}
     config = load_config(overrides)
     client = MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config))
     snapshot = pipeline.run_extract(overrides, "manual__story", datetime(1998, 5, 1, tzinfo=UTC))
@@ -105,19 +105,22 @@ def test_the_version_has_a_model_card_and_few_tags(story):
 
 
 def test_the_new_item_head_the_train_task_fitted_is_in_the_run_and_in_the_registered_model(story):
-    """train.new_item_head through the pipeline's train task: the head is saved with the model, told in the
-    run (file and the rehearsal as params), and packaged in the version the registry serves."""
+    """train.new_item_head (on by default) through the pipeline's train task: the head, fitted on the run's own
+    model as of the rehearsal's cut-off (no second training), is saved with the model, told in the run (file
+    and the rehearsal as params), and packaged in the version the registry serves."""
     from mlflow.pyfunc import load_model
 
     client, run_id = story["client"], story["run_id"]
     saved = json.loads((Path(story["trained"]["model_dir"]) / "new_item_head.json").read_text())
     assert saved["fitted_on"]["cases"]["cold"] > 0 and saved["fitted_on"]["cases"]["warm"] > 0
-    assert (Path(story["trained"]["run_dir"]) / "rehearsal" / "model" / "model.pt").exists()
+    assert saved["fitted_on"]["rehearsal"] == "model"
+    assert not (Path(story["trained"]["run_dir"]) / "rehearsal" / "model").exists()
     logged = json.loads(Path(client.download_artifacts(run_id, "new_item_head.json")).read_text())
     assert logged == saved
     params = client.get_run(run_id).data.params
     assert params["new_item_head.cutoff"] == saved["fitted_on"]["cutoff"]
     assert json.loads(params["new_item_head.cases"]) == saved["fitted_on"]["cases"]
+    assert params["new_item_head.rehearsal"] == "model"
     served = load_model(f"models:/{MODEL}/{story['registered']['version']}").unwrap_python_model()
     assert served.recommender.head is not None
     assert served.recommender.head.to_dict()["scale"] == pytest.approx(saved["scale"])

@@ -11,12 +11,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tasks.config import load_config
 from tasks.errors import ConfigError
-from tasks.layout import ModelFiles
+from tasks.layout import ModelFiles, SnapshotFiles
 from tasks.model.new_item_ids import predict_id_rows
 from tasks.model.recommender import Recommender
 from tasks.training.launcher import launch_training
@@ -75,7 +76,7 @@ def test_two_process_gloo_ddp_run_trains_and_checkpoints(one_node_two_processes)
 @pytest.mark.slow
 def test_the_rehearsal_fits_a_new_item_head_that_the_model_then_scores_new_items_through(
         one_node_two_processes, dataset_dir, base_overrides, tmp_path):
-    """train.new_item_head: a rehearsal model trained on the ML-100K ratings before its last titles
+    """train.new_item_head_rehearsal "retrain": a rehearsal model trained on the ML-100K ratings before its last titles
     appeared ranks its cold and warm cases; the head fitted on them is saved with the run's model, and
     the model's new items are scored through it (trained items as before)."""
     import shutil
@@ -85,7 +86,7 @@ def test_the_rehearsal_fits_a_new_item_head_that_the_model_then_scores_new_items
     trained, _ = one_node_two_processes
     model_dir = shutil.copytree(trained, tmp_path / "model")  # the shared fixture's folder stays as it is
     config = load_config({**base_overrides, "train.epochs": 1, "train.max_steps_per_epoch": 2, "train.batch_size": 16,
-                          "train.nproc": 1, "train.new_item_head": True})
+                          "train.nproc": 1, "train.new_item_head": True, "train.new_item_head_rehearsal": "retrain"})
     before = Recommender.load(model_dir)
     facts = fit_new_item_head(config, Path(dataset_dir).parent / "snapshot", tmp_path / "rehearsal", model_dir)
     assert facts["new_titles"] >= 100 and facts["cases"]["cold"] > 50 and facts["cases"]["warm"] > 50
@@ -102,6 +103,45 @@ def test_the_rehearsal_fits_a_new_item_head_that_the_model_then_scores_new_items
     trained_rows = ~after.is_new
     assert torch.equal(lifted[:, :, trained_rows], plain[:, :, trained_rows])
     assert not torch.allclose(lifted[:, :, after.new_rows], plain[:, :, after.new_rows])
+
+
+def test_the_rehearsal_on_the_run_s_own_model_fits_a_head_without_a_second_training(
+        one_node_two_processes, dataset_dir, base_overrides, tmp_path):
+    """train.new_item_head_rehearsal "model": the run's model, with the titles outside the cut-off's 5-core
+    made new again (their projected text plus the id row predicted from it), ranks the rehearsal's cases;
+    no second model is trained, and the head it fits lifts the run's new items alone."""
+    import shutil
+
+    from tasks.training.rehearsal import fit_new_item_head, model_as_of
+
+    trained, _ = one_node_two_processes
+    model_dir = shutil.copytree(trained, tmp_path / "model")
+    config = load_config({**base_overrides, "train.new_item_head": True, "train.new_item_head_rehearsal": "model"})
+    snapshot = Path(dataset_dir).parent / "snapshot"
+    facts = fit_new_item_head(config, snapshot, tmp_path / "rehearsal", model_dir)
+    assert facts["rehearsal"] == "model" and facts["cases"]["cold"] > 50 and facts["cases"]["warm"] > 50
+    assert not (tmp_path / "rehearsal" / "model").exists()  # no second training
+    saved = json.loads(ModelFiles(model_dir).new_item_head.read_text())
+    assert saved["fitted_on"] == facts and saved["scale"] > 0
+    assert any(weight != 0 for weight in saved["items"].values())
+
+    # The model as of the cut-off: what it held trained outside that day's universe is new, placed by its text.
+    import pandas as pd
+
+    plain = Recommender.load(model_dir)
+    interactions = pd.read_parquet(SnapshotFiles(snapshot).interactions)
+    universe = plain.item_ids[~plain.is_new[1:].numpy()][::2]  # half the trained items stay trained
+    early = interactions[interactions["item_id"].isin(universe[:50])]
+    then = model_as_of(config, model_dir, early, universe)
+    made_new = torch.as_tensor(~np.isin(plain.item_ids, universe) & ~plain.is_new[1:].numpy())
+    assert then.head is None and torch.equal(then.is_new[1:], plain.is_new[1:] | made_new)
+    kept = torch.nonzero(~then.is_new).flatten()[1:]
+    assert torch.equal(then.item_vectors[kept], plain.item_vectors[kept])
+    moved = torch.nonzero(made_new).flatten() + 1
+    assert not torch.allclose(then.item_vectors[moved], plain.item_vectors[moved])  # their id rows are gone
+    counts = early["item_id"].value_counts()
+    row = int(then.index_of[counts.index[0]])
+    assert then.popularity[row] == counts.iloc[0] and then.popularity[moved].eq(0).all()
 
 
 @pytest.mark.slow

@@ -64,10 +64,13 @@ def test_rehearsal_cases_keep_warm_targets_the_model_trained_on_and_sample_each_
     assert len(sampled["cold"]) == 1 and len(sampled["warm"]) == 1
 
 
-def test_the_rehearsal_share_is_checked():
+def test_the_rehearsal_settings_are_checked():
     assert load_config({"train.new_item_head_share": 0.2}).train.new_item_head_share == 0.2
     with pytest.raises(ConfigError, match="train.new_item_head_share must be between 0 and 1"):
         load_config({"train.new_item_head_share": 1.5})
+    assert load_config({"train.new_item_head_rehearsal": "retrain"}).train.new_item_head_rehearsal == "retrain"
+    with pytest.raises(ConfigError, match="train.new_item_head_rehearsal must be one of retrain, model, got 'self'"):
+        load_config({"train.new_item_head_rehearsal": "self"})
 
 
 def test_a_snapshot_whose_titles_all_appear_at_once_is_refused_before_any_training(tmp_path):
@@ -81,7 +84,28 @@ def test_a_snapshot_whose_titles_all_appear_at_once_is_refused_before_any_traini
     at_once.to_parquet(snapshot.interactions, index=False)
     pd.DataFrame({"item_id": range(1, 7), "title": "t", "genres": "g", "year": 2000, "description": "d"}) \
         .to_parquet(snapshot.items, index=False)
+    retrain = load_config({"paths.home": str(tmp_path), "train.new_item_head_rehearsal": "retrain"})
     with pytest.raises(TrainingError, match="too few to rehearse day one on") as refused:
-        fit_new_item_head(load_config({"paths.home": str(tmp_path)}), snapshot.root, tmp_path / "work", tmp_path / "model")
+        fit_new_item_head(retrain, snapshot.root, tmp_path / "work", tmp_path / "model")
     assert "lower train.new_item_head_share" in str(refused.value)
     assert not (tmp_path / "work").exists() and not (tmp_path / "model").exists()
+
+
+def test_the_default_rehearsal_leaves_the_head_the_identity_where_nothing_comes_before_the_cut_off(tmp_path, caplog):
+    """On by default, the head must not stop a run on data whose titles all appear at once: it stays the
+    identity, says why in the log and in its facts, and nothing is trained."""
+    from tasks.layout import ModelFiles, SnapshotFiles
+    from tasks.model.new_item_head import NewItemHead, load_head
+    from tasks.training.rehearsal import fit_new_item_head
+
+    snapshot = SnapshotFiles(tmp_path / "snapshot")
+    snapshot.root.mkdir()
+    RATINGS.assign(occurred_at=pd.Timestamp("2000-01-01", tz="UTC")).to_parquet(snapshot.interactions, index=False)
+    (tmp_path / "model").mkdir()
+    config = load_config({"paths.home": str(tmp_path)})
+    assert config.train.new_item_head and config.train.new_item_head_rehearsal == "model"
+    facts = fit_new_item_head(config, snapshot.root, tmp_path / "work", tmp_path / "model")
+    assert facts["skipped"] == "too few interactions before the cut-off" and facts["cases"] == {"cold": 0, "warm": 0}
+    assert load_head(ModelFiles(tmp_path / "model").new_item_head).to_dict() == NewItemHead().to_dict()
+    assert "the new-item head stays the identity" in caplog.text
+    assert not (tmp_path / "work").exists()
