@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from tasks.config import PipelineConfig
-from tasks.errors import TrainingError
+from tasks.errors import SourceDataError, TrainingError
 from tasks.layout import ModelFiles, SnapshotFiles
 from tasks.model.network import rows_within
 
@@ -149,16 +149,20 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
     retrain = config.train.new_item_head_rehearsal == "retrain"
     facts = {"cutoff": cutoff.isoformat(), "share": config.train.new_item_head_share,
              "rehearsal": config.train.new_item_head_rehearsal, "new_titles": len(new_titles)}
-    if not retrain and before < MIN_REHEARSAL_SHARE * len(interactions):
-        # The default rehearsal: data with no history before its last titles is no reason to stop a run.
-        log.warning("the new-item head stays the identity (new items scored as without it): only %d of %d "
-                    "interactions come before the last %.0f%% of titles first appeared (%s), too few to rehearse "
-                    "day one on; a lower train.new_item_head_share moves the cut-off later", before,
-                    len(interactions), 100 * config.train.new_item_head_share, cutoff)
-        facts |= {"cases": {"cold": 0, "warm": 0}, "skipped": "too few interactions before the cut-off",
-                  "seconds": round(time.time() - started, 1)}
-        save_head(NewItemHead().requires_grad_(False), head_file or ModelFiles(Path(model_dir)).new_item_head, facts)
+    head_path = head_file or ModelFiles(Path(model_dir)).new_item_head
+
+    def identity(skipped: str, why: str) -> dict:
+        # The default rehearsal: data that cannot rehearse day one is no reason to stop a run.
+        log.warning("the new-item head stays the identity (new items scored as without it): %s", why)
+        facts.update(cases={"cold": 0, "warm": 0}, skipped=skipped, seconds=round(time.time() - started, 1))
+        save_head(NewItemHead().requires_grad_(False), head_path, facts)
         return facts
+
+    if not retrain and before < MIN_REHEARSAL_SHARE * len(interactions):
+        return identity("too few interactions before the cut-off",
+                        f"only {before:,} of {len(interactions):,} interactions come before the last "
+                        f"{config.train.new_item_head_share:.0%} of titles first appeared ({cutoff}), too few to "
+                        "rehearse day one on; a lower train.new_item_head_share moves the cut-off later")
     if retrain and before < MIN_REHEARSAL_SHARE * len(interactions):
         raise TrainingError(
             f"train.new_item_head: only {before:,} of {len(interactions):,} interactions come before the last "
@@ -173,14 +177,20 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
     log.info("rehearsing day one: %d titles first interacted with from %s on are new; %s the %d interactions "
              "before it", len(new_titles), cutoff,
              "training on" if retrain else "the run's model, with the titles outside the 5-core of", before)
-    prepare_dataset(config, rehearsal.root, Path(work) / "dataset")
-    sequences, _ = load_dataset(Path(work) / "dataset")
-    if retrain:
-        rehearsed = launch_training(config, Path(work) / "dataset", Path(work) / "model")
-        recommender = Recommender.load(rehearsed, config.train.precision)
-    else:
-        recommender = model_as_of(config, model_dir, interactions[interactions["occurred_at"] < cutoff],
-                                  sequences.item_ids[1:])
+    try:
+        prepare_dataset(config, rehearsal.root, Path(work) / "dataset")
+        sequences, _ = load_dataset(Path(work) / "dataset")
+        if retrain:
+            rehearsed = launch_training(config, Path(work) / "dataset", Path(work) / "model")
+            recommender = Recommender.load(rehearsed, config.train.precision)
+        else:
+            recommender = model_as_of(config, model_dir, interactions[interactions["occurred_at"] < cutoff],
+                                      sequences.item_ids[1:])
+    except (SourceDataError, ValueError) as error:
+        if retrain:
+            raise
+        return identity("no rehearsal universe", f"the interactions before the cut-off ({cutoff}) leave no model of "
+                        f"day one to rehearse with: {error}")
     most = rows_within(CASES_MEMORY_MB, len(recommender.new_rows), MAX_CASES)
     cases = rehearsal_cases(interactions, cutoff, new_titles, sequences.item_ids[1:], max_cases=most,
                             seed=config.train.seed)
@@ -195,6 +205,6 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
         head = NewItemHead().requires_grad_(False)
     facts |= {"cases": {kind: len(k.targets) for kind, k in kinds.items()},
               "rehearsal_items": recommender.n_items, "seconds": round(time.time() - started, 1)}
-    save_head(head, head_file or ModelFiles(Path(model_dir)).new_item_head, facts)
+    save_head(head, head_path, facts)
     log.info("new-item head fitted on the rehearsal (%s): %s", json.dumps(facts), json.dumps(head.to_dict()))
     return facts

@@ -109,3 +109,29 @@ def test_the_default_rehearsal_leaves_the_head_the_identity_where_nothing_comes_
     assert load_head(ModelFiles(tmp_path / "model").new_item_head).to_dict() == NewItemHead().to_dict()
     assert "the new-item head stays the identity" in caplog.text
     assert not (tmp_path / "work").exists()
+
+
+def test_the_default_rehearsal_leaves_the_head_the_identity_where_the_data_before_the_cut_off_holds_no_5_core(
+        tmp_path, caplog):
+    """Interactions before the cut-off, but no user with 5 of them: no model of day one to rehearse with, so
+    the head stays the identity (the "retrain" rehearsal stops there instead)."""
+    from tasks.errors import SourceDataError
+    from tasks.layout import ModelFiles, SnapshotFiles
+    from tasks.model.new_item_head import NewItemHead, load_head
+    from tasks.training.rehearsal import fit_new_item_head
+
+    snapshot = SnapshotFiles(tmp_path / "snapshot")
+    snapshot.root.mkdir()
+    RATINGS.to_parquet(snapshot.interactions, index=False)
+    pd.DataFrame({"item_id": range(1, 7), "title": "t", "genres": "g", "year": 2000, "description": "d"}) \
+        .to_parquet(snapshot.items, index=False)
+    (tmp_path / "model").mkdir()
+    config = load_config({"paths.home": str(tmp_path), "train.new_item_head_share": 1 / 3})
+    facts = fit_new_item_head(config, snapshot.root, tmp_path / "work", tmp_path / "model")
+    assert facts["skipped"] == "no rehearsal universe" and facts["cases"] == {"cold": 0, "warm": 0}
+    assert load_head(ModelFiles(tmp_path / "model").new_item_head).to_dict() == NewItemHead().to_dict()
+    assert "leave no model of day one to rehearse with" in caplog.text
+    retrain = load_config({"paths.home": str(tmp_path), "train.new_item_head_share": 1 / 3,
+                           "train.new_item_head_rehearsal": "retrain"})
+    with pytest.raises(SourceDataError):
+        fit_new_item_head(retrain, snapshot.root, tmp_path / "work2", tmp_path / "model")
