@@ -150,7 +150,9 @@ def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarra
         scores[:, unknown] = float("-inf")
         return scores
 
-    return score, {"train_seconds": round(seconds, 1), "head_seconds": round(head_seconds, 1),
+    # A reused model's training time is the one its summary recorded (the worker's, without start-up).
+    trained_seconds = summary.get("train_seconds") if seconds < 1 and summary.get("train_seconds") else seconds
+    return score, {"train_seconds": round(trained_seconds, 1), "head_seconds": round(head_seconds, 1),
                    "epochs_run": summary.get("epochs_run"),
                    "best_epoch": summary.get("best_epoch"), "stopped_by": summary.get("stopped_by"),
                    "best_valid_ndcg@10": summary.get("best_valid_ndcg@10"),
@@ -489,7 +491,7 @@ def table(result: dict) -> str:
                                   f"item{'s' * (point['cap'] > 1)} a list", point))
             lines.append(line(f"{name}, head on the {rehearsal!r} rehearsal, at most {LIST_CAP} new items a list",
                               other[f"capped_{LIST_CAP}"]))
-        for label, fitted in [("the new-item head", row), *((f"the {r!r} rehearsal's head", o)
+        for label, fitted in [("new-item head", row), *((f"head on the {r!r} rehearsal", o)
                                                             for r, o in row.get("other_rehearsals", {}).items())]:
             valid = fitted["validation"]
             how = REHEARSAL_TEXT.get(valid.get("rehearsal", "retrain"), "")
