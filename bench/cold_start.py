@@ -134,6 +134,9 @@ def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarra
     if snapshot is not None and not (reuse and ModelFiles(Path(model_dir)).new_item_head.exists()):
         fit_new_item_head(config, snapshot, work / "rehearsal", model_dir)
     head_seconds = time.time() - started - seconds
+    head_file = ModelFiles(Path(model_dir)).new_item_head
+    if head_seconds < 1 and head_file.exists():  # a reused head: the rehearsal's own time
+        head_seconds = json.loads(head_file.read_text()).get("fitted_on", {}).get("seconds", head_seconds)
     summary = json.loads(ModelFiles(Path(model_dir)).summary.read_text())
     recommender = Recommender.load(model_dir)
 
@@ -337,6 +340,7 @@ def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray
         return {**figures(ranks[0]), "warm": figures(ranks[1])}
 
     chosen, without_new = both(headed), both(raw, float("inf"))
+    published, published_without_head = both(headed, cap=LIST_CAP), both(raw, cap=LIST_CAP)
     head_file = json.loads(ModelFiles(recommender.model_dir).new_item_head.read_text())
     others = {}
     for other in (r for r in REHEARSALS if r != config.train.new_item_head_rehearsal and args.compare_rehearsals):
@@ -356,10 +360,14 @@ def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray
                          "validation": fitted["fitted_on"]}
     row = {**row_of(chosen), "head": {k: v for k, v in head_file.items() if k != "fitted_on"},
            "without_head": row_of(both(raw)),
-           f"capped_{LIST_CAP}": row_of(both(headed, cap=LIST_CAP)),
+           f"capped_{LIST_CAP}": row_of(published),
            f"without_head_capped_{LIST_CAP}": row_of(both(raw, cap=LIST_CAP)),
            "warm_without_new_items": figures(without_new[1]),
            "warm_cost_of_new_items": paired(chosen[1], without_new[1]),
+           # What the head changes in the published lists (at most LIST_CAP new items), case by case.
+           "head_vs_no_head_as_published": {kind: paired(with_head, without)
+                                            for kind, with_head, without in zip(("cold", "warm"), published,
+                                                                                published_without_head, strict=True)},
            "test_curve": policy_curve(headed["cold"], headed["warm"], test, candidates, new),
            # At most `cap` new items among each list's candidates (so in its top 10).
            "cap_curve": [{"cap": cap, **row_of(both(headed, cap=cap))} for cap in CAPS],
@@ -500,6 +508,11 @@ def table(result: dict) -> str:
                          f"{valid['share']:.0%} of the training part's titles appeared ({valid['cutoff'][:10]}; "
                          f"{valid['cases'].get('cold', 0)} cold and {valid['cases'].get('warm', 0)} warm cases), "
                          f"{valid['seconds']:.0f} s. Weights: {json.dumps(rounded(fitted['head']))}.")
+        if (change := row.get("head_vs_no_head_as_published")) and change["warm"].get("se") is not None:
+            notes.append(f"As published (at most {LIST_CAP} new items a list), the head changes {name}'s cold HR@10 by "
+                         f"{change['cold']['hr@10_difference']:+.4f} ± {change['cold']['se']:.4f} and its warm HR@10 by "
+                         f"{change['warm']['hr@10_difference']:+.4f} ± {change['warm']['se']:.4f} (paired, against the "
+                         "same lists without the head).")
         if (cost := row.get("warm_cost_of_new_items")) and cost.get("se") is not None:
             notes.append(f"Serving new items through the head changes {name}'s warm HR@10 by "
                          f"{cost['hr@10_difference']:+.4f} ± {cost['se']:.4f} (paired, against the same model "

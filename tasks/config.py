@@ -197,7 +197,8 @@ class TrainConfig:
     # What the rehearsal ranks with: "model", the run's own model with the titles outside that day's
     # 5-core made new again (seconds; the default); "retrain", a second model trained on the interactions
     # before the cut-off (nearly a second training). On ML-1M's time split "model" fitted a head as good
-    # or better (docs/experiments.md, "A rehearsal on the run's own model").
+    # or better with MiniLM frozen, a more cautious one with a fine-tuned layer (docs/experiments.md, "A
+    # rehearsal on the run's own model").
     new_item_head_rehearsal: str = "model"
     # Cap on steps per epoch, for quick slices and tests; None trains on everything.
     max_steps_per_epoch: int | None = None
