@@ -123,12 +123,7 @@ class Recommender:
                 # the id row its text predicts.
                 self.item_vectors[self.new_rows] += predict_id_rows(item_text_vectors[self.new_rows].float(),
                                                                     id_from_text)
-            # Item vectors share a large common direction (every cosine is ~0.9); centred, their
-            # cosines say which items resemble each other (explanations, similar items).
-            real = self.item_vectors[1:]
-            self.item_directions = torch.nn.functional.normalize(self.item_vectors - real.mean(0), dim=-1)
-            # What an interest's score is the dot product with (candidate retrieval rescoring).
-            self.unit_items = torch.nn.functional.normalize(self.item_vectors, dim=-1)
+            self._directions()
         # The new-item head's inputs (tasks.model.new_item_head), where the model's item table has years;
         # `head` is set by `load` when training fitted one.
         self.head: NewItemHead | None = None
@@ -150,6 +145,15 @@ class Recommender:
         # so evaluation, the pyfunc and the published tables list the same items.
         self.interest_balance = float(net.spec.interest_balance)
         self.model_dir: Path | None = None  # the model folder it was loaded from (Recommender.load)
+        self.text_vectors: torch.Tensor | None = None  # [N+1, text_dim], kept only when asked (Recommender.load)
+
+    def _directions(self) -> None:
+        """What the item vectors imply. They share a large common direction (every cosine is ~0.9); centred,
+        their cosines say which items resemble each other (explanations, similar items); unit length, they
+        are what an interest's score is the dot product with (candidate retrieval rescoring)."""
+        real = self.item_vectors[1:]
+        self.item_directions = torch.nn.functional.normalize(self.item_vectors - real.mean(0), dim=-1)
+        self.unit_items = torch.nn.functional.normalize(self.item_vectors, dim=-1)
 
     def _head_inputs(self, interactions: np.ndarray) -> None:
         """The head's item inputs: each item's age behind the newest trained item (recent or not) and its
@@ -160,16 +164,17 @@ class Recommender:
         self.item_recent[0] = False
         self.item_features = item_features(ages, np.concatenate([[np.nan], interactions]))
 
-    def as_of(self, trained_ids: np.ndarray, interactions: np.ndarray, text_vectors: torch.Tensor,
-              id_penalty: float | None) -> Recommender:
+    def as_of(self, trained_ids: np.ndarray, interactions: np.ndarray, id_penalty: float | None) -> Recommender:
         """This model as day one at an earlier cut-off would have scored (in place; returns it): only the
         trained items among `trained_ids` (app ids: that day's training universe) stay trained; every
-        other item is new, its vector its projected text (`text_vectors` [N+1, text_dim], the model's)
-        plus the id row that a map fitted on the items still trained predicts (tasks.model.new_item_ids;
-        `id_penalty` None: text alone), its head inputs that day's (`interactions` [N] so far). The new-item
-        head's rehearsal on the run's own model (tasks.training.rehearsal)."""
-        from tasks.model.new_item_ids import fit_id_from_text, predict_id_rows
+        other item is new, its vector its projected text plus the id row that a map fitted on the items
+        still trained predicts (tasks.model.new_item_ids; `id_penalty` None: text alone), its head inputs
+        that day's (`interactions` [N] so far). Needs the text vectors (`load(keep_text_vectors=True)`).
+        The new-item head's rehearsal on the run's own model (tasks.training.rehearsal)."""
+        from tasks.model.new_item_ids import fit_id_from_text
 
+        if self.text_vectors is None:
+            raise ValueError("as_of needs the model's text vectors: load it with keep_text_vectors=True")
         trained = np.isin(self.item_ids, trained_ids) & ~self.is_new[1:].numpy()
         if not trained.any():
             raise ValueError("none of the model's trained items is among trained_ids: nothing to place new items by")
@@ -177,25 +182,24 @@ class Recommender:
         self.is_new = torch.as_tensor(np.concatenate([[False], ~trained]))
         self.new_rows = torch.nonzero(self.is_new).flatten()
         with torch.no_grad():
-            text = text_vectors.float()
+            text = self.text_vectors.float()
             placed = self.net.text_projection(text[self.new_rows].to(self.item_vectors.dtype))
             if self.net.id_embedding is not None and id_penalty is not None:
                 weights = fit_id_from_text(text[rows], self.net.id_embedding.weight[rows].float(), id_penalty)
                 placed += predict_id_rows(text[self.new_rows], weights).to(placed.dtype)
             self.item_vectors[self.new_rows] = placed
-            real = self.item_vectors[1:]
-            self.item_directions = torch.nn.functional.normalize(self.item_vectors - real.mean(0), dim=-1)
-            self.unit_items = torch.nn.functional.normalize(self.item_vectors, dim=-1)
+            self._directions()
         self._head_inputs(np.asarray(interactions, dtype=np.float64))
         self.popularity = torch.as_tensor(np.concatenate([[-np.inf], np.where(trained, interactions, 0)]),
                                           dtype=torch.float32)
         return self
 
     @classmethod
-    def load(cls, model_dir: Path, precision: str = "auto") -> Recommender:
+    def load(cls, model_dir: Path, precision: str = "auto", keep_text_vectors: bool = False) -> Recommender:
         """The model a training run left in `model_dir` (tasks.layout.ModelFiles), ready to score.
         `precision` is train.precision's: "auto" runs the user tower in bf16 where the CPU does bf16
-        natively (as training's validation does), "bf16" or "fp32" force one."""
+        natively (as training's validation does), "bf16" or "fp32" force one. `keep_text_vectors` keeps
+        the items' pooled text vectors (`text_vectors`, for `as_of`; scoring does not need them)."""
         from tasks.model.layers import use_bf16
 
         files = ModelFiles(Path(model_dir))
@@ -210,6 +214,7 @@ class Recommender:
         recommender = cls(net, checkpoint["item_text_vectors"], items, bf16=use_bf16(precision, torch.device("cpu")),
                           id_from_text=checkpoint.get("id_from_text"))
         recommender.model_dir = files.root  # where a scoring process loads the same model from
+        recommender.text_vectors = checkpoint["item_text_vectors"] if keep_text_vectors else None
         recommender.head = load_head(files.new_item_head)
         return recommender
 

@@ -124,11 +124,10 @@ def model_as_of(config: PipelineConfig, model_dir: Path, before: pd.DataFrame, u
     outside `universe` (the 5-core of the interactions `before` it) new again, placed by their text."""
     from tasks.model.recommender import Recommender
 
-    recommender = Recommender.load(model_dir, config.train.precision)
+    recommender = Recommender.load(model_dir, config.train.precision, keep_text_vectors=True)
     recommender.head = None
-    checkpoint = torch.load(ModelFiles(Path(model_dir)).checkpoint, map_location="cpu", weights_only=False)
     so_far = before["item_id"].value_counts().reindex(recommender.item_ids, fill_value=0).to_numpy(np.float64)
-    return recommender.as_of(universe, so_far, checkpoint["item_text_vectors"], config.train.new_item_id_penalty)
+    return recommender.as_of(universe, so_far, config.train.new_item_id_penalty)
 
 
 def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, model_dir: Path,
@@ -158,17 +157,17 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
         save_head(NewItemHead().requires_grad_(False), head_path, facts)
         return facts
 
-    if not retrain and before < MIN_REHEARSAL_SHARE * len(interactions):
-        return identity("too few interactions before the cut-off",
-                        f"only {before:,} of {len(interactions):,} interactions come before the last "
-                        f"{config.train.new_item_head_share:.0%} of titles first appeared ({cutoff}), too few to "
-                        "rehearse day one on; a lower train.new_item_head_share moves the cut-off later")
-    if retrain and before < MIN_REHEARSAL_SHARE * len(interactions):
+    if before < MIN_REHEARSAL_SHARE * len(interactions):
+        too_few = (f"only {before:,} of {len(interactions):,} interactions come before the last "
+                   f"{config.train.new_item_head_share:.0%} of titles first appeared ({cutoff}), too few to rehearse "
+                   "day one on")
+        if not retrain:
+            return identity("too few interactions before the cut-off",
+                            too_few + "; a lower train.new_item_head_share moves the cut-off later")
         raise TrainingError(
-            f"train.new_item_head: only {before:,} of {len(interactions):,} interactions come before the last "
-            f"{config.train.new_item_head_share:.0%} of titles first appeared ({cutoff}), too few to rehearse day one "
-            "on (titles that all appear at once leave nothing before them). Turn train.new_item_head off, or lower "
-            "train.new_item_head_share so that the cut-off falls later. Nothing was registered or published.")
+            f"train.new_item_head: {too_few} (titles that all appear at once leave nothing before them). Turn "
+            "train.new_item_head off, or lower train.new_item_head_share so that the cut-off falls later. Nothing "
+            "was registered or published.")
     rehearsal = SnapshotFiles(Path(work) / "snapshot")
     rehearsal.root.mkdir(parents=True, exist_ok=True)
     # The whole catalogue, and the interactions before the cut-off: the new titles are there, unrated.
