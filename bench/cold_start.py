@@ -383,6 +383,13 @@ def run(args: argparse.Namespace) -> dict:
     from tasks.config import load_config
     from tasks.layout import SnapshotFiles
 
+    if args.snapshot is not None:
+        missing = [f.name for f in (SnapshotFiles(args.snapshot).interactions, SnapshotFiles(args.snapshot).items)
+                   if not f.exists()]
+        if missing:
+            raise SystemExit(f"--snapshot {args.snapshot}: no {' or '.join(missing)} there. Make one with `python -m "
+                             f"bench.cold_start snapshot --dataset {args.dataset} --out {args.snapshot}`, or leave "
+                             "--snapshot out to make it in the run's work folder.")
     use_carried_text_model(args.assets, args.smoke)
     work = Path(args.work or Path(os.environ.get("TMPDIR", "/tmp")) / f"prismrec-cold-{args.dataset}")
     snapshot = args.snapshot or write_snapshot(args.dataset, work / "source")
