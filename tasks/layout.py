@@ -98,6 +98,13 @@ class DatasetFiles:
         return self.root / "dataset.json"
 
 
+# The model folder's format, saved in its checkpoint ("format"; a checkpoint without one reads as 1).
+# Raise it whenever a model gains a file or a checkpoint entry that code before it would ignore or
+# misread (as the new-item head and the id rows predicted from text were): that code then refuses
+# the model by name (Recommender.load) instead of scoring with part of it.
+MODEL_FORMAT = 2
+
+
 @dataclass(frozen=True)
 class ModelFiles:
     """`model/`: what fine-tuning leaves behind, and what the MLflow model packages."""

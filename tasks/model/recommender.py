@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from tasks.errors import RegistryError
-from tasks.layout import ModelFiles
+from tasks.layout import MODEL_FORMAT, ModelFiles
 from tasks.model.network import SCORE_MEMORY_MB, ModelSpec, PrismRecNet, pad_history, rows_within
 from tasks.model.new_item_head import (
     RECENT_YEARS,
@@ -206,6 +206,12 @@ class Recommender:
         if not files.checkpoint.exists():
             raise RegistryError(f"{files.root} holds no {files.checkpoint.name}; it is not a PrismRec model folder")
         checkpoint = torch.load(files.checkpoint, map_location="cpu", weights_only=False)
+        if (written := checkpoint.get("format", 1)) > MODEL_FORMAT:
+            raise RegistryError(
+                f"{files.root} holds a model of format {written}, written by a newer PrismRec; this version reads "
+                f"formats up to {MODEL_FORMAT} and would score it with parts left out. Load it with the PrismRec "
+                "version that trained it (upgrade the image of the workers that publish and serve), or move the "
+                "champion alias back to a model this version trained (`prismrec rollback`).")
         net = PrismRecNet(ModelSpec.from_dict(checkpoint["spec"]), encoder=None)
         # The text tower's layers are left out: the checkpoint's item text vectors replace them.
         state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("text_tower.")}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.config import TrainConfig
-from tasks.layout import ModelFiles
+from tasks.layout import MODEL_FORMAT, ModelFiles
 from tasks.training.records import (
     BestSoFar,
     EpochStats,
@@ -176,7 +176,8 @@ def save_checkpoint(files: ModelFiles, training: Training, validation: EpochVali
     import torch
 
     module, cache = validation.chosen(training)
-    torch.save({"spec": training.net.spec.to_dict(), "train_config": dataclasses.asdict(training.cfg),
+    torch.save({"format": MODEL_FORMAT, "spec": training.net.spec.to_dict(),
+                "train_config": dataclasses.asdict(training.cfg),
                 "epoch": record["epoch"], "state_dict": module.state_dict(), "item_text_vectors": cache.cpu(),
                 "item_ids": item_ids, "valid_ndcg@10": record["valid_ndcg@10"], "weights": record["weights"]},
                files.checkpoint)

@@ -95,6 +95,36 @@ def test_no_champion_raises_before_touching_postgres(mat_config, engine, app_dat
     assert not sa.inspect(engine).has_schema(RECO)
 
 
+def test_a_champion_of_a_newer_model_format_is_refused_by_name_and_nothing_changes(
+        mat_config, first_publication, engine, trained_model_dir, tmp_path):
+    """A model written by a newer PrismRec (one that may hold files this version would ignore) is
+    refused when it loads, before any write: the current set and the runs table stay as they were."""
+    import shutil
+
+    import torch
+
+    from tasks.errors import RegistryError
+    from tasks.layout import MODEL_FORMAT, ModelFiles
+    from tasks.publish.materialize import materialize
+    from tasks.registry.store import register_candidate
+
+    assert torch.load(ModelFiles(trained_model_dir).checkpoint, weights_only=False)["format"] == MODEL_FORMAT
+    newer = ModelFiles(tmp_path / "newer")
+    shutil.copytree(trained_model_dir, newer.root)
+    checkpoint = torch.load(newer.checkpoint, weights_only=False)
+    torch.save({**checkpoint, "format": MODEL_FORMAT + 1}, newer.checkpoint)
+    other = dataclasses.replace(mat_config, registry=dataclasses.replace(mat_config.registry, model_name=f"{MODEL}_newer"))
+    register_candidate(other, model_dir=newer.root, run_dir=tmp_path / "run",
+                       evaluation={"candidate": {"valid": {"ndcg@10": 0.1}}}, decision={"passed": True, "reasons": ["test"]},
+                       lineage={"run_key": "materialize-test-newer"})
+    lists = _read(engine, f"select * from {VIEW} order by user_id, rank")
+    runs = _read(engine, f"select * from {RECO}.runs order by materialization_id")
+    with pytest.raises(RegistryError, match=rf"format {MODEL_FORMAT + 1}, written by a newer PrismRec.*prismrec rollback"):
+        materialize(other, logical_date=D1 + timedelta(days=30))
+    pd.testing.assert_frame_equal(_read(engine, f"select * from {VIEW} order by user_id, rank"), lists)
+    pd.testing.assert_frame_equal(_read(engine, f"select * from {RECO}.runs order by materialization_id"), runs)
+
+
 def test_read_histories_are_time_ordered_and_include_users_without_events(mat_config, engine, app_data, histories):
     from tasks.publish.materialize import read_histories
 
