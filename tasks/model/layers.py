@@ -132,6 +132,27 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: t
     return x + dropout(layer.linear2(hidden), p), averaged
 
 
+# bf16 matmuls on a CPU go through oneDNN, which compiles a primitive for each shape it meets (~8 ms
+# for a [1,000 x 1,536] x [1,536 x 384] product that then runs in under 1 ms) and keeps them in a
+# bounded cache (tasks/training/launcher.py, ONEDNN_CACHE). The rows of some products vary with
+# every batch (the packed tokens of the items a step refreshes, the positions that have a target):
+# padded with zero rows up to a multiple of this, they come in a few shapes that the cache keeps.
+ROW_BUCKET = 64
+
+
+def in_row_buckets(fn, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """fn(x) for a row-wise fn (a Linear, a product of x's rows), where a bf16 CPU matmul will run it
+    on x padded with zero rows to a multiple of ROW_BUCKET; the padding's rows are cut off the result
+    (their gradient is zero). `dtype`: the product's dtype when it is not autocast's or x's."""
+    rows = x.shape[0]
+    bucketed = -(-rows // ROW_BUCKET) * ROW_BUCKET
+    on_bf16 = dtype == torch.bfloat16 or x.dtype == torch.bfloat16 or (
+        dtype is None and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    if bucketed == rows or x.device.type != "cpu" or not on_bf16:
+        return fn(x)
+    return fn(torch.cat([x, x.new_zeros((bucketed - rows, *x.shape[1:]))]))[:rows]
+
+
 def use_bf16(precision: str, device) -> bool:
     """bf16 autocast on a GPU, and on CPUs whose instruction set does bf16 natively (else it is slower)."""
     if precision not in ("auto", "bf16", "fp32"):

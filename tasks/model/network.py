@@ -16,6 +16,7 @@ from torch import nn
 from tasks.config import TrainConfig
 from tasks.errors import RegistryError
 from tasks.model.interests import InterestExtractor
+from tasks.model.layers import in_row_buckets
 from tasks.model.text_tower import TEXT_DIM, TextTower
 
 LOGIT_SCALE = 20.0
@@ -190,7 +191,7 @@ class PrismRecNet(nn.Module):
         interests = self._unit_interests(interests)
         items = nn.functional.normalize(items, dim=-1)
         dtype = torch.get_autocast_dtype(items.device.type) if torch.is_autocast_enabled(items.device.type) else items.dtype
-        return BestInterestScore.apply(interests, items, dtype)
+        return in_row_buckets(lambda rows: BestInterestScore.apply(rows, items, dtype), interests, dtype)
 
     @staticmethod
     def interest_overlap(interests: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:

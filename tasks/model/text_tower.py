@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tasks.model.layers import attention as attend
-from tasks.model.layers import dropout
+from tasks.model.layers import dropout, in_row_buckets
 
 TEXT_DIM = 384  # hidden size of all-MiniLM-L6-v2
 
@@ -129,7 +129,7 @@ class TextTower(nn.Module):
         heads, size = attention.num_attention_heads, attention.attention_head_size
 
         def padded(projection: nn.Linear) -> torch.Tensor:  # [V, 384] -> [B, heads, T, head size]
-            out = projection(tokens)
+            out = in_row_buckets(projection, tokens)
             grid = out.new_zeros((batch, length, out.shape[-1])).index_put((real,), out)
             return grid.view(batch, length, heads, size).transpose(1, 2)
 
@@ -142,7 +142,8 @@ class TextTower(nn.Module):
                          real[:, None, None, :], p(attention.dropout), attention.scaling)
         context = context.transpose(1, 2).reshape(batch, length, heads * size)[real]
         out = layer.attention.output  # BertSelfOutput: dense, dropout, residual, LayerNorm
-        attended = out.LayerNorm(dropout(out.dense(context), p(out.dropout)) + tokens)
+        attended = out.LayerNorm(dropout(in_row_buckets(out.dense, context), p(out.dropout)) + tokens)
         out = layer.output  # BertOutput: the same after the intermediate (dense + GELU)
-        return out.LayerNorm(dropout(out.dense(layer.intermediate(attended)), p(out.dropout)) + attended)
+        hidden = in_row_buckets(lambda x: out.dense(layer.intermediate(x)), attended)
+        return out.LayerNorm(dropout(hidden, p(out.dropout)) + attended)
 

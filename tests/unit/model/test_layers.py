@@ -138,3 +138,29 @@ def test_the_padded_causal_mask_is_the_boolean_one_made_additive(dtype):
     causal = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
     blocked = causal[None] | (pad[:, None, :] & ~torch.eye(length, dtype=torch.bool)[None])
     assert torch.equal(padded_causal_mask(causal, pad, dtype), additive_mask(blocked[:, None], dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_rows_padded_to_a_bucket_give_the_same_products_and_gradients(dtype):
+    """in_row_buckets pads only bf16 CPU products, to a multiple of ROW_BUCKET rows, and cuts the padding off."""
+    from tasks.model.layers import ROW_BUCKET, in_row_buckets
+
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 8).to(dtype)
+    x = torch.randn(ROW_BUCKET + 5, 24, dtype=dtype, requires_grad=True)
+    seen = []
+
+    def product(rows):
+        seen.append(rows.shape[0])
+        return linear(rows)
+
+    out = in_row_buckets(product, x)
+    assert out.shape == (ROW_BUCKET + 5, 8)
+    assert seen == [2 * ROW_BUCKET if dtype == torch.bfloat16 else ROW_BUCKET + 5]
+    out.float().square().sum().backward()
+    got_x, got_w = x.grad.clone(), linear.weight.grad.clone()
+    x.grad, linear.weight.grad = None, None
+    expected = linear(x)
+    expected.float().square().sum().backward()
+    assert torch.equal(out, expected)
+    assert torch.allclose(got_x.float(), x.grad.float(), atol=1e-2) and torch.allclose(got_w.float(), linear.weight.grad.float(), atol=1e-2)
