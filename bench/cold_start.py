@@ -384,8 +384,8 @@ def run(args: argparse.Namespace) -> dict:
     from tasks.layout import SnapshotFiles
 
     if args.snapshot is not None:
-        missing = [f.name for f in (SnapshotFiles(args.snapshot).interactions, SnapshotFiles(args.snapshot).items)
-                   if not f.exists()]
+        given = SnapshotFiles(args.snapshot)
+        missing = [f.name for f in (given.interactions, given.items) if not f.exists()]
         if missing:
             raise SystemExit(f"--snapshot {args.snapshot}: no {' or '.join(missing)} there. Make one with `python -m "
                              f"bench.cold_start snapshot --dataset {args.dataset} --out {args.snapshot}`, or leave "
