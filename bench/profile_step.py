@@ -49,6 +49,13 @@ class StepSetup:
 def step_setup(dataset: str, settings: dict[str, Any]) -> StepSetup:
     """The worker's training on the quality benchmark's split of `dataset`, with its selected settings
     and `settings` over them; batches cycle through the first epoch's windows."""
+    from tasks.training.launcher import ONEDNN_CACHE
+
+    # The workers' oneDNN primitive cache (read at the first bf16 product, so set before any runs):
+    # with the library's larger default, a profile would hide the compiling a worker's small cache redoes.
+    for key, value in ONEDNN_CACHE.items():
+        os.environ.setdefault(key, value)
+
     import itertools
 
     import numpy as np

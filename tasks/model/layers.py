@@ -140,17 +140,24 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, allowed: t
 ROW_BUCKET = 64
 
 
-def in_row_buckets(fn, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """fn(x) for a row-wise fn (a Linear, a product of x's rows), where a bf16 CPU matmul will run it
-    on x padded with zero rows to a multiple of ROW_BUCKET; the padding's rows are cut off the result
-    (their gradient is zero). `dtype`: the product's dtype when it is not autocast's or x's."""
+def bucket_rows(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x padded with zero rows to a multiple of ROW_BUCKET where a bf16 CPU matmul will take it (x's
+    dtype, autocast's or `dtype` is bf16), else x itself. Products of it are cut back to x's rows."""
     rows = x.shape[0]
     bucketed = -(-rows // ROW_BUCKET) * ROW_BUCKET
     on_bf16 = dtype == torch.bfloat16 or x.dtype == torch.bfloat16 or (
         dtype is None and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
     if bucketed == rows or x.device.type != "cpu" or not on_bf16:
-        return fn(x)
-    return fn(torch.cat([x, x.new_zeros((bucketed - rows, *x.shape[1:]))]))[:rows]
+        return x
+    return torch.cat([x, x.new_zeros((bucketed - rows, *x.shape[1:]))])
+
+
+def in_row_buckets(fn, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """fn(x) for a row-wise fn (a Linear, a product of x's rows), where a bf16 CPU matmul will run it
+    on x padded with zero rows to a multiple of ROW_BUCKET (bucket_rows); the padding's rows are cut
+    off the result (their gradient is zero). `dtype`: the product's dtype when it is not autocast's or x's."""
+    padded = bucket_rows(x, dtype)
+    return fn(x) if padded is x else fn(padded)[: x.shape[0]]
 
 
 def use_bf16(precision: str, device) -> bool:

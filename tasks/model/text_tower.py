@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tasks.model.layers import attention as attend
-from tasks.model.layers import dropout, in_row_buckets
+from tasks.model.layers import bucket_rows, dropout, in_row_buckets
 
 TEXT_DIM = 384  # hidden size of all-MiniLM-L6-v2
 
@@ -128,8 +128,11 @@ class TextTower(nn.Module):
         batch, length = real.shape
         heads, size = attention.num_attention_heads, attention.attention_head_size
 
+        rows = len(tokens)
+        bucketed = bucket_rows(tokens)  # query, key and value share one padded copy (bf16 CPUs)
+
         def padded(projection: nn.Linear) -> torch.Tensor:  # [V, 384] -> [B, heads, T, head size]
-            out = in_row_buckets(projection, tokens)
+            out = projection(bucketed)[:rows]
             grid = out.new_zeros((batch, length, out.shape[-1])).index_put((real,), out)
             return grid.view(batch, length, heads, size).transpose(1, 2)
 

@@ -346,6 +346,42 @@ def test_packed_text_tower_computes_what_the_padded_minilm_layers_do(dataset_dir
     assert torch.allclose(TextTower(encoder, 0)(pooled, ones), direct, atol=1e-5)
 
 
+def test_packed_text_tower_under_bf16_autocast_pads_its_products_without_changing_them(dataset_dir, monkeypatch):
+    """As training runs it on a bf16 CPU: the packed tokens' products are padded to ROW_BUCKET rows (query,
+    key and value from one padded copy), and the vectors and gradients are those of unpadded products."""
+    import pandas as pd
+
+    from tasks.layout import DatasetFiles
+    from tasks.model import layers
+    from tasks.model.text_tower import TextTower, encode_frozen, load_language_model
+
+    texts = pd.read_parquet(DatasetFiles(Path(dataset_dir)).items)["description"].tolist()[:40]
+    tokenizer, encoder = load_language_model()
+    states, masks = encode_frozen(texts, tokenizer, encoder, 1, 32)
+    assert int(masks.sum()) % layers.ROW_BUCKET  # the packed tokens are not a whole number of buckets
+    tower = TextTower(encoder, 1).eval()
+    rows = []
+    linear = tower.layers[0].attention.self.query
+    handle = linear.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+
+    def run():
+        tower.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            vectors = tower(states, masks)
+        vectors.float().square().sum().backward()
+        return vectors.detach(), linear.weight.grad.clone()
+
+    bucket = layers.ROW_BUCKET
+    bucketed, bucketed_grad = run()
+    monkeypatch.setattr(layers, "ROW_BUCKET", 1)  # every product at its own rows
+    plain, plain_grad = run()
+    handle.remove()
+    assert rows == [-(-int(masks.sum()) // bucket) * bucket, int(masks.sum())]
+    # (bit-equal on oneDNN's bf16 kernels; a little room for CPUs whose kernels block rows differently)
+    assert torch.allclose(bucketed, plain, rtol=1e-2, atol=1e-3)
+    assert torch.allclose(bucketed_grad, plain_grad, rtol=1e-2, atol=1e-3)
+
+
 # Training across machines: two `torchrun` launchers as two nodes on loopback (c10d rendezvous, one
 # gloo process each) train the same model as one node with two processes.
 #

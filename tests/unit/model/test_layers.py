@@ -164,3 +164,33 @@ def test_rows_padded_to_a_bucket_give_the_same_products_and_gradients(dtype):
     expected.float().square().sum().backward()
     assert torch.equal(out, expected)
     assert torch.allclose(got_x.float(), x.grad.float(), atol=1e-2) and torch.allclose(got_w.float(), linear.weight.grad.float(), atol=1e-2)
+
+
+def test_rows_are_padded_under_bf16_autocast_as_training_runs_them():
+    """Training autocasts fp32 weights and inputs to bf16: in_row_buckets pads there too (not where the
+    product is named fp32), and the real rows and gradients are those of the unpadded product."""
+    from tasks.model.layers import ROW_BUCKET, bucket_rows, in_row_buckets
+
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 8)
+    x = torch.randn(ROW_BUCKET + 5, 24, requires_grad=True)
+    seen = []
+
+    def product(rows):
+        seen.append(rows.shape[0])
+        return linear(rows)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = in_row_buckets(product, x)
+        expected = linear(x)
+        assert bucket_rows(x, dtype=torch.float32) is x  # a product kept in fp32 is not padded
+        full = x[:ROW_BUCKET]
+        assert bucket_rows(full) is full  # a whole bucket is not copied
+    assert seen == [2 * ROW_BUCKET] and out.dtype == torch.bfloat16 and out.shape == (ROW_BUCKET + 5, 8)
+    assert torch.equal(out, expected)
+    out.float().square().sum().backward()
+    got_x, got_w = x.grad.clone(), linear.weight.grad.clone()
+    x.grad, linear.weight.grad = None, None
+    expected.float().square().sum().backward()
+    assert torch.allclose(got_x, x.grad, atol=1e-2) and torch.allclose(got_w, linear.weight.grad, atol=1e-2)
+    assert bucket_rows(x) is x  # outside autocast an fp32 product runs as it is
