@@ -9,6 +9,7 @@ Screenshots go to the stack's folder and, when PRISMREC_TEST_ARTIFACTS names a f
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -81,7 +82,7 @@ def log_into_airflow(page, airflow_url: str, username: str, password: str) -> No
 
 
 def trigger_from_the_form(page, airflow_url: str, dag_id: str, params: dict, screens: Screens) -> dict:
-    """Open the DAG, click Trigger, fill the Params form (counts, the switch, text) and submit;
+    """Open the DAG, click Trigger, fill the Params form (counts, the switch, text, a JSON object) and submit;
     returns the request the UI sent (body) and Airflow's answer (the new run)."""
     page.goto(f"{airflow_url}/dags/{dag_id}")
     page.get_by_role("button", name="Trigger").first.click()
@@ -93,6 +94,13 @@ def trigger_from_the_form(page, airflow_url: str, dag_id: str, params: dict, scr
                 switch.click()
         elif isinstance(value, int):
             dialog.get_by_label(name, exact=True).fill(str(value))
+        elif isinstance(value, dict):  # an object Param: the form's JSON editor (Monaco), typed over
+            dialog.locator(f"#element_{name} .monaco-editor").click()
+            page.keyboard.press("ControlOrMeta+A")
+            page.keyboard.insert_text(json.dumps(value))
+            # The editor closes brackets and quotes as they are typed: drop what it added after the text.
+            page.keyboard.press("Shift+ControlOrMeta+End")
+            page.keyboard.press("Delete")
         else:
             dialog.locator(f"input[name=element_{name}]").fill(str(value))
     screens.take("trigger-form")

@@ -40,7 +40,9 @@ pytestmark = pytest.mark.slow
 TRAINING, PUBLISHING = "recsys_training", "recsys_materialize"
 REASON = "live stack: the first model, whatever the gate says"
 # Params of the trigger form (tasks/contracts.py); the stack's environment already keeps training tiny.
-FORM_PARAMS = {"epochs": 1, "n_interests": 2, "force_promote": True, "reason": REASON}
+# `overrides` is typed into the form's JSON editor: settings without a Param of their own reach the training.
+FORM_PARAMS = {"epochs": 1, "n_interests": 2, "force_promote": True, "reason": REASON,
+               "overrides": {"train.user_ffn": 3, "train.new_item_head_share": 0.2}}
 REST_PARAMS = {"epochs": 1, "reason": "live stack: a run with no logical date", "overrides": {"train.lr": 0.001}}
 USERS = 943  # MovieLens-100K
 
@@ -241,6 +243,8 @@ def test_the_mlflow_server_shows_the_run_and_its_version_as_champion(live, train
     metrics = {m["key"] for m in run["data"].get("metrics", [])}
     assert run["info"]["status"] == "FINISHED"
     assert (params["train.epochs"], params["train.n_interests"], params["train.max_steps_per_epoch"]) == ("1", "2", "4")
+    # The form's JSON overrides reached the training (the defaults are 2 and 0.1).
+    assert (params["train.user_ffn"], params["train.new_item_head_share"]) == ("3", "0.2")
     assert "valid_ndcg_10" in metrics and any(name.startswith("system/") for name in metrics)
 
 
