@@ -53,6 +53,14 @@ log = logging.getLogger("bench.memory")
 FULL_EPOCHS = 40
 REPORTED = (1, 2, 10, 40)  # the epochs the table shows (issue 31)
 FLAT = 0.10  # the last epoch's peak may exceed epoch 2's by at most this share
+TAIL = 10  # epochs over which a run's last growth is shown: a bound being filled levels off, a leak does not
+
+
+def tail_growth(peaks: list[float] | None, epochs: int = TAIL) -> float | None:
+    """The peak's growth over the last `epochs` epochs (None for a shorter run)."""
+    if not peaks or len(peaks) <= epochs or not peaks[-1 - epochs]:
+        return None
+    return peaks[-1] / peaks[-1 - epochs] - 1
 
 
 def worker_pids(root: int) -> list[int]:
@@ -293,8 +301,8 @@ def markdown(result: dict) -> str:
               f"Date {result['date']}. Goal: {result['goal']}. A steps/epoch of \"N of M\" ran N of the epoch's "
               "M training steps (--max-steps), validation in full.", "",
               "| dataset | settings | device | allocator | steps/epoch | "
-              + " | ".join(f"epoch {e}" for e in REPORTED) + " | last vs epoch 2 | steps/s |",
-              "| --- | --- | --- | --- | ---: | " + " | ".join("---:" for _ in REPORTED) + " | ---: | ---: |"]
+              + " | ".join(f"epoch {e}" for e in REPORTED) + f" | last vs epoch 2 | last {TAIL} epochs | steps/s |",
+              "| --- | --- | --- | --- | ---: | " + " | ".join("---:" for _ in REPORTED) + " | ---: | ---: | ---: |"]
     notes = []
     for r in result["runs"]:
         peaks = [f"{r['peak_mib'][str(e)]:,.0f}" if r["peak_mib"][str(e)] is not None else "–" for e in REPORTED]
@@ -303,8 +311,9 @@ def markdown(result: dict) -> str:
         growth = (f"{r['last_vs_epoch_2']:+.1%} (epoch {r['epochs_run']})" if r["last_vs_epoch_2"] is not None
                   else "–")
         rate = f"{r['steps_per_second']:.2f}" if r["steps_per_second"] is not None else "–"
+        tail = f"{tail:+.1%}" if (tail := tail_growth(r.get("peak_mib_per_epoch"))) is not None else "–"
         lines.append(f"| {r['dataset']} | {r['settings']} | {r.get('device', 'CPU')} | {r['allocator']} | {steps} | "
-                     + " | ".join(peaks) + f" | {growth} | {rate} |")
+                     + " | ".join(peaks) + f" | {growth} | {tail} | {rate} |")
         if (own := r.get("machine")) and any(own.get(k) != m.get(k) for k in ("cpu", "cores", "ram_gib", "gpu")):
             notes.append(f"- {r['dataset']} on {r.get('device', 'CPU')}: measured on {own['cpu']}, {own['cores']} "
                          f"cores, {own['ram_gib']} GiB RAM (torch {own.get('torch', '?')}), {r.get('measured_at', '')}"
@@ -317,7 +326,9 @@ def markdown(result: dict) -> str:
                          + " / ".join(f"{gpu[str(e)]:,.0f}" if gpu[str(e)] is not None else "–" for e in REPORTED)
                          + " MiB")
     lines += ["", "Peak: the run's resident high-water mark (VmHWM) up to the end of the epoch, from "
-              + "; ".join(sorted({r["peak_source"] for r in result["runs"]})) + "."]
+              + "; ".join(sorted({r["peak_source"] for r in result["runs"]})) + f". Last {TAIL} epochs: the peak's "
+              f"growth from epoch {FULL_EPOCHS - TAIL} to the last; a bounded cache or allocator that is still "
+              "filling at epoch 2 fails the goal and levels off here, a leak grows here too."]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"

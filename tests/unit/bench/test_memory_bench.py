@@ -86,3 +86,21 @@ def test_a_row_measured_on_the_table_machine_gets_no_machine_note():
     other = row("ml-1m", machine=MACHINE | {"cpu": "Intel Xeon"})
     table = memory.markdown(result([same, other]))
     assert "ml-100k on CPU: measured on" not in table and "ml-1m on CPU: measured on Intel Xeon" in table
+
+
+def test_the_table_shows_the_growth_over_the_last_ten_epochs(results, tmp_path):
+    """A peak that fills a bound and levels off fails the goal against epoch 2 but not over the last epochs."""
+    filling = [1000.0 + min(e, 25) * 10.0 for e in range(1, 41)]  # +10 MiB an epoch up to epoch 25, then flat
+    leaking = [1000.0 + e * 10.0 for e in range(1, 41)]
+    assert memory.tail_growth(filling) == 0.0 and memory.tail_growth(leaking) == pytest.approx(1400 / 1300 - 1)
+    assert memory.tail_growth(filling[:10]) is None and memory.tail_growth(None) is None
+    runs = [row("ml-100k", peaks=(1010.0, 1020.0, 1100.0, 1250.0), peak_mib_per_epoch=filling),
+            row("ml-1m", peaks=(1010.0, 1020.0, 1100.0, 1400.0), peak_mib_per_epoch=leaking)]
+    (results / "memory.json").write_text(json.dumps(result([])))
+    added = tmp_path / "rows.json"
+    added.write_text(json.dumps(result(runs)))
+    memory.main(["--add-run", str(added)])
+    table = (results / "memory.md").read_text()
+    assert "| last vs epoch 2 | last 10 epochs | steps/s |" in table
+    assert "| 1,250 | +22.6% (epoch 40) | +0.0% | 80.00 |" in table
+    assert "| 1,400 | +37.2% (epoch 40) | +7.7% | 80.00 |" in table
