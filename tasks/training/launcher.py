@@ -142,12 +142,13 @@ def report_epoch(files: ModelFiles, epoch: int, on_epoch: Callable[[dict], None]
 
 
 # oneDNN (bf16 matmuls on CPUs with AVX512-BF16 or AMX) caches a compiled primitive for every
-# matmul shape it meets, by default up to 1,024 of them, each several MB. With shapes that vary by
+# matmul shape it meets, by default up to 1,024 of them, ~1-3 MB each. With shapes that vary by
 # step the cache grew by ~0.5-2 GB an epoch until the kernel killed the run (docs/experiments.md,
 # "Training memory"); without it every bf16 matmul compiles again (~8 ms for a product that runs in
 # under 1 ms). The products whose rows vary by step are padded to a few shapes
-# (tasks.model.layers.in_row_buckets), which a small cache keeps: memory stays bounded and an
-# ML-100K epoch takes ~11 s instead of ~17 on a 2-core Xeon with AMX. A value in the environment is kept.
+# (tasks.model.layers.in_row_buckets), whose common ones a 256-entry cache keeps: an ML-100K epoch
+# takes ~10 s instead of ~17 on a 2-core Xeon with AMX, and the peak rises by up to ~270 MiB while the
+# cache fills (over ~25 ML-100K epochs), then stays flat. A value in the environment is kept.
 ONEDNN_CACHE = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256"}
 
 

@@ -81,7 +81,7 @@ def test_the_default_limit_is_three_quarters_of_the_machine():
 
 def test_workers_get_a_small_onednn_primitive_cache_unless_the_environment_sets_one():
     """The bf16 matmuls' oneDNN cache at its default size grew ~1 GB an epoch on bf16 CPUs (bench.memory);
-    workers keep a small one, which the bucketed shapes fit."""
+    workers keep a small one, which holds the bucketed shapes' common ones."""
     from tasks.config import load_config
     from tasks.training.launcher import worker_env
 
