@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.airflow_tasks import TASK_LOG_FOLDER_ENV, project_error
+from tasks.airflow_tasks import TASK_LOG_FOLDER_ENV, TASK_LOG_TEMPLATE_ENV, project_error
 from tasks.config import PROJECT_ROOT, PipelineConfig, load_config
 from tasks.errors import ConfigError, PrismRecError, first_cause, one_line
 from tasks.redact import known_secrets, redact_text
@@ -322,18 +322,22 @@ def run_dag(
 
 @contextlib.contextmanager
 def _task_logs() -> Iterator[None]:
-    """Tasks of this in-process run write their logs where the UI reads them (Airflow's base_log_folder)."""
+    """Tasks of this in-process run write their logs where the UI reads them (Airflow's base_log_folder,
+    under its log_filename_template)."""
     from airflow.configuration import conf
 
-    previous = os.environ.get(TASK_LOG_FOLDER_ENV)
-    os.environ[TASK_LOG_FOLDER_ENV] = conf.get("logging", "base_log_folder")
+    settings = {TASK_LOG_FOLDER_ENV: conf.get("logging", "base_log_folder"),
+                TASK_LOG_TEMPLATE_ENV: conf.get("logging", "log_filename_template")}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(TASK_LOG_FOLDER_ENV, None)
-        else:
-            os.environ[TASK_LOG_FOLDER_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _show_as_cli_run(dag_run, started: datetime) -> None:

@@ -11,7 +11,8 @@ PrismRecError marked `transient` (Postgres did not answer) and every error that 
 An in-process run (`prismrec train`, tasks.airflow_runtime.run_dag) has no task supervisor to
 write the task logs the Airflow UI shows, so there `fail_fast` also writes each task's log lines
 (the project's progress, and the failure's message) into Airflow's log folder, in the file and
-JSON-lines form the UI reads (TASK_LOG_FOLDER_ENV names the folder; services leave it unset).
+JSON-lines form the UI reads (TASK_LOG_FOLDER_ENV names the folder and TASK_LOG_TEMPLATE_ENV the
+deployment's log_filename_template; services leave them unset).
 
 The DAG files import this module while Airflow parses them: Airflow is imported only when a
 task fails, and nothing else here is heavy.
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 Task = TypeVar("Task", bound=Callable[..., Any])
 
 TASK_LOG_FOLDER_ENV = "PRISMREC_TASK_LOG_FOLDER"  # set by in-process runs: Airflow's base_log_folder
+TASK_LOG_TEMPLATE_ENV = "PRISMREC_TASK_LOG_TEMPLATE"  # and its log_filename_template
 
 
 def fail_fast(task_function: Task) -> Task:
@@ -47,7 +49,7 @@ def fail_fast(task_function: Task) -> Task:
 
     @functools.wraps(task_function)
     def run(*args: Any, **kwargs: Any) -> Any:
-        with task_log(kwargs.get("ti")) as file_log:
+        with task_log(kwargs.get("ti"), kwargs.get("ts") or "") as file_log:
             try:
                 return task_function(*args, **kwargs)
             except PrismRecError as exc:
@@ -62,10 +64,23 @@ def fail_fast(task_function: Task) -> Task:
     return run  # type: ignore[return-value]
 
 
-def task_log_path(folder: Path, ti: Any) -> Path:
-    """Where the Airflow UI reads a task try's log (Airflow's default log_filename_template)."""
-    mapped = f"map_index={ti.map_index}/" if getattr(ti, "map_index", -1) >= 0 else ""
-    return folder / f"dag_id={ti.dag_id}/run_id={ti.run_id}/task_id={ti.task_id}/{mapped}attempt={ti.try_number}.log"
+def task_log_path(folder: Path, ti: Any, template: str | None = None, ts: str = "") -> Path:
+    """Where the Airflow UI reads a task try's log: `template` ([logging] log_filename_template, which a
+    deployment may customise; None: this process's Airflow setting) rendered as Airflow renders it, with
+    the task instance, the run's logical date (`ts`, ISO) and the try number."""
+    from airflow.utils.helpers import parse_template_string, render_template
+
+    if template is None:
+        from airflow.configuration import conf
+
+        template = conf.get("logging", "log_filename_template")
+    text, jinja = parse_template_string(template)
+    if jinja is not None:
+        name = render_template(jinja, {"ti": ti, "ts": ts, "try_number": ti.try_number}, native=False)
+    else:  # a str.format template, as Airflow 1 wrote them
+        name = text.format(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, logical_date=ts,
+                           try_number=ti.try_number, data_interval_start="", data_interval_end="")
+    return folder / name
 
 
 class _JsonLines(logging.Handler):
@@ -94,13 +109,13 @@ class _JsonLines(logging.Handler):
 
 
 @contextlib.contextmanager
-def task_log(ti: Any) -> Iterator[_JsonLines | None]:
+def task_log(ti: Any, ts: str = "") -> Iterator[_JsonLines | None]:
     """In an in-process run, the task's log records also go to its Airflow log file (yielded; None elsewhere)."""
     folder = os.environ.get(TASK_LOG_FOLDER_ENV)
     if not folder or ti is None:
         yield None
         return
-    handler = _JsonLines(task_log_path(Path(folder), ti))
+    handler = _JsonLines(task_log_path(Path(folder), ti, os.environ.get(TASK_LOG_TEMPLATE_ENV), ts))
     root = logging.getLogger()
     root.addHandler(handler)
     try:

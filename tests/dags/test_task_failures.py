@@ -57,8 +57,20 @@ RUN = textwrap.dedent("""
         cli_run = db.execute("select run_id, start_date, end_date, triggered_by, triggering_user_name from dag_run "
                              "where logical_date like '1998-04-23%'").fetchall()
     logs = {str(p.relative_to(home / "logs")): p.read_text() for p in (home / "logs").rglob("*.log")}
+
+    # Where the UI reads the failed task's log: Airflow's own renderer, with the run's log template.
+    from airflow.models import TaskInstance
+    from airflow.utils.log.file_task_handler import FileTaskHandler
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as db:
+        ti = db.scalars(select(TaskInstance).where(TaskInstance.run_id == cli_run[0][0],
+                                                   TaskInstance.task_id == "extract")).one()
+        ui_log = FileTaskHandler(base_log_folder=str(home / "logs"))._render_filename(ti, ti.try_number, session=db)
     print(json.dumps({"retries": retries, "failures": failures, "tries": tries, "state": str(run.state),
-                      "cli": cli, "note": note, "cli_run": cli_run, "before": before.isoformat(), "logs": logs}))
+                      "cli": cli, "note": note, "cli_run": cli_run, "before": before.isoformat(), "logs": logs,
+                      "ui_log": ui_log}))
 """)
 
 
@@ -67,6 +79,8 @@ def test_a_config_error_fails_the_task_on_its_first_try_with_its_message(tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PRISMREC_", "AIRFLOW", "MLFLOW_"))}
     env["PRISMREC_HOME"] = str(tmp_path)
     env["AIRFLOW__LOGGING__NAMESPACE_LEVELS"] = "airflow=WARNING"  # keep the task log on stderr
+    # A deployment's own log file layout: the command's task logs follow it, where the UI reads them.
+    env["AIRFLOW__LOGGING__LOG_FILENAME_TEMPLATE"] = "{{ ti.dag_id }}/{{ ti.run_id }}/{{ ti.task_id }}--try-{{ try_number }}.log"
     done = subprocess.run([sys.executable, "-c", RUN], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -88,10 +102,11 @@ def test_a_config_error_fails_the_task_on_its_first_try_with_its_message(tmp_pat
 
     # The UI shows the command's run as it happened: started when the command ran (not in 1998),
     # ended after that, triggered from the CLI by this machine's user; its failed task has a log
-    # (JSON lines, as Airflow's own) where the UI reads it, ending with the failure's message.
+    # (JSON lines, as Airflow's own) where the UI reads it (the deployment's log_filename_template, as
+    # Airflow renders it), ending with the failure's message.
     (run_id, start, end, triggered_by, user), = outcome["cli_run"]
     assert outcome["before"][:19].replace("T", " ") <= start[:19].replace("T", " ") <= end[:19].replace("T", " ")
     assert triggered_by == "CLI" and user.endswith("(prismrec CLI)")
-    log_lines = [json.loads(line) for line in outcome["logs"][
-        f"dag_id=recsys_training/run_id={run_id}/task_id=extract/attempt=1.log"].splitlines()]
+    assert outcome["ui_log"] == f"recsys_training/{run_id}/extract--try-1.log"
+    log_lines = [json.loads(line) for line in outcome["logs"][outcome["ui_log"]].splitlines()]
     assert log_lines[-1]["level"] == "error" and log_lines[-1]["event"].startswith("force_promote needs a reason")

@@ -54,3 +54,20 @@ def test_the_project_error_is_found_behind_its_wrapper():
         assert project_error(wrapper) is refused
     assert project_error(refused) is refused
     assert project_error(KeyError("x")) is None and project_error(None) is None
+
+
+def test_task_log_paths_follow_the_deployments_log_filename_template(tmp_path):
+    from types import SimpleNamespace
+
+    from tasks.airflow_tasks import task_log_path
+
+    ti = SimpleNamespace(dag_id="recsys_training", run_id="manual__1", task_id="train", map_index=-1, try_number=2)
+    mapped = SimpleNamespace(**{**vars(ti), "map_index": 3})
+    # Airflow's default layout (what the UI reads unless a deployment changes it); map_index only where mapped.
+    assert task_log_path(tmp_path, ti) == tmp_path / "dag_id=recsys_training/run_id=manual__1/task_id=train/attempt=2.log"
+    assert task_log_path(tmp_path, mapped).parent.name == "map_index=3"
+    custom = "{{ ti.dag_id }}/{{ ts[:10] }}/{{ ti.task_id }}.{{ try_number }}.log"
+    assert task_log_path(tmp_path, ti, custom, ts="1998-04-23T00:00:00+00:00") == (
+        tmp_path / "recsys_training/1998-04-23/train.2.log")
+    assert task_log_path(tmp_path, ti, "{dag_id}/{task_id}/{logical_date}/{try_number}.log", ts="1998-04-23") == (
+        tmp_path / "recsys_training/train/1998-04-23/2.log")
