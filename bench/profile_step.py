@@ -42,9 +42,8 @@ class StepSetup:
     def step(self) -> None:
         from tasks.training.loop import train_step
 
-        inputs, targets, weights = next(self.batches)
-        _, _, _, self.text_cache = train_step(self.training, inputs, targets, self.text_cache, self.text, self.rng,
-                                              weights)
+        inputs, targets = next(self.batches)
+        _, _, _, self.text_cache = train_step(self.training, inputs, targets, self.text_cache, self.text, self.rng)
 
 
 def step_setup(dataset: str, settings: dict[str, Any]) -> StepSetup:
@@ -91,8 +90,7 @@ def step_setup(dataset: str, settings: dict[str, Any]) -> StepSetup:
     text_cache = text_vectors(training.net, text)
     training.net.train()
     windows = plan.epoch_windows(1, cfg.seed, cfg.batch_size, dist)
-    batches = itertools.cycle(list(training_batches(windows, cfg.batch_size, max_history,
-                                                    half_life=cfg.recency_half_life, floor=cfg.recency_floor)))
+    batches = itertools.cycle(list(training_batches(windows, cfg.batch_size, max_history)))
     return StepSetup(training, text, text_cache, batches, np.random.default_rng(cfg.seed), sequences, max_history,
                      dist)
 

@@ -208,12 +208,6 @@ class TrainConfig:
     # Share of prepare.max_history that every target sees before it (all there is near a history's
     # start): windows overlap by that many items. 0.5 learns faster than 0 (see docs/experiments.md).
     window_overlap: float = 0.5
-    # Weigh each training target by how recent it is in its user's history: floor + (1 - floor) *
-    # 2^(-age / recency_half_life), age = the user's interactions after it. Evaluation asks for each
-    # user's next item, with every user counted once; training on every interaction counts heavy users'
-    # old ratings most. None: every target weighs the same.
-    recency_half_life: float | None = None
-    recency_floor: float = 0.0
     # Softmax over the whole catalogue (0), or over this many uniformly sampled negatives per batch
     # plus each target: cheaper logits for large catalogues, a little less accurate.
     negatives: int = 0
@@ -552,9 +546,6 @@ def validate(config: PipelineConfig) -> None:
         (t.batch_size >= 1 and t.lr > 0 and t.lm_lr >= 0, "train.batch_size, train.lr must be positive"),
         (config.prepare.max_history >= 2, "prepare.max_history must be at least 2"),
         (0.0 <= t.window_overlap < 1.0, f"train.window_overlap must be in [0, 1), got {t.window_overlap}"),
-        (t.recency_half_life is None or t.recency_half_life > 0,
-         f"train.recency_half_life must be positive (interactions), or none for equal weights, got {t.recency_half_life}"),
-        (0.0 <= t.recency_floor <= 1.0, f"train.recency_floor must be in [0, 1], got {t.recency_floor}"),
         (t.new_item_head_rehearsal in REHEARSALS,
          f"train.new_item_head_rehearsal must be one of {', '.join(REHEARSALS)}, got {t.new_item_head_rehearsal!r}"),
         (0 < t.new_item_head_share < 1,

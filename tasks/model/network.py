@@ -307,39 +307,33 @@ _BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32:
 
 
 class SoftmaxCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of logits [P, C] against class indices [P], softmax taken in float32; given
-    `weights` [P], the weighted mean (sum of w * loss over sum of w).
+    """Mean cross-entropy of logits [P, C] against class indices [P], softmax taken in float32.
 
-    The same value and gradient as `cross_entropy(logits.float(), labels)` (its `weight`-free form),
-    cheaper on a CPU for full-catalogue logits: the forward pass keeps the float32 log-probabilities,
-    the backward pass turns them into probabilities with one vectorised exp and hands back the
-    gradient in the logits' own dtype (bf16 under autocast), where autograd's log-softmax backward
-    recomputes the exponentials element by element (~3x the time on CPU).
+    The same value and gradient as `cross_entropy(logits.float(), labels)`, cheaper on a CPU for
+    full-catalogue logits: the forward pass keeps the float32 log-probabilities, the backward
+    pass turns them into probabilities with one vectorised exp and hands back the gradient in the
+    logits' own dtype (bf16 under autocast), where autograd's log-softmax backward recomputes
+    the exponentials element by element (~3x the time on CPU).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         log_probs = torch.log_softmax(logits, dim=1, dtype=torch.float32)
-        share = None if weights is None else weights.float() / weights.float().sum()
-        ctx.save_for_backward(log_probs, labels, share)
+        ctx.save_for_backward(log_probs, labels)
         ctx.dtype = logits.dtype
-        picked = log_probs.gather(1, labels[:, None])[:, 0]
-        return -picked.mean() if share is None else -(picked * share).sum()
+        return -log_probs.gather(1, labels[:, None]).mean()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        log_probs, labels, share = ctx.saved_tensors
+        log_probs, labels = ctx.saved_tensors
         probs = log_probs.exp()
         probs[torch.arange(len(labels), device=labels.device), labels] -= 1
-        scale = grad / len(labels) if share is None else (grad * share)[:, None]
-        return probs.mul_(scale).to(ctx.dtype), None, None  # float32 throughout, one rounding
+        return probs.mul_(grad / len(labels)).to(ctx.dtype), None  # float32 throughout, one rounding
 
 
-def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                          weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean softmax cross-entropy (float32 softmax, gradient in the logits' dtype); weighted by
-    `weights` [P] when given."""
-    return SoftmaxCrossEntropy.apply(logits, labels, weights)
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy (float32 softmax, gradient in the logits' dtype)."""
+    return SoftmaxCrossEntropy.apply(logits, labels)
 
 
 PAD_MULTIPLE = 8  # pad_history rounds its length up to this (fewer distinct shapes, aligned kernels)

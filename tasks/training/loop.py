@@ -104,16 +104,16 @@ def sampled_softmax(cfg: TrainConfig, n_items: int) -> bool:
     return 0 < cfg.negatives < n_items
 
 
-def train_epoch(training: Training, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
-                text_cache: torch.Tensor, text: TextStates, steps: int, rng: np.random.Generator,
+def train_epoch(training: Training, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], text_cache: torch.Tensor,
+                text: TextStates, steps: int, rng: np.random.Generator,
                 report: Callable[[int, float], None] | None = None) -> EpochStats:
-    """One epoch of steps over `batches` (inputs, targets, weights: tasks.training.windows.training_batches),
-    starting from every item's text vectors `text_cache`; `report(step, mean loss)` after each step (progress)."""
+    """One epoch of steps over `batches` (inputs, targets), starting from every item's text vectors
+    `text_cache`; `report(step, mean loss)` after each step (progress)."""
     started = time.time()
     loss_sum, overlap_sum = 0.0, 0.0
     wins = torch.zeros(training.cfg.n_interests, dtype=torch.long, device=training.device)
-    for step, (inputs, targets, weights) in enumerate(batches, 1):
-        loss, overlap, step_wins, text_cache = train_step(training, inputs, targets, text_cache, text, rng, weights)
+    for step, (inputs, targets) in enumerate(batches, 1):
+        loss, overlap, step_wins, text_cache = train_step(training, inputs, targets, text_cache, text, rng)
         loss_sum, overlap_sum = loss_sum + loss, overlap_sum + overlap
         wins += step_wins
         if report is not None:
@@ -124,11 +124,9 @@ def train_epoch(training: Training, batches: Iterable[tuple[torch.Tensor, torch.
 
 
 def train_step(training: Training, inputs: torch.Tensor, targets: torch.Tensor, text_cache: torch.Tensor,
-               text: TextStates, rng: np.random.Generator, weights: torch.Tensor | None = None
-               ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+               text: TextStates, rng: np.random.Generator) -> tuple[float, float, torch.Tensor, torch.Tensor]:
     """One optimizer step: (softmax loss, mean interest cosine, targets won per interest, the text
-    cache with the refreshed items' new vectors). `weights` [B, L]: each target's share of the loss
-    (None: equal shares)."""
+    cache with the refreshed items' new vectors)."""
     cfg, device = training.cfg, training.device
     n_items = training.net.spec.n_items
     sampled = sampled_softmax(cfg, n_items)
@@ -145,9 +143,7 @@ def train_step(training: Training, inputs: torch.Tensor, targets: torch.Tensor, 
             targets=targets, negatives=negatives)
     # Sampled softmax puts each position's target in column 0.
     labels = torch.zeros_like(targets[keep]) if sampled else targets[keep]
-    if weights is not None:
-        weights = weights.to(device, non_blocking=True)[keep]
-    loss = softmax_cross_entropy(logits, labels, weights)
+    loss = softmax_cross_entropy(logits, labels)
     loss_value, overlap_value = loss.item(), overlap.mean().item()
     if cfg.interest_diversity:
         # Only pairs that point the same way are penalised: orthogonal is apart enough, and a plain

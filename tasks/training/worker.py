@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     histories = sequences.histories(2)
     plan = plan_epochs(histories, cfg, max_history, dist.world)
     log.info("%d training windows (%d targets), %d steps per epoch, %s matmuls", len(plan.windows),
-             sum(fresh for _, fresh, _ in plan.windows), plan.full_steps, "bf16" if bf16 else "fp32")
+             sum(fresh for _, fresh in plan.windows), plan.full_steps, "bf16" if bf16 else "fp32")
     training = build_training(ModelSpec.from_config(cfg, sequences.n_items, max_history), encoder, cfg, dist,
                               plan.steps, bf16)
     del encoder  # the text tower holds the layers it fine-tunes
@@ -131,8 +131,7 @@ def fit(training: Training, text: TextStates, sequences: Sequences, plan: EpochP
     history, best, planned, train_started = [], BestSoFar(), cfg.epochs, time.time()
     for epoch in range(1, cfg.epochs + 1):
         batches = training_batches(plan.epoch_windows(epoch, cfg.seed, cfg.batch_size, dist), cfg.batch_size,
-                                   max_history, pin=dist.device.type == "cuda",
-                                   half_life=cfg.recency_half_life, floor=cfg.recency_floor)
+                                   max_history, pin=dist.device.type == "cuda")
         report = progress_logger(epoch, planned, plan.steps, train_started) if dist.master else None
         epoch_started, lr = time.time(), training.lr
         stats = across_ranks(train_epoch(training, batches, text_cache, text, plan.steps, rng, report), dist)

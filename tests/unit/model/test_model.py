@@ -135,23 +135,6 @@ def test_softmax_cross_entropy_matches_torch(dtype):
     assert torch.allclose(logits.grad.double().sum(1), torch.zeros(6, dtype=torch.float64), atol=8 * tolerance)
 
 
-def test_weighted_softmax_cross_entropy_matches_torch_on_a_weighted_mean():
-    torch.manual_seed(0)
-    logits = (torch.randn(6, 9, dtype=torch.float64) * 4).requires_grad_()
-    labels = torch.tensor([0, 8, 3, 3, 5, 1])
-    weights = torch.tensor([1.0, 0.25, 0.5, 1.0, 0.1, 0.75])
-    loss = softmax_cross_entropy(logits, labels, weights)
-    loss.backward()
-    reference_logits = logits.detach().requires_grad_()
-    per_target = torch.nn.functional.cross_entropy(reference_logits, labels, reduction="none")
-    expected = (per_target * weights.double()).sum() / weights.double().sum()
-    expected.backward()
-    assert torch.allclose(loss.double(), expected, atol=1e-6)
-    assert torch.allclose(logits.grad, reference_logits.grad, atol=1e-6)
-    # Equal weights are the plain mean.
-    assert torch.allclose(softmax_cross_entropy(logits, labels, torch.full((6,), 3.0)), softmax_cross_entropy(logits, labels))
-
-
 def test_training_forward_scores_only_real_positions():
     torch.manual_seed(0)
     net = PrismRecNet(spec(k=3))

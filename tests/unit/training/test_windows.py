@@ -10,19 +10,18 @@ def test_every_interaction_is_a_target_once_with_all_positions():
     histories = [np.arange(1, 12), np.arange(1, 3), np.arange(1, 2)]
     windows = training_windows(histories, range(3), max_history=4, all_positions=True)
     # 11 items -> targets 2..11 in windows ending at 11, 7, 3; a 1-item history has no target.
-    assert [w.tolist() for w, _, _ in windows] == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3], [1, 2]]
-    assert [fresh for _, fresh, _ in windows] == [4, 4, 2, 1]
-    assert [age for _, _, age in windows] == [0, 4, 8, 0]  # interactions after each window's last
-    targets = [t for w, fresh, _ in windows[:3] for t in w[1:].tolist()[-fresh:]]
+    assert [w.tolist() for w, _ in windows] == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3], [1, 2]]
+    assert [fresh for _, fresh in windows] == [4, 4, 2, 1]
+    targets = [t for w, fresh in windows[:3] for t in w[1:].tolist()[-fresh:]]
     assert sorted(targets) == list(range(2, 12))
 
 
 def test_overlapping_windows_give_every_target_context_and_train_it_once():
     windows = training_windows([np.arange(1, 12)], [0], max_history=4, all_positions=True, context=2)
-    assert [w.tolist() for w, _, _ in windows] == [[7, 8, 9, 10, 11], [5, 6, 7, 8, 9], [3, 4, 5, 6, 7], [1, 2, 3, 4, 5]]
-    assert [fresh for _, fresh, _ in windows] == [2, 2, 2, 4]
+    assert [w.tolist() for w, _ in windows] == [[7, 8, 9, 10, 11], [5, 6, 7, 8, 9], [3, 4, 5, 6, 7], [1, 2, 3, 4, 5]]
+    assert [fresh for _, fresh in windows] == [2, 2, 2, 4]
     trained = []
-    for window, fresh, _ in windows:
+    for window, fresh in windows:
         position = len(window) - 1 - fresh  # index in the window of the first trained target's input
         for t in range(fresh):
             seen = position + 1 + t  # items before the target, inside the window
@@ -30,42 +29,15 @@ def test_overlapping_windows_give_every_target_context_and_train_it_once():
             assert seen >= 2 or seen == target - 1  # at least `context` items, or the whole history so far
             trained.append(int(target))
     assert sorted(trained) == list(range(2, 12))
-    inputs, targets, weights = next(training_batches(windows, 8, 4))
+    inputs, targets = next(training_batches(windows, 8, 4))
     assert inputs[0].tolist() == [7, 8, 9, 10] and targets[0].tolist() == [0, 0, 10, 11]
     assert targets[3].tolist() == [2, 3, 4, 5]
-    assert weights is None  # no recency weighting asked for
     assert window_context(0.5, 4) == 2 and window_context(0.5, 50) == 25 and window_context(0.99, 4) == 3
 
 
 def test_latest_window_only_without_all_positions():
     windows = training_windows([np.arange(1, 12)], [0], max_history=4, all_positions=False)
-    assert [(w.tolist(), fresh, age) for w, fresh, age in windows] == [([7, 8, 9, 10, 11], 4, 0)]
-
-
-def test_recency_weights_follow_each_targets_place_in_its_users_history():
-    # 11 items: targets 2..11; item 11 is the newest (age 0), item 2 the oldest (age 9).
-    windows = training_windows([np.arange(1, 12)], [0], max_history=4, all_positions=True, context=2)
-    _, targets, weights = next(training_batches(windows, 8, 4, half_life=2.0, floor=0.2))
-    ages = {}
-    for row in range(len(windows)):
-        for column in range(4):
-            if targets[row, column] > 0:
-                ages[int(targets[row, column])] = float(weights[row, column])
-    expected = {item: 0.2 + 0.8 * 2 ** (-(11 - item) / 2) for item in range(2, 12)}
-    assert ages.keys() == expected.keys()
-    assert all(abs(ages[item] - expected[item]) < 1e-6 for item in expected)
-    assert ages[11] == 1.0 and abs(ages[9] - 0.6) < 1e-6  # one half-life: halfway to the floor
-
-
-def test_recency_settings_outside_their_range_are_a_clear_config_error():
-    from tasks.config import load_config
-    from tasks.errors import ConfigError
-
-    assert load_config({"train.recency_half_life": 50, "train.recency_floor": 0.1}).train.recency_half_life == 50
-    with pytest.raises(ConfigError, match=r"train.recency_half_life must be positive"):
-        load_config({"train.recency_half_life": 0})
-    with pytest.raises(ConfigError, match=r"train.recency_floor must be in \[0, 1\], got 1.5"):
-        load_config({"train.recency_floor": 1.5})
+    assert [(w.tolist(), fresh) for w, fresh in windows] == [([7, 8, 9, 10, 11], 4)]
 
 
 def test_window_overlap_outside_its_range_is_a_clear_config_error():
