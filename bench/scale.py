@@ -268,8 +268,7 @@ def keep_later_stages(entry: dict, sizes: list[dict]) -> dict:
 def machine() -> dict:
     from bench.machine import machine as describe
 
-    info = describe()
-    info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    info = describe()  # its ram_gib is the machine's memory
     info["load_average_at_start"] = [round(x, 1) for x in os.getloadavg()]
     return info
 
@@ -286,7 +285,7 @@ def save(result: dict) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Cost curve (bench.scale)", "",
              f"Measured {result['generated_at']} on {result['machine']['cpu']}, {result['machine']['cores']} cores, "
-             f"{result['machine']['memory_gib']} GiB; {result['note']}", "",
+             f"{result['machine']['ram_gib']} GiB; {result['note']}", "",
              "| events | users | items | " + " | ".join(f"{s} s (MiB)" for s in STAGES) + " |",
              "| ---: | ---: | ---: | " + " | ".join("---:" for _ in STAGES) + " |"]
     for size in result["sizes"]:

@@ -5,7 +5,7 @@ import json
 
 from bench import scale
 
-MACHINE = {"cpu": "AMD EPYC", "cores": 2, "memory_gib": 23.5}
+MACHINE = {"cpu": "AMD EPYC", "cores": 2, "ram_gib": 23.5}
 
 
 def test_measured_and_kept_sizes_share_one_table_and_the_load_is_reported(tmp_path, monkeypatch):
