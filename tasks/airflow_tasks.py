@@ -14,8 +14,8 @@ write the task logs the Airflow UI shows, so there `fail_fast` also writes each 
 JSON-lines form the UI reads (TASK_LOG_FOLDER_ENV names the folder and TASK_LOG_TEMPLATE_ENV the
 deployment's log_filename_template; services leave them unset).
 
-The DAG files import this module while Airflow parses them: Airflow is imported only when a
-task fails, and nothing else here is heavy.
+The DAG files import this module while Airflow parses them: Airflow is imported only inside a
+running task (a failure, an in-process run's log path), and nothing else here is heavy.
 """
 
 from __future__ import annotations

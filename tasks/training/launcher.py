@@ -142,7 +142,7 @@ def report_epoch(files: ModelFiles, epoch: int, on_epoch: Callable[[dict], None]
 
 
 # oneDNN (bf16 matmuls on CPUs with AVX512-BF16 or AMX) caches a compiled primitive for every
-# matmul shape it meets, by default up to 1,024 of them, ~1-3 MB each. With shapes that vary by
+# matmul shape it meets, by default up to 1,024 of them, ~0.6-1 MiB each (measured). With shapes that vary by
 # step the cache grew by ~0.5-2 GB an epoch until the kernel killed the run (docs/experiments.md,
 # "Training memory"); without it every bf16 matmul compiles again (~8 ms for a product that runs in
 # under 1 ms). The products whose rows vary by step are padded to a few shapes
