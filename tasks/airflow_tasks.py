@@ -108,6 +108,31 @@ class _JsonLines(logging.Handler):
         super().close()
 
 
+def _open_task_log(folder: Path, ti: Any, template: str | None, ts: str) -> _JsonLines | None:
+    """The task's log file, opened for appending. A log file never fails a task: a template that does not
+    render falls back to Airflow's default layout, and a file that cannot be opened means no file log
+    (the run's own output still has every line); either is logged as a warning saying what to fix."""
+    import jinja2
+    from airflow.configuration import conf
+
+    if template is None:
+        template = conf.get("logging", "log_filename_template")
+    try:
+        path = task_log_path(folder, ti, template, ts)
+    except (jinja2.TemplateError, KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+        default = conf.get_default_value("logging", "log_filename_template")
+        log.warning("[logging] log_filename_template %r does not render (%s: %s); this task's log goes to "
+                    "Airflow's default layout instead: fix the template in airflow.cfg or "
+                    "AIRFLOW__LOGGING__LOG_FILENAME_TEMPLATE", template, type(exc).__name__, exc)
+        path = task_log_path(folder, ti, default, ts)
+    try:
+        return _JsonLines(path)
+    except OSError as exc:
+        log.warning("cannot write the task log %s (%s); the Airflow UI will show no log for this try: make the "
+                    "log folder writable by this user", path, exc)
+        return None
+
+
 @contextlib.contextmanager
 def task_log(ti: Any, ts: str = "") -> Iterator[_JsonLines | None]:
     """In an in-process run, the task's log records also go to its Airflow log file (yielded; None elsewhere)."""
@@ -115,7 +140,10 @@ def task_log(ti: Any, ts: str = "") -> Iterator[_JsonLines | None]:
     if not folder or ti is None:
         yield None
         return
-    handler = _JsonLines(task_log_path(Path(folder), ti, os.environ.get(TASK_LOG_TEMPLATE_ENV), ts))
+    handler = _open_task_log(Path(folder), ti, os.environ.get(TASK_LOG_TEMPLATE_ENV), ts)
+    if handler is None:
+        yield None
+        return
     root = logging.getLogger()
     root.addHandler(handler)
     try:

@@ -6,6 +6,9 @@ of the others is checked on a real DAG run in tests/dags/test_task_failures.py).
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 import sqlalchemy as sa
 
@@ -71,3 +74,29 @@ def test_task_log_paths_follow_the_deployments_log_filename_template(tmp_path):
         tmp_path / "recsys_training/1998-04-23/train.2.log")
     assert task_log_path(tmp_path, ti, "{dag_id}/{task_id}/{logical_date}/{try_number}.log", ts="1998-04-23") == (
         tmp_path / "recsys_training/train/1998-04-23/2.log")
+
+
+def test_a_task_log_that_cannot_be_written_never_fails_the_task(tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from tasks.airflow_tasks import TASK_LOG_FOLDER_ENV, TASK_LOG_TEMPLATE_ENV, task_log
+
+    ti = SimpleNamespace(dag_id="recsys_training", run_id="manual__1", task_id="train", map_index=-1, try_number=1)
+    monkeypatch.setenv(TASK_LOG_FOLDER_ENV, str(tmp_path))
+    # A template that does not render: the log goes to Airflow's default layout, with a warning naming the fix.
+    monkeypatch.setenv(TASK_LOG_TEMPLATE_ENV, "{{ ti.dag_id }/{{ nope(")
+    with caplog.at_level("WARNING"), task_log(ti) as handler:
+        assert handler is not None
+        logging.getLogger("tasks.training").warning("a line")
+    default = tmp_path / "dag_id=recsys_training/run_id=manual__1/task_id=train/attempt=1.log"
+    assert json.loads(default.read_text().splitlines()[-1])["event"] == "a line"
+    assert "does not render" in caplog.text and "log_filename_template" in caplog.text
+    # A folder that cannot be written (a file stands where the log's folder goes): no file log, the task goes on.
+    monkeypatch.delenv(TASK_LOG_TEMPLATE_ENV)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")
+    monkeypatch.setenv(TASK_LOG_FOLDER_ENV, str(blocked))
+    caplog.clear()
+    with caplog.at_level("WARNING"), task_log(ti) as handler:
+        assert handler is None
+    assert "cannot write the task log" in caplog.text
