@@ -1,0 +1,165 @@
+"""How much a recent-popularity prior adds to trained PrismRec models on the LOO-full split (an analysis).
+
+    python -m bench.trend_prior --dataset ml-1m MODEL_DIR [MODEL_DIR ...] [--results NAME]
+
+Each model's scores get `weight * log(1 + n)`, where n counts the item's training interactions (every
+user's history without its two held-out items) on the `window` days before the day of the user's last
+history item: the items the catalogue was busy with when the user was last seen. Whole days before
+that day only, so no interaction of the user's own day (their target's, often) is counted. The window
+and weight are chosen on validation NDCG@10 per model over a small grid (weight 0 included), and test
+is reported once at that choice, as the protocol asks (docs/protocol.md).
+
+The models are folders that `python -m bench.quality` trained (its work folder keeps them: the
+`prismrec` folder, or `seed-N/prismrec` with `--seeds`); the split and its interaction times come
+from the same work folder, so run bench.quality for the dataset first. Nothing is trained here, and
+the pipeline's models do not use the prior (docs/experiments.md, "A recent-popularity prior").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from bench.machine import machine
+from bench.quality import DATASETS, PROTOCOL, save
+
+WINDOWS = (7, 14, 30, 60)  # days
+WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # logit units per log(1 + interactions); model scores are ~20 x cosine
+HELD_OUT = {"valid": 2, "test": 1}  # split -> items left out of the input history
+
+
+class DailyCounts:
+    """Training interactions per item per day, cumulated: window counts for any day in O(items)."""
+
+    def __init__(self, sequences, days: np.ndarray):
+        lengths = np.diff(sequences.indptr)
+        position = np.arange(len(days)) - np.repeat(sequences.indptr[:-1], lengths)
+        train = position < np.repeat(lengths, lengths) - 2
+        self.days = int(days.max()) + 1
+        counts = np.zeros((self.days + 1, sequences.n_items + 1), dtype=np.float32)
+        np.add.at(counts, (days[train] + 1, sequences.item_idx[train]), 1)
+        self.cumulative = counts.cumsum(0)  # row d: interactions on days before d
+
+    def before(self, day: np.ndarray, window: int) -> np.ndarray:
+        """[U, N+1] training interactions on the `window` days before each user's `day` (that day excluded)."""
+        return self.cumulative[day] - self.cumulative[np.maximum(day - window, 0)]
+
+
+def interaction_days(work: Path, sequences) -> np.ndarray:
+    """Each interaction's day (since the split's first), aligned with `sequences.item_idx`."""
+    import pyarrow.parquet as pq
+
+    from tasks.config import load_config
+    from tasks.data.prepare import Events, core
+
+    path = work / "snapshot" / "interactions.parquet"
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[pq.read_schema(path).field("occurred_at").type.unit]
+    events = Events.read(path)
+    kept = core(events, load_config({}).prepare)
+    times = events.time[kept.rows]
+    if len(times) != len(sequences.item_idx):
+        raise SystemExit(f"{work}: the snapshot's 5-core ({len(times)} interactions) is not the prepared split's "
+                         f"({len(sequences.item_idx)}): run bench.quality for this dataset again")
+    seconds = times // per_second
+    return ((seconds - seconds.min()) // 86_400).astype(np.int64)
+
+
+def metrics(scores: np.ndarray, sequences, split: str) -> dict[str, float]:
+    import torch
+
+    from tasks.evaluation.metrics import mask_history, rank_targets, ranking_metrics
+
+    targets = torch.as_tensor(sequences.targets(split))
+    masked = mask_history(torch.as_tensor(scores).clone(), sequences.histories(HELD_OUT[split]), targets)
+    masked[:, 0] = float("-inf")  # padding
+    ranks, _ = rank_targets(masked, targets)
+    chosen = ranking_metrics(ranks)
+    return {"ndcg@10": round(chosen["ndcg@10"], 4), "hr@10": round(chosen["hr@10"], 4)}
+
+
+def model_scores(model_dir: Path, sequences, split: str) -> np.ndarray:
+    import torch
+
+    from tasks.evaluation.scoring import BATCH_USERS, model_scorer
+
+    scorer = model_scorer(model_dir, sequences)
+    histories = sequences.histories(HELD_OUT[split])
+    return torch.cat([scorer(histories[i:i + BATCH_USERS]) for i in range(0, len(histories), BATCH_USERS)]).numpy()
+
+
+def evaluate(model_dir: Path, sequences, counts: DailyCounts, days: np.ndarray) -> dict:
+    """The model alone, every (window, weight) on validation, and test at the one validation chose."""
+    last_day = {split: days[sequences.indptr[1:] - 1 - HELD_OUT[split]] for split in HELD_OUT}
+    scores = {split: model_scores(model_dir, sequences, split) for split in HELD_OUT}
+    grid = []
+    for window in WINDOWS:
+        prior = {split: np.log1p(counts.before(last_day[split], window)) for split in HELD_OUT}
+        for weight in WEIGHTS:
+            row = {"window_days": window, "weight": weight,
+                   "valid": metrics(scores["valid"] + weight * prior["valid"], sequences, "valid")}
+            row["test"] = metrics(scores["test"] + weight * prior["test"], sequences, "test")
+            grid.append(row)
+    alone = next(r for r in grid if r["weight"] == 0)
+    best = max(grid, key=lambda r: r["valid"]["ndcg@10"])  # the first of equals: the smaller window, weight
+    return {"model": model_dir.parent.name + "/" + model_dir.name, "alone": {s: alone[s] for s in HELD_OUT},
+            "chosen": best, "grid": grid}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# A recent-popularity prior on {result['dataset']}'s trained models (LOO-full)", "",
+             f"Machine: {result['machine']['cpu']}. Generated {result['generated_at']}. Window and weight chosen on "
+             "validation NDCG@10; test reported at that choice.", "",
+             "| model | valid alone | valid with prior | test NDCG@10 alone | test NDCG@10 with prior | "
+             "test HR@10 alone | test HR@10 with prior | window (days) | weight |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in result["models"]:
+        alone, chosen = row["alone"], row["chosen"]
+        lines.append(f"| {row['model']} | {alone['valid']['ndcg@10']:.4f} | {chosen['valid']['ndcg@10']:.4f} | "
+                     f"{alone['test']['ndcg@10']:.4f} | {chosen['test']['ndcg@10']:.4f} | {alone['test']['hr@10']:.4f} | "
+                     f"{chosen['test']['hr@10']:.4f} | {chosen['window_days']} | {chosen['weight']} |")
+    summary = result["summary"]
+    lines += ["", f"Test NDCG@10 over the models: {summary['ndcg@10_alone']} alone, {summary['ndcg@10_with_prior']} with "
+              f"the prior; HR@10 {summary['hr@10_alone']} alone, {summary['hr@10_with_prior']} with it (mean ± sd).", ""]
+    return "\n".join(lines)
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.4f} ± {sd:.4f}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-1m")
+    parser.add_argument("models", nargs="+", type=Path, help="model folders trained by bench.quality")
+    parser.add_argument("--results", default=None, help="bench/results/NAME.{json,md} (default: trend-prior-DATASET)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from tasks.config import load_config
+    from tasks.data.prepare import load_dataset
+
+    work = load_config({}).paths.home / "bench" / args.dataset
+    if not (work / "dataset").is_dir():
+        parser.error(f"{work} holds no prepared split: run `python -m bench.quality --dataset {args.dataset} "
+                     "--only prismrec` first (it trains the models this reads, too)")
+    missing = [str(m) for m in args.models if not (m / "model.pt").is_file()]
+    if missing:
+        parser.error(f"not trained model folders (no model.pt): {', '.join(missing)}")
+    sequences, _ = load_dataset(work / "dataset")
+    days = interaction_days(work, sequences)
+    counts = DailyCounts(sequences, days)
+    rows = [evaluate(m, sequences, counts, days) for m in args.models]
+    summary = {f"{k}_{which}": mean_sd([(r["alone"]["test"] if which == "alone" else r["chosen"]["test"])[k]
+                                        for r in rows])
+               for k in ("ndcg@10", "hr@10") for which in ("alone", "with_prior")}
+    result = {"dataset": args.dataset, "protocol": PROTOCOL, "machine": machine(),
+              "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "models": rows, "summary": summary}
+    return save(args.results or f"trend-prior-{args.dataset}", result, markdown(result))
+
+
+if __name__ == "__main__":
+    main()
