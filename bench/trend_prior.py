@@ -78,7 +78,7 @@ def metrics(scores: np.ndarray, sequences, split: str) -> dict[str, float]:
     masked[:, 0] = float("-inf")  # padding
     ranks, _ = rank_targets(masked, targets)
     chosen = ranking_metrics(ranks)
-    return {"ndcg@10": round(chosen["ndcg@10"], 4), "hr@10": round(chosen["hr@10"], 4)}
+    return {"ndcg@10": float(chosen["ndcg@10"]), "hr@10": float(chosen["hr@10"])}
 
 
 def model_scores(model_dir: Path, sequences, split: str) -> np.ndarray:
@@ -104,7 +104,7 @@ def evaluate(model_dir: Path, sequences, counts: DailyCounts, days: np.ndarray) 
             row["test"] = metrics(scores["test"] + weight * prior["test"], sequences, "test")
             grid.append(row)
     alone = next(r for r in grid if r["weight"] == 0)
-    best = max(grid, key=lambda r: r["valid"]["ndcg@10"])  # the first of equals: the smaller window, weight
+    best = max(grid, key=lambda r: r["valid"]["ndcg@10"])  # on unrounded figures; exact ties: the first
     return {"model": model_dir.parent.name + "/" + model_dir.name, "alone": {s: alone[s] for s in HELD_OUT},
             "chosen": best, "grid": grid}
 
