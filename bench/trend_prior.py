@@ -69,32 +69,51 @@ def interaction_days(work: Path, sequences) -> np.ndarray:
 
 
 def metrics(scores: np.ndarray, sequences, split: str) -> dict[str, float]:
+    """NDCG@10 and HR@10 of scores [U, N+1] on `split`, ranked by the evaluation's own code (history masked)."""
     import torch
 
-    from tasks.evaluation.metrics import mask_history, rank_targets, ranking_metrics
+    from tasks.evaluation.metrics import rank_batches, ranking_metrics
 
-    targets = torch.as_tensor(sequences.targets(split))
-    masked = mask_history(torch.as_tensor(scores).clone(), sequences.histories(HELD_OUT[split]), targets)
-    masked[:, 0] = float("-inf")  # padding
-    ranks, _ = rank_targets(masked, targets)
+    ranks, _ = rank_batches([(torch.as_tensor(scores), sequences.histories(HELD_OUT[split]), sequences.targets(split))])
     chosen = ranking_metrics(ranks)
     return {"ndcg@10": float(chosen["ndcg@10"]), "hr@10": float(chosen["hr@10"])}
 
 
-def model_scores(model_dir: Path, sequences, split: str) -> np.ndarray:
+def model_scores(model_dir: Path, sequences) -> dict[str, np.ndarray]:
+    """The model's scores [U, N+1] of every item for every user, per split (the model loaded once)."""
     import torch
 
     from tasks.evaluation.scoring import BATCH_USERS, model_scorer
 
     scorer = model_scorer(model_dir, sequences)
-    histories = sequences.histories(HELD_OUT[split])
-    return torch.cat([scorer(histories[i:i + BATCH_USERS]) for i in range(0, len(histories), BATCH_USERS)]).numpy()
+    scores = {}
+    for split, held_out in HELD_OUT.items():
+        histories = sequences.histories(held_out)
+        scores[split] = torch.cat([scorer(histories[i:i + BATCH_USERS])
+                                   for i in range(0, len(histories), BATCH_USERS)]).numpy()
+    return scores
+
+
+def last_days(sequences, days: np.ndarray) -> dict[str, np.ndarray]:
+    """Per split, the day of each user's last history item."""
+    return {split: days[sequences.indptr[1:] - 1 - held_out] for split, held_out in HELD_OUT.items()}
+
+
+def popularity_rows(sequences, counts: DailyCounts, days: np.ndarray) -> dict:
+    """The priors alone as recommenders: all-time training popularity, and each window's recent popularity."""
+    last_day = last_days(sequences, days)
+    everyone = np.broadcast_to(counts.cumulative[-1], (sequences.n_users, len(counts.cumulative[-1])))
+    rows = {"all_time": {split: metrics(everyone, sequences, split) for split in HELD_OUT}}
+    for window in WINDOWS:
+        rows[f"{window}_days"] = {split: metrics(counts.before(last_day[split], window), sequences, split)
+                                  for split in HELD_OUT}
+    return rows
 
 
 def evaluate(model_dir: Path, sequences, counts: DailyCounts, days: np.ndarray) -> dict:
     """The model alone, every (window, weight) on validation, and test at the one validation chose."""
-    last_day = {split: days[sequences.indptr[1:] - 1 - HELD_OUT[split]] for split in HELD_OUT}
-    scores = {split: model_scores(model_dir, sequences, split) for split in HELD_OUT}
+    last_day = last_days(sequences, days)
+    scores = model_scores(model_dir, sequences)
     grid = []
     for window in WINDOWS:
         prior = {split: np.log1p(counts.before(last_day[split], window)) for split in HELD_OUT}
@@ -121,6 +140,11 @@ def markdown(result: dict) -> str:
         lines.append(f"| {row['model']} | {alone['valid']['ndcg@10']:.4f} | {chosen['valid']['ndcg@10']:.4f} | "
                      f"{alone['test']['ndcg@10']:.4f} | {chosen['test']['ndcg@10']:.4f} | {alone['test']['hr@10']:.4f} | "
                      f"{chosen['test']['hr@10']:.4f} | {chosen['window_days']} | {chosen['weight']} |")
+    popular = result["popularity"]
+    lines += ["", "The priors alone (test NDCG@10 / HR@10): all-time popularity "
+              f"{popular['all_time']['test']['ndcg@10']:.4f} / {popular['all_time']['test']['hr@10']:.4f}; "
+              + "; ".join(f"{w} days {popular[f'{w}_days']['test']['ndcg@10']:.4f} / "
+                          f"{popular[f'{w}_days']['test']['hr@10']:.4f}" for w in WINDOWS) + "."]
     summary = result["summary"]
     lines += ["", f"Test NDCG@10 over the models: {summary['ndcg@10_alone']} alone, {summary['ndcg@10_with_prior']} with "
               f"the prior; HR@10 {summary['hr@10_alone']} alone, {summary['hr@10_with_prior']} with it (mean ± sd).", ""]
@@ -157,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
                                         for r in rows])
                for k in ("ndcg@10", "hr@10") for which in ("alone", "with_prior")}
     result = {"dataset": args.dataset, "protocol": PROTOCOL, "machine": machine(),
-              "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "models": rows, "summary": summary}
+              "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "models": rows, "summary": summary,
+              "popularity": popularity_rows(sequences, counts, days)}
     return save(args.results or f"trend-prior-{args.dataset}", result, markdown(result))
 
 
