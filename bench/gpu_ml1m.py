@@ -152,6 +152,10 @@ def run(args: argparse.Namespace) -> dict:
     started = time.time()
     model_dir = launch_training(config, dataset, work / "model")
     wall = time.time() - started
+    if config.train.trend_prior:  # as the pipeline's train task does after training
+        from tasks.training.trend_fit import fit_trend
+
+        fit_trend(config, Path(dataset), model_dir)
     files = ModelFiles(Path(model_dir))
     history, summary = json.loads(files.history.read_text()), json.loads(files.summary.read_text())
     sequences, _ = load_dataset(dataset)

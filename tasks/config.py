@@ -200,6 +200,11 @@ class TrainConfig:
     # or better with MiniLM frozen, a more cautious one with a fine-tuned layer (docs/experiments.md, "A
     # rehearsal on the run's own model").
     new_item_head_rehearsal: str = "model"
+    # Fit a recent-popularity prior after training (tasks.model.trend): each trained item's score gets a
+    # lift by how busy it was in the weeks before the day of the prediction, window and weight chosen on
+    # validation (weight 0 included). Needs the interaction days `prepare` keeps. Off by default until
+    # measured on the cold-start benchmark; ML-1M's benchmark setting turns it on (docs/experiments.md).
+    trend_prior: bool = False
     # Cap on steps per epoch, for quick slices and tests; None trains on everything.
     max_steps_per_epoch: int | None = None
     # Every interaction is a training target: histories longer than prepare.max_history are cut

@@ -100,9 +100,9 @@ class DatasetFiles:
 
 # The model folder's format, saved in its checkpoint ("format"; a checkpoint without one reads as 1).
 # Raise it whenever a model gains a file or a checkpoint entry that code before it would ignore or
-# misread (as the new-item head and the id rows predicted from text were): that code then refuses
+# misread (as the new-item head, the id rows predicted from text and the trend prior were): that code then refuses
 # the model by name (Recommender.load) instead of scoring with part of it.
-MODEL_FORMAT = 2
+MODEL_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,11 @@ class ModelFiles:
     def new_item_head(self) -> Path:
         """How new items' scores compete with trained ones (tasks.model.new_item_head), when fitted."""
         return self.root / "new_item_head.json"
+
+    @property
+    def trend(self) -> Path:
+        """The recent-popularity prior (tasks.model.trend), when train.trend_prior fitted one."""
+        return self.root / "trend.json"
 
     @property
     def items(self) -> Path:

@@ -127,6 +127,10 @@ def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
             from tasks.training.rehearsal import fit_new_item_head
 
             fit_new_item_head(config, run.snapshot.root, run.root / "rehearsal", model_dir)
+        if config.train.trend_prior:  # after the head: the prior is fitted on the model as it will score
+            from tasks.training.trend_fit import fit_trend
+
+            fit_trend(config, Path(dataset["path"]), model_dir)
     history = ModelFiles(Path(model_dir)).history
     epochs = len(json.loads(history.read_text())) if history.exists() else None
     return {"model_dir": str(model_dir), "run_dir": str(run.root), "epochs": epochs, "mlflow_run_id": mlflow_run_id}

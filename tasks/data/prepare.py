@@ -36,6 +36,9 @@ class Sequences:
     indptr: np.ndarray  # [U + 1] offsets into item_idx
     item_idx: np.ndarray  # [nnz] item indices 1..n_items, time-ordered per user
     item_ids: np.ndarray  # [n_items + 1] app item id of each index; item_ids[0] = -1 (padding)
+    # [nnz] the UTC day (days since 1970-01-01) of each interaction, aligned with item_idx; None for a
+    # split prepared before days were kept (the recent-popularity prior, tasks.model.trend, needs them)
+    days: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -57,13 +60,21 @@ class Sequences:
         offset = {"test": 1, "valid": 2}[split]
         return self.item_idx[self.indptr[1:] - offset]
 
+    def as_of_days(self, holdout: int) -> np.ndarray | None:
+        """[U] the day of each user's last history item when `holdout` items are held out (None without days):
+        the day a prediction from that history is made on."""
+        return None if self.days is None else self.days[self.indptr[1:] - 1 - holdout]
+
     def save(self, path: Path) -> None:
-        np.savez(path, user_ids=self.user_ids, indptr=self.indptr, item_idx=self.item_idx, item_ids=self.item_ids)
+        days = {} if self.days is None else {"days": self.days}
+        np.savez(path, user_ids=self.user_ids, indptr=self.indptr, item_idx=self.item_idx, item_ids=self.item_ids,
+                 **days)
 
     @classmethod
     def load(cls, path: Path) -> Sequences:
         with np.load(path) as data:
-            return cls(**{k: data[k] for k in ("user_ids", "indptr", "item_idx", "item_ids")})
+            arrays = {k: data[k] for k in ("user_ids", "indptr", "item_idx", "item_ids")}
+            return cls(**arrays, days=data["days"] if "days" in data.files else None)
 
 
 @dataclass(frozen=True)
@@ -140,8 +151,9 @@ def _user_time_ordered(users: np.ndarray, times: np.ndarray) -> bool:
     return bool(np.all(users[1:] >= users[:-1]) and np.all(~same | (times[1:] >= times[:-1])))
 
 
-def build_sequences(events: Events, kept: Core) -> Sequences:
-    """The CSR sequences of the 5-core's rows `kept` (item indices 1..n in order of item id)."""
+def build_sequences(events: Events, kept: Core, per_second: int | None = None) -> Sequences:
+    """The CSR sequences of the 5-core's rows `kept` (item indices 1..n in order of item id); with
+    `per_second` (the time column's ticks per second) each interaction's UTC day too."""
     if not len(kept.rows):
         raise SourceDataError(
             "no user has enough interactions after the 5-core filter; "
@@ -159,7 +171,19 @@ def build_sequences(events: Events, kept: Core) -> Sequences:
         indptr=np.append(starts, len(users)).astype(np.int64),
         item_idx=index_of_code[codes],
         item_ids=np.concatenate([[-1], kept.item_ids[present]]).astype(np.int64),
+        days=None if per_second is None else (events.time[kept.rows] // (per_second * 86_400)).astype(np.int32),
     )
+
+
+def ticks_per_second(path: Path) -> int:
+    """How many of the snapshot's integer times make a second (its Parquet timestamp unit)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kind = pq.read_schema(path).field("occurred_at").type
+    if not pa.types.is_timestamp(kind):
+        raise SourceDataError(f"{path}: occurred_at is {kind}, not a timestamp; extract the snapshot again")
+    return {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[kind.unit]
 
 
 @dataclass(frozen=True)
@@ -183,7 +207,7 @@ def prepare_dataset(config: PipelineConfig, snapshot_dir: Path, out_dir: Path) -
     events = Events.read(snapshot.interactions)
     items = pd.read_parquet(snapshot.items)
     kept = core(events, config.prepare)
-    sequences = build_sequences(events, kept)
+    sequences = build_sequences(events, kept, ticks_per_second(snapshot.interactions))
     universe = (
         pd.DataFrame({"idx": np.arange(1, sequences.n_items + 1), "item_id": sequences.item_ids[1:]})
         .merge(items, on="item_id", how="left")

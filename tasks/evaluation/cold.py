@@ -24,8 +24,9 @@ from tasks.evaluation.scoring import SPLITS
 SLICE = "items_new"
 DESCRIPTION = "a new item (outside the 5-core, first rated by anyone in this user's held-out part): placed by its text"
 
-# app item ids of histories, app item ids of candidates -> scores [B, C] (-inf: not held)
-ItemScorer = Callable[[Sequence[np.ndarray], np.ndarray], torch.Tensor]
+# app item ids of histories, app item ids of candidates, each history's day (None: the split has none)
+# -> scores [B, C] (-inf: not held)
+ItemScorer = Callable[[Sequence[np.ndarray], np.ndarray, np.ndarray | None], torch.Tensor]
 
 
 def cold_ranks(score: ItemScorer, sequences: Sequences, targets: pd.DataFrame, new_item_ids: np.ndarray,
@@ -35,9 +36,11 @@ def cold_ranks(score: ItemScorer, sequences: Sequences, targets: pd.DataFrame, n
     targets = targets[targets["item_id"].isin(candidates)]  # a target left out of the catalogue has nothing to rank
     if targets.empty:
         return np.zeros(0, dtype=np.int64)
-    histories = sequences.histories(holdout)
-    app_histories = [sequences.item_ids[histories[u]] for u in targets["user"]]
-    return target_ranks(score(app_histories, candidates), app_histories, candidates, targets["item_id"].to_numpy())
+    histories, days = sequences.histories(holdout), sequences.as_of_days(holdout)
+    users = targets["user"].to_numpy()
+    app_histories = [sequences.item_ids[histories[u]] for u in users]
+    scores = score(app_histories, candidates, None if days is None else days[users])
+    return target_ranks(scores, app_histories, candidates, targets["item_id"].to_numpy())
 
 
 def target_ranks(scores: torch.Tensor, histories: Sequence[np.ndarray], candidates: np.ndarray,

@@ -78,13 +78,16 @@ class _ColdSlice:
                                             self.sequences.item_ids[1:]))
             row = torch.where(known, 0.0, float("-inf"))
 
-            def score(histories, candidates):
+            def score(histories, candidates, days):
                 return row.expand(len(histories), -1)
         else:
             from tasks.model.recommender import Recommender
 
             recommender = Recommender.load(model_dir, self.precision)
-            score = recommender.score_items
+            recommender.date_by(self.sequences)
+
+            def score(histories, candidates, days):
+                return recommender.score_items(histories, candidates, days=days)
         for split, metrics in cold.cold_metrics(score, self.sequences, self.targets, self.new_item_ids).items():
             model_slices[split][cold.SLICE] = metrics
 

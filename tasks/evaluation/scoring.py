@@ -2,7 +2,8 @@
 
 A scorer maps histories (index arrays of the split) to scores [B, N+1] over the split's items;
 PrismRec models, the gate's baselines and the benchmark's models are all scored through here,
-by the same code on the same split (docs/protocol.md, LOO-full).
+by the same code on the same split (docs/protocol.md, LOO-full). A scorer marked `dated` (a PrismRec
+model with a trend prior) also takes each history's day: the day of its last item.
 """
 
 from __future__ import annotations
@@ -31,19 +32,25 @@ def rank_splits(scorer: Scorer, sequences: Sequences) -> dict[str, tuple[np.ndar
     for split, holdout in SPLITS.items():
         histories = sequences.histories(holdout)
         targets = sequences.targets(split)
+        days = sequences.as_of_days(holdout)
         # Scored longest history first (a batch pads to its own longest, pad_history), reported in user order.
         order = np.argsort([-len(h) for h in histories], kind="stable")
-        ranks, top10 = rank_batches(scored_batches(scorer, [histories[i] for i in order], targets[order]))
+        ranks, top10 = rank_batches(scored_batches(scorer, [histories[i] for i in order], targets[order],
+                                                   None if days is None else days[order]))
         results[split] = np.empty_like(ranks), np.empty_like(top10)
         results[split][0][order], results[split][1][order] = ranks, top10
     return results
 
 
-def scored_batches(scorer: Scorer, histories: Sequence[np.ndarray], targets: np.ndarray):
-    """(scores, histories, targets) for successive blocks of BATCH_USERS users."""
+def scored_batches(scorer: Scorer, histories: Sequence[np.ndarray], targets: np.ndarray,
+                   days: np.ndarray | None = None):
+    """(scores, histories, targets) for successive blocks of BATCH_USERS users; a `dated` scorer also gets
+    each history's day (`days`)."""
+    dated = getattr(scorer, "dated", False)
     for start in range(0, len(histories), BATCH_USERS):
         chunk = histories[start:start + BATCH_USERS]
-        yield scorer(chunk), chunk, targets[start:start + BATCH_USERS]
+        scores = scorer(chunk, None if days is None else days[start:start + BATCH_USERS]) if dated else scorer(chunk)
+        yield scores, chunk, targets[start:start + BATCH_USERS]
 
 
 def evaluate_scorer(scorer: Scorer, sequences: Sequences) -> dict[str, dict[str, float]]:
@@ -68,14 +75,18 @@ def model_scorer(model_dir: Path, sequences: Sequences, precision: str = "auto")
 
 
 def recommender_scorer(recommender, sequences: Sequences, memory_mb: float = SCORE_MEMORY_MB) -> Scorer:
-    """A loaded tasks.model.recommender.Recommender as a scorer of the split's items."""
+    """A loaded tasks.model.recommender.Recommender as a scorer of the split's items (`dated`: with a
+    trend prior, each history is scored as of its own day, from the split's training interactions)."""
     universe = sequences.item_ids[1:]
+    recommender.date_by(sequences)
 
-    def score(histories: Sequence[np.ndarray]) -> torch.Tensor:
+    def score(histories: Sequence[np.ndarray], days: np.ndarray | None = None) -> torch.Tensor:
         step = recommender.users_per_batch(memory_mb, max(len(histories), 1))
         scores = torch.cat([recommender.score_items([sequences.item_ids[h] for h in histories[start:start + step]],
-                                                    universe) for start in range(0, len(histories), step)])
+                                                    universe, days=None if days is None else days[start:start + step])
+                            for start in range(0, len(histories), step)])
         return torch.cat([torch.full((len(histories), 1), float("-inf")), scores], dim=1)
 
+    score.dated = True
     return score
 

@@ -35,6 +35,7 @@ from tasks.model.new_item_head import (
 )
 from tasks.model.new_item_ids import predict_id_rows
 from tasks.model.sets import history_keys, in_sorted, pair_keys
+from tasks.model.trend import TREND_CANDIDATES, TrendPrior, lift, training_counts
 from tasks.titles import display_titles
 
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
@@ -144,8 +145,58 @@ class Recommender:
         # ComiRec's controllable aggregation strength (0: best interest alone); saved with the model,
         # so evaluation, the pyfunc and the published tables list the same items.
         self.interest_balance = float(net.spec.interest_balance)
+        # The recent-popularity prior (tasks.model.trend), when training fitted one: its shift of every
+        # score [1, N+1] as of the model's data end (publishing, the pyfunc), or per user from a split's own
+        # training interactions once `date_by` gave one (evaluation: then every call passes `days`).
+        self.trend: TrendPrior | None = None
+        self._trend_row: torch.Tensor | None = None
+        self._split_counts = None
         self.model_dir: Path | None = None  # the model folder it was loaded from (Recommender.load)
         self.text_vectors: torch.Tensor | None = None  # [N+1, text_dim], kept only when asked (Recommender.load)
+
+    @property
+    def trained(self) -> torch.Tensor:
+        """[N+1] bool: the items with training interactions (not padding, not new)."""
+        trained = ~self.is_new
+        trained[0] = False
+        return trained
+
+    def use_trend(self, prior: TrendPrior | None) -> None:
+        """Score with a fitted recent-popularity prior (None or weight 0: without one), as of the counts it
+        was saved with."""
+        self.trend = prior if prior is not None and prior.weight > 0 else None
+        self._split_counts = None
+        self._trend_row = None
+        if self.trend is not None:
+            counts = torch.from_numpy(np.concatenate([[0.0], self.trend.counts_of(self.item_ids)]).astype(np.float32))
+            self._trend_row = lift(counts[None], self.trained, self.trend.weight)
+
+    def date_by(self, sequences) -> None:
+        """Score `sequences`' users as of their own last history day, from that split's training interactions
+        (tasks.model.trend): every scoring call must then pass each history's day. A split without days
+        is scored without the prior (it cannot say what was recent), with a warning."""
+        if self.trend is None:
+            return
+        if sequences.days is None:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "this split was prepared without interaction days: scoring it without the model's trend prior "
+                "(run prepare again to include it)")
+            self.use_trend(None)
+            return
+        self._split_counts = training_counts(sequences, self.index_of)
+
+    def trend_shift(self, days: np.ndarray | None) -> torch.Tensor | None:
+        """The prior's shift of every item's score: [B, N+1] for the histories' `days`, [1, N+1] as of the
+        model's data end, None without a prior."""
+        if self.trend is None:
+            return None
+        if self._split_counts is None:
+            return self._trend_row
+        if days is None:
+            raise ValueError("this Recommender scores a split (date_by): pass each history's day")
+        return lift(self._split_counts.before(days, self.trend.window_days), self.trained, self.trend.weight)
 
     def _directions(self) -> None:
         """What the item vectors imply. They share a large common direction (every cosine is ~0.9); centred,
@@ -222,6 +273,7 @@ class Recommender:
         recommender.model_dir = files.root  # where a scoring process loads the same model from
         recommender.text_vectors = checkpoint["item_text_vectors"] if keep_text_vectors else None
         recommender.head = load_head(files.new_item_head)
+        recommender.use_trend(TrendPrior.load(files.trend))
         return recommender
 
     @property
@@ -254,25 +306,42 @@ class Recommender:
         indices = np.where(self._sorted_ids[where] == flat, self._id_order[where] + 1, 0)
         return [part[part > 0] for part in np.split(indices, np.cumsum(lengths)[:-1])]
 
-    def score_indices(self, histories: Sequence[np.ndarray], with_attention: bool = True):
+    def score_indices(self, histories: Sequence[np.ndarray], with_attention: bool = True,
+                      days: np.ndarray | None = None, trend: bool = True):
         """Histories in model indices -> (every item's score under every interest [B, K, N+1],
-        attention [B, K, L] (None without with_attention: scores alone), padded histories [B, L])."""
+        attention [B, K, L] (None without with_attention: scores alone), padded histories [B, L]).
+        `days`: each history's day, for the trend prior of a split (date_by); `trend` False leaves it out."""
         padded = pad_history(histories, self.spec.max_history)
         per_interest, _, attention = self.net.interest_scores(padded, self.item_vectors, with_attention, self.bf16)
         if self.head is not None and len(self.new_rows):
             rows = self.new_rows
             per_interest[:, :, rows] = self.head.lift(per_interest[:, :, rows], self.item_features[rows],
                                                       self.item_recent[rows], recent_share(padded, self.item_recent))
+        if trend and (shift := self.trend_shift(days)) is not None:
+            per_interest += shift[:, None, :]
         return per_interest, attention, padded
 
+    def interest_scores(self, histories: Sequence[Sequence[int]]) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """App-id histories -> (every item's score under every interest [B, K, N+1] without the trend prior,
+        the histories in model indices): the user tower's part of `score_items`, for `split_scores`."""
+        indexed = self.histories_to_indices(histories)
+        return self.score_indices(indexed, with_attention=False, trend=False)[0], indexed
+
     def score_items(self, histories: Sequence[Sequence[int]], item_ids: np.ndarray,
-                    depth: int = BALANCED_DEPTH) -> torch.Tensor:
+                    depth: int = BALANCED_DEPTH, days: np.ndarray | None = None) -> torch.Tensor:
         """Scores [B, len(item_ids)] for arbitrary app item ids that rank items as the model's lists
         do; unknown items get -inf. Each item scores under its best interest; with an interest
         balance, the first `depth` unseen items are re-ordered as `recommend` lists them and lifted
-        above the rest (which keep their order below), so rank metrics measure the published lists."""
-        indexed = self.histories_to_indices(histories)
-        per_interest, *_ = self.score_indices(indexed, with_attention=False)  # ranking needs no explanations
+        above the rest (which keep their order below), so rank metrics measure the published lists.
+        `days`: each history's day (a split's, date_by)."""
+        per_interest, indexed = self.interest_scores(histories)
+        return self.split_scores(per_interest, indexed, item_ids, self.trend_shift(days), depth)
+
+    def split_scores(self, per_interest: torch.Tensor, indexed: list[np.ndarray], item_ids: np.ndarray,
+                     shift: torch.Tensor | None = None, depth: int = BALANCED_DEPTH) -> torch.Tensor:
+        """score_items from `interest_scores`' output (changed in place) and a trend `shift` [B or 1, N+1]."""
+        if shift is not None:
+            per_interest += shift[:, None, :]
         columns = self.index_of.reindex(item_ids).fillna(0).to_numpy(dtype=np.int64)
         scores = per_interest.amax(1)
         if self.interest_balance > 0 and per_interest.shape[1] > 1:  # one interest: balancing changes no order
@@ -374,6 +443,11 @@ class Recommender:
         if lifted and len(self.new_rows) <= HEAD_CANDIDATES:
             # The head moves new items by more than their retrieval score says: every one is a candidate.
             found = torch.cat([found, self.new_rows.expand(users, -1)], dim=1)
+        shift = self.trend_shift(None)  # publishing: as of the model's data end, the same for everyone
+        if shift is not None:
+            # ... and the trend prior lifts the catalogue's busiest items: the most lifted are candidates too.
+            busiest = shift[0].masked_fill(~self.available, float("-inf")).topk(min(TREND_CANDIDATES, self.n_items))
+            found = torch.cat([found, busiest.indices[torch.isfinite(busiest.values)].expand(users, -1)], dim=1)
         found = found.sort(dim=1).values
         found[:, 1:].masked_fill_(found[:, 1:] == found[:, :-1], 0)  # an item two interests retrieved, once
         per_interest = torch.einsum("bkd,bmd->bkm", queries, F.embedding(found, self.unit_items))  # a row gather
@@ -382,6 +456,8 @@ class Recommender:
             moved = self.head.lift(per_interest, self.item_features[found], self.item_recent[found],
                                    recent_share(padded, self.item_recent))
             per_interest = torch.where(new[:, None], moved, per_interest)
+        if shift is not None:
+            per_interest += shift[0][found][:, None, :]
         top_scores, top_idx, interest = self._ranked(per_interest, indexed, top_k, balance, max_new, columns=found)
         short = torch.nonzero(~torch.isfinite(top_scores[:, -1]) & (padded[:, -1] > 0)).flatten()
         if len(short):

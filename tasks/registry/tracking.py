@@ -206,6 +206,7 @@ def log_story(config: PipelineConfig, run_id: str, run: RunLayout, *, evaluation
         ("data-quality report", lambda: _log_quality_report(client, run_id, run.snapshot)),
         ("sample recommendations", lambda: _log_samples(client, run_id, run.snapshot, Path(model_dir))),
         ("new-item head", lambda: _log_head(client, run_id, Path(model_dir))),
+        ("trend prior", lambda: _log_trend(client, run_id, Path(model_dir))),
     ]
     for what, part in parts:
         try:
@@ -236,6 +237,17 @@ def _log_head(client, run_id: str, model_dir: Path) -> None:
               "new_item_head.rehearsal_seconds": fitted.get("seconds")}
     for key, value in params.items():
         client.log_param(run_id, key, value)
+
+
+def _log_trend(client, run_id: str, model_dir: Path) -> None:
+    """The trend prior (train.trend_prior), when training fitted one: its window and weight as params, its
+    validation grid as a file."""
+    trend = _read(ModelFiles(model_dir).trend)
+    if not trend:
+        return
+    client.log_dict(run_id, trend.get("fit", {}), "trend_prior_fit.json")
+    for key in ("window_days", "weight"):
+        client.log_param(run_id, f"trend_prior.{key}", trend.get(key))
 
 
 def _log_samples(client, run_id: str, snapshot: SnapshotFiles, model_dir: Path) -> None:

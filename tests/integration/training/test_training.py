@@ -105,6 +105,45 @@ def test_the_rehearsal_fits_a_new_item_head_that_the_model_then_scores_new_items
     assert not torch.allclose(lifted[:, :, after.new_rows], plain[:, :, after.new_rows])
 
 
+def test_the_trend_prior_is_fitted_on_validation_and_the_gate_s_scoring_measures_what_it_chose(
+        one_node_two_processes, dataset_dir, base_overrides, tmp_path, caplog):
+    """train.trend_prior: window and weight chosen on validation NDCG@10 (weight 0 included) and saved with the
+    model; the evaluation's scoring (each user as of their own day, from the split's training interactions)
+    then measures exactly what the fit chose; a split prepared without days is scored without the prior."""
+    import dataclasses
+    import shutil
+
+    from tasks.data.prepare import load_dataset
+    from tasks.evaluation.scoring import evaluate_scorer, model_scorer
+    from tasks.model.trend import WEIGHTS, WINDOWS, TrendPrior
+    from tasks.training.trend_fit import fit_trend
+
+    trained, _ = one_node_two_processes
+    model_dir = shutil.copytree(trained, tmp_path / "model")  # the shared fixture's folder stays as it is
+    config = load_config({**base_overrides, "train.trend_prior": True})
+    prior = fit_trend(config, Path(dataset_dir), model_dir)
+    sequences, _ = load_dataset(dataset_dir)
+    grid = prior.fit["ndcg@10"]
+    assert len(grid) == 1 + len(WINDOWS) * (len(WEIGHTS) - 1) and prior.fit["validation_users"] == sequences.n_users
+    chosen = f"{prior.window_days} days x {prior.weight}" if prior.weight else "none"
+    assert grid[chosen] == max(grid.values())
+    assert TrendPrior.load(ModelFiles(model_dir).trend) == prior
+
+    def valid_ndcg(model, split) -> float:
+        return evaluate_scorer(model_scorer(model, split, config.train.precision), split)["valid"]["ndcg@10"]
+
+    assert valid_ndcg(model_dir, sequences) == pytest.approx(grid[chosen], abs=1e-6)
+    assert valid_ndcg(trained, sequences) == pytest.approx(grid["none"], abs=1e-6)
+    if prior.weight:  # publishing's counts: the window's last days of the data, every interaction
+        last = int(sequences.days.max())
+        recent = np.isin(sequences.days, np.arange(last - prior.window_days + 1, last + 1))
+        assert sum(prior.counts) == int(recent.sum()) > 0
+        with caplog.at_level("WARNING"):
+            undated = dataclasses.replace(sequences, days=None)
+            assert valid_ndcg(model_dir, undated) == pytest.approx(grid["none"], abs=1e-6)
+        assert "without interaction days" in caplog.text
+
+
 def test_the_rehearsal_on_the_run_s_own_model_fits_a_head_without_a_second_training(
         one_node_two_processes, dataset_dir, base_overrides, tmp_path):
     """train.new_item_head_rehearsal "model": the run's model, with the titles outside the cut-off's 5-core

@@ -86,3 +86,22 @@ def test_cold_targets_are_new_items_first_rated_in_the_held_out_part():
     # Item 31 is first rated at t=2 by user 3, before user 2's held-out part: not cold for user 2.
     cold = cold_targets(events, sequences, kept)
     assert cold.to_dict("list") == {"user": [0], "item_id": [30]}
+
+
+def test_each_interaction_keeps_its_utc_day_through_save_and_load(tmp_path):
+    from tasks.data.prepare import Sequences, ticks_per_second
+
+    cfg = PrepareConfig(min_user_interactions=1, min_item_interactions=1)
+    interactions = frame([(1, 5, 86_399), (1, 6, 86_400), (1, 7, 3 * 86_400 + 5), (2, 5, 10), (2, 6, 20), (2, 7, 30)])
+    path = tmp_path / "interactions.parquet"
+    interactions.assign(occurred_at=interactions["occurred_at"].astype("datetime64[us, UTC]")).to_parquet(path)
+    assert ticks_per_second(path) == 10**6
+    events = Events.read(path)
+    seqs = build_sequences(events, core(events, cfg), ticks_per_second(path))
+    assert seqs.days.tolist() == [0, 1, 3, 0, 0, 0]  # the second before midnight is day 0; midnight starts day 1
+    assert seqs.as_of_days(2).tolist() == [0, 0] and seqs.as_of_days(1).tolist() == [1, 0]
+    seqs.save(tmp_path / "s.npz")
+    assert Sequences.load(tmp_path / "s.npz").days.tolist() == seqs.days.tolist()
+    older = Sequences(seqs.user_ids, seqs.indptr, seqs.item_idx, seqs.item_ids)  # a split prepared before days
+    older.save(tmp_path / "older.npz")
+    assert Sequences.load(tmp_path / "older.npz").days is None and older.as_of_days(1) is None

@@ -14,7 +14,7 @@ SEQUENCES = Sequences(user_ids=np.array([1, 2]), indptr=np.array([0, 4, 7]),
 SCORES = {10: 5.0, 20: 4.0, 30: 3.0, 40: 4.5, 50: 1.0}
 
 
-def score(histories, candidates):
+def score(histories, candidates, days=None):
     row = torch.tensor([SCORES.get(int(i), float("-inf")) for i in candidates])
     return row.expand(len(histories), -1)
 
@@ -24,7 +24,7 @@ def test_a_new_item_ranks_among_the_unseen_catalogue_and_one_not_held_ranks_last
     # User 0's training history (holdout 2) is [10, 20]: unseen are 30, 40, 50 -> 40 is first.
     # User 1's training history is [20]: unseen 10, 30, 40, 50 -> 50 is last (rank 3), 40 second.
     assert cold_ranks(score, SEQUENCES, targets, np.array([40, 50]), holdout=2).tolist() == [0, 3, 1]
-    unheld = cold_ranks(lambda h, c: score(h, c).masked_fill(torch.as_tensor(c == 40), float("-inf")),
+    unheld = cold_ranks(lambda h, c, d: score(h, c).masked_fill(torch.as_tensor(c == 40), float("-inf")),
                         SEQUENCES, targets.iloc[[0]], np.array([40, 50]), holdout=2)
     assert unheld.tolist() == [2]  # the model does not hold 40: after the 2 items it can rank
 

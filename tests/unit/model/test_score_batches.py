@@ -64,7 +64,7 @@ def test_the_evaluation_scorer_scores_in_pieces_under_its_budget():
     histories = [recommender.to_indices(h) for h in HISTORIES[:3]]
     calls = []
     score_items = recommender.score_items
-    recommender.score_items = lambda users, items: calls.append(len(users)) or score_items(users, items)
+    recommender.score_items = lambda users, items, days: calls.append(len(users)) or score_items(users, items, days=days)
     whole = recommender_scorer(recommender, split)(histories)
     one_user = 4 * 3 * 31 / 2**20  # the score tensor of one user, in MB
     pieces = recommender_scorer(recommender, split, memory_mb=2 * one_user)(histories)
