@@ -119,7 +119,8 @@ def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarra
                     snapshot: Path | None = None) -> tuple[CandidateScorer, dict, object]:
     """A PrismRec model trained on the split (or, with `reuse`, the one an earlier run left in `work`),
     its new-item head fitted as the pipeline's train task fits it (tasks.training.rehearsal) on the split's
-    `snapshot`; the scorer, the training's facts and the Recommender (its `head` may be set to None)."""
+    `snapshot`, and its trend prior with train.trend_prior (as of the training part's end: publishing's view);
+    the scorer, the training's facts and the Recommender (its `head` may be set to None)."""
     from bench.quality import model_settings
     from tasks.layout import ModelFiles
     from tasks.model.recommender import Recommender
@@ -134,6 +135,10 @@ def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarra
     if snapshot is not None and not (reuse and ModelFiles(Path(model_dir)).new_item_head.exists()):
         fit_new_item_head(config, snapshot, work / "rehearsal", model_dir)
     head_seconds = time.time() - started - seconds
+    if config.train.trend_prior and not (reuse and ModelFiles(Path(model_dir)).trend.exists()):
+        from tasks.training.trend_fit import fit_trend
+
+        fit_trend(config, dataset_dir, model_dir)  # after the head, as the pipeline's train task fits it
     head_file = ModelFiles(Path(model_dir)).new_item_head
     if head_seconds < 1 and head_file.exists():  # a reused head: the rehearsal's own time
         head_seconds = json.loads(head_file.read_text()).get("fitted_on", {}).get("seconds", head_seconds)
@@ -322,6 +327,7 @@ def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray
     from tasks.config import REHEARSALS
     from tasks.layout import ModelFiles
     from tasks.model.new_item_head import load_head
+    from tasks.model.trend import TrendPrior
     from tasks.training.rehearsal import fit_new_item_head
 
     score, info, recommender = prismrec_scorer(config, test["dataset"], work / "test", test["candidates"],
@@ -330,6 +336,11 @@ def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray
     head, recommender.head = recommender.head, None
     raw = {kind: score_matrix(score, test[kind]) for kind in ("cold", "warm")}
     recommender.head = head
+    trend = recommender.trend
+    if trend is not None:  # the same model without its trend prior, for what the prior costs or gains
+        recommender.use_trend(None)
+        untrended = {kind: score_matrix(score, test[kind]) for kind in ("cold", "warm")}
+        recommender.use_trend(trend)
     new, candidates = test["new"], test["candidates"]
 
     def both(scores: dict, offset: float = 0.0, cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -374,6 +385,16 @@ def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray
            "validation": head_file["fitted_on"],
            "other_rehearsals": others,
            **info}
+    saved = TrendPrior.load(ModelFiles(recommender.model_dir).trend)
+    if saved is not None and trend is None:  # fitted, and weight 0 chose no prior
+        row["trend_prior"] = {"window_days": saved.window_days, "weight": saved.weight, "validation": saved.fit}
+    if trend is not None:
+        plain = both(untrended, cap=LIST_CAP)
+        row["trend_prior"] = {"window_days": trend.window_days, "weight": trend.weight,
+                              "validation": trend.fit, "without_trend": row_of(both(untrended)),
+                              f"without_trend_capped_{LIST_CAP}": row_of(plain),
+                              "trend_vs_none_as_published": {kind: paired(with_trend, without) for kind, with_trend, without
+                                                             in zip(("cold", "warm"), published, plain, strict=True)}}
     return row, chosen[0]
 
 
@@ -499,6 +520,10 @@ def table(result: dict) -> str:
         lines.append(line(f"{name}, no head, at most {LIST_CAP} new items a list",
                           row[f"without_head_capped_{LIST_CAP}"]))
         lines.append(line(f"{name}, new titles left out", {"warm": row["warm_without_new_items"]}))
+        if (trend := row.get("trend_prior")) and "without_trend" in trend:
+            lines.append(line(f"{name}, no trend prior", trend["without_trend"]))
+            lines.append(line(f"{name}, no trend prior, at most {LIST_CAP} new items a list",
+                              trend[f"without_trend_capped_{LIST_CAP}"]))
         for rehearsal, other in row.get("other_rehearsals", {}).items():
             lines.append(line(f"{name}, head on the {rehearsal!r} rehearsal", other))
             for point in other["cap_curve"]:
@@ -520,6 +545,14 @@ def table(result: dict) -> str:
                          f"{change['cold']['hr@10_difference']:+.4f} ± {change['cold']['se']:.4f} and its warm HR@10 by "
                          f"{change['warm']['hr@10_difference']:+.4f} ± {change['warm']['se']:.4f} (paired, against the "
                          "same lists without the head).")
+        if trend := row.get("trend_prior"):
+            change = trend.get("trend_vs_none_as_published")
+            notes.append(f"{name}'s trend prior (train.trend_prior, fitted on validation after the head): "
+                         + (f"the last {trend['window_days']} days before the cut-off, weight {trend['weight']}; as "
+                            f"published it changes cold HR@10 by {change['cold']['hr@10_difference']:+.4f} ± "
+                            f"{change['cold']['se'] or 0:.4f} and warm HR@10 by {change['warm']['hr@10_difference']:+.4f}"
+                            f" ± {change['warm']['se'] or 0:.4f} (paired, against the same lists without it)."
+                            if trend["weight"] else "none chosen (weight 0 validated best)."))
         if (cost := row.get("warm_cost_of_new_items")) and cost.get("se") is not None:
             notes.append(f"Serving new items through the head changes {name}'s warm HR@10 by "
                          f"{cost['hr@10_difference']:+.4f} ± {cost['se']:.4f} (paired, against the same model "

@@ -11,8 +11,9 @@ is reported once at that choice, as the protocol asks (docs/protocol.md).
 
 The models are folders that `python -m bench.quality` trained (its work folder keeps them: the
 `prismrec` folder, or `seed-N/prismrec` with `--seeds`); the split and its interaction times come
-from the same work folder, so run bench.quality for the dataset first. Nothing is trained here, and
-the pipeline's models do not use the prior (docs/experiments.md, "A recent-popularity prior").
+from the same work folder, so run bench.quality for the dataset first. Nothing is trained here. The pipeline
+fits the same prior itself with `train.trend_prior` (tasks.training.trend_fit, centred on the typical item,
+which changes no ranking of the split); a model that holds one is scored here without it.
 """
 
 from __future__ import annotations
@@ -83,9 +84,12 @@ def model_scores(model_dir: Path, sequences) -> dict[str, np.ndarray]:
     """The model's scores [U, N+1] of every item for every user, per split (the model loaded once)."""
     import torch
 
-    from tasks.evaluation.scoring import BATCH_USERS, model_scorer
+    from tasks.evaluation.scoring import BATCH_USERS, recommender_scorer
+    from tasks.model.recommender import Recommender
 
-    scorer = model_scorer(model_dir, sequences)
+    recommender = Recommender.load(model_dir)
+    recommender.use_trend(None)  # the model alone: this grid adds the prior
+    scorer = recommender_scorer(recommender, sequences)
     scores = {}
     for split, held_out in HELD_OUT.items():
         histories = sequences.histories(held_out)

@@ -104,6 +104,20 @@ def _head_line(head: dict) -> list[str]:
             f"newest year {items.get('age_0-0', 0):+.2f}"]
 
 
+def _trend_line(trend: dict) -> list[str]:
+    """The trend prior (train.trend_prior), when the run fitted one: what validation chose and what it gained."""
+    grid = trend.get("fit", {}).get("ndcg@10")
+    if not grid:
+        return []
+    alone, users = grid.get("none", 0.0), trend["fit"].get("validation_users", 0)
+    if not trend.get("weight"):
+        return [f"   trend prior: none (no window and weight validated above the model alone, {alone:.4f}, "
+                f"on {users:,} users)"]
+    chosen = grid.get(f"{trend['window_days']} days x {trend['weight']}", alone)
+    return [f"   trend prior: the last {trend['window_days']} days' interactions, weight {trend['weight']}: "
+            f"validation NDCG@10 {alone:.4f} -> {chosen:.4f} on {users:,} users"]
+
+
 def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
     run = RunLayout(Path(run_dir) if run_dir else latest_run_dir(config))
     manifest = _read(run.snapshot.manifest)
@@ -133,6 +147,7 @@ def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
                    f"process(es), {training.get('epochs_run', 0)} epochs, best valid NDCG@10 "
                    f"{training.get('best_valid_ndcg@10', 0):.4f}")
         out.extend(_head_line(_read(run.model.new_item_head)))
+        out.extend(_trend_line(_read(run.model.trend)))
     if evaluation:
         out.append("5. Full-ranking metrics (all items ranked, history masked):")
         out.extend(_metrics_table(evaluation))

@@ -241,6 +241,7 @@ class Recommender:
             self.item_vectors[self.new_rows] = placed
             self._directions()
         self._head_inputs(np.asarray(interactions, dtype=np.float64))
+        self.use_trend(None)  # a rehearsal of day one: its counts, as of the model's data end, would not be that day's
         self.popularity = torch.as_tensor(np.concatenate([[-np.inf], np.where(trained, interactions, 0)]),
                                           dtype=torch.float32)
         return self

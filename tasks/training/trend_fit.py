@@ -78,6 +78,10 @@ def fit_trend(config, dataset_dir: Path, model_dir: Path) -> TrendPrior | None:
                        fit={"validation_users": len(users), SELECTION_METRIC: fit,
                             "seconds": round(time.time() - started, 1)})
     prior.save(files.trend)
-    log.info("trend prior: window %d days, weight %.1f: validation %s %.4f -> %.4f on %d users (%.0fs)",
-             window, weight, SELECTION_METRIC, alone, best, len(users), time.time() - started)
+    if weight:
+        log.info("trend prior: the last %d days' interactions, weight %.1f: validation %s %.4f -> %.4f on %d users "
+                 "(%.0fs)", window, weight, SELECTION_METRIC, alone, best, len(users), time.time() - started)
+    else:
+        log.info("trend prior: none (no window and weight validated above the model alone, %s %.4f, on %d users; "
+                 "%.0fs)", SELECTION_METRIC, alone, len(users), time.time() - started)
     return prior
