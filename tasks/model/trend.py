@@ -16,7 +16,8 @@ drift gets none) and saved with the model (`trend.json`).
 The day of a prediction, and what n counts:
 - evaluation (the gate, the benchmarks): each user's last history day, and only the split's training
   interactions (held-out targets never count), so a figure is what the prior knew before the target;
-- publishing and the MLflow pyfunc: the counts saved with the model, over the window's last days of its data.
+- publishing: the source's own last days, counted when it runs (tasks.publish.materialize.fresh_trend);
+- the MLflow pyfunc: the counts saved with the model, over the window's last days of its data.
 
 Measured in docs/experiments.md ("A recent-popularity prior on ML-1M").
 """

@@ -18,8 +18,8 @@ import io
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -127,6 +127,42 @@ def read_catalogue(engine: sa.Engine, config: PipelineConfig) -> np.ndarray | No
     app = db.quote_ident(config.database.app_schema)
     with engine.connect() as conn:
         return np.asarray(conn.execute(sa.text(f'select item_id from {app}."items"')).scalars().all(), dtype=np.int64)
+
+
+def read_trend_counts(engine: sa.Engine, config: PipelineConfig, window_days: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The trend prior's counts as the source stands (tasks.model.trend): each item's interactions on the
+    `window_days` UTC days up to and including the day of the latest one (erased users' left out), and the
+    day after it. (item ids, counts, as_of_day); empty with no interactions."""
+    app = db.quote_ident(config.database.app_schema)
+    with engine.connect() as conn:
+        kept = erased_filter(conn, config.database.reco_schema)
+        known = " and ".join(["item_id is not null", "occurred_at is not null", *([kept] if kept else [])])
+        last = conn.execute(sa.text(f'select max(occurred_at) from {app}."interactions" where {known}')).scalar()
+        if last is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0
+        last = last.astimezone(UTC) if last.tzinfo else last.replace(tzinfo=UTC)  # a column without zone: UTC
+        as_of_day = (last.date() - datetime(1970, 1, 1, tzinfo=UTC).date()).days + 1
+        start = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=as_of_day - window_days)
+        counts = db.copy_out_int64(conn, (
+            f'select item_id, count(*) from {app}."interactions" where {known} '
+            f"and occurred_at >= '{start.isoformat()}'::timestamptz group by item_id order by item_id"),
+            ("item_id", "count"))
+    return counts["item_id"], counts["count"], as_of_day
+
+
+def fresh_trend(recommender, engine: sa.Engine, config: PipelineConfig) -> None:
+    """A champion with a trend prior publishes with the source's own last days (it may have been trained
+    days or weeks ago), not with the counts saved at its training: `use_trend` with them, logged."""
+    prior = recommender.trend
+    if prior is None:
+        return
+    item_ids, counts, as_of_day = read_trend_counts(engine, config, prior.window_days)
+    recommender.use_trend(replace(prior, item_ids=item_ids.tolist(), counts=counts.tolist(),
+                                              as_of_day=as_of_day))
+    last = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=as_of_day - 1)
+    log.info("trend prior: %d items' interactions on the %d days to %s lift their scores (weight %.1f; "
+             "the model's own counts end %s)", len(item_ids), prior.window_days, last.date(), prior.weight,
+             (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=prior.as_of_day - 1)).date())
 
 
 def _recommender(pyfunc, version: str):
@@ -384,6 +420,7 @@ def materialize(config: PipelineConfig, *, logical_date: datetime | None = None,
     engine = db.get_engine(config)
     users = read_histories(engine, config)
     catalogue = read_catalogue(engine, config)
+    fresh_trend(recommender, engine, config)
     retired = recommender.restrict_to(recommender.item_ids if catalogue is None else catalogue)
     if retired:
         log.info("%d of the champion's %d items are no longer in %s.items: left out of every list",

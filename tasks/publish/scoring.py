@@ -114,6 +114,7 @@ class Job:
     processes: int
     threads: int
     index: object = None  # tasks.model.retrieval.ItemIndex, tuned, or None for exact ranking
+    trend: object = None  # tasks.model.trend.TrendPrior with the publication's counts (materialize.fresh_trend)
 
 
 def write_users(path: Path, user_ids: np.ndarray, histories: Sequence[np.ndarray]) -> None:
@@ -176,7 +177,8 @@ class ScoringProcesses:
         job = Job(model_dir=str(recommender.model_dir), precision="bf16" if recommender.bf16 else "fp32",
                   listable_item_ids=recommender.item_ids[recommender.available[1:].numpy()],
                   settings=settings, users_file=str(folder / "users.arrow"), batch_users=batch_users,
-                  processes=self.processes, threads=max(1, (os.cpu_count() or 1) // self.processes), index=index)
+                  processes=self.processes, threads=max(1, (os.cpu_count() or 1) // self.processes), index=index,
+                  trend=recommender.trend)
         (folder / "job.pickle").write_bytes(pickle.dumps(job, protocol=5))
         env = {**os.environ, **allocator_env(allocator, dict(os.environ)),
                "OMP_NUM_THREADS": str(job.threads), "PRISMREC_SCORING_PARENT": str(os.getpid())}
@@ -306,6 +308,8 @@ def child_main(job_path: str, part: int) -> int:
     started = time.perf_counter()
     recommender = Recommender.load(Path(job.model_dir), job.precision)
     recommender.restrict_to(job.listable_item_ids)
+    if job.trend is not None:
+        recommender.use_trend(job.trend)  # the parent's counts, as of the publication
     catalogue = reco_rows.Catalogue.from_items(recommender.items)
     user_ids, histories = read_users(job.users_file)
     log.info("loaded the model and %d users in %.1fs; scoring %d batches", len(user_ids),

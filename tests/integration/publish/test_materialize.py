@@ -453,3 +453,41 @@ def test_rows_helpers_find_seen_items():
                            because_item_ids=np.zeros((2, 2, 1), int), explanations=np.array([["", ""], ["", ""]], object))
     assert seen_items_recommended([np.array([1, 2]), np.array([3])], recs) == 0
     assert seen_items_recommended([np.array([6]), np.array([7, 5])], recs) == 2
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+def test_a_trend_prior_publishes_what_the_source_was_busy_with_at_publication(
+        mat_config, first_publication, engine, trained_model_dir, recommender, histories, tmp_path, processes, caplog):
+    """A champion with a trend prior lifts the items of the source's own last days, counted when it publishes (not
+    the counts saved at its training, which may be weeks old), in the task's process and in child processes."""
+    import shutil
+
+    from tasks.layout import ModelFiles
+    from tasks.model.trend import TrendPrior
+    from tasks.publish.materialize import materialize
+    from tasks.registry.store import register_candidate
+
+    model = ModelFiles(tmp_path / "model")
+    shutil.copytree(trained_model_dir, model.root)
+    stale = int(recommender.item_ids[500])  # in no history: very busy at training, long ago, and not since
+    TrendPrior(window_days=7, weight=100.0, as_of_day=1, item_ids=[stale], counts=[10_000]).save(model.trend)
+    name = f"{MODEL}_trend_{processes}"
+    config = dataclasses.replace(
+        mat_config, registry=dataclasses.replace(mat_config.registry, model_name=name),
+        database=dataclasses.replace(mat_config.database, reco_schema=f"{RECO}_trend"),
+        materialize=dataclasses.replace(mat_config.materialize, score_processes=processes, score_process_min_users=0))
+    register_candidate(config, model_dir=model.root, run_dir=tmp_path / "run",
+                       evaluation={"candidate": {"valid": {"ndcg@10": 0.1}}}, decision={"passed": True, "reasons": ["t"]},
+                       lineage={"run_key": name})
+    with caplog.at_level(logging.INFO, logger="tasks.publish.materialize"):
+        materialize(config)
+    assert any(re.match(r"trend prior: \d+ items' interactions on the 7 days to 2000-01-0\d", r.getMessage())
+               for r in caplog.records)
+    lists = _read(engine, f'select user_id, item_id from {RECO}_trend."user_recommendations" order by user_id, rank')
+    # The app data spans 2000-01-02..06: every item someone took then has one interaction in the week, so with
+    # weight 100 those lead every list where the user has not taken them; the stale item has none now.
+    busy = {i for history in histories.values() for i in history} - {UNKNOWN_ITEM}
+    for user in (1, 2, 3):
+        top = lists[lists["user_id"] == user]["item_id"].tolist()
+        assert set(top) <= busy - set(histories[user]) and len(top) == 5, (user, top)
+    assert stale not in busy and stale not in set(lists["item_id"])
