@@ -13,6 +13,7 @@ over users.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from tasks.model.new_item_ids import predict_id_rows
 from tasks.model.sets import history_keys, in_sorted, pair_keys
 from tasks.model.trend import TREND_CANDIDATES, TrendPrior, lift, training_counts
 from tasks.titles import display_titles
+
+log = logging.getLogger(__name__)
 
 POPULARITY_FALLBACK = -1  # interest_id of items recommended by popularity, not by an interest
 FALLBACK_EXPLANATION = "popular overall (no viewing history yet)"
@@ -178,9 +181,7 @@ class Recommender:
         if self.trend is None:
             return
         if sequences.days is None:
-            import logging
-
-            logging.getLogger(__name__).warning(
+            log.warning(
                 "this split was prepared without interaction days: scoring it without the model's trend prior "
                 "(run prepare again to include it)")
             self.use_trend(None)
@@ -188,8 +189,8 @@ class Recommender:
         self._split_counts = training_counts(sequences, self.index_of)
 
     def trend_shift(self, days: np.ndarray | None) -> torch.Tensor | None:
-        """The prior's shift of every item's score: [B, N+1] for the histories' `days`, [1, N+1] as of the
-        model's data end, None without a prior."""
+        """The prior's shift of every item's score: [B, N+1] for the histories' `days` (a split's, date_by),
+        [1, N+1] as of the counts `use_trend` was given (publishing), None without a prior."""
         if self.trend is None:
             return None
         if self._split_counts is None:
@@ -444,7 +445,7 @@ class Recommender:
         if lifted and len(self.new_rows) <= HEAD_CANDIDATES:
             # The head moves new items by more than their retrieval score says: every one is a candidate.
             found = torch.cat([found, self.new_rows.expand(users, -1)], dim=1)
-        shift = self.trend_shift(None)  # publishing: as of the model's data end, the same for everyone
+        shift = self.trend_shift(None)  # publishing: the same for everyone, as of its counts
         if shift is not None:
             # ... and the trend prior lifts the catalogue's busiest items: the most lifted are candidates too.
             busiest = shift[0].masked_fill(~self.available, float("-inf")).topk(min(TREND_CANDIDATES, self.n_items))

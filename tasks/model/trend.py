@@ -59,8 +59,10 @@ class TrendPrior:
 
     def counts_of(self, item_ids: np.ndarray) -> np.ndarray:
         """The saved window counts of app `item_ids` (0 for an item with none)."""
-        counts = dict(zip(self.item_ids, self.counts, strict=True))
-        return np.array([counts.get(int(i), 0) for i in item_ids], dtype=np.float32)
+        import pandas as pd
+
+        counts = pd.Series(np.asarray(self.counts, dtype=np.float32), index=np.asarray(self.item_ids, dtype=np.int64))
+        return counts.reindex(np.asarray(item_ids, dtype=np.int64)).fillna(0).to_numpy(np.float32)
 
 
 class WindowCounts:
@@ -76,8 +78,10 @@ class WindowCounts:
         unique, inverse = np.unique(np.asarray(as_of), return_inverse=True)
         low = np.searchsorted(self.days, unique - window, side="left")
         high = np.searchsorted(self.days, unique, side="left")
-        rows = np.stack([np.bincount(self.items[a:b], minlength=self.width) for a, b in zip(low, high, strict=True)])
-        return torch.from_numpy(rows[inverse].astype(np.float32))
+        rows = np.zeros((len(unique), self.width), dtype=np.float32)
+        for row, (a, b) in enumerate(zip(low, high, strict=True)):
+            rows[row] = np.bincount(self.items[a:b], minlength=self.width)
+        return torch.from_numpy(rows[inverse])
 
 
 def lift(counts: torch.Tensor, trained: torch.Tensor, weight: float) -> torch.Tensor:

@@ -35,6 +35,7 @@ def fit_trend(config, dataset_dir: Path, model_dir: Path) -> TrendPrior | None:
     from tasks.evaluation.metrics import SELECTION_METRIC, rank_batches, ranking_metrics
     from tasks.evaluation.scoring import BATCH_USERS
     from tasks.layout import ModelFiles
+    from tasks.model.network import SCORE_MEMORY_MB
     from tasks.model.recommender import Recommender
 
     started = time.time()
@@ -55,16 +56,22 @@ def fit_trend(config, dataset_dir: Path, model_dir: Path) -> TrendPrior | None:
     counts = training_counts(sequences, recommender.index_of)
     cells = [(0, 0.0)] + [(w, x) for w in WINDOWS for x in WEIGHTS if x > 0]
     ranks: dict[tuple[int, float], list[np.ndarray]] = {cell: [] for cell in cells}
-    for start in range(0, len(users), BATCH_USERS):
-        batch = users[start:start + BATCH_USERS]
-        split_histories = [histories[u] for u in batch]
-        per_interest, indexed = recommender.interest_scores([sequences.item_ids[h] for h in split_histories])
-        window_counts = {w: counts.before(as_of[batch], w) for w in WINDOWS}
-        for window, weight in cells:  # the user tower ran once; each cell adds its shift and ranks
-            shift = lift(window_counts[window], recommender.trained, weight) if weight else None
-            scores = recommender.split_scores(per_interest.clone(), indexed, sequences.item_ids[1:], shift)
-            scores = torch.cat([torch.full((len(batch), 1), float("-inf")), scores], dim=1)  # index 0: padding
-            ranks[(window, weight)].append(rank_batches([(scores, split_histories, targets[batch])])[0])
+    step = recommender.users_per_batch(SCORE_MEMORY_MB, BATCH_USERS)  # score tensors as evaluation sizes them
+    padding = torch.full((step, 1), float("-inf"))  # index 0 of a split's scores
+
+    def rank(cell, per_interest, indexed, batch, shift=None) -> None:
+        scores = recommender.split_scores(per_interest.clone(), indexed, sequences.item_ids[1:], shift)
+        scores = torch.cat([padding[:len(batch)], scores], dim=1)
+        ranks[cell].append(rank_batches([(scores, [histories[u] for u in batch], targets[batch])])[0])
+
+    for start in range(0, len(users), step):  # the user tower runs once a batch; each cell shifts and ranks
+        batch = users[start:start + step]
+        per_interest, indexed = recommender.interest_scores([sequences.item_ids[histories[u]] for u in batch])
+        rank((0, 0.0), per_interest, indexed, batch)
+        for window in WINDOWS:  # one window's counts at a time: [batch, N+1] each
+            centred = lift(counts.before(as_of[batch], window), recommender.trained, 1.0)
+            for weight in WEIGHTS[1:]:
+                rank((window, weight), per_interest, indexed, batch, centred * weight)
     measured = {cell: float(ranking_metrics(np.concatenate(ranks[cell]))[SELECTION_METRIC]) for cell in cells}
     (window, weight), best = max(measured.items(), key=lambda pair: (pair[1], -pair[0][1]))  # ties: less weight
     alone = measured[(0, 0.0)]
