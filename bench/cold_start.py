@@ -132,13 +132,17 @@ def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarra
     if not (reuse and ModelFiles(model_dir).summary.exists()):
         model_dir = launch_training(config, dataset_dir, model_dir)
     seconds = time.time() - started
-    if snapshot is not None and not (reuse and ModelFiles(Path(model_dir)).new_item_head.exists()):
-        fit_new_item_head(config, snapshot, work / "rehearsal", model_dir)
-    head_seconds = time.time() - started - seconds
+    from tasks.model.trend import TrendPrior
+
     if config.train.trend_prior and not (reuse and ModelFiles(Path(model_dir)).trend.exists()):
         from tasks.training.trend_fit import fit_trend
 
-        fit_trend(config, dataset_dir, model_dir)  # after the head, as the pipeline's train task fits it
+        fit_trend(config, dataset_dir, model_dir)  # before the head, as the pipeline's train task fits it
+    prior = TrendPrior.load(ModelFiles(Path(model_dir)).trend)
+    trend_seconds = time.time() - started - seconds
+    if snapshot is not None and not (reuse and ModelFiles(Path(model_dir)).new_item_head.exists()):
+        fit_new_item_head(config, snapshot, work / "rehearsal", model_dir, trend=prior)
+    head_seconds = time.time() - started - seconds - trend_seconds
     head_file = ModelFiles(Path(model_dir)).new_item_head
     if head_seconds < 1 and head_file.exists():  # a reused head: the rehearsal's own time
         head_seconds = json.loads(head_file.read_text()).get("fitted_on", {}).get("seconds", head_seconds)
@@ -360,7 +364,8 @@ def prismrec_row(config, test: dict, args, work: Path) -> tuple[dict, np.ndarray
         if not (args.reuse_models and path.exists()):
             path.parent.mkdir(parents=True, exist_ok=True)
             fit_new_item_head(replace(config, train=replace(config.train, new_item_head_rehearsal=other)),
-                              test["snapshot"], work / "test" / f"rehearsal-{other}", recommender.model_dir, path)
+                              test["snapshot"], work / "test" / f"rehearsal-{other}", recommender.model_dir, path,
+                              trend=TrendPrior.load(ModelFiles(recommender.model_dir).trend))
         recommender.head = load_head(path)
         scores = {kind: score_matrix(score, test[kind]) for kind in ("cold", "warm")}
         recommender.head = head
@@ -547,7 +552,8 @@ def table(result: dict) -> str:
                          "same lists without the head).")
         if trend := row.get("trend_prior"):
             change = trend.get("trend_vs_none_as_published")
-            notes.append(f"{name}'s trend prior (train.trend_prior, fitted on validation after the head): "
+            notes.append(f"{name}'s trend prior (train.trend_prior, fitted on validation before the head, which is "
+                         "fitted with it on): "
                          + (f"the last {trend['window_days']} days before the cut-off, weight {trend['weight']}; as "
                             f"published it changes cold HR@10 by {change['cold']['hr@10_difference']:+.4f} ± "
                             f"{change['cold']['se'] or 0:.4f} and warm HR@10 by {change['warm']['hr@10_difference']:+.4f}"

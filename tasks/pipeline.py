@@ -123,14 +123,15 @@ def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
     run = RunLayout(Path(dataset["run_dir"]))
     with training_run(config, run) as (mlflow_run_id, on_epoch):
         model_dir = launch_training(config, Path(dataset["path"]), run.model.root, on_epoch=on_epoch)
+        prior = None
+        if config.train.trend_prior:  # first: the new-item head is then fitted with it on
+            from tasks.training.trend_fit import fit_trend
+
+            prior = fit_trend(config, Path(dataset["path"]), model_dir)
         if config.train.new_item_head:
             from tasks.training.rehearsal import fit_new_item_head
 
-            fit_new_item_head(config, run.snapshot.root, run.root / "rehearsal", model_dir)
-        if config.train.trend_prior:  # after the head: the prior is fitted on the model as it will score
-            from tasks.training.trend_fit import fit_trend
-
-            fit_trend(config, Path(dataset["path"]), model_dir)
+            fit_new_item_head(config, run.snapshot.root, run.root / "rehearsal", model_dir, trend=prior)
     history = ModelFiles(Path(model_dir)).history
     epochs = len(json.loads(history.read_text())) if history.exists() else None
     return {"model_dir": str(model_dir), "run_dir": str(run.root), "epochs": epochs, "mlflow_run_id": mlflow_run_id}

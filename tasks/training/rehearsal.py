@@ -130,11 +130,28 @@ def model_as_of(config: PipelineConfig, model_dir: Path, before: pd.DataFrame, u
     return recommender.as_of(universe, so_far, config.train.new_item_id_penalty)
 
 
+def trend_as_of(trend, interactions: pd.DataFrame, cutoff: pd.Timestamp):
+    """The run's trend prior (tasks.model.trend) as day one at the cut-off would have applied it: its window's
+    counts of the interactions on the whole days before the cut-off's day."""
+    from dataclasses import replace
+
+    times, cutoff = interactions["occurred_at"], pd.Timestamp(cutoff)
+    times = times.dt.tz_localize("UTC") if times.dt.tz is None else times  # a snapshot's times are UTC
+    day = (cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")).normalize()
+    start = day - pd.Timedelta(days=trend.window_days)
+    counts = interactions.loc[(times >= start) & (times < day), "item_id"].value_counts().sort_index()
+    as_of_day = int((day - pd.Timestamp("1970-01-01", tz="UTC")).days)
+    return replace(trend, item_ids=counts.index.to_numpy(np.int64).tolist(), counts=counts.to_numpy(np.int64).tolist(),
+                   as_of_day=as_of_day)
+
+
 def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, model_dir: Path,
-                      head_file: Path | None = None) -> dict:
+                      head_file: Path | None = None, trend=None) -> dict:
     """Rehearse day one on the snapshot in `snapshot_dir` (files under `work`), fit the new-item head
     and save it into `model_dir` (or `head_file`: a comparison's); returns the rehearsal's facts (also
-    saved with the head)."""
+    saved with the head). With the run's `trend` prior (tasks.model.trend, fitted first), the rehearsal
+    scores the trained titles with it as of the cut-off, so the head learns how new titles compete with
+    busy ones."""
     from tasks.data.prepare import load_dataset, prepare_dataset
     from tasks.model.new_item_head import NewItemHead, fit_head, save_head
     from tasks.model.recommender import Recommender
@@ -190,6 +207,9 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
             raise
         return identity("no rehearsal universe", f"the interactions before the cut-off ({cutoff}) leave no model of "
                         f"day one to rehearse with: {error}")
+    if trend is not None and trend.weight > 0:
+        recommender.use_trend(trend_as_of(trend, interactions, cutoff))
+        facts["trend_prior"] = {"window_days": trend.window_days, "weight": trend.weight}
     most = rows_within(CASES_MEMORY_MB, len(recommender.new_rows), MAX_CASES)
     cases = rehearsal_cases(interactions, cutoff, new_titles, sequences.item_ids[1:], max_cases=most,
                             seed=config.train.seed)

@@ -135,3 +135,18 @@ def test_the_default_rehearsal_leaves_the_head_the_identity_where_the_data_befor
                            "train.new_item_head_rehearsal": "retrain"})
     with pytest.raises(SourceDataError):
         fit_new_item_head(retrain, snapshot.root, tmp_path / "work2", tmp_path / "model")
+
+
+def test_the_trend_prior_of_day_one_counts_the_window_s_whole_days_before_the_cut_off_s_day():
+    from tasks.model.trend import TrendPrior
+    from tasks.training.rehearsal import trend_as_of
+
+    at = pd.to_datetime(["2000-01-01 10:00", "2000-01-02 23:59", "2000-01-03 00:00", "2000-01-04 08:00",
+                         "2000-01-04 09:00", "2000-01-05 12:00"], utc=True)
+    interactions = pd.DataFrame({"user_id": [1, 2, 3, 4, 5, 6], "item_id": [7, 8, 8, 9, 9, 9], "occurred_at": at})
+    prior = TrendPrior(window_days=2, weight=0.3, as_of_day=0, item_ids=[7], counts=[99], fit={"kept": True})
+    day_one = trend_as_of(prior, interactions, pd.Timestamp("2000-01-04 09:00", tz="UTC"))
+    # The cut-off's day (01-04) does not count; its two days before (01-02, 01-03) do; the saved counts go.
+    assert (day_one.item_ids, day_one.counts) == ([8], [2])
+    assert day_one.as_of_day == (pd.Timestamp("2000-01-04") - pd.Timestamp("1970-01-01")).days
+    assert (day_one.window_days, day_one.weight, day_one.fit) == (2, 0.3, {"kept": True})
