@@ -47,7 +47,7 @@ DATASETS = {
 # layers, feed-forward 4x) validated higher at every epoch and kept rising where 2 layers level off.
 # ML-1M drifts: a recent-popularity prior fitted on validation after training (train.trend_prior)
 # added ~0.0035 test NDCG@10 and 0.003 HR@10 over three seeds (docs/experiments.md, v75, v77); on the
-# cold-start split it costs new titles (v78), which the pipeline's default keeps it off for.
+# cold-start split, with the new-item head fitted after it, trained titles gain and new ones hold (v79).
 DATASET_SETTINGS = {
     "ml-1m": {"prepare.max_history": 200, "train.batch_size": 16, "train.n_interests": 1, "train.dropout": 0.05,
               "train.lm_trainable_layers": 0, "train.user_layers": 3, "train.user_ffn": 4, "train.trend_prior": True},

@@ -202,9 +202,9 @@ class TrainConfig:
     new_item_head_rehearsal: str = "model"
     # Fit a recent-popularity prior after training (tasks.model.trend): each trained item's score gets a
     # lift by how busy it was in the weeks before the day of the prediction, window and weight chosen on
-    # validation (weight 0 included). Needs the interaction days `prepare` keeps. Off by default: on
-    # ML-1M's time split it lifts trained titles but costs new ones a third of their hits (v78, the head
-    # was fitted without it); ML-1M's benchmark setting turns it on (docs/experiments.md, v77).
+    # validation (weight 0 included), before the new-item head, which is fitted with it on. Needs the
+    # interaction days `prepare` keeps. Off by default until measured on ML-100K; ML-1M's benchmark
+    # setting turns it on (docs/experiments.md, v77-v79).
     trend_prior: bool = False
     # Cap on steps per epoch, for quick slices and tests; None trains on everything.
     max_steps_per_epoch: int | None = None
