@@ -13,7 +13,10 @@ The models are folders that `python -m bench.quality` trained (its work folder k
 `prismrec` folder, or `seed-N/prismrec` with `--seeds`); the split and its interaction times come
 from the same work folder, so run bench.quality for the dataset first. Nothing is trained here. The pipeline
 fits the same prior itself with `train.trend_prior` (tasks.training.trend_fit, centred on the typical item,
-which changes no ranking of the split); a model that holds one is scored here without it.
+which changes no ranking of the split); a model that holds one is scored here without it. This tool adds the
+prior to the final scores, after an interest balance (K > 1) has turned each list's top into ranks, where the
+pipeline adds it to each interest's scores before balancing: for balanced models it shows less than the pipeline
+gets (docs/experiments.md, v80); for K=1 (ML-1M's setting) the two agree.
 """
 
 from __future__ import annotations

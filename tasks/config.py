@@ -203,7 +203,7 @@ class TrainConfig:
     # Fit a recent-popularity prior after training (tasks.model.trend): each trained item's score gets a
     # lift by how busy it was in the weeks before the day of the prediction, window and weight chosen on
     # validation (weight 0 included), before the new-item head, which is fitted with it on. Needs the
-    # interaction days `prepare` keeps. Off by default until measured on ML-100K; ML-1M's benchmark
+    # interaction days `prepare` keeps. Off by default: level on ML-100K (v80); ML-1M's benchmark
     # setting turns it on (docs/experiments.md, v77-v79).
     trend_prior: bool = False
     # Cap on steps per epoch, for quick slices and tests; None trains on everything.
