@@ -13,15 +13,15 @@ MODEL = "story_test"
 
 @pytest.fixture(scope="module")
 def story(ml100k, base_overrides):
-    """The pipeline's own functions on ML-100K: 2 epochs of 2 steps (and the new-item head's rehearsal, as
-    small), the run looked at before and after register."""
+    """The pipeline's own functions on ML-100K: 2 epochs of 2 steps (the trend prior, then the new-item head's
+    rehearsal, as small), the run looked at before and after register."""
     from mlflow import MlflowClient
     from tasks import pipeline
     from tasks.config import load_config
     from tasks.registry.store import tracking_uri
 
     overrides = {**base_overrides, "train.epochs": 2, "train.max_steps_per_epoch": 2, "train.nproc": 1,
-                 "train.patience": 5, "registry.model_name": MODEL}
+                 "train.patience": 5, "train.trend_prior": True, "registry.model_name": MODEL}
     config = load_config(overrides)
     client = MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config))
     snapshot = pipeline.run_extract(overrides, "manual__story", datetime(1998, 5, 1, tzinfo=UTC))
@@ -124,3 +124,25 @@ def test_the_new_item_head_the_train_task_fitted_is_in_the_run_and_in_the_regist
     served = load_model(f"models:/{MODEL}/{story['registered']['version']}").unwrap_python_model()
     assert served.recommender.head is not None
     assert served.recommender.head.to_dict()["scale"] == pytest.approx(saved["scale"])
+
+
+def test_the_trend_prior_the_train_task_fitted_is_in_the_run_the_gate_s_figure_and_the_served_model(story):
+    """train.trend_prior through the pipeline's train task: fitted on validation before the new-item head (whose
+    rehearsal then scores with it), told in the run (params and its grid), measured by the gate as the fit chose,
+    and packaged in the version the registry serves."""
+    from mlflow.pyfunc import load_model
+
+    client, run_id = story["client"], story["run_id"]
+    saved = json.loads((Path(story["trained"]["model_dir"]) / "trend.json").read_text())
+    grid = saved["fit"]["ndcg@10"]
+    chosen = f"{saved['window_days']} days x {saved['weight']}" if saved["weight"] else "none"
+    assert grid[chosen] == max(grid.values())
+    assert story["evaluation"]["candidate"]["valid"]["ndcg@10"] == pytest.approx(grid[chosen], abs=1e-4)
+    params = client.get_run(run_id).data.params
+    assert (params["trend_prior.window_days"], params["trend_prior.weight"]) == (str(saved["window_days"]),
+                                                                                 str(saved["weight"]))
+    assert json.loads(Path(client.download_artifacts(run_id, "trend_prior_fit.json")).read_text()) == saved["fit"]
+    head = json.loads((Path(story["trained"]["model_dir"]) / "new_item_head.json").read_text())
+    assert ("trend_prior" in head["fitted_on"]) == (saved["weight"] > 0)  # the head was fitted with it on
+    served = load_model(f"models:/{MODEL}/{story['registered']['version']}").unwrap_python_model()
+    assert (served.recommender.trend is not None) == (saved["weight"] > 0)
