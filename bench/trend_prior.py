@@ -30,46 +30,19 @@ import numpy as np
 
 from bench.machine import machine
 from bench.quality import DATASETS, PROTOCOL, save
+from tasks.model.trend import WEIGHTS, WINDOWS
 
-WINDOWS = (7, 14, 30, 60)  # days
-WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # logit units per log(1 + interactions); model scores are ~20 x cosine
 HELD_OUT = {"valid": 2, "test": 1}  # split -> items left out of the input history
 
 
-class DailyCounts:
-    """Training interactions per item per day, cumulated: window counts for any day in O(items)."""
+def split_counts(sequences):
+    """The split's training interactions (held-out items left out) by day, in the split's own item indices:
+    the pipeline's counts (tasks.model.trend.training_counts) for a model that holds every item of the split."""
+    import pandas as pd
 
-    def __init__(self, sequences, days: np.ndarray):
-        lengths = np.diff(sequences.indptr)
-        position = np.arange(len(days)) - np.repeat(sequences.indptr[:-1], lengths)
-        train = position < np.repeat(lengths, lengths) - 2
-        self.days = int(days.max()) + 1
-        counts = np.zeros((self.days + 1, sequences.n_items + 1), dtype=np.float32)
-        np.add.at(counts, (days[train] + 1, sequences.item_idx[train]), 1)
-        self.cumulative = counts.cumsum(0)  # row d: interactions on days before d
+    from tasks.model.trend import training_counts
 
-    def before(self, day: np.ndarray, window: int) -> np.ndarray:
-        """[U, N+1] training interactions on the `window` days before each user's `day` (that day excluded)."""
-        return self.cumulative[day] - self.cumulative[np.maximum(day - window, 0)]
-
-
-def interaction_days(work: Path, sequences) -> np.ndarray:
-    """Each interaction's day (since the split's first), aligned with `sequences.item_idx`."""
-    import pyarrow.parquet as pq
-
-    from tasks.config import load_config
-    from tasks.data.prepare import Events, core
-
-    path = work / "snapshot" / "interactions.parquet"
-    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[pq.read_schema(path).field("occurred_at").type.unit]
-    events = Events.read(path)
-    kept = core(events, load_config({}).prepare)
-    times = events.time[kept.rows]
-    if len(times) != len(sequences.item_idx):
-        raise SystemExit(f"{work}: the snapshot's 5-core ({len(times)} interactions) is not the prepared split's "
-                         f"({len(sequences.item_idx)}): run bench.quality for this dataset again")
-    seconds = times // per_second
-    return ((seconds - seconds.min()) // 86_400).astype(np.int64)
+    return training_counts(sequences, pd.Series(np.arange(1, sequences.n_items + 1), index=sequences.item_ids[1:]))
 
 
 def metrics(scores: np.ndarray, sequences, split: str) -> dict[str, float]:
@@ -101,29 +74,25 @@ def model_scores(model_dir: Path, sequences) -> dict[str, np.ndarray]:
     return scores
 
 
-def last_days(sequences, days: np.ndarray) -> dict[str, np.ndarray]:
-    """Per split, the day of each user's last history item."""
-    return {split: days[sequences.indptr[1:] - 1 - held_out] for split, held_out in HELD_OUT.items()}
-
-
-def popularity_rows(sequences, counts: DailyCounts, days: np.ndarray) -> dict:
+def popularity_rows(sequences, counts) -> dict:
     """The priors alone as recommenders: all-time training popularity, and each window's recent popularity."""
-    last_day = last_days(sequences, days)
-    everyone = np.broadcast_to(counts.cumulative[-1], (sequences.n_users, len(counts.cumulative[-1])))
+    from tasks.evaluation.scoring import popularity_scorer
+
+    everyone = popularity_scorer(sequences)(range(sequences.n_users))
     rows = {"all_time": {split: metrics(everyone, sequences, split) for split in HELD_OUT}}
     for window in WINDOWS:
-        rows[f"{window}_days"] = {split: metrics(counts.before(last_day[split], window), sequences, split)
-                                  for split in HELD_OUT}
+        rows[f"{window}_days"] = {split: metrics(counts.before(sequences.as_of_days(held), window), sequences, split)
+                                  for split, held in HELD_OUT.items()}
     return rows
 
 
-def evaluate(model_dir: Path, sequences, counts: DailyCounts, days: np.ndarray) -> dict:
+def evaluate(model_dir: Path, sequences, counts) -> dict:
     """The model alone, every (window, weight) on validation, and test at the one validation chose."""
-    last_day = last_days(sequences, days)
     scores = model_scores(model_dir, sequences)
     grid = []
     for window in WINDOWS:
-        prior = {split: np.log1p(counts.before(last_day[split], window)) for split in HELD_OUT}
+        prior = {split: np.log1p(counts.before(sequences.as_of_days(held), window).numpy())
+                 for split, held in HELD_OUT.items()}
         for weight in WEIGHTS:
             row = {"window_days": window, "weight": weight,
                    "valid": metrics(scores["valid"] + weight * prior["valid"], sequences, "valid")}
@@ -181,15 +150,17 @@ def main(argv: list[str] | None = None) -> dict:
     if missing:
         parser.error(f"not trained model folders (no model.pt): {', '.join(missing)}")
     sequences, _ = load_dataset(work / "dataset")
-    days = interaction_days(work, sequences)
-    counts = DailyCounts(sequences, days)
-    rows = [evaluate(m, sequences, counts, days) for m in args.models]
+    if sequences.days is None:
+        parser.error(f"{work / 'dataset'} was prepared before interaction days were kept: run `python -m bench.quality "
+                     f"--dataset {args.dataset} --only prismrec` again")
+    counts = split_counts(sequences)
+    rows = [evaluate(m, sequences, counts) for m in args.models]
     summary = {f"{k}_{which}": mean_sd([(r["alone"]["test"] if which == "alone" else r["chosen"]["test"])[k]
                                         for r in rows])
                for k in ("ndcg@10", "hr@10") for which in ("alone", "with_prior")}
     result = {"dataset": args.dataset, "protocol": PROTOCOL, "machine": machine(),
               "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "models": rows, "summary": summary,
-              "popularity": popularity_rows(sequences, counts, days)}
+              "popularity": popularity_rows(sequences, counts)}
     return save(args.results or f"trend-prior-{args.dataset}", result, markdown(result))
 
 
