@@ -3,8 +3,8 @@
     python -m bench.profile_step [--dataset ml-1m] [--steps 30] [--warmup 10] [--validation]
                                  [--set stage.KEY=VALUE ...]
 
-Builds what `tasks.training.worker` builds (one process, the dataset's selected settings of
-bench.quality over the pipeline defaults, the frozen MiniLM states from the cache) on the quality
+Builds what `tasks.training.worker` builds (one process under the workers' allocator, the dataset's
+selected settings of bench.quality over the pipeline defaults, the frozen MiniLM states from the cache) on the quality
 benchmark's split, runs `--warmup` steps, then `--steps` steps under `torch.profiler`, and prints
 the operators by their own CPU time. With `--validation` it profiles one epoch-end validation
 instead (the live weights and their average, over every validation user), after the warm-up steps.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,20 @@ from typing import Any
 from tasks.cli import setting_arg  # `stage.field=value`, refused with an example otherwise
 
 log = logging.getLogger("bench.profile_step")
+
+
+def with_worker_allocator(module: str, argv: list[str] | None, settings: dict[str, Any]) -> None:
+    """Re-run this benchmark (`python -m module argv`) under the allocator a training worker gets
+    (train.allocator, tasks.training.launcher.allocator_env), unless it already runs under it. The
+    steps allocate their [positions, items] scores afresh: under glibc each one faults its pages in
+    again (a ~40 MB product took ~1.7x as long as under jemalloc), which a worker never pays."""
+    from tasks.training.launcher import allocator_env
+
+    extra = allocator_env(str(settings.get("train.allocator", "auto")), dict(os.environ))
+    if extra:
+        log.info("re-running under the workers' allocator: %s", " ".join(f"{k}={v}" for k, v in extra.items()))
+        os.execve(sys.executable, [sys.executable, "-m", module, *(sys.argv[1:] if argv is None else argv)],
+                  {**os.environ, **extra})
 
 
 @dataclass
@@ -107,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", action="store_true", help="one row per operator and input shapes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with_worker_allocator("bench.profile_step", argv, dict(args.settings))
 
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function

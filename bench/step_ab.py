@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from bench.profile_step import step_setup
+from bench.profile_step import step_setup, with_worker_allocator
 from tasks.cli import setting_arg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
                         metavar="stage.KEY=VALUE", help="a setting over the dataset's selected ones (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with_worker_allocator("bench.step_ab", argv, dict(args.settings))
     chosen = versions(args.before, args.swap)
     setup = step_setup(args.dataset, dict(args.settings))
     times: dict[str, list[float]] = {"before": [], "after": []}

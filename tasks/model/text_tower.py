@@ -66,7 +66,9 @@ def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 def encode_frozen(texts: list[str], tokenizer, encoder, n_trainable: int, max_tokens: int,
                   batch_size: int = 256, padding_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Run embeddings + the frozen lower layers once: ([N, T, 384] hidden states, [N, T] mask), T the
-    longest text's tokens (at most max_tokens; padding never changes a real token's state). With
+    longest text's tokens (at most max_tokens; padding never changes a real token's state, and a
+    padding position's state is zero). Batches hold texts of similar length, each run to its own
+    longest. With
     `padding_row`, row 0 is the padding item (zero states, one real token) and texts start at row 1,
     as training indexes items: the states are written once, never copied to add it.
 
@@ -82,14 +84,25 @@ def encode_frozen(texts: list[str], tokenizer, encoder, n_trainable: int, max_to
     first = int(padding_row)
     states = torch.empty((first + len(texts), width, TEXT_DIM))  # filled batch by batch: no parts to concatenate
     states[:first] = 0.0
+    # Longest texts first, so each batch runs to its own longest text (item texts are short: about half
+    # of the [N, T] grid is padding). A padding position's state is zero: nothing reads it (the mask
+    # keeps it out of attention and of the mean).
+    lengths = tokens["attention_mask"].sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
     for start in range(0, len(texts), batch_size):
-        ids = tokens["input_ids"][start:start + batch_size]
-        mask = tokens["attention_mask"][start:start + batch_size]
+        rows = order[start:start + batch_size]
+        longest = max(int(lengths[rows[0]]), 1)
+        ids = tokens["input_ids"][rows, :longest]
+        mask = tokens["attention_mask"][rows, :longest]
         hidden = encoder.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
         extended = additive_mask(mask, hidden.dtype)
         for layer in frozen_layers:
             hidden = layer(hidden, extended)
-        states[first + start:first + start + len(ids)] = hidden if pool is None else pool(hidden, mask)[:, None]
+        if pool is not None:
+            states[first + rows] = pool(hidden, mask)[:, None]
+        else:
+            states[first + rows] = torch.nn.functional.pad(hidden * mask[..., None].to(hidden.dtype),
+                                                            (0, 0, 0, width - longest))
     masks = tokens["attention_mask"] if pool is None else torch.ones((len(texts), 1), dtype=torch.long)
     if padding_row:
         masks = torch.cat([torch.ones((1, masks.shape[1]), dtype=masks.dtype), masks])

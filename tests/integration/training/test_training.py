@@ -385,6 +385,30 @@ def test_packed_text_tower_computes_what_the_padded_minilm_layers_do(dataset_dir
     assert torch.allclose(TextTower(encoder, 0)(pooled, ones), direct, atol=1e-5)
 
 
+def test_frozen_states_batched_by_length_are_those_of_one_padded_batch(dataset_dir):
+    """encode_frozen runs each batch to its own longest text: the real tokens' states are those of one
+    batch padded to the longest text of all, the padding positions' states are zero, rows stay in order."""
+    import pandas as pd
+
+    from tasks.layout import DatasetFiles
+    from tasks.model.text_tower import additive_mask, encode_frozen, load_language_model
+
+    texts = pd.read_parquet(DatasetFiles(Path(dataset_dir)).items)["description"].tolist()[:40]
+    tokenizer, encoder = load_language_model()
+    states, masks = encode_frozen(texts, tokenizer, encoder, 1, 32, batch_size=8, padding_row=True)
+    lengths = masks[1:].sum(1)
+    assert len(set(lengths.tolist())) > 5  # batches of 8 differ in length: most are cut short
+    tokens = tokenizer(texts, padding="longest", truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():  # the frozen layers over one batch padded to the longest text
+        hidden = encoder.embeddings(input_ids=tokens["input_ids"], token_type_ids=torch.zeros_like(tokens["input_ids"]))
+        for layer in encoder.encoder.layer[:-1]:
+            hidden = layer(hidden, additive_mask(tokens["attention_mask"], hidden.dtype))
+    assert torch.equal(masks[1:], tokens["attention_mask"]) and bool((states[0] == 0).all())
+    real = masks[1:].bool()
+    assert torch.allclose(states[1:][real], hidden[real], atol=1e-5)
+    assert bool((states[1:][~real] == 0).all())
+
+
 def test_packed_text_tower_under_bf16_autocast_pads_its_products_without_changing_them(dataset_dir, monkeypatch):
     """As training runs it on a bf16 CPU: the packed tokens' products are padded to ROW_BUCKET rows (query,
     key and value from one padded copy), and the vectors and gradients are those of unpadded products."""

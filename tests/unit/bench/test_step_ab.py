@@ -29,3 +29,24 @@ def test_a_missing_name_or_file_stops_with_a_message():
         versions("HEAD", [("tasks.model.layers", ["no_such_function"])])
     with pytest.raises(SystemExit, match="cannot read"):
         module_at("HEAD", "tasks.model.no_such_module")
+
+
+def test_the_step_benchmarks_run_under_the_workers_allocator(monkeypatch):
+    """bench.profile_step / bench.step_ab re-run themselves under the allocator a training worker gets."""
+    import os
+
+    from bench import profile_step
+
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda path, args, env: calls.append((args, env)))
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    profile_step.with_worker_allocator("bench.profile_step", ["--steps", "5"], {})
+    (args, env), = calls
+    assert args[1:] == ["-m", "bench.profile_step", "--steps", "5"]
+    assert "jemalloc" in env["LD_PRELOAD"] or "mimalloc" in env["LD_PRELOAD"]  # mimalloc is a dependency
+    monkeypatch.setenv("LD_PRELOAD", env["LD_PRELOAD"])  # the re-run: already under it, so no second exec
+    profile_step.with_worker_allocator("bench.profile_step", ["--steps", "5"], {})
+    monkeypatch.delenv("LD_PRELOAD")
+    profile_step.with_worker_allocator("bench.step_ab", [], {"train.allocator": "system"})  # as asked: no change
+    assert len(calls) == 1
