@@ -68,9 +68,8 @@ def encode_frozen(texts: list[str], tokenizer, encoder, n_trainable: int, max_to
     """Run embeddings + the frozen lower layers once: ([N, T, 384] hidden states, [N, T] mask), T the
     longest text's tokens (at most max_tokens; padding never changes a real token's state, and a
     padding position's state is zero). Batches hold texts of similar length, each run to its own
-    longest. With
-    `padding_row`, row 0 is the padding item (zero states, one real token) and texts start at row 1,
-    as training indexes items: the states are written once, never copied to add it.
+    longest. With `padding_row`, row 0 is the padding item (zero states, one real token) and texts
+    start at row 1, as training indexes items: the states are written once, never copied to add it.
 
     With no layer to fine-tune (n_trainable 0) the text tower only mean-pools these states, so each
     item's pooled vector is kept instead, as one token: [N, 1, 384] and a mask of ones, which pool to
