@@ -7,16 +7,30 @@ import platform
 from pathlib import Path
 
 
+# The widest matmul instruction set a CPU offers, widest first: cloud machines of one model name ("AMD EPYC")
+# come with and without bf16 units, and their speeds differ by ~2x (docs/experiments.md, "Machines").
+ISA_FLAGS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2"))
+
+
+def cpu_isa(flags: set[str]) -> str | None:
+    """The widest matmul instruction set among /proc/cpuinfo's `flags`, e.g. "AVX512-BF16", or None."""
+    return next((name for flag, name in ISA_FLAGS if flag in flags), None)
+
+
 def machine() -> dict:
-    """CPU model, cores, memory, torch threads, GPU (or None), Python and torch versions."""
+    """CPU model and its widest matmul instruction set, cores, memory, torch threads, GPU (or None),
+    Python and torch versions."""
     import torch
 
     cpu = platform.processor() or platform.machine()
     ram_gib = None
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and not flags:
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
@@ -25,6 +39,7 @@ def machine() -> dict:
         pass
     return {
         "cpu": cpu,
+        "isa": cpu_isa(flags),
         "cores": os.cpu_count(),
         "ram_gib": ram_gib,
         "torch_threads": torch.get_num_threads(),

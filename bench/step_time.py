@@ -139,14 +139,20 @@ def spread(row: dict, key: str) -> str:
     return f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
+def cpu_kind(machine: dict) -> str:
+    """The CPU's model name with its matmul instruction set (bench.machine), what runs are compared by:
+    "AMD EPYC (AVX2)" and "AMD EPYC (AVX512-BF16)" are different machines."""
+    return f"{machine['cpu']} ({machine['isa']})" if machine.get("isa") else machine["cpu"]
+
+
 def markdown(result: dict) -> str:
     """The latest run's rows after every earlier run's on the same CPU, with the speed-up over the first."""
     latest = result["runs"][-1]
     m = latest["machine"]
-    same = [r for r in result["runs"][:-1] if r["machine"]["cpu"] == m["cpu"]]
-    other = [r for r in result["runs"][:-1] if r["machine"]["cpu"] != m["cpu"]]
+    same = [r for r in result["runs"][:-1] if cpu_kind(r["machine"]) == cpu_kind(m)]
+    other = [r for r in result["runs"][:-1] if cpu_kind(r["machine"]) != cpu_kind(m)]
     lines = [f"# Training speed on {result['dataset']} ({result['steps']} steps and one validation per row)", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, GPU: {m['gpu'] or 'none'}. "
+             f"Machine: {cpu_kind(m)}, {m['cores']} cores, {m['ram_gib']} GiB RAM, GPU: {m['gpu'] or 'none'}. "
              f"Latest run `{latest['label']}`, {latest['generated_at']}.", "",
              "| setting | history | batch | K | allocator | run | steps/s | validation s | epoch s (est.) | speed-up |",
              "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
@@ -169,7 +175,7 @@ def markdown(result: dict) -> str:
               "run's estimated epoch time over the latest's (same CPU)."]
     if other:
         lines.append("Kept from other CPUs (not compared): " + "; ".join(
-            f"`{r['label']}` on {r['machine']['cpu']} ({r['generated_at'][:10]})" for r in other) + ".")
+            f"`{r['label']}` on {cpu_kind(r['machine'])} ({r['generated_at'][:10]})" for r in other) + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -40,3 +40,18 @@ def test_the_table_sets_runs_on_the_same_cpu_side_by_side_with_the_speed_up():
     assert after.endswith("| 60 | 1.23x vs `before` |")
     assert "`elsewhere`" not in table.split("speed-up:")[0]
     assert "`elsewhere` on Intel Xeon" in table
+
+
+def test_one_cpu_model_with_and_without_bf16_units_is_two_machines():
+    """Cloud machines of one model name differ by instruction set (and ~2x in speed): never compared."""
+    from bench.machine import cpu_isa
+
+    assert cpu_isa({"avx2", "avx512f", "avx512_bf16"}) == "AVX512-BF16"
+    assert cpu_isa({"avx2", "amx_bf16", "avx512_bf16"}) == "AMX-BF16"
+    assert cpu_isa({"fma", "avx2"}) == "AVX2" and cpu_isa({"sse4_2"}) is None
+    bf16, fp32 = {**CPU_A, "isa": "AVX512-BF16"}, {**CPU_A, "isa": "AVX2"}
+    kept = merge(None, run("bf16 units", bf16, 10.0), "ml-1m", 150)
+    kept = merge(kept, run("avx2 only", fp32, 5.0), "ml-1m", 150)
+    table = markdown(kept)
+    assert "Machine: AMD EPYC (AVX2)" in table and "vs `bf16 units`" not in table
+    assert "`bf16 units` on AMD EPYC (AVX512-BF16)" in table
