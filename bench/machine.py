@@ -6,7 +6,6 @@ import os
 import platform
 from pathlib import Path
 
-
 # The widest matmul instruction set a CPU offers, widest first: cloud machines of one model name ("AMD EPYC")
 # come with and without bf16 units, and their speeds differ by ~2x (docs/experiments.md, "Machines").
 ISA_FLAGS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2"))
