@@ -530,6 +530,9 @@ def validate(config: PipelineConfig) -> None:
         (t.logit_scale > 0, f"train.logit_scale must be positive, got {t.logit_scale}"),
         (t.ema_epochs >= 0, f"train.ema_epochs must be >= 0 (0: no weight averaging), got {t.ema_epochs}"),
         (t.negatives >= 0, "train.negatives must be >= 0 (0: full softmax over the catalogue)"),
+        (t.lm_items_per_step >= 1,
+         f"train.lm_items_per_step must be at least 1 (the items whose text vectors a step refreshes; to freeze "
+         f"MiniLM set train.lm_trainable_layers=0), got {t.lm_items_per_step}"),
         (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be positive (or unset)"),
         (t.validation_users is None or t.validation_users >= 1,
          f"train.validation_users must be at least 1 (or unset for every user), got {t.validation_users}"),

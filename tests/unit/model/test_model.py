@@ -289,3 +289,11 @@ def test_removed_settings_are_refused_by_name(setting):
 
     with pytest.raises(ConfigError, match=f"unknown setting 'train.{setting}'"):
         load_config({f"train.{setting}": "1"})
+
+
+def test_a_step_that_refreshes_no_text_vectors_is_refused():
+    from tasks.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.lm_items_per_step must be at least 1.*lm_trainable_layers=0"):
+        load_config({"train.lm_items_per_step": 0})
+    assert load_config({"train.lm_items_per_step": 1}).train.lm_items_per_step == 1
