@@ -26,9 +26,9 @@ def machine() -> dict:
     flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not flags:
+            if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
+            elif line.startswith("flags"):  # the first processor's, after its model name
                 flags = set(line.split(":", 1)[1].split())
                 break
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -32,9 +32,11 @@ def with_worker_allocator(module: str, argv: list[str] | None, settings: dict[st
     (train.allocator, tasks.training.launcher.allocator_env), unless it already runs under it. The
     steps allocate their [positions, items] scores afresh: under glibc each one faults its pages in
     again (a ~40 MB product took ~1.7x as long as under jemalloc), which a worker never pays."""
+    from tasks.config import load_config
     from tasks.training.launcher import allocator_env
 
-    extra = allocator_env(str(settings.get("train.allocator", "auto")), dict(os.environ))
+    # train.allocator as the worker's config resolves it: a --set value, else PRISMREC_TRAIN__ALLOCATOR, else auto.
+    extra = allocator_env(load_config(settings).train.allocator, dict(os.environ))
     if extra:
         log.info("re-running under the workers' allocator: %s", " ".join(f"{k}={v}" for k, v in extra.items()))
         os.execve(sys.executable, [sys.executable, "-m", module, *(sys.argv[1:] if argv is None else argv)],
