@@ -95,11 +95,14 @@ mlflow-ui: venv
 # PrismRec trains with the dataset's settings selected on validation (bench/quality.py's
 # DATASET_SETTINGS: ml-1m reads 200-item histories with one interest) unless the environment sets them.
 # NPROC sets PrismRec's torchrun processes (train.nproc, default 1: on 2 CPU cores one process with
-# two threads learns more per second than two processes; docs/experiments.md).
+# two threads learns more per second than two processes; docs/experiments.md). SEEDS trains PrismRec and
+# SASRec once per seed and reports mean ± sd (default for ml-1m: 42,43,44; SEEDS= for one run).
+comma := ,
 DATASET ?= ml-100k
 BUDGET ?=
+SEEDS ?= $(if $(filter ml-1m,$(DATASET)),42$(comma)43$(comma)44)
 bench-quality: venv
-	$(if $(NPROC),PRISMREC_TRAIN__NPROC=$(NPROC)) $(BIN)/python -m bench.quality --dataset $(DATASET) $(if $(BUDGET),--budget-minutes $(BUDGET))
+	$(if $(NPROC),PRISMREC_TRAIN__NPROC=$(NPROC)) $(BIN)/python -m bench.quality --dataset $(DATASET) $(if $(BUDGET),--budget-minutes $(BUDGET)) $(if $(SEEDS),--seeds $(SEEDS))
 
 # Training speed: steps/s and validation time of real (cut-short) training runs on the ML-1M
 # benchmark split, for the default and long-history settings, under each train.allocator;

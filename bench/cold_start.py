@@ -138,6 +138,10 @@ def prismrec_scorer(config, dataset_dir: Path, work: Path, candidates: np.ndarra
         from tasks.training.trend_fit import fit_trend
 
         fit_trend(config, dataset_dir, model_dir)  # before the head, as the pipeline's train task fits it
+    if config.train.transition_prior and not (reuse and ModelFiles(Path(model_dir)).transitions.exists()):
+        from tasks.training.transition_fit import fit_transitions
+
+        fit_transitions(config, dataset_dir, model_dir)
     prior = TrendPrior.load(ModelFiles(Path(model_dir)).trend)
     trend_seconds = time.time() - started - seconds
     if snapshot is not None and not (reuse and ModelFiles(Path(model_dir)).new_item_head.exists()):

@@ -208,6 +208,11 @@ class TrainConfig:
     # interaction days `prepare` keeps. Off by default: level on ML-100K (v80); ML-1M's benchmark
     # setting turns it on (docs/experiments.md, v77-v79).
     trend_prior: bool = False
+    # Fit a transition prior after training (tasks.model.transitions), after the trend prior: each item's score
+    # gets a lift by how often it came right after the user's latest items in the training histories, its
+    # weight chosen on validation (0 included). Off by default; ML-1M's benchmark setting turns it on
+    # (docs/experiments.md, "A transition prior on ML-1M").
+    transition_prior: bool = False
     # Cap on steps per epoch, for quick slices and tests; None trains on everything.
     max_steps_per_epoch: int | None = None
     # Every interaction is a training target: histories longer than prepare.max_history are cut

@@ -100,9 +100,9 @@ class DatasetFiles:
 
 # The model folder's format, saved in its checkpoint ("format"; a checkpoint without one reads as 1).
 # Raise it whenever a model gains a file or a checkpoint entry that code before it would ignore or
-# misread (as the new-item head, the id rows predicted from text and the trend prior were): that code then refuses
+# misread (as the new-item head, the id rows predicted from text, the trend prior and the transition prior were): that code then refuses
 # the model by name (Recommender.load) instead of scoring with part of it.
-MODEL_FORMAT = 3
+MODEL_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,11 @@ class ModelFiles:
     def trend(self) -> Path:
         """The recent-popularity prior (tasks.model.trend), when train.trend_prior fitted one."""
         return self.root / "trend.json"
+
+    @property
+    def transitions(self) -> Path:
+        """The transition prior (tasks.model.transitions), when train.transition_prior fitted one."""
+        return self.root / "transitions.npz"
 
     @property
     def items(self) -> Path:

@@ -123,11 +123,9 @@ def run_train(overrides: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[
     run = RunLayout(Path(dataset["run_dir"]))
     with training_run(config, run) as (mlflow_run_id, on_epoch):
         model_dir = launch_training(config, Path(dataset["path"]), run.model.root, on_epoch=on_epoch)
-        prior = None
-        if config.train.trend_prior:  # first: the new-item head is then fitted with it on
-            from tasks.training.trend_fit import fit_trend
+        from tasks.training.transition_fit import fit_priors
 
-            prior = fit_trend(config, Path(dataset["path"]), model_dir)
+        prior = fit_priors(config, Path(dataset["path"]), model_dir)  # first: the new-item head is fitted with them on
         if config.train.new_item_head:
             from tasks.training.rehearsal import fit_new_item_head
 

@@ -118,6 +118,21 @@ def _trend_line(trend: dict) -> list[str]:
             f"validation NDCG@10 {alone:.4f} -> {chosen:.4f} on {users:,} users"]
 
 
+def _transition_line(path: Path) -> list[str]:
+    """The transition prior (train.transition_prior), when the run fitted one: the weight validation chose."""
+    from tasks.model.transitions import TransitionPrior
+
+    prior = TransitionPrior.load(path)
+    grid = (prior.fit.get("ndcg@10") or {}) if prior is not None else {}
+    if not grid:
+        return []
+    alone, users = grid.get("0.0", 0.0), prior.fit.get("validation_users", 0)
+    if not prior.weight:
+        return [f"   transition prior: none (no weight validated above the model alone, {alone:.4f}, on {users:,} users)"]
+    return [f"   transition prior: weight {prior.weight}: validation NDCG@10 {alone:.4f} -> "
+            f"{grid.get(str(prior.weight), alone):.4f} on {users:,} users"]
+
+
 def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
     run = RunLayout(Path(run_dir) if run_dir else latest_run_dir(config))
     manifest = _read(run.snapshot.manifest)
@@ -148,6 +163,7 @@ def render_report(config: PipelineConfig, run_dir: Path | None = None) -> str:
                    f"{training.get('best_valid_ndcg@10', 0):.4f}")
         out.extend(_head_line(_read(run.model.new_item_head)))
         out.extend(_trend_line(_read(run.model.trend)))
+        out.extend(_transition_line(run.model.transitions))
     if evaluation:
         out.append("5. Full-ranking metrics (all items ranked, history masked):")
         out.extend(_metrics_table(evaluation))

@@ -36,6 +36,12 @@ from tasks.model.new_item_head import (
 )
 from tasks.model.new_item_ids import predict_id_rows
 from tasks.model.sets import history_keys, in_sorted, pair_keys
+from tasks.model.transitions import (
+    TRANSITION_CANDIDATES,
+    TransitionPrior,
+    TransitionTable,
+    successor_table,
+)
 from tasks.model.trend import TREND_CANDIDATES, TrendPrior, lift, training_counts
 from tasks.titles import display_titles
 
@@ -154,6 +160,10 @@ class Recommender:
         self.trend: TrendPrior | None = None
         self._trend_row: torch.Tensor | None = None
         self._split_counts = None
+        # The transition prior (tasks.model.transitions), when training fitted one: its successor table as
+        # saved (publishing, the pyfunc), or from a split's training histories once `date_by` gave one.
+        self.transitions: TransitionPrior | None = None
+        self._transition_table: TransitionTable | None = None
         self.model_dir: Path | None = None  # the model folder it was loaded from (Recommender.load)
         self.text_vectors: torch.Tensor | None = None  # [N+1, text_dim], kept only when asked (Recommender.load)
 
@@ -174,10 +184,24 @@ class Recommender:
             counts = torch.from_numpy(np.concatenate([[0.0], self.trend.counts_of(self.item_ids)]).astype(np.float32))
             self._trend_row = lift(counts[None], self.trained, self.trend.weight)
 
+    def use_transitions(self, prior: TransitionPrior | None) -> None:
+        """Score with a fitted transition prior (None or weight 0: without one), with the successor table it holds."""
+        self.transitions = prior if prior is not None and prior.weight > 0 else None
+        self._transition_table = TransitionTable(self.transitions, self.index_of) if self.transitions else None
+
+    def transition_lift(self, indexed: Sequence[np.ndarray]) -> torch.Tensor | None:
+        """The transition prior's shift [B, N+1] for histories in model indices, None without a prior."""
+        if self._transition_table is None:
+            return None
+        return self._transition_table.lift(indexed, self.n_items + 1)
+
     def date_by(self, sequences) -> None:
         """Score `sequences`' users as of their own last history day, from that split's training interactions
-        (tasks.model.trend): every scoring call must then pass each history's day. A split without days
-        is scored without the prior (it cannot say what was recent), with a warning."""
+        (tasks.model.trend, tasks.model.transitions): every scoring call must then pass each history's day. A
+        split without days is scored without the trend prior (it cannot say what was recent), with a warning."""
+        if self.transitions is not None:
+            self.use_transitions(self.transitions.with_table(successor_table(sequences.histories(2),
+                                                                             sequences.item_ids)))
         if self.trend is None:
             return
         if sequences.days is None:
@@ -242,7 +266,9 @@ class Recommender:
             self.item_vectors[self.new_rows] = placed
             self._directions()
         self._head_inputs(np.asarray(interactions, dtype=np.float64))
-        self.use_trend(None)  # a rehearsal of day one: its counts, as of the model's data end, would not be that day's
+        # A rehearsal of day one: counts and successors as of the model's data end would not be that day's.
+        self.use_trend(None)
+        self.use_transitions(None)
         self.popularity = torch.as_tensor(np.concatenate([[-np.inf], np.where(trained, interactions, 0)]),
                                           dtype=torch.float32)
         return self
@@ -276,6 +302,7 @@ class Recommender:
         recommender.text_vectors = checkpoint["item_text_vectors"] if keep_text_vectors else None
         recommender.head = load_head(files.new_item_head)
         recommender.use_trend(TrendPrior.load(files.trend))
+        recommender.use_transitions(TransitionPrior.load(files.transitions))
         return recommender
 
     @property
@@ -312,7 +339,8 @@ class Recommender:
                       days: np.ndarray | None = None, trend: bool = True):
         """Histories in model indices -> (every item's score under every interest [B, K, N+1],
         attention [B, K, L] (None without with_attention: scores alone), padded histories [B, L]).
-        `days`: each history's day, for the trend prior of a split (date_by); `trend` False leaves it out."""
+        `days`: each history's day, for the trend prior of a split (date_by); `trend` False leaves it and the
+        transition prior out."""
         padded = pad_history(histories, self.spec.max_history)
         per_interest, _, attention = self.net.interest_scores(padded, self.item_vectors, with_attention, self.bf16)
         if self.head is not None and len(self.new_rows):
@@ -321,10 +349,12 @@ class Recommender:
                                                       self.item_recent[rows], recent_share(padded, self.item_recent))
         if trend and (shift := self.trend_shift(days)) is not None:
             per_interest += shift[:, None, :]
+        if trend and (moved := self.transition_lift(histories)) is not None:
+            per_interest += moved[:, None, :]
         return per_interest, attention, padded
 
     def interest_scores(self, histories: Sequence[Sequence[int]]) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """App-id histories -> (every item's score under every interest [B, K, N+1] without the trend prior,
+        """App-id histories -> (every item's score under every interest [B, K, N+1] without the priors,
         the histories in model indices): the user tower's part of `score_items`, for `split_scores`."""
         indexed = self.histories_to_indices(histories)
         return self.score_indices(indexed, with_attention=False, trend=False)[0], indexed
@@ -341,9 +371,12 @@ class Recommender:
 
     def split_scores(self, per_interest: torch.Tensor, indexed: list[np.ndarray], item_ids: np.ndarray,
                      shift: torch.Tensor | None = None, depth: int = BALANCED_DEPTH) -> torch.Tensor:
-        """score_items from `interest_scores`' output (changed in place) and a trend `shift` [B or 1, N+1]."""
+        """score_items from `interest_scores`' output (changed in place) and a trend `shift` [B or 1, N+1]; the
+        transition prior, where the model has one, from the histories `indexed`."""
         if shift is not None:
             per_interest += shift[:, None, :]
+        if (moved := self.transition_lift(indexed)) is not None:
+            per_interest += moved[:, None, :]
         columns = self.index_of.reindex(item_ids).fillna(0).to_numpy(dtype=np.int64)
         scores = per_interest.amax(1)
         if self.interest_balance > 0 and per_interest.shape[1] > 1:  # one interest: balancing changes no order
@@ -450,6 +483,11 @@ class Recommender:
             # ... and the trend prior lifts the catalogue's busiest items: the most lifted are candidates too.
             busiest = shift[0].masked_fill(~self.available, float("-inf")).topk(min(TREND_CANDIDATES, self.n_items))
             found = torch.cat([found, busiest.indices[torch.isfinite(busiest.values)].expand(users, -1)], dim=1)
+        following = self.transition_lift(indexed)
+        if following is not None:
+            # ... and so does the transition prior, user by user: each list's most lifted are candidates too.
+            lifted_most = following.topk(min(TRANSITION_CANDIDATES, self.n_items), dim=1)
+            found = torch.cat([found, lifted_most.indices.masked_fill(lifted_most.values <= 0, 0)], dim=1)
         found = found.sort(dim=1).values
         found[:, 1:].masked_fill_(found[:, 1:] == found[:, :-1], 0)  # an item two interests retrieved, once
         per_interest = torch.einsum("bkd,bmd->bkm", queries, F.embedding(found, self.unit_items))  # a row gather
@@ -460,6 +498,8 @@ class Recommender:
             per_interest = torch.where(new[:, None], moved, per_interest)
         if shift is not None:
             per_interest += shift[0][found][:, None, :]
+        if following is not None:
+            per_interest += following.gather(1, found)[:, None, :]
         top_scores, top_idx, interest = self._ranked(per_interest, indexed, top_k, balance, max_new, columns=found)
         short = torch.nonzero(~torch.isfinite(top_scores[:, -1]) & (padded[:, -1] > 0)).flatten()
         if len(short):

@@ -207,6 +207,7 @@ def log_story(config: PipelineConfig, run_id: str, run: RunLayout, *, evaluation
         ("sample recommendations", lambda: _log_samples(client, run_id, run.snapshot, Path(model_dir))),
         ("new-item head", lambda: _log_head(client, run_id, Path(model_dir))),
         ("trend prior", lambda: _log_trend(client, run_id, Path(model_dir))),
+        ("transition prior", lambda: _log_transitions(client, run_id, Path(model_dir))),
     ]
     for what, part in parts:
         try:
@@ -248,6 +249,18 @@ def _log_trend(client, run_id: str, model_dir: Path) -> None:
     client.log_dict(run_id, trend.get("fit", {}), "trend_prior_fit.json")
     for key in ("window_days", "weight"):
         client.log_param(run_id, f"trend_prior.{key}", trend.get(key))
+
+
+def _log_transitions(client, run_id: str, model_dir: Path) -> None:
+    """The transition prior (train.transition_prior), when training fitted one: its weight as a param, its
+    validation grid as a file."""
+    from tasks.model.transitions import TransitionPrior
+
+    prior = TransitionPrior.load(ModelFiles(model_dir).transitions)
+    if prior is None:
+        return
+    client.log_dict(run_id, prior.fit, "transition_prior_fit.json")
+    client.log_param(run_id, "transition_prior.weight", prior.weight)
 
 
 def _log_samples(client, run_id: str, snapshot: SnapshotFiles, model_dir: Path) -> None:

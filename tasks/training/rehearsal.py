@@ -151,10 +151,12 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
     and save it into `model_dir` (or `head_file`: a comparison's); returns the rehearsal's facts (also
     saved with the head). With the run's `trend` prior (tasks.model.trend, fitted first), the rehearsal
     scores the trained titles with it as of the cut-off, so the head learns how new titles compete with
-    busy ones."""
+    busy ones; with a transition prior saved in `model_dir`, with the successors of the interactions
+    before the cut-off."""
     from tasks.data.prepare import load_dataset, prepare_dataset
     from tasks.model.new_item_head import NewItemHead, fit_head, save_head
     from tasks.model.recommender import Recommender
+    from tasks.model.transitions import TransitionPrior, successor_table
     from tasks.training.launcher import launch_training
 
     started = time.time()
@@ -210,6 +212,11 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
     if trend is not None and trend.weight > 0:
         recommender.use_trend(trend_as_of(trend, interactions, cutoff))
         facts["trend_prior"] = {"window_days": trend.window_days, "weight": trend.weight}
+    transitions = TransitionPrior.load(ModelFiles(Path(model_dir)).transitions)
+    if transitions is not None and transitions.weight > 0:  # ... and the transition prior, its successors as of then
+        everything = [sequences.sequence(u) for u in range(sequences.n_users)]
+        recommender.use_transitions(transitions.with_table(successor_table(everything, sequences.item_ids)))
+        facts["transition_prior"] = {"weight": transitions.weight}
     most = rows_within(CASES_MEMORY_MB, len(recommender.new_rows), MAX_CASES)
     cases = rehearsal_cases(interactions, cutoff, new_titles, sequences.item_ids[1:], max_cases=most,
                             seed=config.train.seed)

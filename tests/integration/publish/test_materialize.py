@@ -491,3 +491,41 @@ def test_a_trend_prior_publishes_what_the_source_was_busy_with_at_publication(
         top = lists[lists["user_id"] == user]["item_id"].tolist()
         assert set(top) <= busy - set(histories[user]) and len(top) == 5, (user, top)
     assert stale not in busy and stale not in set(lists["item_id"])
+
+
+@pytest.mark.parametrize("retrieval", ["exact", "index"])
+def test_a_transition_prior_publishes_the_successors_of_each_user_s_latest_items(
+        mat_config, first_publication, engine, trained_model_dir, recommender, histories, tmp_path, retrieval):
+    """A champion with a transition prior lifts what followed each user's latest items in its data (the table
+    saved with it), ranked exactly or from the candidate index, which then takes the most lifted as candidates."""
+    import shutil
+
+    from tasks.layout import ModelFiles
+    from tasks.model.transitions import TOP, TransitionPrior
+    from tasks.publish.materialize import materialize
+    from tasks.registry.store import register_candidate
+
+    model = ModelFiles(tmp_path / "model")
+    shutil.copytree(trained_model_dir, model.root)
+    lead = int(recommender.item_ids[700])  # in no history; in the table, what always came next
+    latest = sorted({h[-1] for h in histories.values() if h and h[-1] != UNKNOWN_ITEM})
+    successors = np.full((len(latest), TOP), -1, dtype=np.int64)
+    successors[:, 0] = lead
+    shares = np.zeros((len(latest), TOP), dtype=np.float32)
+    shares[:, 0] = 1.0
+    TransitionPrior(100.0, np.array(latest, dtype=np.int64), successors, shares).save(model.transitions)
+    name = f"{MODEL}_transitions_{retrieval}"
+    config = dataclasses.replace(
+        mat_config, registry=dataclasses.replace(mat_config.registry, model_name=name),
+        database=dataclasses.replace(mat_config.database, reco_schema=f"{RECO}_transitions"),
+        materialize=dataclasses.replace(mat_config.materialize, retrieval=retrieval, index_candidates=8,
+                                        index_min_recall=0.0))
+    register_candidate(config, model_dir=model.root, run_dir=tmp_path / "run",
+                       evaluation={"candidate": {"valid": {"ndcg@10": 0.1}}}, decision={"passed": True, "reasons": ["t"]},
+                       lineage={"run_key": name})
+    materialize(config)
+    lists = _read(engine, f'select user_id, item_id, rank from {RECO}_transitions."user_recommendations" '
+                          'order by user_id, rank')
+    for user in (1, 2, 3):  # their latest item is in the table: the lead item first
+        assert lists[lists["user_id"] == user]["item_id"].iloc[0] == lead, user
+    assert lead not in set(lists[lists["user_id"].isin([4, 5])]["item_id"])  # no usable history: popularity

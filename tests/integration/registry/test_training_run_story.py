@@ -13,15 +13,16 @@ MODEL = "story_test"
 
 @pytest.fixture(scope="module")
 def story(ml100k, base_overrides):
-    """The pipeline's own functions on ML-100K: 2 epochs of 2 steps (the trend prior, then the new-item head's
-    rehearsal, as small), the run looked at before and after register."""
+    """The pipeline's own functions on ML-100K: 2 epochs of 2 steps (the trend prior, the transition prior, then the
+    new-item head's rehearsal, as small), the run looked at before and after register."""
     from mlflow import MlflowClient
     from tasks import pipeline
     from tasks.config import load_config
     from tasks.registry.store import tracking_uri
 
     overrides = {**base_overrides, "train.epochs": 2, "train.max_steps_per_epoch": 2, "train.nproc": 1,
-                 "train.patience": 5, "train.trend_prior": True, "registry.model_name": MODEL}
+                 "train.patience": 5, "train.trend_prior": True, "train.transition_prior": True,
+                 "registry.model_name": MODEL}
     config = load_config(overrides)
     client = MlflowClient(tracking_uri(config), registry_uri=tracking_uri(config))
     snapshot = pipeline.run_extract(overrides, "manual__story", datetime(1998, 5, 1, tzinfo=UTC))
@@ -132,12 +133,16 @@ def test_the_trend_prior_the_train_task_fitted_is_in_the_run_the_gate_s_figure_a
     and packaged in the version the registry serves."""
     from mlflow.pyfunc import load_model
 
+    from tasks.model.transitions import TransitionPrior
+
     client, run_id = story["client"], story["run_id"]
     saved = json.loads((Path(story["trained"]["model_dir"]) / "trend.json").read_text())
     grid = saved["fit"]["ndcg@10"]
     chosen = f"{saved['window_days']} days x {saved['weight']}" if saved["weight"] else "none"
     assert grid[chosen] == max(grid.values())
-    assert story["evaluation"]["candidate"]["valid"]["ndcg@10"] == pytest.approx(grid[chosen], abs=1e-4)
+    # The transition prior is fitted next, on the model with this one on: its weight 0 is this figure.
+    transitions = TransitionPrior.load(Path(story["trained"]["model_dir"]) / "transitions.npz")
+    assert transitions.fit["ndcg@10"]["0.0"] == pytest.approx(grid[chosen], abs=1e-4)
     params = client.get_run(run_id).data.params
     assert (params["trend_prior.window_days"], params["trend_prior.weight"]) == (str(saved["window_days"]),
                                                                                  str(saved["weight"]))
@@ -146,3 +151,24 @@ def test_the_trend_prior_the_train_task_fitted_is_in_the_run_the_gate_s_figure_a
     assert ("trend_prior" in head["fitted_on"]) == (saved["weight"] > 0)  # the head was fitted with it on
     served = load_model(f"models:/{MODEL}/{story['registered']['version']}").unwrap_python_model()
     assert (served.recommender.trend is not None) == (saved["weight"] > 0)
+
+
+def test_the_transition_prior_the_train_task_fitted_is_in_the_run_the_gate_s_figure_and_the_served_model(story):
+    """train.transition_prior through the pipeline's train task: fitted on validation after the trend prior and
+    before the new-item head (whose rehearsal then scores with it), told in the run, measured by the gate as the
+    fit chose, and packaged in the version the registry serves."""
+    from mlflow.pyfunc import load_model
+
+    from tasks.model.transitions import TransitionPrior
+
+    client, run_id = story["client"], story["run_id"]
+    saved = TransitionPrior.load(Path(story["trained"]["model_dir"]) / "transitions.npz")
+    grid = saved.fit["ndcg@10"]
+    assert grid[str(saved.weight)] == max(grid.values())
+    assert story["evaluation"]["candidate"]["valid"]["ndcg@10"] == pytest.approx(grid[str(saved.weight)], abs=1e-4)
+    assert client.get_run(run_id).data.params["transition_prior.weight"] == str(saved.weight)
+    assert json.loads(Path(client.download_artifacts(run_id, "transition_prior_fit.json")).read_text()) == saved.fit
+    head = json.loads((Path(story["trained"]["model_dir"]) / "new_item_head.json").read_text())
+    assert ("transition_prior" in head["fitted_on"]) == (saved.weight > 0)
+    served = load_model(f"models:/{MODEL}/{story['registered']['version']}").unwrap_python_model()
+    assert (served.recommender.transitions is not None) == (saved.weight > 0)

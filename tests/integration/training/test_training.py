@@ -144,6 +144,40 @@ def test_the_trend_prior_is_fitted_on_validation_and_the_gate_s_scoring_measures
         assert "without interaction days" in caplog.text
 
 
+def test_the_transition_prior_is_fitted_on_validation_and_the_gate_s_scoring_measures_what_it_chose(
+        one_node_two_processes, dataset_dir, base_overrides, tmp_path):
+    """train.transition_prior: the weight chosen on validation NDCG@10 (0 included), on the model with its trend
+    prior on, from the split's training histories; the evaluation's scoring then measures exactly what the fit
+    chose, and the table saved for publishing counts every interaction's successor."""
+    import shutil
+
+    from tasks.data.prepare import load_dataset
+    from tasks.evaluation.scoring import evaluate_scorer, model_scorer
+    from tasks.model.transitions import WEIGHTS, TransitionPrior, successor_table
+    from tasks.training.transition_fit import fit_priors
+
+    trained, _ = one_node_two_processes
+    model_dir = shutil.copytree(trained, tmp_path / "model")
+    config = load_config({**base_overrides, "train.trend_prior": True, "train.transition_prior": True})
+    fit_priors(config, Path(dataset_dir), model_dir)
+    prior = TransitionPrior.load(ModelFiles(model_dir).transitions)
+    sequences, _ = load_dataset(dataset_dir)
+    grid = prior.fit["ndcg@10"]
+    assert sorted(map(float, grid)) == sorted(WEIGHTS) and prior.fit["validation_users"] == sequences.n_users
+    assert grid[str(prior.weight)] == max(grid.values())
+
+    def valid_ndcg(model) -> float:
+        return evaluate_scorer(model_scorer(model, sequences, config.train.precision), sequences)["valid"]["ndcg@10"]
+
+    assert valid_ndcg(model_dir) == pytest.approx(grid[str(prior.weight)], abs=1e-6)
+    ModelFiles(model_dir).transitions.unlink()  # the model and its trend prior alone: the grid's weight 0
+    assert valid_ndcg(model_dir) == pytest.approx(grid["0.0"], abs=1e-6)
+    if prior.weight:  # publishing's table: every interaction's successor, the held-out ones included
+        everything = successor_table([sequences.sequence(u) for u in range(sequences.n_users)], sequences.item_ids)
+        training_part = successor_table(sequences.histories(2), sequences.item_ids)
+        assert np.array_equal(prior.shares, everything[2]) and not np.array_equal(prior.shares, training_part[2])
+
+
 def test_the_rehearsal_on_the_run_s_own_model_fits_a_head_without_a_second_training(
         one_node_two_processes, dataset_dir, base_overrides, tmp_path):
     """train.new_item_head_rehearsal "model": the run's model, with the titles outside the cut-off's 5-core
