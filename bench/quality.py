@@ -214,14 +214,18 @@ def seeded_row(runs: list[dict]) -> dict:
     return row
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"--merge-runs: cannot read {path} ({error}); pass the JSON that bench.gpu_ml1m combine "
+                         "or combine-sasrec wrote, or a bench.quality result with seeded rows") from None
+
+
 def runs_from_file(path: Path) -> tuple[list[dict], dict]:
     """Seed runs kept by a GPU host's benchmark (bench.gpu_ml1m combine or combine-sasrec output) as
     flat rows for seeded_row, and the machine they ran on."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(f"--merge-runs: cannot read {path} ({error}); pass the JSON that bench.gpu_ml1m combine "
-                         "or combine-sasrec wrote") from None
+    data = _read_json(path)
     if "runs" not in data:
         raise SystemExit(f"{path}: no `runs` (expected the output of bench.gpu_ml1m combine or combine-sasrec)")
     rows = [{"seed": run["seed"], **run["test"], "valid": run["valid"],
@@ -232,13 +236,22 @@ def runs_from_file(path: Path) -> tuple[list[dict], dict]:
 
 
 def merge_runs(dataset: str, pairs: list[str]) -> dict:
-    """Replace rows of bench/results/quality-<dataset>.json by seed runs kept in files (NAME=FILE)."""
+    """Replace rows of bench/results/quality-<dataset>.json by seed runs kept in files (NAME=FILE): a GPU
+    host's, or another bench.quality result of the same dataset (`--seeds ... --results NAME`), whose row is
+    taken as it stands."""
     out_json = RESULTS / f"quality-{dataset}.json"
     result = json.loads(out_json.read_text())
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or name not in SEEDED:
             raise SystemExit(f"--merge-runs {pair!r}: expected NAME=FILE with NAME one of {', '.join(SEEDED)}")
+        kept = _read_json(Path(path))
+        if "models" in kept:  # a bench.quality result
+            if kept.get("dataset") != dataset or not kept["models"].get(name, {}).get("runs"):
+                raise SystemExit(f"--merge-runs {pair!r}: {path} holds no seeded {name} row of {dataset}")
+            row = kept["models"][name]
+            result["models"][name] = {**row, "measured": {**row.get("measured", {}), "from": path}}
+            continue
         runs, machine = runs_from_file(Path(path))
         result["models"][name] = {**seeded_row(runs), "measured": {"machine": machine, "from": path}}
     result["generated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -317,7 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "another machine or budget beside the main table")
     parser.add_argument("--merge-runs", action="append", metavar="NAME=FILE",
                         help="replace a model's row by the seed runs kept in FILE (a GPU host's "
-                             "bench.gpu_ml1m combine / combine-sasrec output); nothing is trained")
+                             "bench.gpu_ml1m combine / combine-sasrec output, or a bench.quality result with "
+                             "--seeds); nothing is trained")
     args = parser.parse_args(argv)
     if args.results is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.results):
         parser.error(f"--results {args.results!r}: a file name without a folder or suffix, e.g. quality-ml-1m-cpu")

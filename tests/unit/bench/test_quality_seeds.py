@@ -53,3 +53,24 @@ def test_a_results_name_with_a_folder_is_refused_before_any_work(capsys):
     with pytest.raises(SystemExit):
         quality.main(["--results", "../elsewhere"])
     assert "a file name without a folder or suffix" in capsys.readouterr().err
+
+
+def test_a_seeded_row_of_another_quality_result_replaces_the_main_table_s_row(tmp_path, monkeypatch):
+    from bench import quality
+
+    monkeypatch.setattr(quality, "RESULTS", tmp_path)
+    machine = {"cpu": "cpu", "cores": 2, "ram_gib": 1, "torch_threads": 2, "gpu": None}
+    main = {"dataset": "ml-1m", "generated_at": "then", "machine": machine,
+            "models": {"ease": run(0, 0.05, None), "prismrec": run(0, 0.20, None)}}
+    (tmp_path / "quality-ml-1m.json").write_text(json.dumps(main))
+    seeded = seeded_row([run(42, 0.21, 400.0), run(43, 0.22, 500.0)]) | {"measured": {"machine": machine, "at": "now"}}
+    other = tmp_path / "ml1m-seeds.json"
+    other.write_text(json.dumps({"dataset": "ml-1m", "models": {"prismrec": seeded}}))
+    quality.merge_runs("ml-1m", [f"prismrec={other}"])
+    merged = json.loads((tmp_path / "quality-ml-1m.json").read_text())["models"]
+    assert merged["prismrec"]["ndcg@10"] == pytest.approx(0.215) and len(merged["prismrec"]["runs"]) == 2
+    assert merged["prismrec"]["measured"] == {"machine": machine, "at": "now", "from": str(other)}
+    assert merged["ease"] == main["models"]["ease"]  # the other rows stay
+    other.write_text(json.dumps({"dataset": "ml-100k", "models": {"prismrec": seeded}}))
+    with pytest.raises(SystemExit, match="no seeded prismrec row of ml-1m"):
+        quality.merge_runs("ml-1m", [f"prismrec={other}"])
