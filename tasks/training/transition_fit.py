@@ -25,6 +25,10 @@ def fit_priors(config, dataset_dir: Path, model_dir: Path):
     """The priors the settings ask for, fitted after training in their order (train.trend_prior, then
     train.transition_prior on the model with the trend prior on) and saved into `model_dir`; returns the
     trend prior (None without one: the new-item head's rehearsal applies it)."""
+    from tasks.layout import ModelFiles
+
+    # The trend prior is fitted on the model alone: a transition prior left by an earlier fit would score with it.
+    ModelFiles(Path(model_dir)).transitions.unlink(missing_ok=True)
     trend = None
     if config.train.trend_prior:
         from tasks.training.trend_fit import fit_trend

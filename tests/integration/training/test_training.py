@@ -170,6 +170,8 @@ def test_the_transition_prior_is_fitted_on_validation_and_the_gate_s_scoring_mea
         return evaluate_scorer(model_scorer(model, sequences, config.train.precision), sequences)["valid"]["ndcg@10"]
 
     assert valid_ndcg(model_dir) == pytest.approx(grid[str(prior.weight)], abs=1e-6)
+    fit_priors(config, Path(dataset_dir), model_dir)  # a re-fit starts from the model alone, not the last fit's priors
+    assert TransitionPrior.load(ModelFiles(model_dir).transitions).fit["ndcg@10"] == pytest.approx(grid, abs=1e-6)
     ModelFiles(model_dir).transitions.unlink()  # the model and its trend prior alone: the grid's weight 0
     assert valid_ndcg(model_dir) == pytest.approx(grid["0.0"], abs=1e-6)
     if prior.weight:  # publishing's table: every interaction's successor, the held-out ones included
