@@ -70,6 +70,20 @@ def test_the_trend_prior_is_reported_with_what_validation_chose():
         "   trend prior: none (no window and weight validated above the model alone, 0.2122, on 6,040 users)"]
 
 
+def test_the_transition_prior_is_reported_with_what_validation_chose(tmp_path):
+    from tasks.model.transitions import TransitionPrior
+    from tasks.report import _transition_line
+
+    assert _transition_line(tmp_path / "none.npz") == []
+    fit = {"validation_users": 6040, "ndcg@10": {"0.0": 0.21524, "0.1": 0.2170, "0.2": 0.21931}}
+    TransitionPrior(0.2, fit=fit).save(tmp_path / "chosen.npz")
+    assert _transition_line(tmp_path / "chosen.npz") == [
+        "   transition prior: weight 0.2: validation NDCG@10 0.2152 -> 0.2193 on 6,040 users"]
+    TransitionPrior(0.0, fit=fit).save(tmp_path / "zero.npz")
+    assert _transition_line(tmp_path / "zero.npz") == [
+        "   transition prior: none (no weight validated above the model alone, 0.2152, on 6,040 users)"]
+
+
 def test_a_fitted_new_item_head_is_reported_and_none_says_nothing():
     from tasks.report import _head_line
 
