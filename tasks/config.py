@@ -210,8 +210,9 @@ class TrainConfig:
     trend_prior: bool = False
     # Fit a transition prior after training (tasks.model.transitions), after the trend prior: each item's score
     # gets a lift by how often it came right after the user's latest items in the training histories, its
-    # weight chosen on validation (0 included). Off by default; ML-1M's benchmark setting turns it on
-    # (docs/experiments.md, "A transition prior on ML-1M").
+    # weight chosen on validation (0 included). Off by default: it adds on ML-1M's leave-one-out split, which
+    # its benchmark setting turns it on for, and costs on the cold-start time split (docs/experiments.md,
+    # "A transition prior on ML-1M").
     transition_prior: bool = False
     # Cap on steps per epoch, for quick slices and tests; None trains on everything.
     max_steps_per_epoch: int | None = None

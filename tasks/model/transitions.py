@@ -11,7 +11,8 @@ where P(b | a) is the share of a's direct successors in the training histories t
 most frequent successors. An item that never followed any of them (a new title among them) gets nothing, so
 the prior only lifts. The weight is fitted on validation NDCG@10 after training and the trend prior
 (tasks.training.transition_fit; 0 included) and saved with the model (`transitions.npz`), with the successor table
-it publishes with.
+it publishes with. It is a leave-one-out gain: on ML-1M's cold-start time split the same prior costs HR@10 on
+trained and new titles alike (docs/experiments.md, v87), so it is off by default.
 
 The table, as for the trend prior's counts:
 - evaluation (the gate, the benchmarks): the split's training histories only (held-out targets never count);
@@ -98,7 +99,7 @@ class TransitionTable:
     def __init__(self, prior: TransitionPrior, index_of):
         """`index_of`: app item id -> the model's index (a pandas Series); items it does not hold are left out."""
         width = len(index_of) + 1
-        top = prior.successors.shape[1] if prior.successors.ndim == 2 else TOP
+        top = prior.successors.shape[1]
         self.successors = torch.zeros((width, top), dtype=torch.long)
         self.shares = torch.zeros((width, top), dtype=torch.float32)
         rows = index_of.reindex(prior.item_ids).fillna(0).to_numpy(np.int64)

@@ -214,8 +214,7 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
         facts["trend_prior"] = {"window_days": trend.window_days, "weight": trend.weight}
     transitions = TransitionPrior.load(ModelFiles(Path(model_dir)).transitions)
     if transitions is not None and transitions.weight > 0:  # ... and the transition prior, its successors as of then
-        everything = [sequences.sequence(u) for u in range(sequences.n_users)]
-        recommender.use_transitions(transitions.with_table(successor_table(everything, sequences.item_ids)))
+        recommender.use_transitions(transitions.with_table(successor_table(sequences.histories(0), sequences.item_ids)))
         facts["transition_prior"] = {"weight": transitions.weight}
     most = rows_within(CASES_MEMORY_MB, len(recommender.new_rows), MAX_CASES)
     cases = rehearsal_cases(interactions, cutoff, new_titles, sequences.item_ids[1:], max_cases=most,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tasks.model.transitions import WEIGHTS, TransitionPrior, TransitionTable, successor_table
-from tasks.model.trend import FIT_USERS
+from tasks.training.trend_fit import fit_trend, fit_users
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,6 @@ def fit_priors(config, dataset_dir: Path, model_dir: Path):
     ModelFiles(Path(model_dir)).transitions.unlink(missing_ok=True)
     trend = None
     if config.train.trend_prior:
-        from tasks.training.trend_fit import fit_trend
-
         trend = fit_trend(config, dataset_dir, model_dir)
     if config.train.transition_prior:
         fit_transitions(config, dataset_dir, model_dir)
@@ -58,10 +56,7 @@ def fit_transitions(config, dataset_dir: Path, model_dir: Path) -> TransitionPri
     histories, targets = sequences.histories(2), sequences.targets("valid")
     table = TransitionTable(TransitionPrior(1.0).with_table(successor_table(histories, sequences.item_ids)),
                             recommender.index_of)
-    users = np.arange(sequences.n_users)
-    if len(users) > FIT_USERS:
-        users = np.sort(np.random.default_rng(config.train.seed).choice(users, FIT_USERS, replace=False))
-    users = users[np.argsort([-len(histories[u]) for u in users], kind="stable")]  # a batch pads to its longest
+    users = fit_users(histories, config.train.seed)
     as_of = sequences.as_of_days(2)
     ranks: dict[float, list[np.ndarray]] = {weight: [] for weight in WEIGHTS}
     step = recommender.users_per_batch(SCORE_MEMORY_MB, BATCH_USERS)
@@ -78,7 +73,7 @@ def fit_transitions(config, dataset_dir: Path, model_dir: Path) -> TransitionPri
     measured = {weight: float(ranking_metrics(np.concatenate(ranks[weight]))[SELECTION_METRIC]) for weight in WEIGHTS}
     weight, best = max(measured.items(), key=lambda pair: (pair[1], -pair[0]))  # ties: less weight
     alone = measured[0.0]
-    everything = successor_table([sequences.sequence(u) for u in range(sequences.n_users)], sequences.item_ids)
+    everything = successor_table(sequences.histories(0), sequences.item_ids)
     fit = {"validation_users": len(users), SELECTION_METRIC: {str(w): value for w, value in measured.items()},
            "seconds": round(time.time() - started, 1)}
     prior = TransitionPrior(weight, *(everything if weight else successor_table([], sequences.item_ids)), fit=fit)

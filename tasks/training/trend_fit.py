@@ -28,6 +28,15 @@ from tasks.model.trend import (
 log = logging.getLogger(__name__)
 
 
+def fit_users(histories, seed: int) -> np.ndarray:
+    """The validation users a prior's fit ranks: all, or a fixed sample of FIT_USERS drawn from `seed`,
+    longest history first (a batch pads to its own longest)."""
+    users = np.arange(len(histories))
+    if len(users) > FIT_USERS:
+        users = np.sort(np.random.default_rng(seed).choice(users, FIT_USERS, replace=False))
+    return users[np.argsort([-len(histories[u]) for u in users], kind="stable")]
+
+
 def fit_trend(config, dataset_dir: Path, model_dir: Path) -> TrendPrior | None:
     """Choose the window and weight on validation NDCG@10 for the model in `model_dir` and save them with
     the counts it publishes with (`trend.json`); None (nothing saved) for a split prepared without days."""
@@ -48,10 +57,7 @@ def fit_trend(config, dataset_dir: Path, model_dir: Path) -> TrendPrior | None:
         return None
     recommender = Recommender.load(model_dir, config.train.precision)
     histories, targets = sequences.histories(2), sequences.targets("valid")
-    users = np.arange(sequences.n_users)
-    if len(users) > FIT_USERS:
-        users = np.sort(np.random.default_rng(config.train.seed).choice(users, FIT_USERS, replace=False))
-    users = users[np.argsort([-len(histories[u]) for u in users], kind="stable")]  # a batch pads to its longest
+    users = fit_users(histories, config.train.seed)
     as_of = sequences.as_of_days(2)
     counts = training_counts(sequences, recommender.index_of)
     cells = [(0, 0.0)] + [(w, x) for w in WINDOWS for x in WEIGHTS if x > 0]

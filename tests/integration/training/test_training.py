@@ -175,7 +175,7 @@ def test_the_transition_prior_is_fitted_on_validation_and_the_gate_s_scoring_mea
     ModelFiles(model_dir).transitions.unlink()  # the model and its trend prior alone: the grid's weight 0
     assert valid_ndcg(model_dir) == pytest.approx(grid["0.0"], abs=1e-6)
     if prior.weight:  # publishing's table: every interaction's successor, the held-out ones included
-        everything = successor_table([sequences.sequence(u) for u in range(sequences.n_users)], sequences.item_ids)
+        everything = successor_table(sequences.histories(0), sequences.item_ids)
         training_part = successor_table(sequences.histories(2), sequences.item_ids)
         assert np.array_equal(prior.shares, everything[2]) and not np.array_equal(prior.shares, training_part[2])
 
