@@ -39,6 +39,10 @@ class Sequences:
     # [nnz] the UTC day (days since 1970-01-01) of each interaction, aligned with item_idx; None for a
     # split prepared before days were kept (the recent-popularity prior, tasks.model.trend, needs them)
     days: np.ndarray | None = None
+    # [nnz] True where an interaction has the same time as the user's previous one (items saved together, as a
+    # page of ratings is: their order is the source's, not one the user chose); None for a split prepared before
+    # it was kept (tasks.model.transitions then counts every pair)
+    tied: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -65,16 +69,29 @@ class Sequences:
         the day a prediction from that history is made on."""
         return None if self.days is None else self.days[self.indptr[1:] - 1 - holdout]
 
+    def successions(self, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every direct succession (a, b) of item indices in the users' histories without their last `holdout`
+        items where b came at a later time than a: items saved at one time (`tied`) follow each other only in
+        the source's order, so those pairs are left out."""
+        follows = np.ones(max(len(self.item_idx) - 1, 0), dtype=bool)  # [nnz - 1]: pair (p, p + 1)
+        follows[self.indptr[1:-1] - 1] = False  # across two users
+        for k in range(1, holdout + 1):  # into the held-out items (every sequence is longer than `holdout`)
+            follows[self.indptr[1:] - 1 - k] = False
+        if self.tied is not None:
+            follows &= ~self.tied[1:]
+        at = np.flatnonzero(follows)
+        return self.item_idx[at], self.item_idx[at + 1]
+
     def save(self, path: Path) -> None:
-        days = {} if self.days is None else {"days": self.days}
+        extra = {name: value for name, value in (("days", self.days), ("tied", self.tied)) if value is not None}
         np.savez(path, user_ids=self.user_ids, indptr=self.indptr, item_idx=self.item_idx, item_ids=self.item_ids,
-                 **days)
+                 **extra)
 
     @classmethod
     def load(cls, path: Path) -> Sequences:
         with np.load(path) as data:
             arrays = {k: data[k] for k in ("user_ids", "indptr", "item_idx", "item_ids")}
-            return cls(**arrays, days=data["days"] if "days" in data.files else None)
+            return cls(**arrays, **{name: data[name] if name in data.files else None for name in ("days", "tied")})
 
 
 @dataclass(frozen=True)
@@ -152,8 +169,9 @@ def _user_time_ordered(users: np.ndarray, times: np.ndarray) -> bool:
 
 
 def build_sequences(events: Events, kept: Core, per_second: int | None = None) -> Sequences:
-    """The CSR sequences of the 5-core's rows `kept` (item indices 1..n in order of item id); with
-    `per_second` (the time column's ticks per second) each interaction's UTC day too."""
+    """The CSR sequences of the 5-core's rows `kept` (item indices 1..n in order of item id), with which
+    interactions share their time with the user's previous one; with `per_second` (the time column's ticks
+    per second) each interaction's UTC day too."""
     if not len(kept.rows):
         raise SourceDataError(
             "no user has enough interactions after the 5-core filter; "
@@ -166,12 +184,14 @@ def build_sequences(events: Events, kept: Core, per_second: int | None = None) -
     index_of_code[present] = np.arange(1, len(present) + 1)
     users = events.user_id[kept.rows]
     starts = np.flatnonzero(np.concatenate([[True], users[1:] != users[:-1]]))
+    times = events.time[kept.rows]
     return Sequences(
         user_ids=users[starts],
         indptr=np.append(starts, len(users)).astype(np.int64),
         item_idx=index_of_code[codes],
         item_ids=np.concatenate([[-1], kept.item_ids[present]]).astype(np.int64),
-        days=None if per_second is None else (events.time[kept.rows] // (per_second * 86_400)).astype(np.int32),
+        days=None if per_second is None else (times // (per_second * 86_400)).astype(np.int32),
+        tied=np.concatenate([[False], (users[1:] == users[:-1]) & (times[1:] == times[:-1])]),
     )
 
 

@@ -200,7 +200,7 @@ class Recommender:
         (tasks.model.trend, tasks.model.transitions): every scoring call must then pass each history's day. A
         split without days is scored without the trend prior (it cannot say what was recent), with a warning."""
         if self.transitions is not None:
-            self.use_transitions(self.transitions.with_table(successor_table(sequences.histories(2),
+            self.use_transitions(self.transitions.with_table(successor_table(sequences.successions(2),
                                                                              sequences.item_ids)))
         if self.trend is None:
             return

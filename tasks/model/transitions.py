@@ -8,11 +8,14 @@ the model and its trend prior (docs/experiments.md, "A transition prior on ML-1M
     weight * log(1 + p / SMOOTHING),    p = sum over k = 1..RECENT of P(item | k-th latest history item) / k
 
 where P(b | a) is the share of a's direct successors in the training histories that were b, kept for a's TOP
-most frequent successors. An item that never followed any of them (a new title among them) gets nothing, so
-the prior only lifts. The weight is fitted on validation NDCG@10 after training and the trend prior
-(tasks.training.transition_fit; 0 included) and saved with the model (`transitions.npz`), with the successor table
-it publishes with. It is a leave-one-out gain: on ML-1M's cold-start time split the same prior costs HR@10 on
-trained and new titles alike (docs/experiments.md, v87), so it is off by default.
+most frequent successors. A succession is a pair taken one after the other at a later time: items saved at one
+time (a page of ratings, tasks.data.prepare's `tied`) follow each other in the source's order, which no user
+chose, so they make no pair (counted, they lift leave-one-out NDCG@10 by three times as much on ML-1M and cost
+on its time split: docs/experiments.md, v86-v89). An item that never followed any of the latest items (a new
+title among them) gets nothing, so the prior only lifts. The weight is fitted on validation NDCG@10 after
+training and the trend prior (tasks.training.transition_fit; 0 included) and saved with the model
+(`transitions.npz`), with the successor table it publishes with. Off by default: on ML-1M's time split it is
+level on trained titles and costs new titles a little (v89).
 
 The table, as for the trend prior's counts:
 - evaluation (the gate, the benchmarks): the split's training histories only (held-out targets never count);
@@ -65,15 +68,17 @@ class TransitionPrior:
         return TransitionPrior(self.weight, item_ids, successors, shares, self.fit)
 
 
-def successor_table(histories, item_ids: np.ndarray, top: int = TOP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """From histories of item indices (into `item_ids`, an app id per index; 0 unused): every item's `top`
-    most frequent direct successors, as app ids ([S], [S, top] with -1 where fewer) and their shares of its
-    successors ([S, top] float32)."""
-    firsts = [h[:-1] for h in histories if len(h) > 1]
-    if not firsts:
+NO_SUCCESSIONS = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))  # no successions: successor_table(NO_SUCCESSIONS, ...)
+
+
+def successor_table(successions: tuple[np.ndarray, np.ndarray], item_ids: np.ndarray,
+                    top: int = TOP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From direct successions (a, b) of item indices (into `item_ids`, an app id per index; 0 unused), as
+    Sequences.successions gives them: every item's `top` most frequent successors, as app ids ([S], [S, top]
+    with -1 where fewer) and their shares of its successors ([S, top] float32)."""
+    a, b = (np.asarray(side, dtype=np.int64) for side in successions)
+    if not len(a):
         return np.zeros(0, dtype=np.int64), np.zeros((0, top), dtype=np.int64), np.zeros((0, top), dtype=np.float32)
-    a = np.concatenate(firsts).astype(np.int64)
-    b = np.concatenate([h[1:] for h in histories if len(h) > 1]).astype(np.int64)
     width = len(item_ids)
     pairs, counts = np.unique(a * width + b, return_counts=True)  # sorted by a, then b
     a, b = pairs // width, pairs % width

@@ -214,7 +214,8 @@ def fit_new_item_head(config: PipelineConfig, snapshot_dir: Path, work: Path, mo
         facts["trend_prior"] = {"window_days": trend.window_days, "weight": trend.weight}
     transitions = TransitionPrior.load(ModelFiles(Path(model_dir)).transitions)
     if transitions is not None and transitions.weight > 0:  # ... and the transition prior, its successors as of then
-        recommender.use_transitions(transitions.with_table(successor_table(sequences.histories(0), sequences.item_ids)))
+        table = successor_table(sequences.successions(0), sequences.item_ids)
+        recommender.use_transitions(transitions.with_table(table))
         facts["transition_prior"] = {"weight": transitions.weight}
     most = rows_within(CASES_MEMORY_MB, len(recommender.new_rows), MAX_CASES)
     cases = rehearsal_cases(interactions, cutoff, new_titles, sequences.item_ids[1:], max_cases=most,

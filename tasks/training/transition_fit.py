@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.model.transitions import WEIGHTS, TransitionPrior, TransitionTable, successor_table
+from tasks.model.transitions import (
+    NO_SUCCESSIONS,
+    WEIGHTS,
+    TransitionPrior,
+    TransitionTable,
+    successor_table,
+)
 from tasks.training.trend_fit import fit_trend, fit_users
 
 log = logging.getLogger(__name__)
@@ -51,11 +57,14 @@ def fit_transitions(config, dataset_dir: Path, model_dir: Path) -> TransitionPri
     files = ModelFiles(Path(model_dir))
     files.transitions.unlink(missing_ok=True)  # a re-fit starts from the model (and its trend prior) alone
     sequences, _ = load_dataset(dataset_dir)
+    if sequences.tied is None:
+        log.warning("transition prior: %s was prepared before items saved at one time were marked; their pairs "
+                    "count as successions (run prepare again to leave them out)", dataset_dir)
     recommender = Recommender.load(model_dir, config.train.precision)
     recommender.date_by(sequences)
     histories, targets = sequences.histories(2), sequences.targets("valid")
-    table = TransitionTable(TransitionPrior(1.0).with_table(successor_table(histories, sequences.item_ids)),
-                            recommender.index_of)
+    training_part = successor_table(sequences.successions(2), sequences.item_ids)
+    table = TransitionTable(TransitionPrior(1.0).with_table(training_part), recommender.index_of)
     users = fit_users(histories, config.train.seed)
     as_of = sequences.as_of_days(2)
     ranks: dict[float, list[np.ndarray]] = {weight: [] for weight in WEIGHTS}
@@ -73,10 +82,10 @@ def fit_transitions(config, dataset_dir: Path, model_dir: Path) -> TransitionPri
     measured = {weight: float(ranking_metrics(np.concatenate(ranks[weight]))[SELECTION_METRIC]) for weight in WEIGHTS}
     weight, best = max(measured.items(), key=lambda pair: (pair[1], -pair[0]))  # ties: less weight
     alone = measured[0.0]
-    everything = successor_table(sequences.histories(0), sequences.item_ids)
     fit = {"validation_users": len(users), SELECTION_METRIC: {str(w): value for w, value in measured.items()},
            "seconds": round(time.time() - started, 1)}
-    prior = TransitionPrior(weight, *(everything if weight else successor_table([], sequences.item_ids)), fit=fit)
+    everything = sequences.successions(0) if weight else NO_SUCCESSIONS  # publishing's table: all of the data
+    prior = TransitionPrior(weight, *successor_table(everything, sequences.item_ids), fit=fit)
     prior.save(files.transitions)
     if weight:
         log.info("transition prior: weight %.1f: validation %s %.4f -> %.4f on %d users (%.0fs)", weight,

@@ -149,6 +149,7 @@ def test_the_transition_prior_is_fitted_on_validation_and_the_gate_s_scoring_mea
     """train.transition_prior: the weight chosen on validation NDCG@10 (0 included), on the model with its trend
     prior on, from the split's training histories; the evaluation's scoring then measures exactly what the fit
     chose, and the table saved for publishing counts every interaction's successor."""
+    import dataclasses
     import shutil
 
     from tasks.data.prepare import load_dataset
@@ -174,10 +175,13 @@ def test_the_transition_prior_is_fitted_on_validation_and_the_gate_s_scoring_mea
     assert TransitionPrior.load(ModelFiles(model_dir).transitions).fit["ndcg@10"] == pytest.approx(grid, abs=1e-6)
     ModelFiles(model_dir).transitions.unlink()  # the model and its trend prior alone: the grid's weight 0
     assert valid_ndcg(model_dir) == pytest.approx(grid["0.0"], abs=1e-6)
-    if prior.weight:  # publishing's table: every interaction's successor, the held-out ones included
-        everything = successor_table(sequences.histories(0), sequences.item_ids)
-        training_part = successor_table(sequences.histories(2), sequences.item_ids)
+    if prior.weight:  # publishing's table: every interaction's successor, the held-out ones included ...
+        everything = successor_table(sequences.successions(0), sequences.item_ids)
+        training_part = successor_table(sequences.successions(2), sequences.item_ids)
         assert np.array_equal(prior.shares, everything[2]) and not np.array_equal(prior.shares, training_part[2])
+        # ... but no pair of items rated at one time (ML-100K has them), whose order is only the source's
+        with_ties = successor_table(dataclasses.replace(sequences, tied=None).successions(0), sequences.item_ids)
+        assert sequences.tied.any() and not np.array_equal(prior.shares, with_ties[2])
 
 
 def test_the_rehearsal_on_the_run_s_own_model_fits_a_head_without_a_second_training(

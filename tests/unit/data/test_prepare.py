@@ -105,3 +105,20 @@ def test_each_interaction_keeps_its_utc_day_through_save_and_load(tmp_path):
     older = Sequences(seqs.user_ids, seqs.indptr, seqs.item_idx, seqs.item_ids)  # a split prepared before days
     older.save(tmp_path / "older.npz")
     assert Sequences.load(tmp_path / "older.npz").days is None and older.as_of_days(1) is None
+
+
+def test_interactions_saved_at_the_time_of_the_previous_one_are_marked_tied_through_save_and_load(tmp_path):
+    from tasks.data.prepare import Sequences
+
+    cfg = PrepareConfig(min_user_interactions=1, min_item_interactions=1)
+    # user 1 saved 6 and 7 together; user 2's first item has user 1's last time (another user: not tied)
+    events = Events.from_frame(frame([(1, 5, 10), (1, 6, 20), (1, 7, 20), (1, 8, 30), (2, 5, 30), (2, 6, 40),
+                                      (2, 7, 50)]))
+    seqs = build_sequences(events, core(events, cfg))
+    assert seqs.tied.tolist() == [False, False, True, False, False, False, False]
+    seqs.save(tmp_path / "s.npz")
+    assert Sequences.load(tmp_path / "s.npz").tied.tolist() == seqs.tied.tolist()
+    older = Sequences(seqs.user_ids, seqs.indptr, seqs.item_idx, seqs.item_ids)  # a split prepared before ties
+    older.save(tmp_path / "older.npz")
+    assert Sequences.load(tmp_path / "older.npz").tied is None
+    assert len(older.successions(0)[0]) == 5 and len(seqs.successions(0)[0]) == 4  # 6 -> 7 counts only without

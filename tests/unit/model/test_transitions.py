@@ -5,9 +5,17 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.model.transitions import SMOOTHING, TransitionPrior, TransitionTable, successor_table
+from tasks.data.prepare import Sequences
+from tasks.model.transitions import SMOOTHING, TransitionPrior, TransitionTable
+from tasks.model.transitions import successor_table as table_of_successions
+from tests.builders import make_sequences
 
 ITEM_IDS = np.array([-1, 10, 20, 30, 40])  # index -> app id, index 0 unused (as a split's item_ids)
+
+
+def successor_table(histories, item_ids, top=100):
+    """The table of whole histories' successions (no held-out items, no ties)."""
+    return table_of_successions(make_sequences(histories, len(item_ids) - 1).successions(0), item_ids, top)
 
 
 def test_each_item_keeps_its_most_frequent_direct_successors_and_their_shares():
@@ -46,3 +54,18 @@ def test_items_the_model_does_not_hold_drop_out_of_the_table():
     assert table.successors[1].tolist()[:2] == [0, 2] and table.shares[1].tolist()[:2] == [0.0, 0.5]  # ties: by id
     lift = table.lift([np.array([1])], 3)
     assert lift[0, 0] == 0 and lift[0, 1] == 0 and lift[0, 2] == pytest.approx(np.log1p(0.5 / SMOOTHING))
+
+
+def test_successions_leave_out_the_held_out_items_and_items_saved_at_one_time():
+    """Items saved together (one timestamp, as a page of ratings) follow each other only in the source's order:
+    their pairs are no succession; nor is a pair into a held-out item, or across two users."""
+    plain = make_sequences([[1, 2, 3, 4], [2, 3, 1]], 4)
+    assert [list(side) for side in plain.successions(0)] == [[1, 2, 3, 2, 3], [2, 3, 4, 3, 1]]
+    assert [list(side) for side in plain.successions(2)] == [[1], [2]]  # 1 -> 2 | 3, 4 held out; 2 | 3, 1 held out
+    # user 0 saved 2 and 3 at 2's time; user 1 saved 3 and 1 at one time
+    tied = Sequences(plain.user_ids, plain.indptr, plain.item_idx, plain.item_ids,
+                     tied=np.array([False, False, True, False, False, False, True]))
+    assert [list(side) for side in tied.successions(0)] == [[1, 3, 2], [2, 4, 3]]
+    sources, successors, _ = table_of_successions(tied.successions(0), ITEM_IDS, top=2)
+    assert sources.tolist() == [10, 20, 30]  # 20 -> 30 once (user 1's pair), 30 -> 40 and never 30 -> 10
+    assert successors.tolist() == [[20, -1], [30, -1], [40, -1]]
