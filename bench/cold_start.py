@@ -425,11 +425,6 @@ def run(args: argparse.Namespace) -> dict:
     snapshot = args.snapshot or write_snapshot(args.dataset, work / "source")
     extra = dict(pair.split("=", 1) for pair in args.set or [])
     chosen = settings(args.smoke, torch.cuda.device_count(), extra, dataset=args.dataset, max_minutes=None)
-    # The transition prior of ML-1M's LOO setting is level on this split's trained titles and costs new titles a
-    # little (v89; counting pairs saved at one time, it cost both, v87): the day-one benchmark leaves it out unless
-    # --set asks for it.
-    if "train.transition_prior" not in extra:
-        chosen["train.transition_prior"] = False
     config = load_config({"paths.home": str(work), **chosen})
     files = SnapshotFiles(Path(snapshot))
     interactions, items = pd.read_parquet(files.interactions), pd.read_parquet(files.items)

@@ -1,6 +1,6 @@
 """How much of a split's order is the source's: items saved at one time, and what the transition prior reads.
 
-    python -m bench.ties --dataset ml-1m [MODEL_DIR ...] [--results NAME]
+    python -m bench.ties --dataset ml-1m [MODEL_DIR ...] [--weight W] [--results NAME]
 
 MovieLens stores a rating's second; a user who rated a page of titles at once has several ratings with one
 time, and the protocol keeps such ties in the source's order (docs/protocol.md). Leave-one-out then often
@@ -13,9 +13,8 @@ The report, on the split bench.quality prepared (its work folder):
 - a recommender of successions alone (tasks.model.transitions' lift at weight 1: the latest three items'
   successors) with each table: every pair in the source's order, or successions at a later time only (the
   pipeline's table since tied items were marked), test HR@10 / NDCG@10 on tied and other targets;
-- for each MODEL_DIR (a model bench.quality trained with `train.transition_prior`; `seed-N/prismrec` with
-  `--seeds`): its test figures with its trend prior and no transition prior, with its transition prior over
-  each table (at the weight its fit chose), on tied and other targets. Nothing is trained here.
+- for each MODEL_DIR (a model bench.quality trained; `seed-N/prismrec` with `--seeds`): its test figures with its trend prior and no transition prior, then with a transition prior over
+  each table (at the weight its fit chose, or `--weight`), on tied and other targets. Nothing is trained here.
 """
 
 from __future__ import annotations
@@ -73,17 +72,20 @@ def successions_alone(sequences, tied: np.ndarray) -> dict:
     return rows
 
 
-def model_rows(model_dir: Path, sequences, tied: np.ndarray) -> dict:
-    """The model with its trend prior, without and with its transition prior over each table."""
+def model_rows(model_dir: Path, sequences, tied: np.ndarray, weight: float | None = None) -> dict:
+    """The model with its trend prior, without and with a transition prior over each table: at `weight`, or
+    at the weight its own fit chose."""
     from tasks.evaluation.scoring import rank_splits, recommender_scorer
     from tasks.model.recommender import Recommender
+    from tasks.model.transitions import TransitionPrior
 
     recommender = Recommender.load(model_dir)
-    prior = recommender.transitions
-    if prior is None:
-        raise SystemExit(f"{model_dir} holds no transition prior (weight 0 or none fitted): train it with "
-                         "`--set train.transition_prior=true` or leave it out")
-    row = {"model": f"{model_dir.parent.name}/{model_dir.name}", "weight": prior.weight}
+    if weight is None and recommender.transitions is None:
+        raise SystemExit(f"{model_dir} holds no transition prior (its fit chose weight 0, or it fitted none): "
+                         "give the weight to score with, --weight W")
+    prior = TransitionPrior(weight if weight is not None else recommender.transitions.weight)
+    row = {"model": f"{model_dir.parent.name}/{model_dir.name}", "weight": prior.weight,
+           "fitted_weight": 0.0 if recommender.transitions is None else recommender.transitions.weight}
     recommender.use_transitions(None)
     row["without"] = figures(rank_splits(recommender_scorer(recommender, sequences), sequences)["test"][0], tied)
     for table in TABLES:
@@ -112,7 +114,8 @@ def markdown(result: dict) -> str:
     for model in result["models"]:
         lines.append(line(f"{model['model']} + trend prior", "none", model["without"]))
         for table in TABLES:
-            lines.append(line(f"{model['model']} + trend + transitions x {model['weight']}", table, model[table]))
+            lines.append(line(f"{model['model']} + trend + transitions x {model['weight']} (its fit: "
+                              f"{model['fitted_weight']})", table, model[table]))
     return "\n".join(lines + [""])
 
 
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-1m")
     parser.add_argument("models", nargs="*", type=Path, help="model folders trained by bench.quality")
     parser.add_argument("--results", default=None, help="bench/results/NAME.{json,md} (default: ties-DATASET)")
+    parser.add_argument("--weight", type=float, default=None,
+                        help="the transition prior's weight to score the models with (default: each one's fitted weight)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tasks.config import load_config
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "tied_test_targets": round(float(tied.mean()), 4),
                         "tied_successions": round(float(sequences.tied[1:][within].mean()), 4)},
               "successions_alone": successions_alone(sequences, tied),
-              "models": [model_rows(m, sequences, tied) for m in args.models]}
+              "models": [model_rows(m, sequences, tied, args.weight) for m in args.models]}
     return save(args.results or f"ties-{args.dataset}", result, markdown(result))
 
 

@@ -1,8 +1,8 @@
 """A transition prior: what people took right after the titles a user took last.
 
 The user tower reads a whole history, and still the plain counts of "who watched A, watched B next" know
-something it does not: on ML-1M, adding them after training lifts validation and test NDCG@10 by ~0.003 over
-the model and its trend prior (docs/experiments.md, "A transition prior on ML-1M"). With
+something it does not: on ML-1M's leave-one-out targets taken later than the history's latest item, adding them
+after training lifts test NDCG@10 by ~0.005 over the model and its trend prior (docs/experiments.md, v90). With
 `train.transition_prior`, each item's score under every interest gets
 
     weight * log(1 + p / SMOOTHING),    p = sum over k = 1..RECENT of P(item | k-th latest history item) / k
@@ -10,12 +10,13 @@ the model and its trend prior (docs/experiments.md, "A transition prior on ML-1M
 where P(b | a) is the share of a's direct successors in the training histories that were b, kept for a's TOP
 most frequent successors. A succession is a pair taken one after the other at a later time: items saved at one
 time (a page of ratings, tasks.data.prepare's `tied`) follow each other in the source's order, which no user
-chose, so they make no pair (counted, they lift leave-one-out NDCG@10 by three times as much on ML-1M and cost
-on its time split: docs/experiments.md, v86-v89). An item that never followed any of the latest items (a new
+chose, so they make no pair (counted, they made the whole of an earlier leave-one-out gain on ML-1M, and cost on
+its time split: docs/experiments.md, v86-v90). An item that never followed any of the latest items (a new
 title among them) gets nothing, so the prior only lifts. The weight is fitted on validation NDCG@10 after
 training and the trend prior (tasks.training.transition_fit; 0 included) and saved with the model
-(`transitions.npz`), with the successor table it publishes with. Off by default: on ML-1M's time split it is
-level on trained titles and costs new titles a little (v89).
+(`transitions.npz`), with the successor table it publishes with. Off by default: leave-one-out validation on
+ML-1M, 42 % of whose targets share the second of the history's latest rating, chooses 0 (v90), and on the time
+split it is level on trained titles and costs new titles a little (v89).
 
 The table, as for the trend prior's counts:
 - evaluation (the gate, the benchmarks): the split's training histories only (held-out targets never count);
