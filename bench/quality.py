@@ -407,6 +407,23 @@ def main(argv: list[str] | None = None) -> dict:
     return save(stem, result, markdown(result))
 
 
+def prepared_split(parser, dataset: str, models: list[Path]):
+    """The LOO split `python -m bench.quality --dataset DATASET` prepared in its work folder, for the analyses
+    that read it and the models it trained (bench.trend_prior, bench.ties); `parser.error` if there is none or a
+    model folder holds no trained model."""
+    from tasks.config import load_config
+    from tasks.data.prepare import load_dataset
+
+    work = load_config({}).paths.home / "bench" / dataset
+    if not (work / "dataset").is_dir():
+        parser.error(f"{work} holds no prepared split: run `python -m bench.quality --dataset {dataset} "
+                     "--only prismrec` first (it trains the models this reads, too)")
+    missing = [str(m) for m in models if not (m / "model.pt").is_file()]
+    if missing:
+        parser.error(f"not trained model folders (no model.pt): {', '.join(missing)}")
+    return load_dataset(work / "dataset")[0]
+
+
 def save(stem: str, result: dict, table: str) -> dict:
     """Write bench/results/<stem>.json and <stem>.md, and print the table (the benchmark's output)."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import machine
-from bench.quality import DATASETS, PROTOCOL, save
+from bench.quality import DATASETS, PROTOCOL, prepared_split, save
 
 TABLES = ("every pair", "later only")  # the transition table: the source's order of ties, or successions alone
 
@@ -128,19 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the transition prior's weight to score the models with (default: each one's fitted weight)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tasks.config import load_config
-    from tasks.data.prepare import load_dataset
-
-    work = load_config({}).paths.home / "bench" / args.dataset
-    if not (work / "dataset").is_dir():
-        parser.error(f"{work} holds no prepared split: run `python -m bench.quality --dataset {args.dataset} "
-                     "--only prismrec` first")
-    missing = [str(m) for m in args.models if not (m / "model.pt").is_file()]
-    if missing:
-        parser.error(f"not trained model folders (no model.pt): {', '.join(missing)}")
-    sequences, _ = load_dataset(work / "dataset")
+    sequences = prepared_split(parser, args.dataset, args.models)
     if sequences.tied is None:
-        parser.error(f"{work / 'dataset'} was prepared before items saved at one time were marked: run `python -m "
+        parser.error(f"the {args.dataset} split was prepared before items saved at one time were marked: run `python -m "
                      f"bench.quality --dataset {args.dataset} --only prismrec` again")
     tied = tied_targets(sequences)
     within = ~np.isin(np.arange(1, len(sequences.item_idx)), sequences.indptr[1:-1])  # successive, one user

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import machine
-from bench.quality import DATASETS, PROTOCOL, save
+from bench.quality import DATASETS, PROTOCOL, prepared_split, save
 from tasks.model.trend import WEIGHTS, WINDOWS
 
 HELD_OUT = {"valid": 2, "test": 1}  # split -> items left out of the input history
@@ -139,19 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results", default=None, help="bench/results/NAME.{json,md} (default: trend-prior-DATASET)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tasks.config import load_config
-    from tasks.data.prepare import load_dataset
-
-    work = load_config({}).paths.home / "bench" / args.dataset
-    if not (work / "dataset").is_dir():
-        parser.error(f"{work} holds no prepared split: run `python -m bench.quality --dataset {args.dataset} "
-                     "--only prismrec` first (it trains the models this reads, too)")
-    missing = [str(m) for m in args.models if not (m / "model.pt").is_file()]
-    if missing:
-        parser.error(f"not trained model folders (no model.pt): {', '.join(missing)}")
-    sequences, _ = load_dataset(work / "dataset")
+    sequences = prepared_split(parser, args.dataset, args.models)
     if sequences.days is None:
-        parser.error(f"{work / 'dataset'} was prepared before interaction days were kept: run `python -m bench.quality "
+        parser.error(f"the {args.dataset} split was prepared before interaction days were kept: run `python -m bench.quality "
                      f"--dataset {args.dataset} --only prismrec` again")
     counts = split_counts(sequences)
     rows = [evaluate(m, sequences, counts) for m in args.models]
