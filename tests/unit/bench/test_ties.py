@@ -25,3 +25,25 @@ def test_only_the_table_of_every_pair_finds_a_target_saved_with_the_history_s_la
     # Later only: 20 -> 10 alone; 25 is among the unlifted items, behind more than ten of lower index.
     assert found["later only"]["tied"]["hr@10"] == 0.0
     assert found["every pair"]["other"]["users"] == found["later only"]["other"]["users"] == 6
+
+
+def test_the_report_needs_a_split_prepared_with_its_ties_and_trained_model_folders(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from bench import ties
+    from tests.builders import make_items, make_sequences
+
+    monkeypatch.setenv("PRISMREC_PATHS__HOME", str(tmp_path))
+    with pytest.raises(SystemExit):
+        ties.main(["--dataset", "ml-100k"])
+    assert "holds no prepared split" in capsys.readouterr().err
+    dataset = tmp_path / "bench" / "ml-100k" / "dataset"
+    dataset.mkdir(parents=True)
+    make_sequences([[1, 2, 3]], 3).save(dataset / "sequences.npz")  # as prepared before ties were marked
+    make_items(["a", "b", "c"]).to_parquet(dataset / "items.parquet")
+    with pytest.raises(SystemExit):
+        ties.main(["--dataset", "ml-100k", str(tmp_path / "no-model")])
+    assert "no model.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ties.main(["--dataset", "ml-100k"])
+    assert "prepared before items saved at one time were marked" in capsys.readouterr().err
