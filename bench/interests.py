@@ -155,7 +155,7 @@ def cold_rows(scorer, sequences, held: np.ndarray) -> dict:
     from tasks.evaluation.metrics import hit_rate, ndcg
     from tasks.evaluation.scoring import rank_splits
 
-    ranks, _ = rank_splits(scorer, sequences)["test"]
+    ranks, _ = rank_splits(scorer, sequences, ("test",))["test"]
     cold = np.isin(sequences.targets("test"), held)
     return {"cold_targets": {"users": int(cold.sum()), "hr@10": round(hit_rate(ranks[cold], 10), 4),
                              "ndcg@10": round(ndcg(ranks[cold], 10), 4),

@@ -67,7 +67,8 @@ def successions_alone(sequences, tied: np.ndarray) -> dict:
     for table in TABLES:
         prior = TransitionPrior(1.0, *successor_table(split_of(sequences, table).successions(2), sequences.item_ids))
         lifted = TransitionTable(prior, index_of)
-        ranks, _ = rank_splits(lambda histories, t=lifted: t.lift(histories, sequences.n_items + 1), sequences)["test"]
+        ranks, _ = rank_splits(lambda histories, t=lifted: t.lift(histories, sequences.n_items + 1), sequences,
+                               ("test",))["test"]
         rows[table] = figures(ranks, tied)
     return rows
 
@@ -87,10 +88,11 @@ def model_rows(model_dir: Path, sequences, tied: np.ndarray, weight: float | Non
     row = {"model": f"{model_dir.parent.name}/{model_dir.name}", "weight": prior.weight,
            "fitted_weight": 0.0 if recommender.transitions is None else recommender.transitions.weight}
     recommender.use_transitions(None)
-    row["without"] = figures(rank_splits(recommender_scorer(recommender, sequences), sequences)["test"][0], tied)
+    row["without"] = figures(rank_splits(recommender_scorer(recommender, sequences), sequences, ("test",))["test"][0], tied)
     for table in TABLES:
         recommender.use_transitions(prior)  # date_by rebuilds its table from the split's successions
-        scored = rank_splits(recommender_scorer(recommender, split_of(sequences, table)), sequences)["test"][0]
+        scored = rank_splits(recommender_scorer(recommender, split_of(sequences, table)), sequences,
+                             ("test",))["test"][0]
         row[table] = figures(scored, tied)
     return row
 
@@ -133,12 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"the {args.dataset} split was prepared before items saved at one time were marked: run `python -m "
                      f"bench.quality --dataset {args.dataset} --only prismrec` again")
     tied = tied_targets(sequences)
-    within = ~np.isin(np.arange(1, len(sequences.item_idx)), sequences.indptr[1:-1])  # successive, one user
     result = {"dataset": args.dataset, "protocol": PROTOCOL, "machine": machine(),
               "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
               "split": {"users": sequences.n_users, "tied_users": int(tied.sum()),
                         "tied_test_targets": round(float(tied.mean()), 4),
-                        "tied_successions": round(float(sequences.tied[1:][within].mean()), 4)},
+                        "tied_successions": round(float(sequences.tied.sum() / (len(sequences.item_idx) - sequences.n_users)), 4)},
               "successions_alone": successions_alone(sequences, tied),
               "models": [model_rows(m, sequences, tied, args.weight) for m in args.models]}
     return save(args.results or f"ties-{args.dataset}", result, markdown(result))

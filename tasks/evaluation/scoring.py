@@ -26,10 +26,13 @@ BATCH_USERS = 512
 Scorer = Callable[[Sequence[np.ndarray]], torch.Tensor]
 
 
-def rank_splits(scorer: Scorer, sequences: Sequences) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{"valid": (ranks [U], top10 [U, 10]), "test": ...}: each user's target rank and top-10 list."""
+def rank_splits(scorer: Scorer, sequences: Sequences,
+                splits: tuple[str, ...] = tuple(SPLITS)) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"valid": (ranks [U], top10 [U, 10]), "test": ...} for each of `splits`: each user's target rank and
+    top-10 list."""
     results = {}
-    for split, holdout in SPLITS.items():
+    for split in splits:
+        holdout = SPLITS[split]
         histories = sequences.histories(holdout)
         targets = sequences.targets(split)
         days = sequences.as_of_days(holdout)
