@@ -20,7 +20,7 @@ def test_ml1m_reads_long_histories_with_one_interest():
     # a frozen text encoder on ML-1M (no cold items there); the pipeline keeps one fine-tuned layer
     assert config.train.lm_trainable_layers == 0 < load_config(environ={}).train.lm_trainable_layers
     # a deeper, wider user tower than the pipeline's (2 layers, feed-forward 2x)
-    assert (config.train.user_layers, config.train.user_ffn) == (3, 4)
+    assert (config.train.user_layers, config.train.user_ffn) == (4, 4)
     assert (load_config(environ={}).train.user_layers, load_config(environ={}).train.user_ffn) == (2, 2)
 
 
