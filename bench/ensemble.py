@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if len(args.models) < 2:
         parser.error("an ensemble needs two model folders or more (e.g. seed-42/prismrec seed-43/prismrec)")
+    if len({m.resolve() for m in args.models}) < len(args.models):
+        parser.error(f"a model folder is given twice: {' '.join(map(str, args.models))}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sequences = prepared_split(parser, args.dataset, args.models)
 
@@ -92,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     from tasks.model.recommender import Recommender
 
     names = [f"{m.parent.name}/{m.name}" for m in args.models]
-    if len(set(names)) < len(names):
-        parser.error(f"the same model folder given twice: {', '.join(names)}")
+    if len(set(names)) < len(names):  # folders of other work folders that end alike: name them in full
+        names = [str(m) for m in args.models]
     scorers = dict(zip(names, (recommender_scorer(Recommender.load(m), sequences) for m in args.models), strict=True))
     rows = {}
     for size in range(1, len(names) + 1):

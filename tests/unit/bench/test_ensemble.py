@@ -45,5 +45,8 @@ def test_it_needs_two_trained_models_on_a_prepared_split(tmp_path, monkeypatch, 
         ensemble.main(["--dataset", "ml-100k", str(tmp_path / "one")])
     assert "two model folders or more" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        ensemble.main(["--dataset", "ml-100k", str(tmp_path / "one"), str(tmp_path / "x" / ".." / "one")])
+    assert "given twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         ensemble.main(["--dataset", "ml-100k", str(tmp_path / "one"), str(tmp_path / "two")])
     assert "holds no prepared split" in capsys.readouterr().err
