@@ -59,15 +59,21 @@ def checkout_label() -> str:
     return commit + ("+" if dirty else "")
 
 
+def run_overrides(dataset: str, steps: int, settings: dict, allocator: str) -> dict:
+    """A measured run's config overrides: the setting's, cut to one epoch of `steps` (the cut wins over a
+    setting's epochs, e.g. ML-1M's 20)."""
+    cut = {"database.app_schema": "bench_" + dataset.replace("-", ""), "train.epochs": 1,
+           "train.max_steps_per_epoch": steps}
+    return {**settings, **cut, "train.allocator": allocator}
+
+
 def measure(dataset: str, steps: int, allocators: list[str], repeats: int) -> list[dict]:
     """`repeats` capped training runs per setting and allocator, in turns; a row each, with the median rates."""
     from tasks.config import load_config
     from tasks.layout import ModelFiles
     from tasks.training.launcher import launch_training
 
-    base = {"database.app_schema": "bench_" + dataset.replace("-", ""), "train.epochs": 1,
-            "train.max_steps_per_epoch": steps}
-    config = load_config(base)
+    config = load_config(run_overrides(dataset, steps, {}, "auto"))
     work = config.paths.home / "bench" / dataset
     dataset_dir = prepare(config, dataset, work)
     cases = [(name, allocator, DATASET_SETTINGS.get(dataset, {}) if settings is None else settings)
@@ -75,7 +81,7 @@ def measure(dataset: str, steps: int, allocators: list[str], repeats: int) -> li
     records: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(repeats):
         for name, allocator, settings in cases:
-            config = load_config({**base, **settings, "train.allocator": allocator})
+            config = load_config(run_overrides(dataset, steps, settings, allocator))
             model = ModelFiles(work / f"step-time-{name.split()[0]}-{allocator}")
             launch_training(config, dataset_dir, model.root)
             record = json.loads(model.history.read_text())[0]
@@ -85,7 +91,7 @@ def measure(dataset: str, steps: int, allocators: list[str], repeats: int) -> li
                      record["steps_per_second"], record["validation_seconds"])
     rows = []
     for name, allocator, settings in cases:
-        config, runs = load_config({**base, **settings}), records[(name, allocator)]
+        config, runs = load_config(run_overrides(dataset, steps, settings, allocator)), records[(name, allocator)]
         rate = statistics.median(r["steps_per_second"] for r in runs)
         validation = statistics.median(r["validation_seconds"] for r in runs)
         full, t = runs[0]["full_steps_per_epoch"], config.train

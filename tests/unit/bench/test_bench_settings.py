@@ -9,6 +9,7 @@ from bench.quality import (
     baseline_settings,
     dataset_baselines,
     dataset_settings,
+    run_overrides,
 )
 from tasks.config import load_config
 
@@ -22,6 +23,19 @@ def test_ml1m_reads_long_histories_with_one_interest():
     # a deeper, wider user tower than the pipeline's (2 layers, feed-forward 2x)
     assert (config.train.user_layers, config.train.user_ffn) == (4, 4)
     assert (load_config(environ={}).train.user_layers, load_config(environ={}).train.user_ffn) == (2, 2)
+    # a fixed 20 epochs (v94), where the pipeline stops early within 40
+    assert config.train.epochs == 20 < load_config(environ={}).train.epochs
+
+
+def test_the_epochs_flag_wins_over_the_dataset_setting_and_its_absence_keeps_it():
+    settings = dataset_settings("ml-1m", environ={})
+    flagged = load_config(run_overrides(settings, "bench_ml1m", 14, 25.0), environ={})
+    assert (flagged.train.epochs, flagged.train.max_minutes) == (14, 25.0)
+    unflagged = load_config(run_overrides(settings, "bench_ml1m", None, None), environ={})
+    assert (unflagged.train.epochs, unflagged.train.max_minutes) == (20, None)
+    assert unflagged.database.app_schema == "bench_ml1m"
+    # ML-100K has no settings: no flag, the pipeline's epochs
+    assert load_config(run_overrides({}, "bench_ml100k", None, None), environ={}).train.epochs == 40
 
 
 def test_the_environment_wins_over_a_dataset_setting():

@@ -1,6 +1,8 @@
 """bench.step_time keeps runs by label and compares only runs made on the same CPU."""
 
-from bench.step_time import markdown, merge
+from bench.quality import DATASET_SETTINGS
+from bench.step_time import markdown, merge, run_overrides
+from tasks.config import load_config
 
 CPU_A = {"cpu": "AMD EPYC", "cores": 2, "ram_gib": 23.5, "gpu": None}
 CPU_B = {"cpu": "Intel Xeon", "cores": 2, "ram_gib": 23.5, "gpu": None}
@@ -55,3 +57,9 @@ def test_one_cpu_model_with_and_without_bf16_units_is_two_machines():
     table = markdown(kept)
     assert "Machine: AMD EPYC (AVX2)" in table and "vs `bf16 units`" not in table
     assert "`bf16 units` on AMD EPYC (AVX512-BF16)" in table
+
+
+def test_a_measured_run_is_one_epoch_of_the_steps_whatever_the_setting_trains():
+    config = load_config(run_overrides("ml-1m", 150, DATASET_SETTINGS["ml-1m"], "system"), environ={})
+    assert (config.train.epochs, config.train.max_steps_per_epoch) == (1, 150)
+    assert (config.train.user_layers, config.train.allocator, config.database.app_schema) == (4, "system", "bench_ml1m")
