@@ -163,7 +163,9 @@ def test_published_lists_are_the_models_lists(first_publication, recommender, hi
         assert mine["interest_id"].tolist() == expected.interest_ids[position].tolist()
         assert mine["explanation"].tolist() == list(expected.explanations[position])
         assert mine["is_new_item"].tolist() == expected.is_new[position].tolist()
-        assert mine["score"].to_numpy() == pytest.approx(expected.scores[position], rel=1e-6)
+        # The same lists exactly (above); the scores up to float32 sums taken in another order (the publication's
+        # batches and threads against this process's: 3e-6 apart on a bf16 Xeon under xdist).
+        assert mine["score"].to_numpy() == pytest.approx(expected.scores[position], rel=1e-4)
         assert not set(mine["item_id"]) & set(history)
     from tasks.titles import display_titles
 
