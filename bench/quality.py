@@ -49,7 +49,7 @@ DATASETS = {
 # time an epoch, still reaching validation 0.20 within 25 minutes (v91). It still rose at epoch 14:
 # 20 epochs (the plateau schedule halving the rates where validation stalls) validated higher on each
 # seed (the model alone; with the prior +0.001 on the mean) and tested 0.2101 against 0.2090 (v94):
-# ~30 minutes a seed on the AMX Xeon, ~45 on the AVX512-BF16 EPYC, within SASRec's 50-minute budget.
+# ~30 minutes a seed on the AMX Xeon, ~45 (est.) on the AVX512-BF16 EPYC, within SASRec's 50-minute budget.
 # ML-1M drifts: a recent-popularity prior fitted on validation after training (train.trend_prior)
 # added ~0.0035 test NDCG@10 and 0.003 HR@10 over three seeds (docs/experiments.md, v75, v77); on the
 # cold-start split, with the new-item head fitted after it, trained titles gain and new ones hold (v79).
