@@ -44,10 +44,11 @@ def ensemble_scorer(members: list):
 
 
 def figures(ranked: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
-    """{"valid": {hr@10, ndcg@10}, "test": ...} of rank_splits' output."""
+    """{"valid": {hr@10, ndcg@10}, "test": ...} of rank_splits' output, unrounded (the means per size are of
+    these; the tables round)."""
     from tasks.evaluation.metrics import ranking_metrics
 
-    return {split: {name: round(float(value), 4) for name, value in ranking_metrics(ranks).items() if name in METRICS}
+    return {split: {name: float(value) for name, value in ranking_metrics(ranks).items() if name in METRICS}
             for split, (ranks, _) in ranked.items()}
 
 
